@@ -1,0 +1,95 @@
+/**
+ * A root user of the graph (QEMU's BlockBackend): what qemu-io's command loop, qemu-img and
+ * jobs hold. It owns one edge to its root node, checks request ranges against the length, and
+ * grows its permissions on demand (a `write` command asks for WRITE first).
+ */
+import { errno } from '../errors.js';
+import { BdrvChild, type ChildParent } from './child.js';
+import { ROLE_PRIMARY, ROLE_FILTERED } from './driver.js';
+import type { BlockNode } from './node.js';
+import { PERM_ALL } from './permissions.js';
+import { attachChild, detachChild, updateEdgePerms } from './graph.js';
+import { REQUEST_MAX_BYTES, REQ_ZERO_WRITE } from './flags.js';
+
+export class BlockBackend implements ChildParent {
+  readonly root: BdrvChild;
+
+  private constructor(readonly name: string, root: BlockNode) {
+    this.root = new BdrvChild(this, 'root', ROLE_PRIMARY | ROLE_FILTERED, root);
+  }
+
+  /** Attach a new root user to `node` with the given permissions; fails with QEMU's conflict texts. */
+  static attach(node: BlockNode, perm: number, shared = PERM_ALL, name = ''): BlockBackend {
+    const blk = new BlockBackend(name, node);
+    attachChild(blk.root, perm, shared);
+    return blk;
+  }
+
+  describe(): string {
+    return this.name ? `block device '${this.name}'` : 'an unnamed block device';
+  }
+
+  get node(): BlockNode {
+    return this.root.node;
+  }
+
+  /** Take additional permissions (never drops any), as qemu-io does before writing. */
+  requirePerms(perm: number): void {
+    if ((this.root.perm & perm) === perm) return;
+    updateEdgePerms(this.root, this.root.perm | perm, this.root.shared);
+  }
+
+  setPerms(perm: number, shared: number): void {
+    updateEdgePerms(this.root, perm, shared);
+  }
+
+  getLength(): number {
+    return this.root.getLength();
+  }
+
+  private checkRequest(offset: number, bytes: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) throw errno('EIO');
+    if (bytes > REQUEST_MAX_BYTES) throw errno('EIO');
+    const length = this.getLength();
+    if (offset > length || length - offset < bytes) throw errno('EIO');
+  }
+
+  async read(offset: number, bytes: number, buf: Uint8Array, flags = 0): Promise<void> {
+    this.checkRequest(offset, bytes);
+    await this.root.read(offset, bytes, buf, flags);
+  }
+
+  async write(offset: number, bytes: number, buf: Uint8Array, flags = 0): Promise<void> {
+    this.checkRequest(offset, bytes);
+    await this.root.write(offset, bytes, buf, flags);
+  }
+
+  async writeZeroes(offset: number, bytes: number, flags = 0): Promise<void> {
+    this.checkRequest(offset, bytes);
+    await this.root.writeZeroes(offset, bytes, flags | REQ_ZERO_WRITE);
+  }
+
+  async writeCompressed(offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+    this.checkRequest(offset, bytes);
+    await this.root.writeCompressed(offset, bytes, buf);
+  }
+
+  async discard(offset: number, bytes: number): Promise<void> {
+    this.checkRequest(offset, bytes);
+    await this.root.discard(offset, bytes);
+  }
+
+  flush(): Promise<void> {
+    return this.root.flush();
+  }
+
+  async truncate(size: number, exact: boolean, prealloc = 'off'): Promise<void> {
+    await this.root.truncate(size, exact, prealloc);
+  }
+
+  /** Drop the edge; the nodes stay open until the layer closes them. */
+  detach(): void {
+    detachChild(this.root);
+  }
+}
+

@@ -1,0 +1,145 @@
+/**
+ * The one interface every driver implements: formats (qcow2, raw), protocols (file, null-co)
+ * and filters (copy-on-read, throttle, blkdebug, ...) alike. A driver is a single exported
+ * object; per-node state lives in `node.state`. Callbacks receive the node and reach their
+ * children only through `BdrvChild` edges, so the generic layer checks every request.
+ */
+import type { BdrvChild } from './child.js';
+import type { BlockNode } from './node.js';
+import type { OpenContext } from './graph.js';
+import type { PermPair } from './permissions.js';
+
+export type DriverKind = 'format' | 'protocol' | 'filter';
+
+/** Child role bits (QEMU's BDRV_CHILD_*): what a child holds for its parent. */
+export const ROLE_DATA = 0x1;
+export const ROLE_METADATA = 0x2;
+export const ROLE_FILTERED = 0x4;
+export const ROLE_COW = 0x8;
+export const ROLE_PRIMARY = 0x10;
+export const ROLE_IMAGE = ROLE_DATA | ROLE_METADATA | ROLE_PRIMARY;
+export const ROLE_FILTER_CHILD = ROLE_FILTERED | ROLE_PRIMARY;
+
+export type OptionType = 'string' | 'bool' | 'number' | 'size' | 'enum';
+
+export interface OptionSpec {
+  type: OptionType;
+  /** Allowed values of an `enum` option. */
+  values?: readonly string[];
+  default?: string | number | boolean;
+}
+
+export type OptionSpecs = Record<string, OptionSpec>;
+export type ParsedOptions = Record<string, string | number | boolean | undefined>;
+
+export interface BlockStatusResult {
+  /** STATUS_* bits. */
+  status: number;
+  /** Bytes from the queried offset that share this status (> 0 unless at end of file). */
+  pnum: number;
+  /** Host offset in `file` when STATUS_OFFSET_VALID (or STATUS_RAW) is set. */
+  map?: number;
+  /** The node `map` refers to. */
+  file?: BlockNode;
+}
+
+export interface DriverInfo {
+  clusterSize?: number;
+  /** Unit of allocation when smaller than a cluster (qcow2 extended L2). */
+  subclusterSize?: number;
+  vmStateOffset?: number;
+}
+
+/** `Format specific information:` of `info` / `qemu-img info`, as ordered key/value pairs. */
+export interface FormatSpecificInfo {
+  type: string;
+  /** Human lines use `human`, JSON uses `json`; both in QEMU's member order. */
+  human: Array<[string, string]>;
+  json: Record<string, unknown>;
+}
+
+/** One option of `qemu-img create -o`, in the driver's order (the `Formatting ...` line follows it). */
+export interface CreateOptionSpec {
+  name: string;
+  type: 'string' | 'bool' | 'number' | 'size';
+  /** Printed in the `Formatting` line even when the user did not set it. */
+  default?: string | number | boolean;
+  help: string;
+}
+
+/** Validated create options: size plus whatever `-o` and `-b`/`-F` said. */
+export interface CreateRequest {
+  filename: string;
+  size: number;
+  options: Record<string, string | number | boolean>;
+}
+
+/** What `qemu-img check` found (QEMU's BdrvCheckResult). */
+export interface CheckResult {
+  corruptions: number;
+  leaks: number;
+  checkErrors: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  imageEndOffset?: number;
+  totalClusters: number;
+  allocatedClusters: number;
+  fragmentedClusters: number;
+  compressedClusters: number;
+}
+
+export interface BlockDriver<S = unknown> {
+  readonly name: string;
+  readonly kind: DriverKind;
+  /** Filename prefix this protocol claims (`null-co` for `null-co://`, `blkdebug` for `blkdebug:`). */
+  readonly protocolPrefix?: string;
+  /** The driver has a `backing` child (COW format) the graph opens after `open`. */
+  readonly supportsBacking?: boolean;
+  /** Options the driver accepts besides its children; validated with QEMU's texts. */
+  readonly options: OptionSpecs;
+  /** Score how well the first bytes of a file match this format (0 = not at all). */
+  probe?(header: Uint8Array, filename: string): number;
+  /** Turn a prefixed filename (`null-co://`, `blkdebug:cfg:img`) into options. */
+  parseFilename?(filename: string, options: Record<string, unknown>): void;
+
+  open(node: BlockNode<S>, ctx: OpenContext): Promise<S>;
+  close?(node: BlockNode<S>): Promise<void>;
+
+  /** Permissions to take and share on `child`, given what the node's parents take and share. */
+  childPerm?(node: BlockNode<S>, child: BdrvChild, parents: PermPair): PermPair;
+
+  /** Request flags the driver handles itself; the generic layer emulates or strips the rest. */
+  supportedWriteFlags?(node: BlockNode<S>): number;
+  supportedZeroFlags?(node: BlockNode<S>): number;
+  supportedReadFlags?(node: BlockNode<S>): number;
+
+  getLength(node: BlockNode<S>): number;
+  /** Bytes the node occupies on its storage (`disk size`), when known. */
+  allocatedSize?(node: BlockNode<S>): Promise<number | undefined>;
+
+  read?(node: BlockNode<S>, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void>;
+  write?(node: BlockNode<S>, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void>;
+  /** Write zeroes efficiently; throw ENOTSUP to make the generic layer write a zero buffer. */
+  writeZeroes?(node: BlockNode<S>, offset: number, bytes: number, flags: number): Promise<void>;
+  writeCompressed?(node: BlockNode<S>, offset: number, bytes: number, buf: Uint8Array): Promise<void>;
+  discard?(node: BlockNode<S>, offset: number, bytes: number): Promise<void>;
+  flush?(node: BlockNode<S>): Promise<void>;
+  truncate?(node: BlockNode<S>, size: number, exact: boolean, prealloc: string): Promise<void>;
+  blockStatus?(node: BlockNode<S>, offset: number, bytes: number): Promise<BlockStatusResult>;
+  getInfo?(node: BlockNode<S>): DriverInfo;
+  formatSpecific?(node: BlockNode<S>): FormatSpecificInfo | undefined;
+  /** Named debug events (blkdebug rules): `cor_write`, `l2_load`, ... */
+  debugEvent?(node: BlockNode<S>, event: string): void;
+  /** `qemu-img create` options in QEMU's order, and the creation itself (on a protocol node opened by the caller). */
+  readonly createOptions?: readonly CreateOptionSpec[];
+  create?(file: BdrvChild, request: CreateRequest): Promise<void>;
+  /** Consistency check; `repair` is 'leaks' or 'all' when asked to fix. Messages go to `report`. */
+  check?(node: BlockNode<S>, repair: 'leaks' | 'all' | undefined, report: (line: string) => void): Promise<CheckResult>;
+  /** Rewrite the backing file name/format recorded in the image (rebase, commit, stream). */
+  changeBackingFile?(node: BlockNode<S>, filename: string, format: string): Promise<void>;
+
+  /** Options describing the node for `json:` filenames and `blkio graph` (besides children). */
+  describeOptions?(node: BlockNode<S>): Record<string, unknown>;
+  /** Set `node.limits` beyond what the generic layer inherits from the children. */
+  refreshLimits?(node: BlockNode<S>): void;
+}

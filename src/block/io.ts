@@ -1,0 +1,430 @@
+/**
+ * The request path every read and write takes through an edge: permission checks, request
+ * flags (emulated or stripped per driver), alignment with read-modify-write, serialisation of
+ * overlapping requests, zero writes, FUA, and copy-on-read. Drivers never see what they did not
+ * declare they support.
+ */
+import { BlkioError, errno } from '../errors.js';
+import type { BdrvChild } from './child.js';
+import type { BlockStatusResult, DriverInfo } from './driver.js';
+import type { BlockNode, TrackedRequest } from './node.js';
+import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, permNames } from './permissions.js';
+import {
+  MAX_BOUNCE_BUFFER, REQ_COPY_ON_READ, REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_PREFETCH,
+  REQ_SERIALISING, REQ_WRITE_UNCHANGED, REQ_ZERO_WRITE, STATUS_ALLOCATED, STATUS_DATA, STATUS_EOF,
+  STATUS_OFFSET_VALID, STATUS_RAW, STATUS_ZERO,
+} from './flags.js';
+
+// ---------------------------------------------------------------------------------------------
+// Permissions
+
+function requirePerm(child: BdrvChild, needed: number, acceptable: number, what: string): void {
+  if (child.perm & acceptable) return;
+  const held = child.perm ? `'${permNames(child.perm)}'` : 'no permissions';
+  throw new BlkioError(
+    'EPERM',
+    `${capitalize(child.parent.describe())} may not ${what} node '${child.node.nodeName}' ` +
+      `(its '${child.name}' child) without '${permNames(needed)}' permission; it holds ${held}`,
+  );
+}
+
+function capitalize(s: string): string {
+  return s.charAt(0).toUpperCase() + s.slice(1);
+}
+
+/** A write needs WRITE, or WRITE_UNCHANGED when the request promises not to change the data. */
+function checkWritePerm(child: BdrvChild, flags: number): void {
+  if (flags & REQ_WRITE_UNCHANGED) {
+    requirePerm(child, PERM_WRITE_UNCHANGED, PERM_WRITE | PERM_WRITE_UNCHANGED, 'write unchanged data to');
+  } else {
+    requirePerm(child, PERM_WRITE, PERM_WRITE, 'write to');
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serialisation of overlapping requests
+
+async function beginRequest(node: BlockNode, start: number, end: number, serialising: boolean): Promise<() => void> {
+  let finish!: () => void;
+  const req: TrackedRequest = { start, end, serialising, done: new Promise<void>((r) => (finish = r)) };
+  for (;;) {
+    let conflict: TrackedRequest | undefined;
+    for (const other of node.tracked) {
+      if ((other.serialising || serialising) && other.start < end && start < other.end) {
+        conflict = other;
+        break;
+      }
+    }
+    if (!conflict) break;
+    await conflict.done;
+  }
+  node.tracked.add(req);
+  return () => {
+    node.tracked.delete(req);
+    finish();
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+function roundDown(n: number, align: number): number {
+  return n - (n % align);
+}
+
+function roundUp(n: number, align: number): number {
+  const rem = n % align;
+  return rem === 0 ? n : n + align - rem;
+}
+
+/** Whether every byte is zero, comparing 8 bytes at a time where alignment allows. */
+export function isZeroBuffer(buf: Uint8Array): boolean {
+  const head = (8 - (buf.byteOffset % 8)) % 8;
+  const n = buf.length;
+  let i = 0;
+  for (; i < Math.min(head, n); i++) if (buf[i] !== 0) return false;
+  const words = Math.floor((n - i) / 8);
+  if (words > 0) {
+    const view = new BigUint64Array(buf.buffer, buf.byteOffset + i, words);
+    for (let w = 0; w < words; w++) if (view[w] !== 0n) return false;
+    i += words * 8;
+  }
+  for (; i < n; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+function checkRange(offset: number, bytes: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) {
+    throw errno('EIO');
+  }
+}
+
+/** Cluster and subcluster size, from the node or the child a filter passes through to. */
+export function nodeInfo(node: BlockNode): DriverInfo {
+  for (let n: BlockNode | undefined = node; n; n = n.filteredChild?.node) {
+    if (n.driver.getInfo) return n.driver.getInfo(n);
+    if (!n.isFilter) break;
+  }
+  return {};
+}
+
+export function debugEvent(node: BlockNode | undefined, event: string): void {
+  if (node?.driver.debugEvent) node.driver.debugEvent(node, event);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+
+export async function childRead(child: BdrvChild, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void> {
+  checkRange(offset, bytes);
+  if (bytes === 0) return;
+  if (flags & REQ_COPY_ON_READ) {
+    requirePerm(child, PERM_WRITE_UNCHANGED, PERM_WRITE | PERM_WRITE_UNCHANGED, 'copy on read into');
+  }
+  const node = child.node;
+  const align = node.limits.requestAlignment;
+  const start = roundDown(offset, align);
+  const end = roundUp(offset + bytes, align);
+  if (start === offset && end === offset + bytes) {
+    return alignedRead(node, offset, bytes, buf, flags);
+  }
+  const bounce = new Uint8Array(end - start);
+  await alignedRead(node, start, end - start, bounce, flags);
+  buf.set(bounce.subarray(offset - start, offset - start + bytes));
+}
+
+async function alignedRead(node: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void> {
+  if (flags & REQ_COPY_ON_READ) {
+    const granularity = nodeInfo(node).clusterSize ?? node.limits.requestAlignment;
+    const finish = await beginRequest(node, roundDown(offset, granularity), roundUp(offset + bytes, granularity), true);
+    try {
+      const { allocated, pnum } = await isAllocated(node, offset, bytes);
+      if (allocated && pnum >= bytes) {
+        if (!(flags & REQ_PREFETCH)) await driverRead(node, offset, bytes, buf, flags & ~REQ_COPY_ON_READ);
+      } else {
+        await copyOnRead(node, offset, bytes, buf, flags & ~REQ_COPY_ON_READ);
+      }
+    } finally {
+      finish();
+    }
+    return;
+  }
+  const finish = await beginRequest(node, offset, offset + bytes, false);
+  try {
+    await driverRead(node, offset, bytes, buf, flags);
+  } finally {
+    finish();
+  }
+}
+
+/** Call the driver, splitting by max transfer and reading zeroes past the end of the node. */
+async function driverRead(node: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void> {
+  const read = node.driver.read;
+  if (!read) throw errno('ENOTSUP');
+  flags &= node.driver.supportedReadFlags?.(node) ?? 0;
+  const length = node.getLength();
+  const readable = Math.max(0, Math.min(bytes, roundUp(length, node.limits.requestAlignment) - offset));
+  if (readable < bytes) buf.fill(0, readable, bytes);
+  const max = node.limits.maxTransfer || readable;
+  for (let done = 0; done < readable; done += max) {
+    const n = Math.min(max, readable - done);
+    await read.call(node.driver, node, offset + done, n, buf.subarray(done, done + n), flags);
+  }
+}
+
+/**
+ * The generic copy-on-read routine: widen the request to (sub)cluster boundaries, and copy each
+ * unallocated part into this node with an unchanged-data write (a zero write when the data is
+ * all zero), then hand the caller its bytes.
+ */
+async function copyOnRead(node: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void> {
+  const info = nodeInfo(node);
+  const granularity = info.subclusterSize ?? info.clusterSize ?? node.limits.requestAlignment;
+  const alignedStart = roundDown(offset, granularity);
+  const alignedEnd = roundUp(offset + bytes, granularity);
+  const maxTransfer = Math.min(node.limits.maxTransfer || MAX_BOUNCE_BUFFER, MAX_BOUNCE_BUFFER);
+  const prefetch = (flags & REQ_PREFETCH) !== 0;
+  let bounce: Uint8Array | undefined;
+
+  for (let pos = alignedStart; pos < alignedEnd;) {
+    const want = Math.min(alignedEnd - pos, maxTransfer);
+    let status: { allocated: boolean; pnum: number };
+    try {
+      status = await isAllocated(node, pos, want);
+    } catch {
+      status = { allocated: false, pnum: want };
+    }
+    let pnum = Math.min(status.pnum, want);
+    if (pnum === 0) break; // end of image inside the last cluster: the request is already covered
+    const overlapStart = Math.max(pos, offset);
+    const overlapEnd = Math.min(pos + pnum, offset + bytes);
+    if (!status.allocated) {
+      pnum = Math.min(pnum, MAX_BOUNCE_BUFFER);
+      bounce ??= new Uint8Array(Math.min(Math.max(pnum, alignedEnd - alignedStart - pnum), maxTransfer));
+      const chunk = bounce.subarray(0, pnum);
+      await driverRead(node, pos, pnum, chunk, flags & ~REQ_PREFETCH);
+      debugEvent(node, 'cor_write');
+      if (node.driver.writeZeroes && isZeroBuffer(chunk)) {
+        await driverZeroes(node, pos, pnum, REQ_WRITE_UNCHANGED);
+      } else {
+        await driverWrite(node, pos, pnum, chunk, REQ_WRITE_UNCHANGED);
+      }
+      if (!prefetch && overlapEnd > overlapStart) {
+        buf.set(chunk.subarray(overlapStart - pos, overlapEnd - pos), overlapStart - offset);
+      }
+    } else if (!prefetch && overlapEnd > overlapStart) {
+      await driverRead(node, overlapStart, overlapEnd - overlapStart, buf.subarray(overlapStart - offset, overlapEnd - offset), flags);
+    }
+    pos += pnum;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes
+
+export async function childWrite(child: BdrvChild, offset: number, bytes: number, buf: Uint8Array | null, flags: number): Promise<void> {
+  checkRange(offset, bytes);
+  checkWritePerm(child, flags);
+  if (bytes === 0) return;
+  const node = child.node;
+  if (offset + bytes > node.getLength() && !(child.perm & PERM_RESIZE)) throw errno('EIO');
+  if (!(flags & REQ_ZERO_WRITE) && buf && node.detectZeroes !== 'off' && isZeroBuffer(buf.subarray(0, bytes))) {
+    flags |= REQ_ZERO_WRITE;
+    if (node.detectZeroes === 'unmap') flags |= REQ_MAY_UNMAP;
+  }
+  if (!node.discardUnmap) flags &= ~REQ_MAY_UNMAP;
+
+  const align = node.limits.requestAlignment;
+  const start = roundDown(offset, align);
+  const end = roundUp(offset + bytes, align);
+  const aligned = start === offset && end === offset + bytes;
+  const finish = await beginRequest(node, start, end, !aligned || (flags & REQ_SERIALISING) !== 0);
+  try {
+    if (aligned) {
+      await (flags & REQ_ZERO_WRITE ? driverZeroes(node, offset, bytes, flags) : driverWrite(node, offset, bytes, buf!, flags));
+      return;
+    }
+    // Read-modify-write of the partial blocks at either end.
+    const padded = new Uint8Array(end - start);
+    await driverRead(node, start, Math.min(align, end - start), padded.subarray(0, Math.min(align, end - start)), 0);
+    if (end - align > start) await driverRead(node, end - align, align, padded.subarray(end - align - start), 0);
+    if (flags & REQ_ZERO_WRITE) padded.fill(0, offset - start, offset - start + bytes);
+    else padded.set(buf!.subarray(0, bytes), offset - start);
+    await driverWrite(node, start, end - start, padded, flags & ~(REQ_ZERO_WRITE | REQ_MAY_UNMAP | REQ_NO_FALLBACK));
+  } finally {
+    finish();
+  }
+}
+
+export function childWriteZeroes(child: BdrvChild, offset: number, bytes: number, flags: number): Promise<void> {
+  if ((flags & REQ_NO_FALLBACK) && (offset % child.node.limits.requestAlignment || bytes % child.node.limits.requestAlignment)) {
+    return Promise.reject(errno('ENOTSUP'));
+  }
+  return childWrite(child, offset, bytes, null, flags | REQ_ZERO_WRITE);
+}
+
+async function driverWrite(node: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void> {
+  const write = node.driver.write;
+  if (!write) throw errno('ENOTSUP');
+  const supported = node.driver.supportedWriteFlags?.(node) ?? 0;
+  const emulateFua = (flags & REQ_FUA) !== 0 && !(supported & REQ_FUA);
+  flags &= supported;
+  const max = node.limits.maxTransfer || bytes;
+  for (let done = 0; done < bytes; done += max) {
+    const n = Math.min(max, bytes - done);
+    await write.call(node.driver, node, offset + done, n, buf.subarray(done, done + n), flags);
+  }
+  if (emulateFua) await nodeFlush(node);
+}
+
+/** Efficient zero write if the driver has one, else (unless NO_FALLBACK) zero buffers. */
+async function driverZeroes(node: BlockNode, offset: number, bytes: number, flags: number): Promise<void> {
+  const zero = node.driver.writeZeroes;
+  if (zero) {
+    const supported = node.driver.supportedZeroFlags?.(node) ?? 0;
+    const emulateFua = (flags & REQ_FUA) !== 0 && !(supported & REQ_FUA);
+    try {
+      const max = node.limits.maxZeroes || bytes;
+      for (let done = 0; done < bytes; done += max) {
+        await zero.call(node.driver, node, offset + done, Math.min(max, bytes - done), (flags & supported) | REQ_ZERO_WRITE);
+      }
+      if (emulateFua) await nodeFlush(node);
+      return;
+    } catch (e) {
+      if (!(e instanceof BlkioError) || e.code !== 'ENOTSUP') throw e;
+    }
+  }
+  if (flags & REQ_NO_FALLBACK) throw errno('ENOTSUP');
+  const chunk = new Uint8Array(Math.min(bytes, node.limits.maxTransfer || MAX_BOUNCE_BUFFER, MAX_BOUNCE_BUFFER));
+  const dataFlags = flags & ~(REQ_ZERO_WRITE | REQ_MAY_UNMAP | REQ_NO_FALLBACK);
+  for (let done = 0; done < bytes; done += chunk.length) {
+    const n = Math.min(chunk.length, bytes - done);
+    await driverWrite(node, offset + done, n, chunk.subarray(0, n), dataFlags);
+  }
+}
+
+export async function childWriteCompressed(child: BdrvChild, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  checkRange(offset, bytes);
+  checkWritePerm(child, 0);
+  const node = child.node;
+  if (!node.driver.writeCompressed) throw new BlkioError('ENOTSUP', 'Compression is not supported by this driver');
+  if (bytes === 0) return;
+  const finish = await beginRequest(node, offset, offset + bytes, true);
+  try {
+    await node.driver.writeCompressed(node, offset, bytes, buf);
+  } finally {
+    finish();
+  }
+}
+
+export async function childDiscard(child: BdrvChild, offset: number, bytes: number): Promise<void> {
+  checkRange(offset, bytes);
+  requirePerm(child, PERM_WRITE, PERM_WRITE, 'discard on');
+  const node = child.node;
+  if (offset + bytes > node.getLength()) throw errno('EIO');
+  if (bytes === 0 || !node.discardUnmap || !node.driver.discard) return;
+  // Only whole alignment units are discarded; the unaligned head and tail are left alone.
+  const align = Math.max(node.limits.discardAlignment, node.limits.requestAlignment);
+  const start = roundUp(offset, align);
+  const end = offset + bytes === node.getLength() ? offset + bytes : roundDown(offset + bytes, align);
+  if (end <= start) return;
+  const finish = await beginRequest(node, start, end, false);
+  try {
+    const max = node.limits.maxDiscard || end - start;
+    for (let pos = start; pos < end; pos += max) {
+      await node.driver.discard(node, pos, Math.min(max, end - pos));
+    }
+  } finally {
+    finish();
+  }
+}
+
+export async function nodeFlush(node: BlockNode): Promise<void> {
+  if (node.driver.flush) await node.driver.flush(node);
+  for (const c of node.children) await nodeFlush(c.node);
+}
+
+export async function childTruncate(child: BdrvChild, size: number, exact: boolean, prealloc: string): Promise<void> {
+  requirePerm(child, PERM_RESIZE, PERM_RESIZE, 'resize');
+  const node = child.node;
+  if (!Number.isSafeInteger(size) || size < 0) throw new BlkioError('EINVAL', 'Image size cannot be negative');
+  if (!node.driver.truncate) throw new BlkioError('ENOTSUP', 'Image format driver does not support resize');
+  if (node.readOnly) throw new BlkioError('EACCES', 'Image is read-only');
+  await node.driver.truncate(node, size, exact, prealloc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block status
+
+/**
+ * What the node knows about [offset, offset+bytes): data, zero, allocated in this layer.
+ * Filters without their own answer pass the question to their filtered child.
+ */
+export async function nodeBlockStatus(node: BlockNode, offset: number, bytes: number): Promise<BlockStatusResult> {
+  const length = node.getLength();
+  if (offset >= length) return { status: STATUS_EOF, pnum: 0 };
+  bytes = Math.min(bytes, length - offset);
+  let result: BlockStatusResult;
+  if (node.driver.blockStatus) {
+    result = await node.driver.blockStatus(node, offset, bytes);
+  } else if (node.filteredChild) {
+    result = { status: STATUS_RAW, pnum: bytes, map: offset, file: node.filteredChild.node };
+  } else {
+    result = { status: STATUS_DATA | STATUS_OFFSET_VALID, pnum: bytes, map: offset, file: node };
+  }
+  let { status, pnum } = result;
+  pnum = Math.min(pnum, bytes);
+  if (status & STATUS_RAW && result.file) {
+    const inner = await nodeBlockStatus(result.file, result.map ?? offset, pnum);
+    return { ...inner, pnum: Math.min(pnum, inner.pnum) };
+  }
+  if (status & (STATUS_DATA | STATUS_ZERO)) {
+    status |= STATUS_ALLOCATED;
+  } else if (node.driver.supportsBacking) {
+    const cow = node.backing?.node;
+    if (!cow || offset >= cow.getLength()) status |= STATUS_ZERO;
+  }
+  return { ...result, status, pnum };
+}
+
+/** Whether this layer (not its backing chain) holds the data at offset, and for how many bytes. */
+export async function isAllocated(node: BlockNode, offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }> {
+  const r = await nodeBlockStatus(node, offset, bytes);
+  return { allocated: (r.status & STATUS_ALLOCATED) !== 0, pnum: r.pnum };
+}
+
+/** The next node down a chain: a filter's child or a format's backing. */
+export function chainNext(node: BlockNode): BlockNode | undefined {
+  return node.cowChild?.node;
+}
+
+/**
+ * Allocation anywhere from `top` down to (and, when includeBase, including) `base`; base
+ * undefined means the whole chain. Returns the depth of the first layer that has the data.
+ */
+export async function isAllocatedAbove(
+  top: BlockNode, base: BlockNode | undefined, includeBase: boolean, offset: number, bytes: number,
+): Promise<{ allocated: boolean; pnum: number; depth: number }> {
+  let pnum = bytes;
+  let depth = 0;
+  for (let n: BlockNode | undefined = top; n; n = chainNext(n)) {
+    if (n === base && !includeBase) break;
+    if (offset < n.getLength()) {
+      const r = await isAllocated(n, offset, pnum);
+      if (r.allocated) return { allocated: true, pnum: r.pnum, depth };
+      pnum = Math.min(pnum, r.pnum);
+    }
+    if (n === base) break;
+    if (!n.isFilter) depth++;
+  }
+  return { allocated: false, pnum, depth };
+}
+
+/** Request flags a node handles itself, for filters that pass through what their child supports. */
+export function supportedWriteFlags(node: BlockNode): number {
+  return node.driver.supportedWriteFlags?.(node) ?? 0;
+}
+
+export function supportedZeroFlags(node: BlockNode): number {
+  return node.driver.writeZeroes ? node.driver.supportedZeroFlags?.(node) ?? 0 : 0;
+}

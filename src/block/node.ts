@@ -1,0 +1,116 @@
+/** A node of the block graph: one driver instance, its children by role and its parents. */
+import type { BdrvChild } from './child.js';
+import { ROLE_FILTERED, type BlockDriver } from './driver.js';
+import type { BlockLayer } from './graph.js';
+import type { FlatOptions } from '../options/types.js';
+import { PERM_ALL, type PermPair } from './permissions.js';
+
+/** Request size and alignment constraints (QEMU's BlockLimits), in bytes. */
+export interface BlockLimits {
+  /** Requests must be aligned to this; the generic layer pads with read-modify-write. */
+  requestAlignment: number;
+  /** Largest request the driver takes in one call (0 = unlimited). */
+  maxTransfer: number;
+  /** Preferred alignment of efficient zero writes (0 = request alignment). */
+  zeroAlignment: number;
+  /** Largest efficient zero write (0 = unlimited). */
+  maxZeroes: number;
+  discardAlignment: number;
+  maxDiscard: number;
+}
+
+export type DetectZeroes = 'off' | 'on' | 'unmap';
+
+/** A request currently in flight on a node, for serialisation of overlapping requests. */
+export interface TrackedRequest {
+  start: number;
+  end: number;
+  serialising: boolean;
+  done: Promise<void>;
+}
+
+export class BlockNode<S = unknown> {
+  state!: S;
+  readonly children: BdrvChild[] = [];
+  readonly parents: BdrvChild[] = [];
+  readonly tracked = new Set<TrackedRequest>();
+  limits: BlockLimits = {
+    requestAlignment: 1, maxTransfer: 0, zeroAlignment: 0, maxZeroes: 0, discardAlignment: 0, maxDiscard: 0,
+  };
+  /** Name shown to users; `#blockNNN` when generated. */
+  nodeName: string;
+  /** Nodes the user did not ask for (the `-C` copy-on-read filter): hidden from listings. */
+  implicit = false;
+  readOnly: boolean;
+  discardUnmap = true;
+  detectZeroes: DetectZeroes = 'off';
+  forceShare = false;
+  /** A plain filename if the node has one (file protocol or inherited from a pass-through child). */
+  filename = '';
+  /** The options the node was opened with, minus children, for `json:` names and `blkio graph`. */
+  openOptions: FlatOptions = {};
+  closed = false;
+  /** Backing file name and format as the image header records them (COW formats). */
+  backingFile = '';
+  backingFormat = '';
+
+  constructor(
+    readonly layer: BlockLayer,
+    readonly driver: BlockDriver<S>,
+    nodeName: string,
+    readOnly: boolean,
+    readonly autoNamed: boolean,
+  ) {
+    this.nodeName = nodeName;
+    this.readOnly = readOnly;
+  }
+
+  child(name: string): BdrvChild | undefined {
+    return this.children.find((c) => c.name === name);
+  }
+
+  get file(): BdrvChild | undefined {
+    return this.child('file');
+  }
+
+  get backing(): BdrvChild | undefined {
+    return this.child('backing');
+  }
+
+  /** The child a filter (or raw without offset/size) passes everything to; undefined for others. */
+  get filteredChild(): BdrvChild | undefined {
+    return this.children.find((c) => c.role & ROLE_FILTERED);
+  }
+
+  get isFilter(): boolean {
+    return this.filteredChild !== undefined;
+  }
+
+  /** The child holding this node's data for COW purposes: backing for formats, the filtered child for filters. */
+  get cowChild(): BdrvChild | undefined {
+    return this.filteredChild ?? this.backing;
+  }
+
+  get isWritable(): boolean {
+    return !this.readOnly;
+  }
+
+  /** OR of what all parents take, AND of what they share. */
+  cumulativePerms(): PermPair {
+    let perm = 0;
+    let shared = PERM_ALL;
+    for (const edge of this.parents) {
+      perm |= edge.perm;
+      shared &= edge.shared;
+    }
+    return { perm, shared };
+  }
+
+  getLength(): number {
+    return this.driver.getLength(this);
+  }
+
+  describe(): string {
+    return `node '${this.nodeName}'`;
+  }
+}

@@ -1,0 +1,42 @@
+/**
+ * The `blkio` command: qemu-io (`io`), qemu-img (`img`), the qemu-io commands as direct
+ * subcommands (`blkio read IMG ...`), graph printing and jobs. Each subcommand parses its own
+ * arguments the way the QEMU tool it mirrors does; commander only dispatches and lists them.
+ */
+import { Command } from 'commander';
+import { runCli } from './run.js';
+
+const DIRECT_IO_COMMANDS = ['read', 'write', 'map', 'alloc', 'discard', 'info', 'length'] as const;
+
+const program = new Command('blkio')
+  .description("QEMU's block layer in TypeScript: node graphs of formats, protocols and filters")
+  .version('blkio 0.1.0', '-V, --version')
+  .enablePositionalOptions()
+  .showHelpAfterError();
+
+function passThrough(name: string, summary: string, load: () => Promise<(argv: string[]) => Promise<number>>): void {
+  program
+    .command(name)
+    .summary(summary)
+    .helpOption(false)
+    .allowUnknownOption()
+    .allowExcessArguments()
+    .passThroughOptions()
+    .argument('[args...]')
+    .action(async (args: string[]) => {
+      const run = await load();
+      process.exitCode = await runCli(() => run(args));
+    });
+}
+
+passThrough('io', 'qemu-io compatible command interpreter: blkio io [options] [-c CMD]... [image]', async () => (await import('./io.js')).runIo);
+passThrough('img', 'qemu-img compatible image tool: blkio img <create|info|map|check|compare|...>', async () => (await import('./img.js')).runImg);
+passThrough('graph', 'open a graph and print it as a tree or as --blockdev/json definitions', async () => (await import('./graph.js')).runGraph);
+for (const cmd of DIRECT_IO_COMMANDS) {
+  passThrough(cmd, `qemu-io '${cmd}' on an image: blkio ${cmd} IMAGE [${cmd} arguments]`, async () => {
+    const { runDirect } = await import('./io.js');
+    return (argv) => runDirect(cmd, argv);
+  });
+}
+
+await program.parseAsync(process.argv);

@@ -1,0 +1,112 @@
+/**
+ * Turning the image arguments of qemu-io/qemu-img style command lines into a graph with a root
+ * user: a filename (with -f, or probed), an --image-opts string, or extra `open -o` options,
+ * plus the program-level modes (-r, -s, -C, --cache, -d, -U).
+ */
+import { BlkioError } from '../errors.js';
+import { BlockBackend } from '../block/backend.js';
+import type { BlockLayer } from '../block/graph.js';
+import type { BlockNode } from '../block/node.js';
+import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../block/permissions.js';
+import type { FlatOptions } from '../options/types.js';
+import { parseQemuOpts, qemuOptsToDict } from '../options/qemuopts.js';
+
+export interface ImageOpenRequest {
+  /** The positional argument: a filename, `json:{...}`, or with imageOpts a QemuOpts string. */
+  filename?: string;
+  /** `-f`: the format driver. */
+  format?: string;
+  /** `--image-opts`: `filename` is an option string (qemu-io: no implied key; qemu-img: implied `file`). */
+  imageOpts?: boolean;
+  imageOptsImpliedKey?: string;
+  /** Options merged in (qemu-io `open -o`), lower priority than the image-opts string. */
+  extraOptions?: FlatOptions;
+  readOnly?: boolean;
+  /** `-s`: writes go to a temporary overlay (needs the qcow2 driver). */
+  snapshot?: boolean;
+  /** `-C`: an implicit copy-on-read filter above the root node. */
+  copyOnRead?: boolean;
+  /** `-t`/`--cache` mode: none, off, directsync, writeback, unsafe, writethrough. */
+  cache?: string;
+  /** `-d`/`--discard`: ignore, off, unmap, on. */
+  discard?: string;
+  /** `-U`. */
+  forceShare?: boolean;
+  /** Default cache mode when none is given: qemu-io writethrough, qemu-img writeback. */
+  defaultCache?: 'writethrough' | 'writeback';
+}
+
+export interface OpenedImage {
+  blk: BlockBackend;
+  /** Writes through this backend are followed by a flush (writethrough cache mode). */
+  writethrough: boolean;
+}
+
+const CACHE_MODES: Record<string, { direct: boolean; noFlush: boolean; writethrough: boolean }> = {
+  none: { direct: true, noFlush: false, writethrough: false },
+  off: { direct: true, noFlush: false, writethrough: false },
+  directsync: { direct: true, noFlush: false, writethrough: true },
+  writeback: { direct: false, noFlush: false, writethrough: false },
+  unsafe: { direct: false, noFlush: true, writethrough: false },
+  writethrough: { direct: false, noFlush: false, writethrough: true },
+};
+
+export function isCacheMode(mode: string): boolean {
+  return mode in CACHE_MODES;
+}
+
+/** Open the image described by `req` in `layer` and attach a root user with qemu-io's permissions. */
+export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promise<OpenedImage> {
+  const options: FlatOptions = { ...req.extraOptions };
+  let filename = req.filename;
+  if (req.imageOpts && filename !== undefined) {
+    const pairs = parseQemuOpts(filename, { impliedKey: req.imageOptsImpliedKey, warn: (l) => layer.warn(l) });
+    Object.assign(options, qemuOptsToDict(pairs));
+    filename = undefined;
+  }
+  if (req.format !== undefined) {
+    if (options.driver !== undefined && options.driver !== req.format) {
+      throw new BlkioError('EINVAL', "Cannot specify both 'driver' and 'format'");
+    }
+    options.driver = req.format;
+  }
+  const cache = CACHE_MODES[req.cache ?? req.defaultCache ?? 'writethrough'];
+  if (!cache) throw new BlkioError('EINVAL', `Invalid cache option: ${req.cache}`);
+  setDefault(options, 'cache.direct', cache.direct ? 'on' : 'off');
+  setDefault(options, 'cache.no-flush', cache.noFlush ? 'on' : 'off');
+  setDefault(options, 'discard', req.discard ?? 'unmap');
+  if (req.readOnly) options['read-only'] = 'on';
+  if (req.forceShare) {
+    if (options['force-share'] !== undefined && !['on', true, 'true', 'yes', 'y'].includes(options['force-share'] as string)) {
+      throw new BlkioError('EINVAL', '-U conflicts with image options');
+    }
+    options['force-share'] = 'on';
+  }
+  const readOnly = isTrue(options['read-only']);
+  if (req.copyOnRead && readOnly) throw new BlkioError('EINVAL', "Can't use copy-on-read on read-only device");
+
+  let root: BlockNode = await layer.openNode(filename, options);
+  try {
+    if (req.snapshot) root = await openTemporaryOverlay(layer, root);
+    if (req.copyOnRead) root = await layer.insertFilterAbove(root, { driver: 'copy-on-read' }, true);
+    const perm = PERM_CONSISTENT_READ | (readOnly ? 0 : PERM_WRITE);
+    return { blk: BlockBackend.attach(root, perm, PERM_ALL), writethrough: cache.writethrough };
+  } catch (e) {
+    await layer.closeNode(root);
+    throw e;
+  }
+}
+
+function setDefault(options: FlatOptions, key: string, value: string): void {
+  if (options[key] === undefined) options[key] = value;
+}
+
+function isTrue(v: unknown): boolean {
+  return v === true || v === 'on' || v === 'true' || v === 'yes' || v === 'y';
+}
+
+/** `-s`: a qcow2 overlay in the temp directory, backed by the opened node, deleted on close. */
+async function openTemporaryOverlay(layer: BlockLayer, base: BlockNode): Promise<BlockNode> {
+  const { createTemporaryOverlay } = await import('../block/snapshot.js');
+  return createTemporaryOverlay(layer, base);
+}

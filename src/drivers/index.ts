@@ -1,0 +1,10 @@
+/** Every driver blkio knows, for a BlockLayer to look up by name. */
+import type { BlockDriver } from '../block/driver.js';
+import { copyOnReadDriver } from './copy-on-read.js';
+import { fileDriver } from './file.js';
+import { nullAioDriver, nullCoDriver } from './null.js';
+import { rawDriver } from './raw.js';
+
+export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
+  fileDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver,
+];

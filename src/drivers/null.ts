@@ -1,0 +1,56 @@
+/** `null-co` and `null-aio`: a device of a given size that discards writes and (optionally) reads zeroes. */
+import { BlkioError } from '../errors.js';
+import type { BlockDriver } from '../block/driver.js';
+import { REQ_FUA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
+
+interface NullState {
+  size: number;
+  latencyMs: number;
+  readZeroes: boolean;
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+function nullDriver(name: 'null-co' | 'null-aio'): BlockDriver<NullState> {
+  const delay = (s: NullState) => (s.latencyMs > 0 ? sleep(s.latencyMs) : Promise.resolve());
+  return {
+    name,
+    kind: 'protocol',
+    protocolPrefix: name,
+    options: {
+      filename: { type: 'string' },
+      size: { type: 'size', default: 1 << 30 },
+      'latency-ns': { type: 'number', default: 0 },
+      'read-zeroes': { type: 'bool', default: false },
+    },
+    parseFilename(filename, options) {
+      if (filename !== `${name}://`) {
+        throw new BlkioError('EINVAL', `The only allowed filename for this driver is '${name}://'`);
+      }
+      options.filename = filename;
+    },
+    async open(node, ctx) {
+      const latency = ctx.opts['latency-ns'] as number;
+      if (latency < 0) throw new BlkioError('EINVAL', 'latency-ns is invalid');
+      node.filename = `${name}://`;
+      return { size: ctx.opts.size as number, latencyMs: latency / 1e6, readZeroes: ctx.opts['read-zeroes'] as boolean };
+    },
+    getLength: (node) => node.state.size,
+    supportedWriteFlags: () => REQ_FUA,
+    async read(node, _offset, bytes, buf) {
+      await delay(node.state);
+      if (node.state.readZeroes) buf.fill(0, 0, bytes);
+    },
+    write: (node) => delay(node.state),
+    writeZeroes: (node) => delay(node.state),
+    flush: (node) => delay(node.state),
+    async blockStatus(node, offset, bytes) {
+      const status = STATUS_OFFSET_VALID | (node.state.readZeroes ? STATUS_ZERO : 0);
+      return { status, pnum: bytes, map: offset, file: node };
+    },
+    describeOptions: (node) => ({ size: node.state.size, 'read-zeroes': node.state.readZeroes }),
+  };
+}
+
+export const nullCoDriver = nullDriver('null-co');
+export const nullAioDriver = nullDriver('null-aio');

@@ -1,0 +1,93 @@
+/**
+ * `raw`: the data as is. With `offset`/`size` it is a window into its file; without them it acts
+ * as a filter (so it forwards WRITE_UNCHANGED and takes write permissions only when asked).
+ */
+import { BlkioError, errno } from '../errors.js';
+import { ROLE_FILTER_CHILD, ROLE_IMAGE, type BlockDriver } from '../block/driver.js';
+import type { BdrvChild } from '../block/child.js';
+import {
+  REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_WRITE_UNCHANGED, STATUS_OFFSET_VALID, STATUS_RAW,
+} from '../block/flags.js';
+import { defaultChildPerms, PERM_RESIZE, PERM_WRITE } from '../block/permissions.js';
+import { nodeInfo, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
+
+interface RawState {
+  file: BdrvChild;
+  offset: number;
+  /** Fixed size of the window, or undefined to follow the file. */
+  size: number | undefined;
+}
+
+function window(s: RawState, offset: number, bytes: number, isWrite: boolean): number {
+  if (s.size !== undefined && offset > s.size - bytes) throw errno(isWrite ? 'ENOSPC' : 'EINVAL');
+  return s.offset + offset;
+}
+
+export const rawDriver: BlockDriver<RawState> = {
+  name: 'raw',
+  kind: 'format',
+  options: {
+    offset: { type: 'size' },
+    size: { type: 'size' },
+  },
+
+  probe: () => 1,
+
+  async open(_node, ctx) {
+    const offset = ctx.opts.offset as number | undefined;
+    const size = ctx.opts.size as number | undefined;
+    const role = offset === undefined && size === undefined ? ROLE_FILTER_CHILD : ROLE_IMAGE;
+    const file = (await ctx.openChild('file', role, { filename: ctx.filename }))!;
+    const real = file.getLength();
+    const start = offset ?? 0;
+    if (start > real) {
+      throw new BlkioError('EINVAL', `Offset (${start}) cannot be greater than size of the containing file (${real})`);
+    }
+    if (size !== undefined && real - start < size) {
+      throw new BlkioError('EINVAL', `The sum of offset (${start}) and size (${size}) has to be smaller or equal to the  actual size of the containing file (${real})`);
+    }
+    if (size !== undefined && size % 512 !== 0) throw new BlkioError('EINVAL', 'Specified size is not multiple of 512');
+    return { file, offset: start, size };
+  },
+
+  refreshLimits(node) {
+    node.limits = { ...node.state.file.node.limits };
+  },
+
+  childPerm(node, child, parents) {
+    const p = defaultChildPerms(node, child, parents);
+    // Storage defaults add write and resize; raw needs them only when its users do.
+    p.perm = (p.perm & ~(PERM_WRITE | PERM_RESIZE)) | (parents.perm & (PERM_WRITE | PERM_RESIZE));
+    return p;
+  },
+
+  supportedWriteFlags: (node) => REQ_WRITE_UNCHANGED | (supportedWriteFlags(node.state.file.node) & REQ_FUA),
+  supportedZeroFlags: (node) =>
+    REQ_WRITE_UNCHANGED | (supportedZeroFlags(node.state.file.node) & (REQ_FUA | REQ_MAY_UNMAP | REQ_NO_FALLBACK)),
+
+  getLength: (node) => node.state.size ?? node.state.file.getLength() - node.state.offset,
+
+  allocatedSize: (node) => node.state.file.node.driver.allocatedSize?.(node.state.file.node) ?? Promise.resolve(undefined),
+
+  read: (node, offset, bytes, buf, flags) => node.state.file.read(window(node.state, offset, bytes, false), bytes, buf, flags),
+  write: (node, offset, bytes, buf, flags) => node.state.file.write(window(node.state, offset, bytes, true), bytes, buf, flags),
+  writeZeroes: (node, offset, bytes, flags) => node.state.file.writeZeroes(window(node.state, offset, bytes, true), bytes, flags),
+  discard: (node, offset, bytes) => node.state.file.discard(window(node.state, offset, bytes, true), bytes),
+
+  async truncate(node, size, exact, prealloc) {
+    const s = node.state;
+    if (s.size !== undefined || s.offset !== 0) throw new BlkioError('ENOTSUP', 'Cannot resize fixed-size raw disks');
+    await s.file.truncate(size, exact, prealloc);
+  },
+
+  async blockStatus(node, offset, bytes) {
+    return { status: STATUS_RAW | STATUS_OFFSET_VALID, pnum: bytes, map: node.state.offset + offset, file: node.state.file.node };
+  },
+
+  getInfo: (node) => nodeInfo(node.state.file.node),
+
+  describeOptions: (node) => ({
+    ...(node.state.offset || node.state.size !== undefined ? { offset: node.state.offset } : {}),
+    ...(node.state.size !== undefined ? { size: node.state.size } : {}),
+  }),
+};
