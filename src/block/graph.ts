@@ -198,8 +198,9 @@ export class BlockLayer {
     node.forceShare = generic.forceShare;
     node.openOptions = { driver: driver.name, ...generic.explicit };
 
+    const given = Object.keys(driver.options).filter((k) => options[k] !== undefined && options[k] !== null);
     const parsed = parseDriverOptions(driver, options);
-    for (const [k, v] of Object.entries(parsed)) if (v !== undefined && typeof v !== 'object') node.openOptions[k] = v;
+    for (const k of given) node.openOptions[k] = parsed[k] as OptionScalar;
     const ctx = new OpenContext(this, node, options, parsed, filename, flags, preopened);
     try {
       node.state = await driver.open(node, ctx);
@@ -286,10 +287,11 @@ export class BlockLayer {
   /**
    * Insert a new filter node above `below`, taking over all of below's parents (used for the
    * implicit copy-on-read node of `-C` and by jobs). The node is hidden when implicit.
+   * `childKey` names the filter's child option (`backing` for mirror_top).
    */
-  async insertFilterAbove(below: BlockNode, options: FlatOptions, implicit: boolean): Promise<BlockNode> {
+  async insertFilterAbove(below: BlockNode, options: FlatOptions, implicit: boolean, childKey = 'file'): Promise<BlockNode> {
     const parents = [...below.parents];
-    const filter = await this.openNode(undefined, { ...options, file: below.nodeName });
+    const filter = await this.openNode(undefined, { ...options, [childKey]: below.nodeName });
     filter.implicit = implicit;
     for (const edge of parents) replaceChildNode(edge, filter);
     return filter;

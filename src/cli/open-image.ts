@@ -34,6 +34,8 @@ export interface ImageOpenRequest {
   forceShare?: boolean;
   /** Default cache mode when none is given: qemu-io writethrough, qemu-img writeback. */
   defaultCache?: 'writethrough' | 'writeback';
+  /** Name of the root user (`-drive id=`); unnamed by default. */
+  backendName?: string;
 }
 
 export interface OpenedImage {
@@ -90,7 +92,7 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
     if (req.snapshot) root = await openTemporaryOverlay(layer, root);
     if (req.copyOnRead) root = await layer.insertFilterAbove(root, { driver: 'copy-on-read' }, true);
     const perm = PERM_CONSISTENT_READ | (readOnly ? 0 : PERM_WRITE);
-    return { blk: BlockBackend.attach(root, perm, PERM_ALL), writethrough: cache.writethrough };
+    return { blk: BlockBackend.attach(root, perm, PERM_ALL, req.backendName), writethrough: cache.writethrough };
   } catch (e) {
     await layer.closeNode(root);
     throw e;

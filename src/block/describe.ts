@@ -1,0 +1,82 @@
+/**
+ * Describing an open graph as options again: one nested definition (for `json:` filenames) or
+ * a list of flat `--blockdev` definitions that reference each other by node name. Implicit
+ * nodes are skipped, so what users did not ask for does not show.
+ */
+import type { OptionTree } from '../options/types.js';
+import { toJsonFilename } from '../options/json.js';
+import type { BlockNode } from './node.js';
+import { permNames } from './permissions.js';
+
+/** Skip implicit filters: the node a user would name instead. */
+export function visibleNode(node: BlockNode): BlockNode {
+  let n = node;
+  while (n.implicit && n.filteredChild) n = n.filteredChild.node;
+  return n;
+}
+
+function ownOptions(node: BlockNode): OptionTree {
+  const out: OptionTree = {};
+  for (const [k, v] of Object.entries(node.openOptions)) if (v !== undefined) out[k] = v;
+  if (!node.autoNamed) out['node-name'] = node.nodeName;
+  return out;
+}
+
+/** The whole subgraph below `node` as one nested definition (children inline). */
+export function nestedDefinition(node: BlockNode): OptionTree {
+  const n = visibleNode(node);
+  const def = ownOptions(n);
+  for (const edge of n.children) setPath(def, edge.name, nestedDefinition(edge.node));
+  return def;
+}
+
+/** `json:{...}` for a graph, in QEMU's spacing. */
+export function jsonFilename(node: BlockNode): string {
+  return toJsonFilename(nestedDefinition(node));
+}
+
+/**
+ * Flat definitions, children before parents, each child referenced by node name, so that
+ * `--blockdev` in this order reopens the same graph. Generated names become explicit ones.
+ */
+export function blockdevDefinitions(root: BlockNode): OptionTree[] {
+  const out: OptionTree[] = [];
+  const seen = new Set<BlockNode>();
+  const visit = (node: BlockNode): void => {
+    const n = visibleNode(node);
+    if (seen.has(n)) return;
+    seen.add(n);
+    const def = ownOptions(n);
+    def['node-name'] = n.nodeName.replace(/^#/, 'node-');
+    for (const edge of n.children) {
+      visit(edge.node);
+      setPath(def, edge.name, visibleNode(edge.node).nodeName.replace(/^#/, 'node-'));
+    }
+    out.push(def);
+  };
+  visit(root);
+  return out;
+}
+
+/** Set `children.0` style paths: numeric parts make arrays. */
+function setPath(tree: OptionTree, path: string, value: OptionTree | string): void {
+  const parts = path.split('.');
+  let cur: any = tree;
+  for (let i = 0; i < parts.length - 1; i++) {
+    const nextIsIndex = /^\d+$/.test(parts[i + 1]!);
+    cur[parts[i]!] ??= nextIsIndex ? [] : {};
+    cur = cur[parts[i]!];
+  }
+  cur[parts[parts.length - 1]!] = value;
+}
+
+export interface EdgeDescription {
+  role: string;
+  perm: string;
+  shared: string;
+}
+
+/** What an edge takes and shares, in QEMU's permission names. */
+export function describeEdge(perm: number, shared: number, role: string): EdgeDescription {
+  return { role, perm: permNames(perm) || 'none', shared: permNames(shared) || 'none' };
+}

@@ -1,0 +1,156 @@
+import { beforeEach, describe, expect, it } from 'vitest';
+import { BlockBackend } from '../../../src/block/backend.js';
+import { BlockLayer } from '../../../src/block/graph.js';
+import { REQ_WRITE_UNCHANGED } from '../../../src/block/flags.js';
+import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../../../src/block/permissions.js';
+import { isAllocated } from '../../../src/block/io.js';
+import { copyOnReadDriver } from '../../../src/drivers/copy-on-read.js';
+import { rawDriver } from '../../../src/drivers/raw.js';
+import { memCowDriver, memoryDisks, memoryDriver, type MemoryState } from '../helpers/memory-driver.js';
+
+const CLUSTER = 65536;
+
+function newLayer(): BlockLayer {
+  return new BlockLayer([memoryDriver, memCowDriver, rawDriver, copyOnReadDriver]);
+}
+
+/** base (pattern 0x11 everywhere) <- top (memcow, empty) */
+async function chain(layer: BlockLayer, size = 8 * CLUSTER) {
+  memoryDisks.set('base', new Uint8Array(size).fill(0x11));
+  memoryDisks.set('top', new Uint8Array(size));
+  await layer.openNode(undefined, { driver: 'memory', filename: 'base', 'node-name': 'base' });
+  return layer.openNode(undefined, {
+    driver: 'memcow', 'node-name': 'top', 'file.driver': 'memory', 'file.filename': 'top', backing: 'base',
+  });
+}
+
+describe('copy-on-read', () => {
+  let layer: BlockLayer;
+  beforeEach(() => {
+    memoryDisks.clear();
+    layer = newLayer();
+  });
+
+  it('copies whole clusters with WRITE_UNCHANGED through a filter, for a read-only user', async () => {
+    await chain(layer);
+    const cor = await layer.openNode(undefined, { driver: 'copy-on-read', 'node-name': 'cor', file: 'top' });
+    const blk = BlockBackend.attach(cor, PERM_CONSISTENT_READ, PERM_ALL);
+    const buf = new Uint8Array(100);
+    await blk.read(CLUSTER + 10, 100, buf);
+    expect(buf.every((b) => b === 0x11)).toBe(true);
+    const top = layer.findNode('top')!;
+    expect(await isAllocated(top, CLUSTER, CLUSTER)).toEqual({ allocated: true, pnum: CLUSTER });
+    expect(await isAllocated(top, 0, CLUSTER)).toEqual({ allocated: false, pnum: CLUSTER });
+    const file = top.file!.node as unknown as { state: MemoryState };
+    expect(file.state.writes).toHaveLength(1);
+    expect(file.state.writes[0]).toMatchObject({ offset: CLUSTER, bytes: CLUSTER });
+  });
+
+  it('never rewrites clusters that are already allocated', async () => {
+    const top = await chain(layer);
+    const writer = BlockBackend.attach(top, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
+    await writer.write(0, CLUSTER, new Uint8Array(CLUSTER).fill(0x22));
+    writer.detach();
+    const cor = await layer.openNode(undefined, { driver: 'copy-on-read', file: 'top' });
+    const blk = BlockBackend.attach(cor, PERM_CONSISTENT_READ, PERM_ALL);
+    const buf = new Uint8Array(2 * CLUSTER);
+    await blk.read(0, 2 * CLUSTER, buf);
+    expect(buf[0]).toBe(0x22);
+    expect(buf[CLUSTER]).toBe(0x11);
+    const writes = (top.file!.node as unknown as { state: MemoryState }).state.writes;
+    expect(writes.map((w) => w.offset)).toEqual([0, CLUSTER]);
+  });
+
+  it('writes all-zero data as zero writes', async () => {
+    memoryDisks.set('base', new Uint8Array(4 * CLUSTER));
+    memoryDisks.set('top', new Uint8Array(4 * CLUSTER));
+    await layer.openNode(undefined, { driver: 'memory', filename: 'base', 'node-name': 'base' });
+    const top = await layer.openNode(undefined, { driver: 'memcow', 'node-name': 'top', 'file.driver': 'memory', 'file.filename': 'top', backing: 'base' });
+    const cor = await layer.openNode(undefined, { driver: 'copy-on-read', file: 'top' });
+    await BlockBackend.attach(cor, PERM_CONSISTENT_READ, PERM_ALL).read(0, 4 * CLUSTER, new Uint8Array(4 * CLUSTER));
+    expect((top.state as { zero: Uint8Array }).zero).toEqual(new Uint8Array([1, 1, 1, 1]));
+  });
+
+  it('serialises concurrent overlapping reads so each cluster is copied once', async () => {
+    const top = await chain(layer);
+    const cor = await layer.openNode(undefined, { driver: 'copy-on-read', file: 'top' });
+    const blk = BlockBackend.attach(cor, PERM_CONSISTENT_READ, PERM_ALL);
+    await Promise.all([0, 1000, 5000, CLUSTER - 1].map((off) => blk.read(off, 4096, new Uint8Array(4096))));
+    const writes = (top.file!.node as unknown as { state: MemoryState }).state.writes;
+    expect(writes.filter((w) => w.offset === 0)).toHaveLength(1);
+  });
+
+  it('passes through raw without offset (a filter), forwarding WRITE_UNCHANGED', async () => {
+    await chain(layer);
+    await layer.openNode(undefined, { driver: 'raw', 'node-name': 'raw', file: 'top' });
+    const cor = await layer.openNode(undefined, { driver: 'copy-on-read', file: 'raw' });
+    const blk = BlockBackend.attach(cor, PERM_CONSISTENT_READ, PERM_ALL);
+    await blk.read(0, 10, new Uint8Array(10));
+    const writes = (layer.findNode('top')!.file!.node as unknown as { state: MemoryState }).state.writes;
+    expect(writes).toHaveLength(1);
+  });
+
+  it('refuses a read-only child with "Block node is read-only"', async () => {
+    await chain(layer);
+    await layer.openNode(undefined, { driver: 'memcow', 'node-name': 'ro', 'read-only': 'on', 'file.driver': 'memory', 'file.filename': 'top' });
+    await expect(layer.openNode(undefined, { driver: 'copy-on-read', file: 'ro' })).rejects.toThrow('Block node is read-only');
+  });
+
+  it('bottom limits copying to data above the bottom node', async () => {
+    memoryDisks.set('base', new Uint8Array(2 * CLUSTER).fill(0x11));
+    memoryDisks.set('mid', new Uint8Array(2 * CLUSTER).fill(0x22));
+    memoryDisks.set('top', new Uint8Array(2 * CLUSTER));
+    await layer.openNode(undefined, { driver: 'memory', filename: 'base', 'node-name': 'base' });
+    const mid = await layer.openNode(undefined, { driver: 'memcow', 'node-name': 'mid', 'file.driver': 'memory', 'file.filename': 'mid', backing: 'base' });
+    const writer = BlockBackend.attach(mid, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
+    await writer.write(CLUSTER, CLUSTER, new Uint8Array(CLUSTER).fill(0x22));
+    writer.detach();
+    const top = await layer.openNode(undefined, { driver: 'memcow', 'node-name': 'top', 'file.driver': 'memory', 'file.filename': 'top', backing: 'mid' });
+    const cor = await layer.openNode(undefined, { driver: 'copy-on-read', file: 'top', bottom: 'mid' });
+    const buf = new Uint8Array(2 * CLUSTER);
+    await BlockBackend.attach(cor, PERM_CONSISTENT_READ, PERM_ALL).read(0, 2 * CLUSTER, buf);
+    expect(buf[0]).toBe(0x11);
+    expect(buf[CLUSTER]).toBe(0x22);
+    expect(await isAllocated(top, 0, CLUSTER)).toEqual({ allocated: false, pnum: CLUSTER });
+    expect(await isAllocated(top, CLUSTER, CLUSTER)).toEqual({ allocated: true, pnum: CLUSTER });
+  });
+
+  it('rejects a bottom node outside the backing chain instead of looping', async () => {
+    await chain(layer);
+    const fileNode = layer.findNode('top')!.file!.node.nodeName;
+    await expect(layer.openNode(undefined, { driver: 'copy-on-read', file: 'top', bottom: fileNode }))
+      .rejects.toThrow(/is not in the backing chain/);
+  });
+});
+
+describe('permissions on edges', () => {
+  it('refuses a write that only holds write unchanged', async () => {
+    memoryDisks.clear();
+    const layer = newLayer();
+    const node = await layer.openNode(undefined, { driver: 'memory', filename: 'x' });
+    const blk = BlockBackend.attach(node, PERM_CONSISTENT_READ, PERM_ALL);
+    await expect(blk.write(0, 1, new Uint8Array(1))).rejects.toThrow(/without 'write' permission/);
+    await expect(blk.write(0, 1, new Uint8Array(1), REQ_WRITE_UNCHANGED)).rejects.toThrow(/write unchanged/);
+  });
+
+  it('reports permission conflicts with QEMU wording', async () => {
+    memoryDisks.clear();
+    const layer = newLayer();
+    const node = await layer.openNode(undefined, { driver: 'memory', filename: 'x', 'node-name': 'disk' });
+    BlockBackend.attach(node, PERM_CONSISTENT_READ | PERM_WRITE, PERM_CONSISTENT_READ, 'first');
+    expect(() => BlockBackend.attach(node, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL, 'second')).toThrow(
+      "Permission conflict on node 'disk': permissions 'write' are both required by block device 'second' " +
+        "(uses node 'disk' as 'root' child) and unshared by block device 'first' (uses node 'disk' as 'root' child).",
+    );
+  });
+
+  it('lets a filter without WRITE_UNCHANGED support fail the copy write cleanly', async () => {
+    memoryDisks.clear();
+    const layer = new BlockLayer([memoryDriver, memCowDriver, copyOnReadDriver, { ...rawDriver, name: 'plainfilter', supportedWriteFlags: () => 0, supportedZeroFlags: () => 0 }]);
+    await chain(layer);
+    await layer.openNode(undefined, { driver: 'plainfilter', 'node-name': 'f', file: 'top' });
+    const cor = await layer.openNode(undefined, { driver: 'copy-on-read', file: 'f' });
+    const blk = BlockBackend.attach(cor, PERM_CONSISTENT_READ, PERM_ALL);
+    await expect(blk.read(0, 512, new Uint8Array(512))).rejects.toThrow(/without 'write' permission/);
+  });
+});
