@@ -137,6 +137,8 @@ export interface BlockDriver<S = unknown> {
   check?(node: BlockNode<S>, repair: 'leaks' | 'all' | undefined, report: (line: string) => void): Promise<CheckResult>;
   /** Rewrite the backing file name/format recorded in the image (rebase, commit, stream). */
   changeBackingFile?(node: BlockNode<S>, filename: string, format: string): Promise<void>;
+  /** Drop all data of this layer so reads fall through to the backing chain (qemu-img commit without -d). */
+  makeEmpty?(node: BlockNode<S>): Promise<void>;
 
   /** Options describing the node for `json:` filenames and `blkio graph` (besides children). */
   describeOptions?(node: BlockNode<S>): Record<string, unknown>;
