@@ -27,7 +27,7 @@ function findBottom(node: BlockNode, file: BlockNode, name: string): BlockNode {
   if (bottom.isFilter) throw new BlkioError('EINVAL', `Bottom node '${name}' is a filter`);
   for (let n: BlockNode | undefined = file; n; n = chainNext(n)) if (n === bottom) return bottom;
   // QEMU 7.2 loops forever here; the node has to be below us in the backing chain.
-  throw new BlkioError('EINVAL', `Bottom node '${name}' is not in the backing chain of node '${file.nodeName}'`);
+  throw new BlkioError('EINVAL', `Bottom node '${name}' is not in the backing chain below the filter`);
 }
 
 /** Read with `bottom`: copy only what lies above the bottom node; below it, just read. */
