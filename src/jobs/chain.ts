@@ -1,0 +1,60 @@
+/** Backing-chain questions the jobs ask: where is the base, what does a range hold above it. */
+import { resolve } from 'node:path';
+import { BlkioError } from '../errors.js';
+import { chainNext, nodeBlockStatus } from '../block/io.js';
+import type { BlockNode } from '../block/node.js';
+import { STATUS_ALLOCATED, STATUS_ZERO } from '../block/flags.js';
+
+/** The image formats below `top`, top first (filters in between are passed through). */
+export function backingChain(top: BlockNode): BlockNode[] {
+  const chain: BlockNode[] = [];
+  for (let n = chainNext(top); n; n = chainNext(n)) if (!n.isFilter) chain.push(n);
+  return chain;
+}
+
+/** The image directly above `base` in top's chain; with no base, the bottom-most image. */
+export function overlayAbove(top: BlockNode, base: BlockNode | undefined): BlockNode {
+  let overlay = top;
+  for (const n of backingChain(top)) {
+    if (n === base) return overlay;
+    overlay = n;
+  }
+  if (base) throw new BlkioError('EINVAL', `'${base.nodeName}' is not in the backing chain of '${top.filename}'`);
+  return overlay;
+}
+
+/**
+ * A backing image by the name a user gives it: the name recorded in its overlay's header, or
+ * a path that resolves to the same file (QEMU's bdrv_find_backing_image). Undefined if absent.
+ */
+export function findBackingImage(top: BlockNode, name: string): BlockNode | undefined {
+  let overlay = top;
+  for (const n of backingChain(top)) {
+    if (overlay.backingFile === name || (n.filename && resolve(n.filename) === resolve(name))) return n;
+    overlay = n;
+  }
+  return undefined;
+}
+
+export interface ChainStatus {
+  /** Some layer from top down to (not including) the stop node holds the range. */
+  allocated: boolean;
+  /** The range reads as zeroes (allocated as zero, or nothing below holds data). */
+  zero: boolean;
+  /** Bytes from offset with this status (> 0). */
+  pnum: number;
+}
+
+/** What [offset, offset+bytes) of top holds in the layers above `stop` (undefined: whole chain). */
+export async function chainStatus(top: BlockNode, stop: BlockNode | undefined, offset: number, bytes: number): Promise<ChainStatus> {
+  let pnum = bytes;
+  for (let n: BlockNode | undefined = top; n && n !== stop; n = chainNext(n)) {
+    if (offset >= n.getLength()) return { allocated: false, zero: true, pnum };
+    const r = await nodeBlockStatus(n, offset, pnum);
+    if (r.status & STATUS_ALLOCATED) return { allocated: true, zero: (r.status & STATUS_ZERO) !== 0, pnum: r.pnum };
+    pnum = Math.min(pnum, r.pnum);
+    // Unallocated but zero: nothing below (or the layer below is shorter).
+    if (r.status & STATUS_ZERO) return { allocated: false, zero: true, pnum };
+  }
+  return { allocated: false, zero: false, pnum };
+}

@@ -1,0 +1,97 @@
+/**
+ * Mirror: copy a source node to a target while writes keep arriving. A `mirror_top` filter
+ * above the source sends every write to both sides; the job copies what the sync mode asks
+ * for, several chunks in flight, each under the filter's range lock. Commit is the same copy
+ * with the base as target (see commit.ts).
+ *
+ *   sync=full  everything the source shows (the target is new and reads as zeroes: holes are skipped)
+ *   sync=top   only what the source's top layer holds (the target is backed by the source's backing)
+ *   sync=none  nothing; only writes made while the job runs reach the target (backed by the source)
+ */
+import { BlkioError } from '../errors.js';
+import type { BlockLayer } from '../block/graph.js';
+import { REQ_MAY_UNMAP } from '../block/flags.js';
+import { chainNext } from '../block/io.js';
+import type { BlockNode } from '../block/node.js';
+import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../block/permissions.js';
+import { withRangeLock } from '../drivers/mirror-top.js';
+import { chainStatus } from './chain.js';
+import { Job, type JobOptions } from './job.js';
+
+export type MirrorSync = 'full' | 'top' | 'none';
+
+/** What to do with one range of the source. */
+type RangeAction = 'copy' | 'zero' | 'skip';
+
+/** Decide the action for a range at offset; returns it and how many bytes it covers. */
+export type RangePlanner = (offset: number, bytes: number) => Promise<{ action: RangeAction; bytes: number }>;
+
+/**
+ * Plan for copying what `source` holds above `stop` (undefined: its whole chain). Zero ranges
+ * are written as zeroes when the target may hold other data there, else skipped.
+ */
+export function planAbove(source: BlockNode, stop: BlockNode | undefined, targetReadsZero: boolean): RangePlanner {
+  return async (offset, bytes) => {
+    const s = await chainStatus(source, stop, offset, bytes);
+    if (!s.allocated || (s.zero && targetReadsZero)) return { action: 'skip', bytes: s.pnum };
+    return { action: s.zero ? 'zero' : 'copy', bytes: s.pnum };
+  };
+}
+
+/** How far to look ahead in one block-status query (skipped and zero ranges may be long). */
+const STATUS_LOOKAHEAD = 1 << 30;
+
+/**
+ * Copy `source` to `target` as `plan` says, with a mirror_top filter above the source for the
+ * job's lifetime so that concurrent writes reach both. Progress covers the source's length.
+ */
+export async function mirrorCopy(job: Job, source: BlockNode, target: BlockNode, plan: RangePlanner): Promise<void> {
+  const filter = await job.insertFilter(source, { driver: 'mirror_top', target: target.nodeName }, 'backing');
+  const reader = job.attach(filter, PERM_CONSISTENT_READ, PERM_ALL);
+  const writer = job.attach(target, PERM_WRITE, PERM_ALL);
+  const length = source.getLength();
+  job.setTotal(length);
+
+  const free: Uint8Array[] = Array.from({ length: job.inFlight }, () => new Uint8Array(job.chunkSize));
+  async function* ranges() {
+    for (let offset = 0; offset < length;) {
+      const { action, bytes } = await plan(offset, Math.min(length - offset, STATUS_LOOKAHEAD));
+      const n = action === 'skip' ? bytes : Math.min(bytes, job.chunkSize);
+      if (action === 'skip') job.advance(n);
+      else yield { offset, bytes: n, action };
+      offset += n;
+    }
+  }
+  await job.forEachInFlight(ranges(), ({ offset, bytes, action }) =>
+    withRangeLock(filter, offset, bytes, async () => {
+      if (action === 'zero') return writer.writeZeroes(offset, bytes, REQ_MAY_UNMAP);
+      const buf = free.pop()!;
+      try {
+        await reader.read(offset, bytes, buf.subarray(0, bytes));
+        await writer.write(offset, bytes, buf.subarray(0, bytes));
+      } finally {
+        free.push(buf);
+      }
+    }),
+  );
+  await writer.flush();
+}
+
+export interface MirrorOptions extends JobOptions {
+  sync?: MirrorSync;
+}
+
+/** Mirror `source` into the already created and opened `target` (same length). */
+export async function mirror(layer: BlockLayer, source: BlockNode, target: BlockNode, options: MirrorOptions = {}): Promise<void> {
+  const sync = options.sync ?? 'full';
+  if (target.getLength() !== source.getLength()) {
+    throw new BlkioError('EINVAL', 'Source and target image have different sizes');
+  }
+  const job = new Job(layer, options);
+  const plan: RangePlanner = sync === 'full'
+    ? planAbove(source, undefined, true)
+    : sync === 'top'
+      ? planAbove(source, chainNext(source), false)
+      : async (_offset, bytes) => ({ action: 'skip', bytes });
+  await job.run(() => mirrorCopy(job, source, target, plan));
+}

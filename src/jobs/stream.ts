@@ -1,0 +1,79 @@
+/**
+ * Stream: pull the data of the images between `top` and `base` up into `top`, then make
+ * `base` top's backing file. The copying is the copy-on-read filter's job: the stream inserts
+ * one above `top` (with `bottom` = the image directly above the base, so nothing from the base
+ * itself is copied) and reads the disk through it with PREFETCH, skipping what top already
+ * holds. Interrupted, it leaves a valid image that merely holds some data twice; run again, it
+ * continues where it stopped.
+ */
+import { dirname, isAbsolute, relative } from 'node:path';
+import { BlkioError } from '../errors.js';
+import { replaceChildNode, type BlockLayer } from '../block/graph.js';
+import { isAllocated } from '../block/io.js';
+import type { BlockNode } from '../block/node.js';
+import { REQ_PREFETCH } from '../block/flags.js';
+import { PERM_ALL, PERM_CONSISTENT_READ } from '../block/permissions.js';
+import { overlayAbove } from './chain.js';
+import { Job, type JobOptions } from './job.js';
+
+export interface StreamOptions extends JobOptions {
+  /** The image to keep as the backing file; undefined streams the whole chain. */
+  base?: BlockNode;
+  /** The backing file name to record (default: the base, named relative to top's directory). */
+  backingFile?: string;
+}
+
+/** How top's header should name the base, so that it resolves from top's directory. */
+export function backingNameFor(top: BlockNode, baseOverlay: BlockNode, base: BlockNode): string {
+  const recorded = baseOverlay.backingFile;
+  if (isAbsolute(recorded) || /^[a-z][a-z0-9+.-]*:/i.test(recorded) || dirname(baseOverlay.filename) === dirname(top.filename)) {
+    return recorded;
+  }
+  return relative(dirname(top.filename), base.filename);
+}
+
+export async function stream(layer: BlockLayer, top: BlockNode, options: StreamOptions = {}): Promise<void> {
+  const base = options.base;
+  const baseOverlay = overlayAbove(top, base);
+  const backingName = base ? options.backingFile ?? backingNameFor(top, baseOverlay, base) : '';
+  const backingFormat = base ? base.driver.name : '';
+  if (top.backing && !top.driver.changeBackingFile) {
+    throw new BlkioError('ENOTSUP', `Could not change the backing file to '${backingName}': Operation not supported`);
+  }
+
+  if (!top.backing) return;
+
+  const job = new Job(layer, options);
+  await job.run(async () => {
+    const filter = await job.insertFilter(top, { driver: 'copy-on-read', bottom: baseOverlay.nodeName });
+    const reader = job.attach(filter, PERM_CONSISTENT_READ, PERM_ALL);
+    const length = top.getLength();
+    job.setTotal(length);
+    // PREFETCH: the data is only copied, never returned, so all requests share one buffer.
+    const scratch = new Uint8Array(job.chunkSize);
+    async function* unallocatedInTop() {
+      for (let offset = 0; offset < length;) {
+        const { allocated, pnum } = await isAllocated(top, offset, Math.min(job.chunkSize, length - offset));
+        if (allocated) job.advance(pnum);
+        else yield { offset, bytes: pnum };
+        offset += pnum;
+      }
+    }
+    await job.forEachInFlight(unallocatedInTop(), ({ offset, bytes }) =>
+      reader.read(offset, bytes, scratch.subarray(0, bytes), REQ_PREFETCH),
+    );
+    await reader.flush();
+  });
+  await relink(layer, top, base, backingName, backingFormat);
+}
+
+/** Make `base` (or nothing) top's backing file, in the graph and in top's header. */
+async function relink(layer: BlockLayer, top: BlockNode, base: BlockNode | undefined, name: string, format: string): Promise<void> {
+  const edge = top.backing!;
+  const dropped = edge.node;
+  if (dropped === base) return;
+  if (base) replaceChildNode(edge, base);
+  else layer.releaseEdge(edge);
+  if (dropped.parents.length === 0) await layer.closeNode(dropped);
+  await top.driver.changeBackingFile!(top, name, format);
+}
