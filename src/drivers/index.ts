@@ -2,9 +2,10 @@
 import type { BlockDriver } from '../block/driver.js';
 import { copyOnReadDriver } from './copy-on-read.js';
 import { fileDriver } from './file.js';
+import { mirrorTopDriver } from './mirror-top.js';
 import { nullAioDriver, nullCoDriver } from './null.js';
 import { rawDriver } from './raw.js';
 
 export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
-  fileDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver,
+  fileDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
 ];
