@@ -32,6 +32,13 @@ function passThrough(name: string, summary: string, load: () => Promise<(argv: s
 passThrough('io', 'qemu-io compatible command interpreter: blkio io [options] [-c CMD]... [image]', async () => (await import('./io.js')).runIo);
 passThrough('img', 'qemu-img compatible image tool: blkio img <create|info|map|check|compare|...>', async () => (await import('./img.js')).runImg);
 passThrough('graph', 'open a graph and print it as a tree or as --blockdev/json definitions', async () => (await import('./graph.js')).runGraph);
+program
+  .command('demo')
+  .summary('show copy-on-read on an embedded example in a temporary directory')
+  .action(async () => {
+    const { runDemo } = await import('./demo.js');
+    process.exitCode = await runCli(runDemo);
+  });
 for (const cmd of DIRECT_IO_COMMANDS) {
   passThrough(cmd, `qemu-io '${cmd}' on an image: blkio ${cmd} IMAGE [${cmd} arguments]`, async () => {
     const { runDirect } = await import('./io.js');
