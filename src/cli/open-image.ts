@@ -74,33 +74,31 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
   }
   const cache = CACHE_MODES[req.cache ?? req.defaultCache ?? 'writethrough'];
   if (!cache) throw new BlkioError('EINVAL', `Invalid cache option: ${req.cache}`);
-  setDefault(options, 'cache.direct', cache.direct ? 'on' : 'off');
-  setDefault(options, 'cache.no-flush', cache.noFlush ? 'on' : 'off');
-  setDefault(options, 'discard', req.discard ?? 'unmap');
-  if (req.readOnly) options['read-only'] = 'on';
+  // Program-level modes are defaults: what the image options (json: included) say wins.
+  const defaults: FlatOptions = {
+    'cache.direct': cache.direct ? 'on' : 'off',
+    'cache.no-flush': cache.noFlush ? 'on' : 'off',
+    discard: req.discard ?? 'unmap',
+    'read-only': req.readOnly ? 'on' : 'off',
+  };
   if (req.forceShare) {
-    if (options['force-share'] !== undefined && !['on', true, 'true', 'yes', 'y'].includes(options['force-share'] as string)) {
+    if (options['force-share'] !== undefined && !isTrue(options['force-share'])) {
       throw new BlkioError('EINVAL', '-U conflicts with image options');
     }
     options['force-share'] = 'on';
   }
-  const readOnly = isTrue(options['read-only']);
-  if (req.copyOnRead && readOnly) throw new BlkioError('EINVAL', "Can't use copy-on-read on read-only device");
 
-  let root: BlockNode = await layer.openNode(filename, options);
+  let root: BlockNode = await layer.openNode(filename, options, { protocol: false, inherited: defaults });
   try {
+    if (req.copyOnRead && root.readOnly) throw new BlkioError('EINVAL', "Can't use copy-on-read on read-only device");
     if (req.snapshot) root = await openTemporaryOverlay(layer, root);
     if (req.copyOnRead) root = await layer.insertFilterAbove(root, { driver: 'copy-on-read' }, true);
-    const perm = PERM_CONSISTENT_READ | (readOnly ? 0 : PERM_WRITE);
+    const perm = PERM_CONSISTENT_READ | (req.readOnly || root.readOnly ? 0 : PERM_WRITE);
     return { blk: BlockBackend.attach(root, perm, PERM_ALL, req.backendName), writethrough: cache.writethrough };
   } catch (e) {
     await layer.closeNode(root);
     throw e;
   }
-}
-
-function setDefault(options: FlatOptions, key: string, value: string): void {
-  if (options[key] === undefined) options[key] = value;
 }
 
 function isTrue(v: unknown): boolean {
