@@ -159,6 +159,7 @@ export class BlockLayer {
       for (const [k, v] of Object.entries(fromJson)) if (!(k in options)) options[k] = v;
       filename = undefined;
     }
+    const givenGeneric = GENERIC_OPTIONS.filter((k) => options[k] !== undefined);
     for (const [k, v] of Object.entries(flags.inherited)) if (!(k in options)) options[k] = v;
 
     let driverName = takeString(options, 'driver');
@@ -189,7 +190,7 @@ export class BlockLayer {
       filename = undefined;
     }
 
-    const generic = takeGeneric(options);
+    const generic = takeGeneric(options, givenGeneric);
     const nodeName = generic.nodeName ?? this.generateName();
     if (generic.nodeName !== undefined) this.checkNodeName(generic.nodeName);
     const node = new BlockNode(this, driver, nodeName, generic.readOnly, generic.nodeName === undefined);
@@ -205,6 +206,7 @@ export class BlockLayer {
     try {
       node.state = await driver.open(node, ctx);
       if (driver.supportsBacking) await this.openBacking(node, ctx);
+      else if (options.backing === null) delete options.backing; // "no backing" is fine for any driver
       const leftover = Object.keys(options)[0];
       if (leftover !== undefined) {
         throw new BlkioError('EINVAL', driver.kind === 'protocol'
@@ -402,9 +404,10 @@ interface GenericOptions {
   explicit: FlatOptions;
 }
 
-function takeGeneric(options: FlatOptions): GenericOptions {
+/** Generic node options; `given` are those the user set (the rest were inherited defaults). */
+function takeGeneric(options: FlatOptions, given: readonly string[]): GenericOptions {
   const explicit: FlatOptions = {};
-  for (const key of GENERIC_OPTIONS) if (options[key] !== undefined) explicit[key] = options[key] as OptionScalar;
+  for (const key of given) explicit[key] = options[key] as OptionScalar;
   const nodeName = takeString(options, 'node-name');
   const readOnly = takeBool(options, 'read-only', false);
   takeBool(options, 'auto-read-only', false);
@@ -424,7 +427,7 @@ function takeGeneric(options: FlatOptions): GenericOptions {
     throw new BlkioError('EINVAL', 'setting detect-zeroes to unmap is not allowed without setting discard operation to unmap');
   }
   if (forceShare && !readOnly) throw new BlkioError('EINVAL', 'force-share=on can only be used with read-only images');
-  if (nodeName === undefined) delete explicit['node-name'];
+  delete explicit['node-name'];
   return { nodeName, readOnly, forceShare, discardUnmap, detectZeroes: detect, explicit };
 }
 

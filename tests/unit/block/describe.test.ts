@@ -49,10 +49,11 @@ describe('graph description', () => {
     const { layer, root } = await openAll(FIVE_NODES);
     const json = jsonFilename(root);
     expect(json).toMatch(/^json:\{.*"driver": "copy-on-read"/);
+    const expected = nestedDefinition(root);
     await layer.closeAll();
     const again = new BlockLayer(allDrivers);
     const reopened = await again.openNode(json, {});
-    expect(nestedDefinition(reopened)).toEqual(nestedDefinition(root));
+    expect(nestedDefinition(reopened)).toEqual(expected);
     await again.closeAll();
   });
 
