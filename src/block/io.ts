@@ -77,19 +77,14 @@ function roundUp(n: number, align: number): number {
   return rem === 0 ? n : n + align - rem;
 }
 
-/** Whether every byte is zero, comparing 8 bytes at a time where alignment allows. */
+const ZERO_CHUNK = new Uint8Array(1 << 20);
+
+/** Whether every byte is zero (native comparison against a zero chunk, no per-byte loop). */
 export function isZeroBuffer(buf: Uint8Array): boolean {
-  const head = (8 - (buf.byteOffset % 8)) % 8;
-  const n = buf.length;
-  let i = 0;
-  for (; i < Math.min(head, n); i++) if (buf[i] !== 0) return false;
-  const words = Math.floor((n - i) / 8);
-  if (words > 0) {
-    const view = new BigUint64Array(buf.buffer, buf.byteOffset + i, words);
-    for (let w = 0; w < words; w++) if (view[w] !== 0n) return false;
-    i += words * 8;
+  for (let pos = 0; pos < buf.length; pos += ZERO_CHUNK.length) {
+    const n = Math.min(ZERO_CHUNK.length, buf.length - pos);
+    if (Buffer.compare(buf.subarray(pos, pos + n), ZERO_CHUNK.subarray(0, n)) !== 0) return false;
   }
-  for (; i < n; i++) if (buf[i] !== 0) return false;
   return true;
 }
 
