@@ -1,0 +1,5 @@
+export * from './types.js';
+export * from './size.js';
+export * from './qemuopts.js';
+export * from './keyval.js';
+export * from './json.js';
