@@ -48,6 +48,8 @@ export interface DriverInfo {
   /** Unit of allocation when smaller than a cluster (qcow2 extended L2). */
   subclusterSize?: number;
   vmStateOffset?: number;
+  /** The image was not closed cleanly (qcow2's dirty bit): `cleanly shut down: no`. */
+  isDirty?: boolean;
 }
 
 /** `Format specific information:` of `info` / `qemu-img info`, as ordered key/value pairs. */

@@ -177,7 +177,8 @@ export class BlockLayer {
           ? this.findNodeOrThrow(fileRef)
           : await this.openNode(filename, fileOptions, { protocol: true, inherited: pickInherited(options) });
         preopened.set('file', file);
-        driverName = await this.probeFormat(file, filename ?? file.filename);
+        const readOnly = options['read-only'] !== undefined && parseBool('read-only', options['read-only']);
+        driverName = await this.probeFormat(file, filename ?? file.filename, !readOnly);
       }
     }
     const driver = this.drivers.get(driverName);
@@ -248,7 +249,8 @@ export class BlockLayer {
     }
   }
 
-  private async probeFormat(file: BlockNode, filename: string): Promise<string> {
+  /** Guess the format from the first bytes; guessing raw for a writable image earns QEMU's warning. */
+  private async probeFormat(file: BlockNode, filename: string, writable: boolean): Promise<string> {
     const edge = new BdrvChild(PROBE_USER, 'file', ROLE_IMAGE, file);
     attachChild(edge, PERM_CONSISTENT_READ, PERM_ALL);
     try {
@@ -260,7 +262,7 @@ export class BlockLayer {
         const score = d.probe?.(header.subarray(0, len), filename) ?? 0;
         if (score > best.score) best = { name: d.name, score };
       }
-      if (best.name === 'raw') {
+      if (best.name === 'raw' && writable) {
         this.warn(
           `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
             '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +

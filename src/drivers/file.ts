@@ -43,6 +43,13 @@ export const fileDriver: BlockDriver<FileState> = {
     'drop-cache': { type: 'bool' },
   },
 
+  createOptions: [
+    { name: 'size', type: 'size', help: 'Virtual disk size' },
+    { name: 'nocow', type: 'bool', help: 'Turn off copy-on-write (valid only on btrfs)' },
+    { name: 'preallocation', type: 'string', help: 'Preallocation mode (allowed values: off, falloc, full)' },
+    { name: 'extent_size_hint', type: 'size', help: 'Extent size hint for the image file, 0 to disable' },
+  ],
+
   parseFilename(filename, options) {
     options.filename = filename.startsWith('file:') ? filename.slice(5) : filename;
   },
@@ -121,7 +128,10 @@ export const fileDriver: BlockDriver<FileState> = {
     if (!node.state.noFlush && !node.readOnly) await node.state.handle.datasync();
   },
 
-  async truncate(node, size) {
+  async truncate(node, size, _exact, prealloc) {
+    if (prealloc !== 'off' && prealloc !== 'falloc' && prealloc !== 'full') {
+      throw new BlkioError('ENOTSUP', `Unsupported preallocation mode: ${prealloc}`);
+    }
     await node.state.handle.truncate(size);
     node.state.size = size;
   },
@@ -132,6 +142,8 @@ export const fileDriver: BlockDriver<FileState> = {
     const status = stat.blocks === 0 ? STATUS_ZERO | STATUS_OFFSET_VALID : STATUS_DATA | STATUS_OFFSET_VALID;
     return { status, pnum: bytes, map: offset, file: node };
   },
+
+  getInfo: () => ({}),
 
   describeOptions: (node) => ({ filename: node.state.filename }),
 };

@@ -11,6 +11,8 @@ import {
 import { defaultChildPerms, PERM_RESIZE, PERM_WRITE } from '../block/permissions.js';
 import { nodeInfo, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
 
+const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
+
 interface RawState {
   file: BdrvChild;
   offset: number;
@@ -32,6 +34,15 @@ export const rawDriver: BlockDriver<RawState> = {
   },
 
   probe: () => 1,
+
+  createOptions: [{ name: 'size', type: 'size', help: 'Virtual disk size' }],
+
+  /** Creation passes straight to the protocol: the file gets the size, preallocated as asked. */
+  async create(file, request) {
+    const prealloc = String(request.options.preallocation ?? 'off');
+    if (!PREALLOC_MODES.includes(prealloc)) throw new BlkioError('EINVAL', `invalid parameter value: ${prealloc}`);
+    await file.truncate(request.size, true, prealloc);
+  },
 
   async open(_node, ctx) {
     const offset = ctx.opts.offset as number | undefined;

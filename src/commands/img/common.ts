@@ -1,0 +1,178 @@
+/**
+ * What every `blkio img` subcommand shares: the output streams, qemu-img's error conventions
+ * (usage errors with a `Try ... --help` hint, `Could not open '<name>': ` prefixes), the block
+ * layer with all drivers, and opening images the way qemu-img does.
+ */
+import { BlkioError } from '../../errors.js';
+import { BlockLayer } from '../../block/graph.js';
+import type { BlockBackend } from '../../block/backend.js';
+import type { BlockNode } from '../../block/node.js';
+import { allDrivers } from '../../drivers/index.js';
+import { isCacheMode, openImage, type ImageOpenRequest } from '../../cli/open-image.js';
+import { PROGRAM } from '../../cli/run.js';
+import type { FlatOptions } from '../../options/types.js';
+import { parseSizeBigInt, SizeError } from '../../options/size.js';
+import { scanArgs, type LongOption, type OptionItem } from './getopt.js';
+
+/** The name the usage hint tells users to run for help. */
+export const IMG_COMMAND = `${PROGRAM} img`;
+
+/** A command-line mistake: qemu-img's error_exit (message, `Try ... --help`, exit 1). */
+export class UsageError extends Error {}
+
+/** Several error_report lines at once (each gets the program prefix). */
+export class ReportLines extends Error {
+  constructor(readonly lines: string[]) {
+    super(lines[0]);
+  }
+}
+
+/** A failure already reported to the user; carries the exit code. */
+export class ExitStatus extends Error {
+  constructor(readonly status: number) {
+    super(`exit ${status}`);
+  }
+}
+
+export function writeOut(text: string): void {
+  process.stdout.write(text);
+}
+
+export function writeErr(text: string): void {
+  process.stderr.write(text);
+}
+
+/** error_report: `blkio: <message>` plus hint lines. */
+export function reportError(e: unknown): void {
+  if (e instanceof BlkioError) {
+    writeErr(`${PROGRAM}: ${e.message}\n`);
+    for (const hint of e.hints) writeErr(`${hint}\n`);
+  } else if (e instanceof ReportLines) {
+    for (const line of e.lines) writeErr(`${PROGRAM}: ${line}\n`);
+  } else if (e instanceof UsageError) {
+    writeErr(`${PROGRAM}: ${e.message}\nTry '${IMG_COMMAND} --help' for more information\n`);
+  } else {
+    writeErr(`${PROGRAM}: ${e instanceof Error ? e.message : String(e)}\n`);
+  }
+}
+
+/** warn_report: the sink receives `warning: ...`; QEMU's probing notice carries its own `WARNING:`. */
+export function reportWarning(message: string): void {
+  writeErr(message.startsWith('WARNING:') ? `${message}\n` : `${PROGRAM}: ${message}\n`);
+}
+
+export function newLayer(): BlockLayer {
+  return new BlockLayer(allDrivers, reportWarning);
+}
+
+/** A subcommand's options, scanned; `?`/`:` items become usage errors when reached. */
+export function scanImgArgs(argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[]) {
+  const { options, operands } = scanArgs(argv, shortSpec, [
+    { name: 'help', hasArg: false, key: 'h' },
+    { name: 'object', hasArg: true, key: 'object' },
+    ...longOptions,
+  ]);
+  return { options, operands };
+}
+
+/** The default branch of every qemu-img option switch. */
+export function badOption(item: OptionItem): never {
+  if (item.key === ':') throw new UsageError(`missing argument for option '${item.value}'`);
+  throw new UsageError(`unrecognized option '${item.value}'`);
+}
+
+export function checkCacheMode(mode: string): string {
+  if (!isCacheMode(mode)) throw new BlkioError('EINVAL', `Invalid cache option: ${mode}`);
+  return mode;
+}
+
+export type OutputFormat = 'human' | 'json';
+
+export function parseOutputFormat(value: string): OutputFormat {
+  if (value === 'human' || value === 'json') return value;
+  throw new BlkioError('EINVAL', '--output must be used with human or json as argument.');
+}
+
+/** How one image argument of a subcommand is to be opened. */
+export interface ImgOpenSpec {
+  filename: string;
+  format?: string;
+  imageOpts?: boolean;
+  readOnly?: boolean;
+  forceShare?: boolean;
+  cache?: string;
+  /** Do not open the backing chain (info, rebase -u, create's size probe). */
+  noBacking?: boolean;
+  extraOptions?: FlatOptions;
+}
+
+/** Open an image like qemu-img's img_open: errors become `Could not open '<name>': <error>`. */
+export async function openImg(layer: BlockLayer, spec: ImgOpenSpec): Promise<BlockBackend> {
+  const extraOptions: FlatOptions = { ...spec.extraOptions };
+  if (spec.noBacking) extraOptions.backing = null;
+  const req: ImageOpenRequest = {
+    filename: spec.filename,
+    format: spec.imageOpts ? undefined : spec.format,
+    imageOpts: spec.imageOpts,
+    imageOptsImpliedKey: 'file',
+    extraOptions,
+    readOnly: spec.readOnly,
+    forceShare: spec.forceShare,
+    cache: spec.cache,
+    defaultCache: 'writeback',
+  };
+  try {
+    return (await openImage(layer, req)).blk;
+  } catch (e) {
+    throw e instanceof BlkioError ? e.prepend(`Could not open '${spec.filename}': `) : e;
+  }
+}
+
+/** The format node a user means by an image: filters above it are looked through. */
+export function skipFilters(node: BlockNode): BlockNode {
+  let n = node;
+  while (n.driver.kind === 'filter' && n.filteredChild) n = n.filteredChild.node;
+  return n;
+}
+
+/** The next layer of a backing chain (filters count as part of their layer). */
+export function backingLayer(node: BlockNode): BlockNode | undefined {
+  const below = skipFilters(node).backing?.node;
+  return below ? skipFilters(below) : undefined;
+}
+
+const INT64_MAX = 2n ** 63n - 1n;
+
+/**
+ * qemu-img's cvtnum: a size argument (`64k`, `1.5M`) between min and INT64_MAX, with its two
+ * error wordings (bad syntax, out of range) naming the argument.
+ */
+export function imgCvtnum(name: string, text: string, min = 0): number {
+  let value: bigint;
+  try {
+    value = parseSizeBigInt(text);
+  } catch (e) {
+    if (!(e instanceof SizeError) || e.code !== 'ERANGE') {
+      throw new ReportLines([
+        `Invalid ${name} specified. You may use k, M, G, T, P or E suffixes for`,
+        'kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.',
+      ]);
+    }
+    value = -1n;
+  }
+  if (value < BigInt(min) || value > INT64_MAX) {
+    throw new ReportLines([`Invalid ${name} specified. Must be between ${min} and ${INT64_MAX}.`]);
+  }
+  return Number(value);
+}
+
+/** Run a subcommand body: reported failures become exit codes, anything else an error line. */
+export async function runSubcommand(body: () => Promise<number>, failureStatus = 1): Promise<number> {
+  try {
+    return await body();
+  } catch (e) {
+    if (e instanceof ExitStatus) return e.status;
+    reportError(e);
+    return e instanceof UsageError ? 1 : failureStatus;
+  }
+}

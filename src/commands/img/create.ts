@@ -1,0 +1,296 @@
+/**
+ * `blkio img create [-q] [-f fmt] [-b backing [-F backing_fmt]] [-u] [-o options] filename [size]`
+ *
+ * The generic part of image creation (QEMU's bdrv_img_create): the option list of the format
+ * driver followed by the protocol's, `-o` parsing and validation, the size (or the backing
+ * file's), backing checks, the `Formatting ...` line, creating the file and opening it as a
+ * protocol node, then the format driver's `create` on that node.
+ */
+import { open as openFile } from 'node:fs/promises';
+import { BlkioError, toBlkioError } from '../../errors.js';
+import type { BlockDriver, CreateOptionSpec } from '../../block/driver.js';
+import { BdrvChild } from '../../block/child.js';
+import { ROLE_IMAGE } from '../../block/driver.js';
+import { attachChild, resolveBackingFilename, type BlockLayer } from '../../block/graph.js';
+import { PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE } from '../../block/permissions.js';
+import { isValidOptionList, hasHelpOption, parseBool, parseNumber, parseQemuOpts, parseSizeOption } from '../../options/qemuopts.js';
+import { PROGRAM } from '../../cli/run.js';
+import { allDrivers } from '../../drivers/index.js';
+import { fileDriver } from '../../drivers/file.js';
+import { printHelp } from './help.js';
+import {
+  ExitStatus, UsageError, badOption, imgCvtnum, newLayer, runSubcommand, scanImgArgs, writeErr, writeOut,
+} from './common.js';
+
+/** A value given for a create option: the typed value for the driver and the text to print. */
+interface CreateValue {
+  value: string | number | boolean;
+  printed: string;
+}
+
+export type CreateValues = Map<string, CreateValue>;
+
+/** The format's options followed by those of the protocol it does not declare itself. */
+export function mergeCreateOptions(...lists: ReadonlyArray<readonly CreateOptionSpec[]>): CreateOptionSpec[] {
+  const merged: CreateOptionSpec[] = [];
+  for (const list of lists) for (const spec of list) if (!merged.some((m) => m.name === spec.name)) merged.push(spec);
+  return merged;
+}
+
+/** QemuOpts escapes commas in string values by doubling them when it prints. */
+function printedValue(spec: CreateOptionSpec, text: string, value: string | number | boolean): string {
+  switch (spec.type) {
+    case 'string': return text.replaceAll(',', ',,');
+    case 'bool': return text;
+    // Printed as a signed 64-bit number, so a wrapped negative input shows as typed.
+    default: return text.trim().startsWith('-') ? `-${parseNumber(spec.name, text.trim().slice(1))}` : BigInt.asIntN(64, BigInt(value)).toString();
+  }
+}
+
+/** Set one option the way qemu_opt_set does: unknown names and malformed values fail. */
+export function setCreateOption(values: CreateValues, specs: readonly CreateOptionSpec[], name: string, text: string): void {
+  const spec = specs.find((s) => s.name === name);
+  if (!spec) throw new BlkioError('EINVAL', `Invalid parameter '${name}'`);
+  let value: string | number | boolean;
+  switch (spec.type) {
+    case 'bool': value = parseBool(name, text); break;
+    case 'number': value = parseNumber(name, text); break;
+    case 'size': value = parseSizeOption(name, text); break;
+    default: value = text;
+  }
+  values.delete(name);
+  values.set(name, { value, printed: printedValue(spec, text, value) });
+}
+
+export function parseCreateOptions(text: string | undefined, specs: readonly CreateOptionSpec[]): CreateValues {
+  const values: CreateValues = new Map();
+  if (text !== undefined) for (const [key, value] of parseQemuOpts(text)) setCreateOption(values, specs, key, value);
+  return values;
+}
+
+/** `k=v k=v ...` in the option list's order: what was set, or else the option's default. */
+export function formatCreateOptions(values: CreateValues, specs: readonly CreateOptionSpec[]): string {
+  const parts: string[] = [];
+  for (const spec of specs) {
+    const set = values.get(spec.name);
+    if (set) parts.push(`${spec.name}=${set.printed}`);
+    else if (spec.default !== undefined) parts.push(`${spec.name}=${typeof spec.default === 'boolean' ? (spec.default ? 'on' : 'off') : spec.default}`);
+  }
+  return parts.join(' ');
+}
+
+const TYPE_NAMES: Record<CreateOptionSpec['type'], string> = {
+  string: 'str', bool: 'bool (on/off)', number: 'num', size: 'size',
+};
+
+/** qemu_opts_print_help: sorted by name, descriptions aligned at column 24. */
+export function formatOptionHelp(specs: readonly CreateOptionSpec[]): string {
+  return [...specs]
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    .map((s) => `  ${s.name}=<${TYPE_NAMES[s.type]}>`.padEnd(24) + ` - ${s.help}\n`)
+    .join('');
+}
+
+/** The protocol a filename names (`null-co://`, `file:x`), else `file`; QEMU's bdrv_find_protocol. */
+export function findProtocol(filename: string): BlockDriver<any> {
+  const stop = filename.search(/[:/]/);
+  if (stop < 0 || filename[stop] !== ':') return fileDriver;
+  const prefix = filename.slice(0, stop);
+  const driver = allDrivers.find((d) => d.kind !== 'format' && d.protocolPrefix === prefix);
+  if (driver) return driver;
+  throw new BlkioError('EINVAL', `Unknown protocol '${prefix}'`);
+}
+
+/** The option list `create -o help` shows (format only, or format plus the filename's protocol). */
+function printOptionHelp(layer: BlockLayer, format: string, filename: string | undefined): number {
+  const driver = layer.driver(format);
+  if (!driver) throw new BlkioError('EINVAL', `Unknown file format '${format}'`);
+  if (!driver.createOptions) throw new BlkioError('ENOTSUP', `Format driver '${format}' does not support image creation`);
+  let specs: readonly CreateOptionSpec[] = driver.createOptions;
+  if (filename !== undefined) {
+    const protocol = findProtocol(filename);
+    if (!protocol.createOptions) throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
+    specs = mergeCreateOptions(specs, protocol.createOptions);
+  }
+  writeOut(filename !== undefined ? 'Supported options:\n' : `Supported ${format} options:\n`);
+  writeOut(formatOptionHelp(specs));
+  if (filename === undefined) {
+    writeOut('\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n');
+  }
+  return 0;
+}
+
+export interface ImageCreateRequest {
+  filename: string;
+  format: string;
+  backingFile?: string;
+  backingFormat?: string;
+  /** Joined `-o` strings. */
+  options?: string;
+  /** Size from the command line; undefined when none was given. */
+  size?: number;
+  /** `-u`: do not open the backing file (the size must then be given). */
+  noBackingOpen?: boolean;
+  quiet?: boolean;
+}
+
+/**
+ * bdrv_img_create: validate, print `Formatting ...`, create. Errors come back as BlkioErrors
+ * for the caller to prefix with the filename; the backing-format hint is printed here because
+ * QEMU ends it without a newline.
+ */
+export async function createImage(layer: BlockLayer, req: ImageCreateRequest): Promise<void> {
+  const driver = layer.driver(req.format);
+  if (!driver) throw new BlkioError('EINVAL', `Unknown file format '${req.format}'`);
+  const protocol = findProtocol(req.filename);
+  if (!driver.createOptions) throw new BlkioError('ENOTSUP', `Format driver '${req.format}' does not support image creation`);
+  if (!protocol.createOptions) throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
+  const specs = mergeCreateOptions(driver.createOptions, protocol.createOptions);
+  const values = parseCreateOptions(req.options, specs);
+
+  if (values.has('size')) {
+    if (req.size !== undefined) throw new BlkioError('EINVAL', 'The image size must be specified only once');
+  } else if (req.size !== undefined) {
+    setCreateOption(values, specs, 'size', String(req.size));
+  }
+  if (req.backingFile !== undefined) {
+    if (!specs.some((s) => s.name === 'backing_file')) throw new BlkioError('ENOTSUP', `Backing file not supported for file format '${req.format}'`);
+    setCreateOption(values, specs, 'backing_file', req.backingFile);
+  }
+  if (req.backingFormat !== undefined) {
+    if (!specs.some((s) => s.name === 'backing_fmt')) throw new BlkioError('ENOTSUP', `Backing file format not supported for file format '${req.format}'`);
+    setCreateOption(values, specs, 'backing_fmt', req.backingFormat);
+  }
+  const backingFile = values.get('backing_file')?.value as string | undefined;
+  const backingFormat = values.get('backing_fmt')?.value as string | undefined;
+  if (backingFile !== undefined) {
+    if (backingFile === req.filename) throw new BlkioError('EINVAL', 'Error: Trying to create an image with the same filename as the backing file');
+    if (backingFile === '') throw new BlkioError('EINVAL', 'Expected backing file name, got empty string');
+  }
+
+  let size = values.get('size')?.value as number | undefined;
+  if (backingFile !== undefined && !req.noBackingOpen) {
+    const backingSize = await probeBacking(layer, req.filename, backingFile, backingFormat);
+    if (size === undefined) {
+      size = backingSize;
+      setCreateOption(values, specs, 'size', String(size));
+    }
+  } else if (backingFile !== undefined && backingFormat === undefined) {
+    throw new BlkioError('EINVAL', 'Backing file specified without backing format');
+  }
+  if (size === undefined) throw new BlkioError('EINVAL', 'Image creation needs a size parameter');
+
+  if (!req.quiet) writeOut(`Formatting '${req.filename}', fmt=${req.format} ${formatCreateOptions(values, specs)}\n`);
+
+  const options: Record<string, string | number | boolean> = {};
+  for (const [name, v] of values) options[name] = v.value;
+  try {
+    await createFile(layer, driver, protocol, req.filename, { filename: req.filename, size: roundUp512(size), options });
+  } catch (e) {
+    if (e instanceof BlkioError && e.code === 'EFBIG') {
+      const hint = values.has('cluster_size') ? ' (try using a larger cluster size)' : '';
+      throw new BlkioError('EFBIG', `The image size is too large for file format '${req.format}'${hint}`);
+    }
+    throw e;
+  }
+}
+
+function roundUp512(n: number): number {
+  return Math.ceil(n / 512) * 512;
+}
+
+/** Open the backing file (read-only, shared, no I/O) to check it and learn its size. */
+async function probeBacking(layer: BlockLayer, filename: string, backingFile: string, backingFormat: string | undefined): Promise<number> {
+  const full = resolveBackingFilename(filename, backingFile);
+  const options: Record<string, string> = { 'read-only': 'on', 'force-share': 'on' };
+  if (backingFormat !== undefined) options.driver = backingFormat;
+  let node;
+  try {
+    node = await layer.openNode(full, options);
+  } catch (e) {
+    const err = toBlkioError(e);
+    throw new BlkioError(err.code, err.message, [...err.hints, 'Could not open backing image.']);
+  }
+  try {
+    if (backingFormat === undefined) {
+      writeErr(`${PROGRAM}: ${filename}: Backing file specified without backing format\nDetected format of ${node.driver.name}.`);
+      throw new ExitStatus(1);
+    }
+    return node.getLength();
+  } finally {
+    await layer.closeNode(node);
+  }
+}
+
+/**
+ * Create the host file empty (the `file` protocol's creation), open it as a protocol node, and
+ * let the format driver lay out the image on it. A protocol named as the format (`-f file`)
+ * is sized the way raw passes creation through to its file.
+ */
+async function createFile(
+  layer: BlockLayer, driver: BlockDriver<any>, protocol: BlockDriver<any>, filename: string,
+  request: { filename: string; size: number; options: Record<string, string | number | boolean> },
+): Promise<void> {
+  if (protocol.name !== 'file') throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
+  const path = filename.startsWith('file:') ? filename.slice(5) : filename;
+  try {
+    const handle = await openFile(path, 'a');
+    await handle.truncate(0);
+    await handle.close();
+  } catch (e) {
+    throw new BlkioError(toBlkioError(e).code, `Could not create '${path}': ${toBlkioError(e).strerror}`);
+  }
+  const node = await layer.openNode(filename, { 'cache.direct': 'off', 'cache.no-flush': 'off' }, { protocol: true, inherited: {} });
+  const edge = new BdrvChild({ describe: () => 'image creation' }, 'file', ROLE_IMAGE, node);
+  try {
+    attachChild(edge, PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE, PERM_ALL);
+    const creator = driver.kind === 'protocol' ? layer.driver('raw')! : driver;
+    await creator.create!(edge, request);
+    await edge.flush();
+  } finally {
+    layer.releaseEdge(edge);
+    await layer.closeNode(node);
+  }
+}
+
+/** The subcommand. */
+export function imgCreate(argv: string[]): Promise<number> {
+  return runSubcommand(async () => {
+    const { options, operands } = scanImgArgs(argv, ':F:b:f:ho:qu', []);
+    let format = 'raw';
+    let backingFile: string | undefined;
+    let backingFormat: string | undefined;
+    let optionText: string | undefined;
+    let quiet = false;
+    let noBackingOpen = false;
+    for (const item of options) {
+      switch (item.key) {
+        case 'h': return printHelp();
+        case 'F': backingFormat = item.value; break;
+        case 'b': backingFile = item.value; break;
+        case 'f': format = item.value; break;
+        case 'o':
+          if (!isValidOptionList(item.value)) throw new BlkioError('EINVAL', `Invalid option list: ${item.value}`);
+          optionText = optionText === undefined ? item.value : `${optionText},${item.value}`;
+          break;
+        case 'q': quiet = true; break;
+        case 'u': noBackingOpen = true; break;
+        default: badOption(item);
+      }
+    }
+    const layer = newLayer();
+    const filename = operands[0];
+    if (optionText !== undefined && hasHelpOption(optionText)) return printOptionHelp(layer, format, filename);
+    if (filename === undefined) throw new UsageError('Expecting image file name');
+    const size = operands.length > 1 ? imgCvtnum('image size', operands[1]) : undefined;
+    if (operands.length > 2) throw new UsageError(`Unexpected argument: ${operands[2]}`);
+    try {
+      await createImage(layer, { filename, format, backingFile, backingFormat, options: optionText, size, noBackingOpen, quiet });
+    } catch (e) {
+      throw e instanceof BlkioError ? e.prepend(`${filename}: `) : e;
+    } finally {
+      await layer.closeAll();
+    }
+    return 0;
+  });
+}

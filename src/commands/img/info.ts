@@ -1,0 +1,173 @@
+/**
+ * `blkio img info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename`
+ *
+ * Each image is opened without its backing chain; with --backing-chain the backing file named
+ * in the header is opened next, by its full name and recorded format, until the chain ends.
+ * Output is QEMU 7.2's ImageInfo, human or JSON.
+ */
+import { BlkioError } from '../../errors.js';
+import type { BlockNode } from '../../block/node.js';
+import { ROLE_COW } from '../../block/driver.js';
+import { nodeInfo } from '../../block/io.js';
+import { resolveBackingFilename } from '../../block/graph.js';
+import { sizeToStr } from '../../options/size.js';
+import {
+  UsageError, badOption, newLayer, openImg, parseOutputFormat, runSubcommand, scanImgArgs, writeOut, type OutputFormat,
+} from './common.js';
+import { printHelp } from './help.js';
+import { toQemuJson } from './qjson.js';
+
+/** QEMU's ImageInfo (7.2), members as QAPI names them. */
+export interface ImageInfo {
+  filename: string;
+  format: string;
+  'virtual-size': number;
+  'actual-size'?: number;
+  'cluster-size'?: number;
+  'dirty-flag'?: boolean;
+  'backing-filename'?: string;
+  'full-backing-filename'?: string;
+  'backing-filename-format'?: string;
+  'format-specific'?: { type: string; data: Record<string, unknown> };
+  /** Human lines of the format specific part (not printed in JSON). */
+  formatSpecificHuman?: Array<[string, string]>;
+}
+
+/** Bytes a node occupies on its storage: the driver's answer, else the sum over its data children. */
+export async function allocatedSize(node: BlockNode): Promise<number | undefined> {
+  if (node.driver.allocatedSize) return node.driver.allocatedSize(node);
+  let sum: number | undefined;
+  for (const child of node.children) {
+    if (child.role & ROLE_COW) continue;
+    const size = await allocatedSize(child.node);
+    if (size !== undefined) sum = (sum ?? 0) + size;
+  }
+  return sum;
+}
+
+/** What bdrv_query_image_info reports about one node. */
+export async function queryImageInfo(node: BlockNode): Promise<ImageInfo> {
+  const info: ImageInfo = { filename: node.filename, format: node.driver.name, 'virtual-size': node.getLength() };
+  info['actual-size'] = await allocatedSize(node);
+  if (node.driver.getInfo) {
+    const di = nodeInfo(node);
+    if (di.clusterSize) info['cluster-size'] = di.clusterSize;
+    info['dirty-flag'] = di.isDirty ?? false;
+  }
+  const specific = node.driver.formatSpecific?.(node);
+  if (specific) {
+    info['format-specific'] = { type: specific.type, data: specific.json };
+    info.formatSpecificHuman = specific.human;
+  }
+  if (node.backingFile) {
+    info['backing-filename'] = node.backingFile;
+    if (!node.filename.startsWith('json:') || isAbsoluteOrProtocol(node.backingFile)) {
+      info['full-backing-filename'] = resolveBackingFilename(node.filename, node.backingFile);
+    }
+    if (node.backingFormat) info['backing-filename-format'] = node.backingFormat;
+  }
+  return info;
+}
+
+function isAbsoluteOrProtocol(name: string): boolean {
+  return name.startsWith('/') || /^[a-z][a-z0-9+.-]*:/i.test(name);
+}
+
+/** bdrv_image_info_dump. */
+export function formatHumanInfo(info: ImageInfo): string {
+  const size = info['virtual-size'];
+  let out =
+    `image: ${info.filename}\n` +
+    `file format: ${info.format}\n` +
+    `virtual size: ${sizeToStr(size)} (${size} bytes)\n` +
+    `disk size: ${info['actual-size'] === undefined ? 'unavailable' : sizeToStr(info['actual-size'])}\n`;
+  if (info['cluster-size'] !== undefined) out += `cluster_size: ${info['cluster-size']}\n`;
+  if (info['dirty-flag']) out += 'cleanly shut down: no\n';
+  const backing = info['backing-filename'];
+  if (backing !== undefined) {
+    const full = info['full-backing-filename'];
+    out += `backing file: ${backing}`;
+    if (full === undefined) out += ' (cannot determine actual path)';
+    else if (full !== backing) out += ` (actual path: ${full})`;
+    out += '\n';
+    if (info['backing-filename-format'] !== undefined) out += `backing file format: ${info['backing-filename-format']}\n`;
+  }
+  if (info.formatSpecificHuman) {
+    out += 'Format specific information:\n';
+    for (const [key, value] of info.formatSpecificHuman) out += `    ${key}: ${value}\n`;
+  }
+  return out;
+}
+
+function jsonInfo(info: ImageInfo): Record<string, unknown> {
+  const { formatSpecificHuman: _human, ...json } = info;
+  return json;
+}
+
+export function imgInfo(argv: string[]): Promise<number> {
+  return runSubcommand(async () => {
+    const { options, operands } = scanImgArgs(argv, ':f:hU', [
+      { name: 'format', hasArg: true, key: 'f' },
+      { name: 'output', hasArg: true, key: 'output' },
+      { name: 'backing-chain', hasArg: false, key: 'backing-chain' },
+      { name: 'image-opts', hasArg: false, key: 'image-opts' },
+      { name: 'force-share', hasArg: false, key: 'U' },
+    ]);
+    let format: string | undefined;
+    let output: string | undefined;
+    let chain = false;
+    let imageOpts = false;
+    let forceShare = false;
+    for (const item of options) {
+      switch (item.key) {
+        case 'h': return printHelp();
+        case 'f': format = item.value; break;
+        case 'output': output = item.value; break;
+        case 'backing-chain': chain = true; break;
+        case 'image-opts': imageOpts = true; break;
+        case 'U': forceShare = true; break;
+        default: badOption(item);
+      }
+    }
+    if (operands.length !== 1) throw new UsageError('Expecting one image file name');
+    const outputFormat: OutputFormat = output === undefined ? 'human' : parseOutputFormat(output);
+    const list = await collectImageInfo(operands[0], format, imageOpts, chain, forceShare);
+    if (outputFormat === 'human') writeOut(list.map(formatHumanInfo).join('\n'));
+    else writeOut(toQemuJson(chain ? list.map(jsonInfo) : jsonInfo(list[0])) + '\n');
+    return 0;
+  });
+}
+
+async function collectImageInfo(
+  first: string, firstFormat: string | undefined, imageOpts: boolean, chain: boolean, forceShare: boolean,
+): Promise<ImageInfo[]> {
+  if (imageOpts && firstFormat !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
+  const list: ImageInfo[] = [];
+  const seen = new Set<string>();
+  let filename: string | undefined = first;
+  let format = firstFormat;
+  let opts = imageOpts;
+  while (filename !== undefined) {
+    if (seen.has(filename)) throw new BlkioError('ELOOP', `Backing file '${filename}' creates an infinite loop.`);
+    seen.add(filename);
+    const layer = newLayer();
+    try {
+      const blk = await openImg(layer, { filename, format, imageOpts: opts, readOnly: true, forceShare, noBacking: true });
+      const info = await queryImageInfo(blk.node);
+      list.push(info);
+      filename = undefined;
+      format = undefined;
+      if (chain) {
+        if (info['full-backing-filename'] !== undefined) filename = info['full-backing-filename'];
+        else if (info['backing-filename'] !== undefined) {
+          throw new BlkioError('EINVAL', `Could not determine absolute backing filename, but backing filename '${info['backing-filename']}' present`);
+        }
+        format = info['backing-filename-format'];
+      }
+    } finally {
+      await layer.closeAll();
+    }
+    opts = false;
+  }
+  return list;
+}

@@ -1,0 +1,54 @@
+import { qdictKeyOrder } from '../../options/json.js';
+
+/**
+ * JSON the way qemu-img prints QAPI results (`info`, `check` with --output=json): objects are
+ * QEMU QDicts, whose members come out in hash-bucket order (not insertion order), pretty-printed
+ * with a 4-space indent; strings escape control and non-ASCII characters as `\uXXXX`.
+ */
+
+function quote(s: string): string {
+  let out = '"';
+  for (const ch of s) {
+    const cp = ch.codePointAt(0)!;
+    switch (ch) {
+      case '"': out += '\\"'; break;
+      case '\\': out += '\\\\'; break;
+      case '\b': out += '\\b'; break;
+      case '\f': out += '\\f'; break;
+      case '\n': out += '\\n'; break;
+      case '\r': out += '\\r'; break;
+      case '\t': out += '\\t'; break;
+      default:
+        if (cp > 0xffff) {
+          const hi = 0xd800 + ((cp - 0x10000) >> 10);
+          const lo = 0xdc00 + ((cp - 0x10000) & 0x3ff);
+          out += `\\u${hex4(hi)}\\u${hex4(lo)}`;
+        } else if (cp < 0x20 || cp >= 0x7f) {
+          out += `\\u${hex4(cp)}`;
+        } else {
+          out += ch;
+        }
+    }
+  }
+  return out + '"';
+}
+
+function hex4(n: number): string {
+  return n.toString(16).toUpperCase().padStart(4, '0');
+}
+
+/** Pretty-print `value` (objects, arrays, strings, integers, booleans, null) as QEMU does. */
+export function toQemuJson(value: unknown, level = 0): string {
+  const pad = (n: number): string => '\n' + ' '.repeat(4 * n);
+  if (value === null || value === undefined) return 'null';
+  if (typeof value === 'string') return quote(value);
+  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
+  if (Array.isArray(value)) {
+    const items = value.map((v) => pad(level + 1) + toQemuJson(v, level + 1));
+    return `[${items.join(',')}${pad(level)}]`;
+  }
+  const obj = value as Record<string, unknown>;
+  const keys = qdictKeyOrder(Object.keys(obj).filter((k) => obj[k] !== undefined));
+  const members = keys.map((k) => `${pad(level + 1)}${quote(k)}: ${toQemuJson(obj[k], level + 1)}`);
+  return `{${members.join(',')}${pad(level)}}`;
+}
