@@ -320,15 +320,19 @@ export function parseQemuJson(text: string): OptionValue {
 // ---------------------------------------------------------------------------------------------
 // Writer (qobject_to_json, compact form).
 
+function unicodeEscape(codeUnit: number): string {
+  return `\\u${codeUnit.toString(16).toUpperCase().padStart(4, '0')}`;
+}
+
+/** QEMU's quoting: control characters, DEL and all non-ASCII as `\uXXXX` (surrogate pairs). */
 function quoteJsonString(text: string): string {
   let result = '"';
   for (const ch of text) {
     const codePoint = ch.codePointAt(0)!;
-    const hex = (unit: number): string => `\\u${unit.toString(16).toUpperCase().padStart(4, '0')}`;
     if (ch === '"' || ch === '\\') result += `\\${ch}`;
     else if ('\b\f\n\r\t'.includes(ch)) result += JSON.stringify(ch).slice(1, -1);
     else if (codePoint < 0x20 || codePoint >= 0x7f) {
-      for (let i = 0; i < ch.length; i++) result += hex(ch.charCodeAt(i)); // surrogate pairs too
+      result += ch.split('').map((unit) => unicodeEscape(unit.charCodeAt(0))).join(''); // UTF-16 units
     } else result += ch;
   }
   return `${result}"`;
@@ -403,9 +407,10 @@ export function flattenTree(tree: OptionTree, prefix?: string): FlatOptions {
 }
 
 function flattenInto(flat: FlatOptions, container: OptionTree | OptionValue[], prefix: string): void {
-  const keys = Array.isArray(container) ? container.map((_, index) => String(index)) : qdictKeyOrder(Object.keys(container));
-  for (const key of keys) {
-    const value: OptionValue = Array.isArray(container) ? container[Number(key)] : container[key];
+  const entries: Array<[string, OptionValue]> = Array.isArray(container)
+    ? container.map((value, index) => [String(index), value])
+    : qdictKeyOrder(Object.keys(container)).map((key) => [key, container[key]]);
+  for (const [key, value] of entries) {
     if (isNonEmptyContainer(value)) flattenInto(flat, value, `${prefix}.${key}`);
     else if (isScalar(value)) setEntry(flat, `${prefix}.${key}`, value);
   }
@@ -441,7 +446,7 @@ export function unflattenOptions(flat: FlatOptions): OptionTree {
 function crumple(flat: Record<string, OptionValue>, mayBeList = true): OptionTree | OptionValue[] {
   const twoLevel = new Map<string, OptionValue | Record<string, OptionValue>>();
   const nested = new Set<string>();
-  for (const key of qdictKeyOrder(Object.keys(flat))) {
+  for (const key of Object.keys(flat)) {
     const [prefix, suffix] = splitFlatKey(key);
     if (twoLevel.has(prefix) && (!nested.has(prefix) || suffix === undefined)) {
       throw invalid('Cannot mix scalar and non-scalar keys');
@@ -456,19 +461,19 @@ function crumple(flat: Record<string, OptionValue>, mayBeList = true): OptionTre
       setEntry(twoLevel.get(prefix) as Record<string, OptionValue>, suffix, flat[key]);
     }
   }
+  // Recurse in QDict order, so that of several faulty members QEMU's first is reported.
   const multiLevel = new Map<string, OptionValue>();
   for (const key of qdictKeyOrder([...twoLevel.keys()])) {
     const value = twoLevel.get(key)!;
     multiLevel.set(key, nested.has(key) ? crumple(value as Record<string, OptionValue>) : value as OptionValue);
   }
-  // Keep the caller's key order in the result; QEMU's order is only that of iteration above.
-  const ordered = [...twoLevel.keys()];
-  if (!isCrumpledList(ordered) || !mayBeList) {
+  const keys = [...twoLevel.keys()]; // the caller's order
+  if (!isCrumpledList(keys) || !mayBeList) {
     const tree: OptionTree = {};
-    for (const key of ordered) setEntry(tree, key, multiLevel.get(key));
+    for (const key of keys) setEntry(tree, key, multiLevel.get(key));
     return tree;
   }
-  return ordered.map((_, index) => {
+  return keys.map((_, index) => {
     const element = multiLevel.get(String(index));
     if (element === undefined) throw invalid(`Missing list index ${index}`);
     return element;

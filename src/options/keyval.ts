@@ -29,7 +29,7 @@ function isIndexKey(key: string): boolean {
 }
 
 /** An index key's value as QEMU reads it (strtoul, capped at INT_MAX). */
-function indexOf(key: string): number {
+function indexValue(key: string): number {
   return Math.min(Number(key), 2 ** 31 - 1);
 }
 
@@ -132,7 +132,7 @@ function listify(level: KeyvalDict, path: string): OptionTree | OptionValue[] {
   const elements: OptionValue[] = [];
   let maxIndex = -1;
   for (const [key, value] of converted) {
-    const index = indexOf(key);
+    const index = indexValue(key);
     maxIndex = Math.max(maxIndex, index);
     if (index < converted.size) elements[index] = value;
   }

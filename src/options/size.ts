@@ -45,8 +45,8 @@ export interface ScannedInteger {
  * optional `0x` prefix, base 0 picks hex for `0x`, octal for a leading `0`, else decimal.
  * Returns undefined when there are no digits (no conversion).
  */
-export function scanUnsigned(text: string, base: 0 | 10 | 16, start = 0): ScannedInteger | undefined {
-  let pos = start;
+export function scanUnsigned(text: string, base: 0 | 10 | 16): ScannedInteger | undefined {
+  let pos = 0;
   while (pos < text.length && ' \t\n\v\f\r'.includes(text[pos])) pos++;
   const negative = text[pos] === '-';
   if (negative || text[pos] === '+') pos++;

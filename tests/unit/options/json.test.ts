@@ -150,6 +150,12 @@ describe('unflattenOptions', () => {
     expect(unflattenOptions({ 'a..b.c': 1, 'x...y': 2 })).toEqual({ 'a.b': { c: 1 }, 'x.': { y: 2 } });
   });
 
+  it("keeps the caller's key order", () => {
+    expect(Object.keys(unflattenOptions({ driver: 'null-co', size: 1, 'read-zeroes': true, 'x.b': 1, 'x.a': 2 })))
+      .toEqual(['driver', 'size', 'read-zeroes', 'x']);
+    expect(Object.keys(unflattenOptions({ 'x.b': 1, 'x.a': 2 }).x as object)).toEqual(['b', 'a']);
+  });
+
   it('keeps the top level an object', () => {
     expect(unflattenOptions({ 0: 'a', 1: 'b' })).toEqual({ 0: 'a', 1: 'b' });
   });
