@@ -62,7 +62,7 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
   const options: FlatOptions = { ...req.extraOptions };
   let filename = req.filename;
   if (req.imageOpts && filename !== undefined) {
-    const pairs = parseQemuOpts(filename, { impliedKey: req.imageOptsImpliedKey, warn: (l) => layer.warn(l) });
+    const pairs = parseQemuOpts(filename, { impliedKey: req.imageOptsImpliedKey, id: 'keep', warn: (l) => layer.warn(l) });
     Object.assign(options, qemuOptsToDict(pairs));
     filename = undefined;
   }
