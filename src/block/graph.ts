@@ -297,7 +297,8 @@ export class BlockLayer {
     const parents = [...below.parents];
     const filter = await this.openNode(undefined, { ...options, [childKey]: below.nodeName });
     filter.implicit = implicit;
-    for (const edge of parents) replaceChildNode(edge, filter);
+    // Parents inside the filter's own subgraph (a mirror target backed by `below`) stay put.
+    for (const edge of parents) if (!(edge.parent instanceof BlockNode && reaches(filter, edge.parent))) replaceChildNode(edge, filter);
     return filter;
   }
 
@@ -355,6 +356,10 @@ export function detachChild(edge: BdrvChild): void {
 
 export function updateEdgePerms(edge: BdrvChild, perm: number, shared: number): void {
   refreshPermissions(new Map<BdrvChild, PermPair>([[edge, { perm, shared: edge.node.forceShare ? PERM_ALL : shared }]]), []);
+}
+
+function reaches(from: BlockNode, to: BlockNode): boolean {
+  return from === to || from.children.some((edge) => reaches(edge.node, to));
 }
 
 /** Point an edge at another node, keeping its permissions (checked on the new node). */

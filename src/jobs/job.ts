@@ -179,8 +179,12 @@ export class Job {
   }
 }
 
-/** Put the filter's parents back on `below` and close the filter without touching `below`. */
-function removeFilter(layer: BlockLayer, filter: BlockNode, below: BlockNode): Promise<void> {
+/**
+ * Wait until no request is running on the filter, then (in the same tick, so none can start)
+ * put its parents back on `below` and close it without touching `below`.
+ */
+async function removeFilter(layer: BlockLayer, filter: BlockNode, below: BlockNode): Promise<void> {
+  while (filter.tracked.size > 0) await Promise.all([...filter.tracked].map((r) => r.done));
   for (const edge of [...filter.parents]) replaceChildNode(edge, below);
   for (const edge of [...filter.children]) layer.releaseEdge(edge);
   return layer.closeNode(filter);
