@@ -32,6 +32,9 @@ function passThrough(name: string, summary: string, load: () => Promise<(argv: s
 passThrough('io', 'qemu-io compatible command interpreter: blkio io [options] [-c CMD]... [image]', async () => (await import('./io.js')).runIo);
 passThrough('img', 'qemu-img compatible image tool: blkio img <create|info|map|check|compare|...>', async () => (await import('./img.js')).runImg);
 passThrough('graph', 'open a graph and print it as a tree or as --blockdev/json definitions', async () => (await import('./graph.js')).runGraph);
+passThrough('stream', 'copy the backing chain (down to --base) into the image: blkio stream [-p] [--base FILE] IMAGE', async () => (await import('./jobs.js')).runStream);
+passThrough('commit', 'write the image into its backing file (qemu-img commit): blkio commit [-p] [-b BASE] [-d] IMAGE', async () => (await import('./jobs.js')).runCommit);
+passThrough('mirror', 'copy the image to a new one while it stays in use: blkio mirror [-p] --target FILE [--sync=full|top|none] IMAGE', async () => (await import('./jobs.js')).runMirror);
 program
   .command('demo')
   .summary('show copy-on-read on an embedded example in a temporary directory')

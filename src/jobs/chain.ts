@@ -1,5 +1,5 @@
 /** Backing-chain questions the jobs ask: where is the base, what does a range hold above it. */
-import { resolve } from 'node:path';
+import { dirname, isAbsolute, relative, resolve } from 'node:path';
 import { BlkioError } from '../errors.js';
 import { chainNext, nodeBlockStatus } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
@@ -57,4 +57,14 @@ export async function chainStatus(top: BlockNode, stop: BlockNode | undefined, o
     if (r.status & STATUS_ZERO) return { allocated: false, zero: true, pnum };
   }
   return { allocated: false, zero: false, pnum };
+}
+
+/**
+ * How the header of `imageFilename` should name `backingFilename` (both as opened, relative to
+ * the working directory) so that it resolves from the image's directory. Absolute names and
+ * protocol names stay as they are.
+ */
+export function backingNameFrom(imageFilename: string, backingFilename: string): string {
+  if (isAbsolute(backingFilename) || /^[a-z][a-z0-9+.-]*:/i.test(backingFilename)) return backingFilename;
+  return relative(dirname(imageFilename), backingFilename);
 }

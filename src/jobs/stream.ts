@@ -6,42 +6,31 @@
  * holds. Interrupted, it leaves a valid image that merely holds some data twice; run again, it
  * continues where it stopped.
  */
-import { dirname, isAbsolute, relative } from 'node:path';
 import { BlkioError } from '../errors.js';
 import { replaceChildNode, type BlockLayer } from '../block/graph.js';
 import { isAllocated } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { REQ_PREFETCH } from '../block/flags.js';
 import { PERM_ALL, PERM_CONSISTENT_READ } from '../block/permissions.js';
-import { overlayAbove } from './chain.js';
+import { backingNameFrom, overlayAbove } from './chain.js';
 import { Job, type JobOptions } from './job.js';
 
 export interface StreamOptions extends JobOptions {
   /** The image to keep as the backing file; undefined streams the whole chain. */
   base?: BlockNode;
-  /** The backing file name to record (default: the base, named relative to top's directory). */
+  /** The backing file name to record (default: the base's path relative to top's directory). */
   backingFile?: string;
 }
 
-/** How top's header should name the base, so that it resolves from top's directory. */
-export function backingNameFor(top: BlockNode, baseOverlay: BlockNode, base: BlockNode): string {
-  const recorded = baseOverlay.backingFile;
-  if (isAbsolute(recorded) || /^[a-z][a-z0-9+.-]*:/i.test(recorded) || dirname(baseOverlay.filename) === dirname(top.filename)) {
-    return recorded;
-  }
-  return relative(dirname(top.filename), base.filename);
-}
-
 export async function stream(layer: BlockLayer, top: BlockNode, options: StreamOptions = {}): Promise<void> {
+  if (!top.backing) return;
   const base = options.base;
   const baseOverlay = overlayAbove(top, base);
-  const backingName = base ? options.backingFile ?? backingNameFor(top, baseOverlay, base) : '';
+  const backingName = base ? options.backingFile ?? backingNameFrom(top.filename, base.filename) : '';
   const backingFormat = base ? base.driver.name : '';
-  if (top.backing && !top.driver.changeBackingFile) {
+  if (!top.driver.changeBackingFile) {
     throw new BlkioError('ENOTSUP', `Could not change the backing file to '${backingName}': Operation not supported`);
   }
-
-  if (!top.backing) return;
 
   const job = new Job(layer, options);
   await job.run(async () => {

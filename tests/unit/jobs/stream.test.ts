@@ -28,7 +28,7 @@ describe('stream', () => {
     expect(allocationMap(top)).toBe('0'.repeat(8) + '1'.repeat(20) + '00z' + '0'.repeat(33));
     expect(top.backing!.node).toBe(base);
     expect(mid.closed).toBe(true);
-    expect(relinks).toEqual([{ node: 'top', filename: 'base.img', format: 'memcow' }]);
+    expect(relinks).toEqual([{ node: 'top', filename: 'base', format: 'memcow' }]);
     // The filter is gone: the user is a parent of top again.
     expect(user.root.node).toBe(top);
     expect(top.parents).toEqual([user.root]);
