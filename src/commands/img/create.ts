@@ -8,7 +8,7 @@
  */
 import { open as openFile } from 'node:fs/promises';
 import { BlkioError, toBlkioError } from '../../errors.js';
-import type { BlockDriver, CreateOptionSpec } from '../../block/driver.js';
+import type { BlockDriver, CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import { BdrvChild } from '../../block/child.js';
 import { ROLE_IMAGE } from '../../block/driver.js';
 import { attachChild, resolveBackingFilename, type BlockLayer } from '../../block/graph.js';
@@ -102,7 +102,7 @@ export function findProtocol(filename: string): BlockDriver<any> {
 }
 
 /** The option list `create -o help` shows (format only, or format plus the filename's protocol). */
-function printOptionHelp(layer: BlockLayer, format: string, filename: string | undefined): number {
+export function printOptionHelp(layer: BlockLayer, format: string, filename: string | undefined): number {
   const driver = layer.driver(format);
   if (!driver) throw new BlkioError('EINVAL', `Unknown file format '${format}'`);
   if (!driver.createOptions) throw new BlkioError('ENOTSUP', `Format driver '${format}' does not support image creation`);
@@ -118,6 +118,23 @@ function printOptionHelp(layer: BlockLayer, format: string, filename: string | u
     writeOut('\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n');
   }
   return 0;
+}
+
+/** The format and protocol drivers that create `filename`, and their joint option list. */
+export function creationDrivers(layer: BlockLayer, format: string, filename: string) {
+  const driver = layer.driver(format);
+  if (!driver) throw new BlkioError('EINVAL', `Unknown file format '${format}'`);
+  const protocol = findProtocol(filename);
+  if (!driver.createOptions) throw new BlkioError('ENOTSUP', `Format driver '${format}' does not support image creation`);
+  if (!protocol.createOptions) throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
+  return { driver, protocol, specs: mergeCreateOptions(driver.createOptions, protocol.createOptions) };
+}
+
+/** Typed values for a driver's `create`. */
+export function createRequestOptions(values: CreateValues): Record<string, string | number | boolean> {
+  const options: Record<string, string | number | boolean> = {};
+  for (const [name, v] of values) options[name] = v.value;
+  return options;
 }
 
 export interface ImageCreateRequest {
@@ -140,12 +157,7 @@ export interface ImageCreateRequest {
  * QEMU ends it without a newline.
  */
 export async function createImage(layer: BlockLayer, req: ImageCreateRequest): Promise<void> {
-  const driver = layer.driver(req.format);
-  if (!driver) throw new BlkioError('EINVAL', `Unknown file format '${req.format}'`);
-  const protocol = findProtocol(req.filename);
-  if (!driver.createOptions) throw new BlkioError('ENOTSUP', `Format driver '${req.format}' does not support image creation`);
-  if (!protocol.createOptions) throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
-  const specs = mergeCreateOptions(driver.createOptions, protocol.createOptions);
+  const { driver, protocol, specs } = creationDrivers(layer, req.format, req.filename);
   const values = parseCreateOptions(req.options, specs);
 
   if (values.has('size')) {
@@ -182,10 +194,9 @@ export async function createImage(layer: BlockLayer, req: ImageCreateRequest): P
 
   if (!req.quiet) writeOut(`Formatting '${req.filename}', fmt=${req.format} ${formatCreateOptions(values, specs)}\n`);
 
-  const options: Record<string, string | number | boolean> = {};
-  for (const [name, v] of values) options[name] = v.value;
   try {
-    await createFile(layer, driver, protocol, req.filename, { filename: req.filename, size: roundUp512(size), options });
+    const options = createRequestOptions(values);
+    await createImageFile(layer, driver, protocol, { filename: req.filename, size: roundUp512(size), options });
   } catch (e) {
     if (e instanceof BlkioError && e.code === 'EFBIG') {
       const hint = values.has('cluster_size') ? ' (try using a larger cluster size)' : '';
@@ -195,7 +206,7 @@ export async function createImage(layer: BlockLayer, req: ImageCreateRequest): P
   }
 }
 
-function roundUp512(n: number): number {
+export function roundUp512(n: number): number {
   return Math.ceil(n / 512) * 512;
 }
 
@@ -227,10 +238,10 @@ async function probeBacking(layer: BlockLayer, filename: string, backingFile: st
  * let the format driver lay out the image on it. A protocol named as the format (`-f file`)
  * is sized the way raw passes creation through to its file.
  */
-async function createFile(
-  layer: BlockLayer, driver: BlockDriver<any>, protocol: BlockDriver<any>, filename: string,
-  request: { filename: string; size: number; options: Record<string, string | number | boolean> },
+export async function createImageFile(
+  layer: BlockLayer, driver: BlockDriver<any>, protocol: BlockDriver<any>, request: CreateRequest,
 ): Promise<void> {
+  const filename = request.filename;
   if (protocol.name !== 'file') throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
   const path = filename.startsWith('file:') ? filename.slice(5) : filename;
   try {

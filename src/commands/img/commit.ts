@@ -1,0 +1,75 @@
+/**
+ * `blkio img commit [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate] [-d] [-p|--progress=json] filename`
+ *
+ * The copying is the commit job's (src/jobs/commit.ts); this is qemu-img's command line,
+ * progress and messages around it. `-b` implies `-d`.
+ */
+import { BlkioError } from '../../errors.js';
+import { isCacheMode } from '../../cli/open-image.js';
+import { Progress, parseProgressMode } from '../../cli/progress.js';
+import { commitImage } from '../../jobs/commit.js';
+import type { FlatOptions } from '../../options/types.js';
+import {
+  UsageError, backingLayer, badOption, imgCvtnum, newLayer, openImg, runSubcommand, scanImgArgs, writeOut,
+} from './common.js';
+import { printHelp } from './help.js';
+
+export function imgCommit(argv: string[]): Promise<number> {
+  return runSubcommand(async () => {
+    const { options, operands } = scanImgArgs(argv, ':f:ht:b:dpqr:', [
+      { name: 'image-opts', hasArg: false, key: 'image-opts' },
+      { name: 'progress', hasArg: true, key: 'progress' },
+    ]);
+    let format: string | undefined;
+    let cache = 'writeback';
+    let base: string | undefined;
+    let drop = false;
+    let showProgress = false;
+    let progressOption: string | undefined;
+    let quiet = false;
+    let rateLimit = 0;
+    let imageOpts = false;
+    for (const item of options) {
+      switch (item.key) {
+        case 'h': return printHelp();
+        case 'f': format = item.value; break;
+        case 't': cache = item.value; break;
+        case 'b': base = item.value; drop = true; break;
+        case 'd': drop = true; break;
+        case 'p': showProgress = true; break;
+        case 'progress': progressOption = item.value; break;
+        case 'q': quiet = true; break;
+        case 'r': rateLimit = imgCvtnum('rate limit', item.value); break;
+        case 'image-opts': imageOpts = true; break;
+        default: badOption(item);
+      }
+    }
+    if (operands.length !== 1) throw new UsageError('Expecting one image file name');
+    const filename = operands[0];
+    if (!isCacheMode(cache)) throw new BlkioError('EINVAL', `Invalid cache option: ${cache}`);
+    if (imageOpts && format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
+    const layer = newLayer();
+    try {
+      const open = (extraOptions: FlatOptions) => openImg(layer, { filename, format, imageOpts, cache, extraOptions });
+      // Opened before the progress starts, as qemu-img does; the job reopens it only to make the base writable.
+      let blk = await open({});
+      if (!backingLayer(blk.node)) throw new BlkioError('EINVAL', 'Image does not have a backing file');
+      const progress = new Progress(parseProgressMode(progressOption, showProgress, quiet));
+      try {
+        progress.update(0, 0);
+        const first = blk;
+        blk = await commitImage(layer, (extra) => (Object.keys(extra).length ? open(extra) : Promise.resolve(first)), {
+          base, drop, rateLimit, onProgress: (done, total) => progress.update(done, total),
+        });
+        await blk.flush();
+        progress.finish();
+      } finally {
+        progress.dispose();
+      }
+      if (!quiet) writeOut('Image committed.\n');
+      return 0;
+    } finally {
+      await layer.closeAll();
+    }
+  });
+}

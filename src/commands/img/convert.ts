@@ -1,0 +1,500 @@
+/**
+ * `blkio img convert [-f fmt] [-O out_fmt] [-o opts] [-B backing [-F fmt]] [-c] [-n] [-S sparse]
+ *   [-W] [-m N] [-p|--progress=json] [-q] [-t cache] [-T src_cache] [--target-is-zero]
+ *   [--image-opts] [--target-image-opts] [-U] src... dst`
+ *
+ * The sources are concatenated. Their block status splits the work into data, zero and
+ * "leave to the backing file" pieces (in sectors, as qemu-img counts); data is read and
+ * written with up to `-m` requests in flight, writes in order unless -W. Data pieces are
+ * scanned for runs of zero sectors of at least the sparse size, which are skipped on a
+ * zero-initialised target or written as zeroes.
+ */
+import { BlkioError } from '../../errors.js';
+import type { BlockBackend } from '../../block/backend.js';
+import type { BlockNode } from '../../block/node.js';
+import { REQUEST_MAX_BYTES, REQ_MAY_UNMAP, STATUS_DATA, STATUS_ZERO } from '../../block/flags.js';
+import { isZeroBuffer, nodeInfo } from '../../block/io.js';
+import { isCacheMode } from '../../cli/open-image.js';
+import { Progress, parseProgressMode } from '../../cli/progress.js';
+import { hasHelpOption, isValidOptionList } from '../../options/qemuopts.js';
+import {
+  backingLayer, badOption, imgCvtnum, newLayer, openImg, runSubcommand, scanImgArgs, skipFilters,
+} from './common.js';
+import { chainBlockStatus } from './block-status.js';
+import {
+  createImageFile, createRequestOptions, creationDrivers, parseCreateOptions, printOptionHelp, setCreateOption,
+} from './create.js';
+import { printHelp } from './help.js';
+
+const SECTOR = 512;
+const MAX_COROUTINES = 16;
+/** Largest buffer: 16 MiB; the default is 2 MiB. */
+const MAX_BUF_SECTORS = 32768;
+const DEFAULT_BUF_SECTORS = 4096;
+const REQUEST_MAX_SECTORS = Math.floor(REQUEST_MAX_BYTES / SECTOR);
+
+type PieceStatus = 'data' | 'zero' | 'backing';
+
+interface Source {
+  blk: BlockBackend;
+  name: string;
+  /** First sector of this source in the concatenation. */
+  start: number;
+  sectors: number;
+}
+
+interface ConvertState {
+  sources: Source[];
+  totalSectors: number;
+  target: BlockBackend;
+  targetHasBacking: boolean;
+  /** Sectors of the target's backing file, or -1 when unknown / not needed. */
+  targetBackingSectors: number;
+  /** Sparse threshold in sectors (0: write everything). */
+  minSparse: number;
+  alignment: number;
+  bufSectors: number;
+  compressed: boolean;
+  clusterSectors: number;
+  hasZeroInit: boolean;
+  inOrder: boolean;
+  coroutines: number;
+  /** The status cached for [.., nextStatusSector). */
+  status: PieceStatus;
+  nextStatusSector: number;
+}
+
+/** Options as the command line gave them. */
+interface ConvertArgs {
+  format?: string;
+  outFormat?: string;
+  backing?: string;
+  backingFormat?: string;
+  options?: string;
+  compressed: boolean;
+  skipCreate: boolean;
+  minSparse: number;
+  explicitSparse: boolean;
+  coroutines: number;
+  inOrder: boolean;
+  progress?: string;
+  showProgress: boolean;
+  quiet: boolean;
+  cache: string;
+  srcCache: string;
+  targetIsZero: boolean;
+  imageOpts: boolean;
+  targetImageOpts: boolean;
+  forceShare: boolean;
+  copyRange: boolean;
+  salvage: boolean;
+}
+
+function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string[] } | number {
+  const { options, operands } = scanImgArgs(argv, ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:', [
+    { name: 'image-opts', hasArg: false, key: 'image-opts' },
+    { name: 'target-image-opts', hasArg: false, key: 'target-image-opts' },
+    { name: 'target-is-zero', hasArg: false, key: 'target-is-zero' },
+    { name: 'salvage', hasArg: false, key: 'salvage' },
+    { name: 'force-share', hasArg: false, key: 'U' },
+    { name: 'progress', hasArg: true, key: 'progress' },
+  ]);
+  const args: ConvertArgs = {
+    compressed: false, skipCreate: false, minSparse: 8, explicitSparse: false, coroutines: 8, inOrder: true,
+    showProgress: false, quiet: false, cache: 'unsafe', srcCache: 'writeback', targetIsZero: false, imageOpts: false,
+    targetImageOpts: false, forceShare: false, copyRange: false, salvage: false,
+  };
+  for (const item of options) {
+    switch (item.key) {
+      case 'h': return printHelp();
+      case 'f': args.format = item.value; break;
+      case 'O': args.outFormat = item.value; break;
+      case 'B': args.backing = item.value; break;
+      case 'C': args.copyRange = true; break;
+      case 'c': args.compressed = true; break;
+      case 'F': args.backingFormat = item.value; break;
+      case 'o':
+        if (!isValidOptionList(item.value)) throw new BlkioError('EINVAL', `Invalid option list: ${item.value}`);
+        args.options = args.options === undefined ? item.value : `${args.options},${item.value}`;
+        break;
+      case 'l': throw new BlkioError('ENOTSUP', 'Snapshots are not supported by blkio img convert');
+      case 'S': {
+        const bytes = imgCvtnum('buffer size for sparse output', item.value);
+        if (bytes % SECTOR !== 0 || bytes / SECTOR > MAX_BUF_SECTORS) {
+          throw new BlkioError('EINVAL', `Invalid buffer size for sparse output specified. Valid sizes are multiples of ${SECTOR} up to ${MAX_BUF_SECTORS * SECTOR}. Select 0 to disable sparse detection (fully allocates output).`);
+        }
+        args.minSparse = bytes / SECTOR;
+        args.explicitSparse = true;
+        break;
+      }
+      case 'p': args.showProgress = true; break;
+      case 'progress': args.progress = item.value; break;
+      case 't': args.cache = item.value; break;
+      case 'T': args.srcCache = item.value; break;
+      case 'q': args.quiet = true; break;
+      case 'n': args.skipCreate = true; break;
+      case 'm': {
+        const n = /^[+-]?(0x[0-9a-f]+|[0-9]+)$/i.test(item.value.trim()) ? Number(item.value) : NaN;
+        if (!Number.isInteger(n) || n < 1 || n > MAX_COROUTINES) {
+          throw new BlkioError('EINVAL', `Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
+        }
+        args.coroutines = n;
+        break;
+      }
+      case 'W': args.inOrder = false; break;
+      case 'U': args.forceShare = true; break;
+      case 'r': imgCvtnum('rate limit', item.value); break;
+      case 'image-opts': args.imageOpts = true; break;
+      case 'target-image-opts': args.targetImageOpts = true; break;
+      case 'target-is-zero': args.targetIsZero = true; break;
+      case 'salvage': args.salvage = true; break;
+      default: badOption(item);
+    }
+  }
+  return { args, operands };
+}
+
+export function imgConvert(argv: string[]): Promise<number> {
+  return runSubcommand(async () => {
+    const parsed = parseConvertArgs(argv);
+    if (typeof parsed === 'number') return parsed;
+    const { args, operands } = parsed;
+    if (args.outFormat === undefined && !args.targetImageOpts) args.outFormat = 'raw';
+    const fail = (message: string): BlkioError => new BlkioError('EINVAL', message);
+    if (args.compressed && args.copyRange) throw fail('Cannot enable copy offloading when -c is used');
+    if (args.explicitSparse && args.copyRange) throw fail('Cannot enable copy offloading when -S is used');
+    if (args.copyRange && args.salvage) throw fail('Cannot use copy offloading in salvaging mode');
+    if (args.targetImageOpts && !args.skipCreate) throw fail('--target-image-opts requires use of -n flag');
+    if (args.skipCreate && args.options !== undefined) throw fail('-o has no effect when skipping image creation');
+    if (args.targetIsZero && !args.skipCreate) throw fail('--target-is-zero requires use of -n flag');
+    const outFilename = operands.length >= 2 ? operands[operands.length - 1] : undefined;
+    const layer = newLayer();
+    try {
+      if (args.options !== undefined && hasHelpOption(args.options)) {
+        if (args.outFormat === undefined) throw fail('Option help requires a format be specified');
+        return printOptionHelp(layer, args.outFormat, outFilename);
+      }
+      if (outFilename === undefined) throw fail('Must specify image file name');
+      if (!isCacheMode(args.srcCache)) throw fail(`Invalid source cache option: ${args.srcCache}`);
+      const progress = new Progress(parseProgressMode(args.progress, args.showProgress, args.quiet));
+      try {
+        progress.update(0, 0);
+        await convert(layer, args, operands.slice(0, -1), outFilename, progress);
+        progress.finish();
+      } finally {
+        progress.dispose();
+      }
+      return 0;
+    } finally {
+      await layer.closeAll();
+    }
+  });
+}
+
+async function convert(
+  layer: ReturnType<typeof newLayer>, args: ConvertArgs, sourceNames: string[], outFilename: string, progress: Progress,
+): Promise<void> {
+  const sources: Source[] = [];
+  let totalSectors = 0;
+  for (const name of sourceNames) {
+    const blk = await openImg(layer, {
+      filename: name, format: args.format, imageOpts: args.imageOpts, readOnly: true, forceShare: args.forceShare, cache: args.srcCache,
+    });
+    const sectors = Math.ceil(blk.getLength() / SECTOR);
+    sources.push({ blk, name, start: totalSectors, sectors });
+    totalSectors += sectors;
+  }
+
+  let backing = args.backing;
+  if (!args.skipCreate) {
+    const { driver, protocol, specs } = creationDrivers(layer, args.outFormat!, outFilename);
+    const values = parseCreateOptions(args.options, specs);
+    setCreateOption(values, specs, 'size', String(totalSectors * SECTOR));
+    if (args.backing !== undefined) {
+      if (!specs.some((s) => s.name === 'backing_file')) throw new BlkioError('ENOTSUP', `Backing file not supported for file format '${args.outFormat}'`);
+      setCreateOption(values, specs, 'backing_file', args.backing);
+    }
+    if (args.backingFormat !== undefined) {
+      if (!specs.some((s) => s.name === 'backing_fmt')) throw new BlkioError('ENOTSUP', `Backing file format not supported for file format '${args.outFormat}'`);
+      setCreateOption(values, specs, 'backing_fmt', args.backingFormat);
+    }
+    backing = values.get('backing_file')?.value as string | undefined;
+    checkBackingUse(args, sources.length, backing);
+    if (backing !== undefined && !values.has('backing_fmt')) throw new BlkioError('EINVAL', 'Use of backing file requires explicit backing format');
+    if (args.compressed) {
+      if (!driver.writeCompressed) throw new BlkioError('ENOTSUP', 'Compression not supported for this file format');
+      if (values.get('encryption')?.value === true || values.has('encrypt.format')) {
+        throw new BlkioError('EINVAL', 'Compression and encryption not supported at the same time');
+      }
+      const prealloc = values.get('preallocation')?.value;
+      if (prealloc !== undefined && prealloc !== 'off') throw new BlkioError('EINVAL', 'Compression and preallocation not supported at the same time');
+    }
+    try {
+      await createImageFile(layer, driver, protocol, { filename: outFilename, size: totalSectors * SECTOR, options: createRequestOptions(values) });
+    } catch (e) {
+      throw e instanceof BlkioError ? e.prepend(`${outFilename}: error while converting ${args.outFormat}: `) : e;
+    }
+  } else {
+    checkBackingUse(args, sources.length, backing);
+  }
+
+  if (!isCacheMode(args.cache)) throw new BlkioError('EINVAL', `Invalid cache option: ${args.cache}`);
+  const target = await openImg(layer, {
+    filename: outFilename, format: args.outFormat, imageOpts: args.targetImageOpts, cache: args.cache,
+    extraOptions: args.minSparse ? { discard: 'unmap' } : { discard: 'ignore' },
+  });
+  const out = skipFilters(target.node);
+  if (args.compressed && !out.driver.writeCompressed) throw new BlkioError('ENOTSUP', 'Compression not supported for this file format');
+  if (args.skipCreate && Math.ceil(target.getLength() / SECTOR) < totalSectors) throw new BlkioError('EINVAL', 'output file is smaller than input file');
+
+  const targetHasBacking = backing !== undefined;
+  const targetBacking = targetHasBacking && !args.skipCreate ? backingLayer(out) : undefined;
+  const clusterSize = nodeInfo(out).clusterSize ?? 0;
+  const minSparse = args.minSparse;
+  const state: ConvertState = {
+    sources, totalSectors, target, targetHasBacking,
+    targetBackingSectors: targetBacking ? Math.ceil(targetBacking.getLength() / SECTOR) : -1,
+    minSparse,
+    alignment: Math.max(pow2floor(minSparse), Math.ceil(out.limits.requestAlignment / SECTOR)),
+    bufSectors: DEFAULT_BUF_SECTORS,
+    compressed: args.compressed,
+    clusterSectors: clusterSize / SECTOR,
+    hasZeroInit: args.targetIsZero || (!args.skipCreate && minSparse > 0 && !targetHasBacking),
+    inOrder: args.inOrder,
+    coroutines: args.coroutines,
+    status: 'data',
+    nextStatusSector: 0,
+  };
+  if (state.compressed) {
+    if (state.clusterSectors <= 0 || state.clusterSectors > state.bufSectors) throw new BlkioError('EINVAL', 'invalid cluster size');
+    state.bufSectors = state.clusterSectors;
+  }
+  await doCopy(state, progress);
+  await target.flush();
+}
+
+function checkBackingUse(args: ConvertArgs, sourceCount: number, backing: string | undefined): void {
+  if (args.targetIsZero && backing !== undefined) throw new BlkioError('EINVAL', 'Cannot use --target-is-zero with a backing file');
+  if (sourceCount > 1 && backing !== undefined) {
+    throw new BlkioError('EINVAL', 'Having a backing file for the target makes no sense when concatenating multiple input images');
+  }
+}
+
+function pow2floor(n: number): number {
+  return n <= 0 ? 0 : 2 ** Math.floor(Math.log2(n));
+}
+
+function sourceAt(s: ConvertState, sector: number): Source {
+  let i = 0;
+  while (i + 1 < s.sources.length && sector >= s.sources[i + 1].start) i++;
+  return s.sources[i];
+}
+
+/** The next piece starting at `sector`: its length in sectors; its status is left in s.status. */
+async function nextPiece(s: ConvertState, sector: number): Promise<number> {
+  const src = sourceAt(s, sector);
+  let n = Math.min(s.totalSectors - sector, REQUEST_MAX_SECTORS, src.start + src.sectors - sector);
+  let postBackingZero = false;
+  if (s.targetBackingSectors >= 0) {
+    if (sector >= s.targetBackingSectors) postBackingZero = true;
+    else if (sector + n > s.targetBackingSectors) n = s.targetBackingSectors - sector;
+  }
+  if (s.nextStatusSector <= sector) {
+    const top = skipFilters(src.blk.node);
+    const base: BlockNode | undefined = s.targetHasBacking ? backingLayer(top) : undefined;
+    const offset = (sector - src.start) * SECTOR;
+    let r;
+    try {
+      r = await chainBlockStatus(top, base, offset, Math.min(n * SECTOR, src.blk.getLength() - offset));
+    } catch (e) {
+      throw new BlkioError('EIO', `error while reading block status at offset ${offset}: ${e instanceof BlkioError ? e.strerror : String(e)}`);
+    }
+    n = Math.max(1, Math.ceil(r.pnum / SECTOR));
+    if (r.status & STATUS_ZERO) s.status = postBackingZero ? 'backing' : 'zero';
+    else if (r.status & STATUS_DATA) s.status = 'data';
+    else s.status = s.targetHasBacking ? 'backing' : 'data';
+    s.nextStatusSector = sector + n;
+  }
+  n = Math.min(n, s.nextStatusSector - sector);
+  if (s.status === 'data') n = Math.min(n, s.bufSectors);
+  if (s.compressed) {
+    if (n < s.clusterSectors) {
+      n = Math.min(s.clusterSectors, s.totalSectors - sector);
+      s.status = 'data';
+    } else {
+      n -= n % s.clusterSectors;
+    }
+  }
+  return n;
+}
+
+function writesData(s: ConvertState, status: PieceStatus): boolean {
+  return status === 'data' || (!s.minSparse && status === 'zero');
+}
+
+async function doCopy(s: ConvertState, progress: Progress): Promise<void> {
+  let allocatedSectors = 0;
+  for (let sector = 0; sector < s.totalSectors;) {
+    const n = await nextPiece(s, sector);
+    if (writesData(s, s.status)) allocatedSectors += n;
+    sector += n;
+  }
+  s.nextStatusSector = 0;
+
+  let nextSector = 0;
+  let allocatedDone = 0;
+  let failed = false;
+  /** Taking the next piece is serialised (it shares the cached status), as are in-order writes. */
+  let claimLock: Promise<unknown> = Promise.resolve();
+  let previousWrite: Promise<void> = Promise.resolve();
+
+  const claim = (): Promise<Piece | undefined> => {
+    const result = claimLock.then(async (): Promise<Piece | undefined> => {
+      if (failed || nextSector >= s.totalSectors) return undefined;
+      const sector = nextSector;
+      let n = await nextPiece(s, sector);
+      const status = s.status;
+      if (!s.minSparse && status === 'zero') n = Math.min(n, s.bufSectors);
+      nextSector = sector + n;
+      let release!: () => void;
+      const written = new Promise<void>((r) => (release = r));
+      const turn = previousWrite;
+      if (s.inOrder) previousWrite = written;
+      return { sector, n, status, turn, release };
+    });
+    claimLock = result.catch(() => undefined);
+    return result;
+  };
+
+  const worker = async (): Promise<void> => {
+    const buf = new Uint8Array(s.bufSectors * SECTOR);
+    for (let piece = await claim(); piece; piece = await claim()) {
+      const { sector, n } = piece;
+      let status = piece.status;
+      try {
+        if (writesData(s, status)) {
+          allocatedDone += n;
+          progress.update(allocatedDone, allocatedSectors);
+        }
+        const data = buf.subarray(0, n * SECTOR);
+        if (status === 'data') {
+          await readSectors(s, sector, n, data);
+        } else if (!s.minSparse && status === 'zero') {
+          status = 'data';
+          data.fill(0);
+        }
+        if (s.inOrder) await piece.turn;
+        if (!failed) await writePiece(s, sector, n, data, status);
+      } catch (e) {
+        failed = true;
+        throw e;
+      } finally {
+        piece.release();
+      }
+    }
+  };
+  const results = await Promise.allSettled(Array.from({ length: s.coroutines }, worker));
+  const rejected = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (rejected) throw rejected.reason;
+}
+
+interface Piece {
+  sector: number;
+  n: number;
+  status: PieceStatus;
+  /** Resolves when the piece before this one is written. */
+  turn: Promise<void>;
+  release: () => void;
+}
+
+async function readSectors(s: ConvertState, sector: number, n: number, buf: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < n) {
+    const src = sourceAt(s, sector + done);
+    const count = Math.min(n - done, src.start + src.sectors - (sector + done));
+    const offset = (sector + done - src.start) * SECTOR;
+    const part = buf.subarray(done * SECTOR, (done + count) * SECTOR);
+    // The last sector of a source may be partial: read what exists, the rest is zero.
+    const readable = Math.min(part.length, src.blk.getLength() - offset);
+    try {
+      await src.blk.read(offset, readable, part.subarray(0, readable));
+      part.fill(0, readable);
+    } catch (e) {
+      throw new BlkioError('EIO', `error while reading at byte ${sector * SECTOR}: ${e instanceof BlkioError ? e.strerror : String(e)}`);
+    }
+    done += count;
+  }
+}
+
+/** How many leading sectors of a data piece to write as data (0: the piece starts with a sparse run). */
+function dataSectors(s: ConvertState, buf: Uint8Array, n: number, sector: number): { write: boolean; n: number } {
+  if (!s.minSparse) return { write: true, n };
+  if (s.compressed) return { write: !isZeroBuffer(buf.subarray(0, n * SECTOR)), n };
+  const r = allocatedSectorsMin(buf, n, s.minSparse, sector, s.alignment);
+  return { write: r.allocated, n: r.pnum };
+}
+
+async function writePiece(s: ConvertState, sector: number, count: number, buf: Uint8Array, status: PieceStatus): Promise<void> {
+  try {
+    for (let done = 0; done < count;) {
+      const part = buf.subarray(done * SECTOR, count * SECTOR);
+      const at = (sector + done) * SECTOR;
+      let n = count - done;
+      if (status === 'data') {
+        const run = dataSectors(s, part, n, sector + done);
+        n = run.n;
+        if (run.write) {
+          const bytes = part.subarray(0, n * SECTOR);
+          await (s.compressed ? s.target.writeCompressed(at, bytes.length, bytes) : s.target.write(at, bytes.length, bytes));
+          done += n;
+          continue;
+        }
+      }
+      // Zeroes (and sparse runs of data pieces); a backing-file piece stays unallocated.
+      if (status !== 'backing' && !s.hasZeroInit) await s.target.writeZeroes(at, n * SECTOR, REQ_MAY_UNMAP);
+      done += n;
+    }
+  } catch (e) {
+    throw new BlkioError('EIO', `error while writing at byte ${sector * SECTOR}: ${e instanceof BlkioError ? e.strerror : String(e)}`);
+  }
+}
+
+function sectorIsZero(buf: Uint8Array, i: number): boolean {
+  return isZeroBuffer(buf.subarray(i * SECTOR, (i + 1) * SECTOR));
+}
+
+/**
+ * qemu-img's is_allocated_sectors: whether the first sector has data, and how many sectors
+ * share that state, with the end moved to an alignment boundary where that saves a
+ * read-modify-write.
+ */
+export function allocatedSectors(buf: Uint8Array, n: number, sector: number, alignment: number): { allocated: boolean; pnum: number } {
+  if (n <= 0) return { allocated: false, pnum: 0 };
+  let isZero = sectorIsZero(buf, 0);
+  let i = 1;
+  while (i < n && sectorIsZero(buf, i) === isZero) i++;
+  if (i === n) return { allocated: !isZero, pnum: i };
+  const tail = (sector + i) & (alignment - 1);
+  if (tail) {
+    if (isZero && i <= tail) isZero = false;
+    if (!isZero) i = Math.min(i + alignment - tail, n);
+    else i -= tail;
+  }
+  return { allocated: !isZero, pnum: i };
+}
+
+/** is_allocated_sectors_min: after data, zero runs shorter than `min` sectors count as data. */
+export function allocatedSectorsMin(buf: Uint8Array, n: number, min: number, sector: number, alignment: number): { allocated: boolean; pnum: number } {
+  min = Math.min(min, n);
+  const first = allocatedSectors(buf, n, sector, alignment);
+  if (!first.allocated) return first;
+  let used = first.pnum;
+  let checked = used;
+  while (checked < n) {
+    const r = allocatedSectors(buf.subarray(checked * SECTOR), n - checked, sector + checked, alignment);
+    checked += r.pnum;
+    if (r.allocated) used = checked;
+    else if (r.pnum >= min) break;
+  }
+  return { allocated: true, pnum: used };
+}
