@@ -53,7 +53,7 @@ export function imgCommit(argv: string[]): Promise<number> {
       const open = (extraOptions: FlatOptions) => openImg(layer, { filename, format, imageOpts, cache, extraOptions });
       // Opened before the progress starts, as qemu-img does; the job reopens it only to make the base writable.
       let blk = await open({});
-      if (!backingLayer(blk.node)) throw new BlkioError('EINVAL', 'Image does not have a backing file');
+      if (base === undefined && !backingLayer(blk.node)) throw new BlkioError('EINVAL', 'Image does not have a backing file');
       const progress = new Progress(parseProgressMode(progressOption, showProgress, quiet));
       try {
         progress.update(0, 0);
