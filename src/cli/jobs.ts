@@ -8,10 +8,9 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { BlkioError } from '../errors.js';
 import type { BlockBackend } from '../block/backend.js';
 import { BlockLayer } from '../block/graph.js';
-import { chainNext } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { allDrivers } from '../drivers/index.js';
-import { backingNameFrom, findBackingImage } from '../jobs/chain.js';
+import { backingImage, backingNameFrom, findBackingImage } from '../jobs/chain.js';
 import { commitImage } from '../jobs/commit.js';
 import { isCancelled, type JobOptions } from '../jobs/job.js';
 import { mirror, type MirrorSync } from '../jobs/mirror.js';
@@ -181,7 +180,7 @@ export async function runMirror(argv: string[]): Promise<number> {
     const source = (await open()).node;
     const format = values['target-format'] ?? source.driver.name;
     // top: the target shares the source's backing file; none: the source itself backs it.
-    const backing = sync === 'top' ? chainNext(source) : sync === 'none' ? source : undefined;
+    const backing = sync === 'top' ? backingImage(source) : sync === 'none' ? source : undefined;
     await createImage(layer, {
       filename: targetFile,
       format,

@@ -1,15 +1,25 @@
 /** Backing-chain questions the jobs ask: where is the base, what does a range hold above it. */
 import { dirname, isAbsolute, relative, resolve } from 'node:path';
 import { BlkioError } from '../errors.js';
-import { chainNext, nodeBlockStatus } from '../block/io.js';
+import { nodeBlockStatus } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { STATUS_ALLOCATED, STATUS_ZERO } from '../block/flags.js';
 
-/** The image formats below `top`, top first (filters in between are passed through). */
+/** Below a filter: its filtered child; below an image: its backing file (not its storage). */
+function nextInChain(node: BlockNode): BlockNode | undefined {
+  return node.driver.kind === 'filter' ? node.filteredChild?.node : node.backing?.node;
+}
+
+/** The images in top's backing chain, top's backing file first (filters in between skipped). */
 export function backingChain(top: BlockNode): BlockNode[] {
   const chain: BlockNode[] = [];
-  for (let n = chainNext(top); n; n = chainNext(n)) if (!n.isFilter) chain.push(n);
+  for (let n = nextInChain(top); n; n = nextInChain(n)) if (n.driver.kind !== 'filter') chain.push(n);
   return chain;
+}
+
+/** Top's backing file (through filters), if any. */
+export function backingImage(top: BlockNode): BlockNode | undefined {
+  return backingChain(top)[0];
 }
 
 /** The image directly above `base` in top's chain; with no base, the bottom-most image. */
@@ -48,7 +58,7 @@ export interface ChainStatus {
 /** What [offset, offset+bytes) of top holds in the layers above `stop` (undefined: whole chain). */
 export async function chainStatus(top: BlockNode, stop: BlockNode | undefined, offset: number, bytes: number): Promise<ChainStatus> {
   let pnum = bytes;
-  for (let n: BlockNode | undefined = top; n && n !== stop; n = chainNext(n)) {
+  for (let n: BlockNode | undefined = top; n && n !== stop; n = nextInChain(n)) {
     if (offset >= n.getLength()) return { allocated: false, zero: true, pnum };
     const r = await nodeBlockStatus(n, offset, pnum);
     if (r.status & STATUS_ALLOCATED) return { allocated: true, zero: (r.status & STATUS_ZERO) !== 0, pnum: r.pnum };

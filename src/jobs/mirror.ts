@@ -11,11 +11,10 @@
 import { BlkioError } from '../errors.js';
 import type { BlockLayer } from '../block/graph.js';
 import { REQ_MAY_UNMAP } from '../block/flags.js';
-import { chainNext } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../block/permissions.js';
 import { withRangeLock } from '../drivers/mirror-top.js';
-import { chainStatus } from './chain.js';
+import { backingImage, chainStatus } from './chain.js';
 import { Job, type JobOptions } from './job.js';
 
 export type MirrorSync = 'full' | 'top' | 'none';
@@ -91,7 +90,7 @@ export async function mirror(layer: BlockLayer, source: BlockNode, target: Block
   const plan: RangePlanner = sync === 'full'
     ? planAbove(source, undefined, true)
     : sync === 'top'
-      ? planAbove(source, chainNext(source), false)
+      ? planAbove(source, backingImage(source), false)
       : async (_offset, bytes) => ({ action: 'skip', bytes });
   await job.run(() => mirrorCopy(job, source, target, plan));
 }
