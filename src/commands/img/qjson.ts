@@ -1,10 +1,9 @@
-import { qdictKeyOrder } from '../../options/json.js';
-
 /**
  * JSON the way qemu-img prints QAPI results (`info`, `check` with --output=json): objects are
  * QEMU QDicts, whose members come out in hash-bucket order (not insertion order), pretty-printed
  * with a 4-space indent; strings escape control and non-ASCII characters as `\uXXXX`.
  */
+import { qdictKeyOrder } from '../../options/json.js';
 
 function quote(s: string): string {
   let out = '"';
