@@ -7,6 +7,7 @@
 import { BlkioError } from '../../errors.js';
 import { isCacheMode } from '../../cli/open-image.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
+import { findBackingImage } from '../../jobs/chain.js';
 import { commitImage } from '../../jobs/commit.js';
 import type { FlatOptions } from '../../options/types.js';
 import {
@@ -53,6 +54,10 @@ export function imgCommit(argv: string[]): Promise<number> {
       const open = (extraOptions: FlatOptions) => openImg(layer, { filename, format, imageOpts, cache, extraOptions });
       // Opened before the progress starts, as qemu-img does; the job reopens it only to make the base writable.
       let blk = await open({});
+      // qemu-img looks for -b first, and names the image as the user did.
+      if (base !== undefined && !findBackingImage(blk.node, base)) {
+        throw new BlkioError('EINVAL', `Did not find '${base}' in the backing chain of '${filename}'`);
+      }
       if (base === undefined && !backingLayer(blk.node)) throw new BlkioError('EINVAL', 'Image does not have a backing file');
       const progress = new Progress(parseProgressMode(progressOption, showProgress, quiet));
       try {
