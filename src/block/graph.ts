@@ -214,7 +214,7 @@ export class BlockLayer {
           ? `Block protocol '${driver.name}' doesn't support the option '${leftover}'`
           : `Block format '${driver.name}' does not support the option '${leftover}'`);
       }
-      if (!node.filename) node.filename = node.cowChild?.node.filename ?? node.file?.node.filename ?? '';
+      if (!node.filename) node.filename = node.filteredChild?.node.filename ?? node.file?.node.filename ?? '';
       inheritLimits(node);
       refreshPermissions(new Map(), [node]);
     } catch (e) {
