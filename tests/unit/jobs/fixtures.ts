@@ -18,11 +18,6 @@ export const relinks: Array<{ node: string; filename: string; format: string }> 
 
 const memCowWithHooks: BlockDriver<MemCowState> = {
   ...memCowDriver,
-  async open(node, ctx) {
-    const state = await memCowDriver.open(node, ctx);
-    node.filename = state.file.node.filename;
-    return state;
-  },
   async changeBackingFile(node, filename, format) {
     node.backingFile = filename;
     node.backingFormat = format;
