@@ -95,6 +95,12 @@ export interface BlockDriver<S = unknown> {
   readonly kind: DriverKind;
   /** Filename prefix this protocol claims (`null-co` for `null-co://`, `blkdebug` for `blkdebug:`). */
   readonly protocolPrefix?: string;
+  /**
+   * A filter (QEMU's is_filter) passes everything to one child of the FILTERED role: block
+   * status, info and backing-chain walks go straight through it. raw is not one, even though
+   * without offset/size its child has the FILTERED role.
+   */
+  readonly isFilter?: boolean;
   /** The driver has a `backing` child (COW format) the graph opens after `open`. */
   readonly supportsBacking?: boolean;
   /** Options the driver accepts besides its children; validated with QEMU's texts. */
@@ -106,6 +112,8 @@ export interface BlockDriver<S = unknown> {
 
   open(node: BlockNode<S>, ctx: OpenContext): Promise<S>;
   close?(node: BlockNode<S>): Promise<void>;
+  /** Switch between read-only and read-write access (bdrv_reopen); `node.readOnly` is already updated. */
+  reopen?(node: BlockNode<S>): Promise<void>;
 
   /** Permissions to take and share on `child`, given what the node's parents take and share. */
   childPerm?(node: BlockNode<S>, child: BdrvChild, parents: PermPair): PermPair;
@@ -132,6 +140,15 @@ export interface BlockDriver<S = unknown> {
   formatSpecific?(node: BlockNode<S>): FormatSpecificInfo | undefined;
   /** Named debug events (blkdebug rules): `cor_write`, `l2_load`, ... */
   debugEvent?(node: BlockNode<S>, event: string): void;
+  /**
+   * Breakpoints (blkdebug; qemu-io break/remove_break/resume/wait_break): a request reaching
+   * `event` is suspended under `tag` until resumed. Throw a BlkioError to refuse (ENOENT for
+   * an unknown event or tag).
+   */
+  debugBreakpoint?(node: BlockNode<S>, event: string, tag: string): void;
+  debugRemoveBreakpoint?(node: BlockNode<S>, tag: string): void;
+  debugResume?(node: BlockNode<S>, tag: string): void;
+  debugIsSuspended?(node: BlockNode<S>, tag: string): boolean;
   /** `qemu-img create` options in QEMU's order, and the creation itself (on a protocol node opened by the caller). */
   readonly createOptions?: readonly CreateOptionSpec[];
   create?(file: BdrvChild, request: CreateRequest): Promise<void>;

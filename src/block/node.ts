@@ -77,9 +77,9 @@ export class BlockNode<S = unknown> {
     return this.child('backing');
   }
 
-  /** The child a filter (or raw without offset/size) passes everything to; undefined for others. */
+  /** The child a filter passes everything to; undefined for other nodes. */
   get filteredChild(): BdrvChild | undefined {
-    return this.children.find((c) => c.role & ROLE_FILTERED);
+    return this.driver.isFilter ? this.children.find((c) => c.role & ROLE_FILTERED) : undefined;
   }
 
   get isFilter(): boolean {
@@ -106,8 +106,10 @@ export class BlockNode<S = unknown> {
     return { perm, shared };
   }
 
+  /** Length in bytes; like QEMU's, always a whole number of 512-byte sectors. */
   getLength(): number {
-    return this.driver.getLength(this);
+    const length = this.driver.getLength(this);
+    return length % 512 === 0 ? length : length + 512 - (length % 512);
   }
 
   describe(): string {

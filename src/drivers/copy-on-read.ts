@@ -57,6 +57,7 @@ async function readAboveBottom(s: CorState, offset: number, bytes: number, buf: 
 export const copyOnReadDriver: BlockDriver<CorState> = {
   name: 'copy-on-read',
   kind: 'filter',
+  isFilter: true,
   options: { bottom: { type: 'string' } },
 
   async open(node, ctx) {

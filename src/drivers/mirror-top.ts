@@ -58,6 +58,7 @@ function mirrored(node: BlockNode<MirrorTopState>, offset: number, bytes: number
 export const mirrorTopDriver: BlockDriver<MirrorTopState> = {
   name: 'mirror_top',
   kind: 'filter',
+  isFilter: true,
   options: {},
 
   async open(_node, ctx) {
