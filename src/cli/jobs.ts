@@ -16,12 +16,13 @@ import { isCancelled, type JobOptions } from '../jobs/job.js';
 import { mirror, type MirrorSync } from '../jobs/mirror.js';
 import { stream } from '../jobs/stream.js';
 import { createImage } from '../commands/img/create.js';
+import { cvtnum } from '../options/size.js';
 import type { FlatOptions } from '../options/types.js';
 import { openImage } from './open-image.js';
 import { parseProgressMode, Progress } from './progress.js';
 import { PROGRAM } from './run.js';
 
-const IMAGE_OPTIONS = '[-f FMT] [--image-opts] [-t CACHE] [-p | --progress=human|json]';
+const IMAGE_OPTIONS = '[-f FMT] [--image-opts] [-t CACHE] [-r RATE] [-p | --progress=human|json]';
 const USAGE = {
   stream: `Usage: ${PROGRAM} stream ${IMAGE_OPTIONS} [--base FILE | --base-node NODE] [--backing-file STR] IMAGE`,
   commit: `Usage: ${PROGRAM} commit ${IMAGE_OPTIONS} [-q] [-b BASE] [-d] IMAGE`,
@@ -33,6 +34,7 @@ const COMMON_OPTIONS = {
   format: { type: 'string', short: 'f' },
   'image-opts': { type: 'boolean' },
   cache: { type: 'string', short: 't' },
+  rate: { type: 'string', short: 'r' },
   p: { type: 'boolean', short: 'p' },
   progress: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
@@ -55,6 +57,7 @@ interface CommonValues {
   format?: string;
   'image-opts'?: boolean;
   cache?: string;
+  rate?: string;
   p?: boolean;
   progress?: string;
   q?: boolean;
@@ -70,6 +73,7 @@ async function runJob(
   values: CommonValues,
   body: (job: JobOptions, open: (extra?: FlatOptions) => Promise<BlockBackend>, layer: BlockLayer) => Promise<void>,
 ): Promise<number> {
+  const rateLimit = values.rate === undefined ? 0 : parseRate(values.rate);
   const progress = new Progress(parseProgressMode(values.progress, values.p, values.q));
   const layer = new BlockLayer(allDrivers, (text) => process.stderr.write(text + '\n'));
   const controller = new AbortController();
@@ -79,6 +83,7 @@ async function runJob(
   let done = 0;
   let total = 0;
   const job: JobOptions = {
+    rateLimit,
     signal: controller.signal,
     onProgress: (d, t) => {
       done = d;
@@ -196,6 +201,17 @@ export async function runMirror(argv: string[]): Promise<number> {
     });
     await mirror(layer, source, target, { ...job, sync });
   });
+}
+
+/** `-r`: bytes per second, with qemu-img's texts for bad values. */
+function parseRate(text: string): number {
+  try {
+    return cvtnum(text);
+  } catch {
+    throw new BlkioError('EINVAL', 'Invalid rate limit specified. You may use k, M, G, T, P or E suffixes for', [
+      `${PROGRAM}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`,
+    ]);
+  }
 }
 
 function usage(command: Command): number {
