@@ -46,7 +46,10 @@ function parse<O extends ParseArgsConfig['options']>(command: Command, argv: str
   try {
     parsed = parseArgs({ args: argv, allowPositionals: true, options: { ...COMMON_OPTIONS, ...options } });
   } catch (e) {
-    throw new BlkioError('EINVAL', `${(e as Error).message}\n${USAGE[command]}`);
+    const err = e as Error & { code?: string };
+    const option = /'([^']*)'/.exec(err.message)?.[1];
+    const message = err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && option ? `unrecognized option '${option}'` : err.message;
+    throw new BlkioError('EINVAL', `${message}\n${USAGE[command]}`);
   }
   if ((parsed.values as { help?: boolean }).help) return undefined;
   if (parsed.positionals.length !== 1) throw new BlkioError('EINVAL', `Expecting one image file name\n${USAGE[command]}`);
