@@ -138,8 +138,8 @@ export interface BlockDriver<S = unknown> {
   blockStatus?(node: BlockNode<S>, offset: number, bytes: number): Promise<BlockStatusResult>;
   getInfo?(node: BlockNode<S>): DriverInfo;
   formatSpecific?(node: BlockNode<S>): FormatSpecificInfo | undefined;
-  /** Named debug events (blkdebug rules): `cor_write`, `l2_load`, ... */
-  debugEvent?(node: BlockNode<S>, event: string): void;
+  /** Named debug events (blkdebug rules): `cor_write`, `l2_load`, ...; settles when a breakpoint lets go. */
+  debugEvent?(node: BlockNode<S>, event: string): void | Promise<void>;
   /**
    * Breakpoints (blkdebug; qemu-io break/remove_break/resume/wait_break): a request reaching
    * `event` is suspended under `tag` until resumed. Throw a BlkioError to refuse (ENOENT for

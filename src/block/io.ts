@@ -103,8 +103,9 @@ export function nodeInfo(node: BlockNode): DriverInfo {
   return {};
 }
 
-export function debugEvent(node: BlockNode | undefined, event: string): void {
-  if (node?.driver.debugEvent) node.driver.debugEvent(node, event);
+/** Fire a debug event; await it to let a blkdebug breakpoint suspend the request that fired it. */
+export async function debugEvent(node: BlockNode | undefined, event: string): Promise<void> {
+  if (node?.driver.debugEvent) await node.driver.debugEvent(node, event);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -198,7 +199,7 @@ async function copyOnRead(node: BlockNode, offset: number, bytes: number, buf: U
       bounce ??= new Uint8Array(Math.min(Math.max(pnum, alignedEnd - alignedStart - pnum), maxTransfer));
       const chunk = bounce.subarray(0, pnum);
       await driverRead(node, pos, pnum, chunk, flags & ~REQ_PREFETCH);
-      debugEvent(node, 'cor_write');
+      await debugEvent(node, 'cor_write');
       if (node.driver.writeZeroes && isZeroBuffer(chunk)) {
         await driverZeroes(node, pos, pnum, REQ_WRITE_UNCHANGED);
       } else {
