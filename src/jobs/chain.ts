@@ -7,13 +7,13 @@ import { STATUS_ALLOCATED, STATUS_ZERO } from '../block/flags.js';
 
 /** Below a filter: its filtered child; below an image: its backing file (not its storage). */
 function nextInChain(node: BlockNode): BlockNode | undefined {
-  return node.driver.kind === 'filter' ? node.filteredChild?.node : node.backing?.node;
+  return node.isFilter ? node.filteredChild?.node : node.backing?.node;
 }
 
 /** The images in top's backing chain, top's backing file first (filters in between skipped). */
 export function backingChain(top: BlockNode): BlockNode[] {
   const chain: BlockNode[] = [];
-  for (let n = nextInChain(top); n; n = nextInChain(n)) if (n.driver.kind !== 'filter') chain.push(n);
+  for (let n = nextInChain(top); n; n = nextInChain(n)) if (!n.isFilter) chain.push(n);
   return chain;
 }
 
@@ -45,6 +45,9 @@ export function findBackingImage(top: BlockNode, name: string): BlockNode | unde
   }
   return undefined;
 }
+
+/** How far to look ahead in one block-status query (skipped ranges may be long). */
+export const STATUS_LOOKAHEAD = 1 << 30;
 
 export interface ChainStatus {
   /** Some layer from top down to (not including) the stop node holds the range. */

@@ -14,7 +14,7 @@ import { REQ_MAY_UNMAP } from '../block/flags.js';
 import type { BlockNode } from '../block/node.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../block/permissions.js';
 import { withRangeLock } from '../drivers/mirror-top.js';
-import { backingImage, chainStatus } from './chain.js';
+import { backingImage, chainStatus, STATUS_LOOKAHEAD } from './chain.js';
 import { Job, type JobOptions } from './job.js';
 
 export type MirrorSync = 'full' | 'top' | 'none';
@@ -37,8 +37,6 @@ export function planAbove(source: BlockNode, stop: BlockNode | undefined, target
   };
 }
 
-/** How far to look ahead in one block-status query (skipped and zero ranges may be long). */
-const STATUS_LOOKAHEAD = 1 << 30;
 
 /**
  * Copy `source` to `target` as `plan` says, with a mirror_top filter above the source for the

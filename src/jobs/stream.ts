@@ -12,7 +12,7 @@ import { isAllocated } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { REQ_PREFETCH } from '../block/flags.js';
 import { PERM_ALL, PERM_CONSISTENT_READ } from '../block/permissions.js';
-import { backingNameFrom, overlayAbove } from './chain.js';
+import { backingNameFrom, overlayAbove, STATUS_LOOKAHEAD } from './chain.js';
 import { Job, type JobOptions } from './job.js';
 
 export interface StreamOptions extends JobOptions {
@@ -42,10 +42,11 @@ export async function stream(layer: BlockLayer, top: BlockNode, options: StreamO
     const scratch = new Uint8Array(job.chunkSize);
     async function* unallocatedInTop() {
       for (let offset = 0; offset < length;) {
-        const { allocated, pnum } = await isAllocated(top, offset, Math.min(job.chunkSize, length - offset));
-        if (allocated) job.advance(pnum);
-        else yield { offset, bytes: pnum };
-        offset += pnum;
+        const { allocated, pnum } = await isAllocated(top, offset, Math.min(STATUS_LOOKAHEAD, length - offset));
+        const bytes = allocated ? pnum : Math.min(pnum, job.chunkSize);
+        if (allocated) job.advance(bytes);
+        else yield { offset, bytes };
+        offset += bytes;
       }
     }
     await job.forEachInFlight(unallocatedInTop(), ({ offset, bytes }) =>
