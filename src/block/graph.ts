@@ -4,8 +4,8 @@
  * on every change. A BlockLayer holds one process's nodes; there is no global state.
  */
 import { BlkioError } from '../errors.js';
-import type { FlatOptions, OptionScalar } from '../options/types.js';
-import { extractPrefix, isJsonFilename, parseJsonFilename } from '../options/json.js';
+import type { FlatOptions, OptionScalar, OptionTree } from '../options/types.js';
+import { extractPrefix, isJsonFilename, parseJsonFilename, toQemuJson } from '../options/json.js';
 import { parseBool, parseNumber, parseSizeOption } from '../options/qemuopts.js';
 import { BdrvChild, type ChildParent } from './child.js';
 import {
@@ -110,6 +110,10 @@ export class BlockLayer {
   readonly nodes = new Map<string, BlockNode>();
   /** User-created objects (`--object throttle-group,id=...`) by id. */
   readonly objects = new Map<string, unknown>();
+  /** Lines drivers print on stdout as QEMU does (blkdebug's breakpoint messages). */
+  print: (line: string) => void = (line) => console.log(line);
+  /** QAPI events QEMU sends to a QMP monitor (QUORUM_REPORT_BAD, ...): by default a JSON line on stderr. */
+  emitEvent: (event: OptionTree) => void = (event) => console.error(toQemuJson(event));
   private readonly drivers = new Map<string, BlockDriver<any>>();
   private nameCounter = 0;
 
