@@ -114,6 +114,14 @@ export class BlockLayer {
   print: (line: string) => void = (line) => console.log(line);
   /** QAPI events QEMU sends to a QMP monitor (QUORUM_REPORT_BAD, ...): by default a JSON line on stderr. */
   emitEvent: (event: OptionTree) => void = (event) => console.error(toQemuJson(event));
+  /**
+   * Ends the program from inside the block layer, as QEMU's exit(1) in blkverify and quorum's
+   * blkverify mode does: the message on stderr, exit status 1. Tests replace it with a throw.
+   */
+  fatal: (message: string) => never = (message) => {
+    console.error(message);
+    return process.exit(1);
+  };
   private readonly drivers = new Map<string, BlockDriver<any>>();
   private nameCounter = 0;
 

@@ -1,11 +1,17 @@
 /** Every driver blkio knows, for a BlockLayer to look up by name. */
 import type { BlockDriver } from '../block/driver.js';
+import { blkdebugDriver } from './blkdebug.js';
+import { blkverifyDriver } from './blkverify.js';
 import { copyOnReadDriver } from './copy-on-read.js';
 import { fileDriver } from './file.js';
 import { mirrorTopDriver } from './mirror-top.js';
 import { nullAioDriver, nullCoDriver } from './null.js';
 import { rawDriver } from './raw.js';
+import { throttleDriver } from './throttle.js';
 
 export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   fileDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
+  throttleDriver,
+  blkdebugDriver,
+  blkverifyDriver,
 ];

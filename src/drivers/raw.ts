@@ -9,7 +9,7 @@ import {
   REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_WRITE_UNCHANGED, STATUS_OFFSET_VALID, STATUS_RAW,
 } from '../block/flags.js';
 import { defaultChildPerms, PERM_RESIZE, PERM_WRITE } from '../block/permissions.js';
-import { nodeInfo, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
+import { debugEvent, nodeInfo, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
 
@@ -80,8 +80,14 @@ export const rawDriver: BlockDriver<RawState> = {
 
   allocatedSize: (node) => node.state.file.node.driver.allocatedSize?.(node.state.file.node) ?? Promise.resolve(undefined),
 
-  read: (node, offset, bytes, buf, flags) => node.state.file.read(window(node.state, offset, bytes, false), bytes, buf, flags),
-  write: (node, offset, bytes, buf, flags) => node.state.file.write(window(node.state, offset, bytes, true), bytes, buf, flags),
+  async read(node, offset, bytes, buf, flags) {
+    await debugEvent(node.state.file.node, 'read_aio');
+    return node.state.file.read(window(node.state, offset, bytes, false), bytes, buf, flags);
+  },
+  async write(node, offset, bytes, buf, flags) {
+    await debugEvent(node.state.file.node, 'write_aio');
+    return node.state.file.write(window(node.state, offset, bytes, true), bytes, buf, flags);
+  },
   writeZeroes: (node, offset, bytes, flags) => node.state.file.writeZeroes(window(node.state, offset, bytes, true), bytes, flags),
   discard: (node, offset, bytes) => node.state.file.discard(window(node.state, offset, bytes, true), bytes),
 
