@@ -52,8 +52,8 @@ async function both(
   if (!test.ok) throw test.error;
 }
 
-/** Index of the first byte where the two buffers differ, or -1. */
-function firstDifference(a: Uint8Array, b: Uint8Array): number {
+/** Index of the first byte where two equally long buffers differ, or -1. */
+export function firstDifference(a: Uint8Array, b: Uint8Array): number {
   if (Buffer.compare(a, b) === 0) return -1;
   // Narrow down by halves with native compares instead of a byte loop.
   let lo = 0;

@@ -6,6 +6,7 @@ import { copyOnReadDriver } from './copy-on-read.js';
 import { fileDriver } from './file.js';
 import { mirrorTopDriver } from './mirror-top.js';
 import { nullAioDriver, nullCoDriver } from './null.js';
+import { quorumDriver } from './quorum.js';
 import { rawDriver } from './raw.js';
 import { throttleDriver } from './throttle.js';
 
@@ -14,4 +15,5 @@ export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   throttleDriver,
   blkdebugDriver,
   blkverifyDriver,
+  quorumDriver,
 ];
