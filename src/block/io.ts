@@ -94,10 +94,16 @@ function checkRange(offset: number, bytes: number): void {
   }
 }
 
-/** Cluster and subcluster size, from the node or the child a filter passes through to. */
+/** Cluster and subcluster size, from the node or the child a filter passes through to ({} if unknown). */
 export function nodeInfo(node: BlockNode): DriverInfo {
   for (let n: BlockNode | undefined = node; n; n = n.filteredChild?.node) {
-    if (n.driver.getInfo) return n.driver.getInfo(n);
+    if (n.driver.getInfo) {
+      try {
+        return n.driver.getInfo(n);
+      } catch {
+        return {};
+      }
+    }
     if (!n.isFilter) break;
   }
   return {};
@@ -276,8 +282,10 @@ async function driverWrite(node: BlockNode, offset: number, bytes: number, buf: 
 /** Efficient zero write if the driver has one, else (unless NO_FALLBACK) zero buffers. */
 async function driverZeroes(node: BlockNode, offset: number, bytes: number, flags: number): Promise<void> {
   const zero = node.driver.writeZeroes;
+  const supported = zero ? node.driver.supportedZeroFlags?.(node) ?? 0 : 0;
+  // Only a driver that declares NO_FALLBACK can promise to zero without writing data.
+  if (flags & REQ_NO_FALLBACK & ~supported) throw errno('ENOTSUP');
   if (zero) {
-    const supported = node.driver.supportedZeroFlags?.(node) ?? 0;
     const emulateFua = (flags & REQ_FUA) !== 0 && !(supported & REQ_FUA);
     try {
       const max = node.limits.maxZeroes || bytes;

@@ -2,7 +2,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { BlkioError, toBlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
-import { REQ_FUA, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
+import { REQ_FUA, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
 
 interface FileState {
   handle: FileHandle;
@@ -26,6 +26,14 @@ async function writeFully(handle: FileHandle, buf: Uint8Array, offset: number): 
   while (done < buf.length) {
     const { bytesWritten } = await handle.write(buf, done, buf.length - done, offset + done);
     done += bytesWritten;
+  }
+}
+
+/** Zeroes over [offset, end) of the file, written in chunks of at most 1 MiB. */
+async function writeZeroRange(handle: FileHandle, offset: number, end: number): Promise<void> {
+  const zeroes = new Uint8Array(Math.min(end - offset, 1 << 20));
+  for (let pos = offset; pos < end; pos += zeroes.length) {
+    await writeFully(handle, zeroes.subarray(0, Math.min(zeroes.length, end - pos)), pos);
   }
 }
 
@@ -56,7 +64,7 @@ export const fileDriver: BlockDriver<FileState> = {
 
   async open(node, ctx) {
     const filename = ctx.opts.filename as string | undefined;
-    if (filename === undefined) throw new BlkioError('EINVAL', "Parameter 'filename' is required");
+    if (!filename) throw new BlkioError('EINVAL', "The 'file' block driver requires a file name");
     let handle: FileHandle;
     try {
       handle = await open(filename, node.readOnly ? 'r' : 'r+');
@@ -76,7 +84,17 @@ export const fileDriver: BlockDriver<FileState> = {
     await node.state.handle.close();
   },
 
+  async reopen(node) {
+    const handle = await open(node.state.filename, node.readOnly ? 'r' : 'r+').catch((e) => {
+      throw toBlkioError(e);
+    });
+    await node.state.handle.close();
+    node.state.handle = handle;
+  },
+
   supportedWriteFlags: () => REQ_FUA,
+  /** Zeroes inside the file are written like fallocate(ZERO_RANGE) would: no fallback is needed. */
+  supportedZeroFlags: () => REQ_NO_FALLBACK,
 
   getLength: (node) => node.state.size,
 
@@ -101,12 +119,14 @@ export const fileDriver: BlockDriver<FileState> = {
     if (flags & REQ_FUA && !s.noFlush) await s.handle.datasync();
   },
 
-  /** Zeroes past the end grow the file sparsely; elsewhere the generic layer writes zero buffers. */
+  /** Zeroes inside the file are written; past the end the file grows sparsely. */
   async writeZeroes(node, offset, bytes) {
     const s = node.state;
-    if (offset < s.size) throw new BlkioError('ENOTSUP');
-    await s.handle.truncate(offset + bytes);
-    s.size = offset + bytes;
+    if (offset < s.size) await writeZeroRange(s.handle, offset, Math.min(offset + bytes, s.size));
+    if (offset + bytes > s.size) {
+      await s.handle.truncate(offset + bytes);
+      s.size = offset + bytes;
+    }
   },
 
   /** Node cannot punch holes; discarded ranges read back as zeroes, as after QEMU's hole punch. */
@@ -118,10 +138,7 @@ export const fileDriver: BlockDriver<FileState> = {
       await s.handle.truncate(s.size);
       return;
     }
-    const zeroes = new Uint8Array(Math.min(end - offset, 1 << 20));
-    for (let pos = offset; pos < end; pos += zeroes.length) {
-      await writeFully(s.handle, zeroes.subarray(0, Math.min(zeroes.length, end - pos)), pos);
-    }
+    await writeZeroRange(s.handle, offset, end);
   },
 
   async flush(node) {

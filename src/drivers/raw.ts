@@ -101,7 +101,12 @@ export const rawDriver: BlockDriver<RawState> = {
     return { status: STATUS_RAW | STATUS_OFFSET_VALID, pnum: bytes, map: node.state.offset + offset, file: node.state.file.node };
   },
 
-  getInfo: (node) => nodeInfo(node.state.file.node),
+  /** raw has no information of its own: its file's (none at all when the file has none, as null-co). */
+  getInfo(node) {
+    const file = node.state.file.node;
+    if (!file.driver.getInfo) throw errno('ENOTSUP');
+    return nodeInfo(file);
+  },
 
   describeOptions: (node) => ({
     ...(node.state.offset || node.state.size !== undefined ? { offset: node.state.offset } : {}),

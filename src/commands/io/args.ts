@@ -1,0 +1,91 @@
+/**
+ * Argument values of qemu-io commands: sizes (cvtnum, with qemu-io's error lines), pattern
+ * bytes and integers read with C's strtol(), and the request size limit.
+ */
+import { cvtnumErrorText, parseSizeBigInt, scanUnsigned, SizeError } from '../../options/size.js';
+import { REQUEST_MAX_BYTES } from '../../block/flags.js';
+import type { IoSession } from './session.js';
+
+const INT64_MAX = (1n << 63n) - 1n;
+
+/**
+ * cvtnum: a byte count or offset up to INT64_MAX, exactly. On failure prints qemu-io's
+ * `Parsing error` line naming `shown` (the argument itself, except where qemu-io names
+ * another one) and returns undefined.
+ */
+export function parseNumExact(session: IoSession, text: string, shown = text): bigint | undefined {
+  try {
+    const value = parseSizeBigInt(text, 'B', (message) => session.warn(message));
+    if (value > INT64_MAX) throw new SizeError('ERANGE', text);
+    return value;
+  } catch (e) {
+    session.print(cvtnumErrorText(shown, e));
+    return undefined;
+  }
+}
+
+/**
+ * cvtnum as a number. Values beyond 2^53 come back rounded: they are only ever compared
+ * with limits or refused by the block layer as out of range.
+ */
+export function parseNum(session: IoSession, text: string, shown = text): number | undefined {
+  const value = parseNumExact(session, text, shown);
+  return value === undefined ? undefined : Number(value);
+}
+
+/** C strtol(text, &end, 0) with the requirement that it consumes everything; undefined otherwise. */
+export function strtolWhole(text: string): number | undefined {
+  const scanned = scanUnsigned(text, 0);
+  if (!scanned) return text === '' ? 0 : undefined;
+  if (scanned.end !== text.length) return undefined;
+  // strtol saturates at LONG_MIN/LONG_MAX; every caller rejects those anyway.
+  const magnitude = scanned.overflow || scanned.value > INT64_MAX ? Number.MAX_VALUE : Number(scanned.value);
+  return scanned.negative ? -magnitude : magnitude;
+}
+
+/** `-P`: a byte 0..255 (decimal, 0x hex or 0 octal); prints `<arg> is not a valid pattern byte`. */
+export function parsePattern(session: IoSession, text: string): number | undefined {
+  const value = strtolWhole(text);
+  if (value === undefined || value < 0 || value > 255) {
+    session.print(`${text} is not a valid pattern byte`);
+    return undefined;
+  }
+  return value;
+}
+
+/** `-b`/`-c` requests must be multiples of 512 bytes; prints which value is not. */
+export function checkSectorAligned(session: IoSession, offset: number, count: number): boolean {
+  if (offset % 512 !== 0) {
+    session.print(`${offset} is not a sector-aligned value for 'offset'`);
+    return false;
+  }
+  if (count % 512 !== 0) {
+    session.print(`${count} is not a sector-aligned value for 'count'`);
+    return false;
+  }
+  return true;
+}
+
+/**
+ * The lengths of a vectored request (readv, writev, aio_*): each and their sum at most
+ * REQUEST_MAX_BYTES. Prints the problem and returns undefined when they are not.
+ */
+export function parseLengths(session: IoSession, texts: readonly string[]): number[] | undefined {
+  const lengths: number[] = [];
+  let total = 0;
+  for (const text of texts) {
+    const len = parseNum(session, text);
+    if (len === undefined) return undefined;
+    if (len > REQUEST_MAX_BYTES) {
+      session.print(`Argument '${text}' exceeds maximum size ${REQUEST_MAX_BYTES}`);
+      return undefined;
+    }
+    if (total > REQUEST_MAX_BYTES - len) {
+      session.print(`The total number of bytes exceed the maximum size ${REQUEST_MAX_BYTES}`);
+      return undefined;
+    }
+    lengths.push(len);
+    total += len;
+  }
+  return lengths;
+}

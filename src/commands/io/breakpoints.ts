@@ -1,0 +1,94 @@
+/**
+ * `break`, `remove_break`, `resume`, `wait_break`: blkdebug's request breakpoints. The first
+ * node down the primary-child chain whose driver implements the hook answers; without one the
+ * command fails with ENOTSUP, as on any image without a blkdebug node.
+ */
+import { errno, toBlkioError } from '../../errors.js';
+import { ROLE_PRIMARY, type BlockDriver } from '../../block/driver.js';
+import type { BlockNode } from '../../block/node.js';
+import type { IoCommand } from './session.js';
+
+type BreakpointHook = 'debugBreakpoint' | 'debugRemoveBreakpoint' | 'debugResume' | 'debugIsSuspended';
+
+/** The first node from `node` down its primary children whose driver has `hook`. */
+function nodeWith(node: BlockNode, hook: BreakpointHook): BlockNode | undefined {
+  for (let n: BlockNode | undefined = node; n; n = n.children.find((c) => c.role & ROLE_PRIMARY)?.node) {
+    if ((n.driver as BlockDriver)[hook]) return n;
+  }
+  return undefined;
+}
+
+/** Run a breakpoint hook; the thrown error when it fails or nobody implements it. */
+function callHook(node: BlockNode, hook: Exclude<BreakpointHook, 'debugIsSuspended'>, ...args: [string] | [string, string]): Error | undefined {
+  const target = nodeWith(node, hook);
+  try {
+    if (!target) throw errno('ENOTSUP');
+    (target.driver[hook] as (n: BlockNode, ...a: string[]) => void)(target, ...args);
+    return undefined;
+  } catch (e) {
+    return e as Error;
+  }
+}
+
+export const breakCommand: IoCommand = {
+  name: 'break',
+  argmin: 2,
+  argmax: 2,
+  args: 'event tag',
+  oneline: 'sets a breakpoint on event and tags the stopped request as tag',
+  async run(session, argv) {
+    const error = callHook(session.blk.node, 'debugBreakpoint', argv[1], argv[2]);
+    if (!error) return 0;
+    session.print(`Could not set breakpoint: ${toBlkioError(error).strerror}`);
+    return -1;
+  },
+};
+
+export const removeBreakCommand: IoCommand = {
+  name: 'remove_break',
+  argmin: 1,
+  argmax: 1,
+  args: 'tag',
+  oneline: 'remove a breakpoint by tag',
+  async run(session, argv) {
+    const error = callHook(session.blk.node, 'debugRemoveBreakpoint', argv[1]);
+    if (!error) return 0;
+    session.print(`Could not remove breakpoint ${argv[1]}: ${toBlkioError(error).strerror}`);
+    return -1;
+  },
+};
+
+export const resumeCommand: IoCommand = {
+  name: 'resume',
+  argmin: 1,
+  argmax: 1,
+  args: 'tag',
+  oneline: 'resumes the request tagged as tag',
+  async run(session, argv) {
+    const error = callHook(session.blk.node, 'debugResume', argv[1]);
+    if (!error) return 0;
+    session.print(`Could not resume request: ${toBlkioError(error).strerror}`);
+    return -1;
+  },
+};
+
+/** How often wait_break looks for the suspended request while other requests progress. */
+const POLL_MS = 1;
+
+export const waitBreakCommand: IoCommand = {
+  name: 'wait_break',
+  argmin: 1,
+  argmax: 1,
+  args: 'tag',
+  oneline: 'waits for the suspension of a request',
+  async run(session, argv) {
+    const target = nodeWith(session.blk.node, 'debugIsSuspended');
+    if (!target) {
+      // QEMU waits forever here; a request can only be suspended by a node with breakpoints.
+      session.print(`Could not wait for breakpoint: ${toBlkioError(errno('ENOTSUP')).strerror}`);
+      return -1;
+    }
+    while (!target.driver.debugIsSuspended!(target, argv[1])) await new Promise((r) => setTimeout(r, POLL_MS));
+    return 0;
+  },
+};

@@ -1,0 +1,61 @@
+/**
+ * Request buffers of qemu-io: filled with a byte (0xab for reads, the pattern for writes),
+ * optionally misaligned (`-m`), filled cyclically from a file (`write -s`), and compared with
+ * a pattern (`-P`). All filling and comparing is done natively, in large chunks.
+ */
+import { closeSync, openSync, readSync } from 'node:fs';
+import { STRERROR, toBlkioError } from '../../errors.js';
+import type { IoSession } from './session.js';
+
+/** `-m` moves buffers this far into their allocation. */
+const MISALIGN_OFFSET = 16;
+
+/** A buffer of `len` bytes, every byte `fill`. */
+export function allocBuffer(session: IoSession, len: number, fill: number): Uint8Array {
+  const skip = session.misalign ? MISALIGN_OFFSET : 0;
+  return Buffer.allocUnsafe(len + skip).fill(fill).subarray(skip);
+}
+
+/**
+ * `write -s FILE`: the buffer holds the file's first `len` bytes, repeated until it is full.
+ * Problems are printed like qemu-io does (`FILE: No such file or directory`,
+ * `FILE: file is empty`) and give undefined.
+ */
+export function bufferFromFile(session: IoSession, file: string, len: number): Uint8Array | undefined {
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch (e) {
+    session.printErr(`${file}: ${STRERROR[toBlkioError(e).code]}`);
+    return undefined;
+  }
+  const buf = allocBuffer(session, len, 0);
+  let loaded = 0;
+  try {
+    for (let n = -1; n !== 0 && loaded < len; loaded += n) n = readSync(fd, buf, loaded, len - loaded, null);
+  } catch (e) {
+    session.printErr(`${file}: ${STRERROR[toBlkioError(e).code]}`);
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+  if (loaded === 0) {
+    session.printErr(`${file}: file is empty`);
+    return undefined;
+  }
+  // Double the filled part until the buffer is full: log2(len / loaded) native copies.
+  for (let filled = loaded; filled < len; filled *= 2) buf.copyWithin(filled, 0, Math.min(filled, len - filled));
+  return buf;
+}
+
+const COMPARE_CHUNK = 1 << 20;
+
+/** Whether every byte of `buf` equals `pattern`. */
+export function matchesPattern(buf: Uint8Array, pattern: number): boolean {
+  const reference = Buffer.alloc(Math.min(buf.length, COMPARE_CHUNK), pattern);
+  for (let pos = 0; pos < buf.length; pos += reference.length) {
+    const part = buf.subarray(pos, Math.min(pos + reference.length, buf.length));
+    if (Buffer.compare(part, reference.subarray(0, part.length)) !== 0) return false;
+  }
+  return true;
+}

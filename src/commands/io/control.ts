@@ -1,0 +1,119 @@
+/** Commands about the interpreter itself: `help`, `quit`, `sleep`, `abort`, `sigraise`. */
+import { setTimeout as delay } from 'node:timers/promises';
+import { parseNum, strtolWhole } from './args.js';
+import type { IoCommand, IoSession } from './session.js';
+
+/** `<name> <args> -- <oneline>`, the name as the user typed it. */
+function helpOneline(session: IoSession, name: string, command: IoCommand): void {
+  session.print(`${name} ${command.args !== undefined ? command.args + ' ' : ''}-- ${command.oneline}`);
+}
+
+export function findCommand(commands: readonly IoCommand[], name: string): IoCommand | undefined {
+  return commands.find((c) => c.name === name || c.altname === name);
+}
+
+export const helpCommand: IoCommand = {
+  name: 'help',
+  altname: '?',
+  argmin: 0,
+  argmax: 1,
+  global: true,
+  args: '[command]',
+  oneline: 'help for one or all commands',
+  async run(session, argv) {
+    if (argv.length === 1) {
+      for (const command of session.commands) helpOneline(session, command.name, command);
+      session.write("\nUse 'help commandname' for extended help.\n");
+      return 0;
+    }
+    const command = findCommand(session.commands, argv[1]);
+    if (!command) {
+      session.print(`command ${argv[1]} not found`);
+      return -1;
+    }
+    helpOneline(session, argv[1], command);
+    if (command.help) session.write(command.help);
+    return 0;
+  },
+};
+
+export const quitCommand: IoCommand = {
+  name: 'quit',
+  altname: 'q',
+  argmin: 0,
+  argmax: -1,
+  global: true,
+  oneline: 'exit the program',
+  async run(session) {
+    session.quit = true;
+    return 0;
+  },
+};
+
+/** setTimeout's limit; longer sleeps wait in several steps. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+export const sleepCommand: IoCommand = {
+  name: 'sleep',
+  argmin: 1,
+  argmax: 1,
+  noFileOk: true,
+  oneline: 'waits for the given value in milliseconds',
+  async run(session, argv) {
+    const ms = strtolWhole(argv[1]);
+    if (ms === undefined || ms < 0) {
+      session.print(`${argv[1]} is not a valid number`);
+      return -1;
+    }
+    // Requests in flight complete (and report) meanwhile, as in QEMU's main loop.
+    for (let left = ms; left > 0; left -= MAX_TIMER_MS) await delay(Math.min(left, MAX_TIMER_MS));
+    return 0;
+  },
+};
+
+export const abortCommand: IoCommand = {
+  name: 'abort',
+  argmin: 0,
+  argmax: 0,
+  noFileOk: true,
+  oneline: 'simulate a program crash using abort(3)',
+  async run() {
+    process.abort();
+  },
+};
+
+/** The number of signals on Linux (NSIG): larger numbers cannot be signals. */
+const NSIG = 65;
+
+export const sigraiseCommand: IoCommand = {
+  name: 'sigraise',
+  argmin: 1,
+  argmax: 1,
+  noFileOk: true,
+  args: 'signal',
+  oneline: 'raises a signal',
+  help: `
+ raises the given signal
+
+ Example:
+ 'sigraise 15' - raises SIGTERM
+
+ Invokes raise(signal), where "signal" is the mandatory integer argument
+ given to sigraise.
+
+`,
+  async run(session, argv) {
+    const signal = parseNum(session, argv[1]);
+    if (signal === undefined) return -1;
+    if (signal > NSIG) {
+      session.print(`signal argument '${argv[1]}' is too large to be a valid signal`);
+      return -1;
+    }
+    try {
+      process.kill(process.pid, signal);
+    } catch {
+      // raise() of an invalid signal number fails, and qemu-io ignores that.
+    }
+    return 0;
+  },
+};
