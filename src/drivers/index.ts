@@ -1,6 +1,7 @@
 /** Every driver blkio knows, for a BlockLayer to look up by name. */
 import type { BlockDriver } from '../block/driver.js';
 import { blkdebugDriver } from './blkdebug.js';
+import { blkreplayDriver } from './blkreplay.js';
 import { blkverifyDriver } from './blkverify.js';
 import { copyOnReadDriver } from './copy-on-read.js';
 import { fileDriver } from './file.js';
@@ -16,4 +17,5 @@ export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   blkdebugDriver,
   blkverifyDriver,
   quorumDriver,
+  blkreplayDriver,
 ];
