@@ -230,6 +230,7 @@ export class ThrottleGroup {
   admit(member: object, isWrite: boolean, bytes: number): Promise<void> {
     const d = this.directions[isWrite ? 1 : 0];
     if (d.queues.size === 0 && this.waitSeconds(isWrite) === 0) {
+      d.lastServed = member;
       this.book(isWrite, bytes);
       return Promise.resolve();
     }
