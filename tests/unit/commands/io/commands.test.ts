@@ -1,0 +1,143 @@
+import { beforeEach, describe, expect, it } from 'vitest';
+import { BlockLayer } from '../../../../src/block/graph.js';
+import { allDrivers } from '../../../../src/drivers/index.js';
+import { IO_COMMANDS, IoSession, runCommandLine, splitCommandLine } from '../../../../src/commands/io/index.js';
+import { defaultOpenMode, openFile } from '../../../../src/commands/io/open.js';
+import { parsePattern, strtolWhole } from '../../../../src/commands/io/args.js';
+
+/** A session whose output is collected, stdout and stderr marked, timings masked. */
+function captureSession(): { session: IoSession; output: () => string } {
+  let text = '';
+  const layer = new BlockLayer(allDrivers);
+  const session = new IoSession({
+    layer,
+    commands: IO_COMMANDS,
+    program: 'blkio',
+    streams: { stdout: (t) => (text += t), stderr: (t) => (text += t.replace(/^/gm, 'E: ').replace(/E: $/, '')) },
+  });
+  layer.warn = (m) => session.warn(m);
+  const output = () => {
+    const result = text.replace(/ops; [^\n]*/g, 'ops; TIME');
+    text = '';
+    return result;
+  };
+  return { session, output };
+}
+
+async function run(session: IoSession, ...lines: string[]): Promise<number[]> {
+  const results: number[] = [];
+  for (const line of lines) results.push(await runCommandLine(session, line));
+  return results;
+}
+
+describe('command lines', () => {
+  it('split on single spaces, empty fields dropped, tabs kept', () => {
+    expect(splitCommandLine('  read   0\t1  ')).toEqual(['read', '0\t1']);
+    expect(splitCommandLine('')).toEqual([]);
+  });
+});
+
+describe('strtol-style arguments', () => {
+  it('reads decimal, hex and octal, and rejects trailing garbage', () => {
+    expect(strtolWhole('021')).toBe(17);
+    expect(strtolWhole('0x1F')).toBe(31);
+    expect(strtolWhole('-0')).toBe(-0);
+    expect(strtolWhole('0x')).toBeUndefined();
+    expect(strtolWhole('1.5')).toBeUndefined();
+  });
+
+  it('accepts pattern bytes 0..255 only', () => {
+    const { session, output } = captureSession();
+    expect(parsePattern(session, '255')).toBe(255);
+    expect(parsePattern(session, '256')).toBeUndefined();
+    expect(parsePattern(session, '-1')).toBeUndefined();
+    expect(output()).toBe('256 is not a valid pattern byte\n-1 is not a valid pattern byte\n');
+  });
+});
+
+describe('qemu-io commands on a null-co image', () => {
+  let session: IoSession;
+  let output: () => string;
+
+  beforeEach(async () => {
+    ({ session, output } = captureSession());
+    expect(await openFile(session, undefined, { driver: 'null-co', size: '1M', 'read-zeroes': 'on' }, defaultOpenMode())).toBe(true);
+  });
+
+  it('reads with verification, hexdump and report', async () => {
+    expect(await run(session, 'read -v -P 0 0 4', 'read -P 1 0 4')).toEqual([0, -1]);
+    expect(output()).toBe(
+      '00000000:  00 00 00 00  ....\nread 4/4 bytes at offset 0\n4 bytes, 1 ops; TIME\n' +
+        'Pattern verification failed at offset 0, 4 bytes\nread 4/4 bytes at offset 0\n4 bytes, 1 ops; TIME\n',
+    );
+  });
+
+  it('checks argument counts, usage and unknown commands', async () => {
+    expect(await run(session, 'read 0', 'read 0 1 2', 'bogus', 'map x', 'alloc 0 1 2')).toEqual([-1, -1, -1, -1, -1]);
+    expect(output()).toBe(
+      'E: bad argument count 1 to read, expected at least 2 arguments\n' +
+        'read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset\n' +
+        'E: command "bogus" not found\n' +
+        'E: bad argument count 1 to map, expected 0 arguments\n' +
+        'E: bad argument count 3 to alloc, expected between 1 and 2 arguments\n',
+    );
+  });
+
+  it('prints the write option conflicts in qemu-io order', async () => {
+    expect(await run(session, 'write -n -u 0 1', 'write -z -P 1 0 1', 'write 0 2147483137', 'write -c 1 512')).toEqual([-1, -1, -1, -1]);
+    expect(output()).toBe(
+      '-n requires -z to be specified\n' +
+        'Only one of -z, -P, and -s can be specified at the same time\n' +
+        'length cannot exceed 2147483136 without -n, given 2147483137\n' +
+        "1 is not a sector-aligned value for 'offset'\n",
+    );
+  });
+
+  it('reports aio completions when they complete, and aio_flush waits', async () => {
+    expect(await run(session, 'aio_read -P 0 0 512', 'aio_write -P 7 512 512 512', 'aio_flush')).toEqual([0, 0, 0]);
+    expect(output()).toBe(
+      'read 512/512 bytes at offset 0\n512 bytes, 1 ops; TIME\nwrote 1024/1024 bytes at offset 512\n1 KiB, 1 ops; TIME\n',
+    );
+  });
+
+  it('answers length, info, map and alloc', async () => {
+    expect(await run(session, 'length', 'info', 'map', 'alloc 1M', 'alloc 0 2M')).toEqual([0, -1, 0, 0, 0]);
+    expect(output()).toBe(
+      '1 MiB\nformat name: null-co\nformat name: null-co\n' +
+        '1 MiB (0x100000) bytes     allocated at offset 0 bytes (0x0)\n' +
+        '0/0 bytes allocated at offset 1 MiB\n1048576/1048576 bytes allocated at offset 0 bytes\n',
+    );
+  });
+
+  it('lists the commands sorted and explains one', async () => {
+    await run(session, 'help');
+    const lines = output().split('\n');
+    expect(lines[0]).toBe('abort -- simulate a program crash using abort(3)');
+    expect(lines).toContain('map  -- prints the allocated areas of a file');
+    expect(lines.slice(-3)).toEqual(['', "Use 'help commandname' for extended help.", '']);
+    await run(session, 'help r', 'help nope');
+    expect(output().split('\n').slice(0, 3)).toEqual([
+      'r [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset', '', ' reads a range of bytes from the given offset',
+    ]);
+  });
+
+  it('refuses a second open and reopens the image read-only', async () => {
+    expect(await run(session, 'open -o driver=null-co', 'reopen -r', 'write 0 1', 'reopen -w', 'write -q 0 1', 'reopen -r -w')).toEqual([
+      -1, 0, -1, 0, 0, -1,
+    ]);
+    expect(output()).toBe(
+      "E: blkio: file open already, try 'help close'\nE: blkio: Block node is read-only\nE: blkio: Only one -r/-w option may be given\n",
+    );
+    expect(await run(session, 'close', 'length')).toEqual([0, -1]);
+    expect(output()).toBe("E: no file open, try 'help open'\n");
+  });
+
+  it('reports breakpoints as unsupported without a blkdebug node', async () => {
+    expect(await run(session, 'break read_aio a', 'remove_break a', 'resume a')).toEqual([-1, -1, -1]);
+    expect(output()).toBe(
+      'Could not set breakpoint: Operation not supported\n' +
+        'Could not remove breakpoint a: Operation not supported\n' +
+        'Could not resume request: Operation not supported\n',
+    );
+  });
+});
