@@ -8,7 +8,7 @@ import type { BlockNode } from '../../block/node.js';
 import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, refreshPermissions } from '../../block/permissions.js';
 import { isCacheMode } from '../../cli/open-image.js';
 import { parseBool, qemuOptsValue } from '../../options/qemuopts.js';
-import type { FlatOptions } from '../../options/types.js';
+import type { FlatOptions, OptionScalar } from '../../options/types.js';
 import { getopt } from './getopt.js';
 import { parseOptionString } from './open.js';
 import { usage, type IoCommand, type IoSession } from './session.js';
@@ -41,16 +41,40 @@ async function setReadOnly(root: BlockNode, readOnly: boolean): Promise<void> {
   for (const n of nodes.reverse()) await n.driver.reopen?.(n);
 }
 
+/** Options every node takes that a reopen may change. */
+const CHANGEABLE_BOOLS = ['auto-read-only', 'cache.direct', 'cache.no-flush'];
+const DISCARD_MODES: Record<string, boolean> = { off: false, ignore: false, on: true, unmap: true };
+const DETECT_ZEROES = ['off', 'on', 'unmap'];
+
+/**
+ * Check (and apply, for the few generic options that may change) one reopen option of `node`;
+ * `child.key` options go to that child. Anything else must keep the value it has.
+ */
+function applyOption(node: BlockNode, key: string, value: OptionScalar): void {
+  const dot = key.indexOf('.');
+  const child = dot > 0 ? node.child(key.slice(0, dot)) : undefined;
+  if (child) return applyOption(child.node, key.slice(dot + 1), value);
+  const text = qemuOptsValue(value);
+  if (CHANGEABLE_BOOLS.includes(key)) {
+    parseBool(key, value);
+  } else if (key === 'discard') {
+    if (text === undefined || !Object.hasOwn(DISCARD_MODES, text)) throw new BlkioError('EINVAL', 'Invalid discard option');
+    node.discardUnmap = DISCARD_MODES[text];
+  } else if (key === 'detect-zeroes') {
+    if (text === undefined || !DETECT_ZEROES.includes(text)) throw new BlkioError('EINVAL', `invalid parameter value: ${text}`);
+    node.detectZeroes = text as BlockNode['detectZeroes'];
+  } else if (qemuOptsValue(node.openOptions[key] ?? null) !== text) {
+    throw new BlkioError('EINVAL', `Cannot change the option '${key}'`);
+  }
+}
+
 /** Apply the options of a reopen request to the image. */
 async function applyReopen(session: IoSession, options: FlatOptions, writethrough: boolean): Promise<void> {
   const node = session.node;
   let readOnly = node.readOnly;
   for (const [key, value] of Object.entries(options)) {
     if (key === 'read-only') readOnly = parseBool(key, value);
-    else if (CACHE_OPTIONS.includes(key)) parseBool(key, value);
-    else if (qemuOptsValue(node.openOptions[key] ?? null) !== qemuOptsValue(value)) {
-      throw new BlkioError('EINVAL', `Cannot change the option '${key}'`);
-    }
+    else applyOption(node, key, value);
   }
   if (readOnly !== node.readOnly) await setReadOnly(session.blk.node, readOnly);
   session.image!.writethrough = writethrough;
