@@ -5,8 +5,8 @@
  */
 import { BlkioError } from '../errors.js';
 import type { FlatOptions, OptionScalar, OptionTree } from '../options/types.js';
-import { extractPrefix, isJsonFilename, parseJsonFilename, toQemuJson } from '../options/json.js';
-import { parseBool, parseNumber, parseSizeOption } from '../options/qemuopts.js';
+import { extractPrefix, isJsonFilename, parseJsonFilename, qdictCopy, qdictKeyOrder, toQemuJson } from '../options/json.js';
+import { parseBool, parseNumber, parseSizeOption, qemuOptsValue } from '../options/qemuopts.js';
 import { BdrvChild, type ChildParent } from './child.js';
 import {
   ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_IMAGE, ROLE_METADATA, type BlockDriver, type OptionSpecs, type ParsedOptions,
@@ -22,15 +22,22 @@ export interface OpenFlags {
   inherited: FlatOptions;
 }
 
-const GENERIC_OPTIONS = [
-  'node-name', 'read-only', 'auto-read-only', 'force-share', 'discard', 'detect-zeroes',
-  'cache.direct', 'cache.no-flush',
-] as const;
+/** A root node's flags: probe the format, no inherited options. */
+const ROOT_FLAGS: OpenFlags = { protocol: false, inherited: {} };
+
+/** Boolean options every node takes (QEMU's bdrv_runtime_opts). */
+const GENERIC_BOOLS = ['read-only', 'auto-read-only', 'force-share', 'cache.direct', 'cache.no-flush'] as const;
+const GENERIC_OPTIONS = ['node-name', ...GENERIC_BOOLS, 'discard', 'detect-zeroes'] as const;
+/** What a node's open flags always say, so its children inherit them (QEMU's update_options_from_flags). */
+const FLAG_OPTIONS = ['cache.direct', 'cache.no-flush', 'read-only', 'auto-read-only'] as const;
+const DETECT_ZEROES = ['off', 'on', 'unmap'] as const;
 
 /** Everything a driver's `open` may do: read its validated options and open its children. */
 export class OpenContext {
-  /** Children this open created, released again if the open fails. */
+  /** Edges this open attached, released again if the open fails. */
   readonly opened: BdrvChild[] = [];
+  /** Child nodes this open created (not referenced ones), closed again if the open fails. */
+  readonly created: BlockNode[] = [];
 
   constructor(
     readonly layer: BlockLayer,
@@ -38,9 +45,13 @@ export class OpenContext {
     /** Options not yet consumed: child options are taken from here. */
     readonly remaining: FlatOptions,
     readonly opts: ParsedOptions,
+    /**
+     * A filename left for the driver's primary child. The generic layer opens the `file` child
+     * of formats and filters itself (from the filename and `file.*`), so this stays undefined.
+     */
     readonly filename: string | undefined,
-    private readonly flags: OpenFlags,
-    private readonly preopened: Map<string, BlockNode>,
+    /** The node's effective options (defaults included): what its children inherit. */
+    private readonly effective: FlatOptions,
   ) {}
 
   /** Take the `prefix.*` options (removing them), e.g. a list like blkdebug's `inject-error`. */
@@ -57,53 +68,57 @@ export class OpenContext {
    * attach it in `role`, and return the edge; undefined when absent and allowNone.
    */
   async openChild(name: string, role: number, opts: { filename?: string; allowNone?: boolean } = {}): Promise<BdrvChild | undefined> {
-    const reference = this.remaining[name];
-    delete this.remaining[name];
-    const sub = extractPrefix(this.remaining, name);
-    let child: BlockNode | undefined = this.preopened.get(name);
-    if (child) {
-      // Opened already for format probing.
-    } else if (typeof reference === 'string') {
-      if (Object.keys(sub).length > 0) {
-        throw new BlkioError('EINVAL', 'Cannot reference an existing block device with additional options or a new filename');
-      }
-      child = this.layer.findNodeOrThrow(reference);
-    } else if (reference === null || (reference === undefined && Object.keys(sub).length === 0 && !opts.filename)) {
-      if (opts.allowNone) return undefined;
-      throw new BlkioError('EINVAL', `A block device must be specified for "${name}"`);
-    } else {
-      child = await this.layer.openNode(opts.filename, sub, this.childFlags(role));
-    }
-    const edge = new BdrvChild(this.node, name, role, child);
+    const flags = childFlags(this.effective, this.node.driver.kind === 'protocol', this.node.driver.kind === 'format', role);
+    const child = await this.layer.openChildNode(this.remaining, name, opts.filename, flags, opts.allowNone ?? false);
+    if (!child) return undefined;
+    if (child.created) this.created.push(child.node);
+    const edge = new BdrvChild(this.node, name, role, child.node);
     this.node.children.push(edge);
-    child.parents.push(edge);
+    child.node.parents.push(edge);
     this.opened.push(edge);
     return edge;
   }
-
-  /** QEMU's inheritance rules: which children get probed, and which options flow down. */
-  private childFlags(role: number): OpenFlags {
-    const parentIsFormat = this.node.driver.kind === 'format';
-    let protocol = this.flags.protocol;
-    if (!parentIsFormat && role & ROLE_DATA && !(role & (ROLE_METADATA | ROLE_FILTERED))) protocol = false;
-    if ((parentIsFormat && !(role & ROLE_COW)) || role & ROLE_METADATA) protocol = true;
-    const inherited: FlatOptions = { discard: 'unmap' };
-    for (const key of ['cache.direct', 'cache.no-flush']) {
-      const v = this.node.openOptions[key] ?? this.flags.inherited[key];
-      if (v !== undefined) inherited[key] = v;
-    }
-    if (role & ROLE_COW) {
-      inherited['read-only'] = 'on';
-      inherited['auto-read-only'] = 'off';
-    } else {
-      inherited['read-only'] = this.node.readOnly ? 'on' : 'off';
-    }
-    return { protocol, inherited };
-  }
 }
+
+/**
+ * QEMU's inheritance rules for a child in `role` of a node with `parent` options: whether it is
+ * opened as a protocol (no probing), and which options flow down as defaults.
+ */
+function childFlags(parent: FlatOptions, parentIsProtocol: boolean, parentIsFormat: boolean, role: number): OpenFlags {
+  let protocol = parentIsProtocol;
+  // Plain data children of non-formats (quorum, blkverify) are probed ...
+  if (!parentIsFormat && role & ROLE_DATA && !(role & (ROLE_METADATA | ROLE_FILTERED))) protocol = false;
+  // ... children of formats (except backing files) and metadata children never are.
+  if ((parentIsFormat && !(role & ROLE_COW)) || role & ROLE_METADATA) protocol = true;
+  const inherited: FlatOptions = {};
+  const copy = (key: string): void => {
+    if (parent[key] !== undefined) inherited[key] = parent[key];
+  };
+  copy('cache.direct');
+  copy('cache.no-flush');
+  copy('force-share');
+  if (role & ROLE_COW) {
+    inherited['read-only'] = 'on';
+    inherited['auto-read-only'] = 'off';
+  } else {
+    copy('read-only');
+    copy('auto-read-only');
+  }
+  inherited.discard = 'unmap';
+  return { protocol, inherited };
+}
+
+/** How many leading bytes of a file format probing looks at. */
+const PROBE_BYTES = 2048;
 
 /** A parent used only to read the first bytes of a file while probing its format. */
 const PROBE_USER: ChildParent = { describe: () => 'format probing' };
+
+/** A child node and whether this open created it (a referenced node is not ours to close). */
+interface OpenedChild {
+  node: BlockNode;
+  created: boolean;
+}
 
 export class BlockLayer {
   /** Every open node by name (generated names included). */
@@ -147,80 +162,141 @@ export class BlockLayer {
     return node;
   }
 
+  /** A child given as a name: QEMU looks it up as a device id and as a node name. */
+  private findReference(name: string): BlockNode {
+    const node = this.nodes.get(name);
+    if (!node) throw new BlkioError('ENOENT', `Cannot find device='${name}' nor node-name='${name}'`);
+    return node;
+  }
+
   /** Nodes the user can see: named or generated, but not implicit ones. */
   visibleNodes(): BlockNode[] {
     return [...this.nodes.values()].filter((n) => !n.implicit);
   }
 
-  private protocolFor(filename: string): BlockDriver<any> | undefined {
-    for (const d of this.drivers.values()) {
-      if (d.kind !== 'format' && d.protocolPrefix && filename.startsWith(d.protocolPrefix + ':')) return d;
-    }
-    return undefined;
+  /** The protocol a filename names (`null-co://`, `file:x`); plain paths and option filenames are `file`. */
+  private protocolFor(filename: string, mayHavePrefix: boolean): BlockDriver<any> {
+    const colon = filename.search(/[:/]/);
+    if (!mayHavePrefix || colon < 0 || filename[colon] !== ':') return this.drivers.get('file')!;
+    const prefix = filename.slice(0, colon);
+    for (const d of this.drivers.values()) if (d.kind === 'protocol' && d.protocolPrefix === prefix) return d;
+    throw new BlkioError('EINVAL', `Unknown protocol '${prefix}'`);
   }
 
   /**
-   * Open one node (and its children) from a filename and/or flat options, the way QEMU's
-   * bdrv_open does: `json:` names, driver from options, filename prefix or probing, generic
-   * options, driver options, children, backing, then a check for options nobody used.
+   * QEMU's bdrv_open_child_bs: the child `key` of a node whose options are `options`, either a
+   * reference (`key` names a node) or a new node from `key.*` and `filename`. Both are removed
+   * from `options`. Undefined when nothing describes the child and `allowNone`.
    */
-  async openNode(filename: string | undefined, options: FlatOptions, flags: OpenFlags = { protocol: false, inherited: {} }): Promise<BlockNode> {
+  async openChildNode(
+    options: FlatOptions, key: string, filename: string | undefined, flags: OpenFlags, allowNone: boolean,
+  ): Promise<OpenedChild | undefined> {
+    const sub = extractPrefix(options, key);
+    const value = options[key];
+    delete options[key];
+    const reference = typeof value === 'string' ? value : undefined;
+    const hasOptions = Object.keys(sub).length > 0;
+    if (filename === undefined && reference === undefined && !hasOptions) {
+      if (allowNone) return undefined;
+      throw new BlkioError('EINVAL', `A block device must be specified for "${key}"`);
+    }
+    if (reference === undefined) return { node: await this.openNode(filename, sub, flags), created: true };
+    if (filename !== undefined || hasOptions) {
+      throw new BlkioError('EINVAL', 'Cannot reference an existing block device with additional options or a new filename');
+    }
+    return { node: this.findReference(reference), created: false };
+  }
+
+  /**
+   * Open one node (and its children) from a filename and/or flat options, in the order QEMU's
+   * bdrv_open works (which decides which of several errors is reported): `json:` options,
+   * inherited defaults, the driver (named, from the filename's protocol prefix, or probed on the
+   * `file` child, which formats and filters open first), generic options, the node name, the
+   * driver's options and children, the backing file, then a check for options nobody used.
+   *
+   * `options` is treated as a QDict: its key order is QEMU's insertion order, and the places
+   * where QEMU copies a QDict (and so reorders it) are repeated, so that the first unsupported
+   * option QEMU names is the one named here.
+   */
+  async openNode(filename: string | undefined, options: FlatOptions, flags: OpenFlags = ROOT_FLAGS): Promise<BlockNode> {
     options = { ...options };
     if (filename !== undefined && isJsonFilename(filename)) {
+      // The filename's options have lower priority than those given directly.
       const fromJson = parseJsonFilename(filename);
-      for (const [k, v] of Object.entries(fromJson)) if (!(k in options)) options[k] = v;
+      for (const key of qdictKeyOrder(Object.keys(fromJson))) if (!(key in options)) options[key] = fromJson[key];
       filename = undefined;
     }
-    const givenGeneric = GENERIC_OPTIONS.filter((k) => options[k] !== undefined);
-    for (const [k, v] of Object.entries(flags.inherited)) if (!(k in options)) options[k] = v;
+    const explicit: FlatOptions = {};
+    for (const key of GENERIC_OPTIONS) if (options[key] !== undefined && key !== 'node-name') explicit[key] = options[key];
+    for (const [key, value] of Object.entries(flags.inherited)) if (!(key in options)) options[key] = value;
 
-    let driverName = takeString(options, 'driver');
-    const preopened = new Map<string, BlockNode>();
-    if (driverName === undefined) {
-      const fname = filename ?? (typeof options.filename === 'string' ? options.filename : undefined);
-      if (flags.protocol || (fname === undefined && options.file === undefined && !hasPrefix(options, 'file'))) {
-        if (fname === undefined) throw new BlkioError('EINVAL', 'Must specify either driver or file');
-        driverName = (this.protocolFor(fname) ?? this.drivers.get('file'))!.name;
-      } else {
-        const fileOptions = extractPrefix(options, 'file');
-        const fileRef = options.file;
-        delete options.file;
-        const file = typeof fileRef === 'string'
-          ? this.findNodeOrThrow(fileRef)
-          : await this.openNode(filename, fileOptions, { protocol: true, inherited: pickInherited(options) });
-        preopened.set('file', file);
-        const readOnly = options['read-only'] !== undefined && parseBool('read-only', options['read-only']);
-        driverName = await this.probeFormat(file, filename ?? file.filename, !readOnly);
-      }
+    const driverName = typeof options.driver === 'string' ? options.driver : undefined;
+    let driver = driverName === undefined ? undefined : this.drivers.get(driverName);
+    if (driverName !== undefined && !driver) throw new BlkioError('EINVAL', `Unknown driver '${driverName}'`);
+    const protocol = driver ? driver.kind === 'protocol' : flags.protocol;
+    for (const key of FLAG_OPTIONS) if (!(key in options)) options[key] = 'off';
+    let parseFilename = false;
+    if (protocol && filename !== undefined) {
+      if ('filename' in options) throw new BlkioError('EINVAL', "Can't specify 'file' and 'filename' options at the same time");
+      options.filename = filename;
+      parseFilename = true;
     }
-    const driver = this.drivers.get(driverName);
-    if (!driver) throw new BlkioError('EINVAL', `Unknown driver '${driverName}'`);
+    if (protocol && !driver) {
+      if (typeof options.filename !== 'string') throw new BlkioError('EINVAL', 'Must specify either driver or file');
+      driver = this.protocolFor(options.filename, parseFilename);
+    }
+    if (driver?.parseFilename && parseFilename) {
+      driver.parseFilename(options.filename as string, options);
+      if (!('filename' in driver.options)) delete options.filename;
+    }
+    const effective = { ...options };
+    options = qdictCopy(options);
+    delete options.driver;
 
-    if (driver.kind === 'protocol' && filename !== undefined) {
-      if (options.filename !== undefined) throw new BlkioError('EINVAL', "Can't specify 'file' and 'filename' options at the same time");
-      if (driver.parseFilename) driver.parseFilename(filename, options);
-      else options.filename = filename;
-      filename = undefined;
+    let noBacking = false;
+    if (options.backing === null || options.backing === '') {
+      if (options.backing === '') this.warn('warning: Use of "backing": "" is deprecated; use "backing": null instead');
+      noBacking = true;
+      delete options.backing;
     }
 
-    const generic = takeGeneric(options, givenGeneric);
-    const nodeName = generic.nodeName ?? this.generateName();
-    if (generic.nodeName !== undefined) this.checkNodeName(generic.nodeName);
-    const node = new BlockNode(this, driver, nodeName, generic.readOnly, generic.nodeName === undefined);
-    node.discardUnmap = generic.discardUnmap;
-    node.detectZeroes = generic.detectZeroes;
-    node.forceShare = generic.forceShare;
-    node.openOptions = { driver: driver.name, ...generic.explicit };
-
-    const given = Object.keys(driver.options).filter((k) => options[k] !== undefined && options[k] !== null);
-    const parsed = parseDriverOptions(driver, options);
-    for (const k of given) node.openOptions[k] = parsed[k] as OptionScalar;
-    const ctx = new OpenContext(this, node, options, parsed, filename, flags, preopened);
+    let file: OpenedChild | undefined;
+    let node: BlockNode | undefined;
+    let ctx: OpenContext | undefined;
     try {
+      if (!protocol) {
+        // Formats and filters: the file child first (it may be needed for probing); the driver
+        // then finds it by name.
+        file = await this.openChildNode(options, 'file', filename, childFlags(effective, false, true, ROLE_IMAGE), true);
+        if (file) options.file = file.node.nodeName;
+      }
+      let probed = false;
+      if (!driver) {
+        if (!file) throw new BlkioError('EINVAL', 'Must specify either driver or file');
+        driver = this.drivers.get(await this.probeFormat(file.node))!;
+        probed = true;
+      }
+
+      const generic = takeGeneric(options);
+      const nodeName = generic.nodeName ?? this.generateName();
+      if (generic.nodeName !== undefined) this.checkNodeName(generic.nodeName);
+      node = new BlockNode(this, driver, nodeName, generic.readOnly, generic.nodeName === undefined);
+      node.probed = probed;
+      node.discardUnmap = generic.discardUnmap;
+      node.detectZeroes = generic.detectZeroes;
+      node.forceShare = generic.forceShare;
+      node.openOptions = { driver: driver.name, ...explicit };
+      if (protocol && typeof effective.filename === 'string') node.filename = effective.filename;
+      // The name is taken before the driver opens the other children, as in QEMU.
+      this.nodes.set(nodeName, node);
+
+      const given = Object.keys(driver.options).filter((k) => options[k] !== undefined && options[k] !== null);
+      const parsed = parseDriverOptions(driver, options);
+      for (const key of given) node.openOptions[key] = parsed[key] as OptionScalar;
+      ctx = new OpenContext(this, node, options, parsed, undefined, effective);
       node.state = await driver.open(node, ctx);
-      if (driver.supportsBacking) await this.openBacking(node, ctx);
-      else if (options.backing === null) delete options.backing; // "no backing" is fine for any driver
-      const leftover = Object.keys(options)[0];
+      if (!noBacking) await this.openBacking(node, ctx);
+      const leftover = qdictKeyOrder(Object.keys(options))[0];
       if (leftover !== undefined) {
         throw new BlkioError('EINVAL', driver.kind === 'protocol'
           ? `Block protocol '${driver.name}' doesn't support the option '${leftover}'`
@@ -229,62 +305,61 @@ export class BlockLayer {
       if (!node.filename) node.filename = node.filteredChild?.node.filename ?? node.file?.node.filename ?? '';
       inheritLimits(node);
       refreshPermissions(new Map(), [node]);
+      return node;
     } catch (e) {
-      await driver.close?.(node).catch(() => {});
-      for (const edge of ctx.opened) this.releaseEdge(edge);
-      for (const n of preopened.values()) if (n.parents.length === 0) await this.closeNode(n);
+      if (node && this.nodes.get(node.nodeName) === node) this.nodes.delete(node.nodeName);
+      if (node && ctx) await node.driver.close?.(node).catch(() => {});
+      for (const edge of ctx?.opened ?? []) this.releaseEdge(edge);
+      const created = [...(ctx?.created ?? []), ...(file?.created ? [file.node] : [])];
+      for (const child of created) if (child.parents.length === 0) await this.closeNode(child);
       throw e;
     }
-    this.nodes.set(nodeName, node);
-    return node;
   }
 
-  /** Backing chain: `backing` option (null = none, a name, or options) else the image header. */
+  /**
+   * The backing child: `backing` names a node, `backing.*` describes one, else the image header
+   * names a file. Drivers without backing files refuse any of these.
+   */
   private async openBacking(node: BlockNode, ctx: OpenContext): Promise<void> {
-    const reference = ctx.remaining.backing;
-    const hasOptions = hasPrefix(ctx.remaining, 'backing');
-    if (reference === null || reference === '') {
-      delete ctx.remaining.backing;
-      if (reference === '') this.warn('Use of "backing": "" is deprecated; use "backing": null instead');
-      return;
-    }
-    if (reference === undefined && !hasOptions && !node.backingFile) return;
+    const options = ctx.remaining;
+    const reference = typeof options.backing === 'string' ? options.backing : undefined;
+    const hasOptions = Object.keys(options).some((k) => k.startsWith('backing.'));
     let filename: string | undefined;
-    if (reference === undefined && node.backingFile) {
-      filename = resolveBackingFilename(node.filename || node.file?.node.filename || '', node.backingFile);
-      if (node.backingFormat && ctx.remaining['backing.driver'] === undefined) ctx.remaining['backing.driver'] = node.backingFormat;
+    if (reference === undefined && options['backing.file.filename'] === undefined) {
+      if (!node.backingFile && !hasOptions) return;
+      filename = node.backingFile ? resolveBackingFilename(node.filename || node.file?.node.filename || '', node.backingFile) : undefined;
     }
+    if (!node.driver.supportsBacking) throw new BlkioError('EINVAL', "Driver doesn't support backing files");
+    if (reference === undefined && node.backingFormat && options['backing.driver'] === undefined) options['backing.driver'] = node.backingFormat;
     try {
       await ctx.openChild('backing', ROLE_COW, { filename });
     } catch (e) {
-      throw e instanceof BlkioError && typeof reference !== 'string' ? e.prepend('Could not open backing file: ') : e;
+      throw e instanceof BlkioError ? e.prepend('Could not open backing file: ') : e;
     }
   }
 
-  /** Guess the format from the first bytes; guessing raw for a writable image earns QEMU's warning. */
-  private async probeFormat(file: BlockNode, filename: string, writable: boolean): Promise<string> {
+  /** Guess the format of a file from its first bytes. */
+  private async probeFormat(file: BlockNode): Promise<string> {
     const edge = new BdrvChild(PROBE_USER, 'file', ROLE_IMAGE, file);
     attachChild(edge, PERM_CONSISTENT_READ, PERM_ALL);
     try {
-      const len = Math.min(2048, file.getLength());
-      const header = new Uint8Array(2048);
-      if (len > 0) await edge.read(0, len, header.subarray(0, len));
-      let best: { name: string; score: number } = { name: 'raw', score: 0 };
-      for (const d of this.drivers.values()) {
-        const score = d.probe?.(header.subarray(0, len), filename) ?? 0;
-        if (score > best.score) best = { name: d.name, score };
-      }
-      if (best.name === 'raw' && writable) {
-        this.warn(
-          `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
-            '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-            "         Specify the 'raw' format explicitly to remove the restrictions.",
-        );
-      }
-      return best.name;
+      const len = Math.min(PROBE_BYTES, file.getLength());
+      const header = new Uint8Array(len);
+      if (len > 0) await edge.read(0, len, header);
+      return this.probeHeader(header, file.filename);
     } finally {
       detachChild(edge);
     }
+  }
+
+  /** The driver whose probe scores the header highest; raw (which matches anything) otherwise. */
+  probeHeader(header: Uint8Array, filename: string): string {
+    let best = { name: 'raw', score: 0 };
+    for (const d of this.drivers.values()) {
+      const score = d.probe?.(header, filename) ?? 0;
+      if (score > best.score) best = { name: d.name, score };
+    }
+    return best.name;
   }
 
   private generateName(): string {
@@ -393,24 +468,14 @@ export function replaceChildNode(edge: BdrvChild, to: BlockNode): void {
 // ---------------------------------------------------------------------------------------------
 // Options
 
-function takeString(options: FlatOptions, key: string): string | undefined {
-  const v = options[key];
+/**
+ * The value QemuOpts takes from a QDict entry (strings, numbers and booleans as text); other
+ * values (null, lists) are dropped without complaint, as QEMU's qemu_opts_absorb_qdict does.
+ */
+function takeOption(options: FlatOptions, key: string): string | undefined {
+  const value = options[key];
   delete options[key];
-  if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'string') throw new BlkioError('EINVAL', `Invalid parameter type for '${key}', expected: string`);
-  return v;
-}
-
-function hasPrefix(options: FlatOptions, prefix: string): boolean {
-  return Object.keys(options).some((k) => k.startsWith(prefix + '.'));
-}
-
-function pickInherited(options: FlatOptions): FlatOptions {
-  const out: FlatOptions = {};
-  for (const key of ['read-only', 'auto-read-only', 'cache.direct', 'cache.no-flush']) {
-    if (options[key] !== undefined) out[key] = options[key];
-  }
-  return out;
+  return value === undefined ? undefined : qemuOptsValue(value);
 }
 
 interface GenericOptions {
@@ -419,64 +484,55 @@ interface GenericOptions {
   forceShare: boolean;
   discardUnmap: boolean;
   detectZeroes: DetectZeroes;
-  /** What the user set explicitly, for printing the graph back. */
-  explicit: FlatOptions;
 }
 
-/** Generic node options; `given` are those the user set (the rest were inherited defaults). */
-function takeGeneric(options: FlatOptions, given: readonly string[]): GenericOptions {
-  const explicit: FlatOptions = {};
-  for (const key of given) explicit[key] = options[key] as OptionScalar;
-  const nodeName = takeString(options, 'node-name');
-  const readOnly = takeBool(options, 'read-only', false);
-  takeBool(options, 'auto-read-only', false);
-  const forceShare = takeBool(options, 'force-share', false);
-  takeBool(options, 'cache.direct', false);
-  takeBool(options, 'cache.no-flush', false);
-  const discard = takeString(options, 'discard') ?? 'ignore';
-  let discardUnmap: boolean;
-  if (discard === 'ignore' || discard === 'off') discardUnmap = false;
-  else if (discard === 'unmap' || discard === 'on') discardUnmap = true;
-  else throw new BlkioError('EINVAL', `Invalid discard option`);
-  const detect = takeString(options, 'detect-zeroes') ?? 'off';
-  if (detect !== 'off' && detect !== 'on' && detect !== 'unmap') {
-    throw new BlkioError('EINVAL', `Parameter 'detect-zeroes' does not accept value '${detect}'`);
+/** The options every node takes, checked in the order QEMU checks them. */
+function takeGeneric(options: FlatOptions): GenericOptions {
+  const bools: Partial<Record<(typeof GENERIC_BOOLS)[number], boolean>> = {};
+  // QemuOpts validates in QDict order, so that order decides which bad value is reported.
+  for (const key of qdictKeyOrder(Object.keys(options))) {
+    if (!(GENERIC_BOOLS as readonly string[]).includes(key)) continue;
+    const text = takeOption(options, key);
+    if (text !== undefined) bools[key as (typeof GENERIC_BOOLS)[number]] = parseBool(key, text);
   }
+  const nodeName = takeOption(options, 'node-name');
+  const discard = takeOption(options, 'discard');
+  const detect = takeOption(options, 'detect-zeroes') ?? 'off';
+  const readOnly = bools['read-only'] ?? false;
+  const forceShare = bools['force-share'] ?? false;
+  if (forceShare && !readOnly) throw new BlkioError('EINVAL', 'force-share=on can only be used with read-only images');
+  let discardUnmap = false;
+  if (discard === 'unmap' || discard === 'on') discardUnmap = true;
+  else if (discard !== undefined && discard !== 'ignore' && discard !== 'off') throw new BlkioError('EINVAL', 'Invalid discard option');
+  if (!(DETECT_ZEROES as readonly string[]).includes(detect)) throw new BlkioError('EINVAL', `invalid parameter value: ${detect}`);
   if (detect === 'unmap' && !discardUnmap) {
     throw new BlkioError('EINVAL', 'setting detect-zeroes to unmap is not allowed without setting discard operation to unmap');
   }
-  if (forceShare && !readOnly) throw new BlkioError('EINVAL', 'force-share=on can only be used with read-only images');
-  delete explicit['node-name'];
-  return { nodeName, readOnly, forceShare, discardUnmap, detectZeroes: detect, explicit };
+  return { nodeName, readOnly, forceShare, discardUnmap, detectZeroes: detect as DetectZeroes };
 }
 
-function takeBool(options: FlatOptions, key: string, dflt: boolean): boolean {
-  const v = options[key];
-  delete options[key];
-  return v === undefined ? dflt : parseBool(key, v);
-}
-
-/** Validate and convert the driver's declared options, removing them from `options`. */
+/**
+ * Validate and convert the driver's declared options, removing them from `options`. Values are
+ * checked in QDict order (QEMU's), so of two bad values the same one is reported.
+ */
 export function parseDriverOptions(driver: { options: OptionSpecs }, options: FlatOptions): ParsedOptions {
   const out: ParsedOptions = {};
-  for (const [key, spec] of Object.entries(driver.options)) {
-    const raw = options[key];
-    if (raw === undefined || raw === null) {
-      out[key] = spec.default;
-      continue;
-    }
-    delete options[key];
+  for (const [key, spec] of Object.entries(driver.options)) out[key] = spec.default;
+  for (const key of qdictKeyOrder(Object.keys(options))) {
+    const spec = Object.hasOwn(driver.options, key) ? driver.options[key] : undefined;
+    if (!spec) continue;
+    const text = takeOption(options, key);
+    if (text === undefined) continue;
     switch (spec.type) {
-      case 'bool': out[key] = parseBool(key, raw); break;
-      case 'number': out[key] = parseNumber(key, raw); break;
-      case 'size': out[key] = parseSizeOption(key, raw); break;
+      case 'bool': out[key] = parseBool(key, text); break;
+      case 'number': out[key] = parseNumber(key, text); break;
+      case 'size': out[key] = parseSizeOption(key, text); break;
       case 'enum':
-        if (!spec.values!.includes(String(raw))) {
-          throw new BlkioError('EINVAL', `Parameter '${key}' does not accept value '${String(raw)}'`);
-        }
-        out[key] = String(raw);
+        // QEMU parses these with qapi_enum_parse, whose wording this is.
+        if (!spec.values!.includes(text)) throw new BlkioError('EINVAL', `invalid parameter value: ${text}`);
+        out[key] = text;
         break;
-      default: out[key] = String(raw);
+      default: out[key] = text;
     }
   }
   return out;

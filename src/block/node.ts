@@ -42,6 +42,8 @@ export class BlockNode<S = unknown> {
   /** Nodes the user did not ask for (the `-C` copy-on-read filter): hidden from listings. */
   implicit = false;
   readOnly: boolean;
+  /** The format was guessed from the data, not given (raw then restricts writes to block 0). */
+  probed = false;
   discardUnmap = true;
   detectZeroes: DetectZeroes = 'off';
   forceShare = false;

@@ -82,8 +82,9 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
     'read-only': req.readOnly ? 'on' : 'off',
   };
   if (req.forceShare) {
-    if (options['force-share'] !== undefined && !isTrue(options['force-share'])) {
-      throw new BlkioError('EINVAL', '-U conflicts with image options');
+    // Only the literal `on` agrees (qemu-img's wording; qemu-io checks before calling this).
+    if (options['force-share'] !== undefined && options['force-share'] !== 'on') {
+      throw new BlkioError('EINVAL', '--force-share/-U conflicts with image options');
     }
     options['force-share'] = 'on';
   }
@@ -93,16 +94,14 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
     if (req.copyOnRead && root.readOnly) throw new BlkioError('EINVAL', "Can't use copy-on-read on read-only device");
     if (req.snapshot) root = await openTemporaryOverlay(layer, root);
     if (req.copyOnRead) root = await layer.insertFilterAbove(root, { driver: 'copy-on-read' }, true);
-    const perm = PERM_CONSISTENT_READ | (req.readOnly || root.readOnly ? 0 : PERM_WRITE);
+    // The user asks for what the program mode says, whatever the node's own read-only option:
+    // `read-only=on` without -r fails with "Block node is read-only", as in QEMU.
+    const perm = PERM_CONSISTENT_READ | (req.readOnly ? 0 : PERM_WRITE);
     return { blk: BlockBackend.attach(root, perm, PERM_ALL, req.backendName), writethrough: cache.writethrough };
   } catch (e) {
     await layer.closeNode(root);
     throw e;
   }
-}
-
-function isTrue(v: unknown): boolean {
-  return v === true || v === 'on' || v === 'true' || v === 'yes' || v === 'y';
 }
 
 /** `-s`: a qcow2 overlay in the temp directory, backed by the opened node, deleted on close. */

@@ -61,7 +61,7 @@ export const copyOnReadDriver: BlockDriver<CorState> = {
   options: { bottom: { type: 'string' } },
 
   async open(node, ctx) {
-    const file = (await ctx.openChild('file', ROLE_FILTER_CHILD, { filename: ctx.filename }))!;
+    const file = (await ctx.openChild('file', ROLE_FILTER_CHILD))!;
     const bottomName = ctx.opts.bottom as string | undefined;
     const bottom = bottomName === undefined ? undefined : findBottom(node, file.node, bottomName);
     return { file, bottom };

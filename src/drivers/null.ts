@@ -18,16 +18,14 @@ function nullDriver(name: 'null-co' | 'null-aio'): BlockDriver<NullState> {
     kind: 'protocol',
     protocolPrefix: name,
     options: {
-      filename: { type: 'string' },
       size: { type: 'size', default: 1 << 30 },
       'latency-ns': { type: 'number', default: 0 },
       'read-zeroes': { type: 'bool', default: false },
     },
-    parseFilename(filename, options) {
+    parseFilename(filename) {
       if (filename !== `${name}://`) {
         throw new BlkioError('EINVAL', `The only allowed filename for this driver is '${name}://'`);
       }
-      options.filename = filename;
     },
     async open(node, ctx) {
       const latency = ctx.opts['latency-ns'] as number;

@@ -12,6 +12,8 @@ import { defaultChildPerms, PERM_RESIZE, PERM_WRITE } from '../block/permissions
 import { debugEvent, nodeInfo, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
+/** What a probed image's writes are checked against: the first sector. */
+const PROBE_SECTOR = 512;
 
 interface RawState {
   file: BdrvChild;
@@ -44,11 +46,11 @@ export const rawDriver: BlockDriver<RawState> = {
     await file.truncate(request.size, true, prealloc);
   },
 
-  async open(_node, ctx) {
+  async open(node, ctx) {
     const offset = ctx.opts.offset as number | undefined;
     const size = ctx.opts.size as number | undefined;
     const role = offset === undefined && size === undefined ? ROLE_FILTER_CHILD : ROLE_IMAGE;
-    const file = (await ctx.openChild('file', role, { filename: ctx.filename }))!;
+    const file = (await ctx.openChild('file', role))!;
     const real = file.getLength();
     const start = offset ?? 0;
     if (start > real) {
@@ -58,11 +60,20 @@ export const rawDriver: BlockDriver<RawState> = {
       throw new BlkioError('EINVAL', `The sum of offset (${start}) and size (${size}) has to be smaller or equal to the  actual size of the containing file (${real})`);
     }
     if (size !== undefined && size % 512 !== 0) throw new BlkioError('EINVAL', 'Specified size is not multiple of 512');
+    if (node.probed && !node.readOnly) {
+      ctx.warn(
+        `WARNING: Image format was not specified for '${file.node.filename}' and probing guessed raw.\n` +
+          '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+          "         Specify the 'raw' format explicitly to remove the restrictions.",
+      );
+    }
     return { file, offset: start, size };
   },
 
   refreshLimits(node) {
     node.limits = { ...node.state.file.node.limits };
+    // A probed image is written in whole first sectors, so that each can be checked (write()).
+    if (node.probed) node.limits.requestAlignment = Math.max(PROBE_SECTOR, node.limits.requestAlignment);
   },
 
   childPerm(node, child, parents) {
@@ -85,6 +96,10 @@ export const rawDriver: BlockDriver<RawState> = {
     return node.state.file.read(window(node.state, offset, bytes, false), bytes, buf, flags);
   },
   async write(node, offset, bytes, buf, flags) {
+    // Data that would make a probed image probe as another format next time is refused.
+    if (node.probed && offset < PROBE_SECTOR && bytes > 0 && node.layer.probeHeader(buf.subarray(0, PROBE_SECTOR), node.filename) !== 'raw') {
+      throw errno('EPERM');
+    }
     await debugEvent(node.state.file.node, 'write_aio');
     return node.state.file.write(window(node.state, offset, bytes, true), bytes, buf, flags);
   },

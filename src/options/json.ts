@@ -49,6 +49,17 @@ export function qdictKeyOrder(keys: readonly string[]): string[] {
     .map((entry) => entry.key);
 }
 
+/**
+ * A copy of a QDict as QEMU makes it (qdict_clone_shallow): entries are inserted in iteration
+ * order, so keys sharing a hash bucket come out reversed. The key order of `flat` is taken as
+ * its insertion order.
+ */
+export function qdictCopy(flat: FlatOptions): FlatOptions {
+  const copy: FlatOptions = {};
+  for (const key of qdictKeyOrder(Object.keys(flat))) setEntry(copy, key, flat[key]);
+  return copy;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lexer (QEMU's json-lexer): tokens, or the text of a "stray" invalid token.
 
@@ -502,12 +513,13 @@ function isCrumpledList(keys: string[]): boolean {
 
 /**
  * Moves the options of child `prefix` out of `flat` (qdict_extract_subqdict with `prefix.`):
- * returns them without the prefix and deletes them from `flat`.
+ * returns them without the prefix and deletes them from `flat`. Like QEMU, which walks `flat`
+ * in QDict order, the result's key order is that order.
  */
 export function extractPrefix(flat: FlatOptions, prefix: string): FlatOptions {
   const start = `${prefix}.`;
   const extracted: FlatOptions = {};
-  for (const key of Object.keys(flat)) {
+  for (const key of qdictKeyOrder(Object.keys(flat))) {
     if (!key.startsWith(start)) continue;
     setEntry(extracted, key.slice(start.length), flat[key]);
     delete flat[key];
