@@ -409,10 +409,14 @@ export class BlockLayer {
 
   /** Close every node, parents before children. */
   async closeAll(): Promise<void> {
-    const roots = [...this.nodes.values()].filter((n) => n.parents.every((e) => !(e.parent instanceof BlockNode)));
-    for (const n of roots) {
-      for (const e of [...n.parents]) detachChild(e);
-      await this.closeNode(n);
+    // Closing a root can make a shared child a root (a mirror target backed by the source).
+    for (;;) {
+      const roots = [...this.nodes.values()].filter((n) => n.parents.every((e) => !(e.parent instanceof BlockNode)));
+      if (roots.length === 0) break;
+      for (const n of roots) {
+        for (const e of [...n.parents]) detachChild(e);
+        await this.closeNode(n);
+      }
     }
     for (const n of [...this.nodes.values()]) await this.closeNode(n);
   }

@@ -1,6 +1,6 @@
 /**
  * `blkio stream`, `blkio commit` and `blkio mirror`: long-running jobs from the command line.
- * Each opens the image as qemu-img would (-f, --image-opts, -t), runs the job from src/jobs
+ * Each opens the image as qemu-img would (-f, --image-opts, -t, its error texts), runs the job from src/jobs
  * with progress (-p, --progress=json, SIGUSR1), and turns the first SIGINT into a clean
  * cancel: the job stops, the images stay consistent, a message says what to rerun (exit 130).
  */
@@ -15,10 +15,10 @@ import { commitImage } from '../jobs/commit.js';
 import { isCancelled, type JobOptions } from '../jobs/job.js';
 import { mirror, type MirrorSync } from '../jobs/mirror.js';
 import { stream } from '../jobs/stream.js';
+import { openImg } from '../commands/img/common.js';
 import { createImage } from '../commands/img/create.js';
 import { cvtnum } from '../options/size.js';
 import type { FlatOptions } from '../options/types.js';
-import { openImage } from './open-image.js';
 import { parseProgressMode, Progress } from './progress.js';
 import { PROGRAM } from './run.js';
 
@@ -94,15 +94,9 @@ async function runJob(
       progress.update(d, t);
     },
   };
-  const open = async (extra: FlatOptions = {}) => (await openImage(layer, {
-    filename: image,
-    format: values.format,
-    imageOpts: values['image-opts'],
-    imageOptsImpliedKey: 'file',
-    cache: values.cache,
-    defaultCache: 'writeback',
-    extraOptions: extra,
-  })).blk;
+  const open = (extraOptions: FlatOptions = {}) => openImg(layer, {
+    filename: image, format: values.format, imageOpts: values['image-opts'], cache: values.cache, extraOptions,
+  });
   try {
     await body(job, open, layer);
     progress.finish();
