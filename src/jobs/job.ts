@@ -114,14 +114,21 @@ export class Job {
     return blk;
   }
 
-  /** Run the job's body, then undo its graph changes (also after an error or a cancel). */
+  /**
+   * Run the job's body, then undo its graph changes (also after an error or a cancel; the
+   * body's error is the one reported then).
+   */
   async run<T>(body: () => Promise<T>): Promise<T> {
     this.started = performance.now();
+    let result: T;
     try {
-      return await body();
-    } finally {
-      await this.cleanUp();
+      result = await body();
+    } catch (e) {
+      await this.cleanUp().catch(() => {});
+      throw e;
     }
+    await this.cleanUp();
+    return result;
   }
 
   private async cleanUp(): Promise<void> {
