@@ -116,7 +116,7 @@ function objectDefinition(text: string): OptionTree {
 }
 
 /** Read the program options in order, acting on each as qemu-io does (some exit at once). */
-function parseProgramOptions(session: IoSession, argv: string[], spec: GetoptSpec): ProgramOptions | ProgramExit {
+function parseProgramOptions(session: IoSession, argv: string[], spec: GetoptSpec, usage: () => string): ProgramOptions | ProgramExit {
   const result: ProgramOptions = {
     mode: defaultOpenMode(), commands: [], blockdevs: [], drives: [], operands: [],
   };
@@ -124,12 +124,12 @@ function parseProgramOptions(session: IoSession, argv: string[], spec: GetoptSpe
   for (const item of items) {
     if (item.kind === 'error') {
       session.printErr(item.message);
-      session.write(usageText());
+      session.write(usage());
       return new ProgramExit(1);
     }
     switch (item.key) {
       case 'h':
-        session.write(usageText());
+        session.write(usage());
         return new ProgramExit(0);
       case 'V':
         session.print(`${COMMAND_NAME} version ${VERSION}`);
@@ -244,7 +244,7 @@ async function finish(session: IoSession): Promise<void> {
 
 export async function runIo(argv: string[]): Promise<number> {
   const session = newSession();
-  const opts = parseProgramOptions(session, argv, PROGRAM_SPEC);
+  const opts = parseProgramOptions(session, argv, PROGRAM_SPEC, usageText);
   if (opts instanceof ProgramExit) return opts.status;
   if (opts.operands.length > 1) {
     session.write(usageText());
@@ -262,6 +262,13 @@ export async function runIo(argv: string[]): Promise<number> {
   }
 }
 
+function directUsageText(command: string): string {
+  return `Usage: ${PROGRAM} ${command} [OPTIONS]... IMAGE [${command} arguments]
+Run the ${command} command of '${COMMAND_NAME}' on IMAGE, with the options of '${COMMAND_NAME}'
+(see '${COMMAND_NAME} --help') except -c; '${COMMAND_NAME} -c "help ${command}"' explains the arguments.
+`;
+}
+
 /** Commands that only look at the image: `blkio read|map|alloc|info|length` open it read-only. */
 const READ_ONLY_COMMANDS = ['read', 'map', 'alloc', 'info', 'length'];
 
@@ -271,7 +278,10 @@ const READ_ONLY_COMMANDS = ['read', 'map', 'alloc', 'info', 'length'];
  */
 export async function runDirect(command: string, argv: string[]): Promise<number> {
   const session = newSession();
-  const opts = parseProgramOptions(session, argv, { ...PROGRAM_SPEC, short: 'd:f:rsnCmki:t:T:U', stopAtOperand: true });
+  const spec: GetoptSpec = {
+    ...PROGRAM_SPEC, short: 'hVd:f:rsnCmki:t:T:U', long: LONG_OPTIONS.filter((o) => o.key !== 'c'), stopAtOperand: true,
+  };
+  const opts = parseProgramOptions(session, argv, spec, () => directUsageText(command));
   if (opts instanceof ProgramExit) return opts.status;
   if (READ_ONLY_COMMANDS.includes(command)) opts.mode.readOnly = true;
   const usesGraph = opts.blockdevs.length > 0 || opts.drives.length > 0;
