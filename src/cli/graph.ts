@@ -8,6 +8,7 @@ import { parseArgs } from 'node:util';
 import { BlkioError } from '../errors.js';
 import { BlockBackend } from '../block/backend.js';
 import { blockdevDefinitions, jsonFilename, visibleNode } from '../block/describe.js';
+import { ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_METADATA, ROLE_PRIMARY } from '../block/driver.js';
 import { BlockLayer } from '../block/graph.js';
 import type { BlockNode } from '../block/node.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE, permNames } from '../block/permissions.js';
@@ -21,6 +22,15 @@ function perms(perm: number): string {
   return perm === PERM_ALL ? 'all' : permNames(perm) || 'none';
 }
 
+const ROLE_NAMES: Array<[number, string]> = [
+  [ROLE_DATA, 'data'], [ROLE_METADATA, 'metadata'], [ROLE_FILTERED, 'filtered'], [ROLE_COW, 'cow'], [ROLE_PRIMARY, 'primary'],
+];
+
+/** What a child holds for its parent (QEMU's BDRV_CHILD_* roles). */
+function roleNames(role: number): string {
+  return ROLE_NAMES.filter(([bit]) => role & bit).map(([, name]) => name).join(', ');
+}
+
 /** The tree below `node`, one line per edge, with box-drawing indentation. */
 export function renderTree(node: BlockNode, indent = '', lines: string[] = []): string[] {
   const children = node.children;
@@ -28,7 +38,7 @@ export function renderTree(node: BlockNode, indent = '', lines: string[] = []): 
     const last = i === children.length - 1;
     const child = visibleNode(edge.node);
     lines.push(
-      `${indent}${last ? '└── ' : '├── '}${edge.name}: ${child.nodeName} (${child.driver.name}${child.readOnly ? ', read-only' : ''})` +
+      `${indent}${last ? '└── ' : '├── '}${edge.name} [${roleNames(edge.role)}]: ${child.nodeName} (${child.driver.name}${child.readOnly ? ', read-only' : ''})` +
         `  takes: ${perms(edge.perm)}; shares: ${perms(edge.shared)}`,
     );
     renderTree(child, indent + (last ? '    ' : '│   '), lines);
@@ -68,7 +78,8 @@ export async function runGraph(argv: string[]): Promise<number> {
   }
   if (positionals.length > 1) throw new BlkioError('EINVAL', USAGE);
 
-  const layer = new BlockLayer(allDrivers, (text) => process.stderr.write(text + '\n'));
+  // Warnings as the other subcommands print them: `blkio: warning: ...`; the probing notice as is.
+  const layer = new BlockLayer(allDrivers, (text) => process.stderr.write(`${text.startsWith('WARNING:') ? '' : 'blkio: '}${text}\n`));
   try {
     let blk: BlockBackend;
     if (values.blockdev?.length) {
