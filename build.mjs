@@ -9,6 +9,8 @@ const common = {
   sourcemap: false,
   legalComments: 'none',
   logLevel: 'warning',
+  // commander is CommonJS: give the ESM bundle a `require` for the Node built-ins it loads.
+  banner: { js: "import { createRequire as __blkioCreateRequire } from 'node:module'; const require = __blkioCreateRequire(import.meta.url);" },
 };
 
 await Promise.all([
