@@ -7,6 +7,7 @@ import { copyOnReadDriver } from './copy-on-read.js';
 import { fileDriver } from './file.js';
 import { mirrorTopDriver } from './mirror-top.js';
 import { nullAioDriver, nullCoDriver } from './null.js';
+import { qcow2Driver } from './qcow2/index.js';
 import { quorumDriver } from './quorum.js';
 import { rawDriver } from './raw.js';
 import { throttleDriver } from './throttle.js';
@@ -18,4 +19,5 @@ export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   blkverifyDriver,
   quorumDriver,
   blkreplayDriver,
+  qcow2Driver,
 ];

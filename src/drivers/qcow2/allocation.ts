@@ -1,0 +1,403 @@
+/**
+ * Allocating writes, the way QEMU places them: keep the clusters already owned (COPIED) and
+ * contiguous, allocate new ones in one run per L2 slice (extending the previous run when the
+ * clusters behind it are free), copy-on-write the untouched head and tail (whole subclusters
+ * with extended L2), and only then point the L2 entries at the new clusters.
+ */
+import { debugEvent } from '../../block/io.js';
+import { REQUEST_MAX_BYTES } from '../../block/flags.js';
+import { HI_COPIED, splitOffset } from './entries.js';
+import {
+  ClusterType, SubclusterType, clusterType, getClusterTable, l1Entry, l1Index, l2Offset, l2SliceIndex, rangeMask, readL2, scIndex,
+  subclusterRange, subclusterType, writeL2, ctz32, type L2Entry,
+} from './mapping.js';
+import { allocClusters, allocClustersAt, freeAnyCluster, freeClusters } from './refcount.js';
+import { readGuest } from './read.js';
+import {
+  hex, markDirty, needAccurateRefcounts, offsetIntoCluster, signalCorruption, startOfCluster, type Allocation,
+  type Qcow2State,
+} from './state.js';
+import type { Table } from './entries.js';
+
+/** "No host offset chosen yet". */
+const NONE = -1;
+
+function cowStartOf(m: Allocation): number {
+  return m.offset + m.cowStart.offset;
+}
+
+function cowEndOf(m: Allocation): number {
+  return m.offset + m.cowEnd.offset + m.cowEnd.bytes;
+}
+
+/** Whether a write to the cluster needs a new host cluster (anything but an owned allocated one). */
+function needsNewAlloc(s: Qcow2State, e: L2Entry): boolean {
+  const type = clusterType(s, e);
+  if (type === ClusterType.Normal || type === ClusterType.ZeroAlloc) return !(e.hi & HI_COPIED);
+  return true;
+}
+
+/** Clusters from `index` on that all need (or all don't need) a new allocation; kept ones must be contiguous. */
+function countSingleWriteClusters(s: Qcow2State, nbClusters: number, slice: Table, index: number, newAlloc: boolean): number {
+  let expected = l2Offset(readL2(s, slice, index));
+  let i = 0;
+  for (; i < nbClusters; i++) {
+    const e = readL2(s, slice, index + i);
+    if (needsNewAlloc(s, e) !== newAlloc) break;
+    if (!newAlloc) {
+      if (expected !== l2Offset(e)) break;
+      expected += s.clusterSize;
+    }
+  }
+  return i;
+}
+
+export interface HostRange {
+  hostOffset: number;
+  bytes: number;
+  metas: Allocation[];
+}
+
+export type AllocResult = HostRange | { wait: Promise<void> };
+
+/**
+ * The host range for the start of a write of `bytes` at guest `offset` (lock held): how many
+ * bytes can go to one contiguous host range, and the allocations (with their COW regions)
+ * whose L2 entries must be linked after the data is written. Returns `wait` when an in-flight
+ * allocation overlaps; the caller waits for it without the lock and asks again.
+ */
+export async function allocHostOffset(s: Qcow2State, offset: number, bytes: number): Promise<AllocResult> {
+  const metas: Allocation[] = [];
+  let start = offset;
+  let remaining = bytes;
+  let clusterOffset = NONE;
+  let hostOffset = NONE;
+  let cur = 0;
+  try {
+    for (;;) {
+      if (hostOffset === NONE && clusterOffset !== NONE) hostOffset = clusterOffset;
+      start += cur;
+      remaining -= cur;
+      if (clusterOffset !== NONE) clusterOffset += cur;
+      if (remaining === 0) break;
+      cur = remaining;
+
+      const dep = dependencies(s, start, cur, metas.length > 0);
+      if ('wait' in dep) return dep;
+      cur = dep.bytes;
+      if (cur === 0) break;
+
+      const copied = await handleCopied(s, start, clusterOffset, cur, metas);
+      if (copied.found) {
+        clusterOffset = copied.hostOffset;
+        cur = copied.bytes;
+        continue;
+      }
+      if (copied.bytes === 0) break;
+
+      const alloc = await handleAlloc(s, start, clusterOffset, cur, metas);
+      if (!alloc.found) break;
+      clusterOffset = alloc.hostOffset;
+      cur = alloc.bytes;
+    }
+  } catch (e) {
+    await abortAllocations(s, metas);
+    throw e;
+  }
+  return { hostOffset, bytes: bytes - remaining, metas };
+}
+
+/** Shorten the request to stop before a conflicting in-flight allocation, or ask to wait for it. */
+function dependencies(s: Qcow2State, start: number, bytes: number, haveMetas: boolean): { bytes: number } | { wait: Promise<void> } {
+  const end = start + bytes;
+  for (const old of s.inflight) {
+    const oldStart = startOfCluster(s, cowStartOf(old));
+    const oldEnd = Math.ceil(cowEndOf(old) / s.clusterSize) * s.clusterSize;
+    if (end <= oldStart || start >= oldEnd) continue;
+    if (old.keepOldClusters && (end <= cowStartOf(old) || start >= cowEndOf(old))) continue;
+    bytes = start < oldStart ? oldStart - start : 0;
+    if (bytes === 0) return haveMetas ? { bytes: 0 } : { wait: old.done };
+  }
+  return { bytes };
+}
+
+interface Step {
+  found: boolean;
+  hostOffset: number;
+  bytes: number;
+}
+
+function clampToSlice(s: Qcow2State, guestOffset: number, bytes: number): number {
+  const nb = Math.ceil((offsetIntoCluster(s, guestOffset) + bytes) / s.clusterSize);
+  return Math.min(nb, s.l2SliceSize - l2SliceIndex(s, guestOffset), Math.floor(REQUEST_MAX_BYTES / s.clusterSize));
+}
+
+/** Clusters the image owns already (COPIED) at the start of the range, contiguous with `expected`. */
+async function handleCopied(s: Qcow2State, guestOffset: number, expected: number, bytes: number, metas: Allocation[]): Promise<Step> {
+  const nbClusters = clampToSlice(s, guestOffset, bytes);
+  const { slice, index } = await getClusterTable(s, guestOffset);
+  try {
+    const entry = readL2(s, slice, index);
+    const cluster = l2Offset(entry);
+    if (needsNewAlloc(s, entry)) return { found: false, hostOffset: NONE, bytes };
+    if (offsetIntoCluster(s, cluster)) {
+      const kind = clusterType(s, entry) === ClusterType.ZeroAlloc ? 'Preallocated zero' : 'Data';
+      throw await signalCorruption(s, true, `${kind} cluster offset ${hex(cluster)} unaligned (guest offset: ${hex(guestOffset)})`);
+    }
+    if (expected !== NONE && cluster !== expected) return { found: false, hostOffset: NONE, bytes: 0 };
+    const keep = countSingleWriteClusters(s, nbClusters, slice, index, false);
+    bytes = Math.min(bytes, keep * s.clusterSize - offsetIntoCluster(s, guestOffset));
+    await calculateL2Meta(s, cluster, guestOffset, bytes, slice, index, metas, true);
+    return { found: true, hostOffset: cluster + offsetIntoCluster(s, guestOffset), bytes };
+  } finally {
+    s.l2Cache.put(slice);
+  }
+}
+
+/** New clusters for the start of the range: a fresh run, or an extension of `expected`'s run. */
+async function handleAlloc(s: Qcow2State, guestOffset: number, expected: number, bytes: number, metas: Allocation[]): Promise<Step> {
+  let nbClusters = clampToSlice(s, guestOffset, bytes);
+  const { slice, index } = await getClusterTable(s, guestOffset);
+  try {
+    nbClusters = countSingleWriteClusters(s, nbClusters, slice, index, true);
+    let allocOffset: number;
+    if (expected === NONE) {
+      allocOffset = await allocClusters(s, nbClusters * s.clusterSize);
+    } else {
+      allocOffset = startOfCluster(s, expected);
+      nbClusters = await allocClustersAt(s, allocOffset, nbClusters);
+      if (nbClusters === 0) return { found: false, hostOffset: NONE, bytes: 0 };
+    }
+    const inCluster = offsetIntoCluster(s, guestOffset);
+    const nbBytes = Math.min(bytes + inCluster, nbClusters * s.clusterSize);
+    bytes = Math.min(bytes, nbBytes - inCluster);
+    await calculateL2Meta(s, allocOffset, guestOffset, bytes, slice, index, metas, false);
+    return { found: true, hostOffset: allocOffset + inCluster, bytes };
+  } finally {
+    s.l2Cache.put(slice);
+  }
+}
+
+/**
+ * Record an allocation with the regions of its first and last cluster that must be copied
+ * from the old contents (unless the clusters are kept and fully allocated already).
+ */
+async function calculateL2Meta(
+  s: Qcow2State, hostCluster: number, guestOffset: number, bytes: number, slice: Table, index: number,
+  metas: Allocation[], keepOld: boolean,
+): Promise<void> {
+  const cowStartTo = offsetIntoCluster(s, guestOffset);
+  const cowEndFrom = cowStartTo + bytes;
+  const nbClusters = Math.ceil(cowEndFrom / s.clusterSize);
+  let skipCow = keepOld;
+  for (let i = 0; i < nbClusters; i++) {
+    const e = readL2(s, slice, index + i);
+    let type: SubclusterType;
+    if (skipCow) {
+      const from = Math.max(cowStartTo, i * s.clusterSize);
+      const to = Math.min(cowEndFrom, (i + 1) * s.clusterSize);
+      const firstSc = Math.floor((from % s.clusterSize) / s.subclusterSize);
+      const lastSc = Math.floor(((to - 1) % s.clusterSize) / s.subclusterSize);
+      const range = subclusterRange(s, e, firstSc);
+      type = range.type;
+      if (type !== SubclusterType.Normal || firstSc + range.count <= lastSc) skipCow = false;
+    } else {
+      type = subclusterType(s, e, 0);
+    }
+    if (type === SubclusterType.Invalid) {
+      throw await signalCorruption(s, true,
+        `Invalid cluster entry found (L2 offset: ${hex(l2TableOf(s, guestOffset))}, L2 index: ${hex(index + i)})`);
+    }
+  }
+  if (skipCow) return;
+
+  const first = readL2(s, slice, index);
+  const firstSc = scIndex(s, guestOffset);
+  const firstType = subclusterType(s, first, firstSc);
+  let cowStartFrom: number;
+  if (!keepOld) {
+    switch (firstType) {
+      case SubclusterType.Compressed: cowStartFrom = 0; break;
+      case SubclusterType.Normal: case SubclusterType.ZeroAlloc: case SubclusterType.UnallocatedAlloc:
+        cowStartFrom = s.extendedL2 ? Math.min(firstSc, ctz32(first.alloc)) * s.subclusterSize : 0;
+        break;
+      default: cowStartFrom = firstSc * s.subclusterSize;
+    }
+  } else {
+    cowStartFrom = firstType === SubclusterType.Normal ? cowStartTo : firstSc * s.subclusterSize;
+  }
+
+  const last = readL2(s, slice, index + nbClusters - 1);
+  const lastSc = scIndex(s, guestOffset + bytes - 1);
+  const lastType = subclusterType(s, last, lastSc);
+  let cowEndTo: number;
+  if (!keepOld) {
+    switch (lastType) {
+      case SubclusterType.Compressed: cowEndTo = Math.ceil(cowEndFrom / s.clusterSize) * s.clusterSize; break;
+      case SubclusterType.Normal: case SubclusterType.ZeroAlloc: case SubclusterType.UnallocatedAlloc:
+        cowEndTo = Math.ceil(cowEndFrom / s.clusterSize) * s.clusterSize;
+        if (s.extendedL2) {
+          const clz = Math.clz32(last.alloc >>> 0);
+          cowEndTo -= Math.min(s.subclustersPerCluster - lastSc - 1, clz) * s.subclusterSize;
+        }
+        break;
+      default: cowEndTo = Math.ceil(cowEndFrom / s.subclusterSize) * s.subclusterSize;
+    }
+  } else {
+    cowEndTo = lastType === SubclusterType.Normal ? cowEndFrom : Math.ceil(cowEndFrom / s.subclusterSize) * s.subclusterSize;
+  }
+
+  let finish!: () => void;
+  const done = new Promise<void>((r) => (finish = r));
+  const m: Allocation = {
+    offset: startOfCluster(s, guestOffset),
+    hostOffset: hostCluster,
+    nbClusters,
+    keepOldClusters: keepOld,
+    cowStart: { offset: cowStartFrom, bytes: cowStartTo - cowStartFrom },
+    cowEnd: { offset: cowEndFrom, bytes: cowEndTo - cowEndFrom },
+    prealloc: false,
+    done,
+    finish,
+  };
+  metas.push(m);
+  s.inflight.add(m);
+}
+
+function l2TableOf(s: Qcow2State, guestOffset: number): number {
+  const l1i = l1Index(s, guestOffset);
+  return l1i < s.l1Size ? l1Entry(s, l1i).offset : 0;
+}
+
+/**
+ * Let the data write carry the COW regions when they surround it exactly (one host write
+ * instead of three). Returns whether an allocation took the data.
+ */
+export function mergeCow(metas: readonly Allocation[], offset: number, bytes: number, data: Uint8Array): boolean {
+  for (const m of metas) {
+    if (m.cowStart.bytes === 0 && m.cowEnd.bytes === 0) continue;
+    if (cowStartOf(m) + m.cowStart.bytes !== offset) continue;
+    if (m.offset + m.cowEnd.offset !== offset + bytes) continue;
+    m.data = data;
+    return true;
+  }
+  return false;
+}
+
+/** Copy the COW regions (read through this image: backing, zeroes or old data) into the new clusters. */
+async function performCow(s: Qcow2State, m: Allocation): Promise<void> {
+  const { cowStart: start, cowEnd: end } = m;
+  if ((start.bytes === 0 && end.bytes === 0) || m.prealloc) return;
+  const dataBytes = end.offset - (start.offset + start.bytes);
+  const total = start.bytes + (m.data ? dataBytes : 0) + end.bytes;
+  const buf = new Uint8Array(total);
+  const head = buf.subarray(0, start.bytes);
+  const tail = buf.subarray(total - end.bytes);
+  const file = s.file.node;
+  if (start.bytes && end.bytes && dataBytes <= 16384) {
+    // One read covering both regions and the small gap between them.
+    debugEvent(file, 'cow_read');
+    const whole = new Uint8Array(end.offset + end.bytes - start.offset);
+    await readGuest(s, m.offset + start.offset, whole.length, whole);
+    head.set(whole.subarray(0, start.bytes));
+    tail.set(whole.subarray(whole.length - end.bytes));
+  } else {
+    if (start.bytes) {
+      debugEvent(file, 'cow_read');
+      await readGuest(s, m.offset + start.offset, start.bytes, head);
+    }
+    if (end.bytes) {
+      debugEvent(file, 'cow_read');
+      await readGuest(s, m.offset + end.offset, end.bytes, tail);
+    }
+  }
+  if (m.data) {
+    buf.set(m.data.subarray(0, dataBytes), start.bytes);
+    debugEvent(file, 'write_aio');
+    debugEvent(file, 'cow_write');
+    await s.file.write(m.hostOffset + start.offset, total, buf);
+  } else {
+    if (start.bytes) {
+      debugEvent(file, 'cow_write');
+      await s.file.write(m.hostOffset + start.offset, start.bytes, head);
+    }
+    if (end.bytes) {
+      debugEvent(file, 'cow_write');
+      await s.file.write(m.hostOffset + end.offset, end.bytes, tail);
+    }
+  }
+  // The L2 entries may only reach the disk once the copied data has.
+  s.l2Cache.dependOnFlush();
+}
+
+/** Point the L2 entries at the allocation's clusters and release the clusters they replace (lock held). */
+async function linkL2(s: Qcow2State, m: Allocation): Promise<void> {
+  if (s.lazyRefcounts) await markDirty(s);
+  if (needAccurateRefcounts(s)) await s.l2Cache.setDependency(s.refcountCache);
+  const { slice, index } = await getClusterTable(s, m.offset);
+  const replaced: L2Entry[] = [];
+  try {
+    s.l2Cache.markDirty(slice);
+    const writtenFrom = m.cowStart.offset;
+    const writtenTo = m.cowEnd.offset + m.cowEnd.bytes;
+    for (let i = 0; i < m.nbClusters; i++) {
+      const old = readL2(s, slice, index + i);
+      if (old.hi || old.lo) replaced.push(old);
+      const [hi, lo] = splitOffset(m.hostOffset + i * s.clusterSize);
+      const entry: L2Entry = { hi: hi | HI_COPIED, lo, zero: old.zero, alloc: old.alloc };
+      if (s.extendedL2 && !m.prealloc) {
+        const from = Math.max(writtenFrom, i * s.clusterSize);
+        const to = Math.min(writtenTo, (i + 1) * s.clusterSize);
+        const firstSc = Math.floor((from % s.clusterSize) / s.subclusterSize);
+        const lastSc = Math.floor(((to - 1) % s.clusterSize) / s.subclusterSize);
+        const range = rangeMask(firstSc, lastSc + 1);
+        entry.alloc = (old.alloc | range) >>> 0;
+        entry.zero = (old.zero & ~range) >>> 0;
+      }
+      writeL2(s, slice, index + i, entry);
+    }
+  } finally {
+    s.l2Cache.put(slice);
+  }
+  // Replaced clusters (a compressed one, or one another request linked first) lose a reference;
+  // they are not discarded since the next allocation will likely reuse them.
+  if (!m.keepOldClusters) for (const old of replaced) await freeAnyCluster(s, old.hi, old.lo, 'never');
+}
+
+function retire(s: Qcow2State, m: Allocation): void {
+  s.inflight.delete(m);
+  m.finish();
+}
+
+/** Undo allocations whose data could not be written. */
+export async function abortAllocations(s: Qcow2State, metas: readonly Allocation[]): Promise<void> {
+  for (const m of [...metas].reverse()) {
+    if (!m.keepOldClusters) await freeClusters(s, m.hostOffset, m.nbClusters * s.clusterSize, 'never').catch(() => {});
+    retire(s, m);
+  }
+}
+
+/**
+ * Complete allocations after their data was written: COW without the lock, then the L2 update
+ * with it. Newest first, as QEMU's list goes.
+ */
+export async function linkAllocations(s: Qcow2State, metas: readonly Allocation[]): Promise<void> {
+  const pending = [...metas].reverse();
+  try {
+    while (pending.length) {
+      const m = pending[0];
+      await performCow(s, m);
+      await s.lock.run(() => linkL2(s, m));
+      retire(s, m);
+      pending.shift();
+    }
+  } catch (e) {
+    await s.lock.run(() => abortAllocations(s, pending));
+    throw e;
+  }
+}
+
+/** An allocation for preallocation: whole clusters, no data, no COW, no subcluster bits. */
+export function markPrealloc(metas: readonly Allocation[]): void {
+  for (const m of metas) m.prealloc = true;
+}

@@ -1,0 +1,180 @@
+/**
+ * Write-back caches of L2 table slices and refcount blocks (QEMU's Qcow2Cache). Entries are
+ * reference-counted while in use so they are never evicted under a caller; dirty entries are
+ * written on eviction and on flush, after whatever the cache depends on: the other cache
+ * (refcount blocks before the L2 tables that use them; L2 tables before refcount decreases)
+ * or a flush of the file (guest data before the L2 entries pointing at it).
+ */
+import type { BdrvChild } from '../../block/child.js';
+import { debugEvent } from '../../block/io.js';
+import { makeTable, type Table } from './entries.js';
+
+interface CacheEntry extends Table {
+  offset: number;
+  dirty: boolean;
+  refs: number;
+}
+
+export class TableCache {
+  /** Offset -> entry, in least-recently-used-first order. */
+  private readonly entries = new Map<number, CacheEntry>();
+  private readonly byTable = new WeakMap<Table, CacheEntry>();
+  /** The cache that must be written (and the file flushed) before this one. */
+  private depends: TableCache | undefined;
+  private dependsOnFlush = false;
+
+  constructor(
+    private readonly file: BdrvChild,
+    /** Bytes per entry: an L2 slice or a refcount block. */
+    readonly tableSize: number,
+    private capacity: number,
+    /** blkdebug event fired before each entry write. */
+    private readonly updateEvent: string,
+  ) {}
+
+  resize(capacity: number): void {
+    this.capacity = capacity;
+  }
+
+  /** The table at `offset`, read from the file unless cached; `put` it when done. */
+  async get(offset: number): Promise<Table> {
+    return this.acquire(offset, true);
+  }
+
+  /** A cache entry for `offset` without reading it (the caller fills it in). */
+  async getEmpty(offset: number): Promise<Table> {
+    return this.acquire(offset, false);
+  }
+
+  private async acquire(offset: number, read: boolean): Promise<Table> {
+    let entry = this.entries.get(offset);
+    if (entry) {
+      this.entries.delete(offset);
+      this.entries.set(offset, entry);
+      entry.refs++;
+      return entry;
+    }
+    await this.makeRoom();
+    entry = this.entries.get(offset);
+    if (entry) {
+      entry.refs++;
+      return entry;
+    }
+    const data = new Uint8Array(this.tableSize);
+    entry = { ...makeTable(data), offset, dirty: false, refs: 1 };
+    this.entries.set(offset, entry);
+    this.byTable.set(entry, entry);
+    if (read) {
+      try {
+        await this.file.read(offset, this.tableSize, data);
+      } catch (e) {
+        this.entries.delete(offset);
+        throw e;
+      }
+    }
+    return entry;
+  }
+
+  /** Evict least recently used idle entries (writing them if dirty) until there is room for one. */
+  private async makeRoom(): Promise<void> {
+    while (this.entries.size >= this.capacity) {
+      let victim: CacheEntry | undefined;
+      for (const e of this.entries.values()) {
+        if (e.refs === 0) {
+          victim = e;
+          break;
+        }
+      }
+      if (!victim) return;
+      await this.writeEntry(victim);
+      if (victim.refs === 0 && !victim.dirty) this.entries.delete(victim.offset);
+    }
+  }
+
+  put(table: Table): void {
+    const entry = this.byTable.get(table);
+    if (entry && entry.refs > 0) entry.refs--;
+  }
+
+  markDirty(table: Table): void {
+    const entry = this.byTable.get(table);
+    if (entry) entry.dirty = true;
+  }
+
+  /** Whether `offset` is cached (QEMU's qcow2_cache_is_table_offset). */
+  has(offset: number): boolean {
+    return this.entries.has(offset);
+  }
+
+  /** Drop a cached table whose cluster was freed, without writing it. */
+  discard(offset: number): void {
+    this.entries.delete(offset);
+  }
+
+  /** Forget everything (after the on-disk structure was rebuilt behind the cache). */
+  clear(): void {
+    this.entries.clear();
+  }
+
+  /** This cache's entries may only be written after `dependency`'s. */
+  async setDependency(dependency: TableCache): Promise<void> {
+    if (dependency.depends) await dependency.flushDependency();
+    if (this.depends && this.depends !== dependency) await this.flushDependency();
+    this.depends = dependency;
+  }
+
+  /** Entries may only be written after the file has been flushed (the data they point to is stable). */
+  dependOnFlush(): void {
+    this.dependsOnFlush = true;
+  }
+
+  private async flushDependency(): Promise<void> {
+    await this.depends!.flush();
+    this.depends = undefined;
+    this.dependsOnFlush = false;
+  }
+
+  private async writeEntry(entry: CacheEntry): Promise<void> {
+    if (!entry.dirty || entry.offset === 0) return;
+    if (this.depends) {
+      await this.flushDependency();
+    } else if (this.dependsOnFlush) {
+      await this.file.flush();
+      this.dependsOnFlush = false;
+    }
+    debugEvent(this.file.node, this.updateEvent);
+    entry.dirty = false;
+    try {
+      await this.file.write(entry.offset, this.tableSize, entry.data);
+    } catch (e) {
+      entry.dirty = true;
+      throw e;
+    }
+  }
+
+  /** Write every dirty entry (QEMU's qcow2_cache_write). */
+  async write(): Promise<void> {
+    if (this.depends) await this.flushDependency();
+    let error: unknown;
+    for (const entry of [...this.entries.values()]) {
+      try {
+        await this.writeEntry(entry);
+      } catch (e) {
+        error ??= e;
+      }
+    }
+    if (error !== undefined) throw error;
+  }
+
+  /** Write every dirty entry, then flush the file. */
+  async flush(): Promise<void> {
+    let error: unknown;
+    try {
+      await this.write();
+    } catch (e) {
+      error = e;
+    }
+    await this.file.flush();
+    if (error !== undefined) throw error;
+  }
+}

@@ -1,0 +1,571 @@
+/**
+ * `qemu-img check` for qcow2: count the references every piece of metadata and data makes to
+ * each host cluster, compare with the stored refcounts (leaks, corruptions), check the COPIED
+ * flags, gather allocation/fragmentation/compression statistics, and repair: fix single
+ * refcounts, or rebuild the refcount structure from scratch when a referenced cluster has none.
+ */
+import type { CheckResult } from '../../block/driver.js';
+import { BlkioError, toBlkioError } from '../../errors.js';
+import {
+  entryOffset, getHi, getLo, HI_COPIED, l1Reserved, l2StdReserved, makeTable, reftableOffset, reftableReserved,
+  setReftableOffset, setRefcount, hex64, type Table,
+} from './entries.js';
+import { AUTOCLEAR_BITMAPS, OFFSET_REFCOUNT_TABLE } from './header.js';
+import { ClusterType, clusterType, readL2, writeL2, l1Entry, writeL1Entry } from './mapping.js';
+import { markClean, markConsistent } from './open.js';
+import { compressedDescriptor, getClusterRefcount, updateMaxRefcountTableIndex, adjustRefcount } from './refcount.js';
+import { sizeToClusters, type Qcow2State } from './state.js';
+
+const FIX_LEAKS = 1;
+const FIX_ERRORS = 2;
+
+type Report = (line: string) => void;
+
+function emptyResult(): CheckResult {
+  return {
+    corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
+    totalClusters: 0, allocatedClusters: 0, fragmentedClusters: 0, compressedClusters: 0,
+  };
+}
+
+/** Reference counts computed from the metadata, one per host cluster (QEMU's in-memory refcount table). */
+class ReferenceCounts {
+  private counts = new Float64Array(0);
+
+  constructor(public size: number) {
+    this.resize(size);
+  }
+
+  resize(size: number): void {
+    if (size > this.counts.length) {
+      const grown = new Float64Array(Math.max(size, this.counts.length * 2));
+      grown.set(this.counts);
+      this.counts = grown;
+    }
+    this.size = size;
+  }
+
+  get(i: number): number {
+    return i < this.counts.length ? this.counts[i] : 0;
+  }
+
+  set(i: number, v: number): void {
+    if (i >= this.counts.length) this.resize(Math.max(this.size, i + 1));
+    this.counts[i] = v;
+  }
+
+  clear(): void {
+    this.counts.fill(0);
+  }
+}
+
+interface Checker {
+  s: Qcow2State;
+  res: CheckResult;
+  fix: number;
+  report: Report;
+  refs: ReferenceCounts;
+  rebuild: boolean;
+}
+
+/** Count a reference to every cluster of `[offset, offset + size)`. */
+function incRefcounts(c: Checker, offset: number, size: number): void {
+  if (size <= 0) return;
+  const { s } = c;
+  const first = Math.floor(offset / s.clusterSize);
+  const last = Math.floor((offset + size - 1) / s.clusterSize);
+  for (let k = first; k <= last; k++) {
+    if (k >= c.refs.size) c.refs.resize(k + 1);
+    const refcount = c.refs.get(k);
+    if (refcount === s.refcountMax) {
+      c.report(`ERROR: overflow cluster offset=0x${(k * s.clusterSize).toString(16)}`);
+      c.report('Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing');
+      c.res.corruptions++;
+      continue;
+    }
+    c.refs.set(k, refcount + 1);
+  }
+}
+
+async function readTable(c: Checker, offset: number, bytes: number, what: string): Promise<Table | undefined> {
+  const data = new Uint8Array(bytes);
+  try {
+    await c.s.file.read(offset, bytes, data);
+  } catch {
+    c.report(`ERROR: I/O error in ${what}`);
+    c.res.checkErrors++;
+    return undefined;
+  }
+  return makeTable(data);
+}
+
+async function checkL2(c: Checker, l2Offset: number, fragInfo: boolean): Promise<void> {
+  const { s, res } = c;
+  const table = await readTable(c, l2Offset, s.l2Size * s.l2EntrySize, 'check_refcounts_l2');
+  if (!table) throw new BlkioError('EIO');
+  let nextContiguous = 0;
+  for (let i = 0; i < s.l2Size; i++) {
+    const e = readL2(s, table, i);
+    const type = clusterType(s, e);
+    if (type !== ClusterType.Compressed && l2StdReserved(e.hi, e.lo)) {
+      c.report(`ERROR found l2 entry with reserved bits set: ${hex64(e.hi, e.lo)}`);
+      res.corruptions++;
+    }
+    switch (type) {
+      case ClusterType.Compressed: {
+        let { hi } = e;
+        if (hi & HI_COPIED) {
+          const { offset } = compressedDescriptor(s, hi & ~HI_COPIED, e.lo);
+          c.report(`ERROR: coffset=0x${offset.toString(16)}: copied flag must never be set for compressed clusters`);
+          hi &= ~HI_COPIED;
+          res.corruptions++;
+        }
+        if (e.zero || e.alloc) {
+          c.report(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(e.hi, e.lo)}`);
+          res.corruptions++;
+          break;
+        }
+        const { offset, size } = compressedDescriptor(s, hi, e.lo);
+        incRefcounts(c, offset, size);
+        if (fragInfo) {
+          res.allocatedClusters++;
+          res.compressedClusters++;
+          res.fragmentedClusters++;
+        }
+        break;
+      }
+      case ClusterType.ZeroAlloc:
+      case ClusterType.Normal: {
+        const offset = entryOffset(e.hi, e.lo);
+        if (e.zero & e.alloc) {
+          res.corruptions++;
+          c.report(`ERROR offset=${offset.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`);
+        }
+        if (offset % s.clusterSize) {
+          res.corruptions++;
+          const containsData = s.extendedL2 ? e.alloc !== 0 : type === ClusterType.Normal;
+          c.report(containsData
+            ? `ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`
+            : `ERROR offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
+        }
+        if (fragInfo) {
+          res.allocatedClusters++;
+          if (nextContiguous && offset !== nextContiguous) res.fragmentedClusters++;
+          nextContiguous = offset + s.clusterSize;
+        }
+        incRefcounts(c, offset, s.clusterSize);
+        break;
+      }
+      case ClusterType.Unallocated:
+        if (e.alloc) {
+          res.corruptions++;
+          c.report('ERROR: Unallocated cluster has non-zero subcluster allocation map');
+        }
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+async function checkL1(c: Checker, l1Offset: number, l1Size: number, fragInfo: boolean): Promise<void> {
+  const { s, res } = c;
+  if (!l1Size) return;
+  incRefcounts(c, l1Offset, l1Size * 8);
+  const table = await readTable(c, l1Offset, l1Size * 8, 'check_refcounts_l1');
+  if (!table) throw new BlkioError('EIO');
+  for (let i = 0; i < l1Size; i++) {
+    const hi = getHi(table, i);
+    const lo = getLo(table, i);
+    if (!hi && !lo) continue;
+    if (l1Reserved(hi, lo)) {
+      c.report(`ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`);
+      res.corruptions++;
+    }
+    const l2Offset = entryOffset(hi, lo);
+    incRefcounts(c, l2Offset, s.clusterSize);
+    if (l2Offset % s.clusterSize) {
+      c.report(`ERROR l2_offset=${l2Offset.toString(16)}: Table is not cluster aligned; L1 entry corrupted`);
+      res.corruptions++;
+    }
+    await checkL2(c, l2Offset, fragInfo);
+  }
+}
+
+/** Bitmap directory, bitmap tables and their data clusters. */
+async function checkBitmaps(c: Checker): Promise<void> {
+  const { s } = c;
+  const ext = s.bitmapsExtension;
+  if (!ext || !(s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) || ext.length < 24) return;
+  const v = new DataView(ext.buffer, ext.byteOffset, ext.byteLength);
+  const count = v.getUint32(0);
+  const dirSize = Number(v.getBigUint64(8));
+  const dirOffset = Number(v.getBigUint64(16));
+  if (!count) return;
+  incRefcounts(c, dirOffset, dirSize);
+  const dir = await readTable(c, dirOffset, dirSize, 'qcow2_check_bitmaps_refcounts');
+  if (!dir) throw new BlkioError('EIO');
+  let pos = 0;
+  for (let i = 0; i < count && pos + 24 <= dirSize; i++) {
+    const tableOffset = Number(dir.view.getBigUint64(pos));
+    const tableSize = dir.view.getUint32(pos + 8);
+    const nameSize = dir.view.getUint16(pos + 14);
+    const extraSize = dir.view.getUint32(pos + 16);
+    pos += Math.ceil((24 + extraSize + nameSize) / 8) * 8;
+    incRefcounts(c, tableOffset, tableSize * 8);
+    const table = await readTable(c, tableOffset, tableSize * 8, 'qcow2_check_bitmaps_refcounts');
+    if (!table) throw new BlkioError('EIO');
+    for (let j = 0; j < tableSize; j++) {
+      const offset = entryOffset(getHi(table, j), getLo(table, j));
+      if (offset) incRefcounts(c, offset, s.clusterSize);
+    }
+  }
+}
+
+async function checkRefblocks(c: Checker): Promise<void> {
+  const { s, res } = c;
+  for (let i = 0; i < s.refcountTableSize; i++) {
+    const offset = reftableOffset(s.refcountTable, i);
+    const cluster = Math.floor(offset / s.clusterSize);
+    if (reftableReserved(s.refcountTable, i)) {
+      c.report(`ERROR refcount table entry ${i} has reserved bits set`);
+      res.corruptions++;
+      c.rebuild = true;
+      continue;
+    }
+    if (offset % s.clusterSize) {
+      c.report(`ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`);
+      res.corruptions++;
+      c.rebuild = true;
+      continue;
+    }
+    if (cluster >= c.refs.size) {
+      res.corruptions++;
+      c.report(`${c.fix & FIX_ERRORS ? 'Repairing' : 'ERROR'} refcount block ${i} is outside image`);
+      if (c.fix & FIX_ERRORS) {
+        try {
+          await s.file.truncate(offset + s.clusterSize, false);
+          c.refs.resize(Math.max(c.refs.size, sizeToClusters(s, s.file.getLength())));
+          res.corruptions--;
+          res.corruptionsFixed++;
+          incRefcounts(c, offset, s.clusterSize);
+          continue;
+        } catch (e) {
+          c.report(`ERROR could not resize image: ${toBlkioError(e).strerror}`);
+        }
+      }
+      c.rebuild = true;
+      continue;
+    }
+    if (offset) {
+      incRefcounts(c, offset, s.clusterSize);
+      if (c.refs.get(cluster) !== 1) {
+        c.report(`ERROR refcount block ${i} refcount=${c.refs.get(cluster)}`);
+        res.corruptions++;
+        c.rebuild = true;
+      }
+    }
+  }
+}
+
+async function calculateRefcounts(c: Checker): Promise<void> {
+  const { s } = c;
+  incRefcounts(c, 0, s.clusterSize);
+  await checkL1(c, s.l1TableOffset, s.l1Size, true);
+  for (const sn of s.snapshots) {
+    if (sn.l1TableOffset % s.clusterSize) {
+      c.report(`ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${hex(sn.l1TableOffset)}: L1 table is not cluster aligned; snapshot table entry corrupted`);
+      c.res.corruptions++;
+      continue;
+    }
+    if (sn.l1Size > (32 * 2 ** 20) / 8) {
+      c.report(`ERROR snapshot ${sn.id} (${sn.name}) l1_size=${hex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`);
+      c.res.corruptions++;
+      continue;
+    }
+    await checkL1(c, sn.l1TableOffset, sn.l1Size, false);
+  }
+  incRefcounts(c, s.header.snapshotsOffset, s.snapshotsSize);
+  incRefcounts(c, s.refcountTableOffset, s.refcountTableSize * 8);
+  await checkBitmaps(c);
+  await checkRefblocks(c);
+}
+
+function hex(n: number): string {
+  return '0x' + n.toString(16);
+}
+
+/** Compare computed and stored refcounts; returns the highest cluster in use. */
+async function compareRefcounts(c: Checker, fix: number): Promise<number> {
+  const { s, res } = c;
+  let highest = 0;
+  for (let i = 0; i < c.refs.size; i++) {
+    let stored: number;
+    try {
+      stored = await getClusterRefcount(s, i);
+    } catch (e) {
+      c.report(`Can't get refcount for cluster ${i}: ${toBlkioError(e).strerror}`);
+      res.checkErrors++;
+      continue;
+    }
+    const computed = c.refs.get(i);
+    if (stored > 0 || computed > 0) highest = i;
+    if (stored === computed) continue;
+    let fixed: 'leaksFixed' | 'corruptionsFixed' | undefined;
+    if (stored === 0) c.rebuild = true;
+    else if (stored > computed && fix & FIX_LEAKS) fixed = 'leaksFixed';
+    else if (stored < computed && fix & FIX_ERRORS) fixed = 'corruptionsFixed';
+    c.report(`${fixed ? 'Repairing' : stored < computed ? 'ERROR' : 'Leaked'} cluster ${i} refcount=${stored} reference=${computed}`);
+    if (fixed) {
+      try {
+        await adjustRefcount(s, i * s.clusterSize, Math.abs(stored - computed), stored > computed);
+        res[fixed]++;
+        continue;
+      } catch {
+        // Counted below as not fixed.
+      }
+    }
+    if (stored < computed) res.corruptions++;
+    else res.leaks++;
+  }
+  return highest;
+}
+
+/** Set the COPIED flags of L1 and L2 entries to what the refcounts say. */
+async function checkOflagCopied(c: Checker): Promise<void> {
+  const { s, res, fix } = c;
+  const repair = fix & FIX_ERRORS ? true : fix & FIX_LEAKS ? !res.checkErrors && !res.corruptions && !res.leaks : false;
+  for (let i = 0; i < s.l1Size; i++) {
+    const { offset: l2Offset, copied } = l1Entry(s, i);
+    if (!l2Offset) continue;
+    let refcount: number;
+    try {
+      refcount = await getClusterRefcount(s, Math.floor(l2Offset / s.clusterSize));
+    } catch {
+      continue;
+    }
+    if ((refcount === 1) !== copied) {
+      res.corruptions++;
+      const entryText = hex64(getHi(s.l1Table, i), getLo(s.l1Table, i));
+      c.report(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${entryText} refcount=${refcount}`);
+      if (repair) {
+        const hi = getHi(s.l1Table, i);
+        s.l1Table.view.setUint32(i * 8, (refcount === 1 ? hi | HI_COPIED : hi & ~HI_COPIED) >>> 0);
+        try {
+          await writeL1Entry(s, i);
+        } catch {
+          res.checkErrors++;
+          return;
+        }
+        res.corruptions--;
+        res.corruptionsFixed++;
+      }
+    }
+    const table = makeTable(new Uint8Array(s.l2Size * s.l2EntrySize));
+    try {
+      await s.file.read(l2Offset, table.data.length, table.data);
+    } catch (e) {
+      c.report(`ERROR: Could not read L2 table: ${toBlkioError(e).strerror}`);
+      res.checkErrors++;
+      return;
+    }
+    let dirty = 0;
+    for (let j = 0; j < s.l2Size; j++) {
+      const e = readL2(s, table, j);
+      const type = clusterType(s, e);
+      if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) continue;
+      let dataRefcount: number;
+      try {
+        dataRefcount = await getClusterRefcount(s, Math.floor(entryOffset(e.hi, e.lo) / s.clusterSize));
+      } catch {
+        continue;
+      }
+      if ((dataRefcount === 1) !== ((e.hi & HI_COPIED) !== 0)) {
+        res.corruptions++;
+        c.report(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(e.hi, e.lo)} refcount=${dataRefcount}`);
+        if (repair) {
+          writeL2(s, table, j, { ...e, hi: (dataRefcount === 1 ? e.hi | HI_COPIED : e.hi & ~HI_COPIED) >>> 0 });
+          dirty++;
+        }
+      }
+    }
+    if (dirty) {
+      try {
+        await s.file.write(l2Offset, s.clusterSize, table.data);
+      } catch (e) {
+        c.report(`ERROR: Could not write L2 table: ${toBlkioError(e).strerror}`);
+        res.checkErrors++;
+        return;
+      }
+      // Cached copies of this table are stale now.
+      const sliceBytes = s.l2SliceSize * s.l2EntrySize;
+      for (let o = l2Offset; o < l2Offset + s.clusterSize; o += sliceBytes) s.l2Cache.discard(o);
+      res.corruptions -= dirty;
+      res.corruptionsFixed += dirty;
+    }
+  }
+}
+
+/** First fit for `count` clusters in the computed refcounts, growing them at the end if needed. */
+function allocInMemory(c: Checker, count: number, from: { first: number }): number {
+  let cluster = from.first;
+  let contiguous = 0;
+  let firstGap = true;
+  for (; cluster < c.refs.size && contiguous < count; cluster++) {
+    if (!c.refs.get(cluster)) {
+      contiguous++;
+      if (firstGap) {
+        from.first = cluster;
+        firstGap = false;
+      }
+    } else {
+      contiguous = 0;
+    }
+  }
+  if (contiguous < count) c.refs.resize(cluster + count - contiguous);
+  cluster -= contiguous;
+  for (let i = 0; i < count; i++) c.refs.set(cluster + i, 1);
+  return cluster * c.s.clusterSize;
+}
+
+/** A refcount block's worth of the computed refcounts, in on-disk form. */
+function encodeRefblock(c: Checker, blockIndex: number): Uint8Array {
+  const { s } = c;
+  const block = makeTable(new Uint8Array(s.clusterSize));
+  const start = blockIndex * s.refcountBlockSize;
+  for (let j = 0; j < s.refcountBlockSize; j++) {
+    const v = c.refs.get(start + j);
+    if (v) setRefcount(block, s.refcountOrder, j, v);
+  }
+  return block.data;
+}
+
+/**
+ * Write a refcount block for every block-sized range with references in `[first, end)`,
+ * allocating blocks (and growing the new table) as needed. Returns whether the table grew.
+ */
+async function writeRefblocks(c: Checker, first: number, end: number, reftable: { table: Table; entries: number }): Promise<boolean> {
+  const { s } = c;
+  const free = { first: 0 };
+  let grown = false;
+  for (let cluster = first; cluster < end; cluster++) {
+    if (!c.refs.get(cluster)) continue;
+    const blockIndex = Math.floor(cluster / s.refcountBlockSize);
+    const blockStart = blockIndex * s.refcountBlockSize;
+    let blockOffset: number;
+    if (reftable.entries > blockIndex && reftableOffset(reftable.table, blockIndex)) {
+      blockOffset = reftableOffset(reftable.table, blockIndex);
+    } else {
+      if (free.first < blockStart) free.first = blockStart;
+      blockOffset = allocInMemory(c, 1, free);
+      const blockCluster = blockOffset / s.clusterSize;
+      if (blockCluster >= end) end = blockCluster + 1;
+      if (reftable.entries <= blockIndex) {
+        const entries = Math.ceil(((blockIndex + 1) * 8) / s.clusterSize) * s.clusterSize / 8;
+        const table = makeTable(new Uint8Array(entries * 8));
+        table.data.set(reftable.table.data);
+        reftable.table = table;
+        reftable.entries = entries;
+        grown = true;
+      }
+      setReftableOffset(reftable.table, blockIndex, blockOffset);
+    }
+    await s.file.write(blockOffset, s.clusterSize, encodeRefblock(c, blockIndex));
+    cluster = blockStart + s.refcountBlockSize - 1;
+  }
+  return grown;
+}
+
+/** Replace the refcount structure with one built from the computed refcounts. */
+async function rebuildRefcountStructure(c: Checker): Promise<void> {
+  const { s } = c;
+  s.refcountCache.clear();
+  const reftable = { table: makeTable(new Uint8Array(0)), entries: 0 };
+  let changed = await writeRefblocks(c, 0, c.refs.size, reftable);
+  let tableOffset = 0;
+  let tableClusters = 0;
+  do {
+    tableClusters = sizeToClusters(s, reftable.entries * 8);
+    tableOffset = allocInMemory(c, tableClusters, { first: 0 });
+    const start = tableOffset / s.clusterSize;
+    changed = await writeRefblocks(c, start, start + tableClusters, reftable);
+    if (changed) for (let i = start; i < start + tableClusters; i++) c.refs.set(i, 0);
+  } while (changed);
+
+  await s.file.write(tableOffset, reftable.entries * 8, reftable.table.data);
+  const pointer = new Uint8Array(12);
+  const view = new DataView(pointer.buffer);
+  view.setBigUint64(0, BigInt(tableOffset));
+  view.setUint32(8, tableClusters);
+  await s.file.write(OFFSET_REFCOUNT_TABLE, 12, pointer);
+  await s.file.flush();
+  s.refcountTable = reftable.table;
+  s.refcountTableOffset = tableOffset;
+  s.refcountTableSize = reftable.entries;
+  s.header.refcountTableOffset = tableOffset;
+  s.header.refcountTableClusters = tableClusters;
+  updateMaxRefcountTableIndex(s);
+}
+
+async function checkRefcounts(s: Qcow2State, res: CheckResult, fix: number, report: Report): Promise<void> {
+  const fileSize = s.file.getLength();
+  const c: Checker = { s, res, fix, report, refs: new ReferenceCounts(sizeToClusters(s, fileSize)), rebuild: false };
+  res.totalClusters = sizeToClusters(s, Math.floor(s.size / 512) * 512);
+  await calculateRefcounts(c);
+  const before = { ...res };
+  let highest = await compareRefcounts(c, 0);
+
+  if (c.rebuild && fix & FIX_ERRORS) {
+    const old = { ...res };
+    report('Rebuilding refcount structure');
+    try {
+      await rebuildRefcountStructure(c);
+    } catch (e) {
+      report(toBlkioError(e).message);
+      throw e;
+    }
+    res.corruptions = 0;
+    res.leaks = 0;
+    c.rebuild = false;
+    c.refs = new ReferenceCounts(sizeToClusters(s, s.file.getLength()));
+    await calculateRefcounts(c);
+    let freshLeaks = 0;
+    if (fix & FIX_LEAKS) {
+      const saved = { ...res };
+      Object.assign(res, emptyResult());
+      highest = await compareRefcounts(c, FIX_LEAKS);
+      if (c.rebuild) report('ERROR rebuilt refcount structure is still broken');
+      freshLeaks = res.leaks;
+      Object.assign(res, saved);
+    }
+    if (res.corruptions < old.corruptions) res.corruptionsFixed += old.corruptions - res.corruptions;
+    if (res.leaks < old.leaks) res.leaksFixed += old.leaks - res.leaks;
+    res.leaks += freshLeaks;
+  } else if (fix) {
+    if (c.rebuild) {
+      report('ERROR need to rebuild refcount structures');
+      res.checkErrors++;
+      throw new BlkioError('EIO');
+    }
+    if (res.leaks || res.corruptions) {
+      Object.assign(res, before);
+      highest = await compareRefcounts(c, fix);
+    }
+  }
+  await checkOflagCopied(c);
+  res.imageEndOffset = (highest + 1) * s.clusterSize;
+}
+
+/** The check (and with `repair` the repair) of an open image. */
+export async function checkImage(s: Qcow2State, repair: 'leaks' | 'all' | undefined, report: Report): Promise<CheckResult> {
+  const fix = repair === 'all' ? FIX_LEAKS | FIX_ERRORS : repair === 'leaks' ? FIX_LEAKS : 0;
+  const res = emptyResult();
+  return s.lock.run(async () => {
+    await checkRefcounts(s, res, fix, report);
+    if (fix && res.checkErrors === 0 && res.corruptions === 0) {
+      await markClean(s);
+      await markConsistent(s);
+    }
+    return res;
+  });
+}

@@ -1,0 +1,217 @@
+/**
+ * `qcow2`: QEMU's copy-on-write image format. This file is the driver table; the format's
+ * concerns live beside it: header, mapping (L1/L2), refcount (allocation), cache, allocation
+ * (allocating writes and COW), read, write, zero (zero writes, discard), compressed, truncate,
+ * create and check.
+ */
+import { BlkioError } from '../../errors.js';
+import { ROLE_IMAGE, type BlockDriver, type OptionSpecs } from '../../block/driver.js';
+import {
+  REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO,
+} from '../../block/flags.js';
+import {
+  BACKING_FILE_MAX, COMPAT_LAZY_REFCOUNTS, COMPRESSION_NAMES, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, QCOW_MAGIC,
+} from './header.js';
+import { getHostOffset, SubclusterType } from './mapping.js';
+import { loadState, markClean, OVERLAP_CHECKS, requireUsable, updateHeader } from './open.js';
+import { readGuest } from './read.js';
+import { writeCompressedGuest, writeGuest } from './write.js';
+import { discardGuest, writeZeroesGuest } from './zero.js';
+import { truncateImage } from './truncate.js';
+import { createImage, QCOW2_CREATE_OPTIONS } from './create.js';
+import { checkImage } from './check.js';
+import type { Qcow2State } from './state.js';
+
+export type { Qcow2State } from './state.js';
+
+const options: OptionSpecs = {
+  'lazy-refcounts': { type: 'bool' },
+  'pass-discard-request': { type: 'bool' },
+  'pass-discard-snapshot': { type: 'bool' },
+  'pass-discard-other': { type: 'bool' },
+  'overlap-check': { type: 'string' },
+  'overlap-check.template': { type: 'string' },
+  ...Object.fromEntries(OVERLAP_CHECKS.map((name) => [`overlap-check.${name}`, { type: 'bool' as const }])),
+  'cache-size': { type: 'size' },
+  'l2-cache-size': { type: 'size' },
+  'l2-cache-entry-size': { type: 'size' },
+  'refcount-cache-size': { type: 'size' },
+  'cache-clean-interval': { type: 'number' },
+};
+
+/** Write the caches back: L2 tables (after what they depend on), then refcounts unless they are lazy. */
+async function writeCaches(s: Qcow2State): Promise<void> {
+  await s.l2Cache.write();
+  if (!(s.header.incompatibleFeatures & INCOMPAT_DIRTY)) await s.refcountCache.write();
+}
+
+export const qcow2Driver: BlockDriver<Qcow2State> = {
+  name: 'qcow2',
+  kind: 'format',
+  supportsBacking: true,
+  options,
+
+  probe(header) {
+    return header.length >= 8 && new DataView(header.buffer, header.byteOffset).getUint32(0) === QCOW_MAGIC &&
+      new DataView(header.buffer, header.byteOffset).getUint32(4) >= 2 ? 100 : 0;
+  },
+
+  async open(node, ctx) {
+    for (const key of Object.keys(ctx.remaining)) {
+      if (key === 'data-file' || key.startsWith('data-file.')) {
+        throw new BlkioError('ENOTSUP', 'qcow2 images with an external data file are not supported');
+      }
+      if (key.startsWith('encrypt.')) throw new BlkioError('ENOTSUP', 'Encrypted qcow2 images are not supported');
+    }
+    const file = (await ctx.openChild('file', ROLE_IMAGE, { filename: ctx.filename }))!;
+    const s = await loadState(file, { readOnly: node.readOnly, opts: ctx.opts, discardUnmap: node.discardUnmap });
+    s.node = node;
+    node.backingFile = s.backingFile ?? '';
+    node.backingFormat = s.backingFormat ?? '';
+    if (!node.readOnly && s.header.incompatibleFeatures & INCOMPAT_DIRTY) {
+      const result = await checkImage(s, 'all', () => {}).catch((e: unknown) => e);
+      if (!(result && typeof result === 'object' && 'checkErrors' in result) || result.checkErrors) {
+        const code = result instanceof BlkioError ? result.code : 'EIO';
+        throw new BlkioError(code, `Could not repair dirty image: ${new BlkioError(code).strerror}`);
+      }
+    }
+    return s;
+  },
+
+  async close(node) {
+    const s = node.state;
+    if (!s || s.unusable || s.readOnly) return;
+    await s.lock.run(async () => {
+      await s.l2Cache.flush();
+      await s.refcountCache.flush();
+      await markClean(s);
+    });
+  },
+
+  refreshLimits(node) {
+    const s = node.state;
+    node.limits = {
+      requestAlignment: 1, maxTransfer: 0, zeroAlignment: s.subclusterSize, maxZeroes: 0,
+      discardAlignment: s.clusterSize, maxDiscard: 0,
+    };
+  },
+
+  supportedZeroFlags: (node) => (node.state.header.version >= 3 ? REQ_MAY_UNMAP | REQ_NO_FALLBACK : 0),
+
+  getLength: (node) => node.state.size,
+
+  allocatedSize: (node) => node.state.file.node.driver.allocatedSize?.(node.state.file.node) ?? Promise.resolve(undefined),
+
+  async read(node, offset, bytes, buf) {
+    requireUsable(node.state);
+    await readGuest(node.state, offset, bytes, buf);
+  },
+
+  async write(node, offset, bytes, buf) {
+    requireUsable(node.state);
+    await writeGuest(node.state, offset, bytes, buf);
+  },
+
+  async writeZeroes(node, offset, bytes, flags) {
+    requireUsable(node.state);
+    await writeZeroesGuest(node.state, node, offset, bytes, flags);
+  },
+
+  async writeCompressed(node, offset, bytes, buf) {
+    requireUsable(node.state);
+    await writeCompressedGuest(node.state, offset, bytes, buf);
+  },
+
+  async discard(node, offset, bytes) {
+    requireUsable(node.state);
+    await discardGuest(node.state, offset, bytes);
+  },
+
+  async flush(node) {
+    const s = node.state;
+    if (s.unusable || s.readOnly) return;
+    await s.lock.run(() => writeCaches(s));
+  },
+
+  async truncate(node, size, _exact, prealloc) {
+    requireUsable(node.state);
+    await truncateImage(node.state, size, prealloc);
+  },
+
+  async blockStatus(node, offset, bytes) {
+    const s = node.state;
+    requireUsable(s);
+    const m = await s.lock.run(() => getHostOffset(s, offset, Math.min(bytes, 0x7fffffff)));
+    let status = 0;
+    const result = { status, pnum: m.bytes, map: undefined as number | undefined, file: undefined as typeof node | undefined };
+    if (m.type === SubclusterType.Normal || m.type === SubclusterType.ZeroAlloc || m.type === SubclusterType.UnallocatedAlloc) {
+      result.map = m.hostOffset;
+      result.file = s.file.node as typeof node;
+      status |= STATUS_OFFSET_VALID;
+    }
+    if (m.type === SubclusterType.ZeroPlain || m.type === SubclusterType.ZeroAlloc) {
+      status |= STATUS_ZERO;
+    } else if (m.type !== SubclusterType.UnallocatedPlain && m.type !== SubclusterType.UnallocatedAlloc) {
+      status |= STATUS_DATA;
+    }
+    if (m.type === SubclusterType.Compressed) status |= STATUS_COMPRESSED;
+    result.status = status;
+    return result;
+  },
+
+  getInfo(node) {
+    const s = node.state;
+    return {
+      clusterSize: s.clusterSize,
+      ...(s.extendedL2 ? { subclusterSize: s.subclusterSize } : {}),
+      vmStateOffset: s.l1VmStateIndex * 2 ** (s.clusterBits + s.l2Bits),
+    };
+  },
+
+  formatSpecific(node) {
+    const s = node.state;
+    const h = s.header;
+    const compression = COMPRESSION_NAMES[h.compressionType] ?? String(h.compressionType);
+    const refcountBits = 2 ** s.refcountOrder;
+    if (h.version < 3) {
+      return {
+        type: 'qcow2',
+        human: [['compat', '0.10'], ['compression type', compression], ['refcount bits', String(refcountBits)]],
+        json: { compat: '0.10', 'compression-type': compression, 'refcount-bits': refcountBits },
+      };
+    }
+    const lazy = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+    const corrupt = (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
+    return {
+      type: 'qcow2',
+      human: [
+        ['compat', '1.1'], ['compression type', compression], ['lazy refcounts', String(lazy)],
+        ['refcount bits', String(refcountBits)], ['corrupt', String(corrupt)], ['extended l2', String(s.extendedL2)],
+      ],
+      json: {
+        compat: '1.1', 'compression-type': compression, 'lazy-refcounts': lazy, 'refcount-bits': refcountBits,
+        corrupt, 'extended-l2': s.extendedL2,
+      },
+    };
+  },
+
+  createOptions: QCOW2_CREATE_OPTIONS,
+  create: createImage,
+
+  check(node, repair, report) {
+    return checkImage(node.state, repair, report);
+  },
+
+  async changeBackingFile(node, filename, format) {
+    const s = node.state;
+    requireUsable(s);
+    if (filename.length > BACKING_FILE_MAX) throw new BlkioError('EINVAL');
+    await s.lock.run(async () => {
+      s.backingFile = filename || undefined;
+      s.backingFormat = format || undefined;
+      await updateHeader(s);
+    });
+    node.backingFile = filename;
+    node.backingFormat = format;
+  },
+};

@@ -1,0 +1,373 @@
+/**
+ * Guest -> host mapping: L1 and L2 tables (standard and extended entries with 32 subclusters),
+ * cluster and subcluster types, the lookup the read path and block status use, and the
+ * table management writes need (L1 growth, L2 allocation and copy-on-write of shared tables).
+ */
+import { BlkioError } from '../../errors.js';
+import { debugEvent } from '../../block/io.js';
+import {
+  entryOffset, getHi, getLo, HI_COMPRESSED, HI_COPIED, LO_ZERO, makeTable, set64, splitOffset, type Table,
+} from './entries.js';
+import { OFFSET_L1_SIZE } from './header.js';
+import { allocClusters, freeClusters } from './refcount.js';
+import { hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
+
+/** Largest L1 table in bytes (QCOW_MAX_L1_SIZE). */
+export const MAX_L1_SIZE = 32 * 2 ** 20;
+
+export enum ClusterType { Unallocated, ZeroPlain, ZeroAlloc, Normal, Compressed }
+
+export enum SubclusterType {
+  Normal, Compressed, ZeroPlain, ZeroAlloc, UnallocatedPlain, UnallocatedAlloc, Invalid,
+}
+
+/** One L2 entry: the descriptor halves and, with extended L2, the subcluster bitmap halves. */
+export interface L2Entry {
+  hi: number;
+  lo: number;
+  /** Bits 32-63 of the bitmap: subcluster reads as zeroes. */
+  zero: number;
+  /** Bits 0-31 of the bitmap: subcluster allocated. */
+  alloc: number;
+}
+
+export const ALL_ONES = 0xffffffff;
+
+export function readL2(s: Qcow2State, t: Table, index: number): L2Entry {
+  const base = index * s.l2EntrySize;
+  const v = t.view;
+  return s.extendedL2
+    ? { hi: v.getUint32(base), lo: v.getUint32(base + 4), zero: v.getUint32(base + 8), alloc: v.getUint32(base + 12) }
+    : { hi: v.getUint32(base), lo: v.getUint32(base + 4), zero: 0, alloc: 0 };
+}
+
+export function writeL2(s: Qcow2State, t: Table, index: number, e: L2Entry): void {
+  const base = index * s.l2EntrySize;
+  t.view.setUint32(base, e.hi >>> 0);
+  t.view.setUint32(base + 4, e.lo >>> 0);
+  if (s.extendedL2) {
+    t.view.setUint32(base + 8, e.zero >>> 0);
+    t.view.setUint32(base + 12, e.alloc >>> 0);
+  }
+}
+
+export function sameEntry(a: L2Entry, b: L2Entry): boolean {
+  return a.hi === b.hi && a.lo === b.lo && a.zero === b.zero && a.alloc === b.alloc;
+}
+
+export function l2Offset(e: L2Entry): number {
+  return entryOffset(e.hi, e.lo);
+}
+
+export function clusterType(s: Qcow2State, e: L2Entry): ClusterType {
+  if (e.hi & HI_COMPRESSED) return ClusterType.Compressed;
+  const offset = entryOffset(e.hi, e.lo);
+  if (e.lo & LO_ZERO && !s.extendedL2) return offset ? ClusterType.ZeroAlloc : ClusterType.ZeroPlain;
+  return offset ? ClusterType.Normal : ClusterType.Unallocated;
+}
+
+export function isAllocatedType(t: ClusterType): boolean {
+  return t === ClusterType.Compressed || t === ClusterType.Normal || t === ClusterType.ZeroAlloc;
+}
+
+export function subclusterType(s: Qcow2State, e: L2Entry, sc: number): SubclusterType {
+  const type = clusterType(s, e);
+  if (!s.extendedL2) {
+    switch (type) {
+      case ClusterType.Compressed: return SubclusterType.Compressed;
+      case ClusterType.ZeroPlain: return SubclusterType.ZeroPlain;
+      case ClusterType.ZeroAlloc: return SubclusterType.ZeroAlloc;
+      case ClusterType.Normal: return SubclusterType.Normal;
+      default: return SubclusterType.UnallocatedPlain;
+    }
+  }
+  const bit = (1 << sc) >>> 0;
+  switch (type) {
+    case ClusterType.Compressed: return SubclusterType.Compressed;
+    case ClusterType.Normal:
+      if (e.zero & e.alloc) return SubclusterType.Invalid;
+      if (e.zero & bit) return SubclusterType.ZeroAlloc;
+      return e.alloc & bit ? SubclusterType.Normal : SubclusterType.UnallocatedAlloc;
+    default:
+      if (e.alloc) return SubclusterType.Invalid;
+      return e.zero & bit ? SubclusterType.ZeroPlain : SubclusterType.UnallocatedPlain;
+  }
+}
+
+/** Bits [from, to) of a 32-bit subcluster mask. */
+export function rangeMask(from: number, to: number): number {
+  return (((2 ** to) - 1) - ((2 ** from) - 1)) >>> 0;
+}
+
+export function ctz32(x: number): number {
+  x >>>= 0;
+  return x === 0 ? 32 : 31 - Math.clz32((x & -x) >>> 0);
+}
+
+function cto32(x: number): number {
+  return ctz32(~x >>> 0);
+}
+
+/** The type of subcluster `from` and how many following subclusters of the cluster share it. */
+export function subclusterRange(s: Qcow2State, e: L2Entry, from: number): { type: SubclusterType; count: number } {
+  const type = subclusterType(s, e, from);
+  if (type === SubclusterType.Invalid) return { type, count: -1 };
+  if (!s.extendedL2 || type === SubclusterType.Compressed) return { type, count: s.subclustersPerCluster - from };
+  switch (type) {
+    case SubclusterType.Normal:
+      return { type, count: cto32(e.alloc | rangeMask(0, from)) - from };
+    case SubclusterType.ZeroPlain:
+    case SubclusterType.ZeroAlloc:
+      return { type, count: cto32(e.zero | rangeMask(0, from)) - from };
+    default:
+      return { type, count: ctz32((e.zero | e.alloc) & ~rangeMask(0, from)) - from };
+  }
+}
+
+export function l1Index(s: Qcow2State, offset: number): number {
+  return Math.floor(offset / 2 ** (s.clusterBits + s.l2Bits));
+}
+
+export function l2Index(s: Qcow2State, offset: number): number {
+  return Math.floor(offset / s.clusterSize) % s.l2Size;
+}
+
+export function l2SliceIndex(s: Qcow2State, offset: number): number {
+  return Math.floor(offset / s.clusterSize) % s.l2SliceSize;
+}
+
+export function scIndex(s: Qcow2State, offset: number): number {
+  return Math.floor(offsetIntoCluster(s, offset) / s.subclusterSize);
+}
+
+/** Load the cached slice of the L2 table at `l2TableOffset` that maps `offset`. */
+export function loadL2Slice(s: Qcow2State, offset: number, l2TableOffset: number): Promise<Table> {
+  const sliceStart = (l2Index(s, offset) - l2SliceIndex(s, offset)) * s.l2EntrySize;
+  return s.l2Cache.get(l2TableOffset + sliceStart);
+}
+
+export function l1Entry(s: Qcow2State, index: number): { offset: number; copied: boolean } {
+  const hi = getHi(s.l1Table, index);
+  return { offset: entryOffset(hi, getLo(s.l1Table, index)), copied: (hi & HI_COPIED) !== 0 };
+}
+
+export interface HostMapping {
+  type: SubclusterType;
+  /** Bytes from the guest offset with this type (and contiguous host offsets). */
+  bytes: number;
+  /** Host offset of the guest offset, for types with one. */
+  hostOffset: number;
+  /** The L2 entry (compressed clusters need the whole descriptor). */
+  entry: L2Entry;
+}
+
+const NO_ENTRY: L2Entry = { hi: 0, lo: 0, zero: 0, alloc: 0 };
+
+/**
+ * What `bytes` at guest `offset` map to: the type of the first subcluster and how far the same
+ * type extends (contiguous on the host for allocated types), at most to the end of the L2 slice.
+ * Call with the lock held.
+ */
+export async function getHostOffset(s: Qcow2State, offset: number, bytes: number): Promise<HostMapping> {
+  const inCluster = offsetIntoCluster(s, offset);
+  let needed = bytes + inCluster;
+  const available = (s.l2SliceSize - l2SliceIndex(s, offset)) * s.clusterSize;
+  needed = Math.min(needed, available);
+  const l1i = l1Index(s, offset);
+  const unallocated = (): HostMapping => ({
+    type: SubclusterType.UnallocatedPlain, bytes: needed - inCluster, hostOffset: 0, entry: NO_ENTRY,
+  });
+  if (l1i >= s.l1Size) return unallocated();
+  const l2TableOffset = l1Entry(s, l1i).offset;
+  if (!l2TableOffset) return unallocated();
+  if (offsetIntoCluster(s, l2TableOffset)) {
+    throw await signalCorruption(s, true, `L2 table offset ${hex(l2TableOffset)} unaligned (L1 index: ${hex(l1i)})`);
+  }
+  debugEvent(s.file.node, 'l2_load');
+  const slice = await loadL2Slice(s, offset, l2TableOffset);
+  try {
+    const index = l2SliceIndex(s, offset);
+    const sc = scIndex(s, offset);
+    const entry = readL2(s, slice, index);
+    const nbClusters = Math.ceil(needed / s.clusterSize);
+    const type = subclusterType(s, entry, sc);
+    if (s.header.version < 3 && (type === SubclusterType.ZeroPlain || type === SubclusterType.ZeroAlloc)) {
+      throw await signalCorruption(s, true,
+        `Zero cluster entry found in pre-v3 image (L2 offset: ${hex(l2TableOffset)}, L2 index: ${hex(index)})`);
+    }
+    let hostOffset = 0;
+    if (type === SubclusterType.Normal || type === SubclusterType.UnallocatedAlloc || type === SubclusterType.ZeroAlloc) {
+      const hostCluster = l2Offset(entry);
+      if (offsetIntoCluster(s, hostCluster)) {
+        throw await signalCorruption(s, true,
+          `Cluster allocation offset ${hex(hostCluster)} unaligned (L2 offset: ${hex(l2TableOffset)}, L2 index: ${hex(index)})`);
+      }
+      hostOffset = hostCluster + inCluster;
+    }
+    const count = countContiguousSubclusters(s, nbClusters, sc, slice, index);
+    if (typeof count !== 'number') {
+      throw await signalCorruption(s, true,
+        `Invalid cluster entry found  (L2 offset: ${hex(l2TableOffset)}, L2 index: ${hex(count.invalidIndex)})`);
+    }
+    const reach = Math.min((count + sc) * s.subclusterSize, needed);
+    return { type, bytes: reach - inCluster, hostOffset, entry };
+  } finally {
+    s.l2Cache.put(slice);
+  }
+}
+
+/** Subclusters from `sc` of the first cluster on that share its type (and host contiguity). */
+function countContiguousSubclusters(
+  s: Qcow2State, nbClusters: number, sc: number, slice: Table, index: number,
+): number | { invalidIndex: number } {
+  let count = 0;
+  let expectedType = SubclusterType.Normal;
+  let expectedOffset = 0;
+  let checkOffset = false;
+  for (let i = 0; i < nbClusters; i++) {
+    const first = i === 0 ? sc : 0;
+    const entry = readL2(s, slice, index + i);
+    const { type, count: n } = subclusterRange(s, entry, first);
+    if (n < 0) return { invalidIndex: index + i };
+    if (i === 0) {
+      if (type === SubclusterType.Compressed) return n;
+      expectedType = type;
+      expectedOffset = l2Offset(entry);
+      checkOffset = type === SubclusterType.Normal || type === SubclusterType.ZeroAlloc || type === SubclusterType.UnallocatedAlloc;
+    } else if (type !== expectedType) {
+      break;
+    } else if (checkOffset) {
+      expectedOffset += s.clusterSize;
+      if (expectedOffset !== l2Offset(entry)) break;
+    }
+    count += n;
+    if (first + n < s.subclustersPerCluster) break;
+  }
+  return count;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tables for writing
+
+/**
+ * The L2 slice for `offset`, ready to be modified: the L1 table is grown if too small and the
+ * L2 table allocated (or copied, if shared) when its L1 entry lacks the COPIED flag. `put` it.
+ */
+export async function getClusterTable(s: Qcow2State, offset: number): Promise<{ slice: Table; index: number }> {
+  const l1i = l1Index(s, offset);
+  if (l1i >= s.l1Size) await growL1Table(s, l1i + 1, false);
+  let { offset: l2TableOffset, copied } = l1Entry(s, l1i);
+  if (offsetIntoCluster(s, l2TableOffset)) {
+    throw await signalCorruption(s, true, `L2 table offset ${hex(l2TableOffset)} unaligned (L1 index: ${hex(l1i)})`);
+  }
+  if (!copied) {
+    await l2Allocate(s, l1i);
+    if (l2TableOffset) await freeClusters(s, l2TableOffset, s.l2Size * s.l2EntrySize, 'other');
+    l2TableOffset = l1Entry(s, l1i).offset;
+  }
+  const slice = await loadL2Slice(s, offset, l2TableOffset);
+  return { slice, index: l2SliceIndex(s, offset) };
+}
+
+/** A new L2 table for L1 entry `index`: zeroed, or a copy of the table the entry pointed to. */
+async function l2Allocate(s: Qcow2State, index: number): Promise<void> {
+  const old = l1Entry(s, index).offset;
+  const tableBytes = s.l2Size * s.l2EntrySize;
+  const newOffset = await allocClusters(s, tableBytes);
+  if (newOffset === 0) throw await signalCorruption(s, true, 'Preventing invalid allocation of L2 table at offset 0');
+  await s.refcountCache.flush();
+  const sliceBytes = s.l2SliceSize * s.l2EntrySize;
+  for (let pos = 0; pos < s.clusterSize; pos += sliceBytes) {
+    const slice = await s.l2Cache.getEmpty(newOffset + pos);
+    try {
+      if (old === 0) {
+        slice.data.fill(0);
+      } else {
+        debugEvent(s.file.node, 'l2_alloc_cow_read');
+        const oldSlice = await s.l2Cache.get(old + pos);
+        slice.data.set(oldSlice.data);
+        s.l2Cache.put(oldSlice);
+      }
+      debugEvent(s.file.node, 'l2_alloc_write');
+      s.l2Cache.markDirty(slice);
+    } finally {
+      s.l2Cache.put(slice);
+    }
+  }
+  await s.l2Cache.flush();
+  const [hi, lo] = splitOffset(newOffset);
+  set64(s.l1Table, index, hi | HI_COPIED, lo);
+  await writeL1Entry(s, index);
+}
+
+/** Write the L1 entry (with its neighbours in one request-alignment unit), synchronously. */
+export async function writeL1Entry(s: Qcow2State, index: number): Promise<void> {
+  const unit = Math.max(8, Math.min(s.file.node.limits.requestAlignment, s.clusterSize)) / 8;
+  const first = index - (index % unit);
+  const buf = new Uint8Array(unit * 8);
+  const count = Math.max(0, Math.min(unit, s.l1Size - first));
+  buf.set(s.l1Table.data.subarray(first * 8, (first + count) * 8));
+  debugEvent(s.file.node, 'l1_update');
+  await s.file.write(s.l1TableOffset + first * 8, buf.length, buf);
+  await s.file.flush();
+}
+
+/** Move the L1 table to new clusters with at least `minSize` entries (grown by half unless exact). */
+export async function growL1Table(s: Qcow2State, minSize: number, exact: boolean): Promise<void> {
+  if (minSize <= s.l1Size) return;
+  if (minSize > 0x7fffffff / 8) throw new BlkioError('EFBIG');
+  let newSize = minSize;
+  if (!exact) {
+    newSize = s.l1Size || 1;
+    while (minSize > newSize) newSize = Math.floor((newSize * 3 + 1) / 2);
+  }
+  if (newSize > MAX_L1_SIZE / 8) throw new BlkioError('EFBIG');
+  const newTable = makeTable(new Uint8Array(newSize * 8));
+  newTable.data.set(s.l1Table.data.subarray(0, s.l1Size * 8));
+  debugEvent(s.file.node, 'l1_grow_alloc_table');
+  const newOffset = await allocClusters(s, newSize * 8);
+  try {
+    await s.refcountCache.flush();
+    debugEvent(s.file.node, 'l1_grow_write_table');
+    await s.file.write(newOffset, newSize * 8, newTable.data);
+    await s.file.flush();
+    const pointer = new Uint8Array(12);
+    const view = new DataView(pointer.buffer);
+    view.setUint32(0, newSize);
+    view.setBigUint64(4, BigInt(newOffset));
+    debugEvent(s.file.node, 'l1_grow_activate_table');
+    await s.file.write(OFFSET_L1_SIZE, 12, pointer);
+    await s.file.flush();
+  } catch (e) {
+    await freeClusters(s, newOffset, newSize * 8, 'other').catch(() => {});
+    throw e;
+  }
+  const oldOffset = s.l1TableOffset;
+  const oldSize = s.l1Size;
+  s.l1Table = newTable;
+  s.l1TableOffset = newOffset;
+  s.l1Size = newSize;
+  s.header.l1Size = newSize;
+  s.header.l1TableOffset = newOffset;
+  await freeClusters(s, oldOffset, oldSize * 8, 'other');
+}
+
+/** Drop the L1 entries from `newSize` on (zeroed on disk) and free their L2 tables; the table keeps its size. */
+export async function shrinkL1Table(s: Qcow2State, newSize: number): Promise<void> {
+  if (newSize >= s.l1Size) return;
+  debugEvent(s.file.node, 'l1_shrink_write_table');
+  try {
+    await s.file.writeZeroes(s.l1TableOffset + newSize * 8, (s.l1Size - newSize) * 8);
+    await s.file.flush();
+  } catch (e) {
+    s.l1Table.data.fill(0, newSize * 8);
+    throw e;
+  }
+  debugEvent(s.file.node, 'l1_shrink_free_l2_clusters');
+  for (let i = s.l1Size - 1; i >= newSize; i--) {
+    const { offset } = l1Entry(s, i);
+    if (!offset) continue;
+    await freeClusters(s, offset, s.clusterSize, 'always');
+    set64(s.l1Table, i, 0, 0);
+  }
+}

@@ -1,0 +1,323 @@
+/**
+ * Opening a qcow2 image: header validation with QEMU's messages and order, runtime options
+ * (cache sizes, lazy refcounts, discard passthrough, overlap checks), the L1 and refcount
+ * tables, extensions, backing file name, snapshot table, and repair of a dirty image.
+ */
+import { BlkioError, errno, toBlkioError } from '../../errors.js';
+import type { BdrvChild } from '../../block/child.js';
+import { debugEvent } from '../../block/io.js';
+import type { ParsedOptions } from '../../block/driver.js';
+import { TableCache } from './cache.js';
+import { makeTable } from './entries.js';
+import {
+  AUTOCLEAR_MASK, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, HEADER_MIN_V3, HEADER_SIZE_V3,
+  INCOMPAT_COMPRESSION, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_MASK, MAX_CLUSTER_BITS,
+  MIN_CLUSTER_BITS, QCOW_MAGIC, BACKING_FILE_MAX, buildHeaderCluster, latin1, parseExtensions, parseHeader,
+  unsupportedFeatureMessage, type Qcow2Header,
+} from './header.js';
+import { MAX_L1_SIZE } from './mapping.js';
+import { MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex } from './refcount.js';
+import { geometry, Mutex, sizeToL1, type Qcow2State, type Snapshot } from './state.js';
+
+const MAX_SNAPSHOTS = 65536;
+const SNAPSHOT_HEADER_SIZE = 40;
+const DEFAULT_L2_CACHE_MAX = 32 * 2 ** 20;
+const MIN_L2_CACHE_ENTRIES = 2;
+const MIN_REFCOUNT_CACHE_CLUSTERS = 4;
+const DEFAULT_CACHE_CLEAN_INTERVAL = 600;
+
+export const OVERLAP_CHECKS = [
+  'main-header', 'active-l1', 'active-l2', 'refcount-table', 'refcount-block', 'snapshot-table', 'inactive-l1',
+  'inactive-l2', 'bitmap-directory',
+] as const;
+
+function invalid(message: string): BlkioError {
+  return new BlkioError('EINVAL', message);
+}
+
+/** Validate the header fields in QEMU's order; `checkMode` is qemu-img check's relaxed open. */
+export function validateHeader(h: Qcow2Header, magic: number): void {
+  if (magic !== QCOW_MAGIC) throw invalid('Image is not in qcow2 format');
+  if (h.version < 2 || h.version > 3) throw new BlkioError('ENOTSUP', `Unsupported qcow2 version ${h.version}`);
+  if (h.clusterBits < MIN_CLUSTER_BITS || h.clusterBits > MAX_CLUSTER_BITS) {
+    throw invalid(`Unsupported cluster size: 2^${h.clusterBits}`);
+  }
+  if (h.version >= 3 && h.headerLength < HEADER_MIN_V3) throw invalid('qcow2 header too short');
+  const clusterSize = 2 ** h.clusterBits;
+  if (h.headerLength > clusterSize) throw invalid('qcow2 header exceeds cluster size');
+  if (h.backingFileOffset > clusterSize) throw invalid('Invalid backing file offset');
+}
+
+function validateCompressionType(h: Qcow2Header): void {
+  if (h.compressionType !== COMPRESSION_ZLIB && h.compressionType !== COMPRESSION_ZSTD) {
+    throw new BlkioError('ENOTSUP', `qcow2: unknown compression type: ${h.compressionType}`);
+  }
+  const bit = (h.incompatibleFeatures & INCOMPAT_COMPRESSION) !== 0n;
+  if (h.compressionType === COMPRESSION_ZLIB && bit) {
+    throw invalid('qcow2: Compression type incompatible feature bit must not be set');
+  }
+  if (h.compressionType !== COMPRESSION_ZLIB && !bit) {
+    throw invalid('qcow2: Compression type incompatible feature bit must be set');
+  }
+}
+
+/** QEMU's qcow2_validate_table: size limit and alignment of a table's offset. */
+function validateTable(offset: number, entries: number, entryLen: number, maxBytes: number, clusterSize: number, name: string): void {
+  if (entries > maxBytes / entryLen) throw new BlkioError('EFBIG', `${name} too large`);
+  const size = entries * entryLen;
+  if (!Number.isFinite(offset) || 2 ** 63 - size < offset || offset % clusterSize !== 0) {
+    throw invalid(`${name} offset invalid`);
+  }
+}
+
+export interface RuntimeOptions {
+  l2CacheEntries: number;
+  l2CacheEntrySize: number;
+  refcountCacheClusters: number;
+  lazyRefcounts: boolean;
+  discardRequest: boolean;
+  discardSnapshot: boolean;
+  discardOther: boolean;
+}
+
+/** The runtime options QEMU's qcow2_update_options accepts, with its validation texts. */
+export function runtimeOptions(s: Pick<Qcow2State, 'clusterSize' | 'size' | 'l2EntrySize' | 'header'>, opts: ParsedOptions, discardUnmap: boolean): RuntimeOptions {
+  const combined = opts['cache-size'] as number | undefined;
+  const l2Set = opts['l2-cache-size'] as number | undefined;
+  const refcountSet = opts['refcount-cache-size'] as number | undefined;
+  const entrySizeSet = opts['l2-cache-entry-size'] as number | undefined;
+  const minRefcountCache = MIN_REFCOUNT_CACHE_CLUSTERS * s.clusterSize;
+  const maxL2Entries = Math.ceil(s.size / s.clusterSize);
+  const maxL2Cache = Math.ceil((maxL2Entries * s.l2EntrySize) / s.clusterSize) * s.clusterSize;
+  let l2CacheSize = Math.min(maxL2Cache, l2Set ?? DEFAULT_L2_CACHE_MAX);
+  let refcountCacheSize = refcountSet ?? 0;
+  let entrySize = entrySizeSet ?? s.clusterSize;
+
+  if (combined !== undefined) {
+    if (l2Set !== undefined && refcountSet !== undefined) {
+      throw invalid('cache-size, l2-cache-size and refcount-cache-size may not be set at the same time');
+    } else if (l2Set !== undefined && l2Set > combined) {
+      throw invalid('l2-cache-size may not exceed cache-size');
+    } else if (refcountCacheSize > combined) {
+      throw invalid('refcount-cache-size may not exceed cache-size');
+    }
+    if (l2Set !== undefined) {
+      refcountCacheSize = combined - l2CacheSize;
+    } else if (refcountSet !== undefined) {
+      l2CacheSize = combined - refcountCacheSize;
+    } else if (combined >= maxL2Cache + minRefcountCache) {
+      l2CacheSize = maxL2Cache;
+      refcountCacheSize = combined - l2CacheSize;
+    } else {
+      refcountCacheSize = Math.min(combined, minRefcountCache);
+      l2CacheSize = combined - refcountCacheSize;
+    }
+  }
+  if (l2CacheSize < maxL2Cache && entrySizeSet === undefined) entrySize = Math.min(s.clusterSize, 4096);
+  if (entrySize < 512 || entrySize > s.clusterSize || (entrySize & (entrySize - 1)) !== 0) {
+    throw invalid(`L2 cache entry size must be a power of two between 512 and the cluster size (${s.clusterSize})`);
+  }
+  let l2CacheEntries = Math.floor(l2CacheSize / entrySize);
+  if (l2CacheEntries < MIN_L2_CACHE_ENTRIES) l2CacheEntries = MIN_L2_CACHE_ENTRIES;
+  if (l2CacheEntries > 0x7fffffff) throw invalid('L2 cache size too big');
+  let refcountCacheClusters = Math.floor(refcountCacheSize / s.clusterSize);
+  if (refcountCacheClusters < MIN_REFCOUNT_CACHE_CLUSTERS) refcountCacheClusters = MIN_REFCOUNT_CACHE_CLUSTERS;
+  if (refcountCacheClusters > 0x7fffffff) throw invalid('Refcount cache size too big');
+
+  const interval = (opts['cache-clean-interval'] as number | undefined) ?? DEFAULT_CACHE_CLEAN_INTERVAL;
+  if (interval > 0xffffffff) throw invalid('Cache clean interval too big');
+
+  const lazyRefcounts = (opts['lazy-refcounts'] as boolean | undefined) ?? (s.header.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+  if (lazyRefcounts && s.header.version < 3) {
+    throw invalid('Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level');
+  }
+
+  const overlap = opts['overlap-check'] as string | undefined;
+  const template = opts['overlap-check.template'] as string | undefined;
+  if (overlap !== undefined && template !== undefined && overlap !== template) {
+    throw invalid(`Conflicting values for qcow2 options 'overlap-check' ('${overlap}') and 'overlap-check.template' ('${template}')`);
+  }
+  const mode = overlap ?? template ?? 'cached';
+  if (!['none', 'constant', 'cached', 'all'].includes(mode)) {
+    throw invalid(`Unsupported value '${mode}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all`);
+  }
+
+  return {
+    l2CacheEntries,
+    l2CacheEntrySize: entrySize,
+    refcountCacheClusters,
+    lazyRefcounts,
+    discardRequest: (opts['pass-discard-request'] as boolean | undefined) ?? discardUnmap,
+    discardSnapshot: (opts['pass-discard-snapshot'] as boolean | undefined) ?? true,
+    discardOther: (opts['pass-discard-other'] as boolean | undefined) ?? false,
+  };
+}
+
+/** Apply runtime options to the state (caches are created here). */
+function applyRuntimeOptions(s: Qcow2State, r: RuntimeOptions): void {
+  s.l2SliceSize = r.l2CacheEntrySize / s.l2EntrySize;
+  s.l2Cache = new TableCache(s.file, r.l2CacheEntrySize, r.l2CacheEntries, 'l2_update');
+  s.refcountCache = new TableCache(s.file, s.clusterSize, r.refcountCacheClusters, 'refblock_update_part');
+  s.lazyRefcounts = r.lazyRefcounts;
+  s.discardPassthrough = {
+    never: false, always: true, request: r.discardRequest, snapshot: r.discardSnapshot, other: r.discardOther,
+  };
+}
+
+export interface LoadOptions {
+  readOnly: boolean;
+  opts: ParsedOptions;
+  discardUnmap: boolean;
+  /** Reporting of unsupported incompatible features needs the feature table. */
+}
+
+async function readOrFail(file: BdrvChild, offset: number, bytes: number, what: string): Promise<Uint8Array> {
+  const buf = new Uint8Array(bytes);
+  try {
+    await file.read(offset, bytes, buf);
+  } catch (e) {
+    const err = toBlkioError(e);
+    throw new BlkioError(err.code, `${what}: ${err.strerror}`);
+  }
+  return buf;
+}
+
+/** Read and validate everything qcow2_do_open reads, producing the state of an open image. */
+export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2State> {
+  const raw = await readOrFail(file, 0, HEADER_SIZE_V3, 'Could not read qcow2 header');
+  const magic = new DataView(raw.buffer).getUint32(0);
+  const h = parseHeader(raw);
+  validateHeader(h, magic);
+  const g = geometry(h);
+  let unknownHeaderFields: Uint8Array = new Uint8Array(0);
+  if (h.version >= 3 && h.headerLength > HEADER_SIZE_V3) {
+    unknownHeaderFields = await readOrFail(file, HEADER_SIZE_V3, h.headerLength - HEADER_SIZE_V3, 'Could not read unknown qcow2 header fields');
+  }
+  const extEnd = h.backingFileOffset || g.clusterSize;
+  const headerCluster = await readOrFail(file, 0, extEnd, 'Could not read qcow2 header');
+  validateCompressionType(h);
+  if (h.incompatibleFeatures & ~INCOMPAT_MASK) {
+    let table: ReturnType<typeof parseExtensions>['featureTable'] = [];
+    try {
+      table = parseExtensions(headerCluster, h.headerLength, extEnd).featureTable;
+    } catch {
+      // The message names what it can.
+    }
+    throw new BlkioError('ENOTSUP', unsupportedFeatureMessage(table, h.incompatibleFeatures & ~INCOMPAT_MASK));
+  }
+  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && !o.readOnly) {
+    throw new BlkioError('EACCES', 'qcow2: Image is corrupt; cannot be opened read/write');
+  }
+  if (g.subclusterSize < 512) throw invalid(`Unsupported subcluster size: ${g.subclusterSize}`);
+  if (h.refcountOrder > 6) throw invalid('Reference count entry width too large; may not exceed 64 bits');
+  if (h.cryptMethod) throw new BlkioError('ENOTSUP', 'Encrypted qcow2 images are not supported');
+  if (h.refcountTableClusters === 0) throw invalid('Image does not contain a reference count table');
+  validateTable(h.refcountTableOffset, h.refcountTableClusters, g.clusterSize, MAX_REFTABLE_SIZE, g.clusterSize, 'Reference count table');
+  validateTable(h.snapshotsOffset, h.nbSnapshots, SNAPSHOT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS, g.clusterSize, 'Snapshot table');
+  validateTable(h.l1TableOffset, h.l1Size, 8, MAX_L1_SIZE, g.clusterSize, 'Active L1 table');
+  const l1VmStateIndex = sizeToL1(g, h.size);
+  if (l1VmStateIndex > 0x7fffffff) throw new BlkioError('EFBIG', 'Image is too big');
+  if (h.l1Size < l1VmStateIndex) throw invalid('L1 table is too small');
+  const l1Table = makeTable(h.l1Size ? await readOrFail(file, h.l1TableOffset, h.l1Size * 8, 'Could not read L1 table') : new Uint8Array(0));
+
+  const refcountTableSize = h.refcountTableClusters * (g.clusterSize / 8);
+  const s: Qcow2State = {
+    file, lock: new Mutex(), header: h, readOnly: o.readOnly, ...g,
+    l2SliceSize: g.l2Size, size: h.size,
+    l1Size: h.l1Size, l1TableOffset: h.l1TableOffset, l1Table, l1VmStateIndex,
+    refcountTableOffset: h.refcountTableOffset, refcountTableSize, refcountTable: makeTable(new Uint8Array(0)),
+    maxRefcountTableIndex: 0, freeClusterIndex: 0, freeByteOffset: 0,
+    l2Cache: undefined!, refcountCache: undefined!, discardPassthrough: undefined!,
+    pendingDiscards: [], cacheDiscards: false, lazyRefcounts: false,
+    unknownHeaderFields, unknownExtensions: [], snapshots: [], snapshotsSize: 0,
+    inflight: new Set(), signaledCorruption: false, unusable: false,
+  };
+  applyRuntimeOptions(s, runtimeOptions(s, o.opts, o.discardUnmap));
+
+  debugEvent(file.node, 'reftable_load');
+  try {
+    s.refcountTable = makeTable(await readOrFail(file, h.refcountTableOffset, refcountTableSize * 8, ''));
+  } catch (e) {
+    throw new BlkioError(toBlkioError(e).code, `Could not initialize refcount handling: ${toBlkioError(e).strerror}`);
+  }
+  updateMaxRefcountTableIndex(s);
+
+  const ext = parseExtensions(headerCluster, h.headerLength, extEnd);
+  s.backingFormat = ext.backingFormat;
+  s.unknownExtensions = ext.unknown;
+  s.bitmapsExtension = ext.bitmaps;
+  if (h.incompatibleFeatures & INCOMPAT_DATA_FILE || ext.dataFile !== undefined) {
+    throw new BlkioError('ENOTSUP', 'qcow2 images with an external data file are not supported');
+  }
+  if (h.backingFileOffset) {
+    const len = h.backingFileSize;
+    if (len > Math.min(BACKING_FILE_MAX, g.clusterSize - h.backingFileOffset)) throw invalid('Backing file name too long');
+    s.backingFile = latin1(await readOrFail(file, h.backingFileOffset, len, 'Could not read backing file name'));
+  }
+  s.snapshots = await readSnapshots(s);
+
+  if (h.autoclearFeatures & ~AUTOCLEAR_MASK && !o.readOnly) {
+    h.autoclearFeatures &= AUTOCLEAR_MASK;
+    await updateHeader(s);
+  }
+  return s;
+}
+
+/** The internal snapshot table: enough of it to account for the snapshots' clusters. */
+async function readSnapshots(s: Qcow2State): Promise<Snapshot[]> {
+  const h = s.header;
+  const out: Snapshot[] = [];
+  let offset = h.snapshotsOffset;
+  for (let i = 0; i < h.nbSnapshots; i++) {
+    offset = Math.ceil(offset / 8) * 8;
+    const head = await readOrFail(s.file, offset, SNAPSHOT_HEADER_SIZE, 'Failed to read snapshot table');
+    const v = new DataView(head.buffer);
+    const l1TableOffset = Number(v.getBigUint64(0));
+    const l1Size = v.getUint32(8);
+    const idSize = v.getUint16(12);
+    const nameSize = v.getUint16(14);
+    const extraSize = v.getUint32(36);
+    offset += SNAPSHOT_HEADER_SIZE + extraSize;
+    const strings = await readOrFail(s.file, offset, idSize + nameSize, 'Failed to read snapshot table');
+    offset += idSize + nameSize;
+    out.push({ l1TableOffset, l1Size, id: latin1(strings.subarray(0, idSize)), name: latin1(strings.subarray(idSize)) });
+  }
+  s.snapshotsSize = offset - h.snapshotsOffset;
+  return out;
+}
+
+/** Rewrite the header cluster from the in-memory state (QEMU's qcow2_update_header). */
+export async function updateHeader(s: Qcow2State): Promise<void> {
+  const h = s.header;
+  validateCompressionType(h);
+  const header = {
+    ...h,
+    size: s.size, l1Size: s.l1Size, l1TableOffset: s.l1TableOffset, refcountTableOffset: s.refcountTableOffset,
+    refcountTableClusters: s.refcountTableSize / (s.clusterSize / 8),
+  };
+  const cluster = buildHeaderCluster({
+    header, clusterSize: s.clusterSize, unknownHeaderFields: s.unknownHeaderFields,
+    backingFile: s.backingFile, backingFormat: s.backingFormat, bitmaps: s.bitmapsExtension,
+    unknownExtensions: s.unknownExtensions,
+  });
+  await s.file.write(0, s.clusterSize, cluster);
+}
+
+/** Write back both caches, then clear the dirty bit (an image closed cleanly). */
+export async function markClean(s: Qcow2State): Promise<void> {
+  if (!(s.header.incompatibleFeatures & INCOMPAT_DIRTY)) return;
+  s.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
+  await s.l2Cache.flush();
+  await s.refcountCache.flush();
+  await updateHeader(s);
+}
+
+export async function markConsistent(s: Qcow2State): Promise<void> {
+  if (!(s.header.incompatibleFeatures & INCOMPAT_CORRUPT)) return;
+  s.header.incompatibleFeatures &= ~INCOMPAT_CORRUPT;
+  await updateHeader(s);
+}
+
+export function requireUsable(s: Qcow2State): void {
+  if (s.unusable) throw errno('ENOMEDIUM');
+}

@@ -1,0 +1,416 @@
+/**
+ * Refcounts and cluster allocation, in QEMU's order so that images get the same host layout:
+ * first-fit search from a moving free-cluster index, self-describing refcount blocks, refcount
+ * table growth into a fresh area at the end, compressed byte allocation, and frees that queue
+ * discards for the file.
+ */
+import { BlkioError } from '../../errors.js';
+import { debugEvent } from '../../block/io.js';
+import {
+  getRefcount as readRefcount, makeTable, reftableOffset, setRefcount, setReftableOffset, HI_COMPRESSED, entryOffset,
+} from './entries.js';
+import { OFFSET_REFCOUNT_TABLE } from './header.js';
+import {
+  hex, offsetIntoCluster, signalCorruption, sizeToClusters, startOfCluster, type DiscardType, type Qcow2State,
+} from './state.js';
+import type { Table } from './entries.js';
+
+/** Largest host offset a data cluster may have (QCOW_MAX_CLUSTER_OFFSET). */
+export const MAX_CLUSTER_OFFSET = 2 ** 56 - 1;
+/** Largest refcount table, in bytes (QCOW_MAX_REFTABLE_SIZE). */
+export const MAX_REFTABLE_SIZE = 8 * 2 ** 20;
+
+/** Thrown inside the allocator when a new refcount block took space the caller may have counted on. */
+const AGAIN = Symbol('again');
+
+function event(s: Qcow2State, name: string): void {
+  debugEvent(s.file.node, name);
+}
+
+function reftableIndexOf(s: Qcow2State, clusterIndex: number): number {
+  return Math.floor(clusterIndex / s.refcountBlockSize);
+}
+
+export function updateMaxRefcountTableIndex(s: Qcow2State): void {
+  let i = s.refcountTableSize - 1;
+  while (i > 0 && reftableOffset(s.refcountTable, i) === 0) i--;
+  s.maxRefcountTableIndex = i;
+}
+
+/** The refcount of one host cluster (0 when no refcount block covers it). */
+export async function getClusterRefcount(s: Qcow2State, clusterIndex: number): Promise<number> {
+  const tableIndex = reftableIndexOf(s, clusterIndex);
+  if (tableIndex >= s.refcountTableSize) return 0;
+  const blockOffset = reftableOffset(s.refcountTable, tableIndex);
+  if (!blockOffset) return 0;
+  if (offsetIntoCluster(s, blockOffset)) {
+    throw await signalCorruption(s, true, `Refblock offset ${hex(blockOffset)} unaligned (reftable index: ${hex(tableIndex)})`);
+  }
+  const block = await s.refcountCache.get(blockOffset);
+  try {
+    return readRefcount(block, s.refcountOrder, clusterIndex % s.refcountBlockSize);
+  } finally {
+    s.refcountCache.put(block);
+  }
+}
+
+/**
+ * Reserve `size` bytes of clusters without touching refcounts: the first run of free clusters
+ * at or after the free-cluster index.
+ */
+async function allocClustersNoref(s: Qcow2State, size: number, max: number): Promise<number> {
+  if (s.cacheDiscards) await processDiscards(s);
+  const nbClusters = sizeToClusters(s, size);
+  for (let i = 0; i < nbClusters; i++) {
+    const index = s.freeClusterIndex++;
+    if ((await getClusterRefcount(s, index)) !== 0) i = -1;
+  }
+  if (s.freeClusterIndex > 0 && s.freeClusterIndex - 1 > Math.floor(max / s.clusterSize)) throw new BlkioError('EFBIG');
+  return (s.freeClusterIndex - nbClusters) * s.clusterSize;
+}
+
+/** Allocate and reference clusters for `size` bytes; returns the host offset of the first. */
+export async function allocClusters(s: Qcow2State, size: number): Promise<number> {
+  event(s, 'cluster_alloc');
+  for (;;) {
+    const offset = await allocClustersNoref(s, size, MAX_CLUSTER_OFFSET);
+    if ((await updateRefcount(s, offset, size, 1, false, 'never')) !== AGAIN) return offset;
+  }
+}
+
+/** Allocate up to `nbClusters` clusters exactly at `offset`, as many as are free there. */
+export async function allocClustersAt(s: Qcow2State, offset: number, nbClusters: number): Promise<number> {
+  if (nbClusters === 0) return 0;
+  for (;;) {
+    let i = 0;
+    for (let index = offset / s.clusterSize; i < nbClusters; i++, index++) {
+      if ((await getClusterRefcount(s, index)) !== 0) break;
+    }
+    if ((await updateRefcount(s, offset, i * s.clusterSize, 1, false, 'never')) !== AGAIN) return i;
+  }
+}
+
+/** Bytes for a compressed cluster, packed after the previous one while its host cluster has room. */
+export async function allocBytes(s: Qcow2State, size: number): Promise<number> {
+  event(s, 'cluster_alloc_bytes');
+  let offset = s.freeByteOffset;
+  if (offset && (await getClusterRefcount(s, Math.floor(offset / s.clusterSize))) === s.refcountMax) offset = 0;
+  let freeInCluster = s.clusterSize - offsetIntoCluster(s, offset);
+  for (;;) {
+    if (!offset || freeInCluster < size) {
+      const maxOffset = Math.min(2 ** s.csizeShift - 1, MAX_CLUSTER_OFFSET);
+      const newCluster = await allocClustersNoref(s, s.clusterSize, maxOffset);
+      if (newCluster === 0) {
+        throw await signalCorruption(s, true, 'Preventing invalid allocation of compressed cluster at offset 0');
+      }
+      if (!offset || Math.ceil(offset / s.clusterSize) * s.clusterSize !== newCluster) {
+        offset = newCluster;
+        freeInCluster = s.clusterSize;
+      } else {
+        freeInCluster += s.clusterSize;
+      }
+    }
+    if ((await updateRefcount(s, offset, size, 1, false, 'never')) !== AGAIN) break;
+  }
+  await s.l2Cache.setDependency(s.refcountCache);
+  s.freeByteOffset = offsetIntoCluster(s, offset + size) ? offset + size : 0;
+  return offset;
+}
+
+export async function freeClusters(s: Qcow2State, offset: number, size: number, type: DiscardType): Promise<void> {
+  event(s, 'cluster_free');
+  await updateRefcount(s, offset, size, 1, true, type);
+}
+
+/** Change one cluster's refcount by `addend` (repairs by qemu-img check). */
+export async function adjustRefcount(s: Qcow2State, offset: number, addend: number, decrease: boolean): Promise<void> {
+  await updateRefcount(s, offset, 1, addend, decrease, 'always');
+}
+
+/** Drop the reference an L2 entry holds: a data cluster or the sectors of a compressed one. */
+export async function freeAnyCluster(s: Qcow2State, hi: number, lo: number, type: DiscardType): Promise<void> {
+  if (hi & HI_COMPRESSED) {
+    const { offset, size } = compressedDescriptor(s, hi, lo);
+    await freeClusters(s, offset, size, type);
+    return;
+  }
+  const offset = entryOffset(hi, lo);
+  if (offset) await freeClusters(s, offset, s.clusterSize, type);
+}
+
+/** Host byte offset and length (whole 512-byte sectors, less the start's offset in its sector). */
+export function compressedDescriptor(s: Qcow2State, hi: number, lo: number): { offset: number; size: number } {
+  const entry = (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
+  const shift = BigInt(s.csizeShift);
+  const offset = Number(entry & ((1n << shift) - 1n));
+  const sectors = Number((entry >> shift) & BigInt(s.csizeMask)) + 1;
+  return { offset, size: sectors * 512 - (offset % 512) };
+}
+
+/**
+ * Add (or with `decrease` subtract) `addend` to the refcount of every cluster in the range,
+ * allocating refcount blocks as needed. Returns AGAIN when a new refcount block was placed
+ * where the caller may have wanted to allocate: the caller searches again.
+ */
+async function updateRefcount(
+  s: Qcow2State, offset: number, length: number, addend: number, decrease: boolean, type: DiscardType,
+): Promise<typeof AGAIN | void> {
+  if (length === 0) return;
+  if (decrease) await s.refcountCache.setDependency(s.l2Cache);
+  const start = startOfCluster(s, offset);
+  const last = startOfCluster(s, offset + length - 1);
+  let block: Table | undefined;
+  let oldTableIndex = -1;
+  let clusterOffset = start;
+  let failure: unknown;
+  let again = false;
+  try {
+    for (; clusterOffset <= last; clusterOffset += s.clusterSize) {
+      const clusterIndex = clusterOffset / s.clusterSize;
+      const tableIndex = reftableIndexOf(s, clusterIndex);
+      if (tableIndex !== oldTableIndex) {
+        if (block) s.refcountCache.put(block);
+        block = undefined;
+        const result = await allocRefcountBlock(s, clusterIndex);
+        if (result === AGAIN) {
+          s.freeClusterIndex = Math.min(s.freeClusterIndex, start / s.clusterSize);
+          again = true;
+          break;
+        }
+        block = result;
+      }
+      oldTableIndex = tableIndex;
+      s.refcountCache.markDirty(block!);
+      const blockIndex = clusterIndex % s.refcountBlockSize;
+      let refcount = readRefcount(block!, s.refcountOrder, blockIndex);
+      if (decrease ? refcount - addend < 0 : refcount + addend > s.refcountMax) throw new BlkioError('EINVAL');
+      refcount += decrease ? -addend : addend;
+      if (refcount === 0 && clusterIndex < s.freeClusterIndex) s.freeClusterIndex = clusterIndex;
+      setRefcount(block!, s.refcountOrder, blockIndex, refcount);
+      if (refcount === 0) {
+        if (s.refcountCache.has(clusterOffset)) {
+          s.refcountCache.put(block!);
+          block = undefined;
+          oldTableIndex = -1;
+          s.refcountCache.discard(clusterOffset);
+        }
+        dropCachedL2(s, clusterOffset);
+        if (s.discardPassthrough[type]) queueDiscard(s, clusterOffset, s.clusterSize);
+      }
+    }
+  } catch (e) {
+    failure = e;
+  } finally {
+    if (block) s.refcountCache.put(block);
+  }
+  if (failure !== undefined || again) {
+    // Undo what was done so far (this may succeed, e.g. after ENOSPC for a new refcount block).
+    if (clusterOffset > offset) await updateRefcount(s, offset, clusterOffset - offset, addend, !decrease, 'never').catch(() => {});
+  }
+  if (!s.cacheDiscards) await processDiscards(s);
+  if (failure !== undefined) throw failure;
+  return again ? AGAIN : undefined;
+}
+
+/** A freed cluster may have been an L2 table: its cached slices must not be written any more. */
+function dropCachedL2(s: Qcow2State, clusterOffset: number): void {
+  const sliceBytes = s.l2SliceSize * s.l2EntrySize;
+  for (let o = clusterOffset; o < clusterOffset + s.clusterSize; o += sliceBytes) s.l2Cache.discard(o);
+}
+
+function queueDiscard(s: Qcow2State, offset: number, bytes: number): void {
+  const end = offset + bytes;
+  for (const d of s.pendingDiscards) {
+    const dEnd = d.offset + d.bytes;
+    if (end === d.offset || offset === dEnd) {
+      d.offset = Math.min(d.offset, offset);
+      d.bytes += bytes;
+      return;
+    }
+  }
+  s.pendingDiscards.push({ offset, bytes });
+}
+
+/** Discard the freed ranges in the file (errors are ignored: it is only an optimisation). */
+export async function processDiscards(s: Qcow2State): Promise<void> {
+  const pending = s.pendingDiscards.splice(0);
+  for (const d of pending) await s.file.discard(d.offset, d.bytes).catch(() => {});
+}
+
+/**
+ * The refcount block covering `clusterIndex`, allocating it if there is none: placed so that it
+ * describes itself when possible, hooked into the refcount table (growing the table into a new
+ * self-describing area when it is full). Returns AGAIN after allocating anything.
+ */
+async function allocRefcountBlock(s: Qcow2State, clusterIndex: number): Promise<Table | typeof AGAIN> {
+  const tableIndex = reftableIndexOf(s, clusterIndex);
+  if (tableIndex < s.refcountTableSize) {
+    const blockOffset = reftableOffset(s.refcountTable, tableIndex);
+    if (blockOffset) {
+      if (offsetIntoCluster(s, blockOffset)) {
+        throw await signalCorruption(s, true, `Refblock offset ${hex(blockOffset)} unaligned (reftable index: ${hex(tableIndex)})`);
+      }
+      return s.refcountCache.get(blockOffset);
+    }
+  }
+  event(s, 'refblock_alloc');
+  // The refcount table will point to data the L2 tables describe.
+  await s.l2Cache.flush();
+  const newBlock = await allocClustersNoref(s, s.clusterSize, Number.MAX_SAFE_INTEGER);
+  if (newBlock === 0) throw await signalCorruption(s, true, 'Preventing invalid allocation of refcount block at offset 0');
+
+  let block: Table;
+  const newBlockIndex = newBlock / s.clusterSize;
+  if (reftableIndexOf(s, newBlockIndex) === tableIndex) {
+    block = await s.refcountCache.getEmpty(newBlock);
+    block.data.fill(0);
+    setRefcount(block, s.refcountOrder, newBlockIndex % s.refcountBlockSize, 1);
+  } else {
+    // Described by another block; this recurses at most twice before a block describes itself.
+    // Should that allocate a block itself, the caller starts over.
+    if ((await updateRefcount(s, newBlock, s.clusterSize, 1, false, 'never')) === AGAIN) return AGAIN;
+    await s.refcountCache.flush();
+    block = await s.refcountCache.getEmpty(newBlock);
+    block.data.fill(0);
+  }
+  event(s, 'refblock_alloc_write');
+  s.refcountCache.markDirty(block);
+  try {
+    await s.refcountCache.flush();
+  } finally {
+    s.refcountCache.put(block);
+  }
+
+  if (tableIndex < s.refcountTableSize) {
+    event(s, 'refblock_alloc_hookup');
+    const entry = makeTable(new Uint8Array(8));
+    setReftableOffset(entry, 0, newBlock);
+    await s.file.write(s.refcountTableOffset + tableIndex * 8, 8, entry.data);
+    await s.file.flush();
+    setReftableOffset(s.refcountTable, tableIndex, newBlock);
+    s.maxRefcountTableIndex = Math.max(s.maxRefcountTableIndex, tableIndex);
+    return AGAIN;
+  }
+
+  event(s, 'reftable_grow');
+  // The new structures go behind everything the refcount blocks so far can describe,
+  // including the cluster this new block will describe and the new block itself.
+  const blocksUsed = Math.ceil(Math.max(clusterIndex + 1, newBlockIndex + 1) / s.refcountBlockSize);
+  const metaOffset = blocksUsed * s.refcountBlockSize * s.clusterSize;
+  await refcountArea(s, metaOffset, 0, false, tableIndex, newBlock);
+  return AGAIN;
+}
+
+/**
+ * Clusters of refcount metadata (blocks + table) needed to describe `clusters` clusters and
+ * the metadata itself; with `generous`, room for half again as many table clusters.
+ */
+export function refcountMetadataSize(
+  clusters: number, clusterSize: number, refcountOrder: number, generous: boolean,
+): { bytes: number; blocks: number } {
+  const blocksPerTableCluster = clusterSize / 8;
+  const refcountsPerBlock = (clusterSize * 8) / 2 ** refcountOrder;
+  let table = 0;
+  let blocks = 0;
+  let n = 0;
+  let last: number;
+  do {
+    last = n;
+    blocks = Math.ceil((clusters + table + blocks) / refcountsPerBlock);
+    table = Math.ceil(blocks / blocksPerTableCluster);
+    n = clusters + blocks + table;
+    if (n === last && generous) {
+      clusters += Math.ceil(table / 2);
+      n = 0;
+      generous = false;
+    }
+  } while (n !== last);
+  return { bytes: (blocks + table) * clusterSize, blocks };
+}
+
+/**
+ * Create refcount blocks and a new refcount table at `startOffset` (nothing may be allocated
+ * there) covering everything up to there plus `additionalClusters`, switch the header to the
+ * new table and free the old one. Returns the end offset of the new structures.
+ */
+export async function refcountArea(
+  s: Qcow2State, startOffset: number, additionalClusters: number, exactSize: boolean,
+  newRefblockIndex: number, newRefblockOffset: number,
+): Promise<number> {
+  const { blocks: totalRefblocks } = refcountMetadataSize(
+    startOffset / s.clusterSize + additionalClusters, s.clusterSize, s.refcountOrder, !exactSize,
+  );
+  if (totalRefblocks > MAX_REFTABLE_SIZE) throw new BlkioError('EFBIG');
+  const areaReftableIndex = Math.floor(startOffset / s.clusterSize / s.refcountBlockSize);
+  let tableSize = exactSize ? totalRefblocks : totalRefblocks + Math.ceil(totalRefblocks / 2);
+  const entriesPerCluster = s.clusterSize / 8;
+  tableSize = Math.ceil(tableSize / entriesPerCluster) * entriesPerCluster;
+  const tableClusters = (tableSize * 8) / s.clusterSize;
+  if (tableSize > MAX_REFTABLE_SIZE) throw new BlkioError('EFBIG');
+
+  const newTable = makeTable(new Uint8Array(tableSize * 8));
+  const keep = tableSize > s.maxRefcountTableIndex ? s.maxRefcountTableIndex + 1 : tableSize;
+  newTable.data.set(s.refcountTable.data.subarray(0, Math.min(keep, s.refcountTableSize) * 8));
+  if (newRefblockOffset) setReftableOffset(newTable, newRefblockIndex, newRefblockOffset);
+
+  let additionalRefblocks = 0;
+  for (let i = areaReftableIndex; i < totalRefblocks; i++) if (!reftableOffset(newTable, i)) additionalRefblocks++;
+  const tableOffset = startOffset + additionalRefblocks * s.clusterSize;
+  const endOffset = tableOffset + tableClusters * s.clusterSize;
+
+  let blockOffset = startOffset;
+  for (let i = areaReftableIndex; i < totalRefblocks; i++) {
+    let block: Table;
+    const existing = reftableOffset(newTable, i);
+    if (existing) {
+      block = await s.refcountCache.get(existing);
+    } else {
+      block = await s.refcountCache.getEmpty(blockOffset);
+      block.data.fill(0);
+      s.refcountCache.markDirty(block);
+      setReftableOffset(newTable, i, blockOffset);
+      blockOffset += s.clusterSize;
+    }
+    const firstCovered = i * s.refcountBlockSize * s.clusterSize;
+    if (firstCovered < endOffset) {
+      const from = firstCovered < startOffset ? (startOffset - firstCovered) / s.clusterSize : 0;
+      const to = Math.min((endOffset - firstCovered) / s.clusterSize, s.refcountBlockSize);
+      for (let j = from; j < to; j++) setRefcount(block, s.refcountOrder, j, 1);
+      s.refcountCache.markDirty(block);
+    }
+    s.refcountCache.put(block);
+  }
+
+  event(s, 'refblock_alloc_write_blocks');
+  await s.refcountCache.flush();
+  event(s, 'refblock_alloc_write_table');
+  await s.file.write(tableOffset, tableSize * 8, newTable.data);
+  await s.file.flush();
+
+  const pointer = new Uint8Array(12);
+  const view = new DataView(pointer.buffer);
+  view.setBigUint64(0, BigInt(tableOffset));
+  view.setUint32(8, tableClusters);
+  event(s, 'refblock_alloc_switch_table');
+  await s.file.write(OFFSET_REFCOUNT_TABLE, 12, pointer);
+  await s.file.flush();
+
+  const oldOffset = s.refcountTableOffset;
+  const oldSize = s.refcountTableSize;
+  s.refcountTable = newTable;
+  s.refcountTableSize = tableSize;
+  s.refcountTableOffset = tableOffset;
+  s.header.refcountTableOffset = tableOffset;
+  s.header.refcountTableClusters = tableClusters;
+  updateMaxRefcountTableIndex(s);
+  await freeClusters(s, oldOffset, oldSize * 8, 'other');
+  return endOffset;
+}
+
+/** Index of the last cluster with a non-zero refcount below `fileSize`. */
+export async function getLastCluster(s: Qcow2State, fileSize: number): Promise<number> {
+  for (let i = sizeToClusters(s, fileSize) - 1; i >= 0; i--) {
+    if ((await getClusterRefcount(s, i)) > 0) return i;
+  }
+  throw await signalCorruption(s, true, 'There are no references in the refcount table.');
+}
