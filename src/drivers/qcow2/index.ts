@@ -4,7 +4,7 @@
  * (allocating writes and COW), read, write, zero (zero writes, discard), compressed, truncate,
  * create and check.
  */
-import { BlkioError } from '../../errors.js';
+import { BlkioError, toBlkioError } from '../../errors.js';
 import { ROLE_IMAGE, type BlockDriver, type OptionSpecs } from '../../block/driver.js';
 import {
   REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO,
@@ -20,7 +20,7 @@ import { discardGuest, writeZeroesGuest } from './zero.js';
 import { truncateImage } from './truncate.js';
 import { createImage, QCOW2_CREATE_OPTIONS } from './create.js';
 import { checkImage } from './check.js';
-import type { Qcow2State } from './state.js';
+import { writeStderr, type Qcow2State } from './state.js';
 
 export type { Qcow2State } from './state.js';
 
@@ -69,18 +69,23 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     node.backingFile = s.backingFile ?? '';
     node.backingFormat = s.backingFormat ?? '';
     if (!node.readOnly && s.header.incompatibleFeatures & INCOMPAT_DIRTY) {
-      const result = await checkImage(s, 'all', () => {}).catch((e: unknown) => e);
-      if (!(result && typeof result === 'object' && 'checkErrors' in result) || result.checkErrors) {
-        const code = result instanceof BlkioError ? result.code : 'EIO';
-        throw new BlkioError(code, `Could not repair dirty image: ${new BlkioError(code).strerror}`);
-      }
+      s.pendingRepair = async () => {
+        const result = await checkImage(s, 'all', (line) => writeStderr(`${line}\n`)).catch((e: unknown) => toBlkioError(e));
+        if (result instanceof BlkioError || result.checkErrors) {
+          s.unusable = true;
+          const code = result instanceof BlkioError ? result.code : 'EIO';
+          throw new BlkioError(code, `Could not repair dirty image: ${new BlkioError(code).strerror}`);
+        }
+      };
     }
     return s;
   },
 
   async close(node) {
     const s = node.state;
-    if (!s || s.unusable || s.readOnly) return;
+    if (!s || s.readOnly) return;
+    await requireUsable(s).catch(() => {});
+    if (s.unusable) return;
     await s.lock.run(async () => {
       await s.l2Cache.flush();
       await s.refcountCache.flush();
@@ -103,44 +108,45 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   allocatedSize: (node) => node.state.file.node.driver.allocatedSize?.(node.state.file.node) ?? Promise.resolve(undefined),
 
   async read(node, offset, bytes, buf) {
-    requireUsable(node.state);
+    await requireUsable(node.state);
     await readGuest(node.state, offset, bytes, buf);
   },
 
   async write(node, offset, bytes, buf) {
-    requireUsable(node.state);
+    await requireUsable(node.state);
     await writeGuest(node.state, offset, bytes, buf);
   },
 
   async writeZeroes(node, offset, bytes, flags) {
-    requireUsable(node.state);
+    await requireUsable(node.state);
     await writeZeroesGuest(node.state, node, offset, bytes, flags);
   },
 
   async writeCompressed(node, offset, bytes, buf) {
-    requireUsable(node.state);
+    await requireUsable(node.state);
     await writeCompressedGuest(node.state, offset, bytes, buf);
   },
 
   async discard(node, offset, bytes) {
-    requireUsable(node.state);
+    await requireUsable(node.state);
     await discardGuest(node.state, offset, bytes);
   },
 
   async flush(node) {
     const s = node.state;
-    if (s.unusable || s.readOnly) return;
+    if (s.readOnly) return;
+    await requireUsable(s);
     await s.lock.run(() => writeCaches(s));
   },
 
   async truncate(node, size, _exact, prealloc) {
-    requireUsable(node.state);
+    await requireUsable(node.state);
     await truncateImage(node.state, size, prealloc);
   },
 
   async blockStatus(node, offset, bytes) {
     const s = node.state;
-    requireUsable(s);
+    await requireUsable(s);
     const m = await s.lock.run(() => getHostOffset(s, offset, Math.min(bytes, 0x7fffffff)));
     let status = 0;
     const result = { status, pnum: m.bytes, map: undefined as number | undefined, file: undefined as typeof node | undefined };
@@ -199,12 +205,14 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   create: createImage,
 
   check(node, repair, report) {
+    // qemu-img check sees the image as it is: a pending open-time repair is this check's job.
+    node.state.pendingRepair = undefined;
     return checkImage(node.state, repair, report);
   },
 
   async changeBackingFile(node, filename, format) {
     const s = node.state;
-    requireUsable(s);
+    await requireUsable(s);
     if (filename.length > BACKING_FILE_MAX) throw new BlkioError('EINVAL');
     await s.lock.run(async () => {
       s.backingFile = filename || undefined;

@@ -318,6 +318,11 @@ export async function markConsistent(s: Qcow2State): Promise<void> {
   await updateHeader(s);
 }
 
-export function requireUsable(s: Qcow2State): void {
+/** Fail on an image made unusable by corruption; run a pending dirty-image repair first. */
+export async function requireUsable(s: Qcow2State): Promise<void> {
+  if (s.pendingRepair) {
+    s.repair ??= s.pendingRepair();
+    await s.repair;
+  }
   if (s.unusable) throw errno('ENOMEDIUM');
 }

@@ -125,6 +125,12 @@ export interface Qcow2State {
   signaledCorruption: boolean;
   /** Set after fatal corruption: every request fails (QEMU drops the driver). */
   unusable: boolean;
+  /**
+   * Repair of an image left dirty (lazy refcounts), run before the first request: QEMU repairs
+   * at open unless the open is qemu-img check's, which blkio's open cannot tell apart.
+   */
+  pendingRepair?: () => Promise<void>;
+  repair?: Promise<void>;
 }
 
 /** The geometry every qcow2 calculation uses, from validated header fields. */
