@@ -245,6 +245,8 @@ export class BlockLayer {
       if (typeof options.filename !== 'string') throw new BlkioError('EINVAL', 'Must specify either driver or file');
       driver = this.protocolFor(options.filename, parseFilename);
     }
+    // The name as given stays the node's filename even when the driver splits it up (blkdebug:...).
+    const givenFilename = parseFilename ? (options.filename as string) : undefined;
     if (driver?.parseFilename && parseFilename) {
       driver.parseFilename(options.filename as string, options);
       if (!('filename' in driver.options)) delete options.filename;
@@ -287,6 +289,7 @@ export class BlockLayer {
       node.forceShare = generic.forceShare;
       node.openOptions = { driver: driver.name, ...explicit };
       if (protocol && typeof effective.filename === 'string') node.filename = effective.filename;
+      else if (givenFilename !== undefined) node.filename = givenFilename;
       // The name is taken before the driver opens the other children, as in QEMU.
       this.nodes.set(nodeName, node);
 
