@@ -8,6 +8,7 @@ export const STRERROR = {
   EPERM: 'Operation not permitted',
   ENOENT: 'No such file or directory',
   EIO: 'Input/output error',
+  ENXIO: 'No such device or address',
   E2BIG: 'Argument list too long',
   EBADF: 'Bad file descriptor',
   EAGAIN: 'Resource temporarily unavailable',
@@ -17,10 +18,13 @@ export const STRERROR = {
   EEXIST: 'File exists',
   EISDIR: 'Is a directory',
   EINVAL: 'Invalid argument',
+  ETXTBSY: 'Text file busy',
   EFBIG: 'File too large',
   ENOSPC: 'No space left on device',
+  ESPIPE: 'Illegal seek',
   EROFS: 'Read-only file system',
   ERANGE: 'Numerical result out of range',
+  EOVERFLOW: 'Value too large for defined data type',
   ENOTSUP: 'Operation not supported',
   ECANCELED: 'Operation canceled',
   EMEDIUMTYPE: 'Wrong medium type',
@@ -38,9 +42,10 @@ export type Errno = keyof typeof STRERROR;
 
 /** Linux errno numbers, for options such as blkdebug's `errno=5`. */
 export const ERRNO_NUMBERS: Record<number, Errno> = {
-  1: 'EPERM', 2: 'ENOENT', 5: 'EIO', 7: 'E2BIG', 9: 'EBADF', 11: 'EAGAIN', 12: 'ENOMEM',
+  1: 'EPERM', 2: 'ENOENT', 5: 'EIO', 6: 'ENXIO', 7: 'E2BIG', 9: 'EBADF', 11: 'EAGAIN', 12: 'ENOMEM',
   13: 'EACCES', 14: 'EFAULT', 16: 'EBUSY', 17: 'EEXIST', 20: 'ENOTDIR', 21: 'EISDIR',
-  22: 'EINVAL', 27: 'EFBIG', 28: 'ENOSPC', 30: 'EROFS', 34: 'ERANGE', 40: 'ELOOP',
+  22: 'EINVAL', 26: 'ETXTBSY', 27: 'EFBIG', 28: 'ENOSPC', 29: 'ESPIPE', 30: 'EROFS', 34: 'ERANGE', 40: 'ELOOP',
+  75: 'EOVERFLOW',
   95: 'ENOTSUP', 107: 'ENOTCONN', 108: 'ESHUTDOWN', 110: 'ETIMEDOUT', 111: 'ECONNREFUSED',
   123: 'ENOMEDIUM', 124: 'EMEDIUMTYPE', 125: 'ECANCELED',
 };

@@ -2,7 +2,8 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { BlkioError, toBlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
-import { REQ_FUA, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
+import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
+import { nativeFileOps, type NativeFileOps } from './file-native.js';
 
 interface FileState {
   handle: FileHandle;
@@ -35,6 +36,87 @@ async function writeZeroRange(handle: FileHandle, offset: number, end: number): 
   for (let pos = offset; pos < end; pos += zeroes.length) {
     await writeFully(handle, zeroes.subarray(0, Math.min(zeroes.length, end - pos)), pos);
   }
+}
+
+/** Whether `promise` settled fine (true) or failed with one of `codes` (false); other errors pass. */
+async function succeeds(promise: Promise<void>, codes: readonly string[]): Promise<boolean> {
+  try {
+    await promise;
+    return true;
+  } catch (e) {
+    if (e instanceof BlkioError && codes.includes(e.code)) return false;
+    throw e;
+  }
+}
+
+/**
+ * Zero [offset, offset+bytes) without writing data, growing the file to cover it: a hole when
+ * unmapping is allowed, else ZERO_RANGE, else a hole allocated anew (file systems without
+ * ZERO_RANGE). ENOTSUP when the file system can do none of these.
+ */
+async function fallocateZeroes(ops: NativeFileOps, s: FileState, offset: number, bytes: number, unmap: boolean): Promise<void> {
+  const fd = s.handle.fd;
+  const end = offset + bytes;
+  const inside = Math.min(end, s.size) - offset;
+  if (unmap && inside > 0 && (await succeeds(ops.punchHole(fd, offset, inside), ['ENOTSUP', 'EINVAL', 'EBUSY']))) {
+    if (end > s.size) await s.handle.truncate(end);
+    return;
+  }
+  if (await succeeds(ops.zeroRange(fd, offset, bytes), ['ENOTSUP', 'EINVAL'])) return;
+  if (inside > 0) await ops.punchHole(fd, offset, inside);
+  await ops.allocate(fd, offset, bytes);
+}
+
+/** Preallocation modes of the file protocol (`metadata` is a format's business). */
+const PREALLOC_MODES = ['off', 'falloc', 'full'];
+
+/**
+ * Write the first block of a file that was empty, as QEMU does when it sizes a new file: file
+ * systems then report a real alignment for it. Failures do not matter.
+ */
+async function allocateFirstBlock(handle: FileHandle, size: number): Promise<void> {
+  await writeFully(handle, new Uint8Array(size < 4096 ? 512 : 4096), 0).catch(() => undefined);
+}
+
+/** Set the file's size, preallocating a grown part as `prealloc` says ('off', 'falloc' or 'full'). */
+async function resizeFile(s: FileState, size: number, prealloc: string): Promise<void> {
+  const { handle } = s;
+  const current = (await handle.stat()).size;
+  if (prealloc !== 'off' && size < current) {
+    throw new BlkioError('ENOTSUP', 'Cannot use preallocation for shrinking files');
+  }
+  if (!PREALLOC_MODES.includes(prealloc)) {
+    throw new BlkioError('ENOTSUP', `Unsupported preallocation mode: ${prealloc}`);
+  }
+  // A failed preallocation leaves the file as it was.
+  const step = async (what: string, action: () => Promise<void>) => {
+    try {
+      await action();
+    } catch (e) {
+      await handle.truncate(current).catch(() => undefined);
+      throw toBlkioError(e).prepend(`${what}: `);
+    }
+  };
+  if (prealloc === 'full') {
+    await step('Could not resize file', () => handle.truncate(size));
+    await step('Could not write zeros for preallocation', () => writeZeroRange(handle, current, size));
+    await step('Could not flush file to disk', () => handle.sync());
+  } else if (prealloc === 'falloc' && size > current) {
+    // Without the addon the new part stays sparse: it reads as zeroes all the same.
+    const ops = nativeFileOps();
+    await step('Could not preallocate new data', async () => {
+      if (!ops || !(await succeeds(ops.allocate(handle.fd, current, size - current), ['ENOTSUP']))) {
+        await handle.truncate(size);
+      }
+    });
+  } else if (prealloc === 'off') {
+    await handle.truncate(size).catch((e) => {
+      throw toBlkioError(e).prepend('Could not resize file: ');
+    });
+  }
+  if (current === 0 && size > 0 && prealloc !== 'full') await allocateFirstBlock(handle, size);
+  // The first block can make a tiny file longer than asked, as in QEMU.
+  s.size = (await handle.stat()).size;
 }
 
 export const fileDriver: BlockDriver<FileState> = {
@@ -93,8 +175,11 @@ export const fileDriver: BlockDriver<FileState> = {
   },
 
   supportedWriteFlags: () => REQ_FUA,
-  /** Zeroes inside the file are written like fallocate(ZERO_RANGE) would: no fallback is needed. */
-  supportedZeroFlags: () => REQ_NO_FALLBACK,
+  /**
+   * With the native addon zeroes are fallocate()d, holes when unmapping is allowed. Without it
+   * they are written here, as fallocate(ZERO_RANGE) would leave them: no fallback is needed.
+   */
+  supportedZeroFlags: () => (nativeFileOps() ? REQ_MAY_UNMAP | REQ_NO_FALLBACK | REQ_FUA : REQ_NO_FALLBACK),
 
   getLength: (node) => node.state.size,
 
@@ -119,45 +204,59 @@ export const fileDriver: BlockDriver<FileState> = {
     if (flags & REQ_FUA && !s.noFlush) await s.handle.datasync();
   },
 
-  /** Zeroes inside the file are written; past the end the file grows sparsely. */
-  async writeZeroes(node, offset, bytes) {
+  /** Zeroes inside the file are fallocate()d (without the addon: written); past the end the file grows. */
+  async writeZeroes(node, offset, bytes, flags) {
     const s = node.state;
-    if (offset < s.size) await writeZeroRange(s.handle, offset, Math.min(offset + bytes, s.size));
-    if (offset + bytes > s.size) {
-      await s.handle.truncate(offset + bytes);
-      s.size = offset + bytes;
+    const ops = nativeFileOps();
+    if (ops) {
+      await fallocateZeroes(ops, s, offset, bytes, (flags & REQ_MAY_UNMAP) !== 0);
+      if (flags & REQ_FUA && !s.noFlush) await s.handle.datasync();
+    } else {
+      if (offset < s.size) await writeZeroRange(s.handle, offset, Math.min(offset + bytes, s.size));
+      if (offset + bytes > s.size) await s.handle.truncate(offset + bytes);
     }
+    s.size = Math.max(s.size, offset + bytes);
   },
 
-  /** Node cannot punch holes; discarded ranges read back as zeroes, as after QEMU's hole punch. */
+  /**
+   * A hole is punched (as QEMU's discard=unmap); a file system that cannot keeps the data, as a
+   * discard is only advice. Without the addon the range is zeroed (a tail by truncating).
+   */
   async discard(node, offset, bytes) {
     const s = node.state;
     const end = Math.min(offset + bytes, s.size);
-    if (end === s.size && offset < end) {
+    if (end <= offset) return;
+    const ops = nativeFileOps();
+    if (ops) {
+      await succeeds(ops.punchHole(s.handle.fd, offset, end - offset), ['ENOTSUP']);
+    } else if (end === s.size) {
       await s.handle.truncate(offset);
       await s.handle.truncate(s.size);
-      return;
+    } else {
+      await writeZeroRange(s.handle, offset, end);
     }
-    await writeZeroRange(s.handle, offset, end);
   },
 
   async flush(node) {
     if (!node.state.noFlush && !node.readOnly) await node.state.handle.datasync();
   },
 
-  async truncate(node, size, _exact, prealloc) {
-    if (prealloc !== 'off' && prealloc !== 'falloc' && prealloc !== 'full') {
-      throw new BlkioError('ENOTSUP', `Unsupported preallocation mode: ${prealloc}`);
-    }
-    await node.state.handle.truncate(size);
-    node.state.size = size;
-  },
+  truncate: (node, size, _exact, prealloc) => resizeFile(node.state, size, prealloc),
 
+  /** Holes read as zeroes; data runs to the next hole. The host offset is the guest offset. */
   async blockStatus(node, offset, bytes) {
-    // Without SEEK_DATA we can only tell a file that has no blocks at all.
-    const stat = await node.state.handle.stat();
-    const status = stat.blocks === 0 ? STATUS_ZERO | STATUS_OFFSET_VALID : STATUS_DATA | STATUS_OFFSET_VALID;
-    return { status, pnum: bytes, map: offset, file: node };
+    const ops = nativeFileOps();
+    let zero: boolean;
+    let pnum = bytes;
+    if (ops) {
+      const extent = await ops.extentAt(node.state.handle.fd, offset);
+      zero = extent.zero;
+      pnum = Math.min(bytes, extent.end - offset);
+    } else {
+      // Without SEEK_DATA we can only tell a file that has no blocks at all.
+      zero = (await node.state.handle.stat()).blocks === 0;
+    }
+    return { status: (zero ? STATUS_ZERO : STATUS_DATA) | STATUS_OFFSET_VALID, pnum, map: offset, file: node };
   },
 
   getInfo: () => ({}),
