@@ -17,6 +17,8 @@ export const STATUS_OFFSET_VALID = 0x04;
 export const STATUS_RAW = 0x08;
 export const STATUS_ALLOCATED = 0x10;
 export const STATUS_EOF = 0x20;
+/** Asked by a format of its data: is the host range below a hole? (see nodeBlockStatus) */
+export const STATUS_RECURSE = 0x40;
 export const STATUS_COMPRESSED = 0x80;
 
 /** The largest single request (QEMU's BDRV_REQUEST_MAX_BYTES: INT_MAX rounded down to 512). */

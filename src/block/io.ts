@@ -12,7 +12,7 @@ import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, permNames } from './perm
 import {
   MAX_BOUNCE_BUFFER, REQ_COPY_ON_READ, REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_PREFETCH,
   REQ_SERIALISING, REQ_WRITE_UNCHANGED, REQ_ZERO_WRITE, STATUS_ALLOCATED, STATUS_DATA, STATUS_EOF,
-  STATUS_OFFSET_VALID, STATUS_RAW, STATUS_ZERO,
+  STATUS_OFFSET_VALID, STATUS_RAW, STATUS_RECURSE, STATUS_ZERO,
 } from './flags.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -388,7 +388,35 @@ export async function nodeBlockStatus(node: BlockNode, offset: number, bytes: nu
     const cow = node.backing?.node;
     if (!cow || offset >= cow.getLength()) status |= STATUS_ZERO;
   }
+  if (status & STATUS_RECURSE) {
+    status &= ~STATUS_RECURSE;
+    const host = result.file;
+    const mappedData = (status & (STATUS_DATA | STATUS_ZERO | STATUS_OFFSET_VALID)) === (STATUS_DATA | STATUS_OFFSET_VALID);
+    if (mappedData && host && host !== node && result.map !== undefined) {
+      const below = await hostZeroes(host, result.map, pnum);
+      if (below?.zero) status |= STATUS_ZERO;
+      if (below) pnum = below.pnum;
+    }
+  }
   return { ...result, status, pnum };
+}
+
+/**
+ * A format's data may sit on host space that was never written (qcow2 with preallocated
+ * metadata): the format sets STATUS_RECURSE, and the file below tells whether that space is a
+ * hole, which reads as zeroes (QEMU's BDRV_BLOCK_RECURSE). Only extra information: on error,
+ * undefined.
+ */
+async function hostZeroes(host: BlockNode, map: number, bytes: number): Promise<{ zero: boolean; pnum: number } | undefined> {
+  try {
+    const r = await nodeBlockStatus(host, map, bytes);
+    const zero = (r.status & STATUS_ZERO) !== 0;
+    // At or past the host's end, or zero up to it: the whole range reads as zeroes.
+    if (r.pnum === 0 || (zero && map + r.pnum >= host.getLength())) return { zero: true, pnum: bytes };
+    return { zero, pnum: r.pnum };
+  } catch {
+    return undefined;
+  }
 }
 
 /** Whether this layer (not its backing chain) holds the data at offset, and for how many bytes. */
