@@ -90,6 +90,12 @@ export interface CheckResult {
   compressedClusters: number;
 }
 
+/** A permission change a driver prepared (host resources such as file locks): kept or undone with the whole update. */
+export interface PermissionUpdate {
+  commit(): void;
+  abort(): void;
+}
+
 export interface BlockDriver<S = unknown> {
   readonly name: string;
   readonly kind: DriverKind;
@@ -114,6 +120,12 @@ export interface BlockDriver<S = unknown> {
   close?(node: BlockNode<S>): Promise<void>;
   /** Switch between read-only and read-write access (bdrv_reopen); `node.readOnly` is already updated. */
   reopen?(node: BlockNode<S>): Promise<void>;
+
+  /**
+   * The node's parents are about to take `perm` and share `shared` (cumulative): claim what
+   * that needs outside the graph (file-posix's image locks), or throw to refuse the change.
+   */
+  preparePermissions?(node: BlockNode<S>, perm: number, shared: number): PermissionUpdate | undefined;
 
   /** Permissions to take and share on `child`, given what the node's parents take and share. */
   childPerm?(node: BlockNode<S>, child: BdrvChild, parents: PermPair): PermPair;

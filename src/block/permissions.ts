@@ -1,7 +1,7 @@
 import { BlkioError } from '../errors.js';
 import type { BdrvChild } from './child.js';
 import type { BlockNode } from './node.js';
-import { ROLE_COW, ROLE_DATA, ROLE_METADATA } from './driver.js';
+import { ROLE_COW, ROLE_DATA, ROLE_METADATA, type PermissionUpdate } from './driver.js';
 
 /**
  * Permissions on graph edges (QEMU's BLK_PERM_*): what a parent uses of a child node and what
@@ -108,7 +108,7 @@ function computeBelow(node: BlockNode, tentative: Tentative): void {
   }
 }
 
-function checkNode(node: BlockNode, tentative: Tentative): void {
+function checkNode(node: BlockNode, tentative: Tentative, updates: PermissionUpdate[]): void {
   // Newest parent first, the order QEMU walks its parent list in.
   const edges = [...node.parents].reverse();
   for (const a of edges) {
@@ -128,10 +128,12 @@ function checkNode(node: BlockNode, tentative: Tentative): void {
       }
     }
   }
-  const { perm } = cumulative(node, tentative);
+  const { perm, shared } = cumulative(node, tentative);
   if (perm & (PERM_WRITE | PERM_WRITE_UNCHANGED) && !node.isWritable) {
     throw new BlkioError('EPERM', 'Block node is read-only');
   }
+  const update = node.driver.preparePermissions?.(node, perm, shared);
+  if (update) updates.push(update);
 }
 
 /**
@@ -144,15 +146,22 @@ export function refreshPermissions(changes: Map<BdrvChild, PermPair>, roots: Blo
   for (const edge of changes.keys()) tops.add(edge.node);
   for (const node of tops) computeBelow(node, tentative);
   const visited = new Set<BlockNode>();
+  const updates: PermissionUpdate[] = [];
   const visit = (node: BlockNode): void => {
     if (visited.has(node)) return;
     visited.add(node);
-    checkNode(node, tentative);
+    checkNode(node, tentative, updates);
     for (const c of node.children) visit(c.node);
   };
-  for (const node of tops) visit(node);
+  try {
+    for (const node of tops) visit(node);
+  } catch (e) {
+    for (const update of updates.reverse()) update.abort();
+    throw e;
+  }
   for (const [edge, p] of tentative) {
     edge.perm = p.perm;
     edge.shared = p.shared;
   }
+  for (const update of updates) update.commit();
 }
