@@ -188,13 +188,14 @@ async function updateRefcount(
       if (refcount === 0 && clusterIndex < s.freeClusterIndex) s.freeClusterIndex = clusterIndex;
       setRefcount(block!, s.refcountOrder, blockIndex, refcount);
       if (refcount === 0) {
-        if (s.refcountCache.has(clusterOffset)) {
+        // QEMU looks for cached tables at the start of the whole range, not at each cluster.
+        if (s.refcountCache.has(offset)) {
           s.refcountCache.put(block!);
           block = undefined;
           oldTableIndex = -1;
-          s.refcountCache.discard(clusterOffset);
+          s.refcountCache.discard(offset);
         }
-        dropCachedL2(s, clusterOffset);
+        s.l2Cache.discard(offset);
         if (s.discardPassthrough[type]) queueDiscard(s, clusterOffset, s.clusterSize);
       }
     }
@@ -210,12 +211,6 @@ async function updateRefcount(
   if (!s.cacheDiscards) await processDiscards(s);
   if (failure !== undefined) throw failure;
   return again ? AGAIN : undefined;
-}
-
-/** A freed cluster may have been an L2 table: its cached slices must not be written any more. */
-function dropCachedL2(s: Qcow2State, clusterOffset: number): void {
-  const sliceBytes = s.l2SliceSize * s.l2EntrySize;
-  for (let o = clusterOffset; o < clusterOffset + s.clusterSize; o += sliceBytes) s.l2Cache.discard(o);
 }
 
 function queueDiscard(s: Qcow2State, offset: number, bytes: number): void {
@@ -234,7 +229,12 @@ function queueDiscard(s: Qcow2State, offset: number, bytes: number): void {
 /** Discard the freed ranges in the file (errors are ignored: it is only an optimisation). */
 export async function processDiscards(s: Qcow2State): Promise<void> {
   const pending = s.pendingDiscards.splice(0);
-  for (const d of pending) await s.file.discard(d.offset, d.bytes).catch(() => {});
+  const fileLength = s.file.getLength();
+  for (const d of pending) {
+    // A freed cluster may reach past the end of the file (compressed data ends mid-cluster).
+    const bytes = Math.min(d.bytes, fileLength - d.offset);
+    if (bytes > 0) await s.file.discard(d.offset, bytes).catch(() => {});
+  }
 }
 
 /**

@@ -18,23 +18,62 @@ export async function hostRangeFor(s: Qcow2State, offset: number, bytes: number)
   }
 }
 
-export async function writeGuest(s: Qcow2State, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
-  let done = 0;
-  while (done < bytes) {
-    const range = await hostRangeFor(s, offset + done, bytes - done);
-    const data = buf.subarray(done, done + range.bytes);
+/** Chunks whose data writes run at once (QEMU's request workers). */
+const MAX_WORKERS = 8;
+
+interface Chunk {
+  offset: number;
+  range: HostRange;
+  data: Uint8Array;
+}
+
+async function writeChunkData(s: Qcow2State, c: Chunk): Promise<void> {
+  if (mergeCow(c.range.metas, c.offset, c.range.bytes, c.data)) return;
+  debugEvent(s.file.node, 'write_aio');
+  await s.file.write(c.range.hostOffset, c.range.bytes, c.data);
+}
+
+/** Write the chunks' data concurrently, then link their allocations in order. */
+async function completeChunks(s: Qcow2State, chunks: Chunk[]): Promise<void> {
+  const written = await Promise.allSettled(chunks.map((c) => writeChunkData(s, c)));
+  let error: unknown;
+  for (const [i, c] of chunks.entries()) {
+    const w = written[i];
     try {
-      if (!mergeCow(range.metas, offset + done, range.bytes, data)) {
-        debugEvent(s.file.node, 'write_aio');
-        await s.file.write(range.hostOffset, range.bytes, data);
-      }
+      if (w.status === 'rejected') throw w.reason;
+      await linkAllocations(s, c.range.metas);
     } catch (e) {
-      await s.lock.run(() => abortAllocations(s, range.metas));
-      throw e;
+      if (w.status === 'rejected') await s.lock.run(() => abortAllocations(s, c.range.metas));
+      error ??= e;
     }
-    await linkAllocations(s, range.metas);
-    done += range.bytes;
   }
+  if (error !== undefined) throw error;
+}
+
+/**
+ * Split the request into host-contiguous chunks. As in QEMU, where each chunk's data write
+ * and L2 update run as a separate task while the next chunks are allocated, up to eight
+ * chunks are allocated before the first one is linked (which matters when linking frees
+ * clusters the next allocation could otherwise reuse).
+ */
+export async function writeGuest(s: Qcow2State, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  let chunks: Chunk[] = [];
+  try {
+    for (let done = 0; done < bytes;) {
+      if (chunks.length === MAX_WORKERS) {
+        const batch = chunks;
+        chunks = [];
+        await completeChunks(s, batch);
+      }
+      const range = await hostRangeFor(s, offset + done, bytes - done);
+      chunks.push({ offset: offset + done, range, data: buf.subarray(done, done + range.bytes) });
+      done += range.bytes;
+    }
+  } catch (e) {
+    await completeChunks(s, chunks).catch(() => {});
+    throw e;
+  }
+  await completeChunks(s, chunks);
 }
 
 /** `write -c`: whole clusters (the last one may end at the image end), each deflated on its own. */
