@@ -298,6 +298,9 @@ export class BlockLayer {
       for (const key of given) node.openOptions[key] = parsed[key] as OptionScalar;
       ctx = new OpenContext(this, node, options, parsed, undefined, effective);
       node.state = await driver.open(node, ctx);
+      // The children so far take their permissions (and file locks) before the backing file
+      // opens, as QEMU's attach does, so a backing chain that reuses a file fails as there.
+      refreshPermissions(new Map(), [node]);
       if (!noBacking) await this.openBacking(node, ctx);
       const leftover = qdictKeyOrder(Object.keys(options))[0];
       if (leftover !== undefined) {
