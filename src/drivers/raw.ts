@@ -116,9 +116,10 @@ export const rawDriver: BlockDriver<RawState> = {
     return { status: STATUS_RAW | STATUS_OFFSET_VALID, pnum: bytes, map: node.state.offset + offset, file: node.state.file.node };
   },
 
-  /** raw has no information of its own: its file's (none at all when the file has none, as null-co). */
+  /** raw has no information of its own: its file's, looking through filters (none at all when that has none, as null-co). */
   getInfo(node) {
-    const file = node.state.file.node;
+    let file = node.state.file.node;
+    while (!file.driver.getInfo && file.filteredChild) file = file.filteredChild.node;
     if (!file.driver.getInfo) throw errno('ENOTSUP');
     return nodeInfo(file);
   },
