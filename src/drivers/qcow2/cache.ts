@@ -111,8 +111,9 @@ export class TableCache {
     this.entries.delete(offset);
   }
 
-  /** Forget everything (after the on-disk structure was rebuilt behind the cache). */
-  clear(): void {
+  /** Write everything back and forget it (before the on-disk structure is replaced). */
+  async empty(): Promise<void> {
+    await this.flush();
     this.entries.clear();
   }
 

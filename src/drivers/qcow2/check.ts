@@ -479,7 +479,7 @@ async function writeRefblocks(c: Checker, first: number, end: number, reftable: 
 /** Replace the refcount structure with one built from the computed refcounts. */
 async function rebuildRefcountStructure(c: Checker): Promise<void> {
   const { s } = c;
-  s.refcountCache.clear();
+  await s.refcountCache.empty();
   const reftable = { table: makeTable(new Uint8Array(0)), entries: 0 };
   let changed = await writeRefblocks(c, 0, c.refs.size, reftable);
   let tableOffset = 0;

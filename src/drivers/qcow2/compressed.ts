@@ -15,20 +15,22 @@ import type { Qcow2State } from './state.js';
 const WINDOW_BITS = 12;
 const MEM_LEVEL = 9;
 
-function requireZlib(s: Qcow2State): void {
-  if (s.header.compressionType !== COMPRESSION_ZLIB) throw new BlkioError('ENOTSUP', 'zstd compression is not supported');
+/** zstd streams cannot be produced here, and reading them fails like any undecodable cluster. */
+function requireZlib(s: Qcow2State, forWrite: boolean): void {
+  if (s.header.compressionType === COMPRESSION_ZLIB) return;
+  throw forWrite ? new BlkioError('ENOTSUP', 'zstd compression is not supported') : errno('EIO');
 }
 
 /** Deflate one cluster; undefined when the result would not be smaller than a cluster. */
 export function compressCluster(s: Qcow2State, data: Uint8Array): Uint8Array | undefined {
-  requireZlib(s);
+  requireZlib(s, true);
   const out = deflateRawSync(data, { level: constants.Z_DEFAULT_COMPRESSION, windowBits: WINDOW_BITS, memLevel: MEM_LEVEL });
   return out.length <= s.clusterSize - 1 ? out : undefined;
 }
 
 /** Inflate into exactly one cluster; a stream that fills the cluster without ending is accepted as QEMU does. */
 export function decompressCluster(s: Qcow2State, input: Uint8Array, out: Uint8Array): void {
-  requireZlib(s);
+  requireZlib(s, false);
   let result: Buffer;
   try {
     result = inflateRawSync(input, {

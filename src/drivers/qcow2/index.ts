@@ -20,6 +20,7 @@ import { discardGuest, writeZeroesGuest } from './zero.js';
 import { truncateImage } from './truncate.js';
 import { createImage, QCOW2_CREATE_OPTIONS } from './create.js';
 import { checkImage } from './check.js';
+import { makeEmpty } from './empty.js';
 import { writeStderr, type Qcow2State } from './state.js';
 
 export type { Qcow2State } from './state.js';
@@ -171,6 +172,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
       clusterSize: s.clusterSize,
       ...(s.extendedL2 ? { subclusterSize: s.subclusterSize } : {}),
       vmStateOffset: s.l1VmStateIndex * 2 ** (s.clusterBits + s.l2Bits),
+      isDirty: (s.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n,
     };
   },
 
@@ -208,6 +210,11 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     // qemu-img check sees the image as it is: a pending open-time repair is this check's job.
     node.state.pendingRepair = undefined;
     return checkImage(node.state, repair, report);
+  },
+
+  async makeEmpty(node) {
+    await requireUsable(node.state);
+    await makeEmpty(node.state);
   },
 
   async changeBackingFile(node, filename, format) {
