@@ -8,10 +8,8 @@
  * else on the last blockdev.
  */
 import { StringDecoder } from 'node:string_decoder';
-import { BlockBackend } from '../block/backend.js';
 import { BlockLayer } from '../block/graph.js';
 import { createObject } from '../block/objects.js';
-import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../block/permissions.js';
 import { allDrivers } from '../drivers/index.js';
 import { isTree, parseQemuJson } from '../options/json.js';
 import { parseKeyval } from '../options/keyval.js';
@@ -19,7 +17,7 @@ import type { FlatOptions, OptionTree } from '../options/types.js';
 import { getopt, type GetoptSpec, type LongOption } from '../commands/io/getopt.js';
 import { IO_COMMANDS, IoSession, runArgv, runCommandLine } from '../commands/io/index.js';
 import { applyModeOption, defaultOpenMode, openFile, parseOptionString, type OpenMode } from '../commands/io/open.js';
-import { openBlockdevs, openDrives } from './open-graph.js';
+import { graphImage, openGraph } from './open-graph.js';
 import { PROGRAM } from './run.js';
 
 const COMMAND_NAME = `${PROGRAM} io`;
@@ -170,17 +168,9 @@ function parseProgramOptions(session: IoSession, argv: string[], spec: GetoptSpe
 async function openProgramImage(session: IoSession, image: string | undefined, opts: ProgramOptions): Promise<boolean> {
   if (opts.blockdevs.length > 0 || opts.drives.length > 0) {
     try {
-      const node = opts.blockdevs.length > 0 ? await openBlockdevs(session.layer, opts.blockdevs, opts.node) : undefined;
-      const drive = opts.drives.length > 0 ? await openDrives(session.layer, opts.drives, opts.mode.readOnly) : undefined;
-      if (image === undefined) {
-        if (drive && opts.node === undefined) {
-          session.image = drive;
-        } else {
-          const root = node ?? session.layer.findNodeOrThrow(opts.node!);
-          const perm = PERM_CONSISTENT_READ | (opts.mode.readOnly || root.readOnly ? 0 : PERM_WRITE);
-          session.image = { blk: BlockBackend.attach(root, perm, PERM_ALL), writethrough: ['writethrough', 'directsync'].includes(opts.mode.cache) };
-        }
-      }
+      const defs = { ...opts, readOnly: opts.mode.readOnly, writethrough: ['writethrough', 'directsync'].includes(opts.mode.cache) };
+      const graph = await openGraph(session.layer, defs);
+      if (image === undefined) session.image = graphImage(session.layer, graph, defs);
     } catch (e) {
       session.reportError(e);
       return false;
