@@ -7,6 +7,7 @@ import type { OptionTree } from '../options/types.js';
 import { toJsonFilename } from '../options/json.js';
 import type { BlockNode } from './node.js';
 import { permNames } from './permissions.js';
+import { ROLE_COW } from './driver.js';
 
 /** Skip implicit filters: the node a user would name instead. */
 export function visibleNode(node: BlockNode): BlockNode {
@@ -15,18 +16,32 @@ export function visibleNode(node: BlockNode): BlockNode {
   return n;
 }
 
-function ownOptions(node: BlockNode): OptionTree {
-  const out: OptionTree = {};
-  for (const [k, v] of Object.entries(node.openOptions)) if (v !== undefined) out[k] = v;
-  if (!node.autoNamed) out['node-name'] = node.nodeName;
+/** Options every node takes, stated after the driver's own in this order, so reprinting is stable. */
+const GENERIC_KEYS = ['read-only', 'auto-read-only', 'force-share', 'cache.direct', 'cache.no-flush', 'discard', 'detect-zeroes'];
+
+/**
+ * The node's options: driver, `name`, the driver's options, then the generic ones, with
+ * `inherited` filling in generic options the node got from its parent rather than its own.
+ */
+function ownOptions(node: BlockNode, inherited: OptionTree = {}, name = node.autoNamed ? undefined : node.nodeName): OptionTree {
+  const out: OptionTree = { driver: node.driver.name };
+  if (name !== undefined) out['node-name'] = name;
+  for (const [k, v] of Object.entries(node.openOptions)) if (v !== undefined && k !== 'driver' && !GENERIC_KEYS.includes(k)) out[k] = v;
+  for (const k of GENERIC_KEYS) {
+    const v = node.openOptions[k] ?? inherited[k];
+    if (v !== undefined) out[k] = v;
+  }
   return out;
 }
 
-/** The whole subgraph below `node` as one nested definition (children inline). */
-export function nestedDefinition(node: BlockNode): OptionTree {
+/**
+ * The whole subgraph below `node` as one nested definition (children inline). A child whose
+ * read-only state is not what it would inherit in its place (a writable backing node) says so.
+ */
+export function nestedDefinition(node: BlockNode, inheritsReadOnly?: boolean): OptionTree {
   const n = visibleNode(node);
-  const def = ownOptions(n);
-  for (const edge of n.children) setPath(def, edge.name, nestedDefinition(edge.node));
+  const def = ownOptions(n, inheritsReadOnly === undefined || inheritsReadOnly === n.readOnly ? {} : { 'read-only': n.readOnly });
+  for (const edge of n.children) setPath(def, edge.name, nestedDefinition(edge.node, edge.role & ROLE_COW ? true : n.readOnly));
   return def;
 }
 
@@ -46,8 +61,12 @@ export function blockdevDefinitions(root: BlockNode): OptionTree[] {
     const n = visibleNode(node);
     if (seen.has(n)) return;
     seen.add(n);
-    const def = ownOptions(n);
-    def['node-name'] = n.nodeName.replace(/^#/, 'node-');
+    // What the node inherited from its parent must be said, since each definition opens a root.
+    const inherited: OptionTree = {};
+    if (n.readOnly) inherited['read-only'] = true;
+    if (n.forceShare) inherited['force-share'] = true;
+    if (n.discardUnmap) inherited.discard = 'unmap';
+    const def = ownOptions(n, inherited, n.nodeName.replace(/^#/, 'node-'));
     for (const edge of n.children) {
       visit(edge.node);
       setPath(def, edge.name, visibleNode(edge.node).nodeName.replace(/^#/, 'node-'));
