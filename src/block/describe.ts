@@ -18,30 +18,41 @@ export function visibleNode(node: BlockNode): BlockNode {
 
 /** Options every node takes, stated after the driver's own in this order, so reprinting is stable. */
 const GENERIC_KEYS = ['read-only', 'auto-read-only', 'force-share', 'cache.direct', 'cache.no-flush', 'discard', 'detect-zeroes'];
+/** Generic options stated from the node's state (in `state`), not from what was given. */
+const STATE_KEYS = ['read-only', 'force-share'];
 
 /**
- * The node's options: driver, `name`, the driver's options, then the generic ones, with
- * `inherited` filling in generic options the node got from its parent rather than its own.
+ * The node's options: driver, `name`, the driver's options, then the generic ones; `state`
+ * says which read-only and force-share values the definition must state where it is used.
  */
-function ownOptions(node: BlockNode, inherited: OptionTree = {}, name = node.autoNamed ? undefined : node.nodeName): OptionTree {
+function ownOptions(node: BlockNode, state: OptionTree, name = node.autoNamed ? undefined : node.nodeName): OptionTree {
   const out: OptionTree = { driver: node.driver.name };
   if (name !== undefined) out['node-name'] = name;
   for (const [k, v] of Object.entries(node.openOptions)) if (v !== undefined && k !== 'driver' && !GENERIC_KEYS.includes(k)) out[k] = v;
   for (const k of GENERIC_KEYS) {
-    const v = node.openOptions[k] ?? inherited[k];
+    const v = STATE_KEYS.includes(k) ? state[k] : node.openOptions[k];
     if (v !== undefined) out[k] = v;
   }
   return out;
 }
 
+/** What a child in `role` inherits from `parent`: read-only (always for backing files) and force-share. */
+function inheritedState(parent: BlockNode, role: number): { readOnly: boolean; forceShare: boolean } {
+  return { readOnly: role & ROLE_COW ? true : parent.readOnly, forceShare: parent.forceShare };
+}
+
 /**
- * The whole subgraph below `node` as one nested definition (children inline). A child whose
- * read-only state is not what it would inherit in its place (a writable backing node) says so.
+ * The whole subgraph below `node` as one nested definition (children inline). The top states
+ * whether it is read-only (so that `-r` can open it with writable nodes, as QEMU's test 216
+ * does); a child states read-only or force-share only where it does not inherit them.
  */
-export function nestedDefinition(node: BlockNode, inheritsReadOnly?: boolean): OptionTree {
+export function nestedDefinition(node: BlockNode, inherited?: { readOnly: boolean; forceShare: boolean }): OptionTree {
   const n = visibleNode(node);
-  const def = ownOptions(n, inheritsReadOnly === undefined || inheritsReadOnly === n.readOnly ? {} : { 'read-only': n.readOnly });
-  for (const edge of n.children) setPath(def, edge.name, nestedDefinition(edge.node, edge.role & ROLE_COW ? true : n.readOnly));
+  const state: OptionTree = {};
+  if (n.readOnly !== inherited?.readOnly) state['read-only'] = n.readOnly;
+  if (n.forceShare !== (inherited?.forceShare ?? false)) state['force-share'] = n.forceShare;
+  const def = ownOptions(n, state);
+  for (const edge of n.children) setPath(def, edge.name, nestedDefinition(edge.node, inheritedState(n, edge.role)));
   return def;
 }
 
@@ -61,12 +72,11 @@ export function blockdevDefinitions(root: BlockNode): OptionTree[] {
     const n = visibleNode(node);
     if (seen.has(n)) return;
     seen.add(n);
-    // What the node inherited from its parent must be said, since each definition opens a root.
-    const inherited: OptionTree = {};
-    if (n.readOnly) inherited['read-only'] = true;
-    if (n.forceShare) inherited['force-share'] = true;
-    if (n.discardUnmap) inherited.discard = 'unmap';
-    const def = ownOptions(n, inherited, n.nodeName.replace(/^#/, 'node-'));
+    // Each definition opens a root, which inherits nothing: state what the node inherited.
+    const state: OptionTree = {};
+    if (n.readOnly) state['read-only'] = true;
+    if (n.forceShare) state['force-share'] = true;
+    const def = ownOptions(n, state, n.nodeName.replace(/^#/, 'node-'));
     for (const edge of n.children) {
       visit(edge.node);
       setPath(def, edge.name, visibleNode(edge.node).nodeName.replace(/^#/, 'node-'));

@@ -54,13 +54,18 @@ interface GraphOptions {
   operands: string[];
 }
 
+/** A command line error: the message, then the usage line. */
+function usageError(message: string): BlkioError {
+  return new BlkioError('EINVAL', `${message}\n${USAGE}`);
+}
+
 function parseOptions(argv: string[]): GraphOptions {
   const opts: GraphOptions = {
     imageOpts: false, readOnly: false, copyOnRead: false, forceShare: false, blockdevs: [], drives: [], output: 'human', help: false, operands: [],
   };
   const { items, operands } = getopt([PROGRAM, ...argv], OPTIONS);
   for (const item of items) {
-    if (item.kind === 'error') throw new BlkioError('EINVAL', `${item.message.replace(/^[^:]*: /, '')}\n${USAGE}`);
+    if (item.kind === 'error') throw usageError(item.message.replace(/^[^:]*: /, ''));
     switch (item.key) {
       case 'f': opts.format = item.value; break;
       case 'image-opts': opts.imageOpts = true; break;
@@ -163,11 +168,11 @@ export function renderGraph(layer: BlockLayer, user: BdrvChild): string[] {
 
 async function openRequested(layer: BlockLayer, opts: GraphOptions): Promise<OpenedImage> {
   if (opts.blockdevs.length > 0 || opts.drives.length > 0) {
-    if (opts.operands.length > 0) throw new BlkioError('EINVAL', USAGE);
+    if (opts.operands.length > 0) throw usageError('An image file name cannot be combined with --blockdev or --drive');
     const defs = { ...opts, readOnly: opts.readOnly };
     return graphImage(layer, await openGraph(layer, defs), defs);
   }
-  if (opts.operands.length !== 1) throw new BlkioError('EINVAL', USAGE);
+  if (opts.operands.length !== 1) throw usageError('Expecting one image file name');
   if (opts.format !== undefined && opts.imageOpts) throw new BlkioError('EINVAL', '--image-opts and -f are mutually exclusive');
   return openImage(layer, {
     filename: opts.operands[0],
