@@ -4,8 +4,9 @@
  * clusters behind it are free), copy-on-write the untouched head and tail (whole subclusters
  * with extended L2), and only then point the L2 entries at the new clusters.
  */
+import { BlkioError } from '../../errors.js';
 import { debugEvent } from '../../block/io.js';
-import { REQUEST_MAX_BYTES } from '../../block/flags.js';
+import { REQ_NO_FALLBACK, REQUEST_MAX_BYTES } from '../../block/flags.js';
 import { HI_COPIED, splitOffset } from './entries.js';
 import {
   ClusterType, SubclusterType, clusterType, getClusterTable, l1Entry, l1Index, l2Offset, l2SliceIndex, rangeMask, readL2, scIndex,
@@ -13,6 +14,7 @@ import {
 } from './mapping.js';
 import { allocClusters, allocClustersAt, freeAnyCluster, freeClusters } from './refcount.js';
 import { readGuest } from './read.js';
+import { readsAsZero } from './zero.js';
 import {
   hex, markDirty, needAccurateRefcounts, offsetIntoCluster, signalCorruption, startOfCluster, type Allocation,
   type Qcow2State,
@@ -257,6 +259,7 @@ async function calculateL2Meta(
     cowStart: { offset: cowStartFrom, bytes: cowStartTo - cowStartFrom },
     cowEnd: { offset: cowEndFrom, bytes: cowEndTo - cowEndFrom },
     prealloc: false,
+    skipCow: false,
     done,
     finish,
   };
@@ -275,7 +278,7 @@ function l2TableOf(s: Qcow2State, guestOffset: number): number {
  */
 export function mergeCow(metas: readonly Allocation[], offset: number, bytes: number, data: Uint8Array): boolean {
   for (const m of metas) {
-    if (m.cowStart.bytes === 0 && m.cowEnd.bytes === 0) continue;
+    if ((m.cowStart.bytes === 0 && m.cowEnd.bytes === 0) || m.skipCow) continue;
     if (cowStartOf(m) + m.cowStart.bytes !== offset) continue;
     if (m.offset + m.cowEnd.offset !== offset + bytes) continue;
     m.data = data;
@@ -284,10 +287,34 @@ export function mergeCow(metas: readonly Allocation[], offset: number, bytes: nu
   return false;
 }
 
+/**
+ * When both COW regions of an allocation read as zeroes, zero its clusters in the file in one
+ * efficient request instead of copying (only where the file can do it without writing data).
+ */
+export async function handleAllocSpace(s: Qcow2State, metas: readonly Allocation[]): Promise<void> {
+  const node = s.node;
+  if (!node) return;
+  for (const m of metas) {
+    if (!m.cowStart.bytes && !m.cowEnd.bytes) continue;
+    if (!(await readsAsZero(node, m.offset + m.cowStart.offset, m.cowStart.bytes)) ||
+        !(await readsAsZero(node, m.offset + m.cowEnd.offset, m.cowEnd.bytes))) continue;
+    const start = m.hostOffset + m.cowStart.offset;
+    const bytes = m.cowEnd.offset + m.cowEnd.bytes - m.cowStart.offset;
+    debugEvent(s.file.node, 'cluster_alloc_space');
+    try {
+      await s.file.writeZeroes(start, bytes, REQ_NO_FALLBACK);
+    } catch (e) {
+      if (e instanceof BlkioError && (e.code === 'ENOTSUP' || e.code === 'EAGAIN')) continue;
+      throw e;
+    }
+    m.skipCow = true;
+  }
+}
+
 /** Copy the COW regions (read through this image: backing, zeroes or old data) into the new clusters. */
 async function performCow(s: Qcow2State, m: Allocation): Promise<void> {
   const { cowStart: start, cowEnd: end } = m;
-  if ((start.bytes === 0 && end.bytes === 0) || m.prealloc) return;
+  if ((start.bytes === 0 && end.bytes === 0) || m.prealloc || m.skipCow) return;
   const dataBytes = end.offset - (start.offset + start.bytes);
   const total = start.bytes + (m.data ? dataBytes : 0) + end.bytes;
   const buf = new Uint8Array(total);

@@ -271,33 +271,40 @@ export async function getClusterTable(s: Qcow2State, offset: number): Promise<{ 
 
 /** A new L2 table for L1 entry `index`: zeroed, or a copy of the table the entry pointed to. */
 async function l2Allocate(s: Qcow2State, index: number): Promise<void> {
-  const old = l1Entry(s, index).offset;
+  const oldEntry = { hi: getHi(s.l1Table, index), lo: getLo(s.l1Table, index) };
+  const old = entryOffset(oldEntry.hi, oldEntry.lo);
   const tableBytes = s.l2Size * s.l2EntrySize;
   const newOffset = await allocClusters(s, tableBytes);
-  if (newOffset === 0) throw await signalCorruption(s, true, 'Preventing invalid allocation of L2 table at offset 0');
-  await s.refcountCache.flush();
-  const sliceBytes = s.l2SliceSize * s.l2EntrySize;
-  for (let pos = 0; pos < s.clusterSize; pos += sliceBytes) {
-    const slice = await s.l2Cache.getEmpty(newOffset + pos);
-    try {
-      if (old === 0) {
-        slice.data.fill(0);
-      } else {
-        debugEvent(s.file.node, 'l2_alloc_cow_read');
-        const oldSlice = await s.l2Cache.get(old + pos);
-        slice.data.set(oldSlice.data);
-        s.l2Cache.put(oldSlice);
+  try {
+    if (newOffset === 0) throw await signalCorruption(s, true, 'Preventing invalid allocation of L2 table at offset 0');
+    await s.refcountCache.flush();
+    const sliceBytes = s.l2SliceSize * s.l2EntrySize;
+    for (let pos = 0; pos < s.clusterSize; pos += sliceBytes) {
+      const slice = await s.l2Cache.getEmpty(newOffset + pos);
+      try {
+        if (old === 0) {
+          slice.data.fill(0);
+        } else {
+          debugEvent(s.file.node, 'l2_alloc_cow_read');
+          const oldSlice = await s.l2Cache.get(old + pos);
+          slice.data.set(oldSlice.data);
+          s.l2Cache.put(oldSlice);
+        }
+        debugEvent(s.file.node, 'l2_alloc_write');
+        s.l2Cache.markDirty(slice);
+      } finally {
+        s.l2Cache.put(slice);
       }
-      debugEvent(s.file.node, 'l2_alloc_write');
-      s.l2Cache.markDirty(slice);
-    } finally {
-      s.l2Cache.put(slice);
     }
+    await s.l2Cache.flush();
+    const [hi, lo] = splitOffset(newOffset);
+    set64(s.l1Table, index, hi | HI_COPIED, lo);
+    await writeL1Entry(s, index);
+  } catch (e) {
+    set64(s.l1Table, index, oldEntry.hi, oldEntry.lo);
+    if (newOffset > 0) await freeClusters(s, newOffset, tableBytes, 'always').catch(() => {});
+    throw e;
   }
-  await s.l2Cache.flush();
-  const [hi, lo] = splitOffset(newOffset);
-  set64(s.l1Table, index, hi | HI_COPIED, lo);
-  await writeL1Entry(s, index);
 }
 
 /** Write the L1 entry (with its neighbours in one request-alignment unit), synchronously. */

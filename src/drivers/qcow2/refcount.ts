@@ -59,7 +59,7 @@ export async function getClusterRefcount(s: Qcow2State, clusterIndex: number): P
  * at or after the free-cluster index.
  */
 async function allocClustersNoref(s: Qcow2State, size: number, max: number): Promise<number> {
-  if (s.cacheDiscards) await processDiscards(s);
+  if (s.cacheDiscards) await processDiscards(s, true);
   const nbClusters = sizeToClusters(s, size);
   for (let i = 0; i < nbClusters; i++) {
     const index = s.freeClusterIndex++;
@@ -208,7 +208,7 @@ async function updateRefcount(
     // Undo what was done so far (this may succeed, e.g. after ENOSPC for a new refcount block).
     if (clusterOffset > offset) await updateRefcount(s, offset, clusterOffset - offset, addend, !decrease, 'never').catch(() => {});
   }
-  if (!s.cacheDiscards) await processDiscards(s);
+  if (!s.cacheDiscards) await processDiscards(s, failure === undefined && !again);
   if (failure !== undefined) throw failure;
   return again ? AGAIN : undefined;
 }
@@ -226,9 +226,13 @@ function queueDiscard(s: Qcow2State, offset: number, bytes: number): void {
   s.pendingDiscards.push({ offset, bytes });
 }
 
-/** Discard the freed ranges in the file (errors are ignored: it is only an optimisation). */
-export async function processDiscards(s: Qcow2State): Promise<void> {
+/**
+ * Discard the freed ranges in the file, or just forget them when the operation that freed
+ * them failed (errors are ignored: discarding is only an optimisation).
+ */
+export async function processDiscards(s: Qcow2State, succeeded: boolean): Promise<void> {
   const pending = s.pendingDiscards.splice(0);
+  if (!succeeded) return;
   const fileLength = s.file.getLength();
   for (const d of pending) {
     // A freed cluster may reach past the end of the file (compressed data ends mid-cluster).
@@ -243,6 +247,8 @@ export async function processDiscards(s: Qcow2State): Promise<void> {
  * self-describing area when it is full). Returns AGAIN after allocating anything.
  */
 async function allocRefcountBlock(s: Qcow2State, clusterIndex: number): Promise<Table | typeof AGAIN> {
+  // QEMU fires this whenever a block is looked up for an update, allocated or not.
+  event(s, 'refblock_alloc');
   const tableIndex = reftableIndexOf(s, clusterIndex);
   if (tableIndex < s.refcountTableSize) {
     const blockOffset = reftableOffset(s.refcountTable, tableIndex);
@@ -253,7 +259,6 @@ async function allocRefcountBlock(s: Qcow2State, clusterIndex: number): Promise<
       return s.refcountCache.get(blockOffset);
     }
   }
-  event(s, 'refblock_alloc');
   // The refcount table will point to data the L2 tables describe.
   await s.l2Cache.flush();
   const newBlock = await allocClustersNoref(s, s.clusterSize, Number.MAX_SAFE_INTEGER);

@@ -51,6 +51,8 @@ export interface Allocation {
   cowEnd: { offset: number; bytes: number };
   /** Metadata preallocation: no data and no COW. */
   prealloc: boolean;
+  /** The COW regions were zeroed in the file already. */
+  skipCow: boolean;
   /** Guest data written together with the COW regions (QEMU's merge_cow). */
   data?: Uint8Array;
   done: Promise<void>;

@@ -129,7 +129,7 @@ async function shrinkReftable(s: Qcow2State): Promise<void> {
     }
   }
   updateMaxRefcountTableIndex(s);
-  if (!s.cacheDiscards) await processDiscards(s);
+  if (!s.cacheDiscards) await processDiscards(s, error === undefined);
   if (error !== undefined) throw error;
 }
 
@@ -186,7 +186,7 @@ async function preallocateData(s: Qcow2State, oldLength: number, size: number, m
     const m: Allocation = {
       offset: guest, hostOffset: host, nbClusters: nb, keepOldClusters: false,
       cowStart: { offset: 0, bytes: cowStart }, cowEnd: { offset: nb * s.clusterSize, bytes: 0 },
-      prealloc: false, done, finish,
+      prealloc: false, skipCow: false, done, finish,
     };
     await linkAllocations(s, [m]).catch((e) => {
       throw prefixed(e, 'Failed to update L2 tables');

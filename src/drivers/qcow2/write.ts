@@ -5,7 +5,7 @@
  */
 import { errno } from '../../errors.js';
 import { debugEvent } from '../../block/io.js';
-import { abortAllocations, allocHostOffset, linkAllocations, mergeCow, type HostRange } from './allocation.js';
+import { abortAllocations, allocHostOffset, handleAllocSpace, linkAllocations, mergeCow, type HostRange } from './allocation.js';
 import { allocCompressedCluster, compressCluster } from './compressed.js';
 import { offsetIntoCluster, type Qcow2State } from './state.js';
 
@@ -35,7 +35,14 @@ async function writeChunkData(s: Qcow2State, c: Chunk): Promise<void> {
 
 /** Write the chunks' data concurrently, then link their allocations in order. */
 async function completeChunks(s: Qcow2State, chunks: Chunk[]): Promise<void> {
-  const written = await Promise.allSettled(chunks.map((c) => writeChunkData(s, c)));
+  // Zeroing new clusters may grow the file: one chunk after the other, before any data lands.
+  const prepared: Array<Promise<void>> = [];
+  for (const c of chunks) {
+    const p = handleAllocSpace(s, c.range.metas);
+    prepared.push(p);
+    await p.catch(() => {});
+  }
+  const written = await Promise.allSettled(chunks.map((c, i) => prepared[i].then(() => writeChunkData(s, c))));
   let error: unknown;
   for (const [i, c] of chunks.entries()) {
     const w = written[i];

@@ -16,21 +16,28 @@ import { freeAnyCluster, processDiscards } from './refcount.js';
 import { writeGuest } from './write.js';
 import { offsetIntoCluster, type DiscardType, type Qcow2State } from './state.js';
 
-/** Run `fn` over each L2 slice the cluster range touches, with discards batched until the end. */
-async function perSlice(
+/** Run `fn` over each L2 slice the cluster range touches. */
+async function forEachSlice(
   s: Qcow2State, offset: number, nbClusters: number,
   fn: (offset: number, nbClusters: number) => Promise<number>,
 ): Promise<void> {
+  while (nbClusters > 0) {
+    const cleared = await fn(offset, nbClusters);
+    nbClusters -= cleared;
+    offset += cleared * s.clusterSize;
+  }
+}
+
+/** Batch the discards of freed clusters until `fn` is done; they are dropped if it fails. */
+async function withCachedDiscards(s: Qcow2State, fn: () => Promise<void>): Promise<void> {
   s.cacheDiscards = true;
+  let succeeded = false;
   try {
-    while (nbClusters > 0) {
-      const cleared = await fn(offset, nbClusters);
-      nbClusters -= cleared;
-      offset += cleared * s.clusterSize;
-    }
+    await fn();
+    succeeded = true;
   } finally {
     s.cacheDiscards = false;
-    await processDiscards(s);
+    await processDiscards(s, succeeded);
   }
 }
 
@@ -39,7 +46,8 @@ async function perSlice(
  * through to the backing file; otherwise they read as zeroes where that is possible.
  */
 export async function clusterDiscard(s: Qcow2State, offset: number, bytes: number, type: DiscardType, fullDiscard: boolean): Promise<void> {
-  await perSlice(s, offset, Math.ceil(bytes / s.clusterSize), (pos, nb) => discardInSlice(s, pos, nb, type, fullDiscard));
+  await withCachedDiscards(s, () =>
+    forEachSlice(s, offset, Math.ceil(bytes / s.clusterSize), (pos, nb) => discardInSlice(s, pos, nb, type, fullDiscard)));
 }
 
 async function discardInSlice(s: Qcow2State, offset: number, nbClusters: number, type: DiscardType, fullDiscard: boolean): Promise<number> {
@@ -130,19 +138,15 @@ export async function subclusterZeroize(s: Qcow2State, offset: number, bytes: nu
   offset += head;
   const tail = end >= s.size ? 0 : end - Math.max(offset, end - offsetIntoCluster(s, end));
   end -= tail;
-  s.cacheDiscards = true;
-  try {
+  await withCachedDiscards(s, async () => {
     if (head) await zeroSubclusters(s, offset - head, Math.ceil(head / s.subclusterSize));
-    if (end > offset) await perSlice(s, offset, Math.ceil((end - offset) / s.clusterSize), (pos, nb) => zeroInSlice(s, pos, nb, flags));
+    await forEachSlice(s, offset, Math.ceil((end - offset) / s.clusterSize), (pos, nb) => zeroInSlice(s, pos, nb, flags));
     if (tail) await zeroSubclusters(s, end, Math.ceil(tail / s.subclusterSize));
-  } finally {
-    s.cacheDiscards = false;
-    await processDiscards(s);
-  }
+  });
 }
 
 /** Whether the whole range reads as zeroes through the backing chain (QEMU's is_zero). */
-async function readsAsZero(node: BlockNode, offset: number, bytes: number): Promise<boolean> {
+export async function readsAsZero(node: BlockNode, offset: number, bytes: number): Promise<boolean> {
   bytes = Math.min(bytes, Math.max(0, node.getLength() - offset));
   while (bytes > 0) {
     const { status, pnum } = await statusAbove(node, offset, bytes);
