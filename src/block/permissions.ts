@@ -86,7 +86,7 @@ export function storageChildPerms(node: BlockNode, role: number, parents: PermPa
   }
   if (role & ROLE_DATA) {
     shared &= ~PERM_RESIZE;
-    if (perm & PERM_WRITE_UNCHANGED) perm = (perm & ~PERM_WRITE_UNCHANGED) | PERM_WRITE;
+    if (perm & PERM_WRITE_UNCHANGED) perm |= PERM_WRITE;
     if (perm & PERM_WRITE) perm |= PERM_RESIZE;
   }
   return { perm, shared };
