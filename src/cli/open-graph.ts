@@ -21,6 +21,12 @@ export async function openBlockdevs(layer: BlockLayer, defs: readonly string[]):
   for (const def of defs) {
     const options = flattenTree(parseBlockdevArg(def));
     if (options.driver === undefined) throw new BlkioError('EINVAL', "Parameter 'driver' is missing");
+    // QEMU checks the definition against its schema first: every driver must exist.
+    for (const [key, value] of Object.entries(options)) {
+      if ((key === 'driver' || key.endsWith('.driver')) && typeof value === 'string' && !layer.driver(value)) {
+        throw new BlkioError('EINVAL', `Parameter '${key}' does not accept value '${value}'`);
+      }
+    }
     // QEMU's blockdev-add: only nested nodes may go without a name.
     if (typeof options['node-name'] !== 'string') throw new BlkioError('EINVAL', "'node-name' must be specified for the root node");
     last = await layer.openNode(undefined, options, { protocol: false, inherited: {} });
