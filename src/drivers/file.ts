@@ -4,15 +4,12 @@ import { BlkioError, toBlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
 import { nativeFileOps, type NativeFileOps } from './file-native.js';
-import { FileLock } from './file-locks.js';
 
 interface FileState {
   handle: FileHandle;
   filename: string;
   size: number;
   noFlush: boolean;
-  /** The image locks of this node (none with `locking=off`). */
-  lock?: FileLock;
 }
 
 async function readFully(handle: FileHandle, buf: Uint8Array, offset: number): Promise<number> {
@@ -53,15 +50,15 @@ async function succeeds(promise: Promise<void>, codes: readonly string[]): Promi
 }
 
 /**
- * Zero [offset, offset+bytes) without writing data, growing the file to cover it: a hole when
- * unmapping is allowed, else ZERO_RANGE, else a hole allocated anew (file systems without
- * ZERO_RANGE). ENOTSUP when the file system can do none of these.
+ * Zero [offset, offset+bytes) without writing data, growing the file to cover it: holes when
+ * unmapping is allowed (past the end, by growing sparsely), else ZERO_RANGE, else a hole
+ * allocated anew (file systems without ZERO_RANGE). ENOTSUP when the file system can do none.
  */
 async function fallocateZeroes(ops: NativeFileOps, s: FileState, offset: number, bytes: number, unmap: boolean): Promise<void> {
   const fd = s.handle.fd;
   const end = offset + bytes;
   const inside = Math.min(end, s.size) - offset;
-  if (unmap && inside > 0 && (await succeeds(ops.punchHole(fd, offset, inside), ['ENOTSUP', 'EINVAL', 'EBUSY']))) {
+  if (unmap && (inside <= 0 || (await succeeds(ops.punchHole(fd, offset, inside), ['ENOTSUP', 'EINVAL', 'EBUSY'])))) {
     if (end > s.size) await s.handle.truncate(end);
     return;
   }
@@ -91,13 +88,17 @@ async function resizeFile(s: FileState, size: number, prealloc: string): Promise
   if (!PREALLOC_MODES.includes(prealloc)) {
     throw new BlkioError('ENOTSUP', `Unsupported preallocation mode: ${prealloc}`);
   }
+  const failed = (what: string, e: unknown) => {
+    const error = toBlkioError(e);
+    return new BlkioError(error.code, `${what}: ${error.strerror}`);
+  };
   // A failed preallocation leaves the file as it was.
   const step = async (what: string, action: () => Promise<void>) => {
     try {
       await action();
     } catch (e) {
       await handle.truncate(current).catch(() => undefined);
-      throw toBlkioError(e).prepend(`${what}: `);
+      throw failed(what, e);
     }
   };
   if (prealloc === 'full') {
@@ -105,7 +106,8 @@ async function resizeFile(s: FileState, size: number, prealloc: string): Promise
     await step('Could not write zeros for preallocation', () => writeZeroRange(handle, current, size));
     await step('Could not flush file to disk', () => handle.sync());
   } else if (prealloc === 'falloc' && size > current) {
-    // Without the addon the new part stays sparse: it reads as zeroes all the same.
+    // Without the addon, or fallocate in the file system, the new part stays sparse: it reads
+    // as zeroes all the same.
     const ops = nativeFileOps();
     await step('Could not preallocate new data', async () => {
       if (!ops || !(await succeeds(ops.allocate(handle.fd, current, size - current), ['ENOTSUP']))) {
@@ -113,8 +115,8 @@ async function resizeFile(s: FileState, size: number, prealloc: string): Promise
       }
     });
   } else if (prealloc === 'off') {
-    await handle.truncate(size).catch((e) => {
-      throw toBlkioError(e).prepend('Could not resize file: ');
+    await handle.truncate(size).catch((e: unknown) => {
+      throw failed('Could not resize file', e);
     });
   }
   if (current === 0 && size > 0 && prealloc !== 'full') await allocateFirstBlock(handle, size);
@@ -162,16 +164,12 @@ export const fileDriver: BlockDriver<FileState> = {
       throw new BlkioError('EISDIR', `'${filename}' is not a file`);
     }
     node.filename = filename;
-    const lock = ctx.opts.locking === 'off' ? undefined : new FileLock(stat.dev, stat.ino, filename);
-    return { handle, filename, size: stat.size, noFlush: node.openOptions['cache.no-flush'] === true, lock };
+    return { handle, filename, size: stat.size, noFlush: node.openOptions['cache.no-flush'] === true };
   },
 
   async close(node) {
-    node.state.lock?.release();
     await node.state.handle.close();
   },
-
-  preparePermissions: (node, perm, shared) => node.state.lock?.prepare(perm, shared),
 
   async reopen(node) {
     const handle = await open(node.state.filename, node.readOnly ? 'r' : 'r+').catch((e) => {
