@@ -173,10 +173,35 @@ function sameAsQemuRead(initial: string, dir: string, ops: Op[], index: number, 
   const out = run('qemu-io', [...args, copy]).out;
   const bytes: number[] = [];
   for (const line of out.split('\n')) {
-    const m = /^[0-9a-f]{8}:((?:\s+[0-9a-f]{2}){1,16})/.exec(line);
-    if (m) for (const h of m[1].trim().split(/\s+/)) bytes.push(parseInt(h, 16));
+    // `XXXXXXXX:  XX XX ...` (single spaces), two spaces, then the ASCII column.
+    if (!/^[0-9a-f]{8}:  /.test(line)) continue;
+    for (const h of line.slice(11).split('  ')[0].split(' ')) bytes.push(parseInt(h, 16));
   }
   return bytes.length === ours.length && bytes.every((b, i) => b === ours[i]);
+}
+
+/** One operation through blkio; reads are checked against the model. */
+async function applyOp(
+  blk: BlockBackend, op: Op, model: Uint8Array, index: number, problems: string[],
+  mismatches: Array<{ index: number; data: Uint8Array }>,
+): Promise<void> {
+  switch (op.kind) {
+    case 'write': await blk.write(op.offset, op.bytes, new Uint8Array(op.bytes).fill(op.value)); break;
+    case 'zero': await blk.writeZeroes(op.offset, op.bytes, op.unmap ? REQ_MAY_UNMAP : 0); break;
+    case 'discard': await blk.discard(op.offset, op.bytes); break;
+    case 'compress': await blk.writeCompressed(op.offset, op.bytes, new Uint8Array(op.bytes).fill(op.value)); break;
+    case 'flush': await blk.flush(); break;
+    case 'read': {
+      const buf = new Uint8Array(op.bytes);
+      await blk.read(op.offset, op.bytes, buf);
+      const expected = model.subarray(op.offset, op.offset + op.bytes);
+      const bad = buf.findIndex((b, j) => b !== expected[j]);
+      if (bad >= 0) {
+        mismatches.push({ index, data: buf });
+        problems.push(`op ${index} (${describeOp(op)}): byte ${op.offset + bad} reads ${buf[bad]}, model has ${expected[bad]}`);
+      }
+    }
+  }
 }
 
 function run(cmd: string, args: string[]): { status: number; out: string } {
@@ -213,6 +238,7 @@ export async function runSeed(seed: number, opCount = 40): Promise<SeedResult> {
     copyFileSync(file, ref);
 
     const problems: string[] = [];
+    const failures: number[] = [];
     const mismatches: Array<{ index: number; data: Uint8Array }> = [];
     const initial = join(dir, 'initial.qcow2');
     copyFileSync(file, initial);
@@ -221,22 +247,11 @@ export async function runSeed(seed: number, opCount = 40): Promise<SeedResult> {
       const node = await layer.openNode(file, { driver: 'qcow2', discard: 'unmap' });
       const blk = BlockBackend.attach(node, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
       for (const [i, op] of ops.entries()) {
-        switch (op.kind) {
-          case 'write': await blk.write(op.offset, op.bytes, new Uint8Array(op.bytes).fill(op.value)); break;
-          case 'zero': await blk.writeZeroes(op.offset, op.bytes, op.unmap ? REQ_MAY_UNMAP : 0); break;
-          case 'discard': await blk.discard(op.offset, op.bytes); break;
-          case 'compress': await blk.writeCompressed(op.offset, op.bytes, new Uint8Array(op.bytes).fill(op.value)); break;
-          case 'flush': await blk.flush(); break;
-          case 'read': {
-            const buf = new Uint8Array(op.bytes);
-            await blk.read(op.offset, op.bytes, buf);
-            const expected = model.subarray(op.offset, op.offset + op.bytes);
-            const bad = buf.findIndex((b, j) => b !== expected[j]);
-            if (bad >= 0) {
-              mismatches.push({ index: i, data: buf });
-              problems.push(`op ${i} (${describeOp(op)}): byte ${op.offset + bad} reads ${buf[bad]}, model has ${expected[bad]}`);
-            }
-          }
+        try {
+          await applyOp(blk, op, model, i, problems, mismatches);
+        } catch (e) {
+          failures.push(i);
+          problems.push(`op ${i} (${describeOp(op)}) failed: ${e instanceof Error ? e.message : String(e)}`);
         }
         applyToModel(model, op, l);
       }
@@ -253,7 +268,7 @@ export async function runSeed(seed: number, opCount = 40): Promise<SeedResult> {
       if (c) args.push('-c', c);
     }
     const io = run('qemu-io', [...args, ref]);
-    if (io.status !== 0) return fail(`qemu-io failed: ${io.out}`);
+    const qemuFailures = io.out.split('\n').filter((line) => / failed: /.test(line)).length;
     const same = readFileSync(ref).equals(readFileSync(file));
 
     writeFileSync(rawModel, model);
@@ -266,6 +281,9 @@ export async function runSeed(seed: number, opCount = 40): Promise<SeedResult> {
       return found;
     };
     const ours = verdict(file);
+    if (failures.length !== qemuFailures) {
+      return fail([`${failures.length} operations failed here, ${qemuFailures} in qemu-io:\n${io.out}`, ...ours].join('\n'));
+    }
     if (!same) return fail(['image differs from the one qemu-io wrote with the same operations', ...ours].join('\n'));
     if (ours.length) {
       // QEMU 7.2 has bugs of its own (it can, for instance, hand a freed compressed host
