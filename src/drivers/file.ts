@@ -4,12 +4,15 @@ import { BlkioError, toBlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
 import { nativeFileOps, type NativeFileOps } from './file-native.js';
+import { FileLock } from './file-locks.js';
 
 interface FileState {
   handle: FileHandle;
   filename: string;
   size: number;
   noFlush: boolean;
+  /** The image locks of this node (none with `locking=off`). */
+  lock?: FileLock;
 }
 
 async function readFully(handle: FileHandle, buf: Uint8Array, offset: number): Promise<number> {
@@ -164,12 +167,16 @@ export const fileDriver: BlockDriver<FileState> = {
       throw new BlkioError('EISDIR', `'${filename}' is not a file`);
     }
     node.filename = filename;
-    return { handle, filename, size: stat.size, noFlush: node.openOptions['cache.no-flush'] === true };
+    const lock = ctx.opts.locking === 'off' ? undefined : new FileLock(stat.dev, stat.ino, filename);
+    return { handle, filename, size: stat.size, noFlush: node.openOptions['cache.no-flush'] === true, lock };
   },
 
   async close(node) {
+    node.state.lock?.release();
     await node.state.handle.close();
   },
+
+  preparePermissions: (node, perm, shared) => node.state.lock?.prepare(perm, shared),
 
   async reopen(node) {
     const handle = await open(node.state.filename, node.readOnly ? 'r' : 'r+').catch((e) => {
