@@ -325,7 +325,8 @@ export async function childDiscard(child: BdrvChild, offset: number, bytes: numb
   checkRange(offset, bytes);
   requirePerm(child, PERM_WRITE, PERM_WRITE, 'discard on');
   const node = child.node;
-  if (offset + bytes > node.getLength()) throw errno('EIO');
+  // Root users check the range; below them, a discard past the end is clamped (as QEMU does).
+  bytes = Math.max(0, Math.min(bytes, node.getLength() - offset));
   if (bytes === 0 || !node.discardUnmap || !node.driver.discard) return;
   // Only whole alignment units are discarded; the unaligned head and tail are left alone.
   const align = Math.max(node.limits.discardAlignment, node.limits.requestAlignment);

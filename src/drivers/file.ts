@@ -209,10 +209,12 @@ export const fileDriver: BlockDriver<FileState> = {
 
   async write(node, offset, bytes, buf, flags) {
     const s = node.state;
+    // Grow the recorded size before the write is issued, so that no concurrent request sees
+    // a stale end of file while this one is in flight.
+    if (offset + bytes > s.size) s.size = offset + bytes;
     await writeFully(s.handle, buf.subarray(0, bytes), offset).catch((e) => {
       throw toBlkioError(e);
     });
-    if (offset + bytes > s.size) s.size = offset + bytes;
     if (flags & REQ_FUA && !s.noFlush) await s.handle.datasync();
   },
 
@@ -224,15 +226,16 @@ export const fileDriver: BlockDriver<FileState> = {
       await fallocateZeroes(ops, s, offset, bytes, (flags & REQ_MAY_UNMAP) !== 0);
       if (flags & REQ_FUA && !s.noFlush) await s.handle.datasync();
     } else {
-      if (offset < s.size) await writeZeroRange(s.handle, offset, Math.min(offset + bytes, s.size));
-      if (offset + bytes > s.size) await s.handle.truncate(offset + bytes);
+      // Written, never truncated: a truncate could race with a write that grows the file.
+      s.size = Math.max(s.size, offset + bytes);
+      await writeZeroRange(s.handle, offset, offset + bytes);
     }
     s.size = Math.max(s.size, offset + bytes);
   },
 
   /**
    * A hole is punched (as QEMU's discard=unmap); a file system that cannot keeps the data, as a
-   * discard is only advice. Without the addon the range is zeroed (a tail by truncating).
+   * discard is only advice. Without the addon the range is zeroed.
    */
   async discard(node, offset, bytes) {
     const s = node.state;
@@ -241,9 +244,6 @@ export const fileDriver: BlockDriver<FileState> = {
     const ops = nativeFileOps();
     if (ops) {
       await succeeds(ops.punchHole(s.handle.fd, offset, end - offset), ['ENOTSUP']);
-    } else if (end === s.size) {
-      await s.handle.truncate(offset);
-      await s.handle.truncate(s.size);
     } else {
       await writeZeroRange(s.handle, offset, end);
     }
