@@ -144,8 +144,8 @@ export function renderTree(node: BlockNode, indent: string, shown: Set<BlockNode
 export function renderGraph(layer: BlockLayer, user: BdrvChild): string[] {
   const users = [user];
   const unused: BlockNode[] = [];
-  for (const node of layer.visibleNodes()) {
-    if (node.parents.length === 0) unused.push(node);
+  for (const node of layer.nodes.values()) {
+    if (node.parents.length === 0 && !node.implicit) unused.push(node);
     for (const edge of node.parents) if (!(edge.parent instanceof BlockNode) && !users.includes(edge)) users.push(edge);
   }
   const shown = new Set<BlockNode>();
