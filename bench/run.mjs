@@ -149,8 +149,8 @@ function main() {
     if (args[i] === '--runs') runs = Math.max(1, Number(args[++i]) || 1);
     else wanted.push(args[i].toLowerCase());
   }
-  if (!process.env.BLKIO && !fs.existsSync(path.join(REPO, 'dist', 'blkio.js'))) {
-    console.error('bench: dist/blkio.js is missing; run npm run build first');
+  if (!process.env.BLKIO && !fs.existsSync(path.join(REPO, 'dist', 'blkio.cjs'))) {
+    console.error('bench: dist/blkio.cjs is missing; run npm run build first');
     process.exit(2);
   }
   const cases = CASES.filter((c) => wanted.length === 0 || wanted.some((w) => c.name.toLowerCase().includes(w)));

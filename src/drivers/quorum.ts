@@ -13,7 +13,6 @@
  *   {"event": "QUORUM_FAILURE", "data": {"reference": "<quorum node>", "sector-num": N, "sectors-count": N}}
  * (members in QEMU's JSON output order; QEMU's `timestamp` member is left out).
  */
-import { createHash } from 'node:crypto';
 import { BlkioError, toBlkioError } from '../errors.js';
 import type { BdrvChild } from '../block/child.js';
 import { ROLE_DATA, type BlockDriver } from '../block/driver.js';
@@ -23,6 +22,9 @@ import { supportedZeroFlags } from '../block/io.js';
 import { PERM_CONSISTENT_READ, PERM_PASSTHROUGH, PERM_WRITE, PERM_WRITE_UNCHANGED } from '../block/permissions.js';
 import type { FlatOptions } from '../options/types.js';
 import { firstDifference } from './blkverify.js';
+import { lazyBuiltin } from '../lazy-builtin.js';
+
+const crypto = lazyBuiltin<typeof import('node:crypto')>('node:crypto');
 
 interface QuorumState {
   children: BdrvChild[];
@@ -153,7 +155,7 @@ async function readQuorum(node: BlockNode<QuorumState>, offset: number, bytes: n
     node.layer.fatal(`quorum: offset=${offset} bytes=${bytes} contents mismatch at offset ${offset + at}`);
   }
 
-  const hashes = results.map((r, i) => (r.ok ? createHash('sha256').update(buffers[i]).digest('hex') : undefined));
+  const hashes = results.map((r, i) => (r.ok ? crypto().createHash('sha256').update(buffers[i]).digest('hex') : undefined));
   const won = winner(hashes);
   if (won.children.length < s.threshold) {
     reportFailure(node, offset, bytes);

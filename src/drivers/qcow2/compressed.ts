@@ -3,8 +3,8 @@
  * into shared host clusters. zstd (compression type 1) is recognised but Node 20's zlib has no
  * zstd codec, so such clusters cannot be read or written here.
  */
-import { constants, deflateRawSync, inflateRawSync } from 'node:zlib';
 import { BlkioError, errno } from '../../errors.js';
+import { lazyBuiltin } from '../../lazy-builtin.js';
 import { debugEvent } from '../../block/io.js';
 import { HI_COMPRESSED } from './entries.js';
 import { COMPRESSION_ZLIB } from './header.js';
@@ -12,6 +12,7 @@ import { getClusterTable, l2Offset, readL2, writeL2, type L2Entry } from './mapp
 import { allocBytes, compressedDescriptor } from './refcount.js';
 import type { Qcow2State } from './state.js';
 
+const zlib = lazyBuiltin<typeof import('node:zlib')>('node:zlib');
 const WINDOW_BITS = 12;
 const MEM_LEVEL = 9;
 
@@ -24,6 +25,7 @@ function requireZlib(s: Qcow2State, forWrite: boolean): void {
 /** Deflate one cluster; undefined when the result would not be smaller than a cluster. */
 export function compressCluster(s: Qcow2State, data: Uint8Array): Uint8Array | undefined {
   requireZlib(s, true);
+  const { constants, deflateRawSync } = zlib();
   const out = deflateRawSync(data, { level: constants.Z_DEFAULT_COMPRESSION, windowBits: WINDOW_BITS, memLevel: MEM_LEVEL });
   return out.length <= s.clusterSize - 1 ? out : undefined;
 }
@@ -31,6 +33,7 @@ export function compressCluster(s: Qcow2State, data: Uint8Array): Uint8Array | u
 /** Inflate into exactly one cluster; a stream that fills the cluster without ending is accepted as QEMU does. */
 export function decompressCluster(s: Qcow2State, input: Uint8Array, out: Uint8Array): void {
   requireZlib(s, false);
+  const { constants, inflateRawSync } = zlib();
   let result: Buffer;
   try {
     result = inflateRawSync(input, {
