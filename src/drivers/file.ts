@@ -53,17 +53,18 @@ async function succeeds(promise: Promise<void>, codes: readonly string[]): Promi
 }
 
 /**
- * Zero [offset, offset+bytes) without writing data, growing the file to cover it: holes when
- * unmapping is allowed (past the end, by growing sparsely), else ZERO_RANGE, else a hole
- * allocated anew (file systems without ZERO_RANGE). ENOTSUP when the file system can do none.
+ * Zero [offset, offset+bytes) of a file of `size` bytes without writing data: a hole where
+ * unmapping is allowed, else ZERO_RANGE, else a hole allocated anew (file systems without
+ * ZERO_RANGE). Past the end the file grows by fallocate, never by truncate, which could cut
+ * off a concurrent write beyond. ENOTSUP when the file system can do none of these.
  */
-async function fallocateZeroes(ops: NativeFileOps, s: FileState, offset: number, bytes: number, unmap: boolean): Promise<void> {
-  const fd = s.handle.fd;
-  const end = offset + bytes;
-  const inside = Math.min(end, s.size) - offset;
-  if (unmap && (inside <= 0 || (await succeeds(ops.punchHole(fd, offset, inside), ['ENOTSUP', 'EINVAL', 'EBUSY'])))) {
-    if (end > s.size) await s.handle.truncate(end);
-    return;
+async function fallocateZeroes(ops: NativeFileOps, fd: number, size: number, offset: number, bytes: number, unmap: boolean): Promise<void> {
+  let inside = Math.min(offset + bytes, size) - offset;
+  if (unmap && inside > 0 && (await succeeds(ops.punchHole(fd, offset, inside), ['ENOTSUP', 'EINVAL', 'EBUSY']))) {
+    offset += inside;
+    bytes -= inside;
+    inside = 0;
+    if (bytes === 0) return;
   }
   if (await succeeds(ops.zeroRange(fd, offset, bytes), ['ENOTSUP', 'EINVAL'])) return;
   if (inside > 0) await ops.punchHole(fd, offset, inside);
@@ -222,15 +223,16 @@ export const fileDriver: BlockDriver<FileState> = {
   async writeZeroes(node, offset, bytes, flags) {
     const s = node.state;
     const ops = nativeFileOps();
+    const size = s.size;
+    // Grow the recorded size first, as write() does, for requests running meanwhile.
+    s.size = Math.max(s.size, offset + bytes);
     if (ops) {
-      await fallocateZeroes(ops, s, offset, bytes, (flags & REQ_MAY_UNMAP) !== 0);
+      await fallocateZeroes(ops, s.handle.fd, size, offset, bytes, (flags & REQ_MAY_UNMAP) !== 0);
       if (flags & REQ_FUA && !s.noFlush) await s.handle.datasync();
     } else {
       // Written, never truncated: a truncate could race with a write that grows the file.
-      s.size = Math.max(s.size, offset + bytes);
       await writeZeroRange(s.handle, offset, offset + bytes);
     }
-    s.size = Math.max(s.size, offset + bytes);
   },
 
   /**
