@@ -7,8 +7,9 @@
 import { BlkioError, toBlkioError } from '../../errors.js';
 import { ROLE_IMAGE, type BlockDriver, type OptionSpecs } from '../../block/driver.js';
 import {
-  REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO,
+  REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO,
 } from '../../block/flags.js';
+import { getClusterRefcount } from './refcount.js';
 import {
   BACKING_FILE_MAX, COMPAT_LAZY_REFCOUNTS, COMPRESSION_NAMES, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, QCOW_MAGIC,
 } from './header.js';
@@ -162,6 +163,11 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
       status |= STATUS_DATA;
     }
     if (m.type === SubclusterType.Compressed) status |= STATUS_COMPRESSED;
+    // Preallocated metadata points at host space never written: let the file say where it is a hole.
+    if (status & STATUS_DATA && status & STATUS_OFFSET_VALID) {
+      s.metadataPreallocation ??= await s.lock.run(() => detectMetadataPreallocation(s)).catch(() => false);
+      if (s.metadataPreallocation) status |= STATUS_RECURSE;
+    }
     result.status = status;
     return result;
   },
@@ -230,3 +236,21 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     node.backingFormat = format;
   },
 };
+
+/**
+ * Whether the image looks metadata-preallocated: clearly more clusters are referenced than the
+ * file has allocated (at least a ninth more, and two more), as QEMU judges it once per open.
+ */
+async function detectMetadataPreallocation(s: Qcow2State): Promise<boolean> {
+  const file = s.file.node;
+  const allocated = await file.driver.allocatedSize?.(file);
+  if (allocated === undefined) return false;
+  const realClusters = Math.floor(allocated / s.clusterSize);
+  const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
+  const endCluster = Math.ceil(file.getLength() / s.clusterSize);
+  let referenced = 0;
+  for (let i = 0; i < endCluster && referenced < threshold; i++) {
+    if ((await getClusterRefcount(s, i)) > 0) referenced++;
+  }
+  return referenced >= threshold;
+}

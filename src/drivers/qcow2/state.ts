@@ -125,6 +125,8 @@ export interface Qcow2State {
   snapshotsSize: number;
   inflight: Set<Allocation>;
   signaledCorruption: boolean;
+  /** Checked on the first block-status query: most referenced clusters were never written. */
+  metadataPreallocation?: boolean;
   /** Set after fatal corruption: every request fails (QEMU drops the driver). */
   unusable: boolean;
   /**
