@@ -1,16 +1,19 @@
 #!/usr/bin/env node
-// blkio against QEMU on the same work: `npm run bench [-- [--runs N] [CASE...]]`.
+// blkio against QEMU on the same work: `npm run bench [-- [--runs N] [--markdown] [CASE...]]`.
 //
 // A case prepares fresh files in a scratch directory, then runs its blkio command and its QEMU
 // equivalent (and any extra baselines) N times each, every run on freshly prepared files.
-// Printed per case: median wall-clock seconds of each side, the ratio blkio/QEMU, and peak
-// RSS (from /usr/bin/time -f %M when present, else from a node wrapper's resourceUsage, which
-// only sees node processes). Needs qemu-img/qemu-io and a built dist/blkio.js; about 2 GiB of
-// temporary disk; the scratch directory is removed at the end.
+// Printed per case and side: median wall-clock and CPU (user+sys) seconds, the ratios blkio/QEMU
+// (and blkio/baseline), and peak RSS. Times come from bash's `time` (wait4, millisecond
+// precision), peak RSS from GNU time's %M. On a machine shared with other work the CPU ratio is
+// the steadier of the two: waiting for a core inflates wall time on both sides unevenly.
+// Needs bash, /usr/bin/time, qemu-img/qemu-io and a built dist/blkio.cjs; a few GiB of temporary
+// disk; the scratch directory is removed at the end. --markdown adds a table for RESULTS.md.
 //
 // Adding a case: push { name, setup(dir), prepare(dir), blkio: [argv...], qemu: [[argv...]...] }
 // onto CASES. `setup` runs once, `prepare` before every single run; a side with several
 // commands (QEMU's stream equivalent) counts their times added up and the largest RSS.
+// Images several cases only read are named in the case's `shares` and built once (SHARED_BUILDERS).
 
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -21,14 +24,107 @@ import { fileURLToPath } from 'node:url';
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 // BLKIO=/path/to/blkio benchmarks another build (default: this repository's bin/blkio).
 const BLKIO = process.env.BLKIO ?? path.join(REPO, 'bin', 'blkio');
+const GiB = 1 << 30;
+const MiB = 1 << 20;
 
 /** Run a command, failing loudly: preparation steps must work. */
-function sh(argv, cwd) {
-  const r = spawnSync(argv[0], argv.slice(1), { cwd, encoding: 'utf8' });
+function sh(argv, cwd, input) {
+  const r = spawnSync(argv[0], argv.slice(1), { cwd, input, encoding: 'utf8', maxBuffer: 256 << 20 });
   if (r.status !== 0) throw new Error(`${argv.join(' ')} failed: ${(r.stderr || r.stdout || '').trim()}`);
 }
 
+/** `-c CMD` for each of `count` requests of `size` bytes covering [0, count * size). */
+function requests(verb, count, size) {
+  return Array.from({ length: count }, (_, i) => ['-c', `${verb} ${i * size} ${size}`]).flat();
+}
+
+const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'blkio-bench-'));
+
+/** Where a shared image lives (built before the first case that shares it runs). */
+const shared = (name) => path.join(scratch, name);
+
+const SHARED_BUILDERS = {
+  // 1 GiB of data in every cluster.
+  'full.qcow2'(file) {
+    sh(['qemu-img', 'create', '-q', '-f', 'qcow2', file, '1G']);
+    sh(['qemu-io', '-c', 'write -P 0x5a 0 1G', file]);
+  },
+  // 8 GiB virtual, every other 64 KiB cluster allocated: 65 536 separate data extents. One
+  // qemu-io session in writeback mode takes the 65 536 writes from stdin.
+  'sparse-8g.qcow2'(file) {
+    sh(['qemu-img', 'create', '-q', '-f', 'qcow2', file, '8G']);
+    const script = Array.from({ length: 65536 }, (_, i) => `write -q -P 0x11 ${i * 128 * 1024} 4k\n`).join('');
+    sh(['qemu-io', '-t', 'writeback', file], undefined, script);
+  },
+};
+
 const CASES = [
+  {
+    name: 'startup: read 4k of raw',
+    runs: 15,
+    setup(dir) {
+      fs.writeFileSync(path.join(dir, 'small.raw'), Buffer.alloc(MiB, 1));
+    },
+    blkio: [[BLKIO, 'io', '-f', 'raw', '-c', 'read 0 4k', 'small.raw']],
+    qemu: [['qemu-io', '-f', 'raw', '-c', 'read 0 4k', 'small.raw']],
+    baselines: { 'node -e 0': [[process.execPath, '-e', '0']] },
+  },
+  {
+    name: 'read 1 GiB of qcow2 in one request',
+    shares: ['full.qcow2'],
+    blkio: [[BLKIO, 'io', '-c', 'read 0 1G', shared('full.qcow2')]],
+    qemu: [['qemu-io', '-c', 'read 0 1G', shared('full.qcow2')]],
+  },
+  {
+    name: 'read 1 GiB of qcow2 as 64 x 16 MiB',
+    shares: ['full.qcow2'],
+    blkio: [[BLKIO, 'io', ...requests('read', 64, 16 * MiB), shared('full.qcow2')]],
+    qemu: [['qemu-io', ...requests('read', 64, 16 * MiB), shared('full.qcow2')]],
+  },
+  {
+    name: 'read 1 GiB through a 2-layer chain (half in each) as 64 x 16 MiB',
+    setup(dir) {
+      sh(['qemu-img', 'create', '-q', '-f', 'qcow2', 'base.qcow2', '1G'], dir);
+      sh(['qemu-io', '-c', 'write -P 0x11 0 512M', 'base.qcow2'], dir);
+      sh(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', 'top.qcow2'], dir);
+      sh(['qemu-io', '-c', 'write -P 0x22 512M 512M', 'top.qcow2'], dir);
+    },
+    blkio: [[BLKIO, 'io', ...requests('read', 64, 16 * MiB), 'top.qcow2']],
+    qemu: [['qemu-io', ...requests('read', 64, 16 * MiB), 'top.qcow2']],
+  },
+  {
+    // Both tools default to writethrough here: a flush after every write.
+    name: 'write 1 GiB into a new qcow2 as 64 x 16 MiB',
+    prepare(dir) {
+      sh(['qemu-img', 'create', '-q', '-f', 'qcow2', 'new.qcow2', '1G'], dir);
+    },
+    blkio: [[BLKIO, 'io', ...requests('write', 64, 16 * MiB), 'new.qcow2']],
+    qemu: [['qemu-io', ...requests('write', 64, 16 * MiB), 'new.qcow2']],
+  },
+  {
+    name: 'img map --output=json: 8 GiB, 65 536 separate allocated clusters',
+    shares: ['sparse-8g.qcow2'],
+    blkio: [[BLKIO, 'img', 'map', '--output=json', shared('sparse-8g.qcow2')]],
+    qemu: [['qemu-img', 'map', '--output=json', shared('sparse-8g.qcow2')]],
+  },
+  {
+    name: 'img convert -O raw: 1 GiB qcow2',
+    shares: ['full.qcow2'],
+    prepare(dir) {
+      fs.rmSync(path.join(dir, 'out.raw'), { force: true });
+    },
+    blkio: [[BLKIO, 'img', 'convert', '-f', 'qcow2', '-O', 'raw', shared('full.qcow2'), 'out.raw']],
+    qemu: [['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', shared('full.qcow2'), 'out.raw']],
+  },
+  {
+    name: 'img convert -O qcow2: 1 GiB qcow2',
+    shares: ['full.qcow2'],
+    prepare(dir) {
+      fs.rmSync(path.join(dir, 'out.qcow2'), { force: true });
+    },
+    blkio: [[BLKIO, 'img', 'convert', '-f', 'qcow2', '-O', 'qcow2', shared('full.qcow2'), 'out.qcow2']],
+    qemu: [['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', shared('full.qcow2'), 'out.qcow2']],
+  },
   {
     name: 'stream 1 GiB',
     setup(dir) {
@@ -51,52 +147,32 @@ const CASES = [
     blkio: [[BLKIO, 'commit', 'top.qcow2']],
     qemu: [['qemu-img', 'commit', 'top.qcow2']],
   },
-  {
-    name: 'startup: read 4k of raw',
-    runs: 10,
-    setup(dir) {
-      fs.writeFileSync(path.join(dir, 'small.raw'), Buffer.alloc(1 << 20, 1));
-    },
-    blkio: [[BLKIO, 'io', '-f', 'raw', '-c', 'read 0 4k', 'small.raw']],
-    qemu: [['qemu-io', '-f', 'raw', '-c', 'read 0 4k', 'small.raw']],
-    baselines: { 'node -e 0': [[process.execPath, '-e', '0']] },
-  },
 ];
 
-const haveTime = fs.existsSync('/usr/bin/time');
+// bash times the command (TIMEFORMAT: wall, user, sys); GNU time inside it reports peak RSS.
+const TIMED = 'TIMEFORMAT="%3R %3U %3S"; time /usr/bin/time -f %M "$@"';
 
-/** One measured command: seconds and peak RSS in KiB, or an error text. */
+/** One measured command: wall and CPU seconds and peak RSS in KiB, or an error text. */
 function measure(argv, cwd) {
-  const wrapped = haveTime
-    ? ['/usr/bin/time', '-f', '%M', ...argv]
-    : [process.execPath, '-e', RSS_WRAPPER, ...argv];
-  const started = process.hrtime.bigint();
-  const r = spawnSync(wrapped[0], wrapped.slice(1), { cwd, encoding: 'utf8', maxBuffer: 64 << 20 });
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  const r = spawnSync('/bin/bash', ['-c', TIMED, 'bash', ...argv], { cwd, encoding: 'utf8', maxBuffer: 256 << 20 });
   const lines = (r.stderr || '').trimEnd().split('\n');
+  const [wall, user, sys] = (lines.pop() ?? '').split(' ').map(Number);
   const rssKib = Number(lines.pop());
   if (r.status !== 0) return { error: (lines.find((l) => l.trim()) || `exit ${r.status}`).trim() };
-  return { seconds, rssKib: Number.isFinite(rssKib) ? rssKib : NaN };
+  return { wall, cpu: user + sys, rssKib };
 }
-
-// Without GNU time: run the command as a child of node and print its maxRSS (Linux: KiB).
-const RSS_WRAPPER = `
-const { spawnSync } = require('node:child_process');
-const r = spawnSync(process.argv[1], process.argv.slice(2), { stdio: ['ignore', 'inherit', 'inherit'] });
-process.stderr.write('\\n' + process.resourceUsage().maxRSS + '\\n');
-process.exit(r.status ?? 1);`;
 
 /** Run a side's commands once: summed seconds, largest RSS. */
 function runSide(commands, cwd) {
-  let seconds = 0;
-  let rssKib = 0;
+  const total = { wall: 0, cpu: 0, rssKib: 0 };
   for (const argv of commands) {
     const m = measure(argv, cwd);
     if (m.error) return m;
-    seconds += m.seconds;
-    rssKib = Math.max(rssKib, m.rssKib);
+    total.wall += m.wall;
+    total.cpu += m.cpu;
+    total.rssKib = Math.max(total.rssKib, m.rssKib);
   }
-  return { seconds, rssKib };
+  return total;
 }
 
 function median(values) {
@@ -105,27 +181,28 @@ function median(values) {
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
-function runCase(c, runs, root) {
-  const dir = fs.mkdtempSync(path.join(root, 'case-'));
+function runCase(c, runs) {
+  for (const name of c.shares ?? []) if (!fs.existsSync(shared(name))) SHARED_BUILDERS[name](shared(name));
+  const dir = fs.mkdtempSync(path.join(scratch, 'case-'));
   try {
     c.setup?.(dir);
     const sides = { blkio: c.blkio, qemu: c.qemu, ...c.baselines };
     const results = {};
-    for (const [label, commands] of Object.entries(sides)) {
-      const samples = [];
-      for (let i = 0; i < runs; i++) {
+    // Sides take turns run by run, so a burst of load elsewhere hits all of them alike.
+    for (let i = 0; i < runs; i++) {
+      for (const [label, commands] of Object.entries(sides)) {
+        if (results[label]?.error) continue;
         c.prepare?.(dir);
         const m = runSide(commands, dir);
-        if (m.error) {
-          results[label] = { error: m.error };
-          break;
-        }
-        samples.push(m);
+        if (m.error) results[label] = { error: m.error };
+        else (results[label] ??= { samples: [] }).samples.push(m);
       }
-      results[label] ??= {
-        seconds: median(samples.map((s) => s.seconds)),
-        rssMib: Math.max(...samples.map((s) => s.rssKib)) / 1024,
-      };
+    }
+    for (const r of Object.values(results)) {
+      if (r.error) continue;
+      r.wall = median(r.samples.map((s) => s.wall));
+      r.cpu = median(r.samples.map((s) => s.cpu));
+      r.rssMib = Math.max(...r.samples.map((s) => s.rssKib)) / 1024;
     }
     return results;
   } finally {
@@ -133,20 +210,43 @@ function runCase(c, runs, root) {
   }
 }
 
+const ratio = (a, b) => (a.error || b.error ? '-' : (a.wall / b.wall).toFixed(2));
+const cpuRatio = (a, b) => (a.error || b.error ? '-' : (a.cpu / b.cpu).toFixed(2));
+const rssRatio = (a, b) => (a.error || b.error ? '-' : (a.rssMib / b.rssMib).toFixed(2));
+
 function report(c, results) {
-  const fmt = (r) => (r.error ? `failed: ${r.error}` : `${r.seconds.toFixed(3)} s, peak RSS ${r.rssMib.toFixed(0)} MiB`);
-  console.log(`${c.name}`);
+  const fmt = (r) =>
+    r.error ? `failed: ${r.error}` : `wall ${r.wall.toFixed(3)} s  cpu ${r.cpu.toFixed(3)} s  peak RSS ${r.rssMib.toFixed(0)} MiB`;
+  console.log(c.name);
   for (const [label, r] of Object.entries(results)) console.log(`  ${label.padEnd(10)} ${fmt(r)}`);
-  const { blkio, qemu } = results;
-  if (!blkio.error && !qemu.error) console.log(`  ratio blkio/QEMU ${(blkio.seconds / qemu.seconds).toFixed(2)}`);
+  const { blkio, qemu, ...baselines } = results;
+  console.log(`  blkio/QEMU: wall ${ratio(blkio, qemu)}  cpu ${cpuRatio(blkio, qemu)}  RSS ${rssRatio(blkio, qemu)}`);
+  for (const [label, r] of Object.entries(baselines)) {
+    console.log(`  blkio/${label}: wall ${ratio(blkio, r)}  cpu ${cpuRatio(blkio, r)}`);
+  }
+}
+
+function markdown(rows) {
+  const s = (r, key, digits) => (r.error ? 'failed' : r[key].toFixed(digits));
+  console.log('\n| case | blkio wall s | QEMU wall s | wall ratio | blkio CPU s | QEMU CPU s | CPU ratio | blkio RSS MiB | QEMU RSS MiB | RSS ratio |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const { c, results } of rows) {
+    const { blkio, qemu, ...baselines } = results;
+    const line = (name, other) =>
+      `| ${name} | ${s(blkio, 'wall', 3)} | ${s(other, 'wall', 3)} | ${ratio(blkio, other)} | ${s(blkio, 'cpu', 3)} | ${s(other, 'cpu', 3)} | ${cpuRatio(blkio, other)} | ${s(blkio, 'rssMib', 0)} | ${s(other, 'rssMib', 0)} | ${rssRatio(blkio, other)} |`;
+    console.log(line(c.name, qemu));
+    for (const [label, r] of Object.entries(baselines)) console.log(line(`${c.name} (vs ${label})`, r));
+  }
 }
 
 function main() {
   const args = process.argv.slice(2);
   let runs = 3;
+  let wantMarkdown = false;
   const wanted = [];
   for (let i = 0; i < args.length; i++) {
     if (args[i] === '--runs') runs = Math.max(1, Number(args[++i]) || 1);
+    else if (args[i] === '--markdown') wantMarkdown = true;
     else wanted.push(args[i].toLowerCase());
   }
   if (!process.env.BLKIO && !fs.existsSync(path.join(REPO, 'dist', 'blkio.cjs'))) {
@@ -154,15 +254,20 @@ function main() {
     process.exit(2);
   }
   const cases = CASES.filter((c) => wanted.length === 0 || wanted.some((w) => c.name.toLowerCase().includes(w)));
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'blkio-bench-'));
-  const cleanUp = () => fs.rmSync(root, { recursive: true, force: true });
+  const cleanUp = () => fs.rmSync(scratch, { recursive: true, force: true });
   process.on('SIGINT', () => {
     cleanUp();
     process.exit(130);
   });
   try {
-    console.log(`median of ${runs} runs per side (unless a case sets its own)${haveTime ? '' : '; RSS of node processes only'}`);
-    for (const c of cases) report(c, runCase(c, c.runs ?? runs, root));
+    console.log(`median of ${runs} runs per side (unless a case sets its own)`);
+    const rows = [];
+    for (const c of cases) {
+      const results = runCase(c, c.runs ?? runs);
+      report(c, results);
+      rows.push({ c, results });
+    }
+    if (wantMarkdown) markdown(rows);
   } finally {
     cleanUp();
   }
