@@ -20,5 +20,5 @@ export { nodeBlockStatus, isAllocated, isAllocatedAbove } from './block/io.js';
 export { blockdevDefinitions, jsonFilename, nestedDefinition } from './block/describe.js';
 export { allDrivers } from './drivers/index.js';
 export { openImage, type ImageOpenRequest, type OpenedImage } from './cli/open-image.js';
-export { openBlockdevs, openDrives } from './cli/open-graph.js';
+export { openBlockdevs, openDrives, openGraph, graphImage, type Drive, type GraphDefinitions, type OpenedGraph } from './cli/open-graph.js';
 export * as options from './options/index.js';
