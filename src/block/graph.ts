@@ -287,6 +287,7 @@ export class BlockLayer {
       node.discardUnmap = generic.discardUnmap;
       node.detectZeroes = generic.detectZeroes;
       node.forceShare = generic.forceShare;
+      node.noFlush = generic.noFlush;
       node.openOptions = { driver: driver.name, ...explicit };
       if (protocol && typeof effective.filename === 'string') node.filename = effective.filename;
       else if (givenFilename !== undefined) node.filename = givenFilename;
@@ -492,6 +493,7 @@ interface GenericOptions {
   nodeName?: string;
   readOnly: boolean;
   forceShare: boolean;
+  noFlush: boolean;
   discardUnmap: boolean;
   detectZeroes: DetectZeroes;
 }
@@ -518,7 +520,7 @@ function takeGeneric(options: FlatOptions): GenericOptions {
   if (detect === 'unmap' && !discardUnmap) {
     throw new BlkioError('EINVAL', 'setting detect-zeroes to unmap is not allowed without setting discard operation to unmap');
   }
-  return { nodeName, readOnly, forceShare, discardUnmap, detectZeroes: detect as DetectZeroes };
+  return { nodeName, readOnly, forceShare, noFlush: bools['cache.no-flush'] ?? false, discardUnmap, detectZeroes: detect as DetectZeroes };
 }
 
 /**

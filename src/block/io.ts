@@ -77,13 +77,18 @@ function roundUp(n: number, align: number): number {
   return rem === 0 ? n : n + align - rem;
 }
 
-const ZERO_CHUNK = new Uint8Array(1 << 20);
+const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
-/** Whether every byte is zero (native comparison against a zero chunk, no per-byte loop). */
-export function isZeroBuffer(buf: Uint8Array): boolean {
-  for (let pos = 0; pos < buf.length; pos += ZERO_CHUNK.length) {
-    const n = Math.min(ZERO_CHUNK.length, buf.length - pos);
-    if (Buffer.compare(buf.subarray(pos, pos + n), ZERO_CHUNK.subarray(0, n)) !== 0) return false;
+/**
+ * Whether every byte of buf[start, end) is zero: native comparison against a zero chunk, no
+ * per-byte loop and no views allocated (callers test many small ranges, e.g. every sector).
+ */
+export function isZeroBuffer(buf: Uint8Array, start = 0, end = buf.length): boolean {
+  // Data usually shows in its first byte: that answer costs no native call.
+  if (start < end && buf[start] !== 0) return false;
+  for (let pos = start; pos < end; pos += ZERO_CHUNK.length) {
+    const n = Math.min(ZERO_CHUNK.length, end - pos);
+    if (ZERO_CHUNK.compare(buf, pos, pos + n, 0, n) !== 0) return false;
   }
   return true;
 }

@@ -47,6 +47,8 @@ export class BlockNode<S = unknown> {
   discardUnmap = true;
   detectZeroes: DetectZeroes = 'off';
   forceShare = false;
+  /** cache.no-flush (cache=unsafe): flushes stop short of the disk, as QEMU's BDRV_O_NO_FLUSH. */
+  noFlush = false;
   /** A plain filename if the node has one (file protocol or inherited from a pass-through child). */
   filename = '';
   /** The options the node was opened with, minus children, for `json:` names and `blkio graph`. */

@@ -169,7 +169,7 @@ export const fileDriver: BlockDriver<FileState> = {
     }
     node.filename = filename;
     const lock = ctx.opts.locking === 'off' ? undefined : new FileLock(stat.dev, stat.ino, filename);
-    return { handle, filename, size: stat.size, noFlush: node.openOptions['cache.no-flush'] === true, lock };
+    return { handle, filename, size: stat.size, noFlush: node.noFlush, lock };
   },
 
   async close(node) {

@@ -460,7 +460,7 @@ async function writePiece(s: ConvertState, sector: number, count: number, buf: U
 }
 
 function sectorIsZero(buf: Uint8Array, i: number): boolean {
-  return isZeroBuffer(buf.subarray(i * SECTOR, (i + 1) * SECTOR));
+  return isZeroBuffer(buf, i * SECTOR, (i + 1) * SECTOR);
 }
 
 /**
