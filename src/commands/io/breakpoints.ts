@@ -6,7 +6,7 @@
 import { errno, toBlkioError } from '../../errors.js';
 import { ROLE_PRIMARY, type BlockDriver } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import type { IoCommand } from './session.js';
+import type { IoCommand, IoSession } from './session.js';
 
 type BreakpointHook = 'debugBreakpoint' | 'debugRemoveBreakpoint' | 'debugResume' | 'debugIsSuspended';
 
@@ -18,15 +18,26 @@ function nodeWith(node: BlockNode, hook: BreakpointHook): BlockNode | undefined 
   return undefined;
 }
 
-/** Run a breakpoint hook; the thrown error when it fails or nobody implements it. */
-function callHook(node: BlockNode, hook: Exclude<BreakpointHook, 'debugIsSuspended'>, ...args: [string] | [string, string]): Error | undefined {
-  const target = nodeWith(node, hook);
+/** A breakpoint command's failure: `<what>: <error>`; the command fails. */
+function hookFailed(session: IoSession, what: string, error: unknown): number {
+  session.print(`${what}: ${toBlkioError(error).strerror}`);
+  return -1;
+}
+
+/**
+ * Run a breakpoint hook on the session's image; when it fails, or nobody implements it, print
+ * `<what>: <error>` and fail.
+ */
+function runHook(
+  session: IoSession, what: string, hook: Exclude<BreakpointHook, 'debugIsSuspended'>, ...args: [string] | [string, string]
+): number {
+  const target = nodeWith(session.blk.node, hook);
   try {
     if (!target) throw errno('ENOTSUP');
     (target.driver[hook] as (n: BlockNode, ...a: string[]) => void)(target, ...args);
-    return undefined;
+    return 0;
   } catch (e) {
-    return e as Error;
+    return hookFailed(session, what, e);
   }
 }
 
@@ -37,10 +48,7 @@ export const breakCommand: IoCommand = {
   args: 'event tag',
   oneline: 'sets a breakpoint on event and tags the stopped request as tag',
   async run(session, argv) {
-    const error = callHook(session.blk.node, 'debugBreakpoint', argv[1], argv[2]);
-    if (!error) return 0;
-    session.print(`Could not set breakpoint: ${toBlkioError(error).strerror}`);
-    return -1;
+    return runHook(session, 'Could not set breakpoint', 'debugBreakpoint', argv[1], argv[2]);
   },
 };
 
@@ -51,10 +59,7 @@ export const removeBreakCommand: IoCommand = {
   args: 'tag',
   oneline: 'remove a breakpoint by tag',
   async run(session, argv) {
-    const error = callHook(session.blk.node, 'debugRemoveBreakpoint', argv[1]);
-    if (!error) return 0;
-    session.print(`Could not remove breakpoint ${argv[1]}: ${toBlkioError(error).strerror}`);
-    return -1;
+    return runHook(session, `Could not remove breakpoint ${argv[1]}`, 'debugRemoveBreakpoint', argv[1]);
   },
 };
 
@@ -65,10 +70,7 @@ export const resumeCommand: IoCommand = {
   args: 'tag',
   oneline: 'resumes the request tagged as tag',
   async run(session, argv) {
-    const error = callHook(session.blk.node, 'debugResume', argv[1]);
-    if (!error) return 0;
-    session.print(`Could not resume request: ${toBlkioError(error).strerror}`);
-    return -1;
+    return runHook(session, 'Could not resume request', 'debugResume', argv[1]);
   },
 };
 
@@ -85,8 +87,7 @@ export const waitBreakCommand: IoCommand = {
     const target = nodeWith(session.blk.node, 'debugIsSuspended');
     if (!target) {
       // QEMU waits forever here; a request can only be suspended by a node with breakpoints.
-      session.print(`Could not wait for breakpoint: ${toBlkioError(errno('ENOTSUP')).strerror}`);
-      return -1;
+      return hookFailed(session, 'Could not wait for breakpoint', errno('ENOTSUP'));
     }
     while (!target.driver.debugIsSuspended!(target, argv[1])) await new Promise((r) => setTimeout(r, POLL_MS));
     return 0;
