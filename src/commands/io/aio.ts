@@ -6,13 +6,13 @@
 import { toBlkioError } from '../../errors.js';
 import { PERM_WRITE } from '../../block/permissions.js';
 import { REQ_FUA, REQ_MAY_UNMAP } from '../../block/flags.js';
-import { parseLengths, parseNum, parsePattern } from './args.js';
+import { parseNum, parsePattern, parseVectorLength } from './args.js';
 import { allocBuffer } from './buffers.js';
 import { formatReport } from './format.js';
 import { getopt } from './getopt.js';
-import { finishRead, READ_FILL } from './read.js';
+import { readVector } from './read.js';
 import { WRITE_FILL } from './write.js';
-import { usage, type IoCommand } from './session.js';
+import { badOption, usage, type IoCommand } from './session.js';
 
 export const aioReadCommand: IoCommand = {
   name: 'aio_read',
@@ -47,10 +47,7 @@ export const aioReadCommand: IoCommand = {
     let pattern: number | undefined;
     const { items, operands } = getopt(argv, { short: 'CP:iqv' });
     for (const item of items) {
-      if (item.kind === 'error') {
-        session.printErr(item.message);
-        return usage(session, aioReadCommand);
-      }
+      if (item.kind === 'error') return badOption(session, aioReadCommand, item.message);
       switch (item.key) {
         case 'C': csv = true; break;
         case 'P':
@@ -68,18 +65,10 @@ export const aioReadCommand: IoCommand = {
     if (operands.length < 2) return usage(session, aioReadCommand);
     const offset = parseNum(session, operands[0]);
     if (offset === undefined) return -1;
-    const lengths = parseLengths(session, operands.slice(1));
-    if (!lengths) return -1;
-    const count = lengths.reduce((a, b) => a + b, 0);
-    const buf = allocBuffer(session, count, READ_FILL);
-    const start = process.hrtime.bigint();
-    session.track(session.blk.read(offset, count, buf).then(
-      () => {
-        const elapsed = process.hrtime.bigint() - start;
-        finishRead(session, { buf, offset, elapsed, csv, quiet, dump, pattern, verifyOffset: 0, verifyCount: count });
-      },
-      (e) => session.print(`readv failed: ${toBlkioError(e).strerror}`),
-    ));
+    const count = parseVectorLength(session, operands.slice(1));
+    if (count === undefined) return -1;
+    // Neither a failure nor a mismatch makes aio_read fail: only the report tells.
+    session.track(readVector(session, offset, count, { csv, quiet, dump, pattern }));
     return 0;
   },
 };
@@ -122,10 +111,7 @@ export const aioWriteCommand: IoCommand = {
     let pattern = WRITE_FILL;
     const { items, operands } = getopt(argv, { short: 'CfiqP:uz' });
     for (const item of items) {
-      if (item.kind === 'error') {
-        session.printErr(item.message);
-        return usage(session, aioWriteCommand);
-      }
+      if (item.kind === 'error') return badOption(session, aioWriteCommand, item.message);
       switch (item.key) {
         case 'C': csv = true; break;
         case 'f': flags |= REQ_FUA; break;
@@ -168,9 +154,9 @@ export const aioWriteCommand: IoCommand = {
       start = 0n;
       request = blk.writeZeroes(offset, count, flags);
     } else {
-      const lengths = parseLengths(session, operands.slice(1));
-      if (!lengths) return -1;
-      count = lengths.reduce((a, b) => a + b, 0);
+      const total = parseVectorLength(session, operands.slice(1));
+      if (total === undefined) return -1;
+      count = total;
       const buf = allocBuffer(session, count, pattern);
       start = process.hrtime.bigint();
       request = blk.write(offset, count, buf, flags);

@@ -67,11 +67,27 @@ export function checkSectorAligned(session: IoSession, offset: number, count: nu
 }
 
 /**
- * The lengths of a vectored request (readv, writev, aio_*): each and their sum at most
- * REQUEST_MAX_BYTES. Prints the problem and returns undefined when they are not.
+ * `off len` of a single-buffer request (read, discard): both cvtnum values, the length at
+ * most REQUEST_MAX_BYTES. Prints the problem and returns undefined otherwise.
  */
-export function parseLengths(session: IoSession, texts: readonly string[]): number[] | undefined {
-  const lengths: number[] = [];
+export function parseRange(session: IoSession, offsetText: string, lengthText: string): { offset: number; count: number } | undefined {
+  const offset = parseNum(session, offsetText);
+  if (offset === undefined) return undefined;
+  const count = parseNum(session, lengthText);
+  if (count === undefined) return undefined;
+  if (count > REQUEST_MAX_BYTES) {
+    session.print(`length cannot exceed ${REQUEST_MAX_BYTES}, given ${lengthText}`);
+    return undefined;
+  }
+  return { offset, count };
+}
+
+/**
+ * The total length of a vectored request (readv, writev, aio_*): each length and their sum at
+ * most REQUEST_MAX_BYTES. The elements are consecutive, so one buffer of the total is the same
+ * request. Prints the problem and returns undefined when they are too long.
+ */
+export function parseVectorLength(session: IoSession, texts: readonly string[]): number | undefined {
   let total = 0;
   for (const text of texts) {
     const len = parseNum(session, text);
@@ -84,8 +100,7 @@ export function parseLengths(session: IoSession, texts: readonly string[]): numb
       session.print(`The total number of bytes exceed the maximum size ${REQUEST_MAX_BYTES}`);
       return undefined;
     }
-    lengths.push(len);
     total += len;
   }
-  return lengths;
+  return total;
 }

@@ -1,14 +1,13 @@
 /** Commands about the image as a whole: `flush`, `truncate`, `length`, `info`, `discard`. */
 import { errno, toBlkioError } from '../../errors.js';
 import { PERM_RESIZE, PERM_WRITE } from '../../block/permissions.js';
-import { REQUEST_MAX_BYTES } from '../../block/flags.js';
 import type { BlockNode } from '../../block/node.js';
 import type { DriverInfo } from '../../block/driver.js';
 import { cvtstr } from '../../options/size.js';
-import { parseNum, parseNumExact } from './args.js';
+import { parseNumExact, parseRange } from './args.js';
 import { formatReport } from './format.js';
 import { getopt } from './getopt.js';
-import { usage, type IoCommand } from './session.js';
+import { badOption, usage, type IoCommand } from './session.js';
 
 export const flushCommand: IoCommand = {
   name: 'flush',
@@ -43,10 +42,7 @@ export const truncateCommand: IoCommand = {
     let prealloc = 'off';
     const { items, operands } = getopt(argv, { short: 'm:' });
     for (const item of items) {
-      if (item.kind === 'error') {
-        session.printErr(item.message);
-        return usage(session, truncateCommand);
-      }
+      if (item.kind === 'error') return badOption(session, truncateCommand, item.message);
       if (!PREALLOC_MODES.includes(item.value)) {
         session.errorReport(`Invalid preallocation mode '${item.value}'`);
         return -1;
@@ -156,22 +152,14 @@ export const discardCommand: IoCommand = {
     let quiet = false;
     const { items, operands } = getopt(argv, { short: 'Cq' });
     for (const item of items) {
-      if (item.kind === 'error') {
-        session.printErr(item.message);
-        return usage(session, discardCommand);
-      }
+      if (item.kind === 'error') return badOption(session, discardCommand, item.message);
       if (item.key === 'C') csv = true;
       else quiet = true;
     }
     if (operands.length !== 2) return usage(session, discardCommand);
-    const offset = parseNum(session, operands[0]);
-    if (offset === undefined) return -1;
-    const count = parseNum(session, operands[1]);
-    if (count === undefined) return -1;
-    if (count > REQUEST_MAX_BYTES) {
-      session.print(`length cannot exceed ${REQUEST_MAX_BYTES}, given ${operands[1]}`);
-      return -1;
-    }
+    const range = parseRange(session, operands[0], operands[1]);
+    if (!range) return -1;
+    const { offset, count } = range;
     const start = process.hrtime.bigint();
     try {
       await session.blk.discard(offset, count);

@@ -8,7 +8,7 @@ import { isCacheMode, openImage } from '../../cli/open-image.js';
 import { parseQemuOpts, qemuOptsToDict } from '../../options/qemuopts.js';
 import type { FlatOptions } from '../../options/types.js';
 import { getopt } from './getopt.js';
-import { usage, type IoCommand, type IoSession } from './session.js';
+import { badOption, usage, type IoCommand, type IoSession } from './session.js';
 
 /** How an image is to be opened (qemu-io's flags and writethrough setting). */
 export interface OpenMode {
@@ -157,10 +157,7 @@ export const openCommand: IoCommand = {
     const options: FlatOptions = {};
     const { items, operands } = getopt(argv, { short: 'snCro:ki:t:d:U' });
     for (const item of items) {
-      if (item.kind === 'error') {
-        session.printErr(item.message);
-        return usage(session, openCommand);
-      }
+      if (item.kind === 'error') return badOption(session, openCommand, item.message);
       if (item.key === 'o') {
         if (session.imageOpts) {
           session.print("--image-opts and 'open -o' are mutually exclusive");

@@ -1,11 +1,10 @@
 /** `read` and `readv`: synchronous reads with pattern verification, hexdump and statistics. */
 import { errno, toBlkioError } from '../../errors.js';
-import { REQUEST_MAX_BYTES } from '../../block/flags.js';
-import { checkSectorAligned, parseLengths, parseNum, parsePattern } from './args.js';
+import { checkSectorAligned, parseNum, parsePattern, parseRange, parseVectorLength } from './args.js';
 import { allocBuffer, matchesPattern } from './buffers.js';
 import { formatReport, hexdump } from './format.js';
 import { getopt } from './getopt.js';
-import { usage, type IoCommand, type IoSession } from './session.js';
+import { badOption, usage, type IoCommand, type IoSession } from './session.js';
 
 /** Fill byte of read buffers: data the request did not write shows up as 0xab. */
 export const READ_FILL = 0xab;
@@ -37,6 +36,26 @@ export function finishRead(session: IoSession, r: ReadOutcome): boolean {
     op: 'read', offset: r.offset, count: r.buf.length, total: r.buf.length, elapsed: r.elapsed, csv: r.csv,
   }));
   return ok;
+}
+
+/**
+ * readv and aio_read: `count` bytes at `offset` into one fresh buffer, verified as a whole and
+ * reported; a failure prints `readv failed: <error>` (both print that in qemu-io). Resolves to
+ * whether the read worked and matched.
+ */
+export async function readVector(
+  session: IoSession, offset: number, count: number, report: Pick<ReadOutcome, 'csv' | 'quiet' | 'dump' | 'pattern'>,
+): Promise<boolean> {
+  const buf = allocBuffer(session, count, READ_FILL);
+  const start = process.hrtime.bigint();
+  try {
+    await session.blk.read(offset, count, buf);
+  } catch (e) {
+    session.print(`readv failed: ${toBlkioError(e).strerror}`);
+    return false;
+  }
+  const elapsed = process.hrtime.bigint() - start;
+  return finishRead(session, { buf, offset, elapsed, ...report, verifyOffset: 0, verifyCount: count });
 }
 
 export const readCommand: IoCommand = {
@@ -74,10 +93,7 @@ export const readCommand: IoCommand = {
     let verifyCount: number | undefined;
     const { items, operands } = getopt(argv, { short: 'bCl:pP:qs:v' });
     for (const item of items) {
-      if (item.kind === 'error') {
-        session.printErr(item.message);
-        return usage(session, readCommand);
-      }
+      if (item.kind === 'error') return badOption(session, readCommand, item.message);
       switch (item.key) {
         case 'b': vmstate = true; break;
         case 'C': csv = true; break;
@@ -99,14 +115,9 @@ export const readCommand: IoCommand = {
       }
     }
     if (operands.length !== 2) return usage(session, readCommand);
-    const offset = parseNum(session, operands[0]);
-    if (offset === undefined) return -1;
-    const count = parseNum(session, operands[1]);
-    if (count === undefined) return -1;
-    if (count > REQUEST_MAX_BYTES) {
-      session.print(`length cannot exceed ${REQUEST_MAX_BYTES}, given ${operands[1]}`);
-      return -1;
-    }
+    const range = parseRange(session, operands[0], operands[1]);
+    if (!range) return -1;
+    const { offset, count } = range;
     if (pattern === undefined && (verifyOffset !== undefined || verifyCount !== undefined)) {
       return usage(session, readCommand);
     }
@@ -164,10 +175,7 @@ export const readvCommand: IoCommand = {
     let pattern: number | undefined;
     const { items, operands } = getopt(argv, { short: 'CP:qv' });
     for (const item of items) {
-      if (item.kind === 'error') {
-        session.printErr(item.message);
-        return usage(session, readvCommand);
-      }
+      if (item.kind === 'error') return badOption(session, readvCommand, item.message);
       switch (item.key) {
         case 'C': csv = true; break;
         case 'P':
@@ -181,20 +189,8 @@ export const readvCommand: IoCommand = {
     if (operands.length < 2) return usage(session, readvCommand);
     const offset = parseNum(session, operands[0]);
     if (offset === undefined) return -1;
-    const lengths = parseLengths(session, operands.slice(1));
-    if (!lengths) return -1;
-    // The vector elements are consecutive: one buffer covering their sum is the same request.
-    const count = lengths.reduce((a, b) => a + b, 0);
-    const buf = allocBuffer(session, count, READ_FILL);
-    const start = process.hrtime.bigint();
-    try {
-      await session.blk.read(offset, count, buf);
-    } catch (e) {
-      session.print(`readv failed: ${toBlkioError(e).strerror}`);
-      return -1;
-    }
-    const elapsed = process.hrtime.bigint() - start;
-    const ok = finishRead(session, { buf, offset, elapsed, csv, quiet, dump, pattern, verifyOffset: 0, verifyCount: count });
-    return ok ? 0 : -1;
+    const count = parseVectorLength(session, operands.slice(1));
+    if (count === undefined) return -1;
+    return (await readVector(session, offset, count, { csv, quiet, dump, pattern })) ? 0 : -1;
   },
 };

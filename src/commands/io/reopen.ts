@@ -11,7 +11,7 @@ import { parseBool, qemuOptsValue } from '../../options/qemuopts.js';
 import type { FlatOptions, OptionScalar } from '../../options/types.js';
 import { getopt } from './getopt.js';
 import { parseOptionString } from './open.js';
-import { usage, type IoCommand, type IoSession } from './session.js';
+import { badOption, usage, type IoCommand, type IoSession } from './session.js';
 
 /** Cache modes that flush after every write (the rest leave that to flush requests). */
 const WRITETHROUGH_MODES = ['writethrough', 'directsync'];
@@ -106,10 +106,7 @@ export const reopenCommand: IoCommand = {
     const options: FlatOptions = {};
     const { items, operands } = getopt(argv, { short: 'c:o:rw' });
     for (const item of items) {
-      if (item.kind === 'error') {
-        session.printErr(item.message);
-        return usage(session, reopenCommand);
-      }
+      if (item.kind === 'error') return badOption(session, reopenCommand, item.message);
       switch (item.key) {
         case 'c':
           if (!isCacheMode(item.value)) {

@@ -67,7 +67,7 @@ export class IoSession {
   quit = false;
   private readonly program: string;
   private readonly streams: IoStreams;
-  private readonly inflight = new Set<Promise<void>>();
+  private readonly inflight = new Set<Promise<unknown>>();
 
   constructor(options: IoSessionOptions) {
     this.layer = options.layer;
@@ -129,7 +129,7 @@ export class IoSession {
   }
 
   /** Keep an asynchronous request until it completed (aio_flush, close and exit wait for it). */
-  track(request: Promise<void>): void {
+  track(request: Promise<unknown>): void {
     const done = request.finally(() => this.inflight.delete(done));
     this.inflight.add(done);
   }
@@ -155,4 +155,10 @@ export class IoSession {
 export function usage(session: IoSession, command: IoCommand): number {
   session.print(`${command.name} ${command.args ?? '(null)'} -- ${command.oneline}`);
   return -1;
+}
+
+/** A command option getopt refused: its message on stderr, then the usage; the command fails. */
+export function badOption(session: IoSession, command: IoCommand, message: string): number {
+  session.printErr(message);
+  return usage(session, command);
 }

@@ -2,11 +2,11 @@
 import { errno, toBlkioError } from '../../errors.js';
 import { PERM_WRITE } from '../../block/permissions.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQUEST_MAX_BYTES } from '../../block/flags.js';
-import { checkSectorAligned, parseLengths, parseNum, parsePattern } from './args.js';
+import { checkSectorAligned, parseNum, parsePattern, parseVectorLength } from './args.js';
 import { allocBuffer, bufferFromFile } from './buffers.js';
 import { formatReport } from './format.js';
 import { getopt } from './getopt.js';
-import { usage, type IoCommand } from './session.js';
+import { badOption, usage, type IoCommand } from './session.js';
 
 /** Fill byte of write buffers without -P. */
 export const WRITE_FILL = 0xcd;
@@ -51,10 +51,7 @@ export const writeCommand: IoCommand = {
     let sourceFile: string | undefined;
     const { items, operands } = getopt(argv, { short: 'bcCfnpP:qs:uz' });
     for (const item of items) {
-      if (item.kind === 'error') {
-        session.printErr(item.message);
-        return usage(session, writeCommand);
-      }
+      if (item.kind === 'error') return badOption(session, writeCommand, item.message);
       switch (item.key) {
         case 'b': vmstate = true; break;
         case 'c': compressed = true; break;
@@ -156,10 +153,7 @@ export const writevCommand: IoCommand = {
     let pattern = WRITE_FILL;
     const { items, operands } = getopt(argv, { short: 'CfqP:' });
     for (const item of items) {
-      if (item.kind === 'error') {
-        session.printErr(item.message);
-        return usage(session, writevCommand);
-      }
+      if (item.kind === 'error') return badOption(session, writevCommand, item.message);
       switch (item.key) {
         case 'C': csv = true; break;
         case 'f': flags |= REQ_FUA; break;
@@ -175,10 +169,8 @@ export const writevCommand: IoCommand = {
     if (operands.length < 2) return usage(session, writevCommand);
     const offset = parseNum(session, operands[0]);
     if (offset === undefined) return -1;
-    const lengths = parseLengths(session, operands.slice(1));
-    if (!lengths) return -1;
-    // The vector elements are consecutive: one buffer covering their sum is the same request.
-    const count = lengths.reduce((a, b) => a + b, 0);
+    const count = parseVectorLength(session, operands.slice(1));
+    if (count === undefined) return -1;
     const buf = allocBuffer(session, count, pattern);
     const start = process.hrtime.bigint();
     try {
