@@ -1,9 +1,11 @@
 /**
  * Compressed clusters: zlib raw deflate with a 4 KiB window (what QEMU writes), packed byte-wise
- * into shared host clusters. zstd (compression type 1) is recognised but Node 20's zlib has no
- * zstd codec, so such clusters cannot be read or written here.
+ * into shared host clusters. zstd clusters (compression type 1) are read with fzstd, since
+ * Node 20's zlib has no zstd codec; in zstd images new clusters are written uncompressed, as
+ * QEMU does whenever compression would not save space.
  */
-import { BlkioError, errno } from '../../errors.js';
+import { Decompress } from 'fzstd';
+import { errno } from '../../errors.js';
 import { lazyBuiltin } from '../../lazy-builtin.js';
 import { debugEvent } from '../../block/io.js';
 import { HI_COMPRESSED } from './entries.js';
@@ -16,15 +18,30 @@ const zlib = lazyBuiltin<typeof import('node:zlib')>('node:zlib');
 const WINDOW_BITS = 12;
 const MEM_LEVEL = 9;
 
-/** zstd streams cannot be produced here, and reading them fails like any undecodable cluster. */
-function requireZlib(s: Qcow2State, forWrite: boolean): void {
-  if (s.header.compressionType === COMPRESSION_ZLIB) return;
-  throw forWrite ? new BlkioError('ENOTSUP', 'zstd compression is not supported') : errno('EIO');
+/**
+ * Inflate a zstd stream until `out` is full. The stored size is rounded up to whole sectors, so
+ * what follows the frame (the next compressed cluster, or anything) is never decoded.
+ */
+function zstdDecompress(input: Uint8Array, out: Uint8Array): void {
+  let filled = 0;
+  const full = new Error('cluster complete');
+  const stream = new Decompress((chunk) => {
+    const n = Math.min(chunk.length, out.length - filled);
+    out.set(chunk.subarray(0, n), filled);
+    filled += n;
+    if (filled === out.length) throw full;
+  });
+  try {
+    stream.push(input, true);
+  } catch (e) {
+    if (e !== full) throw errno('EIO');
+  }
+  if (filled !== out.length) throw errno('EIO');
 }
 
 /** Deflate one cluster; undefined when the result would not be smaller than a cluster. */
 export function compressCluster(s: Qcow2State, data: Uint8Array): Uint8Array | undefined {
-  requireZlib(s, true);
+  if (s.header.compressionType !== COMPRESSION_ZLIB) return undefined;
   const { constants, deflateRawSync } = zlib();
   const out = deflateRawSync(data, { level: constants.Z_DEFAULT_COMPRESSION, windowBits: WINDOW_BITS, memLevel: MEM_LEVEL });
   return out.length <= s.clusterSize - 1 ? out : undefined;
@@ -32,7 +49,7 @@ export function compressCluster(s: Qcow2State, data: Uint8Array): Uint8Array | u
 
 /** Inflate into exactly one cluster; a stream that fills the cluster without ending is accepted as QEMU does. */
 export function decompressCluster(s: Qcow2State, input: Uint8Array, out: Uint8Array): void {
-  requireZlib(s, false);
+  if (s.header.compressionType !== COMPRESSION_ZLIB) return zstdDecompress(input, out);
   const { constants, inflateRawSync } = zlib();
   let result: Buffer;
   try {

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { STATUS_ALLOCATED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../../../src/block/flags.js';
 import { nodeBlockStatus } from '../../../../src/block/io.js';
-import { haveQemu, openQcow2, qemuImg, qemuIo, tempDir } from './helpers.js';
+import { haveQemu, openQcow2, qemuImg, qemuImgStatus, qemuIo, tempDir } from './helpers.js';
 
 /** Read `bytes` at `offset` and check every byte is `value`. */
 async function expectPattern(img: Awaited<ReturnType<typeof openQcow2>>, offset: number, bytes: number, value: number): Promise<void> {
@@ -49,6 +49,23 @@ describe.skipIf(!haveQemu)('qcow2 reads images written by QEMU', () => {
       }
     });
   }
+
+  it('reads zstd-compressed clusters, and writes uncompressed clusters into zstd images', async () => {
+    const file = tmp.path('z.qcow2');
+    qemuImg('create', '-q', '-f', 'qcow2', '-o', 'compression_type=zstd', file, '1M');
+    qemuIo(file, ['write -c -P 0x41 0 64k', 'write -c -P 0x42 64k 64k', 'write -c 128k 128k']);
+    const img = await openQcow2(file);
+    try {
+      await expectPattern(img, 0, 65536, 0x41);
+      await expectPattern(img, 65536, 65536, 0x42);
+      await expectPattern(img, 131072, 131072, 0xcd);
+      await img.blk.writeCompressed(262144, 65536, new Uint8Array(65536).fill(0x44));
+    } finally {
+      await img.close();
+    }
+    expect(qemuImgStatus('check', file).status).toBe(0);
+    qemuIo(file, ['read -P 0x44 256k 64k', 'read -P 0x41 0 64k']);
+  });
 
   it('reads unallocated ranges from the backing file, zeroes past its end', async () => {
     const base = tmp.path('base.qcow2');
