@@ -111,30 +111,46 @@ export function imgMap(argv: string[]): Promise<number> {
   });
 }
 
+/** Output collected into chunks: one write per line would cost more than the map walk itself. */
+const OUTPUT_CHUNK = 64 * 1024;
+
 async function dumpMap(node: BlockNode, output: OutputFormat, startOffset: number, maxLength: number | undefined): Promise<number> {
   let length = node.getLength();
   if (maxLength !== undefined) length = Math.min(startOffset + maxLength, length);
-  const print = (e: MapEntry, last: boolean): void => {
-    writeOut(output === 'human' ? humanLine(e) : jsonEntry(e) + (last ? '' : ',\n'));
+  let pending = '';
+  const emit = (text: string): void => {
+    pending += text;
+    if (pending.length >= OUTPUT_CHUNK) {
+      writeOut(pending);
+      pending = '';
+    }
   };
-  writeOut(output === 'human' ? `${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n` : '[');
-  let current: MapEntry = { start: startOffset, length: 0, depth: 0, present: false, zero: false, data: false };
-  while (current.start + current.length < length) {
-    const offset = current.start + current.length;
-    let next: MapEntry;
-    try {
-      next = await mapEntryAt(node, offset, Math.min(PROBE_LIMIT, length - offset));
-    } catch (e) {
-      throw new BlkioError('EIO', `Could not read file metadata: ${e instanceof BlkioError ? e.strerror : String(e)}`);
+  const print = (e: MapEntry, last: boolean): void => {
+    emit(output === 'human' ? humanLine(e) : jsonEntry(e) + (last ? '' : ',\n'));
+  };
+  emit(output === 'human' ? `${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n` : '[');
+  try {
+    let current: MapEntry = { start: startOffset, length: 0, depth: 0, present: false, zero: false, data: false };
+    while (current.start + current.length < length) {
+      const offset = current.start + current.length;
+      let next: MapEntry;
+      try {
+        next = await mapEntryAt(node, offset, Math.min(PROBE_LIMIT, length - offset));
+      } catch (e) {
+        throw new BlkioError('EIO', `Could not read file metadata: ${e instanceof BlkioError ? e.strerror : String(e)}`);
+      }
+      if (mergeable(current, next)) {
+        current.length += next.length;
+        continue;
+      }
+      if (current.length > 0) print(current, false);
+      current = next;
     }
-    if (mergeable(current, next)) {
-      current.length += next.length;
-      continue;
-    }
-    if (current.length > 0) print(current, false);
-    current = next;
+    print(current, true);
+    if (output === 'json') emit(']\n');
+  } finally {
+    // What was printed before an error still comes out ahead of the error message.
+    writeOut(pending);
   }
-  print(current, true);
-  if (output === 'json') writeOut(']\n');
   return 0;
 }

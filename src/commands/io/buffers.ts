@@ -10,10 +10,30 @@ import type { IoSession } from './session.js';
 /** `-m` moves buffers this far into their allocation. */
 const MISALIGN_OFFSET = 16;
 
+/** Buffers from this size up are reused (smaller ones come from Node's shared pool). */
+const REUSE_MIN = 1 << 20;
+/**
+ * Memory of a finished request, for the next one that fits: large requests in a row would
+ * otherwise each take fresh memory, all held until the garbage collector runs.
+ */
+let spare: ArrayBufferLike | undefined;
+
 /** A buffer of `len` bytes, every byte `fill`. */
 export function allocBuffer(session: IoSession, len: number, fill: number): Uint8Array {
   const skip = session.misalign ? MISALIGN_OFFSET : 0;
-  return Buffer.allocUnsafe(len + skip).fill(fill).subarray(skip);
+  let memory: Buffer;
+  if (spare && spare.byteLength >= len + skip) {
+    memory = Buffer.from(spare, 0, len + skip);
+    spare = undefined;
+  } else {
+    memory = Buffer.allocUnsafe(len + skip);
+  }
+  return memory.fill(fill).subarray(skip);
+}
+
+/** Give back the buffer of a request that has finished and whose data nobody keeps. */
+export function releaseBuffer(buf: Uint8Array): void {
+  if (buf.buffer.byteLength >= REUSE_MIN && (!spare || buf.buffer.byteLength > spare.byteLength)) spare = buf.buffer;
 }
 
 /**

@@ -1,7 +1,7 @@
 /** `read` and `readv`: synchronous reads with pattern verification, hexdump and statistics. */
 import { errno, toBlkioError } from '../../errors.js';
 import { checkSectorAligned, parseNum, parsePattern, parseRange, parseVectorLength } from './args.js';
-import { allocBuffer, matchesPattern } from './buffers.js';
+import { allocBuffer, matchesPattern, releaseBuffer } from './buffers.js';
 import { formatReport, hexdump } from './format.js';
 import { getopt } from './getopt.js';
 import { badOption, usage, type IoCommand, type IoSession } from './session.js';
@@ -143,6 +143,7 @@ export const readCommand: IoCommand = {
     const ok = finishRead(session, {
       buf, offset, elapsed, csv, quiet, dump, pattern, verifyOffset: vOffset, verifyCount: vCount,
     });
+    releaseBuffer(buf);
     return ok ? 0 : -1;
   },
 };

@@ -3,7 +3,7 @@ import { errno, toBlkioError } from '../../errors.js';
 import { PERM_WRITE } from '../../block/permissions.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQUEST_MAX_BYTES } from '../../block/flags.js';
 import { checkSectorAligned, parseNum, parsePattern, parseVectorLength } from './args.js';
-import { allocBuffer, bufferFromFile } from './buffers.js';
+import { allocBuffer, bufferFromFile, releaseBuffer } from './buffers.js';
 import { formatReport } from './format.js';
 import { getopt } from './getopt.js';
 import { badOption, usage, type IoCommand } from './session.js';
@@ -120,6 +120,7 @@ export const writeCommand: IoCommand = {
       return -1;
     }
     const elapsed = process.hrtime.bigint() - start;
+    if (buf) releaseBuffer(buf);
     if (!quiet) session.write(formatReport({ op: 'wrote', offset, count, total: count, elapsed, csv }));
     return 0;
   },

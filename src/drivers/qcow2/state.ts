@@ -14,22 +14,32 @@ import {
 
 /** An async mutex: `acquire` resolves to the release function. */
 export class Mutex {
-  private tail: Promise<void> = Promise.resolve();
+  private locked = false;
+  /** Who waits for the lock, first come first served. */
+  private readonly waiters: Array<() => void> = [];
 
-  acquire(): Promise<() => void> {
-    let release!: () => void;
-    const next = new Promise<void>((r) => (release = r));
-    const ready = this.tail.then(() => release);
-    this.tail = this.tail.then(() => next);
-    return ready;
+  /** Resolves once the lock is held; an uncontended lock costs no promise chain. */
+  private acquire(): Promise<void> | undefined {
+    if (!this.locked) {
+      this.locked = true;
+      return undefined;
+    }
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  private release(): void {
+    const next = this.waiters.shift();
+    if (next) next();
+    else this.locked = false;
   }
 
   async run<T>(fn: () => Promise<T>): Promise<T> {
-    const release = await this.acquire();
+    const waiting = this.acquire();
+    if (waiting) await waiting;
     try {
       return await fn();
     } finally {
-      release();
+      this.release();
     }
   }
 }
