@@ -10,10 +10,9 @@ import type { CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { formatFixed } from '../../options/size.js';
 import {
-  ExitStatus, UsageError, badOption, newLayer, openImg, parseOutputFormat, reportError, runSubcommand, scanImgArgs,
-  skipFilters, writeErr, writeOut, type OutputFormat,
+  badOption, checkNoFormatWithImageOpts, checkSourceCacheMode, ExitStatus, newLayer, openImg, type OutputFormat,
+  parseOutputFormat, reportError, runSubcommand, scanImgArgs, skipFilters, UsageError, writeErr, writeOut,
 } from './common.js';
-import { isCacheMode } from '../../cli/open-image.js';
 import { printHelp } from './help.js';
 import { toQemuJson } from './qjson.js';
 
@@ -111,8 +110,8 @@ export function imgCheck(argv: string[]): Promise<number> {
     if (operands.length !== 1) throw new UsageError('Expecting one image file name');
     const filename = operands[0];
     const outputFormat: OutputFormat = output === undefined ? 'human' : parseOutputFormat(output);
-    if (!isCacheMode(cache)) throw new BlkioError('EINVAL', `Invalid source cache option: ${cache}`);
-    if (imageOpts && format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
+    checkSourceCacheMode(cache);
+    checkNoFormatWithImageOpts(imageOpts, format);
     const layer = newLayer();
     try {
       const blk = await openImg(layer, { filename, format, imageOpts, readOnly: repair === undefined, forceShare, cache });

@@ -5,13 +5,13 @@
  * progress and messages around it. `-b` implies `-d`.
  */
 import { BlkioError } from '../../errors.js';
-import { isCacheMode } from '../../cli/open-image.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
 import { findBackingImage } from '../../jobs/chain.js';
 import { commitImage } from '../../jobs/commit.js';
 import type { FlatOptions } from '../../options/types.js';
 import {
-  UsageError, backingLayer, badOption, imgCvtnum, newLayer, openImg, runSubcommand, scanImgArgs, writeOut,
+  backingLayer, badOption, checkCacheMode, checkNoFormatWithImageOpts, imgCvtnum, newLayer, openImg, runSubcommand,
+  scanImgArgs, UsageError, writeOut,
 } from './common.js';
 import { printHelp } from './help.js';
 
@@ -47,8 +47,8 @@ export function imgCommit(argv: string[]): Promise<number> {
     }
     if (operands.length !== 1) throw new UsageError('Expecting one image file name');
     const filename = operands[0];
-    if (!isCacheMode(cache)) throw new BlkioError('EINVAL', `Invalid cache option: ${cache}`);
-    if (imageOpts && format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
+    checkCacheMode(cache);
+    checkNoFormatWithImageOpts(imageOpts, format);
     const layer = newLayer();
     try {
       const open = (extraOptions: FlatOptions) => openImg(layer, { filename, format, imageOpts, cache, extraOptions });

@@ -81,9 +81,18 @@ export function badOption(item: OptionItem): never {
   throw new UsageError(`unrecognized option '${item.value}'`);
 }
 
-export function checkCacheMode(mode: string): string {
+export function checkCacheMode(mode: string): void {
   if (!isCacheMode(mode)) throw new BlkioError('EINVAL', `Invalid cache option: ${mode}`);
-  return mode;
+}
+
+/** -T: the cache mode images are read with. */
+export function checkSourceCacheMode(mode: string): void {
+  if (!isCacheMode(mode)) throw new BlkioError('EINVAL', `Invalid source cache option: ${mode}`);
+}
+
+/** --image-opts names the driver in the option string itself, so -f cannot come with it. */
+export function checkNoFormatWithImageOpts(imageOpts: boolean | undefined, format: string | undefined): void {
+  if (imageOpts && format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
 }
 
 export type OutputFormat = 'human' | 'json';

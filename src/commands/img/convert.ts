@@ -18,7 +18,7 @@ import { isCacheMode } from '../../cli/open-image.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
 import { hasHelpOption, isValidOptionList } from '../../options/qemuopts.js';
 import {
-  backingLayer, badOption, imgCvtnum, newLayer, openImg, runSubcommand, scanImgArgs, skipFilters,
+  backingLayer, badOption, checkCacheMode, imgCvtnum, newLayer, openImg, runSubcommand, scanImgArgs, skipFilters,
 } from './common.js';
 import { chainBlockStatus } from './block-status.js';
 import {
@@ -238,7 +238,7 @@ async function convert(
     checkBackingUse(args, sources.length, backing);
   }
 
-  if (!isCacheMode(args.cache)) throw new BlkioError('EINVAL', `Invalid cache option: ${args.cache}`);
+  checkCacheMode(args.cache);
   const target = await openImg(layer, {
     filename: outFilename, format: args.outFormat, imageOpts: args.targetImageOpts, cache: args.cache,
     extraOptions: args.minSparse ? { discard: 'unmap' } : { discard: 'ignore' },

@@ -12,7 +12,8 @@ import { nodeInfo } from '../../block/io.js';
 import { resolveBackingFilename } from '../../block/graph.js';
 import { sizeToStr } from '../../options/size.js';
 import {
-  UsageError, badOption, newLayer, openImg, parseOutputFormat, runSubcommand, scanImgArgs, writeOut, type OutputFormat,
+  badOption, checkNoFormatWithImageOpts, newLayer, openImg, type OutputFormat, parseOutputFormat, runSubcommand,
+  scanImgArgs, UsageError, writeOut,
 } from './common.js';
 import { printHelp } from './help.js';
 import { toQemuJson } from './qjson.js';
@@ -141,7 +142,7 @@ export function imgInfo(argv: string[]): Promise<number> {
 async function collectImageInfo(
   first: string, firstFormat: string | undefined, imageOpts: boolean, chain: boolean, forceShare: boolean,
 ): Promise<ImageInfo[]> {
-  if (imageOpts && firstFormat !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
+  checkNoFormatWithImageOpts(imageOpts, firstFormat);
   const list: ImageInfo[] = [];
   const seen = new Set<string>();
   let filename: string | undefined = first;

@@ -12,10 +12,12 @@ import { PERM_ALL, PERM_CONSISTENT_READ } from '../../block/permissions.js';
 import { isAllocated, isAllocatedAbove } from '../../block/io.js';
 import { resolveBackingFilename } from '../../block/graph.js';
 import { BlockBackend } from '../../block/backend.js';
-import { isCacheMode } from '../../cli/open-image.js';
 import { Progress } from '../../cli/progress.js';
 import { findBackingImage } from '../../jobs/chain.js';
-import { UsageError, badOption, newLayer, openImg, runSubcommand, scanImgArgs, skipFilters } from './common.js';
+import {
+  badOption, checkCacheMode, checkNoFormatWithImageOpts, checkSourceCacheMode, newLayer, openImg, runSubcommand,
+  scanImgArgs, skipFilters, UsageError,
+} from './common.js';
 import { compareSectors } from './compare.js';
 import { printHelp } from './help.js';
 
@@ -60,9 +62,9 @@ export function imgRebase(argv: string[]): Promise<number> {
     const layer = newLayer();
     try {
       progress.update(0, 100);
-      if (!isCacheMode(cache)) throw new BlkioError('EINVAL', `Invalid cache option: ${cache}`);
-      if (!isCacheMode(srcCache)) throw new BlkioError('EINVAL', `Invalid source cache option: ${srcCache}`);
-      if (imageOpts && format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
+      checkCacheMode(cache);
+      checkSourceCacheMode(srcCache);
+      checkNoFormatWithImageOpts(imageOpts, format);
       const blk = await openImg(layer, { filename, format, imageOpts, cache, noBacking: unsafe });
       const image = skipFilters(blk.node);
       if (backingFormat !== undefined && !layer.driver(backingFormat)) {

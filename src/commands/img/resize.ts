@@ -8,7 +8,8 @@ import { BlkioError } from '../../errors.js';
 import { PERM_RESIZE } from '../../block/permissions.js';
 import { parseSizeOption } from '../../options/qemuopts.js';
 import {
-  ExitStatus, UsageError, badOption, reportError, newLayer, openImg, reportWarning, runSubcommand, scanImgArgs, writeOut,
+  badOption, checkNoFormatWithImageOpts, ExitStatus, newLayer, openImg, reportError, reportWarning, runSubcommand,
+  scanImgArgs, UsageError, writeOut,
 } from './common.js';
 import { printHelp } from './help.js';
 
@@ -47,7 +48,7 @@ export function imgResize(argv: string[]): Promise<number> {
     if (operands.length !== 1) throw new UsageError('Expecting image file name and size');
     const relative = sizeArg.startsWith('+') ? 1 : sizeArg.startsWith('-') ? -1 : 0;
     const n = parseSizeOption('size', relative ? sizeArg.slice(1) : sizeArg);
-    if (imageOpts && format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
+    checkNoFormatWithImageOpts(imageOpts, format);
 
     const layer = newLayer();
     try {
