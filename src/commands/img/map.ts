@@ -5,6 +5,7 @@
  * down (filters skipped) until one knows the data or zero state, and records which layer
  * (depth) and host file answered. Neighbouring extents with equal state merge.
  */
+import { once } from 'node:events';
 import { BlkioError } from '../../errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { STATUS_ALLOCATED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../block/flags.js';
@@ -118,17 +119,17 @@ async function dumpMap(node: BlockNode, output: OutputFormat, startOffset: numbe
   let length = node.getLength();
   if (maxLength !== undefined) length = Math.min(startOffset + maxLength, length);
   let pending = '';
-  const emit = (text: string): void => {
-    pending += text;
-    if (pending.length >= OUTPUT_CHUNK) {
-      writeOut(pending);
-      pending = '';
-    }
+  /** Write a full chunk, waiting while a slow reader (a pipe) still holds the last ones. */
+  const flushChunk = async (): Promise<void> => {
+    if (pending.length < OUTPUT_CHUNK) return;
+    const writable = process.stdout.write(pending);
+    pending = '';
+    if (!writable) await once(process.stdout, 'drain');
   };
   const print = (e: MapEntry, last: boolean): void => {
-    emit(output === 'human' ? humanLine(e) : jsonEntry(e) + (last ? '' : ',\n'));
+    pending += output === 'human' ? humanLine(e) : jsonEntry(e) + (last ? '' : ',\n');
   };
-  emit(output === 'human' ? `${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n` : '[');
+  pending = output === 'human' ? `${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n` : '[';
   try {
     let current: MapEntry = { start: startOffset, length: 0, depth: 0, present: false, zero: false, data: false };
     while (current.start + current.length < length) {
@@ -145,9 +146,10 @@ async function dumpMap(node: BlockNode, output: OutputFormat, startOffset: numbe
       }
       if (current.length > 0) print(current, false);
       current = next;
+      await flushChunk();
     }
     print(current, true);
-    if (output === 'json') emit(']\n');
+    if (output === 'json') pending += ']\n';
   } finally {
     // What was printed before an error still comes out ahead of the error message.
     writeOut(pending);
