@@ -136,6 +136,9 @@ export async function childRead(child: BdrvChild, offset: number, bytes: number,
     return alignedRead(node, offset, bytes, buf, flags);
   }
   const bounce = new Uint8Array(end - start);
+  // QEMU pads around the caller's own buffer, so a driver that leaves data untouched (null-co)
+  // leaves the caller's bytes: start the bounce buffer with them.
+  bounce.set(buf.subarray(0, bytes), offset - start);
   await alignedRead(node, start, end - start, bounce, flags);
   buf.set(bounce.subarray(offset - start, offset - start + bytes));
 }

@@ -154,3 +154,15 @@ describe('permissions on edges', () => {
     await expect(blk.read(0, 512, new Uint8Array(512))).rejects.toThrow(/without 'write' permission/);
   });
 });
+
+describe('alignment padding', () => {
+  it('leaves the caller\'s bytes where the driver does not write (as QEMU pads around the buffer)', async () => {
+    const { nullCoDriver } = await import('../../../src/drivers/null.js');
+    const layer = new BlockLayer([nullCoDriver]);
+    const node = await layer.openNode(undefined, { driver: 'null-co', size: '1M' });
+    node.limits.requestAlignment = 512;
+    const buf = new Uint8Array(16).fill(0xab);
+    await BlockBackend.attach(node, PERM_CONSISTENT_READ, PERM_ALL).read(3, 16, buf);
+    expect([...buf]).toEqual(new Array(16).fill(0xab));
+  });
+});
