@@ -31,7 +31,7 @@ export async function runImg(argv: string[]): Promise<number> {
   const first = argv.findIndex((a) => !a.startsWith('-') || a === '-' || a === '--');
   const programArgs = first < 0 ? argv : argv.slice(0, argv[first] === '--' ? first + 1 : first);
   const rest = first < 0 ? [] : argv.slice(first + (argv[first] === '--' ? 1 : 0));
-  for (const item of scanArgs(programArgs, ':hV', [
+  for (const item of scanArgs('blkio img', programArgs, ':hV', [
     { name: 'help', hasArg: false, key: 'h' },
     { name: 'version', hasArg: false, key: 'V' },
   ]).options) {

@@ -75,7 +75,7 @@ async function runCheck(node: BlockNode, repair: 'leaks' | 'all' | undefined): P
 
 export function imgCheck(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs(argv, ':hf:r:T:qU', [
+    const { options, operands } = scanImgArgs('check', argv, ':hf:r:T:qU', [
       { name: 'format', hasArg: true, key: 'f' },
       { name: 'repair', hasArg: true, key: 'r' },
       { name: 'output', hasArg: true, key: 'output' },

@@ -17,7 +17,7 @@ import { printHelp } from './help.js';
 
 export function imgCommit(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs(argv, ':f:ht:b:dpqr:', [
+    const { options, operands } = scanImgArgs('commit', argv, ':f:ht:b:dpqr:', [
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
       { name: 'progress', hasArg: true, key: 'progress' },
     ]);

@@ -66,8 +66,8 @@ export function newLayer(): BlockLayer {
 }
 
 /** A subcommand's options, scanned; `?`/`:` items become usage errors when reached. */
-export function scanImgArgs(argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[]) {
-  const { options, operands } = scanArgs(argv, shortSpec, [
+export function scanImgArgs(command: string, argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[]) {
+  const { options, operands } = scanArgs(command, argv, shortSpec, [
     { name: 'help', hasArg: false, key: 'h' },
     { name: 'object', hasArg: true, key: 'object' },
     ...longOptions,

@@ -63,7 +63,7 @@ export function compareSectors(a: Uint8Array, b: Uint8Array): { differs: boolean
 
 export function imgCompare(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs(argv, ':hf:F:T:pqsU', [
+    const { options, operands } = scanImgArgs('compare', argv, ':hf:F:T:pqsU', [
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
       { name: 'force-share', hasArg: false, key: 'U' },
     ]);

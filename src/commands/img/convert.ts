@@ -91,7 +91,7 @@ interface ConvertArgs {
 }
 
 function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string[] } | number {
-  const { options, operands } = scanImgArgs(argv, ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:', [
+  const { options, operands } = scanImgArgs('convert', argv, ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:', [
     { name: 'image-opts', hasArg: false, key: 'image-opts' },
     { name: 'target-image-opts', hasArg: false, key: 'target-image-opts' },
     { name: 'target-is-zero', hasArg: false, key: 'target-is-zero' },

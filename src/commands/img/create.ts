@@ -267,7 +267,7 @@ export async function createImageFile(
 /** The subcommand. */
 export function imgCreate(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs(argv, ':F:b:f:ho:qu', []);
+    const { options, operands } = scanImgArgs('create', argv, ':F:b:f:ho:qu', []);
     let format = 'raw';
     let backingFile: string | undefined;
     let backingFormat: string | undefined;

@@ -19,17 +19,18 @@ export interface ScannedArgs {
 }
 
 /** Scan `argv` with a getopt short-option string (`"f:qu"`: a colon marks an argument) and long options. */
-export function scanArgs(argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[] = []): ScannedArgs {
+/** `command` is the subcommand name, which glibc's argv[optind - 1] can point at (argv[0] here is what followed it). */
+export function scanArgs(command: string, argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[] = []): ScannedArgs {
   const { items, operands } = scanOptions(argv, { short: shortSpec, long: longOptions });
   const options = items.map((item): OptionItem => (item.kind === 'option'
     ? { key: item.key, value: item.value }
-    : { key: item.problem === 'missing-argument' || item.problem === 'missing-letter-argument' ? ':' : '?', value: namedArgument(argv, item) }));
+    : { key: item.problem === 'missing-argument' || item.problem === 'missing-letter-argument' ? ':' : '?', value: namedArgument(command, argv, item) }));
   return { options, operands };
 }
 
 /** The word qemu-img names: glibc's argv[optind - 1]. */
-function namedArgument(argv: readonly string[], p: OptionProblem): string {
+function namedArgument(command: string, argv: readonly string[], p: OptionProblem): string {
   // glibc has moved on to the next element only when the failing letter ended this one.
-  if (p.problem === 'invalid-letter' && !p.endsElement) return argv[p.index - 1] ?? p.arg;
+  if (p.problem === 'invalid-letter' && !p.endsElement) return p.index === 0 ? command : argv[p.index - 1] ?? p.arg;
   return p.arg;
 }

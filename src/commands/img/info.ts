@@ -107,7 +107,7 @@ function jsonInfo(info: ImageInfo): Record<string, unknown> {
 
 export function imgInfo(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs(argv, ':f:hU', [
+    const { options, operands } = scanImgArgs('info', argv, ':f:hU', [
       { name: 'format', hasArg: true, key: 'f' },
       { name: 'output', hasArg: true, key: 'output' },
       { name: 'backing-chain', hasArg: false, key: 'backing-chain' },

@@ -73,7 +73,7 @@ function jsonEntry(e: MapEntry): string {
 
 export function imgMap(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs(argv, ':f:hU', [
+    const { options, operands } = scanImgArgs('map', argv, ':f:hU', [
       { name: 'format', hasArg: true, key: 'f' },
       { name: 'output', hasArg: true, key: 'output' },
       { name: 'image-opts', hasArg: false, key: 'image-opts' },

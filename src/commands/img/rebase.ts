@@ -25,7 +25,7 @@ const IO_BUF_SIZE = 2 * 1024 * 1024;
 
 export function imgRebase(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs(argv, ':hf:F:b:upt:T:qU', [
+    const { options, operands } = scanImgArgs('rebase', argv, ':hf:F:b:upt:T:qU', [
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
       { name: 'force-share', hasArg: false, key: 'U' },
     ]);
