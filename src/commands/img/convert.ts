@@ -344,13 +344,20 @@ async function doCopy(s: ConvertState, progress: Progress): Promise<void> {
   let nextSector = 0;
   let allocatedDone = 0;
   let failed = false;
+  // The first Ctrl-C stops handing out pieces; the ones in flight finish and the target is
+  // closed (metadata written), so it stays consistent. A second Ctrl-C exits at once.
+  let interrupted = false;
+  const onSigint = () => {
+    interrupted = true;
+  };
+  process.once('SIGINT', onSigint);
   /** Taking the next piece is serialised (it shares the cached status), as are in-order writes. */
   let claimLock: Promise<unknown> = Promise.resolve();
   let previousWrite: Promise<void> = Promise.resolve();
 
   const claim = (): Promise<Piece | undefined> => {
     const result = claimLock.then(async (): Promise<Piece | undefined> => {
-      if (failed || nextSector >= s.totalSectors) return undefined;
+      if (failed || interrupted || nextSector >= s.totalSectors) return undefined;
       const sector = nextSector;
       let n = await nextPiece(s, sector);
       const status = s.status;
@@ -394,8 +401,13 @@ async function doCopy(s: ConvertState, progress: Progress): Promise<void> {
     }
   };
   const results = await Promise.allSettled(Array.from({ length: s.coroutines }, worker));
+  process.off('SIGINT', onSigint);
   const rejected = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (rejected) throw rejected.reason;
+  if (interrupted) {
+    throw new BlkioError('ECANCELED', `convert interrupted after ${allocatedDone * SECTOR} of ${allocatedSectors * SECTOR} bytes; ` +
+      'the target is consistent but incomplete: run the same command again to convert it completely');
+  }
 }
 
 interface Piece {
