@@ -24,9 +24,9 @@ const outfile = join(dir, `${target}.mjs`);
 try {
   await build({
     entryPoints: [new URL(`./${target}.ts`, import.meta.url).pathname],
-    bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external',
+    bundle: true, platform: 'node', format: 'esm', target: 'node20',
     outfile, logLevel: 'warning',
-    // Resolve bare imports (none today) from the project, not the temp directory.
+    // Bundle the project's dependencies (fzstd) too, resolved from the project, not the temp directory.
     nodePaths: [new URL('../../node_modules', import.meta.url).pathname],
   });
   const { runSeed } = await import(pathToFileURL(outfile).href);
