@@ -6,7 +6,6 @@
 import type { OptionTree } from '../options/types.js';
 import { toJsonFilename } from '../options/json.js';
 import type { BlockNode } from './node.js';
-import { permNames } from './permissions.js';
 import { ROLE_COW } from './driver.js';
 
 /** Skip implicit filters: the node a user would name instead. */
@@ -97,15 +96,4 @@ function setPath(tree: OptionTree, path: string, value: OptionTree | string): vo
     cur = cur[parts[i]!];
   }
   cur[parts[parts.length - 1]!] = value;
-}
-
-export interface EdgeDescription {
-  role: string;
-  perm: string;
-  shared: string;
-}
-
-/** What an edge takes and shares, in QEMU's permission names. */
-export function describeEdge(perm: number, shared: number, role: string): EdgeDescription {
-  return { role, perm: permNames(perm) || 'none', shared: permNames(shared) || 'none' };
 }

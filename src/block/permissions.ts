@@ -29,11 +29,6 @@ export function permNames(perm: number): string {
   return PERM_NAMES.filter(([bit]) => perm & bit).map(([, name]) => name).join(', ');
 }
 
-/** QAPI names (`consistent-read`, ...) as lists in JSON output and blkdebug options use them. */
-export function permQapiNames(perm: number): string[] {
-  return PERM_NAMES.filter(([bit]) => perm & bit).map(([, , qapi]) => qapi);
-}
-
 /** Parse a QAPI permission name; undefined when unknown. */
 export function permFromQapiName(name: string): number | undefined {
   return PERM_NAMES.find(([, , qapi]) => qapi === name)?.[0];
