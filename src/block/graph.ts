@@ -45,11 +45,6 @@ export class OpenContext {
     /** Options not yet consumed: child options are taken from here. */
     readonly remaining: FlatOptions,
     readonly opts: ParsedOptions,
-    /**
-     * A filename left for the driver's primary child. The generic layer opens the `file` child
-     * of formats and filters itself (from the filename and `file.*`), so this stays undefined.
-     */
-    readonly filename: string | undefined,
     /** The node's effective options (defaults included): what its children inherit. */
     private readonly effective: FlatOptions,
   ) {}
@@ -297,7 +292,7 @@ export class BlockLayer {
       const given = Object.keys(driver.options).filter((k) => options[k] !== undefined && options[k] !== null);
       const parsed = parseDriverOptions(driver, options);
       for (const key of given) node.openOptions[key] = parsed[key] as OptionScalar;
-      ctx = new OpenContext(this, node, options, parsed, undefined, effective);
+      ctx = new OpenContext(this, node, options, parsed, effective);
       node.state = await driver.open(node, ctx);
       // The children so far take their permissions (and file locks) before the backing file
       // opens, as QEMU's attach does, so a backing chain that reuses a file fails as there.

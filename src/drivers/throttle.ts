@@ -23,7 +23,7 @@ export const throttleDriver: BlockDriver<ThrottleState> = {
   options: { 'throttle-group': { type: 'string' } },
 
   async open(node, ctx) {
-    const file = (await ctx.openChild('file', ROLE_FILTER_CHILD, { filename: ctx.filename }))!;
+    const file = (await ctx.openChild('file', ROLE_FILTER_CHILD))!;
     const name = ctx.opts['throttle-group'] as string | undefined;
     if (name === undefined) throw new BlkioError('EINVAL', 'Please specify a throttle group');
     const group = findThrottleGroup(node.layer, name);

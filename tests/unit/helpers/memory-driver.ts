@@ -56,7 +56,7 @@ export const memCowDriver: BlockDriver<MemCowState> = {
   supportsBacking: true,
   options: { 'cluster-size': { type: 'size', default: 65536 }, backing_file: { type: 'string' } },
   async open(node, ctx) {
-    const file = (await ctx.openChild('file', ROLE_IMAGE, { filename: ctx.filename }))!;
+    const file = (await ctx.openChild('file', ROLE_IMAGE))!;
     const clusterSize = ctx.opts['cluster-size'] as number;
     const clusters = Math.ceil(file.getLength() / clusterSize);
     node.backingFile = (ctx.opts.backing_file as string | undefined) ?? '';
