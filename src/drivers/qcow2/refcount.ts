@@ -66,7 +66,21 @@ async function allocClustersNoref(s: Qcow2State, size: number, max: number): Pro
     if ((await getClusterRefcount(s, index)) !== 0) i = -1;
   }
   if (s.freeClusterIndex > 0 && s.freeClusterIndex - 1 > Math.floor(max / s.clusterSize)) throw new BlkioError('EFBIG');
-  return (s.freeClusterIndex - nbClusters) * s.clusterSize;
+  const offset = (s.freeClusterIndex - nbClusters) * s.clusterSize;
+  forgetReusedByteCluster(s, offset, nbClusters);
+  return offset;
+}
+
+/**
+ * A cluster that compressed data was packed into can be freed and then handed out whole. QEMU
+ * 7.2 would go on packing compressed data into it behind its new owner's back (a shared data
+ * cluster: corruption); blkio starts the next compressed cluster elsewhere instead.
+ */
+function forgetReusedByteCluster(s: Qcow2State, offset: number, nbClusters: number): void {
+  if (!s.freeByteOffset) return;
+  const index = Math.floor(s.freeByteOffset / s.clusterSize);
+  const first = offset / s.clusterSize;
+  if (index >= first && index < first + nbClusters) s.freeByteOffset = 0;
 }
 
 /** Allocate and reference clusters for `size` bytes; returns the host offset of the first. */
@@ -86,7 +100,10 @@ export async function allocClustersAt(s: Qcow2State, offset: number, nbClusters:
     for (let index = offset / s.clusterSize; i < nbClusters; i++, index++) {
       if ((await getClusterRefcount(s, index)) !== 0) break;
     }
-    if ((await updateRefcount(s, offset, i * s.clusterSize, 1, false, 'never')) !== AGAIN) return i;
+    if ((await updateRefcount(s, offset, i * s.clusterSize, 1, false, 'never')) !== AGAIN) {
+      forgetReusedByteCluster(s, offset, i);
+      return i;
+    }
   }
 }
 
