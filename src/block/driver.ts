@@ -76,6 +76,20 @@ export interface CreateRequest {
   options: Record<string, string | number | boolean>;
 }
 
+/** What `qemu-img measure` reports (QEMU's BlockMeasureInfo). */
+export interface MeasureResult {
+  required: number;
+  fullyAllocated: number;
+  /** Room for the source's persistent bitmaps, when both images can hold them. */
+  bitmaps?: number;
+}
+
+/** A persistent dirty bitmap stored in an image. */
+export interface PersistentBitmap {
+  name: string;
+  granularity: number;
+}
+
 /** What `qemu-img check` found (QEMU's BdrvCheckResult). */
 export interface CheckResult {
   corruptions: number;
@@ -164,6 +178,13 @@ export interface BlockDriver<S = unknown> {
   /** `qemu-img create` options in QEMU's order, and the creation itself (on a protocol node opened by the caller). */
   readonly createOptions?: readonly CreateOptionSpec[];
   create?(file: BdrvChild, request: CreateRequest): Promise<void>;
+  /** `qemu-img measure`: the file size an image made with `options` needs, for `source`'s data when given. */
+  measure?(options: CreateRequest['options'], source: BlockNode | undefined): Promise<MeasureResult>;
+  /** The persistent dirty bitmaps of the image; undefined when this image cannot store any. */
+  persistentBitmaps?(node: BlockNode<S>): Promise<PersistentBitmap[] | undefined>;
+  /** `qemu-img amend` options in QEMU's order, and the amendment of an open image. */
+  readonly amendOptions?: readonly CreateOptionSpec[];
+  amend?(node: BlockNode<S>, options: CreateRequest['options'], force: boolean, progress: (done: number, total: number) => void): Promise<void>;
   /** Consistency check; `repair` is 'leaks' or 'all' when asked to fix. Messages go to `report`. */
   check?(node: BlockNode<S>, repair: 'leaks' | 'all' | undefined, report: (line: string) => void): Promise<CheckResult>;
   /** Rewrite the backing file name/format recorded in the image (rebase, commit, stream). */
