@@ -84,6 +84,12 @@ export interface MeasureResult {
   bitmaps?: number;
 }
 
+/** The image `qemu-img measure` sizes a copy of: its top node and the status of its whole backing chain. */
+export interface MeasureSource {
+  node: BlockNode;
+  chainStatus(offset: number, bytes: number): Promise<BlockStatusResult>;
+}
+
 /** A persistent dirty bitmap stored in an image. */
 export interface PersistentBitmap {
   name: string;
@@ -179,7 +185,7 @@ export interface BlockDriver<S = unknown> {
   readonly createOptions?: readonly CreateOptionSpec[];
   create?(file: BdrvChild, request: CreateRequest): Promise<void>;
   /** `qemu-img measure`: the file size an image made with `options` needs, for `source`'s data when given. */
-  measure?(options: CreateRequest['options'], source: BlockNode | undefined): Promise<MeasureResult>;
+  measure?(options: CreateRequest['options'], source: MeasureSource | undefined): Promise<MeasureResult>;
   /** The persistent dirty bitmaps of the image; undefined when this image cannot store any. */
   persistentBitmaps?(node: BlockNode<S>): Promise<PersistentBitmap[] | undefined>;
   /** `qemu-img amend` options in QEMU's order, and the amendment of an open image. */
