@@ -227,7 +227,7 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
     l2SliceSize: g.l2Size, size: h.size,
     l1Size: h.l1Size, l1TableOffset: h.l1TableOffset, l1Table, l1VmStateIndex,
     refcountTableOffset: h.refcountTableOffset, refcountTableSize, refcountTable: makeTable(new Uint8Array(0)),
-    maxRefcountTableIndex: 0, freeClusterIndex: 0, freeByteOffset: 0,
+    maxRefcountTableIndex: 0, freeClusterIndex: 0, freeByteOffset: 0, freeByteClusterReused: false,
     l2Cache: undefined!, refcountCache: undefined!, discardPassthrough: undefined!,
     pendingDiscards: [], cacheDiscards: false, lazyRefcounts: false,
     unknownHeaderFields, unknownExtensions: [], snapshots: [], snapshotsSize: 0,

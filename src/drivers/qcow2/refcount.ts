@@ -67,20 +67,20 @@ async function allocClustersNoref(s: Qcow2State, size: number, max: number): Pro
   }
   if (s.freeClusterIndex > 0 && s.freeClusterIndex - 1 > Math.floor(max / s.clusterSize)) throw new BlkioError('EFBIG');
   const offset = (s.freeClusterIndex - nbClusters) * s.clusterSize;
-  forgetReusedByteCluster(s, offset, nbClusters);
+  noteByteClusterReuse(s, offset, nbClusters);
   return offset;
 }
 
 /**
  * A cluster that compressed data was packed into can be freed and then handed out whole. QEMU
- * 7.2 would go on packing compressed data into it behind its new owner's back (a shared data
- * cluster: corruption); blkio starts the next compressed cluster elsewhere instead.
+ * 7.2 goes on packing compressed data into it behind its new owner's back (a shared data
+ * cluster: corruption); allocBytes starts elsewhere while the new owner still holds it.
  */
-function forgetReusedByteCluster(s: Qcow2State, offset: number, nbClusters: number): void {
+function noteByteClusterReuse(s: Qcow2State, offset: number, nbClusters: number): void {
   if (!s.freeByteOffset) return;
   const index = Math.floor(s.freeByteOffset / s.clusterSize);
   const first = offset / s.clusterSize;
-  if (index >= first && index < first + nbClusters) s.freeByteOffset = 0;
+  if (index >= first && index < first + nbClusters) s.freeByteClusterReused = true;
 }
 
 /** Allocate and reference clusters for `size` bytes; returns the host offset of the first. */
@@ -101,7 +101,7 @@ export async function allocClustersAt(s: Qcow2State, offset: number, nbClusters:
       if ((await getClusterRefcount(s, index)) !== 0) break;
     }
     if ((await updateRefcount(s, offset, i * s.clusterSize, 1, false, 'never')) !== AGAIN) {
-      forgetReusedByteCluster(s, offset, i);
+      noteByteClusterReuse(s, offset, i);
       return i;
     }
   }
@@ -111,7 +111,12 @@ export async function allocClustersAt(s: Qcow2State, offset: number, nbClusters:
 export async function allocBytes(s: Qcow2State, size: number): Promise<number> {
   event(s, 'cluster_alloc_bytes');
   let offset = s.freeByteOffset;
-  if (offset && (await getClusterRefcount(s, Math.floor(offset / s.clusterSize))) === s.refcountMax) offset = 0;
+  if (offset) {
+    // Packing on is safe in a cluster nobody references any more, as QEMU does; not in one a
+    // whole-cluster allocation took since.
+    const refcount = await getClusterRefcount(s, Math.floor(offset / s.clusterSize));
+    if (refcount === s.refcountMax || (s.freeByteClusterReused && refcount !== 0)) offset = 0;
+  }
   let freeInCluster = s.clusterSize - offsetIntoCluster(s, offset);
   for (;;) {
     if (!offset || freeInCluster < size) {
@@ -131,6 +136,7 @@ export async function allocBytes(s: Qcow2State, size: number): Promise<number> {
   }
   await s.l2Cache.setDependency(s.refcountCache);
   s.freeByteOffset = offsetIntoCluster(s, offset + size) ? offset + size : 0;
+  s.freeByteClusterReused = false;
   return offset;
 }
 

@@ -33,6 +33,11 @@ export class Mutex {
     else this.locked = false;
   }
 
+  /** Held by someone: code that runs without waiting must leave the guarded state alone. */
+  get held(): boolean {
+    return this.locked;
+  }
+
   async run<T>(fn: () => Promise<T>): Promise<T> {
     const waiting = this.acquire();
     if (waiting) await waiting;
@@ -118,6 +123,8 @@ export interface Qcow2State {
 
   freeClusterIndex: number;
   freeByteOffset: number;
+  /** The cluster of freeByteOffset was handed out whole since (see allocBytes). */
+  freeByteClusterReused: boolean;
   l2Cache: TableCache;
   refcountCache: TableCache;
   discardPassthrough: Record<DiscardType, boolean>;
