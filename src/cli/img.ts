@@ -16,6 +16,7 @@ const SUBCOMMANDS: Record<string, () => Promise<Subcommand>> = {
   create: async () => (await import('../commands/img/create.js')).imgCreate,
   info: async () => (await import('../commands/img/info.js')).imgInfo,
   map: async () => (await import('../commands/img/map.js')).imgMap,
+  measure: async () => (await import('../commands/img/measure.js')).imgMeasure,
   rebase: async () => (await import('../commands/img/rebase.js')).imgRebase,
   resize: async () => (await import('../commands/img/resize.js')).imgResize,
 };

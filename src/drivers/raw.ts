@@ -46,6 +46,12 @@ export const rawDriver: BlockDriver<RawState> = {
     await file.truncate(request.size, true, prealloc);
   },
 
+  /** Every guest byte is a byte of the file, allocated or not. */
+  async measure(options, source) {
+    const required = source ? source.node.getLength() : Math.ceil(Number(options.size ?? 0) / 512) * 512;
+    return { required, fullyAllocated: required };
+  },
+
   async open(node, ctx) {
     const offset = ctx.opts.offset as number | undefined;
     const size = ctx.opts.size as number | undefined;

@@ -64,6 +64,24 @@ function invalid(message: string): BlkioError {
   return new BlkioError('EINVAL', message);
 }
 
+/** A cluster size QEMU accepts (with extended L2: big enough for 32 subclusters); returns its bits. */
+export function checkClusterSize(clusterSize: number, extendedL2: boolean): number {
+  const clusterBits = Math.log2(clusterSize);
+  if (!Number.isInteger(clusterBits) || clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
+    throw invalid(`Cluster size must be a power of two between ${2 ** MIN_CLUSTER_BITS} and ${2 ** (MAX_CLUSTER_BITS - 10)}k`);
+  }
+  if (extendedL2 && clusterSize < 512 * 32) {
+    throw invalid(`Extended L2 entries are only supported with cluster sizes of at least ${512 * 32} bytes`);
+  }
+  return clusterBits;
+}
+
+export function checkRefcountWidth(refcountBits: number): void {
+  if (refcountBits > 64 || refcountBits < 1 || (refcountBits & (refcountBits - 1)) !== 0) {
+    throw invalid('Refcount width must be a power of two and may not exceed 64 bits');
+  }
+}
+
 /** Check the options in the order QEMU does (QAPI conversion first, then qcow2's rules). */
 export function createSettings(o: CreateRequest['options']): Qcow2CreateSettings {
   const compat = o.compat as string | undefined;
@@ -87,13 +105,7 @@ export function createSettings(o: CreateRequest['options']): Qcow2CreateSettings
   if (extendedL2 && version < 3) {
     throw invalid('Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)');
   }
-  const clusterBits = Math.log2(clusterSize);
-  if (!Number.isInteger(clusterBits) || clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
-    throw invalid(`Cluster size must be a power of two between ${2 ** MIN_CLUSTER_BITS} and ${2 ** (MAX_CLUSTER_BITS - 10)}k`);
-  }
-  if (extendedL2 && clusterSize < 512 * 32) {
-    throw invalid(`Extended L2 entries are only supported with cluster sizes of at least ${512 * 32} bytes`);
-  }
+  const clusterBits = checkClusterSize(clusterSize, extendedL2);
   const backingFile = o.backing_file as string | undefined;
   const backingFormat = o.backing_fmt as string | undefined;
   if (backingFile !== undefined && preallocation !== 'off' && !extendedL2) {
@@ -105,9 +117,7 @@ export function createSettings(o: CreateRequest['options']): Qcow2CreateSettings
     throw invalid('Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)');
   }
   const refcountBits = (o.refcount_bits as number | undefined) ?? 16;
-  if (refcountBits > 64 || refcountBits < 1 || (refcountBits & (refcountBits - 1)) !== 0) {
-    throw invalid('Refcount width must be a power of two and may not exceed 64 bits');
-  }
+  checkRefcountWidth(refcountBits);
   if (version < 3 && refcountBits !== 16) {
     throw invalid('Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)');
   }

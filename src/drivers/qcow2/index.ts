@@ -5,15 +5,16 @@
  * create and check.
  */
 import { BlkioError, toBlkioError } from '../../errors.js';
-import { ROLE_IMAGE, type BlockDriver, type OptionSpecs } from '../../block/driver.js';
+import { ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type OptionSpecs } from '../../block/driver.js';
+import type { BlockNode } from '../../block/node.js';
 import {
   REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO,
 } from '../../block/flags.js';
-import { getClusterRefcount } from './refcount.js';
+import { countReferencedClusters } from './refcount.js';
 import {
   BACKING_FILE_MAX, COMPAT_LAZY_REFCOUNTS, COMPRESSION_NAMES, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, QCOW_MAGIC,
 } from './header.js';
-import { getHostOffset, SubclusterType } from './mapping.js';
+import { getHostOffset, getHostOffsetNow, SubclusterType, type HostMapping } from './mapping.js';
 import { loadState, markClean, OVERLAP_CHECKS, requireUsable, updateHeader } from './open.js';
 import { readGuest } from './read.js';
 import { writeCompressedGuest, writeGuest } from './write.js';
@@ -21,6 +22,7 @@ import { discardGuest, writeZeroesGuest } from './zero.js';
 import { truncateImage } from './truncate.js';
 import { createImage, QCOW2_CREATE_OPTIONS } from './create.js';
 import { checkImage } from './check.js';
+import { listPersistentBitmaps, measureImage } from './measure.js';
 import { makeEmpty } from './empty.js';
 import { writeStderr, type Qcow2State } from './state.js';
 
@@ -150,26 +152,16 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     const s = node.state;
     await requireUsable(s);
     const m = await s.lock.run(() => getHostOffset(s, offset, Math.min(bytes, 0x7fffffff)));
-    let status = 0;
-    const result = { status, pnum: m.bytes, map: undefined as number | undefined, file: undefined as typeof node | undefined };
-    if (m.type === SubclusterType.Normal || m.type === SubclusterType.ZeroAlloc || m.type === SubclusterType.UnallocatedAlloc) {
-      result.map = m.hostOffset;
-      result.file = s.file.node as typeof node;
-      status |= STATUS_OFFSET_VALID;
-    }
-    if (m.type === SubclusterType.ZeroPlain || m.type === SubclusterType.ZeroAlloc) {
-      status |= STATUS_ZERO;
-    } else if (m.type !== SubclusterType.UnallocatedPlain && m.type !== SubclusterType.UnallocatedAlloc) {
-      status |= STATUS_DATA;
-    }
-    if (m.type === SubclusterType.Compressed) status |= STATUS_COMPRESSED;
-    // Preallocated metadata points at host space never written: let the file say where it is a hole.
-    if (status & STATUS_DATA && status & STATUS_OFFSET_VALID) {
-      s.metadataPreallocation ??= await s.lock.run(() => detectMetadataPreallocation(s)).catch(() => false);
-      if (s.metadataPreallocation) status |= STATUS_RECURSE;
-    }
-    result.status = status;
-    return result;
+    if (isMappedData(m)) s.metadataPreallocation ??= await s.lock.run(() => detectMetadataPreallocation(s)).catch(() => false);
+    return mappingStatus(node, m);
+  },
+
+  blockStatusNow(node, offset, bytes) {
+    const s = node.state;
+    if (s.pendingRepair || s.unusable || s.lock.held) return undefined;
+    const m = getHostOffsetNow(s, offset, Math.min(bytes, 0x7fffffff));
+    if (!m || (s.metadataPreallocation === undefined && isMappedData(m))) return undefined;
+    return mappingStatus(node, m);
   },
 
   getInfo(node) {
@@ -211,6 +203,8 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
 
   createOptions: QCOW2_CREATE_OPTIONS,
   create: createImage,
+  measure: measureImage,
+  persistentBitmaps: (node) => listPersistentBitmaps(node.state),
 
   check(node, repair, report) {
     // qemu-img check sees the image as it is: a pending open-time repair is this check's job.
@@ -237,6 +231,33 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   },
 };
 
+/** Data at a host offset: a type that may sit on preallocated host space never written. */
+function isMappedData(m: HostMapping): boolean {
+  return m.type === SubclusterType.Normal;
+}
+
+/** Block status of a mapping; metadataPreallocation must be known when it is mapped data. */
+function mappingStatus(node: BlockNode<Qcow2State>, m: HostMapping): BlockStatusResult {
+  const s = node.state;
+  const result: BlockStatusResult = { status: 0, pnum: m.bytes };
+  let status = 0;
+  if (m.type === SubclusterType.Normal || m.type === SubclusterType.ZeroAlloc || m.type === SubclusterType.UnallocatedAlloc) {
+    result.map = m.hostOffset;
+    result.file = s.file.node;
+    status |= STATUS_OFFSET_VALID;
+  }
+  if (m.type === SubclusterType.ZeroPlain || m.type === SubclusterType.ZeroAlloc) {
+    status |= STATUS_ZERO;
+  } else if (m.type !== SubclusterType.UnallocatedPlain && m.type !== SubclusterType.UnallocatedAlloc) {
+    status |= STATUS_DATA;
+  }
+  if (m.type === SubclusterType.Compressed) status |= STATUS_COMPRESSED;
+  // Preallocated metadata points at host space never written: let the file say where it is a hole.
+  if (isMappedData(m) && s.metadataPreallocation) status |= STATUS_RECURSE;
+  result.status = status;
+  return result;
+}
+
 /**
  * Whether the image looks metadata-preallocated: clearly more clusters are referenced than the
  * file has allocated (at least a ninth more, and two more), as QEMU judges it once per open.
@@ -248,9 +269,5 @@ async function detectMetadataPreallocation(s: Qcow2State): Promise<boolean> {
   const realClusters = Math.floor(allocated / s.clusterSize);
   const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
   const endCluster = Math.ceil(file.getLength() / s.clusterSize);
-  let referenced = 0;
-  for (let i = 0; i < endCluster && referenced < threshold; i++) {
-    if ((await getClusterRefcount(s, i)) > 0) referenced++;
-  }
-  return referenced >= threshold;
+  return (await countReferencedClusters(s, endCluster, threshold)) >= threshold;
 }
