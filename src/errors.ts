@@ -50,27 +50,184 @@ export const ERRNO_NUMBERS: Record<number, Errno> = {
   123: 'ENOMEDIUM', 124: 'EMEDIUMTYPE', 125: 'ECANCELED',
 };
 
+/** glibc's strerror() of errno numbers 1 to 133 (index + 1), for raw numbers such as blkdebug's `errno=N`. */
+const GLIBC_STRERROR: readonly string[] = [
+  'Operation not permitted',
+  'No such file or directory',
+  'No such process',
+  'Interrupted system call',
+  'Input/output error',
+  'No such device or address',
+  'Argument list too long',
+  'Exec format error',
+  'Bad file descriptor',
+  'No child processes',
+  'Resource temporarily unavailable',
+  'Cannot allocate memory',
+  'Permission denied',
+  'Bad address',
+  'Block device required',
+  'Device or resource busy',
+  'File exists',
+  'Invalid cross-device link',
+  'No such device',
+  'Not a directory',
+  'Is a directory',
+  'Invalid argument',
+  'Too many open files in system',
+  'Too many open files',
+  'Inappropriate ioctl for device',
+  'Text file busy',
+  'File too large',
+  'No space left on device',
+  'Illegal seek',
+  'Read-only file system',
+  'Too many links',
+  'Broken pipe',
+  'Numerical argument out of domain',
+  'Numerical result out of range',
+  'Resource deadlock avoided',
+  'File name too long',
+  'No locks available',
+  'Function not implemented',
+  'Directory not empty',
+  'Too many levels of symbolic links',
+  'Unknown error 41',
+  'No message of desired type',
+  'Identifier removed',
+  'Channel number out of range',
+  'Level 2 not synchronized',
+  'Level 3 halted',
+  'Level 3 reset',
+  'Link number out of range',
+  'Protocol driver not attached',
+  'No CSI structure available',
+  'Level 2 halted',
+  'Invalid exchange',
+  'Invalid request descriptor',
+  'Exchange full',
+  'No anode',
+  'Invalid request code',
+  'Invalid slot',
+  'Unknown error 58',
+  'Bad font file format',
+  'Device not a stream',
+  'No data available',
+  'Timer expired',
+  'Out of streams resources',
+  'Machine is not on the network',
+  'Package not installed',
+  'Object is remote',
+  'Link has been severed',
+  'Advertise error',
+  'Srmount error',
+  'Communication error on send',
+  'Protocol error',
+  'Multihop attempted',
+  'RFS specific error',
+  'Bad message',
+  'Value too large for defined data type',
+  'Name not unique on network',
+  'File descriptor in bad state',
+  'Remote address changed',
+  'Can not access a needed shared library',
+  'Accessing a corrupted shared library',
+  '.lib section in a.out corrupted',
+  'Attempting to link in too many shared libraries',
+  'Cannot exec a shared library directly',
+  'Invalid or incomplete multibyte or wide character',
+  'Interrupted system call should be restarted',
+  'Streams pipe error',
+  'Too many users',
+  'Socket operation on non-socket',
+  'Destination address required',
+  'Message too long',
+  'Protocol wrong type for socket',
+  'Protocol not available',
+  'Protocol not supported',
+  'Socket type not supported',
+  'Operation not supported',
+  'Protocol family not supported',
+  'Address family not supported by protocol',
+  'Address already in use',
+  'Cannot assign requested address',
+  'Network is down',
+  'Network is unreachable',
+  'Network dropped connection on reset',
+  'Software caused connection abort',
+  'Connection reset by peer',
+  'No buffer space available',
+  'Transport endpoint is already connected',
+  'Transport endpoint is not connected',
+  'Cannot send after transport endpoint shutdown',
+  'Too many references: cannot splice',
+  'Connection timed out',
+  'Connection refused',
+  'Host is down',
+  'No route to host',
+  'Operation already in progress',
+  'Operation now in progress',
+  'Stale file handle',
+  'Structure needs cleaning',
+  'Not a XENIX named type file',
+  'No XENIX semaphores available',
+  'Is a named type file',
+  'Remote I/O error',
+  'Disk quota exceeded',
+  'No medium found',
+  'Wrong medium type',
+  'Operation canceled',
+  'Required key not available',
+  'Key has expired',
+  'Key has been revoked',
+  'Key was rejected by service',
+  'Owner died',
+  'State not recoverable',
+  'Operation not possible due to RF-kill',
+  'Memory page has hardware error',
+];
+
+/** glibc's strerror() of any errno number. */
+export function strerrorOfNumber(n: number): string {
+  return GLIBC_STRERROR[n - 1] ?? `Unknown error ${n}`;
+}
+
 export class BlkioError extends Error {
   readonly code: Errno;
   /** Extra lines QEMU prints after the message (hints such as "Is another process using ..."). */
   readonly hints: string[];
+  /** The errno number when it has no name here (blkdebug's `errno=N`); `code` is then EIO. */
+  readonly unnamedErrno?: number;
 
-  constructor(code: Errno, message?: string, hints: string[] = []) {
-    super(message ?? STRERROR[code]);
+  constructor(code: Errno, message?: string, hints: string[] = [], unnamedErrno?: number) {
+    super(message ?? (unnamedErrno === undefined ? STRERROR[code] : strerrorOfNumber(unnamedErrno)));
     this.name = 'BlkioError';
     this.code = code;
     this.hints = hints;
+    this.unnamedErrno = unnamedErrno;
   }
 
   /** The strerror() text of the code, as in `read failed: Input/output error`. */
   get strerror(): string {
-    return STRERROR[this.code];
+    return this.unnamedErrno === undefined ? STRERROR[this.code] : strerrorOfNumber(this.unnamedErrno);
+  }
+
+  /** The errno number (positive), as QEMU's return values carry it. */
+  get errnoNumber(): number {
+    if (this.unnamedErrno !== undefined) return this.unnamedErrno;
+    return Number(Object.keys(ERRNO_NUMBERS).find((n) => ERRNO_NUMBERS[Number(n)] === this.code) ?? 5);
   }
 
   /** A new error with the same code and a message prefixed the way QEMU's error_prepend does. */
   prepend(prefix: string): BlkioError {
-    return new BlkioError(this.code, prefix + this.message, this.hints);
+    return new BlkioError(this.code, prefix + this.message, this.hints, this.unnamedErrno);
   }
+}
+
+/** The error of a raw errno number (> 0), named when blkio knows the name. */
+export function errnoFromNumber(n: number): BlkioError {
+  const code = ERRNO_NUMBERS[n];
+  return code ? errno(code) : new BlkioError('EIO', undefined, [], n);
 }
 
 /** Shorthand: an error whose message is just the strerror text (a plain -errno in QEMU). */

@@ -10,7 +10,7 @@
  * Filename syntax: `blkdebug:<config file>:<image>`; any other filename is the image.
  */
 import { readFile } from 'node:fs/promises';
-import { BlkioError, ERRNO_NUMBERS, errno, toBlkioError } from '../errors.js';
+import { BlkioError, errno, errnoFromNumber, toBlkioError } from '../errors.js';
 import type { BdrvChild } from '../block/child.js';
 import { ROLE_FILTER_CHILD, type BlockDriver } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
@@ -189,8 +189,7 @@ async function checkRules(node: BlockNode<BlkdebugState>, offset: number | undef
   if (rule.errno < 0) return; // QEMU returns the negated value, which reads as success
   // Errors normally complete asynchronously, as a real failing request would.
   if (!rule.immediately) await new Promise((r) => setTimeout(r, 0));
-  const code = ERRNO_NUMBERS[rule.errno];
-  throw code ? errno(code) : new BlkioError('EIO', `Unknown error ${rule.errno}`);
+  throw errnoFromNumber(rule.errno);
 }
 
 export const blkdebugDriver: BlockDriver<BlkdebugState> = {

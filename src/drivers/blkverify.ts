@@ -6,7 +6,7 @@
  *
  * Filename syntax: `blkverify:<raw image>:<test image>`.
  */
-import { BlkioError, ERRNO_NUMBERS } from '../errors.js';
+import { BlkioError } from '../errors.js';
 import type { BdrvChild } from '../block/child.js';
 import { ROLE_DATA, ROLE_FILTER_CHILD, type BlockDriver } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
@@ -31,9 +31,7 @@ async function outcome(request: Promise<void>): Promise<Outcome> {
 /** A return value as QEMU compares them: 0 for success, else the negative errno. */
 function returnValue(o: Outcome): number {
   if (o.ok) return 0;
-  const code = o.error instanceof BlkioError ? o.error.code : 'EIO';
-  const entry = Object.entries(ERRNO_NUMBERS).find(([, name]) => name === code);
-  return -(entry ? Number(entry[0]) : 5);
+  return -(o.error instanceof BlkioError ? o.error.errnoNumber : 5);
 }
 
 function fail(node: BlockNode, kind: 'read' | 'write', offset: number, bytes: number, what: string): never {
