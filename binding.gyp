@@ -2,8 +2,9 @@
   "targets": [
     {
       "target_name": "blkio_native",
-      "sources": ["native/blkio_native.c"],
-      "cflags": ["-Wall", "-Wextra"]
+      "sources": ["native/blkio_native.c", "native/codecs.c"],
+      "cflags": ["-Wall", "-Wextra"],
+      "libraries": ["-ldl", "-lpthread"]
     }
   ]
 }

@@ -7,6 +7,7 @@
  * Every call runs on libuv's thread pool (napi_create_async_work), never on the event loop.
  * A failing call rejects with an Error whose `code` is the errno name as Node's fs spells it
  * (ENXIO, EOPNOTSUPP shows as ENOTSUP, ...); the TypeScript side maps it to a BlkioError.
+ * The qcow2 compression codecs live in codecs.c and are exported from the same addon.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +20,8 @@
 
 #include <node_api.h>
 #include <uv.h>
+
+#include "codecs.h"
 
 enum op { OP_LSEEK, OP_FALLOCATE };
 
@@ -168,6 +171,7 @@ static napi_value init(napi_env env, napi_value exports) {
   export_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);
   export_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);
   export_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE);
+  register_codecs(env, exports);
   return exports;
 }
 

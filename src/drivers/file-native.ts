@@ -1,17 +1,16 @@
 /**
- * The `file` protocol's native helpers (native/blkio_native.c, built by `npm install`): the
+ * The `file` protocol's native helpers (native/blkio_native.c, part of blkio's addon): the
  * calls Node's fs lacks, lseek(SEEK_DATA/SEEK_HOLE) for block status and fallocate for hole
  * punching, zeroing and preallocation. Each runs on libuv's thread pool and takes a numeric fd
  * (FileHandle.fd).
  *
- * The addon is loaded on first use. When it is missing or fails to load, or BLKIO_NO_NATIVE=1
- * is set, `nativeFileOps()` returns undefined, quietly: the driver keeps its pure-JS behaviour.
+ * Without the addon (see src/native-addon.ts) `nativeFileOps()` returns undefined, quietly: the
+ * driver keeps its pure-JS behaviour.
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { BlkioError, toBlkioError } from '../errors.js';
+import { nativeAddon } from '../native-addon.js';
+
+export { ADDON_PATH } from '../native-addon.js';
 
 /** The addon's exports (see native/blkio_native.c). */
 interface Addon {
@@ -80,31 +79,13 @@ function wrap(addon: Addon): NativeFileOps {
   };
 }
 
-/** The package root: the nearest folder above this module with a package.json (src/ or dist/ alike). */
-function packageRoot(): string | undefined {
-  for (let dir = dirname(fileURLToPath(import.meta.url)); ; dir = dirname(dir)) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    if (dirname(dir) === dir) return undefined;
-  }
-}
-
-/** Where node-gyp puts the addon, relative to the package root. */
-export const ADDON_PATH = join('build', 'Release', 'blkio_native.node');
-
 let loaded: { ops: NativeFileOps | undefined } | undefined;
 
 /** The native helpers, or undefined when the addon is not available (or disabled). */
 export function nativeFileOps(): NativeFileOps | undefined {
   if (!loaded) {
-    loaded = { ops: undefined };
-    const root = process.env.BLKIO_NO_NATIVE === '1' ? undefined : packageRoot();
-    if (root !== undefined) {
-      try {
-        loaded.ops = wrap(createRequire(import.meta.url)(join(root, ADDON_PATH)) as Addon);
-      } catch {
-        // No addon built (or not for this platform): the pure-JS paths serve.
-      }
-    }
+    const addon = nativeAddon();
+    loaded = { ops: addon ? wrap(addon as Addon) : undefined };
   }
   return loaded.ops;
 }

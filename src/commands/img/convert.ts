@@ -270,6 +270,8 @@ async function convert(
     state.bufSectors = state.clusterSectors;
   }
   await doCopy(state, progress);
+  // An empty compressed write tells the target that the compressed stream ends (qcow2 pads its file to a sector).
+  if (state.compressed) await target.writeCompressed(0, 0, new Uint8Array(0));
   await target.flush();
 }
 

@@ -6,7 +6,8 @@
 import { errno } from '../../errors.js';
 import { debugEvent } from '../../block/io.js';
 import { abortAllocations, allocHostOffset, handleAllocSpace, linkAllocations, mergeCow, type HostRange } from './allocation.js';
-import { allocCompressedCluster, compressCluster } from './compressed.js';
+import { compressCluster } from './codecs.js';
+import { allocCompressedCluster } from './compressed.js';
 import { offsetIntoCluster, type Qcow2State } from './state.js';
 
 /** Allocate the host range for the start of `[offset, offset + bytes)`, waiting out conflicting allocations. */
@@ -17,6 +18,9 @@ export async function hostRangeFor(s: Qcow2State, offset: number, bytes: number)
     await result.wait;
   }
 }
+
+/** Compressed data is addressed in 512-byte sectors. */
+const SECTOR = 512;
 
 /** Chunks whose data writes run at once (QEMU's request workers). */
 const MAX_WORKERS = 8;
@@ -83,15 +87,20 @@ export async function writeGuest(s: Qcow2State, offset: number, bytes: number, b
   await completeChunks(s, chunks);
 }
 
-/** `write -c`: whole clusters (the last one may end at the image end), each deflated on its own. */
+/**
+ * `write -c`: whole clusters (the last one may end at the image end), each compressed on its own.
+ * An empty request ends a run of compressed writes: the file is padded to whole sectors, as QEMU
+ * does, since compressed data ends anywhere.
+ */
 export async function writeCompressedGuest(s: Qcow2State, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  if (bytes === 0) return s.file.truncate(Math.ceil(s.file.getLength() / SECTOR) * SECTOR, false);
   if (offsetIntoCluster(s, offset)) throw errno('EINVAL');
   if (offsetIntoCluster(s, bytes) && offset + bytes !== s.size) throw errno('EINVAL');
   for (let done = 0; done < bytes; done += s.clusterSize) {
     const chunk = Math.min(s.clusterSize, bytes - done);
     const cluster = new Uint8Array(s.clusterSize);
     cluster.set(buf.subarray(done, done + chunk));
-    const compressed = compressCluster(s, cluster);
+    const compressed = await compressCluster(s.header.compressionType, cluster);
     if (!compressed) {
       // Incompressible: an ordinary write.
       await writeGuest(s, offset + done, chunk, buf.subarray(done, done + chunk));
