@@ -133,6 +133,8 @@ export async function allocBytes(s: Qcow2State, size: number): Promise<number> {
       }
     }
     if ((await updateRefcount(s, offset, size, 1, false, 'never')) !== AGAIN) break;
+    // A new refcount block was placed: QEMU starts over in a fresh cluster, not in the partly used one.
+    offset = 0;
   }
   await s.l2Cache.setDependency(s.refcountCache);
   s.freeByteOffset = offsetIntoCluster(s, offset + size) ? offset + size : 0;
