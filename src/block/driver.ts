@@ -168,6 +168,12 @@ export interface BlockDriver<S = unknown> {
   flush?(node: BlockNode<S>): Promise<void>;
   truncate?(node: BlockNode<S>, size: number, exact: boolean, prealloc: string): Promise<void>;
   blockStatus?(node: BlockNode<S>, offset: number, bytes: number): Promise<BlockStatusResult>;
+  /**
+   * blockStatus answered from memory without waiting (a cached mapping), or undefined when the
+   * driver would have to wait or has an error to report: blockStatus then answers. Never throws.
+   * A driver with only this callback always answers without waiting.
+   */
+  blockStatusNow?(node: BlockNode<S>, offset: number, bytes: number): BlockStatusResult | undefined;
   getInfo?(node: BlockNode<S>): DriverInfo;
   formatSpecific?(node: BlockNode<S>): FormatSpecificInfo | undefined;
   /** Named debug events (blkdebug rules): `cor_write`, `l2_load`, ...; settles when a breakpoint lets go. */

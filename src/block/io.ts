@@ -378,20 +378,68 @@ export async function nodeBlockStatus(node: BlockNode, offset: number, bytes: nu
   const length = node.getLength();
   if (offset >= length) return { status: STATUS_EOF, pnum: 0 };
   bytes = Math.min(bytes, length - offset);
-  let result: BlockStatusResult;
-  if (node.driver.blockStatus) {
-    result = await node.driver.blockStatus(node, offset, bytes);
-  } else if (node.filteredChild) {
-    result = { status: STATUS_RAW, pnum: bytes, map: offset, file: node.filteredChild.node };
-  } else {
-    result = { status: STATUS_DATA | STATUS_OFFSET_VALID, pnum: bytes, map: offset, file: node };
+  const result = driverStatusNow(node, offset, bytes) ?? await node.driver.blockStatus!(node, offset, bytes);
+  const query = questionBelow(node, offset, bytes, result);
+  let below: BlockStatusResult | undefined;
+  if (query) {
+    try {
+      below = await nodeBlockStatus(query.node, query.offset, query.bytes);
+    } catch (e) {
+      // Whether the host has a hole is only extra information for RECURSE.
+      if (result.status & STATUS_RAW) throw e;
+    }
   }
+  return completeStatus(node, offset, bytes, result, below);
+}
+
+/**
+ * nodeBlockStatus without waiting, when every node asked can answer from memory (cached
+ * metadata); undefined otherwise: nodeBlockStatus then answers (and reports errors).
+ */
+export function nodeBlockStatusNow(node: BlockNode, offset: number, bytes: number): BlockStatusResult | undefined {
+  const length = node.getLength();
+  if (offset >= length) return { status: STATUS_EOF, pnum: 0 };
+  bytes = Math.min(bytes, length - offset);
+  const result = driverStatusNow(node, offset, bytes);
+  if (!result) return undefined;
+  const query = questionBelow(node, offset, bytes, result);
+  if (!query) return completeStatus(node, offset, bytes, result, undefined);
+  const below = nodeBlockStatusNow(query.node, query.offset, query.bytes);
+  return below && completeStatus(node, offset, bytes, result, below);
+}
+
+/** The driver's answer if it has one without waiting; nodes without blockStatus always have. */
+function driverStatusNow(node: BlockNode, offset: number, bytes: number): BlockStatusResult | undefined {
+  const driver = node.driver;
+  if (driver.blockStatusNow) return driver.blockStatusNow(node, offset, bytes);
+  if (driver.blockStatus) return undefined;
+  if (node.filteredChild) return { status: STATUS_RAW, pnum: bytes, map: offset, file: node.filteredChild.node };
+  return { status: STATUS_DATA | STATUS_OFFSET_VALID, pnum: bytes, map: offset, file: node };
+}
+
+/**
+ * What the node below must still be asked: RAW passes the whole question on to `file`; RECURSE
+ * asks the host file whether mapped data sits on a hole (qcow2 with preallocated metadata: host
+ * space never written, which reads as zeroes; QEMU's BDRV_BLOCK_RECURSE).
+ */
+function questionBelow(
+  node: BlockNode, offset: number, bytes: number, result: BlockStatusResult,
+): { node: BlockNode; offset: number; bytes: number } | undefined {
+  const { status, file } = result;
+  const pnum = Math.min(result.pnum, bytes);
+  if (status & STATUS_RAW) return file && { node: file, offset: result.map ?? offset, bytes: pnum };
+  if (!(status & STATUS_RECURSE) || !file || file === node || result.map === undefined) return undefined;
+  const mappedData = (status & (STATUS_DATA | STATUS_ZERO | STATUS_OFFSET_VALID)) === (STATUS_DATA | STATUS_OFFSET_VALID);
+  return mappedData ? { node: file, offset: result.map, bytes: pnum } : undefined;
+}
+
+/** The node's status from the driver's answer and, when questionBelow had one, the answer below. */
+function completeStatus(
+  node: BlockNode, offset: number, bytes: number, result: BlockStatusResult, below: BlockStatusResult | undefined,
+): BlockStatusResult {
   let { status, pnum } = result;
   pnum = Math.min(pnum, bytes);
-  if (status & STATUS_RAW && result.file) {
-    const inner = await nodeBlockStatus(result.file, result.map ?? offset, pnum);
-    return { ...inner, pnum: Math.min(pnum, inner.pnum) };
-  }
+  if (status & STATUS_RAW && below) return { ...below, pnum: Math.min(pnum, below.pnum) };
   if (status & (STATUS_DATA | STATUS_ZERO)) {
     status |= STATUS_ALLOCATED;
   } else if (node.driver.supportsBacking) {
@@ -400,33 +448,18 @@ export async function nodeBlockStatus(node: BlockNode, offset: number, bytes: nu
   }
   if (status & STATUS_RECURSE) {
     status &= ~STATUS_RECURSE;
-    const host = result.file;
-    const mappedData = (status & (STATUS_DATA | STATUS_ZERO | STATUS_OFFSET_VALID)) === (STATUS_DATA | STATUS_OFFSET_VALID);
-    if (mappedData && host && host !== node && result.map !== undefined) {
-      const below = await hostZeroes(host, result.map, pnum);
-      if (below?.zero) status |= STATUS_ZERO;
-      if (below) pnum = below.pnum;
+    if (below) {
+      const zero = (below.status & STATUS_ZERO) !== 0;
+      // At or past the host's end, or zero up to it: the whole range reads as zeroes.
+      if (below.pnum === 0 || (zero && result.map! + below.pnum >= result.file!.getLength())) {
+        status |= STATUS_ZERO;
+      } else {
+        if (zero) status |= STATUS_ZERO;
+        pnum = below.pnum;
+      }
     }
   }
   return { ...result, status, pnum };
-}
-
-/**
- * A format's data may sit on host space that was never written (qcow2 with preallocated
- * metadata): the format sets STATUS_RECURSE, and the file below tells whether that space is a
- * hole, which reads as zeroes (QEMU's BDRV_BLOCK_RECURSE). Only extra information: on error,
- * undefined.
- */
-async function hostZeroes(host: BlockNode, map: number, bytes: number): Promise<{ zero: boolean; pnum: number } | undefined> {
-  try {
-    const r = await nodeBlockStatus(host, map, bytes);
-    const zero = (r.status & STATUS_ZERO) !== 0;
-    // At or past the host's end, or zero up to it: the whole range reads as zeroes.
-    if (r.pnum === 0 || (zero && map + r.pnum >= host.getLength())) return { zero: true, pnum: bytes };
-    return { zero, pnum: r.pnum };
-  } catch {
-    return undefined;
-  }
 }
 
 /** Whether this layer (not its backing chain) holds the data at offset, and for how many bytes. */

@@ -13,7 +13,8 @@ import {
   UsageError, backingLayer, badOption, imgCvtnum, newLayer, openImg, parseOutputFormat, runSubcommand, scanImgArgs,
   skipFilters, writeOut, type OutputFormat,
 } from './common.js';
-import { layerStatus } from './block-status.js';
+import { nodeBlockStatus, nodeBlockStatusNow } from '../../block/io.js';
+import type { BlockStatusResult } from '../../block/driver.js';
 import { printHelp } from './help.js';
 
 export interface MapEntry {
@@ -30,26 +31,54 @@ export interface MapEntry {
 
 const PROBE_LIMIT = 1 << 30;
 
+/** A walk down the chain at one offset: the layer to ask next and how far its answer may reach. */
+interface ChainWalk {
+  layer: BlockNode;
+  depth: number;
+  offset: number;
+  bytes: number;
+}
+
+function startWalk(top: BlockNode, offset: number, bytes: number): ChainWalk {
+  return { layer: skipFilters(top), depth: 0, offset, bytes };
+}
+
+/** The entry when the layer that answered knows the data or zero state or is the last; else the walk moves down. */
+function takeAnswer(walk: ChainWalk, r: BlockStatusResult): MapEntry | undefined {
+  walk.bytes = r.pnum;
+  const known = (r.status & (STATUS_ZERO | STATUS_DATA)) !== 0;
+  const below = known ? undefined : backingLayer(walk.layer);
+  if (below) {
+    walk.layer = below;
+    walk.depth++;
+    return undefined;
+  }
+  const status = known ? r.status : 0;
+  const hasOffset = (status & STATUS_OFFSET_VALID) !== 0;
+  return {
+    start: walk.offset, length: walk.bytes, depth: walk.depth,
+    present: (status & STATUS_ALLOCATED) !== 0, zero: (status & STATUS_ZERO) !== 0, data: (status & STATUS_DATA) !== 0,
+    offset: hasOffset ? r.map ?? walk.offset : undefined, filename: hasOffset ? r.file?.filename : undefined,
+  };
+}
+
+/** mapEntryAt without waiting when the metadata it needs is in memory; undefined otherwise. */
+export function mapEntryNow(top: BlockNode, offset: number, bytes: number): MapEntry | undefined {
+  const walk = startWalk(top, offset, bytes);
+  for (;;) {
+    const r = nodeBlockStatusNow(walk.layer, walk.offset, walk.bytes);
+    if (!r) return undefined;
+    const entry = takeAnswer(walk, r);
+    if (entry) return entry;
+  }
+}
+
 /** The status of the first layer that has [offset, offset+bytes) as data or zero. */
 export async function mapEntryAt(top: BlockNode, offset: number, bytes: number): Promise<MapEntry> {
-  let depth = 0;
-  let layer: BlockNode | undefined = skipFilters(top);
+  const walk = startWalk(top, offset, bytes);
   for (;;) {
-    const r = await layerStatus(layer, offset, bytes);
-    bytes = r.pnum;
-    const below: BlockNode | undefined = r.status & (STATUS_ZERO | STATUS_DATA) ? undefined : backingLayer(layer);
-    if (!below) {
-      const known = (r.status & (STATUS_ZERO | STATUS_DATA)) !== 0;
-      const status = known ? r.status : 0;
-      const hasOffset = (status & STATUS_OFFSET_VALID) !== 0;
-      return {
-        start: offset, length: bytes, depth,
-        present: (status & STATUS_ALLOCATED) !== 0, zero: (status & STATUS_ZERO) !== 0, data: (status & STATUS_DATA) !== 0,
-        ...(hasOffset ? { offset: r.map ?? offset, filename: r.file?.filename } : {}),
-      };
-    }
-    layer = below;
-    depth++;
+    const entry = takeAnswer(walk, await nodeBlockStatus(walk.layer, walk.offset, walk.bytes));
+    if (entry) return entry;
   }
 }
 
@@ -120,11 +149,11 @@ async function dumpMap(node: BlockNode, output: OutputFormat, startOffset: numbe
   if (maxLength !== undefined) length = Math.min(startOffset + maxLength, length);
   let pending = '';
   /** Write a full chunk, waiting while a slow reader (a pipe) still holds the last ones. */
-  const flushChunk = async (): Promise<void> => {
-    if (pending.length < OUTPUT_CHUNK) return;
+  const flushChunk = (): Promise<unknown> | undefined => {
+    if (pending.length < OUTPUT_CHUNK) return undefined;
     const writable = process.stdout.write(pending);
     pending = '';
-    if (!writable) await once(process.stdout, 'drain');
+    return writable ? undefined : once(process.stdout, 'drain');
   };
   const print = (e: MapEntry, last: boolean): void => {
     pending += output === 'human' ? humanLine(e) : jsonEntry(e) + (last ? '' : ',\n');
@@ -136,7 +165,9 @@ async function dumpMap(node: BlockNode, output: OutputFormat, startOffset: numbe
       const offset = current.start + current.length;
       let next: MapEntry;
       try {
-        next = await mapEntryAt(node, offset, Math.min(PROBE_LIMIT, length - offset));
+        // Most extents come from cached metadata: only a walk that has to wait costs a promise.
+        const bytes = Math.min(PROBE_LIMIT, length - offset);
+        next = mapEntryNow(node, offset, bytes) ?? await mapEntryAt(node, offset, bytes);
       } catch (e) {
         throw new BlkioError('EIO', `Could not read file metadata: ${e instanceof BlkioError ? e.strerror : String(e)}`);
       }
@@ -146,7 +177,8 @@ async function dumpMap(node: BlockNode, output: OutputFormat, startOffset: numbe
       }
       if (current.length > 0) print(current, false);
       current = next;
-      await flushChunk();
+      const draining = flushChunk();
+      if (draining) await draining;
     }
     print(current, true);
     if (output === 'json') pending += ']\n';

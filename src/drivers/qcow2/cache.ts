@@ -13,12 +13,16 @@ interface CacheEntry extends Table {
   offset: number;
   dirty: boolean;
   refs: number;
+  /** False while the table is still being read from the file. */
+  loaded: boolean;
 }
 
 export class TableCache {
   /** Offset -> entry, in least-recently-used-first order. */
   private readonly entries = new Map<number, CacheEntry>();
   private readonly byTable = new WeakMap<Table, CacheEntry>();
+  /** The entry last moved to the end of `entries`: touching it again changes nothing. */
+  private mostRecent: CacheEntry | undefined;
   /** The cache that must be written (and the file flushed) before this one. */
   private depends: TableCache | undefined;
   private dependsOnFlush = false;
@@ -41,6 +45,17 @@ export class TableCache {
     return this.acquire(offset, true);
   }
 
+  /**
+   * The table at `offset` if it is cached, for a caller that uses it without waiting (so needs
+   * no reference and no `put`).
+   */
+  peek(offset: number): Table | undefined {
+    const entry = this.entries.get(offset);
+    if (!entry?.loaded) return undefined;
+    this.touch(entry);
+    return entry;
+  }
+
   /** A cache entry for `offset` without reading it (the caller fills it in). */
   async getEmpty(offset: number): Promise<Table> {
     return this.acquire(offset, false);
@@ -49,8 +64,7 @@ export class TableCache {
   private async acquire(offset: number, read: boolean): Promise<Table> {
     let entry = this.entries.get(offset);
     if (entry) {
-      this.entries.delete(offset);
-      this.entries.set(offset, entry);
+      this.touch(entry);
       entry.refs++;
       return entry;
     }
@@ -61,18 +75,28 @@ export class TableCache {
       return entry;
     }
     const data = new Uint8Array(this.tableSize);
-    entry = { ...makeTable(data), offset, dirty: false, refs: 1 };
+    entry = { ...makeTable(data), offset, dirty: false, refs: 1, loaded: !read };
     this.entries.set(offset, entry);
+    this.mostRecent = entry;
     this.byTable.set(entry, entry);
     if (read) {
       try {
         await this.file.read(offset, this.tableSize, data);
+        entry.loaded = true;
       } catch (e) {
         this.entries.delete(offset);
         throw e;
       }
     }
     return entry;
+  }
+
+  /** Make `entry` the most recently used (the map's last key). */
+  private touch(entry: CacheEntry): void {
+    if (this.mostRecent === entry) return;
+    this.entries.delete(entry.offset);
+    this.entries.set(entry.offset, entry);
+    this.mostRecent = entry;
   }
 
   /** Evict least recently used idle entries (writing them if dirty) until there is room for one. */

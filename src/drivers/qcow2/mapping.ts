@@ -142,8 +142,12 @@ export function scIndex(s: Qcow2State, offset: number): number {
 
 /** Load the cached slice of the L2 table at `l2TableOffset` that maps `offset`. */
 export function loadL2Slice(s: Qcow2State, offset: number, l2TableOffset: number): Promise<Table> {
-  const sliceStart = (l2Index(s, offset) - l2SliceIndex(s, offset)) * s.l2EntrySize;
-  return s.l2Cache.get(l2TableOffset + sliceStart);
+  return s.l2Cache.get(l2SliceOffset(s, offset, l2TableOffset));
+}
+
+/** Host offset of the slice of the L2 table at `l2TableOffset` that maps `offset`. */
+function l2SliceOffset(s: Qcow2State, offset: number, l2TableOffset: number): number {
+  return l2TableOffset + (l2Index(s, offset) - l2SliceIndex(s, offset)) * s.l2EntrySize;
 }
 
 export function l1Entry(s: Qcow2State, index: number): { offset: number; copied: boolean } {
@@ -163,57 +167,94 @@ export interface HostMapping {
 
 const NO_ENTRY: L2Entry = { hi: 0, lo: 0, zero: 0, alloc: 0 };
 
+/** Where a lookup stands before the L2 slice is needed: the answer already, or the L2 table to read. */
+type MappingStart =
+  | { mapping: HostMapping }
+  | { l1i: number; l2TableOffset: number; inCluster: number; needed: number };
+
+function startMapping(s: Qcow2State, offset: number, bytes: number): MappingStart {
+  const inCluster = offsetIntoCluster(s, offset);
+  const available = (s.l2SliceSize - l2SliceIndex(s, offset)) * s.clusterSize;
+  const needed = Math.min(bytes + inCluster, available);
+  const l1i = l1Index(s, offset);
+  const l2TableOffset = l1i < s.l1Size ? l1Entry(s, l1i).offset : 0;
+  if (!l2TableOffset) {
+    return { mapping: { type: SubclusterType.UnallocatedPlain, bytes: needed - inCluster, hostOffset: 0, entry: NO_ENTRY } };
+  }
+  return { l1i, l2TableOffset, inCluster, needed };
+}
+
+function unalignedL2Table(l2TableOffset: number, l1i: number): string {
+  return `L2 table offset ${hex(l2TableOffset)} unaligned (L1 index: ${hex(l1i)})`;
+}
+
+/** The mapping read from a loaded L2 slice, or the corruption found there. */
+function mappingInSlice(
+  s: Qcow2State, offset: number, needed: number, inCluster: number, slice: Table, l2TableOffset: number,
+): HostMapping | { corruption: string } {
+  const index = l2SliceIndex(s, offset);
+  const sc = scIndex(s, offset);
+  const entry = readL2(s, slice, index);
+  const nbClusters = Math.ceil(needed / s.clusterSize);
+  const type = subclusterType(s, entry, sc);
+  if (s.header.version < 3 && (type === SubclusterType.ZeroPlain || type === SubclusterType.ZeroAlloc)) {
+    return { corruption: `Zero cluster entry found in pre-v3 image (L2 offset: ${hex(l2TableOffset)}, L2 index: ${hex(index)})` };
+  }
+  let hostOffset = 0;
+  if (type === SubclusterType.Normal || type === SubclusterType.UnallocatedAlloc || type === SubclusterType.ZeroAlloc) {
+    const hostCluster = l2Offset(entry);
+    if (offsetIntoCluster(s, hostCluster)) {
+      return {
+        corruption: `Cluster allocation offset ${hex(hostCluster)} unaligned (L2 offset: ${hex(l2TableOffset)}, L2 index: ${hex(index)})`,
+      };
+    }
+    hostOffset = hostCluster + inCluster;
+  }
+  const count = countContiguousSubclusters(s, nbClusters, sc, slice, index);
+  if (typeof count !== 'number') {
+    return { corruption: `Invalid cluster entry found  (L2 offset: ${hex(l2TableOffset)}, L2 index: ${hex(count.invalidIndex)})` };
+  }
+  const reach = Math.min((count + sc) * s.subclusterSize, needed);
+  return { type, bytes: reach - inCluster, hostOffset, entry };
+}
+
 /**
  * What `bytes` at guest `offset` map to: the type of the first subcluster and how far the same
  * type extends (contiguous on the host for allocated types), at most to the end of the L2 slice.
  * Call with the lock held.
  */
 export async function getHostOffset(s: Qcow2State, offset: number, bytes: number): Promise<HostMapping> {
-  const inCluster = offsetIntoCluster(s, offset);
-  let needed = bytes + inCluster;
-  const available = (s.l2SliceSize - l2SliceIndex(s, offset)) * s.clusterSize;
-  needed = Math.min(needed, available);
-  const l1i = l1Index(s, offset);
-  const unallocated = (): HostMapping => ({
-    type: SubclusterType.UnallocatedPlain, bytes: needed - inCluster, hostOffset: 0, entry: NO_ENTRY,
-  });
-  if (l1i >= s.l1Size) return unallocated();
-  const l2TableOffset = l1Entry(s, l1i).offset;
-  if (!l2TableOffset) return unallocated();
-  if (offsetIntoCluster(s, l2TableOffset)) {
-    throw await signalCorruption(s, true, `L2 table offset ${hex(l2TableOffset)} unaligned (L1 index: ${hex(l1i)})`);
-  }
+  const start = startMapping(s, offset, bytes);
+  if ('mapping' in start) return start.mapping;
+  const { l1i, l2TableOffset, inCluster, needed } = start;
+  if (offsetIntoCluster(s, l2TableOffset)) throw await signalCorruption(s, true, unalignedL2Table(l2TableOffset, l1i));
   debugEvent(s.file.node, 'l2_load');
   const slice = await loadL2Slice(s, offset, l2TableOffset);
   try {
-    const index = l2SliceIndex(s, offset);
-    const sc = scIndex(s, offset);
-    const entry = readL2(s, slice, index);
-    const nbClusters = Math.ceil(needed / s.clusterSize);
-    const type = subclusterType(s, entry, sc);
-    if (s.header.version < 3 && (type === SubclusterType.ZeroPlain || type === SubclusterType.ZeroAlloc)) {
-      throw await signalCorruption(s, true,
-        `Zero cluster entry found in pre-v3 image (L2 offset: ${hex(l2TableOffset)}, L2 index: ${hex(index)})`);
-    }
-    let hostOffset = 0;
-    if (type === SubclusterType.Normal || type === SubclusterType.UnallocatedAlloc || type === SubclusterType.ZeroAlloc) {
-      const hostCluster = l2Offset(entry);
-      if (offsetIntoCluster(s, hostCluster)) {
-        throw await signalCorruption(s, true,
-          `Cluster allocation offset ${hex(hostCluster)} unaligned (L2 offset: ${hex(l2TableOffset)}, L2 index: ${hex(index)})`);
-      }
-      hostOffset = hostCluster + inCluster;
-    }
-    const count = countContiguousSubclusters(s, nbClusters, sc, slice, index);
-    if (typeof count !== 'number') {
-      throw await signalCorruption(s, true,
-        `Invalid cluster entry found  (L2 offset: ${hex(l2TableOffset)}, L2 index: ${hex(count.invalidIndex)})`);
-    }
-    const reach = Math.min((count + sc) * s.subclusterSize, needed);
-    return { type, bytes: reach - inCluster, hostOffset, entry };
+    const m = mappingInSlice(s, offset, needed, inCluster, slice, l2TableOffset);
+    if ('corruption' in m) throw await signalCorruption(s, true, m.corruption);
+    return m;
   } finally {
     s.l2Cache.put(slice);
   }
+}
+
+/**
+ * getHostOffset answered from memory, without waiting: undefined when the L2 slice is not
+ * cached or the entry is corrupt (getHostOffset then reads it, or reports the corruption).
+ * Call when no one holds the lock.
+ */
+export function getHostOffsetNow(s: Qcow2State, offset: number, bytes: number): HostMapping | undefined {
+  const start = startMapping(s, offset, bytes);
+  if ('mapping' in start) return start.mapping;
+  const { l2TableOffset, inCluster, needed } = start;
+  if (offsetIntoCluster(s, l2TableOffset)) return undefined;
+  const slice = s.l2Cache.peek(l2SliceOffset(s, offset, l2TableOffset));
+  if (!slice) return undefined;
+  const m = mappingInSlice(s, offset, needed, inCluster, slice, l2TableOffset);
+  if ('corruption' in m) return undefined;
+  debugEvent(s.file.node, 'l2_load');
+  return m;
 }
 
 /** Subclusters from `sc` of the first cluster on that share its type (and host contiguity). */

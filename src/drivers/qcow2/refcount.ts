@@ -37,21 +37,44 @@ export function updateMaxRefcountTableIndex(s: Qcow2State): void {
   s.maxRefcountTableIndex = i;
 }
 
-/** The refcount of one host cluster (0 when no refcount block covers it). */
-export async function getClusterRefcount(s: Qcow2State, clusterIndex: number): Promise<number> {
-  const tableIndex = reftableIndexOf(s, clusterIndex);
-  if (tableIndex >= s.refcountTableSize) return 0;
+/** The refcount block at refcount table index `tableIndex` (undefined: none); `put` it. */
+async function refcountBlockAt(s: Qcow2State, tableIndex: number): Promise<Table | undefined> {
+  if (tableIndex >= s.refcountTableSize) return undefined;
   const blockOffset = reftableOffset(s.refcountTable, tableIndex);
-  if (!blockOffset) return 0;
+  if (!blockOffset) return undefined;
   if (offsetIntoCluster(s, blockOffset)) {
     throw await signalCorruption(s, true, `Refblock offset ${hex(blockOffset)} unaligned (reftable index: ${hex(tableIndex)})`);
   }
-  const block = await s.refcountCache.get(blockOffset);
+  return s.refcountCache.get(blockOffset);
+}
+
+/** The refcount of one host cluster (0 when no refcount block covers it). */
+export async function getClusterRefcount(s: Qcow2State, clusterIndex: number): Promise<number> {
+  const block = await refcountBlockAt(s, reftableIndexOf(s, clusterIndex));
+  if (!block) return 0;
   try {
     return readRefcount(block, s.refcountOrder, clusterIndex % s.refcountBlockSize);
   } finally {
     s.refcountCache.put(block);
   }
+}
+
+/** How many of the host clusters [0, end) are referenced, counting no further than `limit`. */
+export async function countReferencedClusters(s: Qcow2State, end: number, limit: number): Promise<number> {
+  let referenced = 0;
+  for (let first = 0; first < end && referenced < limit; first += s.refcountBlockSize) {
+    const block = await refcountBlockAt(s, reftableIndexOf(s, first));
+    if (!block) continue;
+    try {
+      const count = Math.min(s.refcountBlockSize, end - first);
+      for (let i = 0; i < count && referenced < limit; i++) {
+        if (readRefcount(block, s.refcountOrder, i) > 0) referenced++;
+      }
+    } finally {
+      s.refcountCache.put(block);
+    }
+  }
+  return referenced;
 }
 
 /**
