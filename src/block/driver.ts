@@ -110,6 +110,21 @@ export interface CheckResult {
   compressedClusters: number;
 }
 
+/**
+ * An internal snapshot as listed (QEMU's QEMUSnapshotInfo). `id` and `name` are byte strings
+ * (one char per byte), as stored in the image.
+ */
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  vmStateSize: bigint;
+  dateSec: number;
+  dateNsec: number;
+  vmClockNsec: bigint;
+  /** Absent when the snapshot records no instruction count. */
+  icount?: bigint;
+}
+
 /** A permission change a driver prepared (host resources such as file locks): kept or undone with the whole update. */
 export interface PermissionUpdate {
   commit(): void;
@@ -203,6 +218,12 @@ export interface BlockDriver<S = unknown> {
   changeBackingFile?(node: BlockNode<S>, filename: string, format: string): Promise<void>;
   /** Drop all data of this layer so reads fall through to the backing chain (qemu-img commit without -d). */
   makeEmpty?(node: BlockNode<S>): Promise<void>;
+  /** Internal snapshots (qcow2): list them, take one (the driver picks the ID), revert to one, delete one. */
+  snapshotList?(node: BlockNode<S>): SnapshotInfo[];
+  snapshotCreate?(node: BlockNode<S>, info: Omit<SnapshotInfo, 'id'>): Promise<void>;
+  /** Throws the plain errno (ENOENT: no snapshot has this ID or name). */
+  snapshotGoto?(node: BlockNode<S>, idOrName: string): Promise<void>;
+  snapshotDelete?(node: BlockNode<S>, id: string, name: string): Promise<void>;
 
   /** Options describing the node for `json:` filenames and `blkio graph` (besides children). */
   describeOptions?(node: BlockNode<S>): Record<string, unknown>;

@@ -9,6 +9,7 @@ import { printHelp } from '../commands/img/help.js';
 type Subcommand = (argv: string[]) => Promise<number>;
 
 const SUBCOMMANDS: Record<string, () => Promise<Subcommand>> = {
+  amend: async () => (await import('../commands/img/amend.js')).imgAmend,
   check: async () => (await import('../commands/img/check.js')).imgCheck,
   commit: async () => (await import('../commands/img/commit.js')).imgCommit,
   compare: async () => (await import('../commands/img/compare.js')).imgCompare,
@@ -19,6 +20,7 @@ const SUBCOMMANDS: Record<string, () => Promise<Subcommand>> = {
   measure: async () => (await import('../commands/img/measure.js')).imgMeasure,
   rebase: async () => (await import('../commands/img/rebase.js')).imgRebase,
   resize: async () => (await import('../commands/img/resize.js')).imgResize,
+  snapshot: async () => (await import('../commands/img/snapshot.js')).imgSnapshot,
 };
 
 const VERSION = 'blkio img version 0.1.0 (qemu-img 7.2 compatible)\n';

@@ -3,6 +3,7 @@ import { allDrivers } from '../../drivers/index.js';
 import { IMG_COMMAND, writeOut } from './common.js';
 
 const COMMAND_SYNTAX = [
+  'amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename',
   'check [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename',
   'commit [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] [--progress=human|json] filename',
   'compare [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2',
@@ -11,6 +12,7 @@ const COMMAND_SYNTAX = [
   'info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename',
   'map [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename',
   'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]',
+  'snapshot [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] filename',
   'rebase [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename',
   'resize [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size',
 ];
@@ -61,6 +63,13 @@ Parameters to convert subcommand:
   '-m' specifies how many coroutines work in parallel during the convert
        process (defaults to 8)
   '-W' allow to write to the target out of order rather than sequential
+
+Parameters to snapshot subcommand:
+  'snapshot' is the name of the snapshot to create, apply or delete
+  '-a' applies a snapshot (revert disk to saved state)
+  '-c' creates a snapshot
+  '-d' deletes a snapshot
+  '-l' lists all snapshots in the given image
 
 Parameters to compare subcommand:
   '-f' first image format

@@ -16,6 +16,7 @@ import {
   scanImgArgs, UsageError, writeOut,
 } from './common.js';
 import { printHelp } from './help.js';
+import { formatSnapshotList, snapshotInfoList, type SnapshotInfoJson } from './snapshot.js';
 import { toQemuJson } from './qjson.js';
 
 /** QEMU's ImageInfo (7.2), members as QAPI names them. */
@@ -29,6 +30,7 @@ export interface ImageInfo {
   'backing-filename'?: string;
   'full-backing-filename'?: string;
   'backing-filename-format'?: string;
+  snapshots?: SnapshotInfoJson[];
   'format-specific'?: { type: string; data: Record<string, unknown> };
   /** Human lines of the format specific part (not printed in JSON). */
   formatSpecificHuman?: Array<[string, string]>;
@@ -55,6 +57,8 @@ export async function queryImageInfo(node: BlockNode): Promise<ImageInfo> {
     if (di.clusterSize) info['cluster-size'] = di.clusterSize;
     info['dirty-flag'] = di.isDirty ?? false;
   }
+  const snapshots = snapshotInfoList(node);
+  if (snapshots.length) info.snapshots = snapshots;
   const specific = node.driver.formatSpecific?.(node);
   if (specific) {
     info['format-specific'] = { type: specific.type, data: specific.json };
@@ -93,6 +97,7 @@ export function formatHumanInfo(info: ImageInfo): string {
     out += '\n';
     if (info['backing-filename-format'] !== undefined) out += `backing file format: ${info['backing-filename-format']}\n`;
   }
+  if (info.snapshots) out += formatSnapshotList(info.snapshots);
   if (info.formatSpecificHuman) {
     out += 'Format specific information:\n';
     for (const [key, value] of info.formatSpecificHuman) out += `    ${key}: ${value}\n`;

@@ -41,7 +41,7 @@ export function toQemuJson(value: unknown, level = 0): string {
   const pad = (n: number): string => '\n' + ' '.repeat(4 * n);
   if (value === null || value === undefined) return 'null';
   if (typeof value === 'string') return quote(value);
-  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
+  if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean') return String(value);
   if (Array.isArray(value)) {
     const items = value.map((v) => pad(level + 1) + toQemuJson(v, level + 1));
     return `[${items.join(',')}${pad(level)}]`;

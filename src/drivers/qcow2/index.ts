@@ -24,6 +24,7 @@ import { createImage, QCOW2_CREATE_OPTIONS } from './create.js';
 import { checkImage } from './check.js';
 import { listPersistentBitmaps, measureImage } from './measure.js';
 import { makeEmpty } from './empty.js';
+import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots } from './snapshots.js';
 import { writeStderr, type Qcow2State } from './state.js';
 
 export type { Qcow2State } from './state.js';
@@ -215,6 +216,23 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   async makeEmpty(node) {
     await requireUsable(node.state);
     await makeEmpty(node.state);
+  },
+
+  snapshotList: (node) => listSnapshots(node.state),
+
+  async snapshotCreate(node, info) {
+    await requireUsable(node.state);
+    await createSnapshot(node.state, info);
+  },
+
+  async snapshotGoto(node, idOrName) {
+    await requireUsable(node.state);
+    await gotoSnapshot(node.state, idOrName, (line) => node.layer.warn(line));
+  },
+
+  async snapshotDelete(node, id, name) {
+    await requireUsable(node.state);
+    await deleteSnapshot(node.state, id, name);
   },
 
   async changeBackingFile(node, filename, format) {

@@ -17,10 +17,9 @@ import {
 } from './header.js';
 import { MAX_L1_SIZE } from './mapping.js';
 import { MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex } from './refcount.js';
-import { geometry, Mutex, sizeToL1, type Qcow2State, type Snapshot } from './state.js';
+import { MAX_SNAPSHOTS, parseSnapshotTable, SNAPSHOT_HEADER_SIZE } from './snapshots.js';
+import { geometry, Mutex, sizeToL1, type Qcow2State } from './state.js';
 
-const MAX_SNAPSHOTS = 65536;
-const SNAPSHOT_HEADER_SIZE = 40;
 const DEFAULT_L2_CACHE_MAX = 32 * 2 ** 20;
 const MIN_L2_CACHE_ENTRIES = 2;
 const MIN_REFCOUNT_CACHE_CLUSTERS = 4;
@@ -255,36 +254,17 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
     if (len > Math.min(BACKING_FILE_MAX, g.clusterSize - h.backingFileOffset)) throw invalid('Backing file name too long');
     s.backingFile = latin1(await readOrFail(file, h.backingFileOffset, len, 'Could not read backing file name'));
   }
-  s.snapshots = await readSnapshots(s);
+  const snapshotTable = await parseSnapshotTable(
+    (offset, bytes) => readOrFail(file, offset, bytes, 'Failed to read snapshot table'), h.snapshotsOffset, h.nbSnapshots, h.size,
+  );
+  s.snapshots = snapshotTable.snapshots;
+  s.snapshotsSize = snapshotTable.size;
 
   if (h.autoclearFeatures & ~AUTOCLEAR_MASK && !o.readOnly) {
     h.autoclearFeatures &= AUTOCLEAR_MASK;
     await updateHeader(s);
   }
   return s;
-}
-
-/** The internal snapshot table: enough of it to account for the snapshots' clusters. */
-async function readSnapshots(s: Qcow2State): Promise<Snapshot[]> {
-  const h = s.header;
-  const out: Snapshot[] = [];
-  let offset = h.snapshotsOffset;
-  for (let i = 0; i < h.nbSnapshots; i++) {
-    offset = Math.ceil(offset / 8) * 8;
-    const head = await readOrFail(s.file, offset, SNAPSHOT_HEADER_SIZE, 'Failed to read snapshot table');
-    const v = new DataView(head.buffer);
-    const l1TableOffset = Number(v.getBigUint64(0));
-    const l1Size = v.getUint32(8);
-    const idSize = v.getUint16(12);
-    const nameSize = v.getUint16(14);
-    const extraSize = v.getUint32(36);
-    offset += SNAPSHOT_HEADER_SIZE + extraSize;
-    const strings = await readOrFail(s.file, offset, idSize + nameSize, 'Failed to read snapshot table');
-    offset += idSize + nameSize;
-    out.push({ l1TableOffset, l1Size, id: latin1(strings.subarray(0, idSize)), name: latin1(strings.subarray(idSize)) });
-  }
-  s.snapshotsSize = offset - h.snapshotsOffset;
-  return out;
 }
 
 /** Rewrite the header cluster from the in-memory state (QEMU's qcow2_update_header). */

@@ -7,6 +7,7 @@ import { BlkioError } from '../../errors.js';
 import type { BdrvChild } from '../../block/child.js';
 import type { BlockNode } from '../../block/node.js';
 import type { TableCache } from './cache.js';
+import type { Snapshot } from './snapshots.js';
 import { refcountMax, type Table } from './entries.js';
 import {
   INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2, OFFSET_INCOMPATIBLE, type HeaderExtension, type Qcow2Header,
@@ -72,13 +73,6 @@ export interface Allocation {
   data?: Uint8Array;
   done: Promise<void>;
   finish: () => void;
-}
-
-export interface Snapshot {
-  l1TableOffset: number;
-  l1Size: number;
-  id: string;
-  name: string;
 }
 
 export interface Qcow2State {

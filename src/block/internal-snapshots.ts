@@ -1,0 +1,58 @@
+/**
+ * Internal snapshots through the graph (QEMU's bdrv_snapshot_*): the node whose driver keeps
+ * them is the node itself, or, for a driver without snapshots, what its primary child offers
+ * when that child is the only one holding the node's data.
+ */
+import { BlkioError } from '../errors.js';
+import { ROLE_DATA, ROLE_FILTERED, ROLE_METADATA, ROLE_PRIMARY, type SnapshotInfo } from './driver.js';
+import type { BlockNode } from './node.js';
+
+function fallbackChild(node: BlockNode): BlockNode | undefined {
+  const primary = node.children.find((c) => c.role & ROLE_PRIMARY);
+  if (!primary) return undefined;
+  const others = node.children.some((c) => c !== primary && c.role & (ROLE_DATA | ROLE_METADATA | ROLE_FILTERED));
+  return others ? undefined : primary.node;
+}
+
+/** The node that keeps `node`'s internal snapshots, if any does. */
+export function snapshotNode(node: BlockNode): BlockNode | undefined {
+  let n: BlockNode | undefined = node;
+  while (n && !n.driver.snapshotList) n = fallbackChild(n);
+  return n;
+}
+
+/** The snapshots of `node`; ENOTSUP when nothing below keeps any. */
+export function listSnapshots(node: BlockNode): SnapshotInfo[] {
+  const n = snapshotNode(node);
+  if (!n) throw new BlkioError('ENOTSUP');
+  return n.driver.snapshotList!(n);
+}
+
+/** bdrv_snapshot_find: the first snapshot with this name (IDs are not searched). */
+export function findSnapshotByName(node: BlockNode, name: string): SnapshotInfo | undefined {
+  const n = snapshotNode(node);
+  return n ? n.driver.snapshotList!(n).find((sn) => sn.name === name) : undefined;
+}
+
+export async function createSnapshot(node: BlockNode, info: Omit<SnapshotInfo, 'id'>): Promise<void> {
+  const n = snapshotNode(node);
+  if (!n?.driver.snapshotCreate) throw new BlkioError('ENOTSUP');
+  await n.driver.snapshotCreate(n, info);
+}
+
+/** Revert to a snapshot (by ID, else by name), with bdrv_snapshot_goto's error texts. */
+export async function gotoSnapshot(node: BlockNode, idOrName: string): Promise<void> {
+  const n = snapshotNode(node);
+  if (!n?.driver.snapshotGoto) throw new BlkioError('ENOTSUP', 'Block driver does not support snapshots');
+  try {
+    await n.driver.snapshotGoto(n, idOrName);
+  } catch (e) {
+    throw e instanceof BlkioError ? e.prepend('Failed to load snapshot: ') : e;
+  }
+}
+
+export async function deleteSnapshot(node: BlockNode, id: string, name: string): Promise<void> {
+  const n = snapshotNode(node);
+  if (!n?.driver.snapshotDelete) throw new BlkioError('ENOTSUP');
+  await n.driver.snapshotDelete(n, id, name);
+}
