@@ -64,25 +64,32 @@ export async function decompressCluster(type: number, input: Uint8Array, out: Ui
   if (native) {
     if (!(await native.decompress(type, input, out))) throw errno('EIO');
   } else if (type === COMPRESSION_ZLIB) {
-    inflateWithNode(input, out);
+    await inflateWithNode(input, out);
   } else {
     zstdDecompressWithFzstd(input, out);
   }
 }
 
-function inflateWithNode(input: Uint8Array, out: Uint8Array): void {
-  const { constants, inflateRawSync } = zlib();
-  const inflate = (maxOutputLength: number) =>
-    inflateRawSync(input, { windowBits: WINDOW_BITS, finishFlush: constants.Z_SYNC_FLUSH, maxOutputLength });
-  let result: Buffer;
-  try {
-    result = inflate(out.length);
-  } catch (e) {
-    if ((e as { code?: string }).code !== 'ERR_BUFFER_TOO_LARGE') throw errno('EIO');
-    result = inflate(out.length + 1).subarray(0, out.length);
-  }
-  if (result.length !== out.length) throw errno('EIO');
-  out.set(result);
+/** Inflate until `out` is full; the stream may go on (Node's one-shot inflate cannot stop there, a stream can). */
+async function inflateWithNode(input: Uint8Array, out: Uint8Array): Promise<void> {
+  const { constants, createInflateRaw } = zlib();
+  const inflater = createInflateRaw({ windowBits: WINDOW_BITS, finishFlush: constants.Z_SYNC_FLUSH });
+  let filled = 0;
+  await new Promise<void>((resolve) => {
+    inflater.on('data', (chunk: Buffer) => {
+      const n = Math.min(chunk.length, out.length - filled);
+      out.set(chunk.subarray(0, n), filled);
+      filled += n;
+      if (filled === out.length) {
+        inflater.destroy();
+        resolve();
+      }
+    });
+    inflater.on('error', () => resolve());
+    inflater.on('end', () => resolve());
+    inflater.end(input);
+  });
+  if (filled !== out.length) throw errno('EIO');
 }
 
 /** Inflate a zstd stream until `out` is full; what follows in the input is never decoded. */

@@ -50,7 +50,7 @@ describe.skipIf(!haveQemu)('qcow2 reads images written by QEMU', () => {
     });
   }
 
-  it('reads zstd-compressed clusters, and writes uncompressed clusters into zstd images', async () => {
+  it('reads zstd-compressed clusters, and writes compressed clusters into zstd images that QEMU reads', async () => {
     const file = tmp.path('z.qcow2');
     qemuImg('create', '-q', '-f', 'qcow2', '-o', 'compression_type=zstd', file, '1M');
     qemuIo(file, ['write -c -P 0x41 0 64k', 'write -c -P 0x42 64k 64k', 'write -c 128k 128k']);
