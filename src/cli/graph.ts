@@ -19,6 +19,7 @@ import { getopt, type GetoptSpec } from '../commands/io/getopt.js';
 import { allDrivers } from '../drivers/index.js';
 import { graphImage, openGraph } from './open-graph.js';
 import { openImage, type OpenedImage } from './open-image.js';
+import { writeStderr, writeStdout } from './output.js';
 import { PROGRAM } from './run.js';
 
 const USAGE = `Usage: ${PROGRAM} graph [-f FMT] [--image-opts] [-r] [-C] [-U] [--blockdev DEF]... [--drive STR]... [--node NAME] [--output=human|json] [IMAGE]`;
@@ -187,22 +188,22 @@ async function openRequested(layer: BlockLayer, opts: GraphOptions): Promise<Ope
 export async function runGraph(argv: string[]): Promise<number> {
   const opts = parseOptions(argv);
   if (opts.help) {
-    process.stdout.write(USAGE + '\n');
+    writeStdout(USAGE + '\n');
     return 0;
   }
   if (opts.output !== 'human' && opts.output !== 'json') {
     throw new BlkioError('EINVAL', `--output must be human or json, not '${opts.output}'`);
   }
   // Warnings as the other subcommands print them: `blkio: warning: ...`; the probing notice as is.
-  const layer = new BlockLayer(allDrivers, (text) => process.stderr.write(`${text.startsWith('WARNING:') ? '' : `${PROGRAM}: `}${text}\n`));
+  const layer = new BlockLayer(allDrivers, (text) => writeStderr(`${text.startsWith('WARNING:') ? '' : `${PROGRAM}: `}${text}\n`));
   try {
     const { blk } = await openRequested(layer, opts);
     if (opts.output === 'json') {
       const root = visibleNode(blk.node);
       const out = { blockdev: blockdevDefinitions(root), json: jsonFilename(root) };
-      process.stdout.write(JSON.stringify(out, null, 4) + '\n');
+      writeStdout(JSON.stringify(out, null, 4) + '\n');
     } else {
-      process.stdout.write(renderGraph(layer, blk.root).map((l) => l + '\n').join(''));
+      writeStdout(renderGraph(layer, blk.root).map((l) => l + '\n').join(''));
     }
     return 0;
   } finally {

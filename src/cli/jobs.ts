@@ -20,6 +20,7 @@ import { createImage } from '../commands/img/create.js';
 import { cvtnum } from '../options/size.js';
 import type { FlatOptions } from '../options/types.js';
 import { parseProgressMode, Progress } from './progress.js';
+import { writeStderr, writeStdout } from './output.js';
 import { PROGRAM } from './run.js';
 
 const IMAGE_OPTIONS = '[-f FMT] [--image-opts] [-t CACHE] [-r RATE] [-p | --progress=human|json]';
@@ -78,7 +79,7 @@ async function runJob(
 ): Promise<number> {
   const rateLimit = values.rate === undefined ? 0 : parseRate(values.rate);
   const progress = new Progress(parseProgressMode(values.progress, values.p, values.q));
-  const layer = new BlockLayer(allDrivers, (text) => process.stderr.write(text + '\n'));
+  const layer = new BlockLayer(allDrivers, (text) => writeStderr(text + '\n'));
   const controller = new AbortController();
   const onSigint = () => controller.abort();
   // The first Ctrl-C cancels cleanly; a second one gets Node's default (exit at once).
@@ -104,7 +105,7 @@ async function runJob(
   } catch (e) {
     if (!isCancelled(e)) throw e;
     progress.dispose();
-    process.stderr.write(`${PROGRAM}: ${command} interrupted after ${done} of ${total} bytes; ${CANCEL_ADVICE[command]}\n`);
+    writeStderr(`${PROGRAM}: ${command} interrupted after ${done} of ${total} bytes; ${CANCEL_ADVICE[command]}\n`);
     return 130;
   } finally {
     process.off('SIGINT', onSigint);
@@ -159,7 +160,7 @@ export async function runCommit(argv: string[]): Promise<number> {
   const status = await runJob('commit', image, values, async (job, open, layer) => {
     await commitImage(layer, open, { ...job, base: values.base, drop: values.drop });
   });
-  if (status === 0 && !values.q) process.stdout.write('Image committed.\n');
+  if (status === 0 && !values.q) writeStdout('Image committed.\n');
   return status;
 }
 
@@ -212,6 +213,6 @@ function parseRate(text: string): number {
 }
 
 function usage(command: Command): number {
-  process.stdout.write(USAGE[command] + '\n');
+  writeStdout(USAGE[command] + '\n');
   return 0;
 }

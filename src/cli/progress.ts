@@ -15,10 +15,11 @@
  *   try { ...; progress.update(done, total); ...; progress.finish(); } finally { progress.dispose(); }
  */
 import { BlkioError } from '../errors.js';
+import { writeStderr, writeStdout } from './output.js';
 
 export type ProgressMode = 'off' | 'human' | 'json';
 
-/** Where progress goes; process.stdout/stderr by default, anything with `write` in tests. */
+/** Where progress goes; stdout/stderr (./output.ts) by default, anything with `write` in tests. */
 export interface ProgressSink {
   write(text: string): unknown;
 }
@@ -67,8 +68,8 @@ export class Progress {
   private readonly onSignal?: () => void;
 
   constructor(readonly mode: ProgressMode, options: ProgressOptions = {}) {
-    this.out = options.out ?? process.stdout;
-    this.err = options.err ?? process.stderr;
+    this.out = options.out ?? { write: writeStdout };
+    this.err = options.err ?? { write: writeStderr };
     this.now = options.now ?? (() => performance.now());
     this.started = this.now();
     if (options.signals ?? true) {

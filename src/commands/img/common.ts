@@ -9,6 +9,7 @@ import type { BlockBackend } from '../../block/backend.js';
 import type { BlockNode } from '../../block/node.js';
 import { allDrivers } from '../../drivers/index.js';
 import { isCacheMode, openImage, type ImageOpenRequest } from '../../cli/open-image.js';
+import { writeStderr as writeErr, writeStdout as writeOut } from '../../cli/output.js';
 import { PROGRAM } from '../../cli/run.js';
 import type { FlatOptions } from '../../options/types.js';
 import { parseSizeBigInt, SizeError } from '../../options/size.js';
@@ -34,13 +35,7 @@ export class ExitStatus extends Error {
   }
 }
 
-export function writeOut(text: string): void {
-  process.stdout.write(text);
-}
-
-export function writeErr(text: string): void {
-  process.stderr.write(text);
-}
+export { writeErr, writeOut };
 
 /** error_report: `blkio: <message>` plus hint lines. */
 export function reportError(e: unknown): void {

@@ -11,6 +11,7 @@ import type { BlockLayer } from '../../block/graph.js';
 import type { BlockNode } from '../../block/node.js';
 import { visibleNode } from '../../block/describe.js';
 import type { OpenedImage } from '../../cli/open-image.js';
+import { writeStderr, writeStdout } from '../../cli/output.js';
 
 /** Where a session writes; both are expected to write synchronously (lines stay in order). */
 export interface IoStreams {
@@ -19,8 +20,8 @@ export interface IoStreams {
 }
 
 export const processStreams: IoStreams = {
-  stdout: (text) => void process.stdout.write(text),
-  stderr: (text) => void process.stderr.write(text),
+  stdout: writeStdout,
+  stderr: writeStderr,
 };
 
 /** One entry of the command table (QEMU's cmdinfo_t). */

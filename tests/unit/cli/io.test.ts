@@ -5,16 +5,16 @@ import { join } from 'node:path';
 import { runDirect, runIo } from '../../../src/cli/io.js';
 
 let out = '';
+// Stdout as is, stderr lines marked with `E: `, in the order they were written.
+vi.mock('../../../src/cli/output.js', () => {
+  const capture = (prefix: string) => (text: string) => {
+    out += text.replace(/^(?=.)/gm, prefix);
+  };
+  return { writeStdout: capture(''), writeStderr: capture('E: ') };
+});
 beforeEach(() => {
   out = '';
-  const capture = (prefix: string) => (chunk: string | Uint8Array) => {
-    out += String(chunk).replace(/^(?=.)/gm, prefix);
-    return true;
-  };
-  vi.spyOn(process.stdout, 'write').mockImplementation(capture(''));
-  vi.spyOn(process.stderr, 'write').mockImplementation(capture('E: '));
 });
-afterEach(() => vi.restoreAllMocks());
 
 const masked = () => out.replace(/ops; [^\n]*/g, 'ops; TIME');
 

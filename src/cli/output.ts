@@ -1,0 +1,56 @@
+/**
+ * Synchronous writes to stdout and stderr, in program order.
+ *
+ * Writing straight to the file descriptor spares every command the creation of
+ * process.stdout/stderr: on a pipe that loads Node's net and stream modules, a few milliseconds
+ * of a short command's startup. Like qemu-io and qemu-img, which ignore SIGPIPE and the results
+ * of their stdio writes, output that cannot be written (a closed pipe, a full disk) is dropped
+ * without a message or a change of exit status. A non-blocking descriptor (shared with a
+ * parent that set O_NONBLOCK) gets EAGAIN: from then on that stream's output goes through
+ * Node's stream, which waits for the descriptor to take it.
+ */
+import { writeSync } from 'node:fs';
+
+interface StdioTarget {
+  readonly fd: 1 | 2;
+  readonly stream: () => NodeJS.WriteStream;
+  /** Node's stream, once the descriptor turned out to be non-blocking. */
+  viaStream?: NodeJS.WriteStream;
+  /** Writing failed: further output is dropped. */
+  broken: boolean;
+}
+
+const stdoutTarget: StdioTarget = { fd: 1, stream: () => process.stdout, broken: false };
+const stderrTarget: StdioTarget = { fd: 2, stream: () => process.stderr, broken: false };
+
+function writeTo(target: StdioTarget, text: string): void {
+  if (target.broken) return;
+  if (target.viaStream) {
+    target.viaStream.write(text);
+    return;
+  }
+  let data = Buffer.from(text);
+  while (data.length > 0) {
+    try {
+      data = data.subarray(writeSync(target.fd, data));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
+        const stream = target.stream();
+        stream.on('error', () => (target.broken = true));
+        target.viaStream = stream;
+        stream.write(data);
+      } else {
+        target.broken = true;
+      }
+      return;
+    }
+  }
+}
+
+export function writeStdout(text: string): void {
+  writeTo(stdoutTarget, text);
+}
+
+export function writeStderr(text: string): void {
+  writeTo(stderrTarget, text);
+}
