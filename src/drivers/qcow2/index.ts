@@ -23,6 +23,7 @@ import { truncateImage } from './truncate.js';
 import { createImage, QCOW2_CREATE_OPTIONS } from './create.js';
 import { checkImage } from './check.js';
 import { listPersistentBitmaps, measureImage } from './measure.js';
+import { amendImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { makeEmpty } from './empty.js';
 import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots } from './snapshots.js';
 import { writeStderr, type Qcow2State } from './state.js';
@@ -205,6 +206,11 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   createOptions: QCOW2_CREATE_OPTIONS,
   create: createImage,
   measure: measureImage,
+  amendOptions: QCOW2_AMEND_OPTIONS,
+  async amend(node, options, force, progress) {
+    await requireUsable(node.state);
+    await amendImage(node, options, force, progress);
+  },
   persistentBitmaps: (node) => listPersistentBitmaps(node.state),
 
   check(node, repair, report) {

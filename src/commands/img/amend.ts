@@ -1,0 +1,131 @@
+/**
+ * `blkio img amend [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename`
+ *
+ * Change format options of an existing image in place; the format driver does the work.
+ * Options only `create` knows are refused with a hint saying so.
+ */
+import { BlkioError } from '../../errors.js';
+import type { BlockDriver } from '../../block/driver.js';
+import type { BlockLayer } from '../../block/graph.js';
+import { Progress, parseProgressMode } from '../../cli/progress.js';
+import { hasHelpOption, isValidOptionList } from '../../options/qemuopts.js';
+import {
+  badOption, checkCacheMode, checkNoFormatWithImageOpts, ExitStatus, newLayer, openImg, reportError, runSubcommand,
+  scanImgArgs, skipFilters, UsageError, writeOut,
+} from './common.js';
+import { createRequestOptions, formatOptionHelp, mergeCreateOptions, parseCreateOptions } from './create.js';
+import { printHelp } from './help.js';
+
+function amendingDriver(driver: BlockDriver<any> | undefined, format: string): BlockDriver<any> {
+  if (!driver) throw new BlkioError('EINVAL', `Unknown file format '${format}'`);
+  if (!driver.amend || !driver.amendOptions) {
+    throw new BlkioError('ENOTSUP', `Format driver '${format}' does not support option amendment`);
+  }
+  return driver;
+}
+
+function printAmendHelp(layer: BlockLayer, format: string): number {
+  const driver = amendingDriver(layer.driver(format), format);
+  writeOut(`Amend options for '${format}':\n${formatOptionHelp(driver.amendOptions!)}`);
+  return 0;
+}
+
+/** Parse against the amend options; a name only creation knows gets a hint saying so. */
+function parseAmendOptions(driver: BlockDriver<any>, text: string) {
+  try {
+    return parseCreateOptions(text, driver.amendOptions!);
+  } catch (e) {
+    if (!(e instanceof BlkioError)) throw e;
+    try {
+      parseCreateOptions(text, mergeCreateOptions(driver.amendOptions!, driver.createOptions ?? []));
+    } catch {
+      throw e;
+    }
+    throw new BlkioError(e.code, e.message, [...e.hints, 'This option is only supported for image creation']);
+  }
+}
+
+export function imgAmend(argv: string[]): Promise<number> {
+  return runSubcommand(async () => {
+    const { options, operands } = scanImgArgs('amend', argv, ':ho:f:t:pq', [
+      { name: 'image-opts', hasArg: false, key: 'image-opts' },
+      { name: 'force', hasArg: false, key: 'force' },
+    ]);
+    let optionText: string | undefined;
+    let format: string | undefined;
+    let cache = 'writeback';
+    let showProgress = false;
+    let quiet = false;
+    let imageOpts = false;
+    let force = false;
+    for (const item of options) {
+      switch (item.key) {
+        case 'h': return printHelp();
+        case 'o':
+          if (!isValidOptionList(item.value)) throw new BlkioError('EINVAL', `Invalid option list: ${item.value}`);
+          optionText = optionText === undefined ? item.value : `${optionText},${item.value}`;
+          break;
+        case 'f': format = item.value; break;
+        case 't': cache = item.value; break;
+        case 'p': showProgress = true; break;
+        case 'q': quiet = true; break;
+        // Objects only carry secrets for encryption, which blkio does not support.
+        case 'object': break;
+        case 'image-opts': imageOpts = true; break;
+        case 'force': force = true; break;
+        default: badOption(item);
+      }
+    }
+    if (optionText === undefined) throw new UsageError('Must specify options (-o)');
+    // From here on qemu-img ends its progress line (after any error) when -p is on.
+    const progress = new Progress(parseProgressMode(undefined, showProgress, quiet), { signals: false });
+    const endProgress = (): void => {
+      if (progress.mode === 'human') writeOut('\n');
+    };
+    try {
+      const status = await amend(optionText, operands, { format, cache, imageOpts, force }, progress);
+      endProgress();
+      return status;
+    } catch (e) {
+      if (progress.mode !== 'human') throw e;
+      reportError(e);
+      endProgress();
+      throw new ExitStatus(1);
+    }
+  });
+}
+
+interface AmendRequest {
+  format?: string;
+  cache: string;
+  imageOpts: boolean;
+  force: boolean;
+}
+
+async function amend(optionText: string, operands: string[], req: AmendRequest, progress: Progress): Promise<number> {
+  const { format, cache, imageOpts, force } = req;
+  const layer = newLayer();
+  try {
+    if (format !== undefined && hasHelpOption(optionText)) return printAmendHelp(layer, format);
+    if (operands.length !== 1) throw new BlkioError('EINVAL', 'Expecting one image file name');
+    const filename = operands[0];
+    checkCacheMode(cache);
+    checkNoFormatWithImageOpts(imageOpts, format);
+    const blk = await openImg(layer, { filename, format, imageOpts, cache });
+    const node = skipFilters(blk.root.node);
+    const driverName = node.driver.name;
+    if (hasHelpOption(optionText)) return printAmendHelp(layer, driverName);
+    const driver = amendingDriver(node.driver, driverName);
+    const values = parseAmendOptions(driver, optionText);
+    progress.update(0, 1);
+    try {
+      await driver.amend!(node, createRequestOptions(values), force, (done, total) => progress.update(done, total));
+    } finally {
+      progress.update(1, 1);
+    }
+    await blk.flush();
+    return 0;
+  } finally {
+    await layer.closeAll();
+  }
+}

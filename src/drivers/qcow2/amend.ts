@@ -1,0 +1,357 @@
+/**
+ * `qemu-img amend` for qcow2: change the compatibility level (upgrade first, downgrade last so
+ * that features v2 cannot hold are gone by then), the refcount width (rewriting all refcount
+ * structures), lazy refcounts and the virtual size, in QEMU 7.2's order with its texts, so the
+ * image comes out as qemu-img's does.
+ */
+import { BlkioError } from '../../errors.js';
+import type { CreateOptionSpec, CreateRequest } from '../../block/driver.js';
+import type { BlockNode } from '../../block/node.js';
+import { getRefcount, HI_COPIED, makeTable, reftableOffset, setRefcount, setReftableOffset, refcountMax, splitOffset } from './entries.js';
+import { checkRefcountWidth } from './create.js';
+import {
+  COMPAT_LAZY_REFCOUNTS, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY } from './header.js';
+import { ClusterType, clusterType, l1Entry, l2Offset, readL2, writeL2 } from './mapping.js';
+import { markClean, updateHeader } from './open.js';
+import {
+  adjustRefcount, allocClusters, freeClusters, getClusterRefcount, MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex,
+} from './refcount.js';
+import { hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
+import { truncateImage } from './truncate.js';
+
+/** In QEMU's order (`-o help` sorts them). */
+export const QCOW2_AMEND_OPTIONS: readonly CreateOptionSpec[] = [
+  { name: 'encrypt.keyslot', type: 'number', help: 'Select a single keyslot to modify explicitly' },
+  { name: 'encrypt.state', type: 'string', help: 'Select new state of affected keyslots (active/inactive)' },
+  { name: 'encrypt.old-secret', type: 'string', help: 'Select all keyslots that match this password' },
+  { name: 'encrypt.new-secret', type: 'string', help: 'New secret to set in the matching keyslots. Empty string to erase' },
+  { name: 'encrypt.iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+  { name: 'size', type: 'size', help: 'Virtual disk size' },
+  { name: 'compat', type: 'string', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
+  { name: 'backing_file', type: 'string', help: 'File name of a base image' },
+  { name: 'backing_fmt', type: 'string', help: 'Image format of the base image' },
+  { name: 'data_file', type: 'string', help: 'File name of an external data file' },
+  { name: 'data_file_raw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
+  { name: 'lazy_refcounts', type: 'bool', help: 'Postpone refcount updates' },
+  { name: 'refcount_bits', type: 'number', help: 'Width of a reference count entry in bits' },
+];
+
+const VERSIONS: Record<string, number> = { '0.10': 2, v2: 2, '1.1': 3, v3: 3 };
+
+type Report = (done: number, total: number) => void;
+
+/**
+ * Progress over several steps (upgrade, refcount change, downgrade): each reports its own
+ * done/total; the whole is projected from the steps seen so far.
+ */
+function stepProgress(report: Report, steps: number) {
+  let completed = 0;
+  let completedWork = 0;
+  let lastWork = 0;
+  let current = -1;
+  return (step: number): Report => (done, total) => {
+    if (step !== current) {
+      if (current !== -1) {
+        completedWork += lastWork;
+        completed++;
+      }
+      current = step;
+    }
+    lastWork = total;
+    const work = completedWork + total;
+    report(completedWork + done, work + Math.floor((work * (steps - completed - 1)) / (completed + 1)));
+  };
+}
+
+function invalid(message: string): BlkioError {
+  return new BlkioError('EINVAL', message);
+}
+
+export async function amendImage(
+  node: BlockNode<Qcow2State>, o: CreateRequest['options'], _force: boolean, report: Report,
+): Promise<void> {
+  const s = node.state;
+  const oldVersion = s.header.version;
+  let newVersion = oldVersion;
+  const compat = o.compat as string | undefined;
+  if (compat !== undefined) {
+    if (!(compat in VERSIONS)) throw invalid(`Unknown compatibility level ${compat}`);
+    newVersion = VERSIONS[compat];
+  }
+  if (o.backing_file !== undefined || o.backing_fmt !== undefined) {
+    throw new BlkioError('EINVAL', 'Cannot amend the backing file', ["You can use 'qemu-img rebase' instead."]);
+  }
+  if (Object.keys(o).some((name) => name.startsWith('encrypt.'))) {
+    throw invalid("Can't amend encryption options - encryption not present");
+  }
+  const lazyRefcounts = (o.lazy_refcounts as boolean | undefined) ?? s.lazyRefcounts;
+  const refcountBits = (o.refcount_bits as number | undefined) ?? 2 ** s.refcountOrder;
+  checkRefcountWidth(refcountBits);
+  if (o.data_file !== undefined) throw invalid('data-file can only be set for images that use an external data file');
+  if (o.data_file_raw === true) throw invalid('data-file-raw cannot be set on existing images');
+  const newOrder = Math.log2(refcountBits);
+  if ((newVersion !== oldVersion || newOrder !== s.refcountOrder) && s.snapshots.length) {
+    throw new BlkioError('ENOTSUP', 'Amending images with internal snapshots is not supported');
+  }
+
+  const progress = stepProgress(report, Number(newVersion !== oldVersion) + Number(newOrder !== s.refcountOrder));
+  if (newVersion > oldVersion) await upgrade(s, progress(0));
+  if (newOrder !== s.refcountOrder) {
+    if (newVersion < 3 && refcountBits !== 16) {
+      throw invalid('Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)');
+    }
+    await changeRefcountOrder(s, newOrder, progress(1));
+  }
+  await updateHeader(s).catch((e) => {
+    throw prefixed(e, 'Failed to update the image header');
+  });
+  if (s.lazyRefcounts !== lazyRefcounts) await setLazyRefcounts(s, lazyRefcounts, newVersion);
+  const size = o.size as number | undefined;
+  if (size) await truncateImage(s, size, 'off');
+  if (newVersion < oldVersion) await downgrade(node, progress(2));
+}
+
+function prefixed(e: unknown, message: string): unknown {
+  return e instanceof BlkioError ? e.prepend(`${message}: `) : e;
+}
+
+async function setLazyRefcounts(s: Qcow2State, on: boolean, version: number): Promise<void> {
+  if (on) {
+    if (version < 3) {
+      throw invalid('Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
+    }
+    s.header.compatibleFeatures |= COMPAT_LAZY_REFCOUNTS;
+  } else {
+    // The refcounts must be right before anyone may rely on them again.
+    await markClean(s).catch((e) => {
+      throw prefixed(e, 'Failed to make the image clean');
+    });
+    s.header.compatibleFeatures &= ~COMPAT_LAZY_REFCOUNTS;
+  }
+  await updateHeader(s).catch((e) => {
+    throw prefixed(e, 'Failed to update the image header');
+  });
+  s.lazyRefcounts = on;
+}
+
+async function upgrade(s: Qcow2State, report: Report): Promise<void> {
+  report(0, 2);
+  report(1, 2);
+  s.header.version = 3;
+  s.header.headerLength = HEADER_SIZE_V3;
+  await updateHeader(s).catch((e) => {
+    throw prefixed(e, 'Failed to update the image header');
+  });
+  report(2, 2);
+}
+
+async function downgrade(node: BlockNode<Qcow2State>, report: Report): Promise<void> {
+  const s = node.state;
+  if (s.refcountOrder !== 4) throw new BlkioError('ENOTSUP', 'compat=0.10 requires refcount_bits=16');
+  if (s.header.incompatibleFeatures & INCOMPAT_DIRTY) {
+    await markClean(s).catch((e) => {
+      throw prefixed(e, 'Failed to make the image clean');
+    });
+  }
+  // QEMU 7.2 lets the compression type bit pass (v2 headers have no such field).
+  const incompatible = s.header.incompatibleFeatures & ~INCOMPAT_COMPRESSION;
+  if (incompatible) {
+    throw new BlkioError('ENOTSUP', `Cannot downgrade an image with incompatible features 0x${incompatible.toString(16)} set`);
+  }
+  s.header.compatibleFeatures = 0n;
+  s.header.autoclearFeatures = 0n;
+  s.lazyRefcounts = false;
+  await expandZeroClusters(s, node.backing !== undefined, report).catch((e) => {
+    throw prefixed(e, 'Failed to turn zero into data clusters');
+  });
+  s.header.version = 2;
+  await updateHeader(s).catch((e) => {
+    throw prefixed(e, 'Failed to update the image header');
+  });
+}
+
+/**
+ * v2 has no zero clusters: without a backing file they simply become unallocated; with one (or
+ * when the cluster is allocated already) they become data clusters full of zeroes.
+ */
+async function expandZeroClusters(s: Qcow2State, hasBacking: boolean, report: Report): Promise<void> {
+  const slicesPerTable = s.l2Size / s.l2SliceSize;
+  const sliceBytes = s.l2SliceSize * s.l2EntrySize;
+  for (let i = 0; i < s.l1Size; i++) {
+    const tableOffset = l1Entry(s, i).offset;
+    if (tableOffset) {
+      if (offsetIntoCluster(s, tableOffset)) {
+        throw await signalCorruption(s, true, `L2 table offset ${hex(tableOffset)} unaligned (L1 index: ${hex(i)})`);
+      }
+      const tableRefcount = await getClusterRefcount(s, tableOffset / s.clusterSize);
+      for (let slice = 0; slice < slicesPerTable; slice++) {
+        const table = await s.l2Cache.get(tableOffset + slice * sliceBytes);
+        try {
+          for (let j = 0; j < s.l2SliceSize; j++) {
+            const entry = readL2(s, table, j);
+            const type = clusterType(s, entry);
+            if (type !== ClusterType.ZeroPlain && type !== ClusterType.ZeroAlloc) continue;
+            let offset = l2Offset(entry);
+            if (type === ClusterType.ZeroPlain) {
+              if (!hasBacking) {
+                writeL2(s, table, j, { hi: 0, lo: 0, zero: 0, alloc: 0 });
+                s.l2Cache.markDirty(table);
+                continue;
+              }
+              offset = await allocClusters(s, s.clusterSize);
+              // A shared L2 table: every sharer references the new cluster.
+              if (tableRefcount > 1) await adjustRefcount(s, offset, tableRefcount - 1, false);
+            }
+            await s.file.writeZeroes(offset, s.clusterSize, 0);
+            const [hi, lo] = splitOffset(offset);
+            writeL2(s, table, j, { hi: tableRefcount === 1 ? (hi | HI_COPIED) >>> 0 : hi, lo, zero: 0, alloc: 0 });
+            s.l2Cache.markDirty(table);
+            s.l2Cache.dependOnFlush();
+          }
+        } finally {
+          s.l2Cache.put(table);
+        }
+      }
+    }
+    report(i + 1, s.l1Size);
+  }
+  await s.l2Cache.empty();
+}
+
+/** The new refcount table being built: block offsets by index. */
+interface NewReftable {
+  entries: number[];
+  /** Entries the table has room for (a multiple of a cluster's worth). */
+  size: number;
+  index: number;
+}
+
+/** What happens to each new refcount block once the walk has filled it. */
+type BlockDone = (t: NewReftable, block: Uint8Array | undefined, empty: boolean) => Promise<void>;
+
+/**
+ * Walk all refcounts in the current width, packing them into blocks of the new width; each
+ * full block goes to `done`. With `block`, the refcounts are written into it as well.
+ */
+async function walkRefcounts(
+  s: Qcow2State, t: NewReftable, newOrder: number, block: Uint8Array | undefined, done: BlockDone,
+  report: Report, walk: number, walks: number,
+): Promise<void> {
+  const newBlockSize = 2 ** (s.clusterBits - (newOrder - 3));
+  const newBits = 2 ** newOrder;
+  const target = block && makeTable(block);
+  let filled = 0;
+  let empty = true;
+  for (let ti = 0; ti < s.refcountTableSize; ti++) {
+    report(walk * s.refcountTableSize + ti, walks * s.refcountTableSize);
+    const blockOffset = reftableOffset(s.refcountTable, ti);
+    if (offsetIntoCluster(s, blockOffset)) {
+      await signalCorruption(s, true, `Refblock offset ${hex(blockOffset)} unaligned (reftable index: ${hex(ti)})`);
+      throw new BlkioError('EIO', 'Image is corrupt (unaligned refblock offset)');
+    }
+    const old = blockOffset ? await s.refcountCache.get(blockOffset) : undefined;
+    try {
+      for (let bi = 0; bi < s.refcountBlockSize; bi++) {
+        if (filled >= newBlockSize) {
+          await done(t, block, empty);
+          t.index++;
+          filled = 0;
+          empty = true;
+        }
+        const refcount = old ? getRefcount(old, s.refcountOrder, bi) : 0;
+        if (newBits < 64 && refcount >= 2 ** newBits) {
+          const offset = (ti * s.refcountBlockSize + bi) * s.clusterSize;
+          throw invalid(`Cannot decrease refcount entry width to ${newBits} bits: Cluster at offset ${hex(offset)} has a refcount of ${refcount}`);
+        }
+        if (target) setRefcount(target, newOrder, filled, refcount);
+        filled++;
+        empty &&= refcount === 0;
+      }
+    } finally {
+      if (old) s.refcountCache.put(old);
+    }
+  }
+  if (filled > 0) {
+    if (target) for (; filled < newBlockSize; filled++) setRefcount(target, newOrder, filled, 0);
+    await done(t, block, empty);
+    t.index++;
+  }
+  report((walk + 1) * s.refcountTableSize, walks * s.refcountTableSize);
+}
+
+/**
+ * Rewrite the refcount structures with entries of 2^newOrder bits: allocate new blocks and a
+ * new table (allocating changes refcounts, so walk again until nothing new was needed), write
+ * them, switch the header over, then free the old structures.
+ */
+async function changeRefcountOrder(s: Qcow2State, newOrder: number, report: Report): Promise<void> {
+  const t: NewReftable = { entries: [], size: 0, index: 0 };
+  let tableOffset = 0;
+  let allocatedTableSize = 0;
+  let walk = 0;
+  let allocated: boolean;
+  const allocateBlock: BlockDone = async (table, _block, empty) => {
+    if (empty) return;
+    if (table.index >= table.size) {
+      const entriesPerCluster = s.clusterSize / 8;
+      table.size = Math.ceil((table.index + 1) / entriesPerCluster) * entriesPerCluster;
+      if (table.size > MAX_REFTABLE_SIZE / 8) {
+        throw new BlkioError('ENOTSUP', 'This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting');
+      }
+    }
+    if (!table.entries[table.index]) {
+      table.entries[table.index] = await allocClusters(s, s.clusterSize).catch((e) => {
+        throw prefixed(e, 'Failed to allocate refblock');
+      });
+      allocated = true;
+    }
+  };
+  do {
+    allocated = false;
+    const walks = Math.max(walk + 2, 3);
+    await walkRefcounts(s, t, newOrder, undefined, allocateBlock, report, walk++, walks);
+    t.index = 0;
+    if (allocated) {
+      if (tableOffset) await freeClusters(s, tableOffset, allocatedTableSize * 8, 'never');
+      tableOffset = await allocClusters(s, t.size * 8).catch((e) => {
+        throw prefixed(e, 'Failed to allocate the new reftable');
+      });
+      allocatedTableSize = t.size;
+    }
+  } while (allocated);
+
+  const writeBlock: BlockDone = async (table, block, empty) => {
+    const offset = table.index < table.size ? table.entries[table.index] : 0;
+    if (offset) await s.file.write(offset, s.clusterSize, block!);
+    else if (!empty) throw new BlkioError('EIO', 'Failed to write refblock');
+  };
+  await walkRefcounts(s, t, newOrder, new Uint8Array(s.clusterSize), writeBlock, report, walk, walk + 1);
+
+  const newTable = makeTable(new Uint8Array(t.size * 8));
+  t.entries.forEach((offset, i) => setReftableOffset(newTable, i, offset ?? 0));
+  await s.file.write(tableOffset, t.size * 8, newTable.data);
+  await s.refcountCache.flush();
+
+  const old = { table: s.refcountTable, size: s.refcountTableSize, offset: s.refcountTableOffset };
+  s.refcountOrder = newOrder;
+  s.header.refcountOrder = newOrder;
+  s.refcountTableSize = t.size;
+  s.refcountTableOffset = tableOffset;
+  s.header.refcountTableOffset = tableOffset;
+  s.header.refcountTableClusters = (t.size * 8) / s.clusterSize;
+  await updateHeader(s).catch((e) => {
+    throw prefixed(e, 'Failed to update the qcow2 header');
+  });
+  s.refcountTable = newTable;
+  updateMaxRefcountTableIndex(s);
+  s.refcountMax = refcountMax(newOrder);
+  s.refcountBlockBits = s.clusterBits - (newOrder - 3);
+  s.refcountBlockSize = 2 ** s.refcountBlockBits;
+
+  // The old blocks and table are ordinary clusters in the new structures now.
+  for (let i = 0; i < old.size; i++) {
+    const offset = reftableOffset(old.table, i);
+    if (offset) await freeClusters(s, offset, s.clusterSize, 'other');
+  }
+  await freeClusters(s, old.offset, old.size * 8, 'other');
+}
