@@ -18,6 +18,8 @@ import { sizeToClusters, type Qcow2State } from './state.js';
 
 const FIX_LEAKS = 1;
 const FIX_ERRORS = 2;
+/** Extra data a v3 snapshot table entry needs: vm_state_size_large and disk_size. */
+const MIN_V3_EXTRA_DATA = 16;
 
 type Report = (line: string) => void;
 
@@ -72,6 +74,12 @@ interface Checker {
 function incRefcounts(c: Checker, offset: number, size: number): void {
   if (size <= 0) return;
   const { s } = c;
+  // The last cluster may be partly beyond the end of the file, but not a whole cluster.
+  if (offset + size - s.file.getLength() >= s.clusterSize) {
+    c.report(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset ${hex(offset)} size ${hex(size)}`);
+    c.res.corruptions++;
+    return;
+  }
   const first = Math.floor(offset / s.clusterSize);
   const last = Math.floor((offset + size - 1) / s.clusterSize);
   for (let k = first; k <= last; k++) {
@@ -556,12 +564,30 @@ async function checkRefcounts(s: Qcow2State, res: CheckResult, fix: number, repo
   res.imageEndOffset = (highest + 1) * s.clusterSize;
 }
 
+/**
+ * Entries of a v3 image must carry the extra data up to the disk size. Returns the corruptions
+ * found; blkio does not rewrite the table (QEMU's -r all completes such entries).
+ */
+function checkSnapshotEntries(s: Qcow2State, report: Report): number {
+  if (s.header.version < 3) return 0;
+  let corruptions = 0;
+  s.snapshots.forEach((sn, i) => {
+    if (sn.extraDataSize < MIN_V3_EXTRA_DATA) {
+      report(`ERROR snapshot table entry ${i} is incomplete`);
+      corruptions++;
+    }
+  });
+  return corruptions;
+}
+
 /** The check (and with `repair` the repair) of an open image. */
 export async function checkImage(s: Qcow2State, repair: 'leaks' | 'all' | undefined, report: Report): Promise<CheckResult> {
   const fix = repair === 'all' ? FIX_LEAKS | FIX_ERRORS : repair === 'leaks' ? FIX_LEAKS : 0;
   const res = emptyResult();
   return s.lock.run(async () => {
+    const snapshotCorruptions = checkSnapshotEntries(s, report);
     await checkRefcounts(s, res, fix, report);
+    res.corruptions += snapshotCorruptions;
     if (fix && res.checkErrors === 0 && res.corruptions === 0) {
       await markClean(s);
       await markConsistent(s);
