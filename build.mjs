@@ -33,8 +33,11 @@ await Promise.all([
     format: 'cjs',
     minifyWhitespace: true,
     minifySyntax: true,
-    define: { 'import.meta.url': '__blkioModuleUrl' },
-    banner: { js: "const __blkioModuleUrl = require('node:url').pathToFileURL(__filename).href;" },
+    // Non-ASCII characters are escaped, so bin/blkio can read the bundle as latin1 (no UTF-8 decoding).
+    charset: 'ascii',
+    // import.meta.url (for createRequire and the addon's path) is computed when first read.
+    define: { 'import.meta.url': '__blkioModule.url' },
+    banner: { js: "const __blkioModule = { get url() { return require('node:url').pathToFileURL(__filename).href; } };" },
   }),
   build({
     ...common,

@@ -4,10 +4,11 @@
  */
 import { createRequire } from 'node:module';
 
-const requireBuiltin = createRequire(import.meta.url);
+/** Made on first use: a command that loads none of these modules skips it too. */
+let requireBuiltin: NodeJS.Require | undefined;
 
 /** A getter for the built-in `name`, loading it the first time it is called. */
 export function lazyBuiltin<T>(name: `node:${string}`): () => T {
   let loaded: T | undefined;
-  return () => (loaded ??= requireBuiltin(name) as T);
+  return () => (loaded ??= (requireBuiltin ??= createRequire(import.meta.url))(name) as T);
 }
