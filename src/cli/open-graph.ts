@@ -9,7 +9,9 @@ import { BlockBackend } from '../block/backend.js';
 import type { BlockLayer } from '../block/graph.js';
 import type { BlockNode } from '../block/node.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../block/permissions.js';
-import { parseBlockdevArg } from '../options/keyval.js';
+import { BLOCKDEV_OPTIONS } from '../block/blockdev-schema.js';
+import { isJsonBlockdevArg, parseBlockdevArg } from '../options/keyval.js';
+import { visitQapiObject } from '../options/qapi-input.js';
 import { flattenTree } from '../options/json.js';
 import { parseBool, parseNumber, parseQemuOpts, qemuOptsToDict } from '../options/qemuopts.js';
 import type { FlatOptions } from '../options/types.js';
@@ -19,14 +21,8 @@ import { isCacheMode, openImage, type OpenedImage } from './open-image.js';
 export async function openBlockdevs(layer: BlockLayer, defs: readonly string[]): Promise<BlockNode> {
   let last: BlockNode | undefined;
   for (const def of defs) {
-    const options = flattenTree(parseBlockdevArg(def));
-    if (options.driver === undefined) throw new BlkioError('EINVAL', "Parameter 'driver' is missing");
-    // QEMU checks the definition against its schema first: every driver must exist.
-    for (const [key, value] of Object.entries(options)) {
-      if ((key === 'driver' || key.endsWith('.driver')) && typeof value === 'string' && !layer.driver(value)) {
-        throw new BlkioError('EINVAL', `Parameter '${key}' does not accept value '${value}'`);
-      }
-    }
+    // QEMU checks the definition against its QAPI schema before the block layer sees it.
+    const options = flattenTree(visitQapiObject(BLOCKDEV_OPTIONS, parseBlockdevArg(def), isJsonBlockdevArg(def) ? 'json' : 'keyval'));
     // QEMU's blockdev-add: only nested nodes may go without a name.
     if (typeof options['node-name'] !== 'string') throw new BlkioError('EINVAL', "'node-name' must be specified for the root node");
     last = await layer.openNode(undefined, options, { protocol: false, inherited: {} });

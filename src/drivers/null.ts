@@ -29,7 +29,8 @@ function nullDriver(name: 'null-co' | 'null-aio'): BlockDriver<NullState> {
     },
     async open(node, ctx) {
       const latency = ctx.opts['latency-ns'] as number;
-      if (latency < 0) throw new BlkioError('EINVAL', 'latency-ns is invalid');
+      // QEMU reads the number as int64: values from 2^63 up are negative there.
+      if (latency < 0 || latency >= 2 ** 63) throw new BlkioError('EINVAL', 'latency-ns is invalid');
       node.filename = `${name}://`;
       return { size: ctx.opts.size as number, latencyMs: latency / 1e6, readZeroes: ctx.opts['read-zeroes'] as boolean };
     },

@@ -177,12 +177,17 @@ export function parseKeyval(text: string, impliedKey?: string): OptionTree {
   return listify(root, '') as OptionTree;
 }
 
+/** A `--blockdev` argument is JSON when it starts with `{` (typed values), else keyval (strings). */
+export function isJsonBlockdevArg(text: string): boolean {
+  return text.startsWith('{');
+}
+
 /**
  * A `--blockdev` argument: a JSON object (typed values) if it starts with `{`, else keyval with
  * the implied key `driver`.
  */
 export function parseBlockdevArg(text: string): OptionTree {
-  if (!text.startsWith('{')) return parseKeyval(text, 'driver');
+  if (!isJsonBlockdevArg(text)) return parseKeyval(text, 'driver');
   const value = parseQemuJson(text);
   if (!isTree(value)) throw invalid('Invalid JSON object given'); // unreachable: '{' starts an object
   return value;

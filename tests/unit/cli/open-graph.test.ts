@@ -51,9 +51,12 @@ describe('openBlockdevs', () => {
     expect(await failure((l) => openBlockdevs(l, [`node-name=f,filename=${image}`]))).toBe("Parameter 'driver' is missing");
     expect(await failure((l) => openBlockdevs(l, [`file,filename=${image}`]))).toBe("'node-name' must be specified for the root node");
     expect(await failure((l) => openBlockdevs(l, ['nosuch,node-name=x']))).toBe("Parameter 'driver' does not accept value 'nosuch'");
+    // QEMU names the enum member alone, without its path.
     expect(await failure((l) => openBlockdevs(l, ['raw,node-name=r,file.driver=nope']))).toBe(
-      "Parameter 'file.driver' does not accept value 'nope'",
+      "Parameter 'driver' does not accept value 'nope'",
     );
+    expect(await failure((l) => openBlockdevs(l, [`file,node-name=f,filename=${image},bogus=1`]))).toBe("Parameter 'bogus' is unexpected");
+    expect(await failure((l) => openBlockdevs(l, ['raw,node-name=r,file.driver=file']))).toBe("Parameter 'file.filename' is missing");
     expect(await failure((l) => openBlockdevs(l, ['raw,node-name=r,file=f']))).toBe("Cannot find device='f' nor node-name='f'");
     expect(await failure((l) => openBlockdevs(l, [`file,node-name=f,filename=${image}`, `file,node-name=f,filename=${image}`]))).toBe(
       "Duplicate nodes with node-name='f'",
