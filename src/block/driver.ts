@@ -224,6 +224,8 @@ export interface BlockDriver<S = unknown> {
   /** Throws the plain errno (ENOENT: no snapshot has this ID or name). */
   snapshotGoto?(node: BlockNode<S>, idOrName: string): Promise<void>;
   snapshotDelete?(node: BlockNode<S>, id: string, name: string): Promise<void>;
+  /** Read a snapshot instead of the current state (read-only nodes); the snapshot is matched by what is given. */
+  snapshotLoadTmp?(node: BlockNode<S>, id: string | undefined, name: string | undefined): Promise<void>;
 
   /** Options describing the node for `json:` filenames and `blkio graph` (besides children). */
   describeOptions?(node: BlockNode<S>): Record<string, unknown>;

@@ -56,3 +56,24 @@ export async function deleteSnapshot(node: BlockNode, id: string, name: string):
   if (!n?.driver.snapshotDelete) throw new BlkioError('ENOTSUP');
   await n.driver.snapshotDelete(n, id, name);
 }
+
+/** bdrv_snapshot_load_tmp: read a snapshot through a read-only node (no fallback to a child). */
+export async function loadSnapshotTemporarily(node: BlockNode, id: string | undefined, name: string | undefined): Promise<void> {
+  if (id === undefined && name === undefined) throw new BlkioError('EINVAL', 'snapshot_id and name are both NULL');
+  if (!node.readOnly) throw new BlkioError('EINVAL', 'Device is not readonly');
+  if (!node.driver.snapshotLoadTmp) {
+    throw new BlkioError('ENOTSUP',
+      `Block format '${node.driver.name}' used by device '' does not support temporarily loading internal snapshots`);
+  }
+  await node.driver.snapshotLoadTmp(node, id, name);
+}
+
+/** The snapshot with this ID, else the one with this name. */
+export async function loadSnapshotTemporarilyByIdOrName(node: BlockNode, idOrName: string): Promise<void> {
+  try {
+    await loadSnapshotTemporarily(node, idOrName, undefined);
+  } catch (e) {
+    if (!(e instanceof BlkioError) || (e.code !== 'ENOENT' && e.code !== 'EINVAL')) throw e;
+    await loadSnapshotTemporarily(node, undefined, idOrName);
+  }
+}

@@ -25,6 +25,7 @@ import {
   createImageFile, createRequestOptions, creationDrivers, parseCreateOptions, printOptionHelp, setCreateOption,
 } from './create.js';
 import { printHelp } from './help.js';
+import { loadSnapshotParam, parseSnapshotParam, type SnapshotParam } from './snapshot.js';
 
 const SECTOR = 512;
 const MAX_COROUTINES = 16;
@@ -88,6 +89,8 @@ interface ConvertArgs {
   forceShare: boolean;
   copyRange: boolean;
   salvage: boolean;
+  /** -l: read this internal snapshot of the (only) source. */
+  snapshot?: SnapshotParam;
 }
 
 function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string[] } | number {
@@ -117,7 +120,7 @@ function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string
         if (!isValidOptionList(item.value)) throw new BlkioError('EINVAL', `Invalid option list: ${item.value}`);
         args.options = args.options === undefined ? item.value : `${args.options},${item.value}`;
         break;
-      case 'l': throw new BlkioError('ENOTSUP', 'Snapshots are not supported by blkio img convert');
+      case 'l': args.snapshot = parseSnapshotParam(item.value); break;
       case 'S': {
         const bytes = imgCvtnum('buffer size for sparse output', item.value);
         if (bytes % SECTOR !== 0 || bytes / SECTOR > MAX_BUF_SECTORS) {
@@ -203,6 +206,10 @@ async function convert(
     const sectors = Math.ceil(blk.getLength() / SECTOR);
     sources.push({ blk, name, start: totalSectors, sectors });
     totalSectors += sectors;
+  }
+  if (args.snapshot) {
+    if ('idOrName' in args.snapshot && sources.length > 1) throw new BlkioError('EINVAL', 'No support for concatenating multiple snapshot');
+    await loadSnapshotParam(sources[0].blk.node, args.snapshot);
   }
 
   let backing = args.backing;

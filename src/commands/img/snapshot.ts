@@ -9,10 +9,14 @@ import { BlkioError } from '../../errors.js';
 import type { SnapshotInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import {
-  createSnapshot, deleteSnapshot, findSnapshotByName, gotoSnapshot, listSnapshots,
+  createSnapshot, deleteSnapshot, findSnapshotByName, gotoSnapshot, listSnapshots, loadSnapshotTemporarily,
+  loadSnapshotTemporarilyByIdOrName,
 } from '../../block/internal-snapshots.js';
+import { parseQemuOpts } from '../../options/qemuopts.js';
 import { sizeToStr } from '../../options/size.js';
-import { badOption, newLayer, openImg, runSubcommand, scanImgArgs, UsageError, writeOut } from './common.js';
+import {
+  badOption, newLayer, openImg, ReportLines, reportWarning, runSubcommand, scanImgArgs, UsageError, writeOut,
+} from './common.js';
 import { printHelp } from './help.js';
 
 /** QEMU's SnapshotInfo (QAPI), as `info --output=json` prints it; id and name decoded as UTF-8. */
@@ -106,6 +110,39 @@ export function formatSnapshotList(list: readonly SnapshotInfoJson[]): string {
       `${pad(sn.icount === undefined ? '' : String(sn.icount), 11, false)}\n`;
   }
   return out;
+}
+
+/** `-l` of convert and measure: `snapshot.id=ID,snapshot.name=NAME` (either may be left out), or an ID or name. */
+export type SnapshotParam = { id?: string; name?: string } | { idOrName: string };
+
+export function parseSnapshotParam(text: string): SnapshotParam {
+  if (!text.startsWith('snapshot.')) return { idOrName: text };
+  const param: { id?: string; name?: string } = {};
+  try {
+    for (const [key, value] of parseQemuOpts(text, { id: 'keep', warn: reportWarning })) {
+      if (key === 'snapshot.id') param.id = value;
+      else if (key === 'snapshot.name') param.name = value;
+      else if (key !== 'id') throw new BlkioError('EINVAL', `Invalid parameter '${key}'`);
+    }
+  } catch (e) {
+    if (!(e instanceof BlkioError)) throw e;
+    throw new ReportLines([e.message, `Failed in parsing snapshot param '${text}'`]);
+  }
+  return param;
+}
+
+/** Make a read-only node read the snapshot `param` names. */
+export async function loadSnapshotParam(node: BlockNode, param: SnapshotParam): Promise<void> {
+  try {
+    if ('idOrName' in param) await loadSnapshotTemporarilyByIdOrName(node, toByteString(param.idOrName));
+    else await loadSnapshotTemporarily(node, byteStringOrNone(param.id), byteStringOrNone(param.name));
+  } catch (e) {
+    throw e instanceof BlkioError ? e.prepend('Failed to load snapshot: ') : e;
+  }
+}
+
+function byteStringOrNone(arg: string | undefined): string | undefined {
+  return arg === undefined ? undefined : toByteString(arg);
 }
 
 type Action = { kind: 'list' } | { kind: 'apply' | 'create' | 'delete'; name: string };

@@ -25,7 +25,7 @@ import { checkImage } from './check.js';
 import { listPersistentBitmaps, measureImage } from './measure.js';
 import { amendImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { makeEmpty } from './empty.js';
-import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots } from './snapshots.js';
+import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots, loadSnapshotTemporarily } from './snapshots.js';
 import { writeStderr, type Qcow2State } from './state.js';
 
 export type { Qcow2State } from './state.js';
@@ -239,6 +239,11 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   async snapshotDelete(node, id, name) {
     await requireUsable(node.state);
     await deleteSnapshot(node.state, id, name);
+  },
+
+  async snapshotLoadTmp(node, id, name) {
+    await requireUsable(node.state);
+    await loadSnapshotTemporarily(node.state, id, name);
   },
 
   async changeBackingFile(node, filename, format) {

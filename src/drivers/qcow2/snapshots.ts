@@ -321,8 +321,9 @@ function newSnapshotId(snapshots: readonly Snapshot[]): string {
   return BigInt.asUintN(64, max + 1n).toString();
 }
 
-function findByIdOrName(s: Qcow2State, idOrName: string): Snapshot | undefined {
-  return s.snapshots.find((sn) => sn.id === idOrName) ?? s.snapshots.find((sn) => sn.name === idOrName);
+/** The first snapshot with this ID and this name (either may be left open). */
+function findSnapshot(s: Qcow2State, id: string | undefined, name: string | undefined): Snapshot | undefined {
+  return s.snapshots.find((sn) => (id === undefined || sn.id === id) && (name === undefined || sn.name === name));
 }
 
 /** QEMU's qcow2_validate_table for a snapshot's L1 table. */
@@ -365,7 +366,7 @@ export async function createSnapshot(s: Qcow2State, info: Omit<SnapshotInfo, 'id
  * with the plain errno.
  */
 export async function gotoSnapshot(s: Qcow2State, idOrName: string, report: (line: string) => void): Promise<void> {
-  const sn = findByIdOrName(s, idOrName);
+  const sn = findSnapshot(s, idOrName, undefined) ?? findSnapshot(s, undefined, idOrName);
   if (!sn) throw new BlkioError('ENOENT');
   try {
     validateSnapshotL1(s, sn);
@@ -396,7 +397,7 @@ export async function gotoSnapshot(s: Qcow2State, idOrName: string, report: (lin
 /** Delete the snapshot with this ID and name: its table entry, its references, its L1 table. */
 export async function deleteSnapshot(s: Qcow2State, id: string, name: string): Promise<void> {
   await s.lock.run(async () => {
-    const sn = s.snapshots.find((x) => x.id === id && x.name === name);
+    const sn = findSnapshot(s, id, name);
     if (!sn) throw new BlkioError('ENOENT', "Can't find the snapshot");
     validateSnapshotL1(s, sn);
     try {
@@ -419,5 +420,26 @@ export async function deleteSnapshot(s: Qcow2State, id: string, name: string): P
       const err = toBlkioError(e);
       throw new BlkioError(err.code, `Failed to update snapshot status in disk: ${err.strerror}`);
     }
+  });
+}
+
+/**
+ * Make a snapshot's L1 table the active one of a read-only image, so reads see the snapshot
+ * (qemu-img convert -l); nothing is written.
+ */
+export async function loadSnapshotTemporarily(s: Qcow2State, id: string | undefined, name: string | undefined): Promise<void> {
+  const sn = findSnapshot(s, id, name);
+  if (!sn) throw new BlkioError('ENOENT', "Can't find snapshot");
+  validateSnapshotL1(s, sn);
+  const table = makeTable(new Uint8Array(sn.l1Size * 8));
+  try {
+    await s.file.read(sn.l1TableOffset, table.data.length, table.data);
+  } catch (e) {
+    throw new BlkioError(toBlkioError(e).code, 'Failed to read l1 table for snapshot');
+  }
+  await s.lock.run(async () => {
+    s.l1Table = table;
+    s.l1Size = sn.l1Size;
+    s.l1TableOffset = sn.l1TableOffset;
   });
 }
