@@ -7,7 +7,7 @@ const COMMAND_SYNTAX = [
   'check [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename',
   'commit [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] [--progress=human|json] filename',
   'compare [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2',
-  'convert [--image-opts] [--target-image-opts] [--target-is-zero] [-U] [-C] [-c] [-p] [--progress=human|json] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename',
+  'convert [--image-opts] [--target-image-opts] [--target-is-zero] [-U] [-C] [-c] [-p] [--progress=human|json] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename',
   'create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]',
   'info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename',
   'map [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename',
@@ -34,6 +34,9 @@ const PARAMETERS = `Command parameters:
   'options' is a comma separated list of format specific options in a
     name=value format. Use -o help for an overview of the options supported by
     the used format
+  'snapshot_param' is param used for internal snapshot, format
+    is 'snapshot.id=[ID],snapshot.name=[NAME]', or
+    '[ID_OR_NAME]'
   '-c' indicates that target image must be compressed (qcow format only)
   '-u' allows unsafe backing chains. For rebasing, it is assumed that old and
        new backing file match exactly. The image doesn't need a working
