@@ -29,62 +29,68 @@ interface Chunk {
   offset: number;
   range: HostRange;
   data: Uint8Array;
+  /** Settles when the chunk's new clusters are prepared and its data is written. */
+  written: Promise<void>;
 }
 
-async function writeChunkData(s: Qcow2State, c: Chunk): Promise<void> {
+async function writeChunkData(s: Qcow2State, c: Omit<Chunk, 'written'>): Promise<void> {
   if (mergeCow(c.range.metas, c.offset, c.range.bytes, c.data)) return;
   debugEvent(s.file.node, 'write_aio');
   await s.file.write(c.range.hostOffset, c.range.bytes, c.data);
 }
 
-/** Write the chunks' data concurrently, then link their allocations in order. */
-async function completeChunks(s: Qcow2State, chunks: Chunk[]): Promise<void> {
-  // Zeroing new clusters may grow the file: one chunk after the other, before any data lands.
-  const prepared: Array<Promise<void>> = [];
-  for (const c of chunks) {
-    const p = handleAllocSpace(s, c.range.metas);
-    prepared.push(p);
-    await p.catch(() => {});
+/** Link the chunk's allocations once its data is written, or undo them if the write failed. */
+async function completeChunk(s: Qcow2State, c: Chunk): Promise<void> {
+  try {
+    await c.written;
+  } catch (e) {
+    await s.lock.run(() => abortAllocations(s, c.range.metas));
+    throw e;
   }
-  const written = await Promise.allSettled(chunks.map((c, i) => prepared[i].then(() => writeChunkData(s, c))));
-  let error: unknown;
-  for (const [i, c] of chunks.entries()) {
-    const w = written[i];
-    try {
-      if (w.status === 'rejected') throw w.reason;
-      await linkAllocations(s, c.range.metas);
-    } catch (e) {
-      if (w.status === 'rejected') await s.lock.run(() => abortAllocations(s, c.range.metas));
-      error ??= e;
-    }
-  }
-  if (error !== undefined) throw error;
+  await linkAllocations(s, c.range.metas);
 }
 
 /**
  * Split the request into host-contiguous chunks. As in QEMU, where each chunk's data write
- * and L2 update run as a separate task while the next chunks are allocated, up to eight
- * chunks are allocated before the first one is linked (which matters when linking frees
- * clusters the next allocation could otherwise reuse).
+ * and L2 update run as a separate task while the next chunks are allocated, and a ninth chunk
+ * waits for the oldest task to finish, at most eight chunks are in flight. This matters for
+ * the layout: linking frees clusters (compressed ones, say) that later chunks could reuse.
  */
 export async function writeGuest(s: Qcow2State, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
-  let chunks: Chunk[] = [];
-  try {
-    for (let done = 0; done < bytes;) {
-      if (chunks.length === MAX_WORKERS) {
-        const batch = chunks;
-        chunks = [];
-        await completeChunks(s, batch);
-      }
-      const range = await hostRangeFor(s, offset + done, bytes - done);
-      chunks.push({ offset: offset + done, range, data: buf.subarray(done, done + range.bytes) });
-      done += range.bytes;
+  const inFlight: Chunk[] = [];
+  // Zeroing new clusters may grow the file: chunks prepare one after the other.
+  let prepared: Promise<void> = Promise.resolve();
+  let error: unknown;
+  const completeOldest = async (): Promise<void> => {
+    try {
+      await completeChunk(s, inFlight.shift()!);
+    } catch (e) {
+      error ??= e;
     }
-  } catch (e) {
-    await completeChunks(s, chunks).catch(() => {});
-    throw e;
+  };
+  for (let done = 0; done < bytes && error === undefined;) {
+    if (inFlight.length === MAX_WORKERS) {
+      await completeOldest();
+      continue;
+    }
+    let range: HostRange;
+    try {
+      range = await hostRangeFor(s, offset + done, bytes - done);
+    } catch (e) {
+      error = e;
+      break;
+    }
+    const chunk = { offset: offset + done, range, data: buf.subarray(done, done + range.bytes) };
+    const ready = prepared.catch(() => {}).then(() => handleAllocSpace(s, range.metas));
+    prepared = ready;
+    const written = ready.then(() => writeChunkData(s, chunk));
+    // Awaited in turn by completeChunk; until then a failure must not count as unhandled.
+    written.catch(() => {});
+    inFlight.push({ ...chunk, written });
+    done += range.bytes;
   }
-  await completeChunks(s, chunks);
+  while (inFlight.length) await completeOldest();
+  if (error !== undefined) throw error;
 }
 
 /**
@@ -98,8 +104,12 @@ export async function writeCompressedGuest(s: Qcow2State, offset: number, bytes:
   if (offsetIntoCluster(s, bytes) && offset + bytes !== s.size) throw errno('EINVAL');
   for (let done = 0; done < bytes; done += s.clusterSize) {
     const chunk = Math.min(s.clusterSize, bytes - done);
-    const cluster = new Uint8Array(s.clusterSize);
-    cluster.set(buf.subarray(done, done + chunk));
+    // Only a partial last cluster needs a zero-padded copy.
+    let cluster = buf.subarray(done, done + chunk);
+    if (chunk < s.clusterSize) {
+      cluster = new Uint8Array(s.clusterSize);
+      cluster.set(buf.subarray(done, done + chunk));
+    }
     const compressed = await compressCluster(s.header.compressionType, cluster);
     if (!compressed) {
       // Incompressible: an ordinary write.
