@@ -16,6 +16,7 @@ import {
 } from './common.js';
 import { createRequestOptions, mergeCreateOptions, parseCreateOptions, setCreateOption } from './create.js';
 import { printHelp } from './help.js';
+import { loadSnapshotParam, parseSnapshotParam, type SnapshotParam } from './snapshot.js';
 import { toQemuJson } from './qjson.js';
 
 const LONG_OPTIONS = [
@@ -42,7 +43,7 @@ export function imgMeasure(argv: string[]): Promise<number> {
     let format: string | undefined;
     let outFormat = 'raw';
     let optionText: string | undefined;
-    let snapshot: string | undefined;
+    let snapshot: SnapshotParam | undefined;
     let forceShare = false;
     let imageOpts = false;
     let size: number | undefined;
@@ -60,7 +61,7 @@ export function imgMeasure(argv: string[]): Promise<number> {
           if (!isValidOptionList(item.value)) throw new BlkioError('EINVAL', `Invalid option list: ${item.value}`);
           optionText = optionText === undefined ? item.value : `${optionText},${item.value}`;
           break;
-        case 'l': snapshot = item.value; break;
+        case 'l': snapshot = parseSnapshotParam(item.value); break;
         case 'U': forceShare = true; break;
         // Objects only carry secrets for encryption, which blkio does not support.
         case 'object': break;
@@ -82,7 +83,7 @@ export function imgMeasure(argv: string[]): Promise<number> {
     try {
       const source = filename === undefined ? undefined
         : await openImg(layer, { filename, format, imageOpts, readOnly: true, forceShare });
-      if (snapshot !== undefined) throw new BlkioError('ENOTSUP', 'Failed to load snapshot: internal snapshots are not supported');
+      if (source && snapshot) await loadSnapshotParam(source.root.node, snapshot);
       const driver = layer.driver(outFormat);
       if (!driver) throw new BlkioError('EINVAL', `Unknown file format '${outFormat}'`);
       if (!driver.createOptions) throw new BlkioError('ENOTSUP', `Format driver '${outFormat}' does not support image creation`);
