@@ -21,7 +21,7 @@
 #include <node_api.h>
 #include <uv.h>
 
-#include "codecs.h"
+#include "blkio_native.h"
 
 enum op { OP_LSEEK, OP_FALLOCATE };
 
@@ -54,8 +54,7 @@ static void execute(napi_env env, void *data) {
   req->error = ret < 0 ? errno : 0;
 }
 
-/* Rejects with an Error carrying `code` (an errno name) and `message`. */
-static void reject(napi_env env, napi_deferred deferred, const char *code_text, const char *message_text) {
+void reject_with_code(napi_env env, napi_deferred deferred, const char *code_text, const char *message_text) {
   napi_value code, message, error;
   napi_create_string_utf8(env, code_text, NAPI_AUTO_LENGTH, &code);
   napi_create_string_utf8(env, message_text, NAPI_AUTO_LENGTH, &message);
@@ -68,9 +67,9 @@ static void complete(napi_env env, napi_status status, void *data) {
   struct request *req = data;
   napi_value value;
   if (status != napi_ok) {
-    reject(env, req->deferred, "ECANCELED", "native request cancelled");
+    reject_with_code(env, req->deferred, "ECANCELED", "native request cancelled");
   } else if (req->error != 0) {
-    reject(env, req->deferred, uv_err_name(-req->error), strerror(req->error));
+    reject_with_code(env, req->deferred, uv_err_name(-req->error), strerror(req->error));
   } else {
     if (req->op == OP_LSEEK) {
       napi_create_int64(env, req->result, &value);
@@ -134,10 +133,10 @@ static napi_value submit(napi_env env, napi_callback_info info, enum op op, size
   napi_create_string_utf8(env, op == OP_LSEEK ? "blkio:lseek" : "blkio:fallocate", NAPI_AUTO_LENGTH,
                           &resource_name);
   if (napi_create_async_work(env, NULL, resource_name, execute, complete, req, &req->work) != napi_ok) {
-    reject(env, req->deferred, "ENOMEM", "could not create native request");
+    reject_with_code(env, req->deferred, "ENOMEM", "could not create native request");
     free(req);
   } else if (napi_queue_async_work(env, req->work) != napi_ok) {
-    reject(env, req->deferred, "ENOMEM", "could not queue native request");
+    reject_with_code(env, req->deferred, "ENOMEM", "could not queue native request");
     napi_delete_async_work(env, req->work);
     free(req);
   }

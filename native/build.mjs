@@ -1,7 +1,8 @@
 // `npm install` step: build the optional native addon (build/Release/blkio_native.node) with
 // the node-gyp that npm ships. When headers for this node are installed beside it (distribution
 // packages put them in <prefix>/include/node), node-gyp uses them instead of downloading them.
-// blkio works without the addon (pure-JS file driver), so a failed build only prints a notice.
+// blkio works without the addon (pure-JS file driver, Node's zlib and fzstd for qcow2 compression),
+// so a failed build only prints a notice.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -20,4 +21,4 @@ function build() {
 }
 
 const failure = build();
-if (failure) console.warn(`blkio: native addon not built (${failure}); the file driver uses its pure-JS paths`);
+if (failure) console.warn(`blkio: native addon not built (${failure}); the file driver and qcow2 compression use their pure-JS paths`);

@@ -27,7 +27,7 @@
 
 #include <node_api.h>
 
-#include "codecs.h"
+#include "blkio_native.h"
 
 enum codec_type { CODEC_ZLIB = 0, CODEC_ZSTD = 1 };
 
@@ -169,14 +169,18 @@ static void *decompression_context(void) {
 
 enum { RESULT_DOES_NOT_FIT = -1, RESULT_NO_MEMORY = -2 };
 
-/* One deflate call to the end: the cluster fits only if the stream ended inside `out`. */
-static int64_t zlib_compress(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len) {
-  z_stream *strm = deflater();
-  if (!strm) return RESULT_NO_MEMORY;
+static void set_buffers(z_stream *strm, const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len) {
   strm->next_in = in;
   strm->avail_in = (unsigned)in_len;
   strm->next_out = out;
   strm->avail_out = (unsigned)out_len;
+}
+
+/* One deflate call to the end: the cluster fits only if the stream ended inside `out`. */
+static int64_t zlib_compress(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len) {
+  z_stream *strm = deflater();
+  if (!strm) return RESULT_NO_MEMORY;
+  set_buffers(strm, in, in_len, out, out_len);
   if (zlib.deflate(strm, Z_FINISH) != Z_STREAM_END) return RESULT_DOES_NOT_FIT;
   return (int64_t)(out_len - strm->avail_out);
 }
@@ -188,10 +192,7 @@ static int64_t zlib_compress(const uint8_t *in, size_t in_len, uint8_t *out, siz
 static int64_t zlib_decompress(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len) {
   z_stream *strm = inflater();
   if (!strm) return RESULT_NO_MEMORY;
-  strm->next_in = in;
-  strm->avail_in = (unsigned)in_len;
-  strm->next_out = out;
-  strm->avail_out = (unsigned)out_len;
+  set_buffers(strm, in, in_len, out, out_len);
   int ret = zlib.inflate(strm, Z_FINISH);
   return (ret == Z_STREAM_END || ret == Z_BUF_ERROR) && strm->avail_out == 0;
 }
@@ -250,14 +251,6 @@ static void execute(napi_env env, void *data) {
   }
 }
 
-static void reject(napi_env env, napi_deferred deferred, const char *code_text, const char *message_text) {
-  napi_value code, message, error;
-  napi_create_string_utf8(env, code_text, NAPI_AUTO_LENGTH, &code);
-  napi_create_string_utf8(env, message_text, NAPI_AUTO_LENGTH, &message);
-  napi_create_error(env, code, message, &error);
-  napi_reject_deferred(env, deferred, error);
-}
-
 static void free_request(napi_env env, struct codec_request *req) {
   if (req->input_ref) napi_delete_reference(env, req->input_ref);
   if (req->output_ref) napi_delete_reference(env, req->output_ref);
@@ -269,9 +262,9 @@ static void complete(napi_env env, napi_status status, void *data) {
   struct codec_request *req = data;
   napi_value value;
   if (status != napi_ok) {
-    reject(env, req->deferred, "ECANCELED", "native request cancelled");
+    reject_with_code(env, req->deferred, "ECANCELED", "native request cancelled");
   } else if (req->result == RESULT_NO_MEMORY) {
-    reject(env, req->deferred, "ENOMEM", "Cannot allocate memory");
+    reject_with_code(env, req->deferred, "ENOMEM", "Cannot allocate memory");
   } else {
     if (req->decompress) {
       napi_get_boolean(env, req->result == 1, &value);
@@ -337,7 +330,7 @@ static napi_value submit(napi_env env, napi_callback_info info, int decompress) 
   napi_value promise, resource_name;
   napi_create_promise(env, &req->deferred, &promise);
   if (!codec_available(req->type)) {
-    reject(env, req->deferred, "ENOTSUP", "compression library not available");
+    reject_with_code(env, req->deferred, "ENOTSUP", "compression library not available");
     free_request(env, req);
     return promise;
   }
@@ -346,7 +339,7 @@ static napi_value submit(napi_env env, napi_callback_info info, int decompress) 
       napi_create_reference(env, argv[2], 1, &req->output_ref) != napi_ok ||
       napi_create_async_work(env, NULL, resource_name, execute, complete, req, &req->work) != napi_ok ||
       napi_queue_async_work(env, req->work) != napi_ok) {
-    reject(env, req->deferred, "ENOMEM", "could not queue native request");
+    reject_with_code(env, req->deferred, "ENOMEM", "could not queue native request");
     free_request(env, req);
   }
   return promise;

@@ -1,0 +1,13 @@
+/* What the addon's two files share: blkio_native.c (file helpers, module init) and codecs.c. */
+#ifndef BLKIO_NATIVE_H
+#define BLKIO_NATIVE_H
+
+#include <node_api.h>
+
+/* Rejects `deferred` with an Error carrying `code` (an errno name) and `message`. */
+void reject_with_code(napi_env env, napi_deferred deferred, const char *code, const char *message);
+
+/* Adds the qcow2 codecs (codecAvailable, compress, decompress) to `exports`. */
+void register_codecs(napi_env env, napi_value exports);
+
+#endif
