@@ -12,6 +12,7 @@ import { BlockBackend } from '../block/backend.js';
 import { replaceChildNode, type BlockLayer } from '../block/graph.js';
 import type { BlockNode } from '../block/node.js';
 import type { FlatOptions } from '../options/types.js';
+import { RateLimit } from './rate-limit.js';
 
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 export const DEFAULT_IN_FLIGHT = 8;
@@ -37,19 +38,17 @@ export function isCancelled(e: unknown): boolean {
 export class Job {
   readonly chunkSize: number;
   readonly inFlight: number;
-  private readonly rateLimit: number;
+  private readonly rateLimit: RateLimit | undefined;
   private readonly onProgress?: (done: number, total: number) => void;
   private readonly undo: Array<() => void | Promise<void>> = [];
   private doneBytes = 0;
   private totalBytes = 0;
-  private issuedBytes = 0;
-  private started = 0;
   private cancelRequested = false;
 
   constructor(readonly layer: BlockLayer, options: JobOptions = {}) {
     this.chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
     this.inFlight = Math.max(1, options.inFlight ?? DEFAULT_IN_FLIGHT);
-    this.rateLimit = options.rateLimit ?? 0;
+    this.rateLimit = options.rateLimit ? new RateLimit(options.rateLimit) : undefined;
     this.onProgress = options.onProgress;
     const signal = options.signal;
     if (signal) {
@@ -119,7 +118,6 @@ export class Job {
    * body's error is the one reported then).
    */
   async run<T>(body: () => Promise<T>): Promise<T> {
-    this.started = performance.now();
     let result: T;
     try {
       result = await body();
@@ -165,9 +163,10 @@ export class Job {
     try {
       for await (const item of items) {
         if (failure || this.cancelRequested) break;
-        await this.throttle(item.bytes);
+        await this.rateLimit?.wait(() => this.cancelRequested);
         while (running.size >= this.inFlight) await Promise.race(running);
         if (failure || this.cancelRequested) break;
+        this.rateLimit?.account(item.bytes);
         start(item);
       }
     } finally {
@@ -175,14 +174,6 @@ export class Job {
     }
     if (failure) throw failure.error;
     this.checkCancelled();
-  }
-
-  /** Wait until issuing `bytes` more keeps the average rate under the limit. */
-  private async throttle(bytes: number): Promise<void> {
-    if (!this.rateLimit) return;
-    const wait = this.started + (this.issuedBytes / this.rateLimit) * 1000 - performance.now();
-    this.issuedBytes += bytes;
-    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
   }
 }
 

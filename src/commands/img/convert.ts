@@ -25,6 +25,7 @@ import {
   createImageFile, createRequestOptions, creationDrivers, parseCreateOptions, printOptionHelp, setCreateOption,
 } from './create.js';
 import { printHelp } from './help.js';
+import { RateLimit } from '../../jobs/rate-limit.js';
 import { loadSnapshotParam, parseSnapshotParam, type SnapshotParam } from './snapshot.js';
 
 const SECTOR = 512;
@@ -60,6 +61,10 @@ interface ConvertState {
   hasZeroInit: boolean;
   inOrder: boolean;
   coroutines: number;
+  /** `-r`: target writes keep to this many bytes per second. */
+  rateLimit?: RateLimit;
+  /** Set by the first Ctrl-C. */
+  interrupted: boolean;
   /** The status cached for [.., nextStatusSector). */
   status: PieceStatus;
   nextStatusSector: number;
@@ -89,6 +94,8 @@ interface ConvertArgs {
   forceShare: boolean;
   copyRange: boolean;
   salvage: boolean;
+  /** `-r`: bytes per second (0: unlimited). */
+  rateLimit: number;
   /** -l: read this internal snapshot of the (only) source. */
   snapshot?: SnapshotParam;
 }
@@ -105,7 +112,7 @@ function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string
   const args: ConvertArgs = {
     compressed: false, skipCreate: false, minSparse: 8, explicitSparse: false, coroutines: 8, inOrder: true,
     showProgress: false, quiet: false, cache: 'unsafe', srcCache: 'writeback', targetIsZero: false, imageOpts: false,
-    targetImageOpts: false, forceShare: false, copyRange: false, salvage: false,
+    targetImageOpts: false, forceShare: false, copyRange: false, salvage: false, rateLimit: 0,
   };
   for (const item of options) {
     switch (item.key) {
@@ -146,7 +153,7 @@ function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string
       }
       case 'W': args.inOrder = false; break;
       case 'U': args.forceShare = true; break;
-      case 'r': imgCvtnum('rate limit', item.value); break;
+      case 'r': args.rateLimit = imgCvtnum('rate limit', item.value); break;
       case 'image-opts': args.imageOpts = true; break;
       case 'target-image-opts': args.targetImageOpts = true; break;
       case 'target-is-zero': args.targetIsZero = true; break;
@@ -269,6 +276,8 @@ async function convert(
     hasZeroInit: args.targetIsZero || (!args.skipCreate && minSparse > 0 && !targetHasBacking),
     inOrder: args.inOrder,
     coroutines: args.coroutines,
+    rateLimit: args.rateLimit ? new RateLimit(args.rateLimit) : undefined,
+    interrupted: false,
     status: 'data',
     nextStatusSector: 0,
   };
@@ -355,9 +364,8 @@ async function doCopy(s: ConvertState, progress: Progress): Promise<void> {
   let failed = false;
   // The first Ctrl-C stops handing out pieces; the ones in flight finish and the target is
   // closed (metadata written), so it stays consistent. A second Ctrl-C exits at once.
-  let interrupted = false;
   const onSigint = () => {
-    interrupted = true;
+    s.interrupted = true;
   };
   process.once('SIGINT', onSigint);
   /** Taking the next piece is serialised (it shares the cached status), as are in-order writes. */
@@ -366,7 +374,7 @@ async function doCopy(s: ConvertState, progress: Progress): Promise<void> {
 
   const claim = (): Promise<Piece | undefined> => {
     const result = claimLock.then(async (): Promise<Piece | undefined> => {
-      if (failed || interrupted || nextSector >= s.totalSectors) return undefined;
+      if (failed || s.interrupted || nextSector >= s.totalSectors) return undefined;
       const sector = nextSector;
       let n = await nextPiece(s, sector);
       const status = s.status;
@@ -413,7 +421,7 @@ async function doCopy(s: ConvertState, progress: Progress): Promise<void> {
   process.off('SIGINT', onSigint);
   const rejected = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (rejected) throw rejected.reason;
-  if (interrupted) {
+  if (s.interrupted) {
     throw new BlkioError('ECANCELED', `convert interrupted after ${allocatedDone * SECTOR} of ${allocatedSectors * SECTOR} bytes; ` +
       'the target is consistent but incomplete: run the same command again to convert it completely');
   }
@@ -466,13 +474,17 @@ async function writePiece(s: ConvertState, sector: number, count: number, buf: U
         n = run.n;
         if (run.write) {
           const bytes = part.subarray(0, n * SECTOR);
+          await throttle(s, bytes.length);
           await (s.compressed ? s.target.writeCompressed(at, bytes.length, bytes) : s.target.write(at, bytes.length, bytes));
           done += n;
           continue;
         }
       }
       // Zeroes (and sparse runs of data pieces); a backing-file piece stays unallocated.
-      if (status !== 'backing' && !s.hasZeroInit) await s.target.writeZeroes(at, n * SECTOR, REQ_MAY_UNMAP);
+      if (status !== 'backing' && !s.hasZeroInit) {
+        await throttle(s, n * SECTOR);
+        await s.target.writeZeroes(at, n * SECTOR, REQ_MAY_UNMAP);
+      }
       done += n;
     }
   } catch (e) {
@@ -480,8 +492,38 @@ async function writePiece(s: ConvertState, sector: number, count: number, buf: U
   }
 }
 
+/** `-r`: every target write (data or zeroes) waits until the bytes written before it keep to the rate. */
+async function throttle(s: ConvertState, bytes: number): Promise<void> {
+  if (!s.rateLimit) return;
+  await s.rateLimit.wait(() => s.interrupted);
+  s.rateLimit.account(bytes);
+}
+
+/** Sectors compared at once while a zero run goes on (one native comparison per 64 KiB). */
+const ZERO_SCAN_SECTORS = 128;
+
+/** Whether sector i is all zero; its first or last byte usually shows data without a native call. */
 function sectorIsZero(buf: Uint8Array, i: number): boolean {
-  return isZeroBuffer(buf, i * SECTOR, (i + 1) * SECTOR);
+  const start = i * SECTOR;
+  if (buf[start] !== 0 || buf[start + SECTOR - 1] !== 0) return false;
+  return isZeroBuffer(buf, start, start + SECTOR);
+}
+
+/** The first sector from `i` on (before n) that holds data, or n. */
+function endOfZeroRun(buf: Uint8Array, i: number, n: number): number {
+  while (i < n) {
+    const span = Math.min(ZERO_SCAN_SECTORS, n - i);
+    if (!isZeroBuffer(buf, i * SECTOR, (i + span) * SECTOR)) break;
+    i += span;
+  }
+  while (i < n && sectorIsZero(buf, i)) i++;
+  return i;
+}
+
+/** The first sector from `i` on (before n) that is all zero, or n. */
+function endOfDataRun(buf: Uint8Array, i: number, n: number): number {
+  while (i < n && !sectorIsZero(buf, i)) i++;
+  return i;
 }
 
 /**
@@ -492,8 +534,7 @@ function sectorIsZero(buf: Uint8Array, i: number): boolean {
 export function allocatedSectors(buf: Uint8Array, n: number, sector: number, alignment: number): { allocated: boolean; pnum: number } {
   if (n <= 0) return { allocated: false, pnum: 0 };
   let isZero = sectorIsZero(buf, 0);
-  let i = 1;
-  while (i < n && sectorIsZero(buf, i) === isZero) i++;
+  let i = isZero ? endOfZeroRun(buf, 1, n) : endOfDataRun(buf, 1, n);
   if (i === n) return { allocated: !isZero, pnum: i };
   const tail = (sector + i) & (alignment - 1);
   if (tail) {

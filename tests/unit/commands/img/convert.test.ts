@@ -16,6 +16,18 @@ describe('convert sparse detection', () => {
     expect(allocatedSectors(sectors('0000000000DD'), 12, 0, 8)).toEqual({ allocated: false, pnum: 8 });
   });
 
+  it('finds where long zero runs end and data hidden between zero first and last bytes', () => {
+    const long = `${'0'.repeat(300)}D${'0'.repeat(9)}`;
+    expect(allocatedSectors(sectors(long), long.length, 0, 1)).toEqual({ allocated: false, pnum: 300 });
+    expect(allocatedSectors(sectors(long).subarray(300 * 512), 10, 0, 1)).toEqual({ allocated: true, pnum: 1 });
+    expect(allocatedSectors(sectors('0'.repeat(260)), 260, 0, 1)).toEqual({ allocated: false, pnum: 260 });
+    const middle = sectors('0D0');
+    middle[512 + 7] = 0;
+    middle[512 + 256] = 9;
+    expect(allocatedSectors(middle, 3, 0, 1)).toEqual({ allocated: false, pnum: 1 });
+    expect(allocatedSectors(middle.subarray(512), 2, 0, 1)).toEqual({ allocated: true, pnum: 1 });
+  });
+
   it('ignores zero runs shorter than the sparse size after data', () => {
     expect(allocatedSectorsMin(sectors('DD00DD000000000000'), 18, 8, 0, 1)).toEqual({ allocated: true, pnum: 6 });
     expect(allocatedSectorsMin(sectors('00000000DD'), 10, 8, 0, 1)).toEqual({ allocated: false, pnum: 8 });
