@@ -132,6 +132,8 @@ export class BlockLayer {
     console.error(message);
     return process.exit(1);
   };
+  /** Images are opened for qemu-img check (QEMU's BDRV_O_CHECK): formats leave to the check what it reports itself. */
+  openForCheck = false;
   private readonly drivers = new Map<string, BlockDriver<any>>();
   private nameCounter = 0;
 

@@ -113,6 +113,7 @@ export function imgCheck(argv: string[]): Promise<number> {
     checkSourceCacheMode(cache);
     checkNoFormatWithImageOpts(imageOpts, format);
     const layer = newLayer();
+    layer.openForCheck = true;
     try {
       const blk = await openImg(layer, { filename, format, imageOpts, readOnly: repair === undefined, forceShare, cache });
       return await checkImage(blk.node, filename, repair, outputFormat, quiet);

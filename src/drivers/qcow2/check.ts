@@ -12,7 +12,8 @@ import {
 } from './entries.js';
 import { AUTOCLEAR_BITMAPS, OFFSET_REFCOUNT_TABLE } from './header.js';
 import { ClusterType, clusterType, readL2, writeL2, l1Entry, writeL1Entry } from './mapping.js';
-import { markClean, markConsistent } from './open.js';
+import { markClean, markConsistent, readSnapshotTable, validateSnapshotTable } from './open.js';
+import { MAX_SNAPSHOTS } from './snapshots.js';
 import { compressedDescriptor, getClusterRefcount, updateMaxRefcountTableIndex, adjustRefcount } from './refcount.js';
 import { sizeToClusters, type Qcow2State } from './state.js';
 
@@ -565,6 +566,30 @@ async function checkRefcounts(s: Qcow2State, res: CheckResult, fix: number, repo
 }
 
 /**
+ * The snapshot table, which an open for the check leaves alone: errors end the check, reported
+ * the check's way (QEMU's error_report lines get the program name from `error`).
+ */
+async function loadSnapshotTable(s: Qcow2State, report: Report, error: Report): Promise<void> {
+  try {
+    validateSnapshotTable(s.header, s.clusterSize, 'snapshot table');
+  } catch (e) {
+    const err = toBlkioError(e);
+    error(`ERROR ${err.message}`);
+    const overhanging = s.header.nbSnapshots - MAX_SNAPSHOTS;
+    if (overhanging > 0) report(`You can force-remove all ${overhanging} overhanging snapshots with qemu-img check -r all`);
+    throw new BlkioError(err.code);
+  }
+  try {
+    await readSnapshotTable(s);
+  } catch (e) {
+    const err = toBlkioError(e);
+    error(`ERROR failed to read the snapshot table: ${err.message}`);
+    for (const hint of err.hints) report(hint);
+    throw new BlkioError(err.code);
+  }
+}
+
+/**
  * Entries of a v3 image must carry the extra data up to the disk size. Returns the corruptions
  * found; blkio does not rewrite the table (QEMU's -r all completes such entries).
  */
@@ -585,6 +610,8 @@ export async function checkImage(s: Qcow2State, repair: 'leaks' | 'all' | undefi
   const fix = repair === 'all' ? FIX_LEAKS | FIX_ERRORS : repair === 'leaks' ? FIX_LEAKS : 0;
   const res = emptyResult();
   return s.lock.run(async () => {
+    const layer = s.node?.layer;
+    if (layer?.openForCheck) await loadSnapshotTable(s, report, (line) => layer.warn(line));
     const snapshotCorruptions = checkSnapshotEntries(s, report);
     await checkRefcounts(s, res, fix, report);
     res.corruptions += snapshotCorruptions;

@@ -70,7 +70,9 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
       if (key.startsWith('encrypt.')) throw new BlkioError('ENOTSUP', 'Encrypted qcow2 images are not supported');
     }
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
-    const s = await loadState(file, { readOnly: node.readOnly, opts: ctx.opts, discardUnmap: node.discardUnmap });
+    const s = await loadState(file, {
+      readOnly: node.readOnly, opts: ctx.opts, discardUnmap: node.discardUnmap, checkMode: node.layer.openForCheck,
+    });
     s.node = node;
     node.backingFile = s.backingFile ?? '';
     node.backingFormat = s.backingFormat ?? '';

@@ -167,6 +167,8 @@ export interface LoadOptions {
   readOnly: boolean;
   opts: ParsedOptions;
   discardUnmap: boolean;
+  /** Opened for qemu-img check: the snapshot table is left to the check, which reports its errors. */
+  checkMode?: boolean;
   /** Reporting of unsupported incompatible features needs the feature table. */
 }
 
@@ -213,7 +215,7 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   if (h.cryptMethod) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
   if (h.refcountTableClusters === 0) throw invalid('Image does not contain a reference count table');
   validateTable(h.refcountTableOffset, h.refcountTableClusters, g.clusterSize, MAX_REFTABLE_SIZE, g.clusterSize, 'Reference count table');
-  validateTable(h.snapshotsOffset, h.nbSnapshots, SNAPSHOT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS, g.clusterSize, 'Snapshot table');
+  if (!o.checkMode) validateSnapshotTable(h, g.clusterSize, 'Snapshot table');
   validateTable(h.l1TableOffset, h.l1Size, 8, MAX_L1_SIZE, g.clusterSize, 'Active L1 table');
   const l1VmStateIndex = sizeToL1(g, h.size);
   if (l1VmStateIndex > 0x7fffffff) throw new BlkioError('EFBIG', 'Image is too big');
@@ -254,17 +256,27 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
     if (len > Math.min(BACKING_FILE_MAX, g.clusterSize - h.backingFileOffset)) throw invalid('Backing file name too long');
     s.backingFile = latin1(await readOrFail(file, h.backingFileOffset, len, 'Could not read backing file name'));
   }
-  const snapshotTable = await parseSnapshotTable(
-    (offset, bytes) => readOrFail(file, offset, bytes, 'Failed to read snapshot table'), h.snapshotsOffset, h.nbSnapshots, h.size,
-  );
-  s.snapshots = snapshotTable.snapshots;
-  s.snapshotsSize = snapshotTable.size;
+  if (!o.checkMode) await readSnapshotTable(s);
 
   if (h.autoclearFeatures & ~AUTOCLEAR_MASK && !o.readOnly) {
     h.autoclearFeatures &= AUTOCLEAR_MASK;
     await updateHeader(s);
   }
   return s;
+}
+
+export function validateSnapshotTable(h: Qcow2Header, clusterSize: number, name: string): void {
+  validateTable(h.snapshotsOffset, h.nbSnapshots, SNAPSHOT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS, clusterSize, name);
+}
+
+/** Read the snapshot table the header points to (validated). */
+export async function readSnapshotTable(s: Qcow2State): Promise<void> {
+  const h = s.header;
+  const table = await parseSnapshotTable(
+    (offset, bytes) => readOrFail(s.file, offset, bytes, 'Failed to read snapshot table'), h.snapshotsOffset, h.nbSnapshots, s.size,
+  );
+  s.snapshots = table.snapshots;
+  s.snapshotsSize = table.size;
 }
 
 /** Rewrite the header cluster from the in-memory state (QEMU's qcow2_update_header). */
