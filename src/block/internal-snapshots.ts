@@ -43,6 +43,12 @@ export async function createSnapshot(node: BlockNode, info: Omit<SnapshotInfo, '
 /** Revert to a snapshot (by ID, else by name), with bdrv_snapshot_goto's error texts. */
 export async function gotoSnapshot(node: BlockNode, idOrName: string): Promise<void> {
   const n = snapshotNode(node);
+  // Persistent bitmaps track the current state; reverting would make them lie.
+  for (const layer of new Set([node, n])) {
+    if (layer && (await layer.driver.persistentBitmaps?.(layer))?.length) {
+      throw new BlkioError('EBUSY', 'Device has active dirty bitmaps');
+    }
+  }
   if (!n?.driver.snapshotGoto) throw new BlkioError('ENOTSUP', 'Block driver does not support snapshots');
   try {
     await n.driver.snapshotGoto(n, idOrName);
