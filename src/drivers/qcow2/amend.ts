@@ -249,16 +249,28 @@ async function walkRefcounts(
       await signalCorruption(s, true, `Refblock offset ${hex(blockOffset)} unaligned (reftable index: ${hex(ti)})`);
       throw new BlkioError('EIO', 'Image is corrupt (unaligned refblock offset)');
     }
-    const old = blockOffset ? await s.refcountCache.get(blockOffset) : undefined;
+    const finishBlock = async (): Promise<void> => {
+      await done(t, block, empty);
+      t.index++;
+      filled = 0;
+      empty = true;
+    };
+    if (!blockOffset) {
+      // No block: all zero. Block sizes are powers of two of at least 64 entries, so whole bytes.
+      for (let left = s.refcountBlockSize; left > 0;) {
+        if (filled >= newBlockSize) await finishBlock();
+        const n = Math.min(left, newBlockSize - filled);
+        block?.fill(0, (filled * newBits) / 8, ((filled + n) * newBits) / 8);
+        filled += n;
+        left -= n;
+      }
+      continue;
+    }
+    const old = await s.refcountCache.get(blockOffset);
     try {
       for (let bi = 0; bi < s.refcountBlockSize; bi++) {
-        if (filled >= newBlockSize) {
-          await done(t, block, empty);
-          t.index++;
-          filled = 0;
-          empty = true;
-        }
-        const refcount = old ? getRefcount(old, s.refcountOrder, bi) : 0;
+        if (filled >= newBlockSize) await finishBlock();
+        const refcount = getRefcount(old, s.refcountOrder, bi);
         if (newBits < 64 && refcount >= 2 ** newBits) {
           const offset = (ti * s.refcountBlockSize + bi) * s.clusterSize;
           throw invalid(`Cannot decrease refcount entry width to ${newBits} bits: Cluster at offset ${hex(offset)} has a refcount of ${refcount}`);
@@ -268,11 +280,11 @@ async function walkRefcounts(
         empty &&= refcount === 0;
       }
     } finally {
-      if (old) s.refcountCache.put(old);
+      s.refcountCache.put(old);
     }
   }
   if (filled > 0) {
-    if (target) for (; filled < newBlockSize; filled++) setRefcount(target, newOrder, filled, 0);
+    block?.fill(0, (filled * newBits) / 8);
     await done(t, block, empty);
     t.index++;
   }
