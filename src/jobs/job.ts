@@ -173,6 +173,8 @@ export class Job {
       await Promise.all(running);
     }
     if (failure) throw failure.error;
+    // As in QEMU's jobs, the last bytes take their time at the rate too.
+    await this.rateLimit?.wait(() => this.cancelRequested);
     this.checkCancelled();
   }
 }

@@ -25,7 +25,7 @@ import {
   createImageFile, createRequestOptions, creationDrivers, parseCreateOptions, printOptionHelp, setCreateOption,
 } from './create.js';
 import { printHelp } from './help.js';
-import { RateLimit } from '../../jobs/rate-limit.js';
+import { CONVERT_AHEAD_MS, RateLimit } from '../../jobs/rate-limit.js';
 import { loadSnapshotParam, parseSnapshotParam, type SnapshotParam } from './snapshot.js';
 
 const SECTOR = 512;
@@ -276,7 +276,7 @@ async function convert(
     hasZeroInit: args.targetIsZero || (!args.skipCreate && minSparse > 0 && !targetHasBacking),
     inOrder: args.inOrder,
     coroutines: args.coroutines,
-    rateLimit: args.rateLimit ? new RateLimit(args.rateLimit) : undefined,
+    rateLimit: args.rateLimit ? new RateLimit(args.rateLimit, { aheadMs: CONVERT_AHEAD_MS }) : undefined,
     interrupted: false,
     status: 'data',
     nextStatusSector: 0,
