@@ -57,7 +57,8 @@ function writeCodeCache() {
   fs.rmSync(cacheFile, { force: true });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blkio-build-'));
   const blkio = (args, env = process.env) => {
-    const r = spawnSync(process.execPath, ['bin/blkio', ...args], { encoding: 'utf8', env });
+    // Run as users do, with the Node flags of its #! line.
+    const r = spawnSync('bin/blkio', args, { encoding: 'utf8', env });
     if (r.status !== 0) throw new Error(`bin/blkio ${args.join(' ')}: ${r.stderr.trim()}`);
   };
   try {
