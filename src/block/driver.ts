@@ -180,7 +180,15 @@ export interface BlockDriver<S = unknown> {
   writeZeroes?(node: BlockNode<S>, offset: number, bytes: number, flags: number): Promise<void>;
   writeCompressed?(node: BlockNode<S>, offset: number, bytes: number, buf: Uint8Array): Promise<void>;
   discard?(node: BlockNode<S>, offset: number, bytes: number): Promise<void>;
+  /** Write what the node caches down to its children (QEMU's flush_to_os); runs on every flush. */
   flush?(node: BlockNode<S>): Promise<void>;
+  /**
+   * Make what was written stable on the node's own storage (QEMU's flush_to_disk): skipped when
+   * nothing was written since the last flush, and with cache.no-flush.
+   */
+  flushToDisk?(node: BlockNode<S>): Promise<void>;
+  /** The whole flush of the node and what is below it (quorum, blkverify), instead of the generic one. */
+  flushAll?(node: BlockNode<S>): Promise<void>;
   truncate?(node: BlockNode<S>, size: number, exact: boolean, prealloc: string): Promise<void>;
   blockStatus?(node: BlockNode<S>, offset: number, bytes: number): Promise<BlockStatusResult>;
   /**

@@ -262,6 +262,7 @@ export async function childWrite(child: BdrvChild, offset: number, bytes: number
     else padded.set(buf!.subarray(0, bytes), offset - start);
     await driverWrite(node, start, end - start, padded, flags & ~(REQ_ZERO_WRITE | REQ_MAY_UNMAP | REQ_NO_FALLBACK));
   } finally {
+    node.writeGeneration++;
     finish();
   }
 }
@@ -326,6 +327,7 @@ export async function childWriteCompressed(child: BdrvChild, offset: number, byt
   try {
     await node.driver.writeCompressed(node, offset, bytes, buf);
   } finally {
+    node.writeGeneration++;
     finish();
   }
 }
@@ -349,13 +351,32 @@ export async function childDiscard(child: BdrvChild, offset: number, bytes: numb
       await node.driver.discard(node, pos, Math.min(max, end - pos));
     }
   } finally {
+    node.writeGeneration++;
     finish();
   }
 }
 
+/**
+ * QEMU's bdrv_co_flush: nothing on read-only nodes; a driver's own whole flush (quorum,
+ * blkverify) replaces the rest; else caches go down, the storage is synced unless nothing was
+ * written since the last flush (or cache.no-flush), and the children written through are
+ * flushed, all of them even when one fails.
+ */
 export async function nodeFlush(node: BlockNode): Promise<void> {
+  if (node.readOnly) return;
+  if (node.driver.flushAll) return node.driver.flushAll(node);
+  const generation = node.writeGeneration;
   if (node.driver.flush) await node.driver.flush(node);
-  for (const c of node.children) await nodeFlush(c.node);
+  if (node.driver.flushToDisk && !node.noFlush && node.flushedGeneration !== generation) await node.driver.flushToDisk(node);
+  let failure: unknown;
+  for (const c of node.children) {
+    if (!(c.perm & (PERM_WRITE | PERM_WRITE_UNCHANGED))) continue;
+    await nodeFlush(c.node).catch((e: unknown) => {
+      failure ??= e;
+    });
+  }
+  if (failure !== undefined) throw failure;
+  node.flushedGeneration = generation;
 }
 
 export async function childTruncate(child: BdrvChild, size: number, exact: boolean, prealloc: string): Promise<void> {
@@ -365,6 +386,7 @@ export async function childTruncate(child: BdrvChild, size: number, exact: boole
   if (!node.driver.truncate) throw new BlkioError('ENOTSUP', 'Image format driver does not support resize');
   if (node.readOnly) throw new BlkioError('EACCES', 'Image is read-only');
   await node.driver.truncate(node, size, exact, prealloc);
+  node.writeGeneration++;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ export class BlockNode<S = unknown> {
   forceShare = false;
   /** cache.no-flush (cache=unsafe): flushes stop short of the disk, as QEMU's BDRV_O_NO_FLUSH. */
   noFlush = false;
+  /** Counts completed writes, discards and resizes; a flush syncs only when it moved on (QEMU's write_gen). */
+  writeGeneration = 0;
+  /** writeGeneration at the last successful flush. */
+  flushedGeneration = 0;
   /** A plain filename if the node has one (file protocol or inherited from a pass-through child). */
   filename = '';
   /** The options the node was opened with, minus children, for `json:` names and `blkio graph`. */

@@ -289,9 +289,7 @@ export const blkdebugDriver: BlockDriver<BlkdebugState> = {
     await checkRules(node, offset, bytes, 'discard');
     return node.state.image.discard(offset, bytes);
   },
-  async flush(node) {
-    await checkRules(node, undefined, 0, 'flush');
-  },
+  flushToDisk: (node) => checkRules(node, undefined, 0, 'flush'),
   truncate: (node, size, exact, prealloc) => node.state.image.truncate(size, exact, prealloc),
   async blockStatus(node, offset, bytes) {
     await checkRules(node, offset, bytes, 'block-status');

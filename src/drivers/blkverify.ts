@@ -85,6 +85,9 @@ export const blkverifyDriver: BlockDriver<BlkverifyState> = {
     return { test, raw };
   },
 
+  // Only the image under test matters: the raw copy is never flushed.
+  flushAll: (node) => node.state.test.flush(),
+
   supportedWriteFlags: () => REQ_WRITE_UNCHANGED,
   supportedZeroFlags: () => REQ_WRITE_UNCHANGED,
 

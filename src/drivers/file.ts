@@ -2,7 +2,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { BlkioError, toBlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
-import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
+import { REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
 import { nativeFileOps, type NativeFileOps } from './file-native.js';
 import { FileLock } from './file-locks.js';
 
@@ -10,7 +10,6 @@ interface FileState {
   handle: FileHandle;
   filename: string;
   size: number;
-  noFlush: boolean;
   /** The image locks of this node (none with `locking=off`). */
   lock?: FileLock;
 }
@@ -169,7 +168,7 @@ export const fileDriver: BlockDriver<FileState> = {
     }
     node.filename = filename;
     const lock = ctx.opts.locking === 'off' ? undefined : new FileLock(stat.dev, stat.ino, filename);
-    return { handle, filename, size: stat.size, noFlush: node.noFlush, lock };
+    return { handle, filename, size: stat.size, lock };
   },
 
   async close(node) {
@@ -187,12 +186,13 @@ export const fileDriver: BlockDriver<FileState> = {
     node.state.handle = handle;
   },
 
-  supportedWriteFlags: () => REQ_FUA,
   /**
+   * No FUA, as in QEMU 7.2's file-posix: the generic layer flushes instead, which syncs only
+   * when an earlier write is still unflushed (observable through blkdebug's flush errors).
    * With the native addon zeroes are fallocate()d, holes when unmapping is allowed. Without it
    * they are written here, as fallocate(ZERO_RANGE) would leave them: no fallback is needed.
    */
-  supportedZeroFlags: () => (nativeFileOps() ? REQ_MAY_UNMAP | REQ_NO_FALLBACK | REQ_FUA : REQ_NO_FALLBACK),
+  supportedZeroFlags: () => (nativeFileOps() ? REQ_MAY_UNMAP | REQ_NO_FALLBACK : REQ_NO_FALLBACK),
 
   getLength: (node) => node.state.size,
 
@@ -208,7 +208,7 @@ export const fileDriver: BlockDriver<FileState> = {
     if (got < bytes) buf.fill(0, got, bytes);
   },
 
-  async write(node, offset, bytes, buf, flags) {
+  async write(node, offset, bytes, buf) {
     const s = node.state;
     // Grow the recorded size before the write is issued, so that no concurrent request sees
     // a stale end of file while this one is in flight.
@@ -216,7 +216,6 @@ export const fileDriver: BlockDriver<FileState> = {
     await writeFully(s.handle, buf.subarray(0, bytes), offset).catch((e) => {
       throw toBlkioError(e);
     });
-    if (flags & REQ_FUA && !s.noFlush) await s.handle.datasync();
   },
 
   /** Zeroes inside the file are fallocate()d (without the addon: written); past the end the file grows. */
@@ -228,7 +227,6 @@ export const fileDriver: BlockDriver<FileState> = {
     s.size = Math.max(s.size, offset + bytes);
     if (ops) {
       await fallocateZeroes(ops, s.handle.fd, size, offset, bytes, (flags & REQ_MAY_UNMAP) !== 0);
-      if (flags & REQ_FUA && !s.noFlush) await s.handle.datasync();
     } else {
       // Written, never truncated: a truncate could race with a write that grows the file.
       await writeZeroRange(s.handle, offset, offset + bytes);
@@ -251,9 +249,7 @@ export const fileDriver: BlockDriver<FileState> = {
     }
   },
 
-  async flush(node) {
-    if (!node.state.noFlush && !node.readOnly) await node.state.handle.datasync();
-  },
+  flushToDisk: (node) => node.state.handle.datasync(),
 
   truncate: (node, size, _exact, prealloc) => resizeFile(node.state, size, prealloc),
 

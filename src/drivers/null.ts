@@ -42,7 +42,7 @@ function nullDriver(name: 'null-co' | 'null-aio'): BlockDriver<NullState> {
     },
     write: (node) => delay(node.state),
     writeZeroes: (node) => delay(node.state),
-    flush: (node) => delay(node.state),
+    flushToDisk: (node) => delay(node.state),
     async blockStatus(node, offset, bytes) {
       const status = STATUS_OFFSET_VALID | (node.state.readZeroes ? STATUS_ZERO : 0);
       return { status, pnum: bytes, map: offset, file: node };

@@ -8,7 +8,7 @@
  *
  * QEMU sends its findings as QMP events; blkio hands them to `layer.emitEvent`, which prints
  * one JSON line each on stderr by default:
- *   {"event": "QUORUM_REPORT_BAD", "data": {"type": "read"|"write", "error"?: "<strerror>",
+ *   {"event": "QUORUM_REPORT_BAD", "data": {"type": "read"|"write"|"flush", "error"?: "<strerror>",
  *     "node-name": "<child>", "sector-num": N, "sectors-count": N}}
  *   {"event": "QUORUM_FAILURE", "data": {"reference": "<quorum node>", "sector-num": N, "sectors-count": N}}
  * (members in QEMU's JSON output order; QEMU's `timestamp` member is left out).
@@ -77,7 +77,7 @@ function sectors(offset: number, bytes: number): { 'sector-num': number; 'sector
   return { 'sector-num': start, 'sectors-count': Math.ceil((offset + bytes) / 512) - start };
 }
 
-function reportBad(node: BlockNode<QuorumState>, type: 'read' | 'write', child: number, offset: number, bytes: number, error?: BlkioError): void {
+function reportBad(node: BlockNode<QuorumState>, type: 'read' | 'write' | 'flush', child: number, offset: number, bytes: number, error?: BlkioError): void {
   node.layer.emitEvent({
     event: 'QUORUM_REPORT_BAD',
     data: {
@@ -171,6 +171,22 @@ async function readQuorum(node: BlockNode<QuorumState>, offset: number, bytes: n
   }
 }
 
+/**
+ * Flush the children one after another; a failing child is reported. Enough successes make the
+ * flush succeed, else it fails with the error most children gave (no QUORUM_FAILURE event).
+ */
+async function flushAll(node: BlockNode<QuorumState>): Promise<void> {
+  const results: Result[] = [];
+  for (const [i, child] of node.state.children.entries()) {
+    const result = await settle(child.flush());
+    if (!result.ok) reportBad(node, 'flush', i, 0, 0, result.error);
+    results.push(result);
+  }
+  if (results.filter((r) => r.ok).length >= node.state.threshold) return;
+  const errnos = results.map((r) => (r.ok ? undefined : String(r.error.errnoNumber)));
+  throw (results[winner(errnos).children[0]!] as { ok: false; error: BlkioError }).error;
+}
+
 async function writeAll(node: BlockNode<QuorumState>, offset: number, bytes: number, run: (child: BdrvChild) => Promise<void>): Promise<void> {
   const results = await onAllChildren(node, 'write', offset, bytes, run);
   checkSuccesses(node, results, offset, bytes);
@@ -229,4 +245,5 @@ export const quorumDriver: BlockDriver<QuorumState> = {
   },
   write: (node, offset, bytes, buf, flags) => writeAll(node, offset, bytes, (c) => c.write(offset, bytes, buf, flags)),
   writeZeroes: (node, offset, bytes, flags) => writeAll(node, offset, bytes, (c) => c.writeZeroes(offset, bytes, flags)),
+  flushAll,
 };
