@@ -10,10 +10,11 @@ import {
   entryOffset, getHi, getLo, HI_COPIED, l1Reserved, l2StdReserved, makeTable, reftableOffset, reftableReserved,
   setReftableOffset, setRefcount, hex64, type Table,
 } from './entries.js';
-import { AUTOCLEAR_BITMAPS, OFFSET_REFCOUNT_TABLE } from './header.js';
+import { bitmapDirectoryLocation, parseBitmapDirectory } from './bitmaps.js';
+import { OFFSET_REFCOUNT_TABLE } from './header.js';
 import { ClusterType, clusterType, readL2, writeL2, l1Entry, writeL1Entry } from './mapping.js';
 import { markClean, markConsistent, readSnapshotTable, validateSnapshotTable } from './open.js';
-import { MAX_SNAPSHOTS } from './snapshots.js';
+import { MAX_SNAPSHOTS, writeSnapshotTable } from './snapshots.js';
 import { compressedDescriptor, getClusterRefcount, updateMaxRefcountTableIndex, adjustRefcount } from './refcount.js';
 import { sizeToClusters, type Qcow2State } from './state.js';
 
@@ -204,23 +205,12 @@ async function checkL1(c: Checker, l1Offset: number, l1Size: number, fragInfo: b
 /** Bitmap directory, bitmap tables and their data clusters. */
 async function checkBitmaps(c: Checker): Promise<void> {
   const { s } = c;
-  const ext = s.bitmapsExtension;
-  if (!ext || !(s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) || ext.length < 24) return;
-  const v = new DataView(ext.buffer, ext.byteOffset, ext.byteLength);
-  const count = v.getUint32(0);
-  const dirSize = Number(v.getBigUint64(8));
-  const dirOffset = Number(v.getBigUint64(16));
-  if (!count) return;
-  incRefcounts(c, dirOffset, dirSize);
-  const dir = await readTable(c, dirOffset, dirSize, 'qcow2_check_bitmaps_refcounts');
+  const location = bitmapDirectoryLocation(s);
+  if (!location) return;
+  incRefcounts(c, location.offset, location.size);
+  const dir = await readTable(c, location.offset, location.size, 'qcow2_check_bitmaps_refcounts');
   if (!dir) throw new BlkioError('EIO');
-  let pos = 0;
-  for (let i = 0; i < count && pos + 24 <= dirSize; i++) {
-    const tableOffset = Number(dir.view.getBigUint64(pos));
-    const tableSize = dir.view.getUint32(pos + 8);
-    const nameSize = dir.view.getUint16(pos + 14);
-    const extraSize = dir.view.getUint32(pos + 16);
-    pos += Math.ceil((24 + extraSize + nameSize) / 8) * 8;
+  for (const { tableOffset, tableSize } of parseBitmapDirectory(dir.data, location.count)) {
     incRefcounts(c, tableOffset, tableSize * 8);
     const table = await readTable(c, tableOffset, tableSize * 8, 'qcow2_check_bitmaps_refcounts');
     if (!table) throw new BlkioError('EIO');
@@ -589,20 +579,34 @@ async function loadSnapshotTable(s: Qcow2State, report: Report, error: Report): 
   }
 }
 
-/**
- * Entries of a v3 image must carry the extra data up to the disk size. Returns the corruptions
- * found; blkio does not rewrite the table (QEMU's -r all completes such entries).
- */
-function checkSnapshotEntries(s: Qcow2State, report: Report): number {
+/** Entries of a v3 image must carry the extra data up to the disk size. Returns the corruptions found. */
+function checkSnapshotEntries(s: Qcow2State, fix: number, report: Report): number {
   if (s.header.version < 3) return 0;
   let corruptions = 0;
   s.snapshots.forEach((sn, i) => {
     if (sn.extraDataSize < MIN_V3_EXTRA_DATA) {
-      report(`ERROR snapshot table entry ${i} is incomplete`);
+      report(`${fix & FIX_ERRORS ? 'Repairing' : 'ERROR'} snapshot table entry ${i} is incomplete`);
       corruptions++;
     }
   });
   return corruptions;
+}
+
+/** With -r all, a table with incomplete entries is written anew: every entry gets all extra data. */
+async function fixSnapshotTable(s: Qcow2State, res: CheckResult, corruptions: number, fix: number, report: Report): Promise<void> {
+  if (!corruptions || !(fix & FIX_ERRORS)) {
+    res.corruptions += corruptions;
+    return;
+  }
+  try {
+    await writeSnapshotTable(s, s.snapshots);
+  } catch (e) {
+    res.corruptions += corruptions;
+    res.checkErrors++;
+    report(`ERROR failed to update snapshot table: ${toBlkioError(e).strerror}`);
+    throw e;
+  }
+  res.corruptionsFixed += corruptions;
 }
 
 /** The check (and with `repair` the repair) of an open image. */
@@ -612,9 +616,9 @@ export async function checkImage(s: Qcow2State, repair: 'leaks' | 'all' | undefi
   return s.lock.run(async () => {
     const layer = s.node?.layer;
     if (layer?.openForCheck) await loadSnapshotTable(s, report, (line) => layer.warn(line));
-    const snapshotCorruptions = checkSnapshotEntries(s, report);
+    const snapshotCorruptions = checkSnapshotEntries(s, fix, report);
     await checkRefcounts(s, res, fix, report);
-    res.corruptions += snapshotCorruptions;
+    await fixSnapshotTable(s, res, snapshotCorruptions, fix, report);
     if (fix && res.checkErrors === 0 && res.corruptions === 0) {
       await markClean(s);
       await markConsistent(s);

@@ -11,7 +11,7 @@ import { ClusterType, clusterType, growL1Table, MAX_L1_SIZE, readL2, writeL2 } f
 import {
   adjustRefcount, allocClusters, compressedDescriptor, freeClusters, getClusterRefcount, processDiscards,
 } from './refcount.js';
-import { hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
+import { hex, offsetIntoCluster, signalCorruption, writeStderr, type DiscardType, type Qcow2State } from './state.js';
 import { truncateImage } from './truncate.js';
 
 export const MAX_SNAPSHOTS = 65536;
@@ -147,6 +147,13 @@ export function encodeSnapshot(sn: Snapshot): Uint8Array {
   return buf;
 }
 
+/** QEMU's qcow2_free_clusters: a failure is reported, and the clusters leak. */
+async function freeOrReport(s: Qcow2State, offset: number, bytes: number, type: DiscardType): Promise<void> {
+  await freeClusters(s, offset, bytes, type).catch((e: unknown) => {
+    writeStderr(`qcow2_free_clusters failed: ${toBlkioError(e).strerror}\n`);
+  });
+}
+
 async function flushMetadata(s: Qcow2State): Promise<void> {
   await s.l2Cache.flush();
   await s.refcountCache.flush();
@@ -157,7 +164,7 @@ async function flushMetadata(s: Qcow2State): Promise<void> {
  * free the old one (QEMU's qcow2_write_snapshots; an empty table still gets an offset: the
  * next free cluster).
  */
-async function writeSnapshotTable(s: Qcow2State, snapshots: Snapshot[]): Promise<void> {
+export async function writeSnapshotTable(s: Qcow2State, snapshots: Snapshot[]): Promise<void> {
   const size = snapshotTableSize(snapshots);
   if (size > MAX_TABLE_BYTES) throw new BlkioError('EFBIG');
   const tableOffset = await allocClusters(s, size);
@@ -179,16 +186,16 @@ async function writeSnapshotTable(s: Qcow2State, snapshots: Snapshot[]): Promise
     await s.file.write(OFFSET_NB_SNAPSHOTS, pointer.length, pointer);
     await s.file.flush();
   } catch (e) {
-    await freeClusters(s, tableOffset, size, 'always').catch(() => {});
+    await freeOrReport(s, tableOffset, size, 'always');
     throw e;
   }
   const oldOffset = s.header.snapshotsOffset;
   const oldSize = s.snapshotsSize;
-  s.snapshots = snapshots;
+  s.snapshots = snapshots.map((sn) => ({ ...sn, extraDataSize: Math.max(KNOWN_EXTRA_SIZE, sn.extraDataSize) }));
   s.header.nbSnapshots = snapshots.length;
   s.header.snapshotsOffset = tableOffset;
   s.snapshotsSize = size;
-  await freeClusters(s, oldOffset, oldSize, 'snapshot');
+  await freeOrReport(s, oldOffset, oldSize, 'snapshot');
 }
 
 /** Change the reference count of each cluster of `[offset, offset + bytes)` by one. */
@@ -412,7 +419,7 @@ export async function deleteSnapshot(s: Qcow2State, id: string, name: string): P
       const err = toBlkioError(e);
       throw new BlkioError(err.code, `Failed to free the cluster and L1 table: ${err.strerror}`);
     }
-    await freeClusters(s, sn.l1TableOffset, sn.l1Size * 8, 'snapshot');
+    await freeOrReport(s, sn.l1TableOffset, sn.l1Size * 8, 'snapshot');
     try {
       // Clusters now referenced only by the active table may be written in place again.
       await updateSnapshotRefcount(s, s.l1TableOffset, s.l1Size, 0);
