@@ -115,8 +115,9 @@ export function nodeInfo(node: BlockNode): DriverInfo {
 }
 
 /** Fire a debug event; await it to let a blkdebug breakpoint suspend the request that fired it. */
-export async function debugEvent(node: BlockNode | undefined, event: string): Promise<void> {
-  if (node?.driver.debugEvent) await node.driver.debugEvent(node, event);
+export function debugEvent(node: BlockNode | undefined, event: string): void | Promise<void> {
+  // Not async: the metadata paths fire events per lookup, and most nodes have no handler.
+  return node?.driver.debugEvent?.(node, event);
 }
 
 // ---------------------------------------------------------------------------------------------
