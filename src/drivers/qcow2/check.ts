@@ -10,7 +10,8 @@ import {
   entryOffset, getHi, getLo, HI_COPIED, l1Reserved, l2StdReserved, makeTable, reftableOffset, reftableReserved,
   setReftableOffset, setRefcount, hex64, type Table,
 } from './entries.js';
-import { AUTOCLEAR_BITMAPS, OFFSET_REFCOUNT_TABLE } from './header.js';
+import { bitmapDirectoryLocation, parseBitmapDirectory } from './bitmaps.js';
+import { OFFSET_REFCOUNT_TABLE } from './header.js';
 import { ClusterType, clusterType, readL2, writeL2, l1Entry, writeL1Entry } from './mapping.js';
 import { markClean, markConsistent, readSnapshotTable, validateSnapshotTable } from './open.js';
 import { MAX_SNAPSHOTS, writeSnapshotTable } from './snapshots.js';
@@ -204,23 +205,12 @@ async function checkL1(c: Checker, l1Offset: number, l1Size: number, fragInfo: b
 /** Bitmap directory, bitmap tables and their data clusters. */
 async function checkBitmaps(c: Checker): Promise<void> {
   const { s } = c;
-  const ext = s.bitmapsExtension;
-  if (!ext || !(s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) || ext.length < 24) return;
-  const v = new DataView(ext.buffer, ext.byteOffset, ext.byteLength);
-  const count = v.getUint32(0);
-  const dirSize = Number(v.getBigUint64(8));
-  const dirOffset = Number(v.getBigUint64(16));
-  if (!count) return;
-  incRefcounts(c, dirOffset, dirSize);
-  const dir = await readTable(c, dirOffset, dirSize, 'qcow2_check_bitmaps_refcounts');
+  const location = bitmapDirectoryLocation(s);
+  if (!location) return;
+  incRefcounts(c, location.offset, location.size);
+  const dir = await readTable(c, location.offset, location.size, 'qcow2_check_bitmaps_refcounts');
   if (!dir) throw new BlkioError('EIO');
-  let pos = 0;
-  for (let i = 0; i < count && pos + 24 <= dirSize; i++) {
-    const tableOffset = Number(dir.view.getBigUint64(pos));
-    const tableSize = dir.view.getUint32(pos + 8);
-    const nameSize = dir.view.getUint16(pos + 14);
-    const extraSize = dir.view.getUint32(pos + 16);
-    pos += Math.ceil((24 + extraSize + nameSize) / 8) * 8;
+  for (const { tableOffset, tableSize } of parseBitmapDirectory(dir.data, location.count)) {
     incRefcounts(c, tableOffset, tableSize * 8);
     const table = await readTable(c, tableOffset, tableSize * 8, 'qcow2_check_bitmaps_refcounts');
     if (!table) throw new BlkioError('EIO');
