@@ -46,7 +46,7 @@ export class OpenContext {
     readonly remaining: FlatOptions,
     readonly opts: ParsedOptions,
     /** The node's effective options (defaults included): what its children inherit. */
-    private readonly effective: FlatOptions,
+    readonly effective: FlatOptions,
   ) {}
 
   /** Take the `prefix.*` options (removing them), e.g. a list like blkdebug's `inject-error`. */

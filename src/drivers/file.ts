@@ -5,6 +5,7 @@ import type { BlockDriver } from '../block/driver.js';
 import { REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
 import { nativeFileOps, type NativeFileOps } from './file-native.js';
 import { FileLock } from './file-locks.js';
+import { parseBool } from '../options/qemuopts.js';
 
 interface FileState {
   handle: FileHandle;
@@ -155,6 +156,13 @@ export const fileDriver: BlockDriver<FileState> = {
   async open(node, ctx) {
     const filename = ctx.opts.filename as string | undefined;
     if (!filename) throw new BlkioError('EINVAL', "The 'file' block driver requires a file name");
+    const prManager = ctx.opts['pr-manager'] as string | undefined;
+    if (prManager !== undefined) {
+      // blkio has no persistent reservation managers: the id names none, or another object.
+      throw new BlkioError('EINVAL', ctx.layer.objects.has(prManager)
+        ? `Object with id '${prManager}' is not a persistent reservation manager`
+        : `No persistent reservation manager with id '${prManager}'`);
+    }
     let handle: FileHandle;
     try {
       handle = await open(filename, node.readOnly ? 'r' : 'r+');
@@ -165,6 +173,11 @@ export const fileDriver: BlockDriver<FileState> = {
     if (stat.isDirectory()) {
       await handle.close();
       throw new BlkioError('EISDIR', `'${filename}' is not a file`);
+    }
+    // Linux native AIO works only on files opened with O_DIRECT.
+    if (ctx.opts.aio === 'native' && !parseBool('cache.direct', ctx.effective['cache.direct'] ?? 'off')) {
+      await handle.close();
+      throw new BlkioError('EINVAL', 'aio=native was specified, but it requires cache.direct=on, which was not specified.');
     }
     node.filename = filename;
     const lock = ctx.opts.locking === 'off' ? undefined : new FileLock(stat.dev, stat.ino, filename);
