@@ -55,8 +55,7 @@ export interface DriverInfo {
 /** `Format specific information:` of `info` / `qemu-img info`, as ordered key/value pairs. */
 export interface FormatSpecificInfo {
   type: string;
-  /** Human lines use `human`, JSON uses `json`; both in QEMU's member order. */
-  human: Array<[string, string]>;
+  /** The QAPI members; `info` prints them as JSON or dumps them as human lines. */
   json: Record<string, unknown>;
 }
 
@@ -198,7 +197,7 @@ export interface BlockDriver<S = unknown> {
    */
   blockStatusNow?(node: BlockNode<S>, offset: number, bytes: number): BlockStatusResult | undefined;
   getInfo?(node: BlockNode<S>): DriverInfo;
-  formatSpecific?(node: BlockNode<S>): FormatSpecificInfo | undefined;
+  formatSpecific?(node: BlockNode<S>): Promise<FormatSpecificInfo | undefined> | FormatSpecificInfo | undefined;
   /** Named debug events (blkdebug rules): `cor_write`, `l2_load`, ...; settles when a breakpoint lets go. */
   debugEvent?(node: BlockNode<S>, event: string): void | Promise<void>;
   /**

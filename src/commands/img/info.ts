@@ -17,7 +17,7 @@ import {
 } from './common.js';
 import { printHelp } from './help.js';
 import { formatSnapshotList, snapshotInfoList, type SnapshotInfoJson } from './snapshot.js';
-import { toQemuJson } from './qjson.js';
+import { dumpQObjectLines, toQemuJson } from './qjson.js';
 
 /** QEMU's ImageInfo (7.2), members as QAPI names them. */
 export interface ImageInfo {
@@ -32,8 +32,6 @@ export interface ImageInfo {
   'backing-filename-format'?: string;
   snapshots?: SnapshotInfoJson[];
   'format-specific'?: { type: string; data: Record<string, unknown> };
-  /** Human lines of the format specific part (not printed in JSON). */
-  formatSpecificHuman?: Array<[string, string]>;
 }
 
 /** Bytes a node occupies on its storage: the driver's answer, else the sum over its data children. */
@@ -59,11 +57,8 @@ export async function queryImageInfo(node: BlockNode): Promise<ImageInfo> {
   }
   const snapshots = snapshotInfoList(node);
   if (snapshots.length) info.snapshots = snapshots;
-  const specific = node.driver.formatSpecific?.(node);
-  if (specific) {
-    info['format-specific'] = { type: specific.type, data: specific.json };
-    info.formatSpecificHuman = specific.human;
-  }
+  const specific = await node.driver.formatSpecific?.(node);
+  if (specific) info['format-specific'] = { type: specific.type, data: specific.json };
   if (node.backingFile) {
     info['backing-filename'] = node.backingFile;
     if (!node.filename.startsWith('json:') || isAbsoluteOrProtocol(node.backingFile)) {
@@ -98,16 +93,9 @@ export function formatHumanInfo(info: ImageInfo): string {
     if (info['backing-filename-format'] !== undefined) out += `backing file format: ${info['backing-filename-format']}\n`;
   }
   if (info.snapshots) out += formatSnapshotList(info.snapshots);
-  if (info.formatSpecificHuman) {
-    out += 'Format specific information:\n';
-    for (const [key, value] of info.formatSpecificHuman) out += `    ${key}: ${value}\n`;
-  }
+  const specific = info['format-specific'];
+  if (specific) out += 'Format specific information:\n' + dumpQObjectLines(specific.data, 1).map((l) => `${l}\n`).join('');
   return out;
-}
-
-function jsonInfo(info: ImageInfo): Record<string, unknown> {
-  const { formatSpecificHuman: _human, ...json } = info;
-  return json;
 }
 
 export function imgInfo(argv: string[]): Promise<number> {
@@ -139,7 +127,7 @@ export function imgInfo(argv: string[]): Promise<number> {
     const outputFormat: OutputFormat = output === undefined ? 'human' : parseOutputFormat(output);
     const list = await collectImageInfo(operands[0], format, imageOpts, chain, forceShare);
     if (outputFormat === 'human') writeOut(list.map(formatHumanInfo).join('\n'));
-    else writeOut(toQemuJson(chain ? list.map(jsonInfo) : jsonInfo(list[0])) + '\n');
+    else writeOut(toQemuJson(chain ? list : list[0]) + '\n');
     return 0;
   });
 }

@@ -51,3 +51,24 @@ export function toQemuJson(value: unknown, level = 0): string {
   const members = keys.map((k) => `${pad(level + 1)}${quote(k)}: ${toQemuJson(obj[k], level + 1)}`);
   return `{${members.join(',')}${pad(level)}}`;
 }
+
+/**
+ * QEMU's human dump of a QAPI object (`Format specific information:`): `key: value` lines with
+ * dashes in keys shown as spaces, list items as `[i]:`, nested objects and lists on the lines
+ * below, 4 more spaces in.
+ */
+export function dumpQObjectLines(value: Record<string, unknown> | unknown[], level: number): string[] {
+  const lines: string[] = [];
+  const entries: Array<[string, unknown]> = Array.isArray(value)
+    ? value.map((v, i) => [`[${i}]`, v])
+    : qdictKeyOrder(Object.keys(value).filter((k) => value[k] !== undefined)).map((k) => [k.replaceAll('-', ' '), value[k]]);
+  const pad = ' '.repeat(4 * level);
+  for (const [label, member] of entries) {
+    if (typeof member === 'object' && member !== null) {
+      lines.push(`${pad}${label}:`, ...dumpQObjectLines(member as Record<string, unknown> | unknown[], level + 1));
+    } else {
+      lines.push(`${pad}${label}: ${String(member)}`);
+    }
+  }
+  return lines;
+}

@@ -4,6 +4,7 @@ import { PERM_RESIZE, PERM_WRITE } from '../../block/permissions.js';
 import type { BlockNode } from '../../block/node.js';
 import type { DriverInfo } from '../../block/driver.js';
 import { cvtstr } from '../../options/size.js';
+import { dumpQObjectLines } from '../img/qjson.js';
 import { parseNumExact, parseRange } from './args.js';
 import { formatReport } from './format.js';
 import { getopt } from './getopt.js';
@@ -115,14 +116,14 @@ export const infoCommand: IoCommand = {
     session.print(`vm state offset: ${cvtstr(info.vmStateOffset ?? 0)}`);
     let specific;
     try {
-      specific = node.driver.formatSpecific?.(node);
+      specific = await node.driver.formatSpecific?.(node);
     } catch (e) {
       session.reportError(e);
       return -1;
     }
     if (specific) {
       session.print('Format specific information:');
-      for (const [key, value] of specific.human) session.print(`    ${key}: ${value}`);
+      for (const line of dumpQObjectLines(specific.json, 1)) session.print(line);
     }
     return 0;
   },

@@ -23,6 +23,7 @@ import { truncateImage } from './truncate.js';
 import { createImage, QCOW2_CREATE_OPTIONS } from './create.js';
 import { checkImage } from './check.js';
 import { listPersistentBitmaps, measureImage } from './measure.js';
+import { BITMAP_FLAG_AUTO, BITMAP_FLAG_IN_USE, readBitmapDirectory } from './bitmaps.js';
 import { amendImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { makeEmpty } from './empty.js';
 import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots, loadSnapshotTemporarily } from './snapshots.js';
@@ -178,7 +179,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     };
   },
 
-  formatSpecific(node) {
+  async formatSpecific(node) {
     const s = node.state;
     const h = s.header;
     const compression = COMPRESSION_NAMES[h.compressionType] ?? String(h.compressionType);
@@ -186,20 +187,24 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     if (h.version < 3) {
       return {
         type: 'qcow2',
-        human: [['compat', '0.10'], ['compression type', compression], ['refcount bits', String(refcountBits)]],
         json: { compat: '0.10', 'compression-type': compression, 'refcount-bits': refcountBits },
       };
     }
     const lazy = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
     const corrupt = (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
+    const bitmaps = (await readBitmapDirectory(s)).map((e) => ({
+      flags: [
+        ...(e.flags & BITMAP_FLAG_IN_USE ? ['in-use'] : []),
+        ...(e.flags & BITMAP_FLAG_AUTO ? ['auto'] : []),
+      ],
+      name: e.name,
+      granularity: 2 ** e.granularityBits,
+    }));
     return {
       type: 'qcow2',
-      human: [
-        ['compat', '1.1'], ['compression type', compression], ['lazy refcounts', String(lazy)],
-        ['refcount bits', String(refcountBits)], ['corrupt', String(corrupt)], ['extended l2', String(s.extendedL2)],
-      ],
       json: {
-        compat: '1.1', 'compression-type': compression, 'lazy-refcounts': lazy, 'refcount-bits': refcountBits,
+        compat: '1.1', 'compression-type': compression, 'lazy-refcounts': lazy,
+        ...(bitmaps.length ? { bitmaps } : {}), 'refcount-bits': refcountBits,
         corrupt, 'extended-l2': s.extendedL2,
       },
     };

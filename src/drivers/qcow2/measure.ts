@@ -10,13 +10,11 @@ import { STATUS_ALLOCATED, STATUS_DATA, STATUS_ZERO } from '../../block/flags.js
 import { checkClusterSize, checkRefcountWidth } from './create.js';
 import { MAX_L1_SIZE } from './mapping.js';
 import { refcountMetadataSize } from './refcount.js';
-import { AUTOCLEAR_BITMAPS } from './header.js';
+import { BITMAP_DIR_ENTRY_SIZE, readBitmapDirectory } from './bitmaps.js';
 import type { Qcow2State } from './state.js';
 
 const DEFAULT_CLUSTER_SIZE = 65536;
 const L1_ENTRY_SIZE = 8;
-/** Bytes of a bitmap directory entry before its name and extra data. */
-const BITMAP_DIR_ENTRY_SIZE = 24;
 const BITMAP_TABLE_ENTRY_SIZE = 8;
 
 function roundUp(n: number, to: number): number {
@@ -132,24 +130,5 @@ export async function measureImage(options: CreateRequest['options'], source: Me
 /** The bitmaps listed in the image's bitmap directory (v3 images only; v2 cannot hold any). */
 export async function listPersistentBitmaps(s: Qcow2State): Promise<PersistentBitmap[] | undefined> {
   if (s.header.version < 3) return undefined;
-  const ext = s.bitmapsExtension;
-  if (!ext || !(s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) || ext.length < 24) return [];
-  const v = new DataView(ext.buffer, ext.byteOffset, ext.byteLength);
-  const count = v.getUint32(0);
-  const directorySize = Number(v.getBigUint64(8));
-  const directoryOffset = Number(v.getBigUint64(16));
-  if (!count) return [];
-  const directory = new Uint8Array(directorySize);
-  await s.file.read(directoryOffset, directorySize, directory);
-  const d = new DataView(directory.buffer);
-  const bitmaps: PersistentBitmap[] = [];
-  for (let i = 0, pos = 0; i < count && pos + BITMAP_DIR_ENTRY_SIZE <= directorySize; i++) {
-    const granularityBits = d.getUint8(pos + 17);
-    const nameSize = d.getUint16(pos + 18);
-    const extraSize = d.getUint32(pos + 20);
-    const nameStart = pos + BITMAP_DIR_ENTRY_SIZE + extraSize;
-    bitmaps.push({ name: new TextDecoder().decode(directory.subarray(nameStart, nameStart + nameSize)), granularity: 2 ** granularityBits });
-    pos += roundUp(BITMAP_DIR_ENTRY_SIZE + extraSize + nameSize, 8);
-  }
-  return bitmaps;
+  return (await readBitmapDirectory(s)).map((e) => ({ name: e.name, granularity: 2 ** e.granularityBits }));
 }

@@ -132,7 +132,7 @@ describe.skipIf(!haveQemu)('qcow2 reads images written by QEMU', () => {
     const info = JSON.parse(qemuImg('info', '--output=json', file));
     const img = await openQcow2(file, false);
     try {
-      const specific = img.node.driver.formatSpecific!(img.node)!;
+      const specific = (await img.node.driver.formatSpecific!(img.node))!;
       expect(specific.json).toEqual(info['format-specific'].data);
       expect(Object.keys(specific.json)).toEqual(Object.keys(info['format-specific'].data));
       expect(img.node.driver.getInfo!(img.node)).toMatchObject({ clusterSize: 65536, subclusterSize: 2048 });
