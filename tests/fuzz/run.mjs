@@ -4,7 +4,6 @@
 // and prints one line per seed; the exit status is 1 if any seed failed.
 import { build } from 'esbuild';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -19,7 +18,9 @@ const start = option('start', Date.now() % 1000000);
 const count = single === undefined ? option('seeds', 20) : 1;
 const opCount = option('ops', 40);
 
-const dir = mkdtempSync(join(tmpdir(), 'blkio-fuzz-build-'));
+// Inside the project, so that the bundle finds the package root and with it the native addon
+// (src/native-addon.ts), as the sources do when vitest runs them.
+const dir = mkdtempSync(new URL('../../node_modules/.blkio-fuzz-build-', import.meta.url).pathname);
 const outfile = join(dir, `${target}.mjs`);
 try {
   await build({
