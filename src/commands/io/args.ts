@@ -7,6 +7,7 @@ import { REQUEST_MAX_BYTES } from '../../block/flags.js';
 import type { IoSession } from './session.js';
 
 const INT64_MAX = (1n << 63n) - 1n;
+const INT64_MIN = -(1n << 63n);
 
 /**
  * cvtnum: a byte count or offset up to INT64_MAX, exactly. On failure prints qemu-io's
@@ -34,23 +35,23 @@ export function parseNum(session: IoSession, text: string, shown = text): number
 }
 
 /** C strtol(text, &end, 0) with the requirement that it consumes everything; undefined otherwise. */
-export function strtolWhole(text: string): number | undefined {
+export function strtolWhole(text: string): bigint | undefined {
   const scanned = scanUnsigned(text, 0);
-  if (!scanned) return text === '' ? 0 : undefined;
+  if (!scanned) return text === '' ? 0n : undefined;
   if (scanned.end !== text.length) return undefined;
-  // strtol saturates at LONG_MIN/LONG_MAX; every caller rejects those anyway.
-  const magnitude = scanned.overflow || scanned.value > INT64_MAX ? Number.MAX_VALUE : Number(scanned.value);
-  return scanned.negative ? -magnitude : magnitude;
+  const value = scanned.negative ? -scanned.value : scanned.value;
+  // strtol saturates at LONG_MIN/LONG_MAX.
+  return value > INT64_MAX ? INT64_MAX : value < INT64_MIN ? INT64_MIN : value;
 }
 
 /** `-P`: a byte 0..255 (decimal, 0x hex or 0 octal); prints `<arg> is not a valid pattern byte`. */
 export function parsePattern(session: IoSession, text: string): number | undefined {
   const value = strtolWhole(text);
-  if (value === undefined || value < 0 || value > 255) {
+  if (value === undefined || value < 0n || value > 255n) {
     session.print(`${text} is not a valid pattern byte`);
     return undefined;
   }
-  return value;
+  return Number(value);
 }
 
 /** `-b`/`-c` requests must be multiples of 512 bytes; prints which value is not. */

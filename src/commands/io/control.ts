@@ -52,6 +52,17 @@ export const quitCommand: IoCommand = {
 
 /** setTimeout's limit; longer sleeps wait in several steps. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+const NS_PER_MS = 1_000_000n;
+
+/**
+ * How long `sleep ms` waits, in milliseconds. qemu-io sets a timer at host-clock nanoseconds
+ * plus ms * 10^6 in 64-bit arithmetic that wraps, so a huge ms can land in the past (no wait)
+ * or anywhere in the future.
+ */
+export function sleepDuration(ms: bigint, nowNs: bigint): number {
+  const expiry = BigInt.asIntN(64, nowNs + BigInt.asIntN(64, ms * NS_PER_MS));
+  return expiry <= nowNs ? 0 : Number((expiry - nowNs) / NS_PER_MS);
+}
 
 export const sleepCommand: IoCommand = {
   name: 'sleep',
@@ -61,12 +72,13 @@ export const sleepCommand: IoCommand = {
   oneline: 'waits for the given value in milliseconds',
   async run(session, argv) {
     const ms = strtolWhole(argv[1]);
-    if (ms === undefined || ms < 0) {
+    if (ms === undefined || ms < 0n) {
       session.print(`${argv[1]} is not a valid number`);
       return -1;
     }
+    const nowNs = BigInt(Date.now()) * NS_PER_MS;
     // Requests in flight complete (and report) meanwhile, as in QEMU's main loop.
-    for (let left = ms; left > 0; left -= MAX_TIMER_MS) await delay(Math.min(left, MAX_TIMER_MS));
+    for (let left = sleepDuration(ms, nowNs); left > 0; left -= MAX_TIMER_MS) await delay(Math.min(left, MAX_TIMER_MS));
     return 0;
   },
 };

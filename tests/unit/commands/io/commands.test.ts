@@ -4,6 +4,7 @@ import { allDrivers } from '../../../../src/drivers/index.js';
 import { IO_COMMANDS, IoSession, runCommandLine, splitCommandLine } from '../../../../src/commands/io/index.js';
 import { defaultOpenMode, openFile } from '../../../../src/commands/io/open.js';
 import { parsePattern, strtolWhole } from '../../../../src/commands/io/args.js';
+import { sleepDuration } from '../../../../src/commands/io/control.js';
 
 /** A session whose output is collected, stdout and stderr marked, timings masked. */
 function captureSession(): { session: IoSession; output: () => string } {
@@ -39,11 +40,16 @@ describe('command lines', () => {
 
 describe('strtol-style arguments', () => {
   it('reads decimal, hex and octal, and rejects trailing garbage', () => {
-    expect(strtolWhole('021')).toBe(17);
-    expect(strtolWhole('0x1F')).toBe(31);
-    expect(strtolWhole('-0')).toBe(-0);
+    expect(strtolWhole('021')).toBe(17n);
+    expect(strtolWhole('0x1F')).toBe(31n);
+    expect(strtolWhole('-0')).toBe(0n);
     expect(strtolWhole('0x')).toBeUndefined();
     expect(strtolWhole('1.5')).toBeUndefined();
+  });
+
+  it('saturates at LONG_MIN and LONG_MAX like strtol', () => {
+    expect(strtolWhole('99999999999999999999')).toBe((1n << 63n) - 1n);
+    expect(strtolWhole('-99999999999999999999')).toBe(-(1n << 63n));
   });
 
   it('accepts pattern bytes 0..255 only', () => {
@@ -52,6 +58,20 @@ describe('strtol-style arguments', () => {
     expect(parsePattern(session, '256')).toBeUndefined();
     expect(parsePattern(session, '-1')).toBeUndefined();
     expect(output()).toBe('256 is not a valid pattern byte\n-1 is not a valid pattern byte\n');
+  });
+});
+
+describe('sleep', () => {
+  const now = 1_700_000_000_000n * 1_000_000n;
+  it('waits the milliseconds given', () => {
+    expect(sleepDuration(0n, now)).toBe(0);
+    expect(sleepDuration(1500n, now)).toBe(1500);
+  });
+
+  it('wraps like the 64-bit timer arithmetic: huge values expire at once or far ahead', () => {
+    expect(sleepDuration((1n << 63n) - 1n, now)).toBe(0);
+    expect(sleepDuration(9_223_372_036_854n, now)).toBe(0);
+    expect(sleepDuration(7_000_000_000_000n, now)).toBe(7_000_000_000_000);
   });
 });
 
