@@ -53,10 +53,19 @@ export async function mirrorCopy(job: Job, source: BlockNode, target: BlockNode,
   async function* ranges() {
     for (let offset = 0; offset < length;) {
       const { action, bytes } = await plan(offset, Math.min(length - offset, STATUS_LOOKAHEAD));
-      const n = action === 'skip' ? bytes : Math.min(bytes, job.chunkSize);
-      if (action === 'skip') job.advance(n);
-      else yield { offset, bytes: n, action };
-      offset += n;
+      if (action === 'skip') {
+        job.advance(bytes);
+        offset += bytes;
+        continue;
+      }
+      // A copy reads the source under the range lock whenever it runs, so one answer serves
+      // all its chunks; zeroes are planned again for each chunk (a write may land meanwhile).
+      const end = offset + (action === 'copy' ? bytes : Math.min(bytes, job.chunkSize));
+      while (offset < end) {
+        const n = Math.min(end - offset, job.chunkSize);
+        yield { offset, bytes: n, action };
+        offset += n;
+      }
     }
   }
   await job.forEachInFlight(ranges(), ({ offset, bytes, action }) =>

@@ -5,7 +5,7 @@
  * discards for the file.
  */
 import { BlkioError } from '../../errors.js';
-import { debugEvent } from '../../block/io.js';
+import { debugEvent, isZeroBuffer } from '../../block/io.js';
 import {
   getRefcount as readRefcount, makeTable, reftableOffset, setRefcount, setReftableOffset, HI_COMPRESSED, entryOffset,
 } from './entries.js';
@@ -31,8 +31,16 @@ function reftableIndexOf(s: Qcow2State, clusterIndex: number): number {
   return Math.floor(clusterIndex / s.refcountBlockSize);
 }
 
+/** Entries the search for the last used refcount table entry skips per native comparison. */
+const REFTABLE_SCAN_STEP = 64;
+
 export function updateMaxRefcountTableIndex(s: Qcow2State): void {
+  // A table is mostly empty (8192 entries in a 64 KiB cluster): an entry-by-entry loop over it
+  // ran hot enough at every open to be optimised, which costs milliseconds and memory.
   let i = s.refcountTableSize - 1;
+  while (i >= REFTABLE_SCAN_STEP && isZeroBuffer(s.refcountTable.data, (i + 1 - REFTABLE_SCAN_STEP) * 8, (i + 1) * 8)) {
+    i -= REFTABLE_SCAN_STEP;
+  }
   while (i > 0 && reftableOffset(s.refcountTable, i) === 0) i--;
   s.maxRefcountTableIndex = i;
 }
@@ -46,6 +54,20 @@ async function refcountBlockAt(s: Qcow2State, tableIndex: number): Promise<Table
     throw await signalCorruption(s, true, `Refblock offset ${hex(blockOffset)} unaligned (reftable index: ${hex(tableIndex)})`);
   }
   return s.refcountCache.get(blockOffset);
+}
+
+/**
+ * The refcount of one host cluster when its refcount block is cached (or there is none: 0);
+ * undefined when the block must be read first (or its offset is corrupt, which
+ * getClusterRefcount reports). Loops over many clusters wait only on a cache miss.
+ */
+function refcountNow(s: Qcow2State, clusterIndex: number): number | undefined {
+  const tableIndex = reftableIndexOf(s, clusterIndex);
+  if (tableIndex >= s.refcountTableSize) return 0;
+  const blockOffset = reftableOffset(s.refcountTable, tableIndex);
+  if (!blockOffset) return 0;
+  const block = offsetIntoCluster(s, blockOffset) ? undefined : s.refcountCache.peek(blockOffset);
+  return block && readRefcount(block, s.refcountOrder, clusterIndex % s.refcountBlockSize);
 }
 
 /** The refcount of one host cluster (0 when no refcount block covers it). */
@@ -86,7 +108,7 @@ async function allocClustersNoref(s: Qcow2State, size: number, max: number): Pro
   const nbClusters = sizeToClusters(s, size);
   for (let i = 0; i < nbClusters; i++) {
     const index = s.freeClusterIndex++;
-    if ((await getClusterRefcount(s, index)) !== 0) i = -1;
+    if ((refcountNow(s, index) ?? (await getClusterRefcount(s, index))) !== 0) i = -1;
   }
   if (s.freeClusterIndex > 0 && s.freeClusterIndex - 1 > Math.floor(max / s.clusterSize)) throw new BlkioError('EFBIG');
   const offset = (s.freeClusterIndex - nbClusters) * s.clusterSize;
@@ -121,7 +143,7 @@ export async function allocClustersAt(s: Qcow2State, offset: number, nbClusters:
   for (;;) {
     let i = 0;
     for (let index = offset / s.clusterSize; i < nbClusters; i++, index++) {
-      if ((await getClusterRefcount(s, index)) !== 0) break;
+      if ((refcountNow(s, index) ?? (await getClusterRefcount(s, index))) !== 0) break;
     }
     if ((await updateRefcount(s, offset, i * s.clusterSize, 1, false, 'never')) !== AGAIN) {
       noteByteClusterReuse(s, offset, i);
@@ -463,7 +485,7 @@ export async function refcountArea(
 /** Index of the last cluster with a non-zero refcount below `fileSize`. */
 export async function getLastCluster(s: Qcow2State, fileSize: number): Promise<number> {
   for (let i = sizeToClusters(s, fileSize) - 1; i >= 0; i--) {
-    if ((await getClusterRefcount(s, i)) > 0) return i;
+    if ((refcountNow(s, i) ?? (await getClusterRefcount(s, i))) > 0) return i;
   }
   throw await signalCorruption(s, true, 'There are no references in the refcount table.');
 }
