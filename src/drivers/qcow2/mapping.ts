@@ -125,7 +125,7 @@ export function subclusterRange(s: Qcow2State, e: L2Entry, from: number): { type
 }
 
 export function l1Index(s: Qcow2State, offset: number): number {
-  return Math.floor(offset / 2 ** (s.clusterBits + s.l2Bits));
+  return Math.floor(offset / (s.clusterSize * s.l2Size));
 }
 
 export function l2Index(s: Qcow2State, offset: number): number {
@@ -167,21 +167,19 @@ export interface HostMapping {
 
 const NO_ENTRY: L2Entry = { hi: 0, lo: 0, zero: 0, alloc: 0 };
 
-/** Where a lookup stands before the L2 slice is needed: the answer already, or the L2 table to read. */
-type MappingStart =
-  | { mapping: HostMapping }
-  | { l1i: number; l2TableOffset: number; inCluster: number; needed: number };
-
-function startMapping(s: Qcow2State, offset: number, bytes: number): MappingStart {
-  const inCluster = offsetIntoCluster(s, offset);
-  const available = (s.l2SliceSize - l2SliceIndex(s, offset)) * s.clusterSize;
-  const needed = Math.min(bytes + inCluster, available);
+/** Host offset of the L2 table that maps `offset` (0: none, the range is unallocated). */
+function l2TableOffsetFor(s: Qcow2State, offset: number): number {
   const l1i = l1Index(s, offset);
-  const l2TableOffset = l1i < s.l1Size ? l1Entry(s, l1i).offset : 0;
-  if (!l2TableOffset) {
-    return { mapping: { type: SubclusterType.UnallocatedPlain, bytes: needed - inCluster, hostOffset: 0, entry: NO_ENTRY } };
-  }
-  return { l1i, l2TableOffset, inCluster, needed };
+  return l1i < s.l1Size ? l1Entry(s, l1i).offset : 0;
+}
+
+/** Bytes from the start of `offset`'s cluster that one lookup covers: at most to the end of the L2 slice. */
+function lookupReach(s: Qcow2State, offset: number, bytes: number): number {
+  return Math.min(bytes + offsetIntoCluster(s, offset), (s.l2SliceSize - l2SliceIndex(s, offset)) * s.clusterSize);
+}
+
+function unallocatedMapping(s: Qcow2State, offset: number, bytes: number): HostMapping {
+  return { type: SubclusterType.UnallocatedPlain, bytes: lookupReach(s, offset, bytes) - offsetIntoCluster(s, offset), hostOffset: 0, entry: NO_ENTRY };
 }
 
 function unalignedL2Table(l2TableOffset: number, l1i: number): string {
@@ -189,9 +187,9 @@ function unalignedL2Table(l2TableOffset: number, l1i: number): string {
 }
 
 /** The mapping read from a loaded L2 slice, or the corruption found there. */
-function mappingInSlice(
-  s: Qcow2State, offset: number, needed: number, inCluster: number, slice: Table, l2TableOffset: number,
-): HostMapping | { corruption: string } {
+function mappingInSlice(s: Qcow2State, offset: number, bytes: number, slice: Table, l2TableOffset: number): HostMapping | { corruption: string } {
+  const inCluster = offsetIntoCluster(s, offset);
+  const needed = lookupReach(s, offset, bytes);
   const index = l2SliceIndex(s, offset);
   const sc = scIndex(s, offset);
   const entry = readL2(s, slice, index);
@@ -224,14 +222,13 @@ function mappingInSlice(
  * Call with the lock held.
  */
 export async function getHostOffset(s: Qcow2State, offset: number, bytes: number): Promise<HostMapping> {
-  const start = startMapping(s, offset, bytes);
-  if ('mapping' in start) return start.mapping;
-  const { l1i, l2TableOffset, inCluster, needed } = start;
-  if (offsetIntoCluster(s, l2TableOffset)) throw await signalCorruption(s, true, unalignedL2Table(l2TableOffset, l1i));
+  const l2TableOffset = l2TableOffsetFor(s, offset);
+  if (!l2TableOffset) return unallocatedMapping(s, offset, bytes);
+  if (offsetIntoCluster(s, l2TableOffset)) throw await signalCorruption(s, true, unalignedL2Table(l2TableOffset, l1Index(s, offset)));
   debugEvent(s.file.node, 'l2_load');
   const slice = await loadL2Slice(s, offset, l2TableOffset);
   try {
-    const m = mappingInSlice(s, offset, needed, inCluster, slice, l2TableOffset);
+    const m = mappingInSlice(s, offset, bytes, slice, l2TableOffset);
     if ('corruption' in m) throw await signalCorruption(s, true, m.corruption);
     return m;
   } finally {
@@ -245,13 +242,12 @@ export async function getHostOffset(s: Qcow2State, offset: number, bytes: number
  * Call when no one holds the lock.
  */
 export function getHostOffsetNow(s: Qcow2State, offset: number, bytes: number): HostMapping | undefined {
-  const start = startMapping(s, offset, bytes);
-  if ('mapping' in start) return start.mapping;
-  const { l2TableOffset, inCluster, needed } = start;
+  const l2TableOffset = l2TableOffsetFor(s, offset);
+  if (!l2TableOffset) return unallocatedMapping(s, offset, bytes);
   if (offsetIntoCluster(s, l2TableOffset)) return undefined;
   const slice = s.l2Cache.peek(l2SliceOffset(s, offset, l2TableOffset));
   if (!slice) return undefined;
-  const m = mappingInSlice(s, offset, needed, inCluster, slice, l2TableOffset);
+  const m = mappingInSlice(s, offset, bytes, slice, l2TableOffset);
   if ('corruption' in m) return undefined;
   debugEvent(s.file.node, 'l2_load');
   return m;
