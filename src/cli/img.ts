@@ -15,6 +15,7 @@ const SUBCOMMANDS: Record<string, () => Promise<Subcommand>> = {
   compare: async () => (await import('../commands/img/compare.js')).imgCompare,
   convert: async () => (await import('../commands/img/convert.js')).imgConvert,
   create: async () => (await import('../commands/img/create.js')).imgCreate,
+  dd: async () => (await import('../commands/img/dd.js')).imgDd,
   info: async () => (await import('../commands/img/info.js')).imgInfo,
   map: async () => (await import('../commands/img/map.js')).imgMap,
   measure: async () => (await import('../commands/img/measure.js')).imgMeasure,

@@ -148,10 +148,10 @@ export function backingLayer(node: BlockNode): BlockNode | undefined {
 const INT64_MAX = 2n ** 63n - 1n;
 
 /**
- * qemu-img's cvtnum: a size argument (`64k`, `1.5M`) between min and INT64_MAX, with its two
+ * qemu-img's cvtnum: a size argument (`64k`, `1.5M`) between min and max, with its two
  * error wordings (bad syntax, out of range) naming the argument.
  */
-export function imgCvtnum(name: string, text: string, min = 0): number {
+export function imgCvtnum(name: string, text: string, min = 0, max = INT64_MAX): number {
   let value: bigint;
   try {
     value = parseSizeBigInt(text);
@@ -164,8 +164,8 @@ export function imgCvtnum(name: string, text: string, min = 0): number {
     }
     value = -1n;
   }
-  if (value < BigInt(min) || value > INT64_MAX) {
-    throw new ReportLines([`Invalid ${name} specified. Must be between ${min} and ${INT64_MAX}.`]);
+  if (value < BigInt(min) || value > max) {
+    throw new ReportLines([`Invalid ${name} specified. Must be between ${min} and ${max}.`]);
   }
   return Number(value);
 }

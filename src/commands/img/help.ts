@@ -9,6 +9,7 @@ const COMMAND_SYNTAX = [
   'compare [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2',
   'convert [--image-opts] [--target-image-opts] [--target-is-zero] [-U] [-C] [-c] [-p] [--progress=human|json] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] filename [filename2 [...]] output_filename',
   'create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]',
+  'dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output',
   'info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename',
   'map [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename',
   'measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]',
@@ -78,6 +79,13 @@ Parameters to compare subcommand:
   '-f' first image format
   '-F' second image format
   '-s' run in Strict mode - fail on different image size or sector allocation
+
+Parameters to dd subcommand:
+  'bs=BYTES' read and write up to BYTES bytes at a time (default: 512)
+  'count=N' copy only N input blocks
+  'if=FILE' read from FILE
+  'of=FILE' write to FILE
+  'skip=N' skip N bs-sized blocks at the start of input
 `;
 
 /** Print the help and return the exit status (0), as `qemu-img --help` does. */
