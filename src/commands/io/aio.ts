@@ -5,14 +5,13 @@
  */
 import { toBlkioError } from '../../errors.js';
 import { PERM_WRITE } from '../../block/permissions.js';
-import { REQ_FUA, REQ_MAY_UNMAP } from '../../block/flags.js';
-import { parseNum, parsePattern, parseVectorLength } from './args.js';
+import { REQ_MAY_UNMAP } from '../../block/flags.js';
+import { parseNum, parseVectorLength } from './args.js';
 import { allocBuffer } from './buffers.js';
 import { formatReport } from './format.js';
-import { getopt } from './getopt.js';
-import { readVector } from './read.js';
-import { WRITE_FILL } from './write.js';
-import { badOption, usage, type IoCommand } from './session.js';
+import { parseReadvArgs, readVector } from './read.js';
+import { parseWriteOptions, WRITE_FILL } from './write.js';
+import { usage, type IoCommand } from './session.js';
 
 export const aioReadCommand: IoCommand = {
   name: 'aio_read',
@@ -41,34 +40,10 @@ export const aioReadCommand: IoCommand = {
 
 `,
   async run(session, argv) {
-    let csv = false;
-    let quiet = false;
-    let dump = false;
-    let pattern: number | undefined;
-    const { items, operands } = getopt(argv, { short: 'CP:iqv' });
-    for (const item of items) {
-      if (item.kind === 'error') return badOption(session, aioReadCommand, item.message);
-      switch (item.key) {
-        case 'C': csv = true; break;
-        case 'P':
-          pattern = parsePattern(session, item.value);
-          if (pattern === undefined) return -1;
-          break;
-        case 'i':
-          // Only accounted as an invalid request in QEMU's statistics; nothing is submitted.
-          session.print('injecting invalid read request');
-          return 0;
-        case 'q': quiet = true; break;
-        case 'v': dump = true; break;
-      }
-    }
-    if (operands.length < 2) return usage(session, aioReadCommand);
-    const offset = parseNum(session, operands[0]);
-    if (offset === undefined) return -1;
-    const count = parseVectorLength(session, operands.slice(1));
-    if (count === undefined) return -1;
+    const parsed = parseReadvArgs(session, aioReadCommand, argv, 'CP:iqv');
+    if (typeof parsed === 'number') return parsed;
     // Neither a failure nor a mismatch makes aio_read fail: only the report tells.
-    session.track(readVector(session, offset, count, { csv, quiet, dump, pattern }));
+    session.track(readVector(session, parsed.offset, parsed.count, parsed.options));
     return 0;
   },
 };
@@ -104,31 +79,10 @@ export const aioWriteCommand: IoCommand = {
 
 `,
   async run(session, argv) {
-    let csv = false;
-    let quiet = false;
-    let zeroes = false;
-    let flags = 0;
-    let pattern = WRITE_FILL;
-    const { items, operands } = getopt(argv, { short: 'CfiqP:uz' });
-    for (const item of items) {
-      if (item.kind === 'error') return badOption(session, aioWriteCommand, item.message);
-      switch (item.key) {
-        case 'C': csv = true; break;
-        case 'f': flags |= REQ_FUA; break;
-        case 'i':
-          session.print('injecting invalid write request');
-          return 0;
-        case 'q': quiet = true; break;
-        case 'P': {
-          const parsed = parsePattern(session, item.value);
-          if (parsed === undefined) return -1;
-          pattern = parsed;
-          break;
-        }
-        case 'u': flags |= REQ_MAY_UNMAP; break;
-        case 'z': zeroes = true; break;
-      }
-    }
+    const parsed = parseWriteOptions(session, aioWriteCommand, argv, 'CfiqP:uz');
+    if (typeof parsed === 'number') return parsed;
+    const { options: { csv, quiet, zeroes, pattern = WRITE_FILL }, operands } = parsed;
+    let flags = parsed.options.flags;
     if (operands.length < 2) return usage(session, aioWriteCommand);
     if (zeroes && operands.length !== 2) {
       session.print('-z supports only a single length parameter');
@@ -147,9 +101,9 @@ export const aioWriteCommand: IoCommand = {
     let request: Promise<void>;
     let start: bigint;
     if (zeroes) {
-      const parsed = parseNum(session, operands[1]);
-      if (parsed === undefined) return -1;
-      count = parsed;
+      const length = parseNum(session, operands[1]);
+      if (length === undefined) return -1;
+      count = length;
       // qemu-io 7.2 never takes the start time of a zero write: its report counts from boot.
       start = 0n;
       request = blk.writeZeroes(offset, count, flags);

@@ -4,7 +4,7 @@
  */
 import { cvtnumErrorText, parseSizeBigInt, scanUnsigned, SizeError } from '../../options/size.js';
 import { REQUEST_MAX_BYTES } from '../../block/flags.js';
-import type { IoSession } from './session.js';
+import { usage, type IoCommand, type IoSession } from './session.js';
 
 const INT64_MAX = (1n << 63n) - 1n;
 const INT64_MIN = -(1n << 63n);
@@ -104,4 +104,20 @@ export function parseVectorLength(session: IoSession, texts: readonly string[]):
     total += len;
   }
   return total;
+}
+
+/**
+ * `off len [len..]` of readv, writev, aio_read and aio_write: the usage when fewer than two
+ * operands are given, else the offset and the total length. A number is the status the
+ * command ends with (the problem was printed).
+ */
+export function parseVectorRequest(
+  session: IoSession, command: IoCommand, operands: readonly string[],
+): { offset: number; count: number } | number {
+  if (operands.length < 2) return usage(session, command);
+  const offset = parseNum(session, operands[0]);
+  if (offset === undefined) return -1;
+  const count = parseVectorLength(session, operands.slice(1));
+  if (count === undefined) return -1;
+  return { offset, count };
 }

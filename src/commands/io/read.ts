@@ -1,9 +1,9 @@
 /** `read` and `readv`: synchronous reads with pattern verification, hexdump and statistics. */
 import { errno, toBlkioError } from '../../errors.js';
-import { checkSectorAligned, parseNum, parsePattern, parseRange, parseVectorLength } from './args.js';
+import { checkSectorAligned, parseNum, parsePattern, parseRange, parseVectorRequest } from './args.js';
 import { allocBuffer, matchesPattern, releaseBuffer } from './buffers.js';
 import { formatReport, hexdump } from './format.js';
-import { getopt } from './getopt.js';
+import { getopt, type GetoptSpec } from './getopt.js';
 import { badOption, usage, type IoCommand, type IoSession } from './session.js';
 
 /** Fill byte of read buffers: data the request did not write shows up as 0xab. */
@@ -58,6 +58,62 @@ export async function readVector(
   return finishRead(session, { buf, offset, elapsed, ...report, verifyOffset: 0, verifyCount: count });
 }
 
+/** The options of read, readv and aio_read (each command accepts its own subset). */
+export interface ReadOptions extends Pick<ReadOutcome, 'csv' | 'quiet' | 'dump' | 'pattern'> {
+  /** `-b`: the VM state instead of the disk. */
+  vmstate: boolean;
+  verifyOffset?: number;
+  verifyCount?: number;
+}
+
+/**
+ * The getopt loop the read commands share: the options and operands, or the status the
+ * command ends with (a bad option or value was reported, or `-i` ended it successfully).
+ */
+export function parseReadOptions(
+  session: IoSession, command: IoCommand, argv: string[], short: GetoptSpec['short'],
+): { options: ReadOptions; operands: string[] } | number {
+  const options: ReadOptions = { vmstate: false, csv: false, quiet: false, dump: false };
+  const { items, operands } = getopt(argv, { short });
+  for (const item of items) {
+    if (item.kind === 'error') return badOption(session, command, item.message);
+    switch (item.key) {
+      case 'b': options.vmstate = true; break;
+      case 'C': options.csv = true; break;
+      case 'i':
+        // Only accounted as an invalid request in QEMU's statistics; nothing is submitted.
+        session.print('injecting invalid read request');
+        return 0;
+      case 'l':
+        options.verifyCount = parseNum(session, item.value);
+        if (options.verifyCount === undefined) return -1;
+        break;
+      case 'P':
+        options.pattern = parsePattern(session, item.value);
+        if (options.pattern === undefined) return -1;
+        break;
+      case 'q': options.quiet = true; break;
+      case 's':
+        options.verifyOffset = parseNum(session, item.value);
+        if (options.verifyOffset === undefined) return -1;
+        break;
+      case 'v': options.dump = true; break;
+      // 'p' is accepted and ignored.
+    }
+  }
+  return { options, operands };
+}
+
+/** readv and aio_read: their options and `off len [len..]`, or the status the command ends with. */
+export function parseReadvArgs(
+  session: IoSession, command: IoCommand, argv: string[], short: GetoptSpec['short'],
+): { options: ReadOptions; offset: number; count: number } | number {
+  const parsed = parseReadOptions(session, command, argv, short);
+  if (typeof parsed === 'number') return parsed;
+  const request = parseVectorRequest(session, command, parsed.operands);
+  return typeof request === 'number' ? request : { options: parsed.options, ...request };
+}
+
 export const readCommand: IoCommand = {
   name: 'read',
   altname: 'r',
@@ -84,36 +140,9 @@ export const readCommand: IoCommand = {
 
 `,
   async run(session, argv) {
-    let vmstate = false;
-    let csv = false;
-    let quiet = false;
-    let dump = false;
-    let pattern: number | undefined;
-    let verifyOffset: number | undefined;
-    let verifyCount: number | undefined;
-    const { items, operands } = getopt(argv, { short: 'bCl:pP:qs:v' });
-    for (const item of items) {
-      if (item.kind === 'error') return badOption(session, readCommand, item.message);
-      switch (item.key) {
-        case 'b': vmstate = true; break;
-        case 'C': csv = true; break;
-        case 'l':
-          verifyCount = parseNum(session, item.value);
-          if (verifyCount === undefined) return -1;
-          break;
-        case 'P':
-          pattern = parsePattern(session, item.value);
-          if (pattern === undefined) return -1;
-          break;
-        case 'q': quiet = true; break;
-        case 's':
-          verifyOffset = parseNum(session, item.value);
-          if (verifyOffset === undefined) return -1;
-          break;
-        case 'v': dump = true; break;
-        // 'p' is accepted and ignored.
-      }
-    }
+    const parsed = parseReadOptions(session, readCommand, argv, 'bCl:pP:qs:v');
+    if (typeof parsed === 'number') return parsed;
+    const { options: { vmstate, csv, quiet, dump, pattern, verifyOffset, verifyCount }, operands } = parsed;
     if (operands.length !== 2) return usage(session, readCommand);
     const range = parseRange(session, operands[0], operands[1]);
     if (!range) return -1;
@@ -170,28 +199,8 @@ export const readvCommand: IoCommand = {
 
 `,
   async run(session, argv) {
-    let csv = false;
-    let quiet = false;
-    let dump = false;
-    let pattern: number | undefined;
-    const { items, operands } = getopt(argv, { short: 'CP:qv' });
-    for (const item of items) {
-      if (item.kind === 'error') return badOption(session, readvCommand, item.message);
-      switch (item.key) {
-        case 'C': csv = true; break;
-        case 'P':
-          pattern = parsePattern(session, item.value);
-          if (pattern === undefined) return -1;
-          break;
-        case 'q': quiet = true; break;
-        case 'v': dump = true; break;
-      }
-    }
-    if (operands.length < 2) return usage(session, readvCommand);
-    const offset = parseNum(session, operands[0]);
-    if (offset === undefined) return -1;
-    const count = parseVectorLength(session, operands.slice(1));
-    if (count === undefined) return -1;
-    return (await readVector(session, offset, count, { csv, quiet, dump, pattern })) ? 0 : -1;
+    const parsed = parseReadvArgs(session, readvCommand, argv, 'CP:qv');
+    if (typeof parsed === 'number') return parsed;
+    return (await readVector(session, parsed.offset, parsed.count, parsed.options)) ? 0 : -1;
   },
 };

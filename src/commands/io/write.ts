@@ -2,14 +2,63 @@
 import { errno, toBlkioError } from '../../errors.js';
 import { PERM_WRITE } from '../../block/permissions.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQUEST_MAX_BYTES } from '../../block/flags.js';
-import { checkSectorAligned, parseNum, parsePattern, parseVectorLength } from './args.js';
+import { checkSectorAligned, parseNum, parsePattern, parseVectorRequest } from './args.js';
 import { allocBuffer, bufferFromFile, releaseBuffer } from './buffers.js';
 import { formatReport } from './format.js';
-import { getopt } from './getopt.js';
-import { badOption, usage, type IoCommand } from './session.js';
+import { getopt, type GetoptSpec } from './getopt.js';
+import { badOption, usage, type IoCommand, type IoSession } from './session.js';
 
 /** Fill byte of write buffers without -P. */
 export const WRITE_FILL = 0xcd;
+
+/** The options of write, writev and aio_write (each command accepts its own subset). */
+export interface WriteOptions {
+  /** `-b`: the VM state instead of the disk. */
+  vmstate: boolean;
+  compressed: boolean;
+  csv: boolean;
+  quiet: boolean;
+  zeroes: boolean;
+  /** REQ_FUA, REQ_NO_FALLBACK, REQ_MAY_UNMAP as asked for. */
+  flags: number;
+  pattern?: number;
+  sourceFile?: string;
+}
+
+/**
+ * The getopt loop the write commands share: the options and operands, or the status the
+ * command ends with (a bad option or value was reported, or `-i` ended it successfully).
+ */
+export function parseWriteOptions(
+  session: IoSession, command: IoCommand, argv: string[], short: GetoptSpec['short'],
+): { options: WriteOptions; operands: string[] } | number {
+  const options: WriteOptions = { vmstate: false, compressed: false, csv: false, quiet: false, zeroes: false, flags: 0 };
+  const { items, operands } = getopt(argv, { short });
+  for (const item of items) {
+    if (item.kind === 'error') return badOption(session, command, item.message);
+    switch (item.key) {
+      case 'b': options.vmstate = true; break;
+      case 'c': options.compressed = true; break;
+      case 'C': options.csv = true; break;
+      case 'f': options.flags |= REQ_FUA; break;
+      case 'i':
+        // Only accounted as an invalid request in QEMU's statistics; nothing is submitted.
+        session.print('injecting invalid write request');
+        return 0;
+      case 'n': options.flags |= REQ_NO_FALLBACK; break;
+      case 'P':
+        options.pattern = parsePattern(session, item.value);
+        if (options.pattern === undefined) return -1;
+        break;
+      case 'q': options.quiet = true; break;
+      case 's': options.sourceFile = item.value; break;
+      case 'u': options.flags |= REQ_MAY_UNMAP; break;
+      case 'z': options.zeroes = true; break;
+      // 'p' is accepted and ignored.
+    }
+  }
+  return { options, operands };
+}
 
 export const writeCommand: IoCommand = {
   name: 'write',
@@ -41,34 +90,9 @@ export const writeCommand: IoCommand = {
 
 `,
   async run(session, argv) {
-    let vmstate = false;
-    let compressed = false;
-    let csv = false;
-    let quiet = false;
-    let zeroes = false;
-    let flags = 0;
-    let pattern: number | undefined;
-    let sourceFile: string | undefined;
-    const { items, operands } = getopt(argv, { short: 'bcCfnpP:qs:uz' });
-    for (const item of items) {
-      if (item.kind === 'error') return badOption(session, writeCommand, item.message);
-      switch (item.key) {
-        case 'b': vmstate = true; break;
-        case 'c': compressed = true; break;
-        case 'C': csv = true; break;
-        case 'f': flags |= REQ_FUA; break;
-        case 'n': flags |= REQ_NO_FALLBACK; break;
-        case 'P':
-          pattern = parsePattern(session, item.value);
-          if (pattern === undefined) return -1;
-          break;
-        case 'q': quiet = true; break;
-        case 's': sourceFile = item.value; break;
-        case 'u': flags |= REQ_MAY_UNMAP; break;
-        case 'z': zeroes = true; break;
-        // 'p' is accepted and ignored.
-      }
-    }
+    const parsed = parseWriteOptions(session, writeCommand, argv, 'bcCfnpP:qs:uz');
+    if (typeof parsed === 'number') return parsed;
+    const { options: { vmstate, compressed, csv, quiet, zeroes, flags, pattern, sourceFile }, operands } = parsed;
     if (operands.length !== 2) return usage(session, writeCommand);
     if (vmstate && zeroes) {
       session.print('-b and -z cannot be specified at the same time');
@@ -148,30 +172,12 @@ export const writevCommand: IoCommand = {
 
 `,
   async run(session, argv) {
-    let csv = false;
-    let quiet = false;
-    let flags = 0;
-    let pattern = WRITE_FILL;
-    const { items, operands } = getopt(argv, { short: 'CfqP:' });
-    for (const item of items) {
-      if (item.kind === 'error') return badOption(session, writevCommand, item.message);
-      switch (item.key) {
-        case 'C': csv = true; break;
-        case 'f': flags |= REQ_FUA; break;
-        case 'q': quiet = true; break;
-        case 'P': {
-          const parsed = parsePattern(session, item.value);
-          if (parsed === undefined) return -1;
-          pattern = parsed;
-          break;
-        }
-      }
-    }
-    if (operands.length < 2) return usage(session, writevCommand);
-    const offset = parseNum(session, operands[0]);
-    if (offset === undefined) return -1;
-    const count = parseVectorLength(session, operands.slice(1));
-    if (count === undefined) return -1;
+    const parsed = parseWriteOptions(session, writevCommand, argv, 'CfqP:');
+    if (typeof parsed === 'number') return parsed;
+    const { csv, quiet, flags, pattern = WRITE_FILL } = parsed.options;
+    const request = parseVectorRequest(session, writevCommand, parsed.operands);
+    if (typeof request === 'number') return request;
+    const { offset, count } = request;
     const buf = allocBuffer(session, count, pattern);
     const start = process.hrtime.bigint();
     try {
