@@ -11,6 +11,7 @@ import { BdrvChild, type ChildParent } from './child.js';
 import {
   ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_IMAGE, ROLE_METADATA, type BlockDriver, type OptionSpecs, type ParsedOptions,
 } from './driver.js';
+import { qemuFilename } from './filename.js';
 import { BlockNode, type DetectZeroes } from './node.js';
 import { PERM_CONSISTENT_READ, PERM_ALL, refreshPermissions, type PermPair } from './permissions.js';
 
@@ -286,6 +287,7 @@ export class BlockLayer {
       node.forceShare = generic.forceShare;
       node.noFlush = generic.noFlush;
       node.openOptions = { driver: driver.name, ...explicit };
+      node.givenOptions = { ...options };
       if (protocol && typeof effective.filename === 'string') node.filename = effective.filename;
       else if (givenFilename !== undefined) node.filename = givenFilename;
       // The name is taken before the driver opens the other children, as in QEMU.
@@ -306,7 +308,7 @@ export class BlockLayer {
           ? `Block protocol '${driver.name}' doesn't support the option '${leftover}'`
           : `Block format '${driver.name}' does not support the option '${leftover}'`);
       }
-      if (!node.filename) node.filename = node.filteredChild?.node.filename ?? node.file?.node.filename ?? '';
+      node.filename = qemuFilename(node);
       inheritLimits(node);
       refreshPermissions(new Map(), [node]);
       return node;

@@ -57,6 +57,8 @@ export class BlockNode<S = unknown> {
   filename = '';
   /** The options the node was opened with, minus children, for `json:` names and `blkio graph`. */
   openOptions: FlatOptions = {};
+  /** Every option given for the node (children's included), values as given: QEMU's bs->options. */
+  givenOptions: FlatOptions = {};
   closed = false;
   /** Backing file name and format as the image header records them (COW formats). */
   backingFile = '';
