@@ -5,7 +5,7 @@
  */
 import { BlkioError } from '../errors.js';
 import type { FlatOptions, OptionScalar, OptionTree } from '../options/types.js';
-import { extractPrefix, isJsonFilename, parseJsonFilename, qdictCopy, qdictKeyOrder, toQemuJson } from '../options/json.js';
+import { extractPrefix, isJsonFilename, parseJsonFilename, qdictCopy, qdictKeyOrder } from '../options/json.js';
 import { parseBool, parseNumber, parseSizeOption, qemuOptsValue } from '../options/qemuopts.js';
 import { BdrvChild, type ChildParent } from './child.js';
 import {
@@ -123,8 +123,11 @@ export class BlockLayer {
   readonly objects = new Map<string, unknown>();
   /** Lines drivers print on stdout as QEMU does (blkdebug's breakpoint messages). */
   print: (line: string) => void = (line) => console.log(line);
-  /** QAPI events QEMU sends to a QMP monitor (QUORUM_REPORT_BAD, ...): by default a JSON line on stderr. */
-  emitEvent: (event: OptionTree) => void = (event) => console.error(toQemuJson(event));
+  /**
+   * QAPI events QEMU sends to a QMP monitor (QUORUM_REPORT_BAD, ...). qemu-io and qemu-img have
+   * no monitor, so by default they go nowhere; `blkio io --events` prints each as a JSON line.
+   */
+  emitEvent: (event: OptionTree) => void = () => {};
   /**
    * Ends the program from inside the block layer, as QEMU's exit(1) in blkverify and quorum's
    * blkverify mode does: the message on stderr, exit status 1. Tests replace it with a throw.

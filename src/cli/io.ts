@@ -5,13 +5,14 @@
  *
  * blkio extensions: `--blockdev DEF` (repeatable) and `--drive STR` (also `-drive`) build a
  * graph; without an image argument the commands act on `--node NAME`, else on the last drive,
- * else on the last blockdev.
+ * else on the last blockdev. `--events` prints the QAPI events QEMU would send to a monitor
+ * (quorum's findings) as JSON lines on stderr.
  */
 import { StringDecoder } from 'node:string_decoder';
 import { BlockLayer } from '../block/graph.js';
 import { createObject } from '../block/objects.js';
 import { allDrivers } from '../drivers/index.js';
-import { isTree, parseQemuJson } from '../options/json.js';
+import { isTree, parseQemuJson, toQemuJson } from '../options/json.js';
 import { parseKeyval } from '../options/keyval.js';
 import type { FlatOptions, OptionTree } from '../options/types.js';
 import { getopt, type GetoptSpec, type LongOption } from '../commands/io/getopt.js';
@@ -44,6 +45,7 @@ const LONG_OPTIONS: readonly LongOption[] = [
   { name: 'blockdev', hasArg: true, key: 'blockdev' },
   { name: 'drive', hasArg: true, key: 'drive' },
   { name: 'node', hasArg: true, key: 'node' },
+  { name: 'events', hasArg: false, key: 'events' },
 ];
 
 const PROGRAM_SPEC: GetoptSpec = { short: 'hVc:d:f:rsnCmki:t:T:U', long: LONG_OPTIONS, singleDashLong: ['drive'] };
@@ -140,6 +142,7 @@ function parseProgramOptions(session: IoSession, argv: string[], spec: GetoptSpe
       case 'blockdev': result.blockdevs.push(item.value); break;
       case 'drive': result.drives.push(item.value); break;
       case 'node': result.node = item.value; break;
+      case 'events': session.layer.emitEvent = (event) => console.error(toQemuJson(event)); break;
       case 'object':
         try {
           createObject(session.layer, objectDefinition(item.value));
