@@ -96,7 +96,7 @@ const MAX_SIZE = 64 * 1024 * 1024;
  * The backing chain below `top`, bottom first: 1-3 layers when the top has a backing file,
  * each with its own geometry and a size near the top's (reads past a shorter layer's end see
  * zeroes), the bottom one sometimes raw. Drawn from a stream of its own, so that the top
- * image and its operations stay what older versions of the fuzzer made of the same seed.
+ * image and its operations do not depend on the chain.
  */
 function chooseChain(rnd: () => number, top: Layer, dir: string): BackingLayer[] {
   if (!top.backing) return [];
