@@ -9,7 +9,7 @@ import { BlockBackend } from '../block/backend.js';
 import type { BlockLayer } from '../block/graph.js';
 import type { BlockNode } from '../block/node.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../block/permissions.js';
-import { BLOCKDEV_OPTIONS } from '../block/blockdev-schema.js';
+import { BLOCKDEV_OPTIONS } from '../drivers/blockdev-schema.js';
 import { isJsonBlockdevArg, parseBlockdevArg } from '../options/keyval.js';
 import { visitQapiObject } from '../options/qapi-input.js';
 import { flattenTree } from '../options/json.js';

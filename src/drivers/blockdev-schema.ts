@@ -6,6 +6,7 @@
  * are checked too. Other drivers' members go unchecked (the block layer then refuses the driver).
  */
 import type { QapiAlternate, QapiEnum, QapiMember, QapiObject } from '../options/qapi-input.js';
+import { BLKDEBUG_EVENTS } from './blkdebug.js';
 
 const enumOf = (...values: string[]): QapiEnum => ({ kind: 'enum', values });
 const optional = (name: string, type: QapiMember['type']): QapiMember => ({ name, type, optional: true });
@@ -18,17 +19,6 @@ const BLOCKDEV_DRIVERS = [
   'qcow2', 'qed', 'quorum', 'raw', 'rbd', 'replication', 'ssh', 'throttle', 'vdi', 'vhdx', 'vmdk', 'vpc', 'vvfat',
 ];
 
-const BLKDEBUG_EVENTS = [
-  'l1_update', 'l1_grow_alloc_table', 'l1_grow_write_table', 'l1_grow_activate_table', 'l2_load', 'l2_update',
-  'l2_update_compressed', 'l2_alloc_cow_read', 'l2_alloc_write', 'read_aio', 'read_backing_aio', 'read_compressed',
-  'write_aio', 'write_compressed', 'vmstate_load', 'vmstate_save', 'cow_read', 'cow_write', 'reftable_load',
-  'reftable_grow', 'reftable_update', 'refblock_load', 'refblock_update', 'refblock_update_part', 'refblock_alloc',
-  'refblock_alloc_hookup', 'refblock_alloc_write', 'refblock_alloc_write_blocks', 'refblock_alloc_write_table',
-  'refblock_alloc_switch_table', 'cluster_alloc', 'cluster_alloc_bytes', 'cluster_free', 'flush_to_os',
-  'flush_to_disk', 'pwritev_rmw_head', 'pwritev_rmw_after_head', 'pwritev_rmw_tail', 'pwritev_rmw_after_tail',
-  'pwritev', 'pwritev_zero', 'pwritev_done', 'empty_image_prepare', 'l1_shrink_write_table',
-  'l1_shrink_free_l2_clusters', 'cor_write', 'cluster_alloc_space', 'none',
-];
 
 /** The whole union; its variants refer back to it through BlockdevRef. */
 export const BLOCKDEV_OPTIONS: QapiObject = {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BLOCKDEV_OPTIONS } from '../../../src/block/blockdev-schema.js';
+import { BLOCKDEV_OPTIONS } from '../../../src/drivers/blockdev-schema.js';
 import { parseBlockdevArg } from '../../../src/options/keyval.js';
 import { visitQapiObject } from '../../../src/options/qapi-input.js';
 
