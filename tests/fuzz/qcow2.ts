@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlockBackend } from '../../src/block/backend.js';
 import { BlockLayer } from '../../src/block/graph.js';
+import type { BlockNode } from '../../src/block/node.js';
 import { REQ_MAY_UNMAP } from '../../src/block/flags.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../../src/block/permissions.js';
 import { allDrivers } from '../../src/drivers/index.js';
@@ -376,52 +377,62 @@ function firstMapDifference(qemu: MapEntry[], ours: MapEntry[]): string | undefi
   return i < qemu.length || j < ours.length ? `the maps end differently (qemu-img at ${qemu.at(-1)?.start}, blkio at ${pos})` : undefined;
 }
 
-/** The guest view of a chain QEMU wrote must read through blkio exactly as `expected` and map like `qemu-img map`. */
-async function readBackProblems(image: string, expected: Uint8Array): Promise<string[]> {
-  const problems: string[] = [];
+/** Runs `body` on a qcow2 image QEMU wrote, opened read-only in blkio (in check mode for a check). */
+async function inBlkio<T>(image: string, body: (node: BlockNode) => Promise<T>, forCheck = false): Promise<T> {
   const layer = new BlockLayer(allDrivers);
+  layer.openForCheck = forCheck;
   try {
-    const node = await layer.openNode(image, { driver: 'qcow2', 'read-only': 'on' });
+    return await body(await layer.openNode(image, { driver: 'qcow2', 'read-only': 'on' }));
+  } finally {
+    await layer.closeAll();
+  }
+}
+
+/** The guest view of a chain QEMU wrote must read through blkio exactly as `expected`. */
+function readProblems(image: string, expected: Uint8Array): Promise<string[]> {
+  return inBlkio(image, async (node) => {
     const blk = BlockBackend.attach(node, PERM_CONSISTENT_READ, PERM_ALL);
     const buf = new Uint8Array(Math.min(READ_BACK_CHUNK, expected.length));
-    for (let offset = 0; offset < expected.length && problems.length === 0; offset += buf.length) {
-      const piece = buf.subarray(0, Math.min(buf.length, expected.length - offset));
-      await blk.read(offset, piece.length, piece);
-      const bad = piece.findIndex((b, k) => b !== expected[offset + k]);
-      if (bad >= 0) problems.push(`blkio reads byte ${offset + bad} of QEMU's image as ${piece[bad]}, QEMU as ${expected[offset + bad]}`);
+    try {
+      for (let offset = 0; offset < expected.length; offset += buf.length) {
+        const piece = buf.subarray(0, Math.min(buf.length, expected.length - offset));
+        await blk.read(offset, piece.length, piece);
+        const bad = piece.findIndex((b, k) => b !== expected[offset + k]);
+        if (bad >= 0) return [`blkio reads byte ${offset + bad} of QEMU's image as ${piece[bad]}, QEMU as ${expected[offset + bad]}`];
+      }
+      return [];
+    } finally {
+      blk.detach();
     }
+  });
+}
+
+/** The map of a qcow2 image QEMU wrote (through its whole chain) must be `qemu-img map`'s. */
+function mapProblems(image: string): Promise<string[]> {
+  return inBlkio(image, async (node) => {
     const ours: MapEntry[] = [];
-    for (let offset = 0; offset < expected.length;) {
-      const e = await mapEntryAt(node, offset, Math.min(MAP_PROBE_LIMIT, expected.length - offset));
+    for (let offset = 0; offset < node.getLength();) {
+      const e = await mapEntryAt(node, offset, Math.min(MAP_PROBE_LIMIT, node.getLength() - offset));
       ours.push(e);
       offset += e.length;
     }
     const qemu = JSON.parse(run('qemu-img', ['map', '--output=json', '-f', 'qcow2', image]).out) as MapEntry[];
     const difference = firstMapDifference(qemu, ours);
-    if (difference) problems.push(`map of QEMU's image: ${difference}`);
-    blk.detach();
-  } finally {
-    await layer.closeAll();
-  }
-  return problems;
+    return difference ? [`map of ${image}: ${difference}`] : [];
+  });
 }
 
 /** blkio's `img check --output=json` of a qcow2 image QEMU wrote must be qemu-img's, where qemu-img finds it clean. */
 async function checkProblems(image: string): Promise<string[]> {
   const qemu = run('qemu-img', ['check', '--output=json', image]);
   if (qemu.status !== 0) return [];
-  const layer = new BlockLayer(allDrivers);
-  layer.openForCheck = true;
-  try {
-    const node = await layer.openNode(image, { driver: 'qcow2', 'read-only': 'on' });
+  return inBlkio(image, async (node) => {
     const reports: string[] = [];
     const result = await node.driver.check!(node, undefined, (line) => reports.push(line));
     const ours = toQemuJson(toImageCheck(image, 'qcow2', result));
     if (reports.length === 0 && ours === qemu.out.trimEnd()) return [];
     return [`check of ${image}:\n  qemu-img: ${qemu.out.trimEnd()}\n  blkio: ${[...reports, ours].join('\n')}`];
-  } finally {
-    await layer.closeAll();
-  }
+  }, true);
 }
 
 /** The files and operations of a seed, for a message that lets the run be replayed by hand. */
@@ -508,9 +519,9 @@ export async function runSeed(seed: number, opCount = 40): Promise<SeedResult> {
     // The other way round: the chain QEMU wrote reads, maps and checks the same in blkio.
     // Where QEMU wrote its image wrong, blkio must read it as QEMU does, if QEMU can read it at all.
     const qemuReads = qemuWentWrong ? qemuView(ref, 'qcow2', dir) : model;
-    if (qemuReads) readBack = await readBackProblems(ref, qemuReads);
+    if (qemuReads) readBack = await readProblems(ref, qemuReads);
     for (const image of [...chain.filter((b) => b.layer.format === 'qcow2').map((b) => b.file), ref]) {
-      readBack.push(...await checkProblems(image));
+      readBack.push(...await mapProblems(image), ...await checkProblems(image));
     }
 
     if (ours.length === 0) {
