@@ -8,6 +8,7 @@ import type { BdrvChild } from './child.js';
 import type { BlockNode } from './node.js';
 import type { OpenContext } from './graph.js';
 import type { PermPair } from './permissions.js';
+import type { FlatOptions } from '../options/types.js';
 
 export type DriverKind = 'format' | 'protocol' | 'filter';
 
@@ -152,8 +153,24 @@ export interface BlockDriver<S = unknown> {
 
   open(node: BlockNode<S>, ctx: OpenContext): Promise<S>;
   close?(node: BlockNode<S>): Promise<void>;
-  /** Switch between read-only and read-write access (bdrv_reopen); `node.readOnly` is already updated. */
+  /**
+   * Switch between read-only and read-write access (bdrv_reopen); `node.readOnly` is already
+   * updated. Going read-only, the nodes below can still be written (the driver writes out
+   * what it caches); going read-write, they can be already.
+   */
   reopen?(node: BlockNode<S>): Promise<void>;
+  /**
+   * A reopen changes the driver's options (bdrv_reopen_prepare): `opts` are all of them as the
+   * node is to have them, parsed. Throw if they cannot apply; else return what applies them
+   * once the whole reopen is known to work. Without it a reopen may change none of them.
+   */
+  prepareReopen?(node: BlockNode<S>, opts: ParsedOptions): () => Promise<void>;
+  /**
+   * The driver options a reopen gives (`given`) merged with those the node has (`old`), as
+   * bdrv_join_options: by default the given ones win; a driver whose options depend on each
+   * other drops old ones that a new one replaces.
+   */
+  joinOptions?(given: FlatOptions, old: FlatOptions): FlatOptions;
 
   /**
    * The node's parents are about to take `perm` and share `shared` (cumulative): claim what

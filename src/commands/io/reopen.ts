@@ -7,8 +7,10 @@ import { ROLE_COW } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, refreshPermissions } from '../../block/permissions.js';
 import { isCacheMode } from '../../cli/open-image.js';
+import { parseDriverOptions } from '../../block/graph.js';
+import { qdictKeyOrder } from '../../options/json.js';
 import { parseBool, qemuOptsValue } from '../../options/qemuopts.js';
-import type { FlatOptions, OptionScalar } from '../../options/types.js';
+import type { FlatOptions } from '../../options/types.js';
 import { getopt } from './getopt.js';
 import { parseOptionString } from './open.js';
 import { badOption, usage, type IoCommand, type IoSession } from './session.js';
@@ -30,41 +32,108 @@ async function setReadOnly(root: BlockNode, readOnly: boolean): Promise<void> {
     throw new BlkioError('EPERM', `Read-only block node '${root.nodeName}' cannot support read-write users`);
   }
   const nodes = subtree(root).filter((n) => n.readOnly !== readOnly);
+  const reopenDrivers = async (order: BlockNode[]) => {
+    for (const n of order) await n.driver.reopen?.(n);
+  };
   for (const n of nodes) n.readOnly = readOnly;
   try {
+    // Top-down when giving up write access: a node writes out what it caches while the
+    // nodes below still take writes.
+    if (readOnly) await reopenDrivers(nodes);
     refreshPermissions(new Map(), [root]);
   } catch (e) {
     for (const n of nodes) n.readOnly = !readOnly;
+    if (readOnly) await reopenDrivers([...nodes].reverse());
     throw e;
   }
-  // Bottom-up: a node gains write access only after the storage it writes to.
-  for (const n of nodes.reverse()) await n.driver.reopen?.(n);
+  // Bottom-up when gaining it: a node writes only after the storage it writes to can.
+  if (!readOnly) await reopenDrivers([...nodes].reverse());
 }
 
 /** Options every node takes that a reopen may change. */
 const CHANGEABLE_BOOLS = ['auto-read-only', 'cache.direct', 'cache.no-flush'];
 const DISCARD_MODES: Record<string, boolean> = { off: false, ignore: false, on: true, unmap: true };
 const DETECT_ZEROES = ['off', 'on', 'unmap'];
+/** Children an option of the same name may refer to by node name. */
+const CHILD_REFERENCES = ['file', 'backing'];
+
+/** What a reopen request applies once every node's options were found acceptable. */
+type Commit = () => void | Promise<void>;
+
+/** The reopen options of each node: `child.key` options go to that child as `key`. */
+function optionsByNode(root: BlockNode, options: FlatOptions): Map<BlockNode, FlatOptions> {
+  const byNode = new Map<BlockNode, FlatOptions>([[root, {}]]);
+  for (const [key, value] of Object.entries(options)) {
+    let node = root;
+    let local = key;
+    for (let dot = local.indexOf('.'); dot > 0; dot = local.indexOf('.')) {
+      const child = node.child(local.slice(0, dot));
+      if (!child) break;
+      node = child.node;
+      local = local.slice(dot + 1);
+    }
+    if (!byNode.has(node)) byNode.set(node, {});
+    byNode.get(node)![local] = value;
+  }
+  return byNode;
+}
 
 /**
- * Check (and apply, for the few generic options that may change) one reopen option of `node`;
- * `child.key` options go to that child. Anything else must keep the value it has.
+ * Check one node's reopen options in QEMU's order (the generic ones, the driver's, child
+ * references, then whatever is left must keep its value) and queue what applies them.
  */
-function applyOption(node: BlockNode, key: string, value: OptionScalar): void {
-  const dot = key.indexOf('.');
-  const child = dot > 0 ? node.child(key.slice(0, dot)) : undefined;
-  if (child) return applyOption(child.node, key.slice(dot + 1), value);
-  const text = qemuOptsValue(value);
-  if (CHANGEABLE_BOOLS.includes(key)) {
-    parseBool(key, value);
-  } else if (key === 'discard') {
-    if (text === undefined || !Object.hasOwn(DISCARD_MODES, text)) throw new BlkioError('EINVAL', 'Invalid discard option');
-    node.discardUnmap = DISCARD_MODES[text];
-  } else if (key === 'detect-zeroes') {
-    if (text === undefined || !DETECT_ZEROES.includes(text)) throw new BlkioError('EINVAL', `invalid parameter value: ${text}`);
-    node.detectZeroes = text as BlockNode['detectZeroes'];
-  } else if (qemuOptsValue(node.openOptions[key] ?? null) !== text) {
-    throw new BlkioError('EINVAL', `Cannot change the option '${key}'`);
+function prepareNode(node: BlockNode, options: FlatOptions, commits: Commit[]): void {
+  const rest: FlatOptions = {};
+  for (const key of qdictKeyOrder(Object.keys(options))) {
+    const value = options[key];
+    const text = qemuOptsValue(value);
+    if (CHANGEABLE_BOOLS.includes(key)) {
+      parseBool(key, value);
+    } else if (key === 'discard') {
+      if (text === undefined || !Object.hasOwn(DISCARD_MODES, text)) throw new BlkioError('EINVAL', 'Invalid discard option');
+      commits.push(() => void (node.discardUnmap = DISCARD_MODES[text]));
+    } else if (key === 'detect-zeroes') {
+      if (text === undefined || !DETECT_ZEROES.includes(text)) throw new BlkioError('EINVAL', `invalid parameter value: ${text}`);
+      commits.push(() => void (node.detectZeroes = text as BlockNode['detectZeroes']));
+    } else {
+      rest[key] = value;
+    }
+  }
+  const driver = node.driver;
+  const driverKeys = Object.keys(rest).filter((key) => Object.hasOwn(driver.options, key));
+  if (driver.prepareReopen && driverKeys.length > 0) {
+    const given: FlatOptions = {};
+    for (const key of driverKeys) {
+      given[key] = rest[key];
+      delete rest[key];
+    }
+    // Options not given keep the values the node was opened (or last reopened) with.
+    const kept = Object.fromEntries(Object.entries(node.openOptions).filter(([key]) => Object.hasOwn(driver.options, key)));
+    const merged = driver.joinOptions ? driver.joinOptions(given, kept) : { ...kept, ...given };
+    const apply = driver.prepareReopen(node, parseDriverOptions(driver, { ...merged }));
+    commits.push(async () => {
+      await apply();
+      for (const key of Object.keys(kept)) delete node.openOptions[key];
+      Object.assign(node.openOptions, merged);
+    });
+  }
+  for (const role of CHILD_REFERENCES) {
+    const value = rest[role];
+    if (typeof value !== 'string') continue;
+    const target = node.layer.findNodeOrThrow(value);
+    if (target === node) {
+      throw new BlkioError('EINVAL', `Making '${node.nodeName}' a ${role} child of '${node.nodeName}' would create a cycle`);
+    }
+    if (node.child(role)?.node !== target) {
+      throw new BlkioError('ENOTSUP', `Replacing the ${role} child of '${node.nodeName}' in a reopen is not supported`);
+    }
+    delete rest[role];
+  }
+  for (const key of qdictKeyOrder(Object.keys(rest))) {
+    const current = key === 'node-name' ? (node.autoNamed ? null : node.nodeName) : node.openOptions[key] ?? null;
+    if (qemuOptsValue(current) !== qemuOptsValue(rest[key])) {
+      throw new BlkioError('EINVAL', `Cannot change the option '${key}'`);
+    }
   }
 }
 
@@ -72,11 +141,13 @@ function applyOption(node: BlockNode, key: string, value: OptionScalar): void {
 async function applyReopen(session: IoSession, options: FlatOptions, writethrough: boolean): Promise<void> {
   const node = session.node;
   let readOnly = node.readOnly;
-  for (const [key, value] of Object.entries(options)) {
-    if (key === 'read-only') readOnly = parseBool(key, value);
-    else applyOption(node, key, value);
-  }
+  const rest = { ...options };
+  if (rest['read-only'] !== undefined) readOnly = parseBool('read-only', rest['read-only']);
+  delete rest['read-only'];
+  const commits: Commit[] = [];
+  for (const [target, nodeOptions] of optionsByNode(node, rest)) prepareNode(target, nodeOptions, commits);
   if (readOnly !== node.readOnly) await setReadOnly(session.blk.node, readOnly);
+  for (const commit of commits) await commit();
   session.image!.writethrough = writethrough;
 }
 
@@ -130,8 +201,9 @@ export const reopenCommand: IoCommand = {
     }
     if (operands.length !== 0) return usage(session, reopenCommand);
     const blk = session.blk;
+    // A reopen waits for the requests in flight, as bdrv_reopen drains the node.
+    await session.drain();
     if (!writable) {
-      await session.drain();
       blk.setPerms(blk.root.perm & ~(PERM_WRITE | PERM_RESIZE), blk.root.shared);
     }
     if (options['read-only'] !== undefined) {

@@ -15,7 +15,7 @@ import {
   BACKING_FILE_MAX, COMPAT_LAZY_REFCOUNTS, COMPRESSION_NAMES, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, QCOW_MAGIC,
 } from './header.js';
 import { getHostOffset, getHostOffsetNow, SubclusterType, type HostMapping } from './mapping.js';
-import { loadState, markClean, OVERLAP_CHECKS, requireUsable, updateHeader } from './open.js';
+import { applyRuntimeOptions, loadState, markClean, OVERLAP_CHECKS, requireUsable, runtimeOptions, updateHeader } from './open.js';
 import { readGuest } from './read.js';
 import { writeCompressedGuest, writeGuest } from './write.js';
 import { discardGuest, writeZeroesGuest } from './zero.js';
@@ -139,6 +139,47 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   async discard(node, offset, bytes) {
     await requireUsable(node.state);
     await discardGuest(node.state, offset, bytes);
+  },
+
+  async reopen(node) {
+    const s = node.state;
+    if (node.readOnly && !s.readOnly) {
+      await requireUsable(s);
+      await s.lock.run(async () => {
+        await writeCaches(s);
+        await markClean(s);
+      });
+    }
+    s.readOnly = node.readOnly;
+  },
+
+  joinOptions(given, old) {
+    const kept = { ...old };
+    const isOverlapOption = (key: string) => key === 'overlap-check' || key.startsWith('overlap-check.');
+    // A new overlap template replaces every old overlap option, a new total cache size the old split.
+    if (given['overlap-check'] !== undefined || given['overlap-check.template'] !== undefined) {
+      for (const key of Object.keys(kept)) if (isOverlapOption(key)) delete kept[key];
+    }
+    if (given['cache-size'] !== undefined) {
+      delete kept['l2-cache-size'];
+      delete kept['refcount-cache-size'];
+    }
+    // QEMU 7.2 keeps an old total cache size only when it is given again.
+    delete kept['cache-size'];
+    return { ...kept, ...given };
+  },
+
+  prepareReopen(node, opts) {
+    const s = node.state;
+    const runtime = runtimeOptions(s, opts, node.discardUnmap);
+    return () => s.lock.run(async () => {
+      if (!s.readOnly) {
+        // The caches are replaced: what they hold is written first.
+        await writeCaches(s);
+        if (s.lazyRefcounts && !runtime.lazyRefcounts) await markClean(s);
+      }
+      applyRuntimeOptions(s, runtime);
+    });
   },
 
   async flush(node) {

@@ -153,7 +153,7 @@ export function runtimeOptions(s: Pick<Qcow2State, 'clusterSize' | 'size' | 'l2E
 }
 
 /** Apply runtime options to the state (caches are created here). */
-function applyRuntimeOptions(s: Qcow2State, r: RuntimeOptions): void {
+export function applyRuntimeOptions(s: Qcow2State, r: RuntimeOptions): void {
   s.l2SliceSize = r.l2CacheEntrySize / s.l2EntrySize;
   s.l2Cache = new TableCache(s.file, r.l2CacheEntrySize, r.l2CacheEntries, 'l2_update');
   s.refcountCache = new TableCache(s.file, s.clusterSize, r.refcountCacheClusters, 'refblock_update_part');
