@@ -14,13 +14,13 @@ import type { BlockNode } from '../block/node.js';
 import type { FlatOptions } from '../options/types.js';
 import { RateLimit } from './rate-limit.js';
 
-export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
-export const DEFAULT_IN_FLIGHT = 8;
+export const DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024;
+export const DEFAULT_IN_FLIGHT = 4;
 
 export interface JobOptions {
-  /** Bytes per request (default 1 MiB). */
+  /** Bytes per request (default 2 MiB). */
   chunkSize?: number;
-  /** Requests in flight at once (default 8). */
+  /** Requests in flight at once (default 4). */
   inFlight?: number;
   /** Bytes per second to stay under (qemu-img's `-r`); unlimited when absent or 0. */
   rateLimit?: number;
