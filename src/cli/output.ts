@@ -23,13 +23,13 @@ interface StdioTarget {
 const stdoutTarget: StdioTarget = { fd: 1, stream: () => process.stdout, broken: false };
 const stderrTarget: StdioTarget = { fd: 2, stream: () => process.stderr, broken: false };
 
-function writeTo(target: StdioTarget, text: string): void {
+function writeTo(target: StdioTarget, output: string | Uint8Array): void {
   if (target.broken) return;
   if (target.viaStream) {
-    target.viaStream.write(text);
+    target.viaStream.write(output);
     return;
   }
-  let data = Buffer.from(text);
+  let data = typeof output === 'string' ? Buffer.from(output) : output;
   while (data.length > 0) {
     try {
       data = data.subarray(writeSync(target.fd, data));
@@ -49,6 +49,11 @@ function writeTo(target: StdioTarget, text: string): void {
 
 export function writeStdout(text: string): void {
   writeTo(stdoutTarget, text);
+}
+
+/** Bytes to stdout (large outputs encoded by the caller); blocks until a pipe took them. */
+export function writeStdoutBytes(bytes: Uint8Array): void {
+  writeTo(stdoutTarget, bytes);
 }
 
 export function writeStderr(text: string): void {

@@ -5,7 +5,6 @@
  * down (filters skipped) until one knows the data or zero state, and records which layer
  * (depth) and host file answered. Neighbouring extents with equal state merge.
  */
-import { once } from 'node:events';
 import { BlkioError } from '../../errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { STATUS_ALLOCATED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../block/flags.js';
@@ -16,6 +15,7 @@ import {
 import { nodeBlockStatus, nodeBlockStatusNow } from '../../block/io.js';
 import type { BlockStatusResult } from '../../block/driver.js';
 import { printHelp } from './help.js';
+import { writeStdoutBytes } from '../../cli/output.js';
 
 export interface MapEntry {
   start: number;
@@ -175,14 +175,12 @@ const MAX_DECIMAL_DIGITS = 16;
 
 /**
  * Output encoded straight into byte chunks: no per-line strings to concatenate, flatten and
- * encode again. A full chunk goes to stdout; caughtUp() then tells whether to wait for a slow
- * reader (a pipe).
+ * encode again. A full chunk goes to stdout at once (a slow reader holds the walk up, as it
+ * does qemu-img's; a closed one drops the output).
  */
 class ChunkedOutput {
   private chunk = Buffer.allocUnsafe(OUTPUT_CHUNK);
   private used = 0;
-  /** A chunk went to a reader (a pipe) that has not taken it yet. */
-  readerBehind = false;
 
   bytes(bytes: Uint8Array): void {
     this.makeRoom(bytes.length);
@@ -214,13 +212,6 @@ class ChunkedOutput {
     } while (n > 0);
   }
 
-  /** A promise when a reader is behind: wait for it before adding more. */
-  caughtUp(): Promise<unknown> | undefined {
-    if (!this.readerBehind) return undefined;
-    this.readerBehind = false;
-    return once(process.stdout, 'drain');
-  }
-
   flush(): void {
     if (this.used === 0) return;
     const full = this.chunk.subarray(0, this.used);
@@ -234,7 +225,7 @@ class ChunkedOutput {
   }
 
   private send(bytes: Uint8Array): void {
-    if (!process.stdout.write(bytes)) this.readerBehind = true;
+    writeStdoutBytes(bytes);
   }
 }
 
@@ -273,11 +264,11 @@ class MapPrinter {
 }
 
 /**
- * Map and print extents up to `length` for as long as the metadata is cached and the reader
- * keeps up. A plain loop (no await in it) is what V8 optimises soonest: most of a map's time.
+ * Map and print extents up to `length` for as long as the metadata is cached. A plain loop
+ * (no await in it) is what V8 optimises soonest: most of a map's time.
  */
-function mapWhileCached(node: BlockNode, printer: MapPrinter, out: ChunkedOutput, length: number): void {
-  for (let offset = printer.end; offset < length && !out.readerBehind; offset = printer.end) {
+function mapWhileCached(node: BlockNode, printer: MapPrinter, length: number): void {
+  for (let offset = printer.end; offset < length; offset = printer.end) {
     const next = mapEntryNow(node, offset, Math.min(PROBE_LIMIT, length - offset));
     if (!next) return;
     printer.add(next);
@@ -291,9 +282,7 @@ async function dumpMap(node: BlockNode, output: OutputFormat, startOffset: numbe
   const printer = new MapPrinter(out, output, startOffset);
   try {
     for (;;) {
-      mapWhileCached(node, printer, out, length);
-      const readerBehind = out.caughtUp();
-      if (readerBehind) await readerBehind;
+      mapWhileCached(node, printer, length);
       const offset = printer.end;
       if (offset >= length) break;
       let next: MapEntry;
