@@ -101,17 +101,22 @@ function checkRange(offset: number, bytes: number): void {
 
 /** Cluster and subcluster size, from the node or the child a filter passes through to ({} if unknown). */
 export function nodeInfo(node: BlockNode): DriverInfo {
+  return nodeInfoIfAny(node) ?? {};
+}
+
+/** bdrv_get_info: undefined when no driver on the way has information (ENOTSUP: raw over null-co). */
+export function nodeInfoIfAny(node: BlockNode): DriverInfo | undefined {
   for (let n: BlockNode | undefined = node; n; n = n.filteredChild?.node) {
     if (n.driver.getInfo) {
       try {
         return n.driver.getInfo(n);
       } catch {
-        return {};
+        return undefined;
       }
     }
     if (!n.isFilter) break;
   }
-  return {};
+  return undefined;
 }
 
 /** Fire a debug event; await it to let a blkdebug breakpoint suspend the request that fired it. */

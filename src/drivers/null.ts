@@ -35,6 +35,8 @@ function nullDriver(name: 'null-co' | 'null-aio'): BlockDriver<NullState> {
       return { size: ctx.opts.size as number, latencyMs: latency / 1e6, readZeroes: ctx.opts['read-zeroes'] as boolean };
     },
     getLength: (node) => node.state.size,
+    // Nothing is stored anywhere: `disk size: 0 B`, as QEMU reports it.
+    allocatedSize: () => Promise.resolve(0),
     supportedWriteFlags: () => REQ_FUA,
     async read(node, _offset, bytes, buf) {
       await delay(node.state);

@@ -95,8 +95,6 @@ export const rawDriver: BlockDriver<RawState> = {
 
   getLength: (node) => node.state.size ?? node.state.file.getLength() - node.state.offset,
 
-  allocatedSize: (node) => node.state.file.node.driver.allocatedSize?.(node.state.file.node) ?? Promise.resolve(undefined),
-
   async read(node, offset, bytes, buf, flags) {
     await debugEvent(node.state.file.node, 'read_aio');
     return node.state.file.read(window(node.state, offset, bytes, false), bytes, buf, flags);

@@ -8,7 +8,7 @@
 import { BlkioError } from '../../errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { ROLE_COW } from '../../block/driver.js';
-import { nodeInfo } from '../../block/io.js';
+import { nodeInfoIfAny } from '../../block/io.js';
 import { resolveBackingFilename } from '../../block/graph.js';
 import { sizeToStr } from '../../options/size.js';
 import {
@@ -34,9 +34,13 @@ export interface ImageInfo {
   'format-specific'?: { type: string; data: Record<string, unknown> };
 }
 
-/** Bytes a node occupies on its storage: the driver's answer, else the sum over its data children. */
+/**
+ * Bytes a node occupies on its storage: the driver's answer; else unknown for protocols (their
+ * data is not in their children: blkdebug, blkverify), else the sum over the data children.
+ */
 export async function allocatedSize(node: BlockNode): Promise<number | undefined> {
   if (node.driver.allocatedSize) return node.driver.allocatedSize(node);
+  if (node.driver.kind === 'protocol') return undefined;
   let sum: number | undefined;
   for (const child of node.children) {
     if (child.role & ROLE_COW) continue;
@@ -50,8 +54,8 @@ export async function allocatedSize(node: BlockNode): Promise<number | undefined
 export async function queryImageInfo(node: BlockNode): Promise<ImageInfo> {
   const info: ImageInfo = { filename: node.filename, format: node.driver.name, 'virtual-size': node.getLength() };
   info['actual-size'] = await allocatedSize(node);
-  if (node.driver.getInfo) {
-    const di = nodeInfo(node);
+  const di = node.driver.getInfo ? nodeInfoIfAny(node) : undefined;
+  if (di) {
     if (di.clusterSize) info['cluster-size'] = di.clusterSize;
     info['dirty-flag'] = di.isDirty ?? false;
   }
