@@ -31,10 +31,10 @@ export function defaultOpenMode(): OpenMode {
 }
 
 /** Cache modes that bypass the host page cache (cache.direct=on). */
-const DIRECT_CACHE_MODES = ['none', 'off', 'directsync'];
+export const DIRECT_CACHE_MODES = ['none', 'off', 'directsync'];
 
 const DISCARD_MODES = ['off', 'ignore', 'on', 'unmap'];
-const AIO_MODES = ['threads', 'native', 'io_uring'];
+export const AIO_MODES = ['threads', 'native', 'io_uring'];
 
 /**
  * Apply one open-mode option letter (shared by the program and `open`); returns the error
@@ -80,7 +80,7 @@ export function parseOptionString(session: IoSession, text: string, into: FlatOp
 }
 
 /** Whether the graph below `node` reads host files (QEMU's native AIO applies to those). */
-function usesHostFiles(node: BlockNode): boolean {
+export function usesHostFiles(node: BlockNode): boolean {
   return node.driver.name === 'file' || node.children.some((edge) => usesHostFiles(edge.node));
 }
 

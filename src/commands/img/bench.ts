@@ -1,0 +1,185 @@
+/**
+ * `blkio img bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename`
+ *
+ * Sends `count` reads (or writes of the pattern byte) of one buffer size, `depth` of them in
+ * flight at a time, at offsets that advance by the step and wrap at the image's end; with a
+ * flush interval, a flush after every so many completed requests (the queue drained first
+ * unless --no-drain). Prints the run's wall time.
+ */
+import { BlkioError, toBlkioError } from '../../errors.js';
+import type { BlockBackend } from '../../block/backend.js';
+import { PROGRAM } from '../../cli/run.js';
+import { formatFixed, scanUnsigned } from '../../options/size.js';
+import { isCacheMode } from '../../cli/open-image.js';
+import { AIO_MODES, DIRECT_CACHE_MODES, usesHostFiles } from '../io/open.js';
+import {
+  badOption, ExitStatus, imgCvtnum, newLayer, openImg, runSubcommand, UsageError, writeErr, writeOut,
+} from './common.js';
+import { scanArgs } from './getopt.js';
+import { printHelp } from './help.js';
+
+const INT_MAX = 2 ** 31 - 1;
+
+interface BenchParams {
+  count: number;
+  depth: number;
+  offset: number;
+  bufferSize: number;
+  step: number;
+  write: boolean;
+  pattern: number;
+  flushInterval: number;
+  drainOnFlush: boolean;
+}
+
+/** qemu_strtoul (base 0, whole string) limited to `max`; undefined when invalid. */
+function parseUlong(text: string, max: number): number | undefined {
+  const scanned = scanUnsigned(text, 0);
+  if (!scanned || scanned.end !== text.length || scanned.overflow) return undefined;
+  // A negative number wraps around to a huge unsigned one; only -0 stays in range.
+  if (scanned.value > BigInt(max) || (scanned.negative && scanned.value !== 0n)) return undefined;
+  return Number(scanned.value);
+}
+
+function ulongOption(text: string, max: number, error: string): number {
+  const value = parseUlong(text, max);
+  if (value === undefined) throw new BlkioError('EINVAL', error);
+  return value;
+}
+
+export function imgBench(argv: string[]): Promise<number> {
+  return runSubcommand(async () => {
+    const { options, operands } = scanArgs('bench', argv, ':hc:d:f:ni:o:qs:S:t:wU', [
+      { name: 'help', hasArg: false, key: 'h' },
+      { name: 'flush-interval', hasArg: true, key: 'flush-interval' },
+      { name: 'image-opts', hasArg: false, key: 'image-opts' },
+      { name: 'pattern', hasArg: true, key: 'pattern' },
+      { name: 'no-drain', hasArg: false, key: 'no-drain' },
+      { name: 'force-share', hasArg: false, key: 'U' },
+    ]);
+    const params: BenchParams = {
+      count: 75000, depth: 64, offset: 0, bufferSize: 4096, step: 0, write: false, pattern: 0, flushInterval: 0, drainOnFlush: true,
+    };
+    let format: string | undefined;
+    let imageOpts = false;
+    let forceShare = false;
+    let nativeAio = false;
+    let cache: string | undefined;
+    for (const item of options) {
+      switch (item.key) {
+        case 'h': return printHelp();
+        case 'c': params.count = ulongOption(item.value, INT_MAX, 'Invalid request count specified'); break;
+        case 'd': params.depth = ulongOption(item.value, INT_MAX, 'Invalid queue depth specified'); break;
+        case 'f': format = item.value; break;
+        case 'n': nativeAio = true; break;
+        case 'i':
+          if (!AIO_MODES.includes(item.value)) throw new BlkioError('EINVAL', `Invalid aio option: ${item.value}`);
+          nativeAio = item.value === 'native';
+          break;
+        case 'o': params.offset = imgCvtnum('offset', item.value); break;
+        case 'q': break;
+        case 's': params.bufferSize = imgCvtnum('buffer size', item.value, 0, BigInt(INT_MAX)); break;
+        case 'S': params.step = imgCvtnum('step_size', item.value, 0, BigInt(INT_MAX)); break;
+        case 't':
+          if (!isCacheMode(item.value)) throw new BlkioError('EINVAL', 'Invalid cache mode');
+          cache = item.value;
+          break;
+        case 'w': params.write = true; break;
+        case 'U': forceShare = true; break;
+        case 'pattern': params.pattern = ulongOption(item.value, 0xff, 'Invalid pattern byte specified'); break;
+        case 'flush-interval': params.flushInterval = ulongOption(item.value, INT_MAX, 'Invalid flush interval specified'); break;
+        case 'no-drain': params.drainOnFlush = false; break;
+        case 'image-opts': imageOpts = true; break;
+        default: badOption(item);
+      }
+    }
+    if (operands.length !== 1) throw new UsageError('Expecting one image file name');
+    const filename = operands[0];
+    if (!params.write && params.flushInterval) throw new BlkioError('EINVAL', '--flush-interval is only available in write tests');
+    if (params.flushInterval && params.flushInterval < params.depth) throw new BlkioError('EINVAL', "Flush interval can't be smaller than depth");
+    // QEMU 7.2 waits forever for requests it never sends.
+    if (params.depth === 0 && params.count > 0) throw new BlkioError('EINVAL', 'Invalid queue depth specified');
+
+    const layer = newLayer();
+    try {
+      const blk = await openImg(layer, { filename, format, imageOpts, readOnly: !params.write, forceShare, cache });
+      // Linux native AIO needs O_DIRECT on the host files QEMU would open with it.
+      if (nativeAio && !DIRECT_CACHE_MODES.includes(cache ?? 'writeback') && usesHostFiles(blk.node)) {
+        throw new BlkioError('EINVAL', `Could not open '${filename}': aio=native was specified, but it requires cache.direct=on, which was not specified.`);
+      }
+      const step = params.step || params.bufferSize;
+      writeOut(
+        `Sending ${params.count} ${params.write ? 'write' : 'read'} requests, ${params.bufferSize} bytes each, ` +
+          `${params.depth} in parallel (starting at offset ${params.offset}, step size ${step})\n`,
+      );
+      if (params.flushInterval) writeOut(`Sending flush every ${params.flushInterval} requests\n`);
+      const start = process.hrtime.bigint();
+      await runBench(blk, { ...params, step });
+      const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+      writeOut(`Run completed in ${formatFixed(seconds, 3)} seconds.\n`);
+      return 0;
+    } finally {
+      await layer.closeAll();
+    }
+  });
+}
+
+/**
+ * The request queue: each completion counts one request done and refills the queue up to the
+ * depth, except when a flush is due; a draining flush waits for the queue to empty, and the
+ * requests after it start when it completes.
+ */
+function runBench(blk: BlockBackend, p: BenchParams): Promise<void> {
+  const buffer = new Uint8Array(p.bufferSize).fill(p.pattern);
+  const imageSize = blk.getLength();
+  let remaining = p.count;
+  let inFlight = 0;
+  let nextOffset = p.offset;
+  /** Requests and flushes not settled yet: after a failure the run ends when they have. */
+  let outstanding = 0;
+  let failed = false;
+  return new Promise((resolve, reject) => {
+    const settled = (): boolean => {
+      outstanding--;
+      if (failed && outstanding === 0) reject(new ExitStatus(1));
+      return !failed;
+    };
+    const fail = (what: string, e: unknown): void => {
+      // QEMU exits at the first failure: only that one is reported.
+      if (!failed) writeErr(`${PROGRAM}: ${what}: ${toBlkioError(e).strerror}\n`);
+      failed = true;
+      settled();
+    };
+    const track = (request: Promise<void>, then: () => void, what: string): void => {
+      outstanding++;
+      request.then(() => settled() && then(), (e) => fail(what, e));
+    };
+    const submit = (): void => {
+      while (remaining > inFlight && inFlight < p.depth) {
+        const offset = nextOffset;
+        inFlight++;
+        // An empty image leaves the offset where it is (QEMU divides by zero here).
+        nextOffset = imageSize ? (nextOffset + p.step) % imageSize : nextOffset;
+        track(p.write ? blk.write(offset, p.bufferSize, buffer) : blk.read(offset, p.bufferSize, buffer), completed, 'Failed request');
+      }
+    };
+    const completed = (): void => {
+      const due = remaining - inFlight;
+      remaining--;
+      inFlight--;
+      // The run ends with the last request, not with a flush that follows it.
+      if (remaining === 0) resolve();
+      if (p.flushInterval && due % p.flushInterval === 0) {
+        if (!p.drainOnFlush) {
+          track(blk.flush(), () => undefined, 'Failed flush request');
+        } else {
+          if (inFlight === 0) track(blk.flush(), submit, 'Failed request');
+          return;
+        }
+      }
+      submit();
+    };
+    if (remaining === 0) resolve();
+    submit();
+  });
+}
