@@ -95,10 +95,13 @@ export class Progress {
     }
   }
 
-  /** The work completed: the 100% line (human) or the done == total line (json), then a newline. */
-  finish(): void {
+  /**
+   * The work completed: the 100% line (human) or the done == total line (json), then a newline.
+   * `redrawFull`: draw the 100% line even when it is showing already, as qemu-img convert does.
+   */
+  finish({ redrawFull = false } = {}): void {
     if (this.mode === 'human') {
-      if (this.lastPercent !== 100) this.drawHuman(100);
+      if (redrawFull || this.lastPercent !== 100) this.drawHuman(100);
       this.out.write('\n');
       this.drewHuman = false;
     } else if (this.mode === 'json' && this.lastJsonDone !== this.total) {

@@ -190,7 +190,7 @@ export function imgConvert(argv: string[]): Promise<number> {
       try {
         progress.update(0, 0);
         await convert(layer, args, operands.slice(0, -1), outFilename, progress);
-        progress.finish();
+        progress.finish({ redrawFull: true });
       } finally {
         progress.dispose();
       }
