@@ -6,7 +6,6 @@
  * deflate implementation), zstd clusters are read with the pure-JS fzstd and none are written
  * (the caller stores the cluster uncompressed, as QEMU does when compression saves nothing).
  */
-import { Decompress } from 'fzstd';
 import { errno } from '../../errors.js';
 import { lazyBuiltin } from '../../lazy-builtin.js';
 import { nativeAddon } from '../../native-addon.js';
@@ -66,7 +65,7 @@ export async function decompressCluster(type: number, input: Uint8Array, out: Ui
   } else if (type === COMPRESSION_ZLIB) {
     await inflateWithNode(input, out);
   } else {
-    zstdDecompressWithFzstd(input, out);
+    await zstdDecompressWithFzstd(input, out);
   }
 }
 
@@ -93,7 +92,9 @@ async function inflateWithNode(input: Uint8Array, out: Uint8Array): Promise<void
 }
 
 /** Inflate a zstd stream until `out` is full; what follows in the input is never decoded. */
-function zstdDecompressWithFzstd(input: Uint8Array, out: Uint8Array): void {
+async function zstdDecompressWithFzstd(input: Uint8Array, out: Uint8Array): Promise<void> {
+  // Loaded on first use: building its tables cost every command ~0.3 ms at startup.
+  const { Decompress } = await import('fzstd');
   let filled = 0;
   const full = new Error('cluster complete');
   const stream = new Decompress((chunk) => {
