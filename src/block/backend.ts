@@ -10,6 +10,7 @@ import type { BlockNode } from './node.js';
 import { PERM_ALL } from './permissions.js';
 import { attachChild, detachChild, updateEdgePerms } from './graph.js';
 import { REQUEST_MAX_BYTES, REQ_ZERO_WRITE } from './flags.js';
+import { nodeVmState } from './io.js';
 
 export class BlockBackend implements ChildParent {
   readonly root: BdrvChild;
@@ -82,6 +83,15 @@ export class BlockBackend implements ChildParent {
 
   flush(): Promise<void> {
     return this.root.flush();
+  }
+
+  /** Write VM state at `pos` of the state stream (blk_save_vmstate; the caller flushes in writethrough mode). */
+  saveVmState(pos: number, bytes: number, buf: Uint8Array): Promise<void> {
+    return nodeVmState(this.node, 'saveVmState', pos, bytes, buf);
+  }
+
+  loadVmState(pos: number, bytes: number, buf: Uint8Array): Promise<void> {
+    return nodeVmState(this.node, 'loadVmState', pos, bytes, buf);
   }
 
   async truncate(size: number, exact: boolean, prealloc = 'off'): Promise<void> {

@@ -206,6 +206,12 @@ export interface BlockDriver<S = unknown> {
   /** The whole flush of the node and what is below it (quorum, blkverify), instead of the generic one. */
   flushAll?(node: BlockNode<S>): Promise<void>;
   truncate?(node: BlockNode<S>, size: number, exact: boolean, prealloc: string): Promise<void>;
+  /**
+   * VM state (bdrv_save_vmstate / bdrv_load_vmstate): bytes at `pos` of a separate stream kept
+   * beside the guest disk. A node without these passes the request to its primary child.
+   */
+  saveVmState?(node: BlockNode<S>, pos: number, bytes: number, buf: Uint8Array): Promise<void>;
+  loadVmState?(node: BlockNode<S>, pos: number, bytes: number, buf: Uint8Array): Promise<void>;
   blockStatus?(node: BlockNode<S>, offset: number, bytes: number): Promise<BlockStatusResult>;
   /**
    * blockStatus answered from memory without waiting (a cached mapping), or undefined when the

@@ -6,7 +6,7 @@
  */
 import { BlkioError, errno } from '../errors.js';
 import type { BdrvChild } from './child.js';
-import type { BlockStatusResult, DriverInfo } from './driver.js';
+import { ROLE_PRIMARY, type BlockStatusResult, type DriverInfo } from './driver.js';
 import type { BlockNode, TrackedRequest } from './node.js';
 import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, permNames } from './permissions.js';
 import {
@@ -393,6 +393,26 @@ export async function childTruncate(child: BdrvChild, size: number, exact: boole
   if (node.readOnly) throw new BlkioError('EACCES', 'Image is read-only');
   await node.driver.truncate(node, size, exact, prealloc);
   node.writeGeneration++;
+}
+
+// ---------------------------------------------------------------------------------------------
+// VM state
+
+type VmStateHook = 'saveVmState' | 'loadVmState';
+
+/** The node that keeps the VM state: the first down the primary children whose driver has the hook. */
+function vmStateNode(node: BlockNode, hook: VmStateHook): BlockNode {
+  for (let n: BlockNode | undefined = node; n; n = n.children.find((c) => c.role & ROLE_PRIMARY)?.node) {
+    if (n.driver[hook]) return n;
+  }
+  throw errno('ENOTSUP');
+}
+
+/** bdrv_save_vmstate / bdrv_load_vmstate: no permission checks or tracking, as in QEMU. */
+export async function nodeVmState(node: BlockNode, hook: VmStateHook, pos: number, bytes: number, buf: Uint8Array): Promise<void> {
+  checkRange(pos, bytes);
+  const target = vmStateNode(node, hook);
+  await target.driver[hook]!(target, pos, bytes, buf);
 }
 
 // ---------------------------------------------------------------------------------------------

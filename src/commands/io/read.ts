@@ -1,5 +1,5 @@
 /** `read` and `readv`: synchronous reads with pattern verification, hexdump and statistics. */
-import { errno, toBlkioError } from '../../errors.js';
+import { toBlkioError } from '../../errors.js';
 import { checkSectorAligned, parseNum, parsePattern, parseRange, parseVectorRequest } from './args.js';
 import { allocBuffer, matchesPattern, releaseBuffer } from './buffers.js';
 import { formatReport, hexdump } from './format.js';
@@ -161,9 +161,8 @@ export const readCommand: IoCommand = {
     const buf = allocBuffer(session, count, READ_FILL);
     const start = process.hrtime.bigint();
     try {
-      // No blkio driver keeps VM state (in QEMU only qcow2 does).
-      if (vmstate) throw errno('ENOTSUP');
-      await session.blk.read(offset, count, buf);
+      if (vmstate) await session.blk.loadVmState(offset, count, buf);
+      else await session.blk.read(offset, count, buf);
     } catch (e) {
       session.print(`read failed: ${toBlkioError(e).strerror}`);
       return -1;

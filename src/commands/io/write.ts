@@ -1,5 +1,5 @@
 /** `write` and `writev`: synchronous writes of a pattern, a file's bytes or zeroes. */
-import { errno, toBlkioError } from '../../errors.js';
+import { toBlkioError } from '../../errors.js';
 import { PERM_WRITE } from '../../block/permissions.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQUEST_MAX_BYTES } from '../../block/flags.js';
 import { checkSectorAligned, parseNum, parsePattern, parseVectorRequest } from './args.js';
@@ -134,9 +134,11 @@ export const writeCommand: IoCommand = {
     const blk = session.blk;
     const start = process.hrtime.bigint();
     try {
-      // No blkio driver keeps VM state (in QEMU only qcow2 does).
-      if (vmstate) throw errno('ENOTSUP');
-      if (zeroes) await blk.writeZeroes(offset, count, flags | session.writeFlags);
+      if (vmstate) {
+        await blk.saveVmState(offset, count, buf!);
+        // blk_save_vmstate flushes in writethrough mode, where other writes carry FUA.
+        if (session.writeFlags & REQ_FUA) await blk.flush();
+      } else if (zeroes) await blk.writeZeroes(offset, count, flags | session.writeFlags);
       else if (compressed) await blk.writeCompressed(offset, count, buf!);
       else await blk.write(offset, count, buf!, flags | session.writeFlags);
     } catch (e) {

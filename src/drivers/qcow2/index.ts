@@ -7,6 +7,7 @@
 import { BlkioError, toBlkioError } from '../../errors.js';
 import { ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type OptionSpecs } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
+import { debugEvent } from '../../block/io.js';
 import {
   REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO,
 } from '../../block/flags.js';
@@ -27,7 +28,7 @@ import { BITMAP_FLAG_AUTO, BITMAP_FLAG_IN_USE, readBitmapDirectory } from './bit
 import { amendImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { makeEmpty } from './empty.js';
 import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots, loadSnapshotTemporarily } from './snapshots.js';
-import { writeStderr, type Qcow2State } from './state.js';
+import { vmStateOffset, writeStderr, type Qcow2State } from './state.js';
 
 export type { Qcow2State } from './state.js';
 
@@ -136,6 +137,19 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     await writeCompressedGuest(node.state, offset, bytes, buf);
   },
 
+  // The VM state is guest data beyond the disk, mapped and allocated like any other.
+  async saveVmState(node, pos, bytes, buf) {
+    await requireUsable(node.state);
+    await debugEvent(node.state.file.node, 'vmstate_save');
+    await writeGuest(node.state, vmStateOffset(node.state) + pos, bytes, buf);
+  },
+
+  async loadVmState(node, pos, bytes, buf) {
+    await requireUsable(node.state);
+    await debugEvent(node.state.file.node, 'vmstate_load');
+    await readGuest(node.state, vmStateOffset(node.state) + pos, bytes, buf);
+  },
+
   async discard(node, offset, bytes) {
     await requireUsable(node.state);
     await discardGuest(node.state, offset, bytes);
@@ -215,7 +229,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     return {
       clusterSize: s.clusterSize,
       ...(s.extendedL2 ? { subclusterSize: s.subclusterSize } : {}),
-      vmStateOffset: s.l1VmStateIndex * 2 ** (s.clusterBits + s.l2Bits),
+      vmStateOffset: vmStateOffset(s),
       isDirty: (s.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n,
     };
   },

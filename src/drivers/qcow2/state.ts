@@ -183,6 +183,11 @@ export function startOfCluster(s: { clusterSize: number }, offset: number): numb
   return offset - (offset % s.clusterSize);
 }
 
+/** Where the VM state starts in guest address space: the first L1 entry past the virtual disk. */
+export function vmStateOffset(s: Qcow2State): number {
+  return s.l1VmStateIndex * 2 ** (s.clusterBits + s.l2Bits);
+}
+
 /** Entries the L1 table needs for `size` guest bytes. */
 export function sizeToL1(s: { clusterBits: number; l2Bits: number }, size: number): number {
   return Math.ceil(size / 2 ** (s.clusterBits + s.l2Bits));

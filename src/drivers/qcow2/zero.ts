@@ -147,7 +147,9 @@ export async function subclusterZeroize(s: Qcow2State, offset: number, bytes: nu
 
 /** Whether the whole range reads as zeroes through the backing chain (QEMU's is_zero). */
 export async function readsAsZero(node: BlockNode, offset: number, bytes: number): Promise<boolean> {
-  bytes = Math.min(bytes, Math.max(0, node.getLength() - offset));
+  // Past the end (VM state) there is no status to ask: the region must be copied.
+  if (offset > node.getLength()) return false;
+  bytes = Math.min(bytes, node.getLength() - offset);
   while (bytes > 0) {
     const { status, pnum } = await statusAbove(node, offset, bytes);
     if (!(status & STATUS_ZERO) || pnum === 0) return false;
