@@ -138,6 +138,8 @@ export class BlockLayer {
   };
   /** Images are opened for qemu-img check (QEMU's BDRV_O_CHECK): formats leave to the check what it reports itself. */
   openForCheck = false;
+  /** Images are opened only to describe them (QEMU's BDRV_O_NO_IO, qemu-img info): formats skip children they would only need for I/O. */
+  openWithoutIo = false;
   private readonly drivers = new Map<string, BlockDriver<any>>();
   private nameCounter = 0;
 

@@ -149,6 +149,7 @@ async function collectImageInfo(
     if (seen.has(filename)) throw new BlkioError('ELOOP', `Backing file '${filename}' creates an infinite loop.`);
     seen.add(filename);
     const layer = newLayer();
+    layer.openWithoutIo = true;
     try {
       const blk = await openImg(layer, { filename, format, imageOpts: opts, readOnly: true, forceShare, noBacking: true });
       const info = await queryImageInfo(blk.node);
