@@ -26,7 +26,7 @@ import { mapEntryAt, type MapEntry } from '../../src/commands/img/map.js';
 import { toQemuJson } from '../../src/commands/img/qjson.js';
 
 /** mulberry32: small, fast, reproducible. */
-function prng(seed: number): () => number {
+export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -73,7 +73,7 @@ export interface SeedResult {
   message?: string;
 }
 
-function pick<T>(rnd: () => number, items: readonly T[]): T {
+export function pick<T>(rnd: () => number, items: readonly T[]): T {
   return items[Math.floor(rnd() * items.length)];
 }
 
@@ -110,7 +110,7 @@ function chooseChain(rnd: () => number, top: Layer, dir: string): BackingLayer[]
     const layer: Layer = raw
       ? { ...geometry, format: 'raw', clusterSize: pick(rnd, [512, 4096, 65536]), size, backing: false }
       : { ...geometry, size, backing: i > 0 };
-    const ops = chooseOps(rnd, layer, 4 + Math.floor(rnd() * 16)).filter((op) => op.kind !== 'read');
+    const ops = chooseOps(rnd, layer, 4 + Math.floor(rnd() * 16), 4).filter((op) => op.kind !== 'read');
     chain.push({ layer, ops, file: join(dir, `layer${i}.${layer.format}`) });
   }
   return chain;
@@ -139,7 +139,12 @@ function randomRange(rnd: () => number, l: Layer): { offset: number; bytes: numb
   return { offset, bytes };
 }
 
-function chooseOps(rnd: () => number, l: Layer, count: number): Op[] {
+/**
+ * `maxCompressedClusters` above 1 lets a compressed write span several clusters: QEMU packs
+ * those in whatever order its threads finish, so only images nobody compares byte for byte
+ * (backing layers) get them.
+ */
+function chooseOps(rnd: () => number, l: Layer, count: number, maxCompressedClusters = 1): Op[] {
   const ops: Op[] = [];
   const touched = new Set<number>();
   const touch = (offset: number, bytes: number): void => {
@@ -158,12 +163,14 @@ function chooseOps(rnd: () => number, l: Layer, count: number): Op[] {
       ops.push({ kind: 'discard', offset, bytes });
       touch(offset, bytes);
     } else if (r < 0.75) {
-      // Compressed writes go to whole clusters nothing has touched yet.
+      // Compressed writes (qcow2 only) go to whole clusters nothing has touched yet.
       const cluster = Math.floor(rnd() * Math.ceil(l.size / l.clusterSize));
-      if (touched.has(cluster) || l.format === 'raw' || (l.backing && l.compat === '0.10')) continue;
+      const clusters = maxCompressedClusters > 1 ? 1 + Math.floor(rnd() * maxCompressedClusters) : 1;
       const start = cluster * l.clusterSize;
-      ops.push({ kind: 'compress', offset: start, bytes: Math.min(l.clusterSize, l.size - start), value: 1 + Math.floor(rnd() * 254) });
-      touch(start, 1);
+      const span = Math.min(clusters * l.clusterSize, l.size - start);
+      if (l.format === 'raw' || [...Array(clusters).keys()].some((k) => touched.has(cluster + k))) continue;
+      ops.push({ kind: 'compress', offset: start, bytes: span, value: 1 + Math.floor(rnd() * 254) });
+      touch(start, span);
     } else if (r < 0.95) {
       ops.push({ kind: 'read', offset, bytes });
     } else {
