@@ -141,8 +141,20 @@ function setLimits(cfg: ThrottleConfig, limits: OptionValue): void {
   }
 }
 
+/** The object's properties as `--object throttle-group,help` lists them: name and type. */
+export const THROTTLE_GROUP_PROPERTIES: ReadonlyArray<readonly [string, string]> = [
+  ['limits', 'ThrottleLimits'], ...[...TARGETS.keys()].map((key) => [`x-${key}`, 'int'] as const),
+];
+
 /** Build a group configuration from the object's properties (`qom-type` and `id` excluded). */
 export function throttleConfigFromProperties(props: OptionTree): ThrottleConfig {
+  const cfg = throttlePropertiesConfig(props);
+  validateThrottleConfig(cfg);
+  return cfg;
+}
+
+/** The configuration the properties set, not yet validated as a whole (QEMU checks that on completion). */
+export function throttlePropertiesConfig(props: OptionTree): ThrottleConfig {
   const cfg = unlimitedConfig();
   for (const [key, raw] of Object.entries(props)) {
     const legacy = key.startsWith('x-') ? TARGETS.get(key.slice(2)) : undefined;
@@ -150,7 +162,6 @@ export function throttleConfigFromProperties(props: OptionTree): ThrottleConfig 
     else if (legacy) setLegacyProperty(cfg, key, legacy, raw);
     else throw invalid(`Parameter '${key}' is unexpected`);
   }
-  validateThrottleConfig(cfg);
   return cfg;
 }
 

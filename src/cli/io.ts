@@ -10,11 +10,10 @@
  */
 import { StringDecoder } from 'node:string_decoder';
 import { BlockLayer } from '../block/graph.js';
-import { createObject } from '../block/objects.js';
+import { processObjectArg } from '../block/objects.js';
 import { allDrivers } from '../drivers/index.js';
-import { isTree, parseQemuJson, toQemuJson } from '../options/json.js';
-import { parseKeyval } from '../options/keyval.js';
-import type { FlatOptions, OptionTree } from '../options/types.js';
+import { toQemuJson } from '../options/json.js';
+import type { FlatOptions } from '../options/types.js';
 import { getopt, type GetoptSpec, type LongOption } from '../commands/io/getopt.js';
 import { IO_COMMANDS, IoSession, runArgv, runCommandLine } from '../commands/io/index.js';
 import { applyModeOption, defaultOpenMode, openFile, parseOptionString, type OpenMode } from '../commands/io/open.js';
@@ -108,13 +107,6 @@ function newSession(): IoSession {
   return session;
 }
 
-/** `--object`: keyval with the implied key `qom-type`, or JSON. */
-function objectDefinition(text: string): OptionTree {
-  if (!text.startsWith('{')) return parseKeyval(text, 'qom-type');
-  const value = parseQemuJson(text);
-  return isTree(value) ? value : {};
-}
-
 /** Read the program options in order, acting on each as qemu-io does (some exit at once). */
 function parseProgramOptions(session: IoSession, argv: string[], spec: GetoptSpec, usage: () => string): ProgramOptions | ProgramExit {
   const result: ProgramOptions = {
@@ -143,14 +135,20 @@ function parseProgramOptions(session: IoSession, argv: string[], spec: GetoptSpe
       case 'drive': result.drives.push(item.value); break;
       case 'node': result.node = item.value; break;
       case 'events': session.layer.emitEvent = (event) => console.error(toQemuJson(event)); break;
-      case 'object':
+      case 'object': {
+        let help: string | undefined;
         try {
-          createObject(session.layer, objectDefinition(item.value));
+          help = processObjectArg(session.layer, item.value);
         } catch (e) {
           session.reportError(e);
           return new ProgramExit(1);
         }
+        if (help !== undefined) {
+          session.write(help);
+          return new ProgramExit(0);
+        }
         break;
+      }
       default: {
         const error = applyModeOption(result.mode, item.key, item.value);
         if (error !== undefined) {
