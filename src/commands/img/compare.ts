@@ -29,14 +29,14 @@ interface Side {
   size: number;
 }
 
-/** Index of the first non-zero byte, or -1. */
+/** Start of the first 512-byte sector (or trailing partial sector) holding a non-zero byte, or -1. */
 export function findNonZero(buf: Uint8Array): number {
   const zeros = Buffer.alloc(Math.min(buf.length, 65536));
   for (let pos = 0; pos < buf.length; pos += zeros.length) {
     const n = Math.min(zeros.length, buf.length - pos);
     const piece = Buffer.from(buf.buffer, buf.byteOffset + pos, n);
     if (!piece.equals(zeros.subarray(0, n))) {
-      for (let i = 0; i < n; i++) if (piece[i] !== 0) return pos + i;
+      for (let i = 0; i < n; i++) if (piece[i] !== 0) return (pos + i) - ((pos + i) % SECTOR);
     }
   }
   return -1;

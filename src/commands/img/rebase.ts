@@ -184,16 +184,17 @@ async function readOrFail(blk: BlockBackend, offset: number, buf: Uint8Array, me
 /** bdrv_change_backing_file with qemu-img rebase's error texts. */
 async function changeBackingFile(image: BlockNode, backing: string | undefined, backingFormat: string | undefined): Promise<void> {
   const name = backing ?? '';
+  // Removing the backing file drops its format too, whatever -F said.
+  const format = name === '' ? '' : backingFormat;
   const fail = (reason: string): BlkioError => new BlkioError('EINVAL', `Could not change the backing file to '${backing ?? '(null)'}': ${reason}`);
-  if (name === '' && backingFormat !== undefined) throw fail('Invalid argument');
-  if (name !== '' && backingFormat === undefined) throw fail('backing format must be specified');
+  if (format === undefined) throw fail('backing format must be specified');
   if (!image.driver.changeBackingFile) throw fail('Operation not supported');
   try {
-    await image.driver.changeBackingFile(image, name, backingFormat ?? '');
+    await image.driver.changeBackingFile(image, name, format);
   } catch (e) {
     if (!(e instanceof BlkioError)) throw e;
     throw fail(e.code === 'ENOSPC' ? 'No space left in the file header' : e.strerror);
   }
   image.backingFile = name;
-  image.backingFormat = backingFormat ?? '';
+  image.backingFormat = format;
 }
