@@ -18,7 +18,7 @@ import { isCacheMode } from '../../cli/open-image.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
 import { hasHelpOption, isValidOptionList } from '../../options/qemuopts.js';
 import {
-  backingLayer, badOption, checkCacheMode, imgCvtnum, newLayer, openImg, runSubcommand, scanImgArgs, skipFilters,
+  backingLayer, badOption, checkCacheMode, imgCvtnum, newLayer, openImg, reportError, runSubcommand, scanImgArgs, skipFilters,
 } from './common.js';
 import { chainBlockStatus } from './block-status.js';
 import {
@@ -249,6 +249,11 @@ async function convert(
       throw e instanceof BlkioError ? e.prepend(`${outFilename}: error while converting ${args.outFormat}: `) : e;
     }
   } else {
+    if (args.targetIsZero && backing !== undefined) {
+      // qemu-img 7.2 says so, leaves the target alone, and still exits 0.
+      reportError(new BlkioError('EINVAL', 'Cannot use --target-is-zero when the destination image has a backing file'));
+      return;
+    }
     checkBackingUse(args, sources.length, backing);
   }
 
@@ -292,7 +297,6 @@ async function convert(
 }
 
 function checkBackingUse(args: ConvertArgs, sourceCount: number, backing: string | undefined): void {
-  if (args.targetIsZero && backing !== undefined) throw new BlkioError('EINVAL', 'Cannot use --target-is-zero with a backing file');
   if (sourceCount > 1 && backing !== undefined) {
     throw new BlkioError('EINVAL', 'Having a backing file for the target makes no sense when concatenating multiple input images');
   }
