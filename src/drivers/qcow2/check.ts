@@ -16,7 +16,7 @@ import { ClusterType, clusterType, readL2, writeL2, l1Entry, writeL1Entry } from
 import { markClean, markConsistent, readSnapshotTable, validateSnapshotTable } from './open.js';
 import { MAX_SNAPSHOTS, writeSnapshotTable } from './snapshots.js';
 import { compressedDescriptor, getClusterRefcount, updateMaxRefcountTableIndex, adjustRefcount } from './refcount.js';
-import { sizeToClusters, type Qcow2State } from './state.js';
+import { hex, sizeToClusters, type Qcow2State } from './state.js';
 
 const FIX_LEAKS = 1;
 const FIX_ERRORS = 2;
@@ -288,10 +288,6 @@ async function calculateRefcounts(c: Checker): Promise<void> {
   incRefcounts(c, s.refcountTableOffset, s.refcountTableSize * 8);
   await checkBitmaps(c);
   await checkRefblocks(c);
-}
-
-function hex(n: number): string {
-  return '0x' + n.toString(16);
 }
 
 /** Compare computed and stored refcounts; returns the highest cluster in use. */

@@ -10,7 +10,8 @@ import type { TableCache } from './cache.js';
 import type { Snapshot } from './snapshots.js';
 import { refcountMax, type Table } from './entries.js';
 import {
-  INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2, OFFSET_INCOMPATIBLE, type HeaderExtension, type Qcow2Header,
+  AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTL2, OFFSET_INCOMPATIBLE,
+  type HeaderExtension, type Qcow2Header,
 } from './header.js';
 
 /** An async mutex: `acquire` resolves to the release function. */
@@ -79,6 +80,10 @@ export interface Qcow2State {
   /** The node when opened as one (absent while creating an image). */
   node?: BlockNode;
   file: BdrvChild;
+  /** Where guest data clusters live: the external data file, or `file` itself. */
+  dataFile: BdrvChild;
+  /** The external data file's name as the header extension records it. */
+  dataFileName?: string;
   lock: Mutex;
   header: Qcow2Header;
   readOnly: boolean;
@@ -193,6 +198,19 @@ export function sizeToL1(s: { clusterBits: number; l2Bits: number }, size: numbe
   return Math.ceil(size / 2 ** (s.clusterBits + s.l2Bits));
 }
 
+/**
+ * Guest data lives in an external data file at host offset == guest offset; its clusters are
+ * not refcounted.
+ */
+export function hasDataFile(s: Qcow2State): boolean {
+  return (s.header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
+}
+
+/** The external data file is kept a valid raw image of the guest disk (zero writes go through too). */
+export function dataFileIsRaw(s: Qcow2State): boolean {
+  return (s.header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+}
+
 export function needAccurateRefcounts(s: Qcow2State): boolean {
   return (s.header.incompatibleFeatures & INCOMPAT_DIRTY) === 0n;
 }
@@ -215,14 +233,16 @@ export async function markDirty(s: Qcow2State): Promise<void> {
  * Metadata found inconsistent: print QEMU's message, and for fatal cases set the corrupt bit
  * (once) and make the image unusable for writes.
  */
-export async function signalCorruption(s: Qcow2State, fatal: boolean, message: string): Promise<BlkioError> {
+export async function signalCorruption(s: Qcow2State, fatalIfWritable: boolean, message: string): Promise<BlkioError> {
+  // A read-only image is not marked, and stays usable.
+  const fatal = fatalIfWritable && !s.readOnly;
   const corrupt = (s.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
   if (!(s.signaledCorruption && (!fatal || corrupt))) {
     writeStderr(fatal
       ? `qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed\n`
       : `qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed\n`);
     s.signaledCorruption = true;
-    if (fatal && !s.readOnly && !corrupt) {
+    if (fatal && !corrupt) {
       await writeIncompatible(s, s.header.incompatibleFeatures | INCOMPAT_CORRUPT).catch(() => {});
     }
   }
@@ -235,6 +255,7 @@ export function writeStderr(text: string): void {
   (globalThis as { process?: { stderr?: { write(t: string): void } } }).process?.stderr?.write(text);
 }
 
+/** printf's `%#x`: no `0x` on zero. */
 export function hex(n: number): string {
-  return '0x' + n.toString(16);
+  return n === 0 ? '0' : '0x' + n.toString(16);
 }
