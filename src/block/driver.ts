@@ -74,6 +74,11 @@ export interface CreateRequest {
   filename: string;
   size: number;
   options: Record<string, string | number | boolean>;
+  /**
+   * Create a further host file (qcow2's external data file) and run `use` with it open for
+   * writing; the file is removed again if `use` fails. Absent where no files can be made.
+   */
+  withNewFile?: (filename: string, use: (file: BdrvChild) => Promise<void>) => Promise<void>;
 }
 
 /** What `qemu-img measure` reports (QEMU's BlockMeasureInfo). */

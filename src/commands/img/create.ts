@@ -6,7 +6,7 @@
  * file's), backing checks, the `Formatting ...` line, creating the file and opening it as a
  * protocol node, then the format driver's `create` on that node.
  */
-import { open as openFile } from 'node:fs/promises';
+import { open as openFile, rm } from 'node:fs/promises';
 import { BlkioError, toBlkioError } from '../../errors.js';
 import type { BlockDriver, CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import { BdrvChild } from '../../block/child.js';
@@ -241,9 +241,30 @@ async function probeBacking(layer: BlockLayer, filename: string, backingFile: st
 export async function createImageFile(
   layer: BlockLayer, driver: BlockDriver<any>, protocol: BlockDriver<any>, request: CreateRequest,
 ): Promise<void> {
-  const filename = request.filename;
   if (protocol.name !== 'file') throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
-  const path = filename.startsWith('file:') ? filename.slice(5) : filename;
+  const creator = driver.kind === 'protocol' ? layer.driver('raw')! : driver;
+  await withEmptyFile(layer, request.filename, (edge) => creator.create!(edge, {
+    ...request,
+    withNewFile: async (filename, use) => {
+      const path = hostPath(filename);
+      try {
+        await withEmptyFile(layer, filename, use);
+      } catch (e) {
+        // As QEMU does, a further file whose image could not be made is not left behind.
+        await rm(path, { force: true }).catch(() => {});
+        throw e;
+      }
+    },
+  }));
+}
+
+function hostPath(filename: string): string {
+  return filename.startsWith('file:') ? filename.slice(5) : filename;
+}
+
+/** Create (or empty) a host file and run `use` with it opened as a writable protocol node. */
+async function withEmptyFile(layer: BlockLayer, filename: string, use: (file: BdrvChild) => Promise<void>): Promise<void> {
+  const path = hostPath(filename);
   try {
     const handle = await openFile(path, 'a');
     await handle.truncate(0);
@@ -255,8 +276,7 @@ export async function createImageFile(
   const edge = new BdrvChild({ describe: () => 'image creation' }, 'file', ROLE_IMAGE, node);
   try {
     attachChild(edge, PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE, PERM_ALL);
-    const creator = driver.kind === 'protocol' ? layer.driver('raw')! : driver;
-    await creator.create!(edge, request);
+    await use(edge);
     await edge.flush();
   } finally {
     layer.releaseEdge(edge);

@@ -16,7 +16,7 @@ import { allocClusters, allocClustersAt, freeAnyCluster, freeClusters } from './
 import { readGuest } from './read.js';
 import { readsAsZero } from './zero.js';
 import {
-  hex, markDirty, needAccurateRefcounts, offsetIntoCluster, signalCorruption, startOfCluster, type Allocation,
+  hasDataFile, hex, markDirty, needAccurateRefcounts, offsetIntoCluster, signalCorruption, startOfCluster, type Allocation,
   type Qcow2State,
 } from './state.js';
 import type { Table } from './entries.js';
@@ -163,7 +163,9 @@ async function handleAlloc(s: Qcow2State, guestOffset: number, expected: number,
   try {
     nbClusters = countSingleWriteClusters(s, nbClusters, slice, index, true);
     let allocOffset: number;
-    if (expected === NONE) {
+    if (hasDataFile(s)) {
+      allocOffset = startOfCluster(s, guestOffset);
+    } else if (expected === NONE) {
       allocOffset = await allocClusters(s, nbClusters * s.clusterSize);
     } else {
       allocOffset = startOfCluster(s, expected);
@@ -302,7 +304,7 @@ export async function handleAllocSpace(s: Qcow2State, metas: readonly Allocation
     const bytes = m.cowEnd.offset + m.cowEnd.bytes - m.cowStart.offset;
     debugEvent(s.file.node, 'cluster_alloc_space');
     try {
-      await s.file.writeZeroes(start, bytes, REQ_NO_FALLBACK);
+      await s.dataFile.writeZeroes(start, bytes, REQ_NO_FALLBACK);
     } catch (e) {
       if (e instanceof BlkioError && (e.code === 'ENOTSUP' || e.code === 'EAGAIN')) continue;
       throw e;
@@ -342,15 +344,15 @@ async function performCow(s: Qcow2State, m: Allocation): Promise<void> {
     buf.set(m.data.subarray(0, dataBytes), start.bytes);
     debugEvent(file, 'write_aio');
     debugEvent(file, 'cow_write');
-    await s.file.write(m.hostOffset + start.offset, total, buf);
+    await s.dataFile.write(m.hostOffset + start.offset, total, buf);
   } else {
     if (start.bytes) {
       debugEvent(file, 'cow_write');
-      await s.file.write(m.hostOffset + start.offset, start.bytes, head);
+      await s.dataFile.write(m.hostOffset + start.offset, start.bytes, head);
     }
     if (end.bytes) {
       debugEvent(file, 'cow_write');
-      await s.file.write(m.hostOffset + end.offset, end.bytes, tail);
+      await s.dataFile.write(m.hostOffset + end.offset, end.bytes, tail);
     }
   }
   // The L2 entries may only reach the disk once the copied data has.
@@ -399,7 +401,7 @@ function retire(s: Qcow2State, m: Allocation): void {
 /** Undo allocations whose data could not be written. */
 export async function abortAllocations(s: Qcow2State, metas: readonly Allocation[]): Promise<void> {
   for (const m of [...metas].reverse()) {
-    if (!m.keepOldClusters) await freeClusters(s, m.hostOffset, m.nbClusters * s.clusterSize, 'never').catch(() => {});
+    if (!m.keepOldClusters && !hasDataFile(s)) await freeClusters(s, m.hostOffset, m.nbClusters * s.clusterSize, 'never').catch(() => {});
     retire(s, m);
   }
 }

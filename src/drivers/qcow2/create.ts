@@ -8,7 +8,7 @@ import { BlkioError } from '../../errors.js';
 import type { BdrvChild } from '../../block/child.js';
 import type { CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import {
-  COMPAT_LAZY_REFCOUNTS, COMPRESSION_NAMES, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, MAX_CLUSTER_BITS,
+  AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_NAMES, INCOMPAT_DATA_FILE, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, MAX_CLUSTER_BITS,
   MIN_CLUSTER_BITS, encodeHeader, type Qcow2Header,
 } from './header.js';
 import { loadState, markClean, updateHeader } from './open.js';
@@ -58,6 +58,8 @@ interface Qcow2CreateSettings {
   compressionType: number;
   backingFile?: string;
   backingFormat?: string;
+  dataFile?: string;
+  dataFileRaw: boolean;
 }
 
 function invalid(message: string): BlkioError {
@@ -122,8 +124,13 @@ export function createSettings(o: CreateRequest['options']): Qcow2CreateSettings
     throw invalid('Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)');
   }
   if (o.data_file_raw === true && o.data_file === undefined) throw invalid('data-file-raw requires data-file');
-  if (o.data_file_raw === true && backingFile !== undefined) throw invalid('Backing file and data-file-raw cannot be used at the same time');
-  if (o.data_file !== undefined) throw new BlkioError('ENOTSUP', 'qcow2 images with an external data file are not supported');
+  const dataFile = o.data_file as string | undefined;
+  if (dataFile !== undefined && version < 3) {
+    throw invalid('External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)');
+  }
+  const dataFileRaw = o.data_file_raw === true;
+  if (dataFileRaw && dataFile === undefined) throw invalid('data-file-raw requires data-file');
+  if (dataFileRaw && backingFile !== undefined) throw invalid('Backing file and data-file-raw cannot be used at the same time');
   let compressionType = 0;
   if (compressionName !== undefined && compressionName !== 'zlib') {
     if (version < 3) {
@@ -132,13 +139,22 @@ export function createSettings(o: CreateRequest['options']): Qcow2CreateSettings
     compressionType = COMPRESSION_NAMES.indexOf(compressionName as 'zstd');
   }
   return {
-    version, clusterBits, extendedL2, preallocation, lazyRefcounts, refcountOrder: Math.log2(refcountBits),
-    compressionType, backingFile, backingFormat,
+    version, clusterBits, extendedL2,
+    // Every cluster of a raw data file must be mapped for the image to read as the file does.
+    preallocation: dataFileRaw && preallocation === 'off' ? 'metadata' : preallocation,
+    lazyRefcounts, refcountOrder: Math.log2(refcountBits), compressionType, backingFile, backingFormat, dataFile, dataFileRaw,
   };
 }
 
 export async function createImage(file: BdrvChild, request: CreateRequest): Promise<void> {
   const c = createSettings(request.options);
+  if (c.dataFile === undefined) return layOutImage(file, undefined, c, request.size);
+  if (!request.withNewFile) throw new BlkioError('ENOTSUP', 'External data files cannot be created here');
+  await request.withNewFile(c.dataFile, (dataFile) => layOutImage(file, dataFile, c, request.size));
+}
+
+/** Write a new image into the empty `file`, its guest data going to `dataFile` when there is one. */
+async function layOutImage(file: BdrvChild, dataFile: BdrvChild | undefined, c: Qcow2CreateSettings, size: number): Promise<void> {
   const clusterSize = 2 ** c.clusterBits;
 
   // A minimal header and one refcount table with one (still empty) refcount block.
@@ -146,8 +162,10 @@ export async function createImage(file: BdrvChild, request: CreateRequest): Prom
     version: c.version, backingFileOffset: 0, backingFileSize: 0, clusterBits: c.clusterBits, size: 0, cryptMethod: 0,
     l1Size: 0, l1TableOffset: 0, refcountTableOffset: clusterSize, refcountTableClusters: 1, nbSnapshots: 0,
     snapshotsOffset: 0,
-    incompatibleFeatures: (c.compressionType ? INCOMPAT_COMPRESSION : 0n) | (c.extendedL2 ? INCOMPAT_EXTL2 : 0n),
-    compatibleFeatures: c.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0n, autoclearFeatures: 0n,
+    incompatibleFeatures: (dataFile ? INCOMPAT_DATA_FILE : 0n) | (c.compressionType ? INCOMPAT_COMPRESSION : 0n) |
+      (c.extendedL2 ? INCOMPAT_EXTL2 : 0n),
+    compatibleFeatures: c.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0n,
+    autoclearFeatures: c.dataFileRaw ? AUTOCLEAR_DATA_FILE_RAW : 0n,
     refcountOrder: c.refcountOrder, headerLength: HEADER_SIZE_V3, compressionType: c.compressionType,
   };
   const first = new Uint8Array(clusterSize);
@@ -160,9 +178,13 @@ export async function createImage(file: BdrvChild, request: CreateRequest): Prom
   await file.write(clusterSize, 2 * clusterSize, tables);
 
   const s = await loadState(file, { readOnly: false, opts: {}, discardUnmap: false });
+  if (dataFile) {
+    s.dataFile = dataFile;
+    s.dataFileName = dataFile.node.filename;
+  }
   await allocClusters(s, 3 * clusterSize);
   await updateHeader(s);
-  await truncateImage(s, request.size, c.preallocation);
+  await truncateImage(s, size, c.preallocation);
   if (c.backingFile !== undefined) {
     s.backingFile = c.backingFile;
     s.backingFormat = c.backingFormat;

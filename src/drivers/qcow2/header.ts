@@ -275,13 +275,14 @@ export interface HeaderContents {
   unknownHeaderFields: Uint8Array;
   backingFile?: string;
   backingFormat?: string;
+  dataFile?: string;
   bitmaps?: Uint8Array;
   unknownExtensions: readonly HeaderExtension[];
 }
 
 /**
  * The whole header cluster: fixed fields, preserved unknown fields, extensions (backing format,
- * feature table, bitmaps, unknown ones), end marker, then the backing file name.
+ * external data file name, feature table, bitmaps, unknown ones), end marker, then the backing file name.
  */
 export function buildHeaderCluster(c: HeaderContents): Uint8Array {
   const out = new Uint8Array(c.clusterSize);
@@ -304,6 +305,7 @@ export function buildHeaderCluster(c: HeaderContents): Uint8Array {
     pos += 8 + padded;
   };
   if (c.backingFormat !== undefined) addExtension(EXT_BACKING_FORMAT, Buffer.from(c.backingFormat, 'latin1'));
+  if (c.dataFile !== undefined) addExtension(EXT_DATA_FILE, Buffer.from(c.dataFile, 'latin1'));
   if (h.version >= 3 && c.clusterSize > 4096) addExtension(EXT_FEATURE_TABLE, encodeFeatureTable(KNOWN_FEATURES));
   if (c.bitmaps) addExtension(EXT_BITMAPS, c.bitmaps);
   for (const ext of c.unknownExtensions) addExtension(ext.magic, ext.data);

@@ -5,8 +5,9 @@
  * create and check.
  */
 import { BlkioError, toBlkioError } from '../../errors.js';
-import { ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type OptionSpecs } from '../../block/driver.js';
+import { ROLE_DATA, ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type OptionSpecs } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
+import type { OpenContext } from '../../block/graph.js';
 import { debugEvent } from '../../block/io.js';
 import {
   REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO,
@@ -28,7 +29,7 @@ import { BITMAP_FLAG_AUTO, BITMAP_FLAG_IN_USE, readBitmapDirectory } from './bit
 import { amendImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { makeEmpty } from './empty.js';
 import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots, loadSnapshotTemporarily } from './snapshots.js';
-import { vmStateOffset, writeStderr, type Qcow2State } from './state.js';
+import { dataFileIsRaw, hasDataFile, vmStateOffset, writeStderr, type Qcow2State } from './state.js';
 
 export type { Qcow2State } from './state.js';
 
@@ -66,9 +67,6 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
 
   async open(node, ctx) {
     for (const key of Object.keys(ctx.remaining)) {
-      if (key === 'data-file' || key.startsWith('data-file.')) {
-        throw new BlkioError('ENOTSUP', 'qcow2 images with an external data file are not supported');
-      }
       if (key.startsWith('encrypt.')) throw new BlkioError('ENOTSUP', 'Encrypted qcow2 images are not supported');
     }
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
@@ -76,6 +74,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
       readOnly: node.readOnly, opts: ctx.opts, discardUnmap: node.discardUnmap, checkMode: node.layer.openForCheck,
     });
     s.node = node;
+    await openDataFile(s, ctx);
     node.backingFile = s.backingFile ?? '';
     node.backingFormat = s.backingFormat ?? '';
     if (!node.readOnly && s.header.incompatibleFeatures & INCOMPAT_DIRTY) {
@@ -322,6 +321,28 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   },
 };
 
+/**
+ * The `data-file` child: given by reference or definition, else named by the image header
+ * (a path as it is, not relative to the image). An open without I/O (qemu-img info) leaves
+ * it closed, as QEMU does, and ignores whatever describes it.
+ */
+async function openDataFile(s: Qcow2State, ctx: OpenContext): Promise<void> {
+  if (ctx.layer.openWithoutIo) {
+    ctx.takeOptions('data-file');
+    delete ctx.remaining['data-file'];
+    return;
+  }
+  const given = await ctx.openChild('data-file', ROLE_DATA, { allowNone: true });
+  if (!hasDataFile(s)) {
+    if (given) throw new BlkioError('EINVAL', "'data-file' can only be set for images with an external data file");
+    if (dataFileIsRaw(s)) throw new BlkioError('EINVAL', 'data-file-raw requires a data file');
+    return;
+  }
+  const child = given ?? (s.dataFileName !== undefined ? await ctx.openChild('data-file', ROLE_DATA, { filename: s.dataFileName }) : undefined);
+  if (!child) throw new BlkioError('EINVAL', "'data-file' is required for this image");
+  s.dataFile = child;
+}
+
 /** Data at a host offset: a type that may sit on preallocated host space never written. */
 function isMappedData(m: HostMapping): boolean {
   return m.type === SubclusterType.Normal;
@@ -334,7 +355,7 @@ function mappingStatus(node: BlockNode<Qcow2State>, m: HostMapping): BlockStatus
   let status = 0;
   if (m.type === SubclusterType.Normal || m.type === SubclusterType.ZeroAlloc || m.type === SubclusterType.UnallocatedAlloc) {
     result.map = m.hostOffset;
-    result.file = s.file.node;
+    result.file = s.dataFile.node;
     status |= STATUS_OFFSET_VALID;
   }
   if (m.type === SubclusterType.ZeroPlain || m.type === SubclusterType.ZeroAlloc) {

@@ -10,7 +10,7 @@ import {
 } from './entries.js';
 import { OFFSET_L1_SIZE } from './header.js';
 import { allocClusters, freeClusters } from './refcount.js';
-import { hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
+import { hasDataFile, hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
 
 /** Largest L1 table in bytes (QCOW_MAX_L1_SIZE). */
 export const MAX_L1_SIZE = 32 * 2 ** 20;
@@ -63,7 +63,9 @@ export function clusterType(s: Qcow2State, e: L2Entry): ClusterType {
   if (e.hi & HI_COMPRESSED) return ClusterType.Compressed;
   const offset = entryOffset(e.hi, e.lo);
   if (e.lo & LO_ZERO && !s.extendedL2) return offset ? ClusterType.ZeroAlloc : ClusterType.ZeroPlain;
-  return offset ? ClusterType.Normal : ClusterType.Unallocated;
+  if (offset) return ClusterType.Normal;
+  // Offset 0 is valid in an external data file, whose clusters always carry COPIED.
+  return e.hi & HI_COPIED && hasDataFile(s) ? ClusterType.Normal : ClusterType.Unallocated;
 }
 
 export function isAllocatedType(t: ClusterType): boolean {

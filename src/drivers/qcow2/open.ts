@@ -11,7 +11,7 @@ import { TableCache } from './cache.js';
 import { makeTable } from './entries.js';
 import {
   AUTOCLEAR_MASK, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, HEADER_MIN_V3, HEADER_SIZE_V3,
-  INCOMPAT_COMPRESSION, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_MASK, MAX_CLUSTER_BITS,
+  INCOMPAT_COMPRESSION, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_MASK, MAX_CLUSTER_BITS,
   MIN_CLUSTER_BITS, QCOW_MAGIC, BACKING_FILE_MAX, buildHeaderCluster, latin1, parseExtensions, parseHeader,
   unsupportedFeatureMessage, type Qcow2Header,
 } from './header.js';
@@ -224,7 +224,7 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
 
   const refcountTableSize = h.refcountTableClusters * (g.clusterSize / 8);
   const s: Qcow2State = {
-    file, lock: new Mutex(), header: h, readOnly: o.readOnly, ...g,
+    file, dataFile: file, lock: new Mutex(), header: h, readOnly: o.readOnly, ...g,
     l2SliceSize: g.l2Size, size: h.size,
     l1Size: h.l1Size, l1TableOffset: h.l1TableOffset, l1Table, l1VmStateIndex,
     refcountTableOffset: h.refcountTableOffset, refcountTableSize, refcountTable: makeTable(new Uint8Array(0)),
@@ -248,9 +248,7 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   s.backingFormat = ext.backingFormat;
   s.unknownExtensions = ext.unknown;
   s.bitmapsExtension = ext.bitmaps;
-  if (h.incompatibleFeatures & INCOMPAT_DATA_FILE || ext.dataFile !== undefined) {
-    throw new BlkioError('ENOTSUP', 'qcow2 images with an external data file are not supported');
-  }
+  s.dataFileName = ext.dataFile;
   if (h.backingFileOffset) {
     const len = h.backingFileSize;
     if (len > Math.min(BACKING_FILE_MAX, g.clusterSize - h.backingFileOffset)) throw invalid('Backing file name too long');
@@ -290,7 +288,7 @@ export async function updateHeader(s: Qcow2State): Promise<void> {
   };
   const cluster = buildHeaderCluster({
     header, clusterSize: s.clusterSize, unknownHeaderFields: s.unknownHeaderFields,
-    backingFile: s.backingFile, backingFormat: s.backingFormat, bitmaps: s.bitmapsExtension,
+    backingFile: s.backingFile, backingFormat: s.backingFormat, dataFile: s.dataFileName, bitmaps: s.bitmapsExtension,
     unknownExtensions: s.unknownExtensions,
   });
   await s.file.write(0, s.clusterSize, cluster);

@@ -30,7 +30,7 @@ export async function readGuest(s: Qcow2State, offset: number, bytes: number, bu
     if (!run) return;
     const { guest, host, bytes: n } = run;
     debugEvent(s.file.node, 'read_aio');
-    start(s.file.read(host, n, buf.subarray(guest - offset, guest - offset + n)));
+    start(s.dataFile.read(host, n, buf.subarray(guest - offset, guest - offset + n)));
     run = undefined;
   };
 

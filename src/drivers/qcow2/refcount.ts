@@ -10,8 +10,9 @@ import {
   getRefcount as readRefcount, makeTable, reftableOffset, setRefcount, setReftableOffset, HI_COMPRESSED, entryOffset,
 } from './entries.js';
 import { OFFSET_REFCOUNT_TABLE } from './header.js';
+import { ClusterType, clusterType } from './mapping.js';
 import {
-  hex, offsetIntoCluster, signalCorruption, sizeToClusters, startOfCluster, type DiscardType, type Qcow2State,
+  hasDataFile, hex, offsetIntoCluster, signalCorruption, sizeToClusters, startOfCluster, type DiscardType, type Qcow2State,
 } from './state.js';
 import type { Table } from './entries.js';
 
@@ -199,6 +200,14 @@ export async function adjustRefcount(s: Qcow2State, offset: number, addend: numb
 
 /** Drop the reference an L2 entry holds: a data cluster or the sectors of a compressed one. */
 export async function freeAnyCluster(s: Qcow2State, hi: number, lo: number, type: DiscardType): Promise<void> {
+  if (hasDataFile(s)) {
+    // Data clusters are not refcounted: the data file is only told that the data is gone.
+    const kind = clusterType(s, { hi, lo, zero: 0, alloc: 0 });
+    if (s.discardPassthrough[type] && (kind === ClusterType.Normal || kind === ClusterType.ZeroAlloc)) {
+      await s.dataFile.discard(entryOffset(hi, lo), s.clusterSize).catch(() => {});
+    }
+    return;
+  }
   if (hi & HI_COMPRESSED) {
     const { offset, size } = compressedDescriptor(s, hi, lo);
     await freeClusters(s, offset, size, type);

@@ -14,7 +14,7 @@ import {
 } from './refcount.js';
 import { clusterDiscard } from './zero.js';
 import { hostRangeFor } from './write.js';
-import { sizeToL1, startOfCluster, offsetIntoCluster, type Qcow2State } from './state.js';
+import { hasDataFile, sizeToL1, startOfCluster, offsetIntoCluster, type Qcow2State } from './state.js';
 import { l2SliceIndex } from './mapping.js';
 
 export const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'] as const;
@@ -37,8 +37,11 @@ export async function truncateImage(s: Qcow2State, size: number, prealloc: strin
       throw prefixed(e, 'Failed to grow the L1 table');
     });
   }
-  if (prealloc === 'metadata') await preallocateMetadata(s, oldLength, size);
+  // An external data file holds data at guest offsets: it is resized with the image, and any
+  // preallocation maps its clusters and then preallocates the file itself.
+  if (prealloc === 'metadata' || (hasDataFile(s) && prealloc !== 'off')) await preallocateMetadata(s, oldLength, size, prealloc);
   else if (prealloc === 'falloc' || prealloc === 'full') await preallocateData(s, oldLength, size, prealloc);
+  else if (hasDataFile(s)) await s.dataFile.truncate(size, true);
   if (prealloc !== 'off') {
     await s.lock.run(async () => {
       await s.l2Cache.write();
@@ -133,8 +136,8 @@ async function shrinkReftable(s: Qcow2State): Promise<void> {
   if (error !== undefined) throw error;
 }
 
-/** Allocate clusters (and L2 tables) for the new range without writing data. */
-async function preallocateMetadata(s: Qcow2State, offset: number, end: number): Promise<void> {
+/** Allocate clusters (and L2 tables) for the new range without writing data; `mode` preallocates a grown data file. */
+async function preallocateMetadata(s: Qcow2State, offset: number, end: number, mode: string): Promise<void> {
   let hostEnd = 0;
   while (offset < end) {
     const want = Math.min(end - offset, Math.floor(0x7fffffff / s.clusterSize) * s.clusterSize);
@@ -153,7 +156,7 @@ async function preallocateMetadata(s: Qcow2State, offset: number, end: number): 
   }
   // The file must contain the allocated clusters (whole), or reads of them would fail.
   hostEnd = Math.ceil(hostEnd / s.clusterSize) * s.clusterSize;
-  if (hostEnd > s.file.getLength()) await s.file.truncate(hostEnd, false);
+  if (hostEnd > s.dataFile.getLength()) await s.dataFile.truncate(hostEnd, false, mode === 'metadata' ? 'off' : mode);
 }
 
 /** falloc/full: new refcount structures behind the image, then one data run for the new range. */

@@ -8,7 +8,7 @@ import { debugEvent } from '../../block/io.js';
 import { abortAllocations, allocHostOffset, handleAllocSpace, linkAllocations, mergeCow, type HostRange } from './allocation.js';
 import { compressCluster } from './codecs.js';
 import { allocCompressedCluster } from './compressed.js';
-import { offsetIntoCluster, type Qcow2State } from './state.js';
+import { hasDataFile, offsetIntoCluster, type Qcow2State } from './state.js';
 
 /** Allocate the host range for the start of `[offset, offset + bytes)`, waiting out conflicting allocations. */
 export async function hostRangeFor(s: Qcow2State, offset: number, bytes: number): Promise<HostRange> {
@@ -36,7 +36,7 @@ interface Chunk {
 async function writeChunkData(s: Qcow2State, c: Omit<Chunk, 'written'>): Promise<void> {
   if (mergeCow(c.range.metas, c.offset, c.range.bytes, c.data)) return;
   debugEvent(s.file.node, 'write_aio');
-  await s.file.write(c.range.hostOffset, c.range.bytes, c.data);
+  await s.dataFile.write(c.range.hostOffset, c.range.bytes, c.data);
 }
 
 /** Link the chunk's allocations once its data is written, or undo them if the write failed. */
@@ -99,6 +99,7 @@ export async function writeGuest(s: Qcow2State, offset: number, bytes: number, b
  * does, since compressed data ends anywhere.
  */
 export async function writeCompressedGuest(s: Qcow2State, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  if (hasDataFile(s)) throw errno('ENOTSUP');
   if (bytes === 0) return s.file.truncate(Math.ceil(s.file.getLength() / SECTOR) * SECTOR, false);
   if (offsetIntoCluster(s, offset)) throw errno('EINVAL');
   if (offsetIntoCluster(s, bytes) && offset + bytes !== s.size) throw errno('EINVAL');

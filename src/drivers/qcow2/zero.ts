@@ -14,7 +14,7 @@ import {
 } from './mapping.js';
 import { freeAnyCluster, processDiscards } from './refcount.js';
 import { writeGuest } from './write.js';
-import { offsetIntoCluster, type DiscardType, type Qcow2State } from './state.js';
+import { dataFileIsRaw, offsetIntoCluster, type DiscardType, type Qcow2State } from './state.js';
 
 /** Run `fn` over each L2 slice the cluster range touches. */
 async function forEachSlice(
@@ -129,6 +129,8 @@ async function zeroSubclusters(s: Qcow2State, offset: number, count: number): Pr
  * zeroes through metadata alone (lock held). v2 can only deallocate, and only without backing.
  */
 export async function subclusterZeroize(s: Qcow2State, offset: number, bytes: number, flags: number): Promise<void> {
+  // A raw data file must read as the guest disk does: it is zeroed too.
+  if (dataFileIsRaw(s)) await s.dataFile.writeZeroes(offset, bytes, flags);
   let end = offset + bytes;
   if (s.header.version < 3) {
     if (!s.node?.backing) return clusterDiscard(s, offset, bytes, 'request', false);
