@@ -18,7 +18,7 @@ import { isCacheMode } from '../../cli/open-image.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
 import { hasHelpOption, isValidOptionList } from '../../options/qemuopts.js';
 import {
-  backingLayer, badOption, checkCacheMode, imgCvtnum, newLayer, openImg, reportError, runSubcommand, scanImgArgs, skipFilters,
+  backingLayer, badOption, checkCacheMode, imgCvtnum, newLayer, openImg, reportError, reportWarning, runSubcommand, scanImgArgs, skipFilters,
 } from './common.js';
 import { chainBlockStatus } from './block-status.js';
 import {
@@ -59,6 +59,9 @@ interface ConvertState {
   compressed: boolean;
   clusterSectors: number;
   hasZeroInit: boolean;
+  /** `--salvage`: unreadable sectors become zeroes, unknown block status counts as data. */
+  salvage: boolean;
+  quiet: boolean;
   inOrder: boolean;
   coroutines: number;
   /** `-r`: target writes keep to this many bytes per second. */
@@ -233,7 +236,7 @@ async function convert(
       setCreateOption(values, specs, 'backing_fmt', args.backingFormat);
     }
     backing = values.get('backing_file')?.value as string | undefined;
-    checkBackingUse(args, sources.length, backing);
+    checkBackingUse(sources.length, backing);
     if (backing !== undefined && !values.has('backing_fmt')) throw new BlkioError('EINVAL', 'Use of backing file requires explicit backing format');
     if (args.compressed) {
       if (!driver.writeCompressed) throw new BlkioError('ENOTSUP', 'Compression not supported for this file format');
@@ -254,7 +257,7 @@ async function convert(
       reportError(new BlkioError('EINVAL', 'Cannot use --target-is-zero when the destination image has a backing file'));
       return;
     }
-    checkBackingUse(args, sources.length, backing);
+    checkBackingUse(sources.length, backing);
   }
 
   checkCacheMode(args.cache);
@@ -279,6 +282,8 @@ async function convert(
     compressed: args.compressed,
     clusterSectors: clusterSize / SECTOR,
     hasZeroInit: args.targetIsZero || (!args.skipCreate && minSparse > 0 && !targetHasBacking),
+    salvage: args.salvage,
+    quiet: args.quiet,
     inOrder: args.inOrder,
     coroutines: args.coroutines,
     rateLimit: args.rateLimit ? new RateLimit(args.rateLimit, { aheadMs: CONVERT_AHEAD_MS }) : undefined,
@@ -296,7 +301,7 @@ async function convert(
   await target.flush();
 }
 
-function checkBackingUse(args: ConvertArgs, sourceCount: number, backing: string | undefined): void {
+function checkBackingUse(sourceCount: number, backing: string | undefined): void {
   if (sourceCount > 1 && backing !== undefined) {
     throw new BlkioError('EINVAL', 'Having a backing file for the target makes no sense when concatenating multiple input images');
   }
@@ -329,7 +334,10 @@ async function nextPiece(s: ConvertState, sector: number): Promise<number> {
     try {
       r = await chainBlockStatus(top, base, offset, Math.min(n * SECTOR, src.blk.getLength() - offset));
     } catch (e) {
-      throw new BlkioError('EIO', `error while reading block status at offset ${offset}: ${e instanceof BlkioError ? e.strerror : String(e)}`);
+      const message = `error while reading block status at offset ${offset}: ${reason(e)}`;
+      if (!s.salvage) throw new BlkioError('EIO', message);
+      if (!s.quiet) reportWarning(`warning: ${message}`);
+      r = { status: STATUS_DATA, pnum: SECTOR };
     }
     n = Math.max(1, Math.ceil(r.pnum / SECTOR));
     if (r.status & STATUS_ZERO) s.status = postBackingZero ? 'backing' : 'zero';
@@ -447,16 +455,38 @@ async function readSectors(s: ConvertState, sector: number, n: number, buf: Uint
     const count = Math.min(n - done, src.start + src.sectors - (sector + done));
     const offset = (sector + done - src.start) * SECTOR;
     const part = buf.subarray(done * SECTOR, (done + count) * SECTOR);
-    // The last sector of a source may be partial: read what exists, the rest is zero.
-    const readable = Math.min(part.length, src.blk.getLength() - offset);
     try {
-      await src.blk.read(offset, readable, part.subarray(0, readable));
-      part.fill(0, readable);
+      await readSource(src, offset, part);
     } catch (e) {
-      throw new BlkioError('EIO', `error while reading at byte ${sector * SECTOR}: ${e instanceof BlkioError ? e.strerror : String(e)}`);
+      if (!s.salvage) throw new BlkioError('EIO', `error while reading at byte ${sector * SECTOR}: ${reason(e)}`);
+      await salvageSectors(s, src, offset, part);
     }
     done += count;
   }
+}
+
+/** The last sector of a source may be partial: read what exists, the rest is zero. */
+async function readSource(src: Source, offset: number, buf: Uint8Array): Promise<void> {
+  const readable = Math.min(buf.length, src.blk.getLength() - offset);
+  await src.blk.read(offset, readable, buf.subarray(0, readable));
+  buf.fill(0, readable);
+}
+
+/** `--salvage` after a failed read: again sector by sector; a sector that still fails reads as zeroes. */
+async function salvageSectors(s: ConvertState, src: Source, offset: number, buf: Uint8Array): Promise<void> {
+  for (let at = 0; at < buf.length; at += SECTOR) {
+    const sector = buf.subarray(at, at + SECTOR);
+    try {
+      await readSource(src, offset + at, sector);
+    } catch (e) {
+      if (!s.quiet) reportWarning(`warning: error while reading offset ${offset + at}: ${reason(e)}`);
+      sector.fill(0);
+    }
+  }
+}
+
+function reason(e: unknown): string {
+  return e instanceof BlkioError ? e.strerror : String(e);
 }
 
 /** How many leading sectors of a data piece to write as data (0: the piece starts with a sparse run). */
@@ -492,7 +522,7 @@ async function writePiece(s: ConvertState, sector: number, count: number, buf: U
       done += n;
     }
   } catch (e) {
-    throw new BlkioError('EIO', `error while writing at byte ${sector * SECTOR}: ${e instanceof BlkioError ? e.strerror : String(e)}`);
+    throw new BlkioError('EIO', `error while writing at byte ${sector * SECTOR}: ${reason(e)}`);
   }
 }
 
