@@ -129,6 +129,12 @@ export function debugEvent(node: BlockNode | undefined, event: string): void | P
 // Reads
 
 export async function childRead(child: BdrvChild, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void> {
+  // Past the end there are only zeros, also at offsets beyond 2^53 (corrupt qcow2 entries
+  // reach 2^56; QEMU's limit is 2^63).
+  if (offset >= child.node.getLength() && offset < 2 ** 63 && Number.isSafeInteger(bytes) && bytes >= 0) {
+    buf.fill(0, 0, bytes);
+    return;
+  }
   checkRange(offset, bytes);
   if (bytes === 0) return;
   if (flags & REQ_COPY_ON_READ) {
