@@ -16,7 +16,7 @@ import { ClusterType, clusterType, readL2, writeL2, l1Entry, writeL1Entry } from
 import { markClean, markConsistent, readSnapshotTable, validateSnapshotTable } from './open.js';
 import { MAX_SNAPSHOTS, writeSnapshotTable } from './snapshots.js';
 import { compressedDescriptor, getClusterRefcount, updateMaxRefcountTableIndex, adjustRefcount } from './refcount.js';
-import { hex, sizeToClusters, type Qcow2State } from './state.js';
+import { hasDataFile, hex, sizeToClusters, type Qcow2State } from './state.js';
 
 const FIX_LEAKS = 1;
 const FIX_ERRORS = 2;
@@ -163,7 +163,8 @@ async function checkL2(c: Checker, l2Offset: number, fragInfo: boolean): Promise
           if (nextContiguous && offset !== nextContiguous) res.fragmentedClusters++;
           nextContiguous = offset + s.clusterSize;
         }
-        incRefcounts(c, offset, s.clusterSize);
+        // Clusters in an external data file are not refcounted.
+        if (!hasDataFile(s)) incRefcounts(c, offset, s.clusterSize);
         break;
       }
       case ClusterType.Unallocated:
@@ -369,9 +370,9 @@ async function checkOflagCopied(c: Checker): Promise<void> {
       const e = readL2(s, table, j);
       const type = clusterType(s, e);
       if (type !== ClusterType.Normal && type !== ClusterType.ZeroAlloc) continue;
-      let dataRefcount: number;
+      let dataRefcount = 1;
       try {
-        dataRefcount = await getClusterRefcount(s, Math.floor(entryOffset(e.hi, e.lo) / s.clusterSize));
+        if (!hasDataFile(s)) dataRefcount = await getClusterRefcount(s, Math.floor(entryOffset(e.hi, e.lo) / s.clusterSize));
       } catch {
         continue;
       }

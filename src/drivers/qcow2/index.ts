@@ -259,6 +259,8 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
       json: {
         compat: '1.1', 'compression-type': compression, 'lazy-refcounts': lazy,
         ...(bitmaps.length ? { bitmaps } : {}), 'refcount-bits': refcountBits,
+        ...(s.dataFileName !== undefined ? { 'data-file': s.dataFileName } : {}),
+        ...(hasDataFile(s) ? { 'data-file-raw': dataFileIsRaw(s) } : {}),
         corrupt, 'extended-l2': s.extendedL2,
       },
     };
