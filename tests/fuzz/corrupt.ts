@@ -477,16 +477,20 @@ function stackTrace(out: string): boolean {
   return out.includes('    at ') || out.includes('node:internal');
 }
 
-function excerpt(out: string): string {
-  const lines = out.split('\n');
-  const shown = lines.slice(0, 12).map((line) => `      | ${line.length > 160 ? `${line.slice(0, 160)}...` : line}`);
-  if (lines.length > 12) shown.push(`      | ... (${lines.length - 12} more lines)`);
-  return shown.join('\n');
-}
-
-function describeRunResult(r: ToolRun, dir: string): string {
-  const how = r.timedOut ? 'timed out' : r.signal ? `killed by ${r.signal}` : `exit ${r.status}`;
-  return `${how}\n${excerpt(normalise(r.out, dir))}`;
+/** Both outputs from their first differing line on (or whole, when only the status differs). */
+function describeRuns(q: ToolRun, b: ToolRun, dirs: { qemu: string; blkio: string }): string {
+  const qLines = normalise(q.out, dirs.qemu).split('\n');
+  const bLines = normalise(b.out, dirs.blkio).split('\n');
+  let first = 0;
+  while (first < qLines.length && qLines[first] === bLines[first]) first++;
+  if (first === qLines.length && first === bLines.length) first = 0;
+  const shown = (lines: string[]): string => [
+    ...(first > 0 ? [`      | ... (${first} equal lines)`] : []),
+    ...lines.slice(first, first + 6).map((line) => `      | ${line.length > 200 ? `${line.slice(0, 200)}...` : line}`),
+    ...(lines.length > first + 6 ? [`      | ... (${lines.length - first - 6} more lines)`] : []),
+  ].join('\n');
+  const how = (r: ToolRun): string => (r.timedOut ? 'timed out' : r.signal ? `killed by ${r.signal}` : `exit ${r.status}`);
+  return `  QEMU: ${how(q)}\n${shown(qLines)}\n  blkio: ${how(b)}\n${shown(bLines)}`;
 }
 
 /** Compared in chunks: a broken repair can leave a huge sparse file. */
@@ -531,7 +535,7 @@ function compareCommand(c: Command, corruptedFile: string, dirs: { qemu: string;
   const b = runTool([BLKIO, c.tool, ...c.args], dirs.blkio);
   const qOut = normalise(q.out, dirs.qemu);
   const bOut = normalise(b.out, dirs.blkio);
-  const both = () => `  QEMU: ${describeRunResult(q, dirs.qemu)}\n  blkio: ${describeRunResult(b, dirs.blkio)}`;
+  const both = () => describeRuns(q, b, dirs);
   const head = `\`${commandLine(c)}\``;
   if (b.timedOut) return { problem: `${head}: blkio hangs\n${both()}` };
   if (b.signal || stackTrace(b.out)) return { problem: `${head}: blkio crashes\n${both()}` };
