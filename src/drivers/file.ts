@@ -170,9 +170,10 @@ export const fileDriver: BlockDriver<FileState> = {
       throw new BlkioError(toBlkioError(e).code, `Could not open '${filename}': ${toBlkioError(e).strerror}`);
     }
     const stat = await handle.stat();
-    if (stat.isDirectory()) {
+    // Devices stay allowed: blkio has no host_device driver to take them over.
+    if (!stat.isFile() && !stat.isCharacterDevice() && !stat.isBlockDevice()) {
       await handle.close();
-      throw new BlkioError('EISDIR', `'${filename}' is not a file`);
+      throw new BlkioError('EINVAL', `'file' driver requires '${filename}' to be a regular file`);
     }
     // Linux native AIO works only on files opened with O_DIRECT.
     if (ctx.opts.aio === 'native' && !parseBool('cache.direct', ctx.effective['cache.direct'] ?? 'off')) {
