@@ -10,13 +10,13 @@ import type { BlockNode } from '../../block/node.js';
 import { getRefcount, HI_COPIED, makeTable, reftableOffset, setRefcount, setReftableOffset, refcountMax, splitOffset } from './entries.js';
 import { checkRefcountWidth } from './create.js';
 import {
-  COMPAT_LAZY_REFCOUNTS, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY } from './header.js';
+  AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY } from './header.js';
 import { ClusterType, clusterType, l1Entry, l2Offset, readL2, writeL2 } from './mapping.js';
 import { markClean, updateHeader } from './open.js';
 import {
   adjustRefcount, allocClusters, freeClusters, getClusterRefcount, MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex,
 } from './refcount.js';
-import { hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
+import { dataFileIsRaw, hasDataFile, hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
 import { truncateImage } from './truncate.js';
 
 /** In QEMU's order (`-o help` sorts them). */
@@ -87,8 +87,10 @@ export async function amendImage(
   const lazyRefcounts = (o.lazy_refcounts as boolean | undefined) ?? s.lazyRefcounts;
   const refcountBits = (o.refcount_bits as number | undefined) ?? 2 ** s.refcountOrder;
   checkRefcountWidth(refcountBits);
-  if (o.data_file !== undefined) throw invalid('data-file can only be set for images that use an external data file');
-  if (o.data_file_raw === true) throw invalid('data-file-raw cannot be set on existing images');
+  const dataFile = o.data_file as string | undefined;
+  if (dataFile !== undefined && !hasDataFile(s)) throw invalid('data-file can only be set for images that use an external data file');
+  const dataFileRaw = (o.data_file_raw as boolean | undefined) ?? dataFileIsRaw(s);
+  if (dataFileRaw && !dataFileIsRaw(s)) throw invalid('data-file-raw cannot be set on existing images');
   const newOrder = Math.log2(refcountBits);
   if ((newVersion !== oldVersion || newOrder !== s.refcountOrder) && s.snapshots.length) {
     throw new BlkioError('ENOTSUP', 'Amending images with internal snapshots is not supported');
@@ -102,6 +104,9 @@ export async function amendImage(
     }
     await changeRefcountOrder(s, newOrder, progress(1));
   }
+  // An empty name removes it: the data file must then be given when the image is opened.
+  if (dataFile !== undefined) s.dataFileName = dataFile || undefined;
+  if (!dataFileRaw) s.header.autoclearFeatures &= ~AUTOCLEAR_DATA_FILE_RAW;
   await updateHeader(s).catch((e) => {
     throw prefixed(e, 'Failed to update the image header');
   });
@@ -148,6 +153,7 @@ async function upgrade(s: Qcow2State, report: Report): Promise<void> {
 async function downgrade(node: BlockNode<Qcow2State>, report: Report): Promise<void> {
   const s = node.state;
   if (s.refcountOrder !== 4) throw new BlkioError('ENOTSUP', 'compat=0.10 requires refcount_bits=16');
+  if (hasDataFile(s)) throw new BlkioError('ENOTSUP', 'Cannot downgrade an image with a data file');
   if (s.header.incompatibleFeatures & INCOMPAT_DIRTY) {
     await markClean(s).catch((e) => {
       throw prefixed(e, 'Failed to make the image clean');
