@@ -211,8 +211,6 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   }
   if (g.subclusterSize < 512) throw invalid(`Unsupported subcluster size: ${g.subclusterSize}`);
   if (h.refcountOrder > 6) throw invalid('Reference count entry width too large; may not exceed 64 bits');
-  // Encryption needs a key secret (and is not implemented): QEMU's complaint without one.
-  if (h.cryptMethod) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
   if (h.refcountTableClusters === 0) throw invalid('Image does not contain a reference count table');
   validateTable(h.refcountTableOffset, h.refcountTableClusters, g.clusterSize, MAX_REFTABLE_SIZE, g.clusterSize, 'Reference count table');
   if (!o.checkMode) validateSnapshotTable(h, g.clusterSize, 'Snapshot table');
@@ -234,6 +232,10 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
     unknownHeaderFields, unknownExtensions: [], snapshots: [], snapshotsSize: 0,
     inflight: new Set(), signaledCorruption: false, unusable: false,
   };
+  // QEMU checks the method with the runtime options, after the L1 table: AES and LUKS need a
+  // key secret (and are not implemented), the others are unknown (printed as a C int).
+  if (h.cryptMethod > 2) throw invalid(`Unsupported encryption method ${h.cryptMethod | 0}`);
+  if (h.cryptMethod) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
   applyRuntimeOptions(s, runtimeOptions(s, o.opts, o.discardUnmap));
 
   debugEvent(file.node, 'reftable_load');
