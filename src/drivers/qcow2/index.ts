@@ -4,7 +4,7 @@
  * (allocating writes and COW), read, write, zero (zero writes, discard), compressed, truncate,
  * create and check.
  */
-import { BlkioError, toBlkioError } from '../../errors.js';
+import { BlkioError, errno, toBlkioError } from '../../errors.js';
 import { ROLE_DATA, ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type OptionSpecs } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import type { OpenContext } from '../../block/graph.js';
@@ -289,13 +289,16 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
 
   snapshotList: (node) => listSnapshots(node.state),
 
+  // Internal snapshots would need the data clusters refcounted.
   async snapshotCreate(node, info) {
     await requireUsable(node.state);
+    if (hasDataFile(node.state)) throw errno('ENOTSUP');
     await createSnapshot(node.state, info);
   },
 
   async snapshotGoto(node, idOrName) {
     await requireUsable(node.state);
+    if (hasDataFile(node.state)) throw errno('ENOTSUP');
     await gotoSnapshot(node.state, idOrName, (line) => node.layer.warn(line));
   },
 
