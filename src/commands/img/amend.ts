@@ -9,6 +9,7 @@ import type { BlockDriver } from '../../block/driver.js';
 import type { BlockLayer } from '../../block/graph.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
 import { hasHelpOption, isValidOptionList } from '../../options/qemuopts.js';
+import type { ObjectRegistry } from '../../block/objects.js';
 import {
   badOption, checkCacheMode, checkNoFormatWithImageOpts, ExitStatus, newLayer, openImg, reportError, runSubcommand,
   scanImgArgs, skipFilters, UsageError, writeOut,
@@ -47,7 +48,7 @@ function parseAmendOptions(driver: BlockDriver<any>, text: string) {
 
 export function imgAmend(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs('amend', argv, ':ho:f:t:pq', [
+    const { options, operands, objects } = scanImgArgs('amend', argv, ':ho:f:t:pq', [
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
       { name: 'force', hasArg: false, key: 'force' },
     ]);
@@ -70,7 +71,6 @@ export function imgAmend(argv: string[]): Promise<number> {
         case 'p': showProgress = true; break;
         case 'q': quiet = true; break;
         // Objects only carry secrets for encryption, which blkio does not support.
-        case 'object': break;
         case 'image-opts': imageOpts = true; break;
         case 'force': force = true; break;
         default: badOption(item);
@@ -83,7 +83,7 @@ export function imgAmend(argv: string[]): Promise<number> {
       if (progress.mode === 'human') writeOut('\n');
     };
     try {
-      const status = await amend(optionText, operands, { format, cache, imageOpts, force }, progress);
+      const status = await amend(optionText, operands, { format, cache, imageOpts, force, objects }, progress);
       endProgress();
       return status;
     } catch (e) {
@@ -100,11 +100,12 @@ interface AmendRequest {
   cache: string;
   imageOpts: boolean;
   force: boolean;
+  objects: ObjectRegistry;
 }
 
 async function amend(optionText: string, operands: string[], req: AmendRequest, progress: Progress): Promise<number> {
   const { format, cache, imageOpts, force } = req;
-  const layer = newLayer();
+  const layer = newLayer(req.objects);
   try {
     if (format !== undefined && hasHelpOption(optionText)) return printAmendHelp(layer, format);
     if (operands.length !== 1) throw new BlkioError('EINVAL', 'Expecting one image file name');

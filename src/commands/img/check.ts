@@ -67,15 +67,15 @@ export function formatHumanCheck(c: ImageCheck): string {
   return out;
 }
 
+/** bdrv_check: only the top node's own driver checks; filters do not pass it down. */
 async function runCheck(node: BlockNode, repair: 'leaks' | 'all' | undefined): Promise<CheckResult> {
-  const format = skipFilters(node);
-  if (!format.driver.check) throw new ExitStatus(63);
-  return format.driver.check(format, repair, (line) => writeErr(`${line}\n`));
+  if (!node.driver.check) throw new ExitStatus(63);
+  return node.driver.check(node, repair, (line) => writeErr(`${line}\n`));
 }
 
 export function imgCheck(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs('check', argv, ':hf:r:T:qU', [
+    const { options, operands, objects } = scanImgArgs('check', argv, ':hf:r:T:qU', [
       { name: 'format', hasArg: true, key: 'f' },
       { name: 'repair', hasArg: true, key: 'r' },
       { name: 'output', hasArg: true, key: 'output' },
@@ -112,7 +112,7 @@ export function imgCheck(argv: string[]): Promise<number> {
     const outputFormat: OutputFormat = output === undefined ? 'human' : parseOutputFormat(output);
     checkSourceCacheMode(cache);
     checkNoFormatWithImageOpts(imageOpts, format);
-    const layer = newLayer();
+    const layer = newLayer(objects);
     layer.openForCheck = true;
     try {
       const blk = await openImg(layer, { filename, format, imageOpts, readOnly: repair === undefined, forceShare, cache });

@@ -17,7 +17,7 @@ import { printHelp } from './help.js';
 
 export function imgCommit(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs('commit', argv, ':f:ht:b:dpqr:', [
+    const { options, operands, objects } = scanImgArgs('commit', argv, ':f:ht:b:dpqr:', [
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
       { name: 'progress', hasArg: true, key: 'progress' },
     ]);
@@ -49,7 +49,7 @@ export function imgCommit(argv: string[]): Promise<number> {
     const filename = operands[0];
     checkCacheMode(cache);
     checkNoFormatWithImageOpts(imageOpts, format);
-    const layer = newLayer();
+    const layer = newLayer(objects);
     try {
       const open = (extraOptions: FlatOptions) => openImg(layer, { filename, format, imageOpts, cache, extraOptions });
       // Opened before the progress starts, as qemu-img does; the job reopens it only to make the base writable.

@@ -5,6 +5,7 @@
  */
 import { BlkioError } from '../../errors.js';
 import { BlockLayer } from '../../block/graph.js';
+import { processObjectArg, type ObjectRegistry } from '../../block/objects.js';
 import type { BlockBackend } from '../../block/backend.js';
 import type { BlockNode } from '../../block/node.js';
 import { allDrivers } from '../../drivers/index.js';
@@ -56,18 +57,57 @@ export function reportWarning(message: string): void {
   writeErr(message.startsWith('WARNING:') ? `${message}\n` : `${PROGRAM}: ${message}\n`);
 }
 
-export function newLayer(): BlockLayer {
-  return new BlockLayer(allDrivers, reportWarning);
+/** A block layer holding the objects the command line defined (`--object`). */
+export function newLayer(objects?: ObjectRegistry): BlockLayer {
+  const layer = new BlockLayer(allDrivers, reportWarning);
+  for (const [id, object] of objects?.objects ?? []) layer.objects.set(id, object);
+  return layer;
 }
 
-/** A subcommand's options, scanned; `?`/`:` items become usage errors when reached. */
-export function scanImgArgs(command: string, argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[]) {
+export function newObjectRegistry(): ObjectRegistry {
+  return { objects: new Map<string, unknown>() };
+}
+
+/**
+ * `--object`, acted on where qemu-img's option loop reaches it: the object is created (an
+ * error ends the command, with status 1 except in compare), or the help asked for is printed
+ * (status 0).
+ */
+export function objectOption(objects: ObjectRegistry, text: string, failureStatus = 1): void {
+  let help: string | undefined;
+  try {
+    help = processObjectArg(objects, text);
+  } catch (e) {
+    reportError(e);
+    throw new ExitStatus(failureStatus);
+  }
+  if (help === undefined) return;
+  writeOut(help);
+  throw new ExitStatus(0);
+}
+
+/**
+ * A subcommand's options, scanned; `?`/`:` items become usage errors when reached. `--object`
+ * items are not passed on: they are acted on as the subcommand's loop comes to them, into
+ * `objects`, which the subcommand hands to newLayer.
+ */
+export function scanImgArgs(
+  command: string, argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[], objectFailureStatus = 1,
+) {
   const { options, operands } = scanArgs(command, argv, shortSpec, [
     { name: 'help', hasArg: false, key: 'h' },
     { name: 'object', hasArg: true, key: 'object' },
     ...longOptions,
   ]);
-  return { options, operands };
+  const objects = newObjectRegistry();
+  return { options: withObjectsActedOn(options, objects, objectFailureStatus), operands, objects };
+}
+
+function* withObjectsActedOn(items: readonly OptionItem[], objects: ObjectRegistry, failureStatus: number): Generator<OptionItem> {
+  for (const item of items) {
+    if (item.key === 'object') objectOption(objects, item.value, failureStatus);
+    else yield item;
+  }
 }
 
 /** The default branch of every qemu-img option switch. */

@@ -63,10 +63,10 @@ export function compareSectors(a: Uint8Array, b: Uint8Array): { differs: boolean
 
 export function imgCompare(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs('compare', argv, ':hf:F:T:pqsU', [
+    const { options, operands, objects } = scanImgArgs('compare', argv, ':hf:F:T:pqsU', [
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
       { name: 'force-share', hasArg: false, key: 'U' },
-    ]);
+    ], 2);
     let format1: string | undefined;
     let format2: string | undefined;
     let cache = 'writeback';
@@ -91,7 +91,7 @@ export function imgCompare(argv: string[]): Promise<number> {
     }
     if (operands.length !== 2) throw new UsageError('Expecting two image file names');
     const progress = new Progress(showProgress && !quiet ? 'human' : 'off');
-    const layer = newLayer();
+    const layer = newLayer(objects);
     const say = (text: string): void => {
       if (!quiet) writeOut(text);
     };

@@ -17,6 +17,7 @@ import { isZeroBuffer, nodeInfo } from '../../block/io.js';
 import { isCacheMode } from '../../cli/open-image.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
 import { hasHelpOption, isValidOptionList } from '../../options/qemuopts.js';
+import type { ObjectRegistry } from '../../block/objects.js';
 import {
   backingLayer, badOption, checkCacheMode, imgCvtnum, newLayer, openImg, reportError, reportWarning, runSubcommand, scanImgArgs, skipFilters,
 } from './common.js';
@@ -103,8 +104,8 @@ interface ConvertArgs {
   snapshot?: SnapshotParam;
 }
 
-function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string[] } | number {
-  const { options, operands } = scanImgArgs('convert', argv, ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:', [
+function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string[]; objects: ObjectRegistry } | number {
+  const { options, operands, objects } = scanImgArgs('convert', argv, ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:', [
     { name: 'image-opts', hasArg: false, key: 'image-opts' },
     { name: 'target-image-opts', hasArg: false, key: 'target-image-opts' },
     { name: 'target-is-zero', hasArg: false, key: 'target-is-zero' },
@@ -164,14 +165,14 @@ function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string
       default: badOption(item);
     }
   }
-  return { args, operands };
+  return { args, operands, objects };
 }
 
 export function imgConvert(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
     const parsed = parseConvertArgs(argv);
     if (typeof parsed === 'number') return parsed;
-    const { args, operands } = parsed;
+    const { args, operands, objects } = parsed;
     if (args.outFormat === undefined && !args.targetImageOpts) args.outFormat = 'raw';
     const fail = (message: string): BlkioError => new BlkioError('EINVAL', message);
     if (args.compressed && args.copyRange) throw fail('Cannot enable copy offloading when -c is used');
@@ -181,7 +182,7 @@ export function imgConvert(argv: string[]): Promise<number> {
     if (args.skipCreate && args.options !== undefined) throw fail('-o has no effect when skipping image creation');
     if (args.targetIsZero && !args.skipCreate) throw fail('--target-is-zero requires use of -n flag');
     const outFilename = operands.length >= 2 ? operands[operands.length - 1] : undefined;
-    const layer = newLayer();
+    const layer = newLayer(objects);
     try {
       if (args.options !== undefined && hasHelpOption(args.options)) {
         if (args.outFormat === undefined) throw fail('Option help requires a format be specified');

@@ -287,7 +287,7 @@ async function withEmptyFile(layer: BlockLayer, filename: string, use: (file: Bd
 /** The subcommand. */
 export function imgCreate(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs('create', argv, ':F:b:f:ho:qu', []);
+    const { options, operands, objects } = scanImgArgs('create', argv, ':F:b:f:ho:qu', []);
     let format = 'raw';
     let backingFile: string | undefined;
     let backingFormat: string | undefined;
@@ -309,7 +309,7 @@ export function imgCreate(argv: string[]): Promise<number> {
         default: badOption(item);
       }
     }
-    const layer = newLayer();
+    const layer = newLayer(objects);
     const filename = operands[0];
     if (optionText !== undefined && hasHelpOption(optionText)) return printOptionHelp(layer, format, filename);
     if (filename === undefined) throw new UsageError('Expecting image file name');

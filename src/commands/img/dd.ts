@@ -47,7 +47,7 @@ function parseOperands(operands: readonly string[]): DdOperands {
 
 export function imgDd(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs('dd', argv, ':hf:O:U', [
+    const { options, operands, objects } = scanImgArgs('dd', argv, ':hf:O:U', [
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
       { name: 'force-share', hasArg: false, key: 'U' },
     ]);
@@ -63,7 +63,6 @@ export function imgDd(argv: string[]): Promise<number> {
         case 'U': forceShare = true; break;
         case 'image-opts': imageOpts = true; break;
         // Objects only carry secrets for encryption, which blkio does not support.
-        case 'object': break;
         default: badOption(item);
       }
     }
@@ -71,7 +70,7 @@ export function imgDd(argv: string[]): Promise<number> {
     if (dd.input === undefined || dd.output === undefined) throw new BlkioError('EINVAL', 'Must specify both input and output files');
     checkNoFormatWithImageOpts(imageOpts, format);
 
-    const layer = newLayer();
+    const layer = newLayer(objects);
     try {
       const source = await openImg(layer, { filename: dd.input, format, imageOpts, readOnly: true, forceShare });
       const inputSize = BigInt(source.getLength());

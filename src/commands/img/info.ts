@@ -7,6 +7,7 @@
  */
 import { BlkioError } from '../../errors.js';
 import type { BlockNode } from '../../block/node.js';
+import type { ObjectRegistry } from '../../block/objects.js';
 import { ROLE_COW } from '../../block/driver.js';
 import { nodeInfoIfAny } from '../../block/io.js';
 import { resolveBackingFilename } from '../../block/graph.js';
@@ -54,7 +55,8 @@ export async function allocatedSize(node: BlockNode): Promise<number | undefined
 export async function queryImageInfo(node: BlockNode): Promise<ImageInfo> {
   const info: ImageInfo = { filename: node.filename, format: node.driver.name, 'virtual-size': node.getLength() };
   info['actual-size'] = await allocatedSize(node);
-  const di = node.driver.getInfo ? nodeInfoIfAny(node) : undefined;
+  // bdrv_get_info: filters without their own answer pass the question down.
+  const di = nodeInfoIfAny(node);
   if (di) {
     if (di.clusterSize) info['cluster-size'] = di.clusterSize;
     info['dirty-flag'] = di.isDirty ?? false;
@@ -104,7 +106,7 @@ export function formatHumanInfo(info: ImageInfo): string {
 
 export function imgInfo(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs('info', argv, ':f:hU', [
+    const { options, operands, objects } = scanImgArgs('info', argv, ':f:hU', [
       { name: 'format', hasArg: true, key: 'f' },
       { name: 'output', hasArg: true, key: 'output' },
       { name: 'backing-chain', hasArg: false, key: 'backing-chain' },
@@ -129,7 +131,7 @@ export function imgInfo(argv: string[]): Promise<number> {
     }
     if (operands.length !== 1) throw new UsageError('Expecting one image file name');
     const outputFormat: OutputFormat = output === undefined ? 'human' : parseOutputFormat(output);
-    const list = await collectImageInfo(operands[0], format, imageOpts, chain, forceShare);
+    const list = await collectImageInfo(operands[0], format, imageOpts, chain, forceShare, objects);
     if (outputFormat === 'human') writeOut(list.map(formatHumanInfo).join('\n'));
     else writeOut(toQemuJson(chain ? list : list[0]) + '\n');
     return 0;
@@ -137,7 +139,7 @@ export function imgInfo(argv: string[]): Promise<number> {
 }
 
 async function collectImageInfo(
-  first: string, firstFormat: string | undefined, imageOpts: boolean, chain: boolean, forceShare: boolean,
+  first: string, firstFormat: string | undefined, imageOpts: boolean, chain: boolean, forceShare: boolean, objects: ObjectRegistry,
 ): Promise<ImageInfo[]> {
   checkNoFormatWithImageOpts(imageOpts, firstFormat);
   const list: ImageInfo[] = [];
@@ -148,7 +150,7 @@ async function collectImageInfo(
   while (filename !== undefined) {
     if (seen.has(filename)) throw new BlkioError('ELOOP', `Backing file '${filename}' creates an infinite loop.`);
     seen.add(filename);
-    const layer = newLayer();
+    const layer = newLayer(objects);
     layer.openWithoutIo = true;
     try {
       const blk = await openImg(layer, { filename, format, imageOpts: opts, readOnly: true, forceShare, noBacking: true });

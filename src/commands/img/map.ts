@@ -127,7 +127,7 @@ function writeJsonEntry(out: ChunkedOutput, e: MapEntry, last: boolean): void {
 
 export function imgMap(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs('map', argv, ':f:hU', [
+    const { options, operands, objects } = scanImgArgs('map', argv, ':f:hU', [
       { name: 'format', hasArg: true, key: 'f' },
       { name: 'output', hasArg: true, key: 'output' },
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
@@ -156,7 +156,7 @@ export function imgMap(argv: string[]): Promise<number> {
     if (operands.length !== 1) throw new UsageError('Expecting one image file name');
     const outputFormat: OutputFormat = output === undefined ? 'human' : parseOutputFormat(output);
     if (imageOpts && format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
-    const layer = newLayer();
+    const layer = newLayer(objects);
     try {
       const blk = await openImg(layer, { filename: operands[0], format, imageOpts, readOnly: true, forceShare });
       return await dumpMap(blk.node, outputFormat, startOffset, maxLength);

@@ -11,7 +11,7 @@ import { isValidOptionList } from '../../options/qemuopts.js';
 import { getopt } from '../io/getopt.js';
 import { chainBlockStatus } from './block-status.js';
 import {
-  checkNoFormatWithImageOpts, imgCvtnum, newLayer, openImg, type OutputFormat, parseOutputFormat, reportError,
+  checkNoFormatWithImageOpts, imgCvtnum, newLayer, newObjectRegistry, objectOption, openImg, type OutputFormat, parseOutputFormat, reportError,
   ReportLines, runSubcommand, writeErr, writeOut,
 } from './common.js';
 import { createRequestOptions, mergeCreateOptions, parseCreateOptions, setCreateOption } from './create.js';
@@ -47,6 +47,7 @@ export function imgMeasure(argv: string[]): Promise<number> {
     let forceShare = false;
     let imageOpts = false;
     let size: number | undefined;
+    const objects = newObjectRegistry();
     for (const item of items) {
       if (item.kind === 'error') {
         // measure answers a bad option with glibc's message and the full help (exit 0).
@@ -63,8 +64,7 @@ export function imgMeasure(argv: string[]): Promise<number> {
           break;
         case 'l': snapshot = parseSnapshotParam(item.value); break;
         case 'U': forceShare = true; break;
-        // Objects only carry secrets for encryption, which blkio does not support.
-        case 'object': break;
+        case 'object': objectOption(objects, item.value); break;
         case 'image-opts': imageOpts = true; break;
         case 'output': output = parseOutputFormat(item.value); break;
         case 'size': size = imgCvtnum('image size', item.value); break;
@@ -79,7 +79,7 @@ export function imgMeasure(argv: string[]): Promise<number> {
     if (filename === undefined && size === undefined) throw new BlkioError('EINVAL', 'Either --size N or one filename must be specified.');
     checkNoFormatWithImageOpts(imageOpts, format);
 
-    const layer = newLayer();
+    const layer = newLayer(objects);
     try {
       const source = filename === undefined ? undefined
         : await openImg(layer, { filename, format, imageOpts, readOnly: true, forceShare });

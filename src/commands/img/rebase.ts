@@ -25,7 +25,7 @@ const IO_BUF_SIZE = 2 * 1024 * 1024;
 
 export function imgRebase(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs('rebase', argv, ':hf:F:b:upt:T:qU', [
+    const { options, operands, objects } = scanImgArgs('rebase', argv, ':hf:F:b:upt:T:qU', [
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
       { name: 'force-share', hasArg: false, key: 'U' },
     ]);
@@ -59,7 +59,7 @@ export function imgRebase(argv: string[]): Promise<number> {
     if (!unsafe && backing === undefined) throw new UsageError('Must specify backing file (-b) or use unsafe mode (-u)');
     const filename = operands[0];
     const progress = new Progress(showProgress && !quiet ? 'human' : 'off');
-    const layer = newLayer();
+    const layer = newLayer(objects);
     try {
       progress.update(0, 100);
       checkCacheMode(cache);

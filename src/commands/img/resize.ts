@@ -19,7 +19,7 @@ export function imgResize(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
     if (argv.length < 2) throw new UsageError('Not enough arguments');
     const sizeArg = argv[argv.length - 1];
-    const { options, operands } = scanImgArgs('resize', argv.slice(0, -1), ':f:hq', [
+    const { options, operands, objects } = scanImgArgs('resize', argv.slice(0, -1), ':f:hq', [
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
       { name: 'preallocation', hasArg: true, key: 'preallocation' },
       { name: 'shrink', hasArg: false, key: 'shrink' },
@@ -50,7 +50,7 @@ export function imgResize(argv: string[]): Promise<number> {
     const n = parseSizeOption('size', relative ? sizeArg.slice(1) : sizeArg);
     checkNoFormatWithImageOpts(imageOpts, format);
 
-    const layer = newLayer();
+    const layer = newLayer(objects);
     try {
       const blk = await openImg(layer, { filename: operands[0], format, imageOpts });
       blk.requirePerms(PERM_RESIZE);

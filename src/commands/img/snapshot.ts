@@ -194,7 +194,7 @@ async function perform(node: BlockNode, action: Action): Promise<number> {
 
 export function imgSnapshot(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanImgArgs('snapshot', argv, ':la:c:d:hqU', [
+    const { options, operands, objects } = scanImgArgs('snapshot', argv, ':la:c:d:hqU', [
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
       { name: 'force-share', hasArg: false, key: 'U' },
     ]);
@@ -218,7 +218,7 @@ export function imgSnapshot(argv: string[]): Promise<number> {
       }
     }
     if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-    const layer = newLayer();
+    const layer = newLayer(objects);
     try {
       const blk = await openImg(layer, { filename: operands[0], imageOpts, readOnly: action?.kind === 'list', forceShare });
       return action ? await perform(blk.node, action) : 0;
