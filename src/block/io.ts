@@ -195,16 +195,31 @@ async function driverRead(node: BlockNode, offset: number, bytes: number, buf: U
 }
 
 /**
+ * How far copy-on-read widens a request: to whole clusters, as QEMU 7.2 does (with subclusters,
+ * the unallocated subclusters of the whole cluster get copied). Where the first allocation run
+ * of the widened range ends before the request starts, QEMU 7.2 fails an assertion; there the
+ * request is widened to subclusters only, as QEMU 8.1 does.
+ */
+async function copyOnReadGranularity(node: BlockNode, offset: number, maxTransfer: number): Promise<number> {
+  const info = nodeInfo(node);
+  const cluster = info.clusterSize ?? node.limits.requestAlignment;
+  const subcluster = info.subclusterSize ?? cluster;
+  const clusterStart = roundDown(offset, cluster);
+  if (subcluster === cluster || clusterStart === offset) return cluster;
+  const first = await isAllocated(node, clusterStart, Math.min(cluster, maxTransfer)).catch(() => undefined);
+  return first && first.pnum <= offset - clusterStart ? subcluster : cluster;
+}
+
+/**
  * The generic copy-on-read routine: widen the request to (sub)cluster boundaries, and copy each
  * unallocated part into this node with an unchanged-data write (a zero write when the data is
  * all zero), then hand the caller its bytes.
  */
 async function copyOnRead(node: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void> {
-  const info = nodeInfo(node);
-  const granularity = info.subclusterSize ?? info.clusterSize ?? node.limits.requestAlignment;
+  const maxTransfer = Math.min(node.limits.maxTransfer || MAX_BOUNCE_BUFFER, MAX_BOUNCE_BUFFER);
+  const granularity = await copyOnReadGranularity(node, offset, maxTransfer);
   const alignedStart = roundDown(offset, granularity);
   const alignedEnd = roundUp(offset + bytes, granularity);
-  const maxTransfer = Math.min(node.limits.maxTransfer || MAX_BOUNCE_BUFFER, MAX_BOUNCE_BUFFER);
   const prefetch = (flags & REQ_PREFETCH) !== 0;
   let bounce: Uint8Array | undefined;
 

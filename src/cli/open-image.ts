@@ -93,7 +93,10 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
   try {
     if (req.copyOnRead && root.readOnly) throw new BlkioError('EINVAL', "Can't use copy-on-read on read-only device");
     if (req.snapshot) root = await openTemporaryOverlay(layer, root);
-    if (req.copyOnRead) root = await layer.insertFilterAbove(root, { driver: 'copy-on-read' }, true);
+    // QEMU keeps -C as a flag on the root node, so discards obey the root's discard mode.
+    if (req.copyOnRead) {
+      root = await layer.insertFilterAbove(root, { driver: 'copy-on-read', discard: root.discardUnmap ? 'unmap' : 'ignore' }, true);
+    }
     // The user asks for what the program mode says, whatever the node's own read-only option:
     // `read-only=on` without -r fails with "Block node is read-only", as in QEMU.
     const perm = PERM_CONSISTENT_READ | (req.readOnly ? 0 : PERM_WRITE);

@@ -14,7 +14,7 @@ import {
 } from './mapping.js';
 import { allocClusters, allocClustersAt, freeAnyCluster, freeClusters } from './refcount.js';
 import { readGuest } from './read.js';
-import { readsAsZero } from './zero.js';
+import { readsAsZeroFast } from './zero.js';
 import {
   hasDataFile, hex, markDirty, needAccurateRefcounts, offsetIntoCluster, signalCorruption, startOfCluster, type Allocation,
   type Qcow2State,
@@ -298,8 +298,8 @@ export async function handleAllocSpace(s: Qcow2State, metas: readonly Allocation
   if (!node) return;
   for (const m of metas) {
     if (!m.cowStart.bytes && !m.cowEnd.bytes) continue;
-    if (!(await readsAsZero(node, m.offset + m.cowStart.offset, m.cowStart.bytes)) ||
-        !(await readsAsZero(node, m.offset + m.cowEnd.offset, m.cowEnd.bytes))) continue;
+    if (!(await readsAsZeroFast(node, m.offset + m.cowStart.offset, m.cowStart.bytes)) ||
+        !(await readsAsZeroFast(node, m.offset + m.cowEnd.offset, m.cowEnd.bytes))) continue;
     const start = m.hostOffset + m.cowStart.offset;
     const bytes = m.cowEnd.offset + m.cowEnd.bytes - m.cowStart.offset;
     debugEvent(s.file.node, 'cluster_alloc_space');

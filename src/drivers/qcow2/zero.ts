@@ -149,9 +149,7 @@ export async function subclusterZeroize(s: Qcow2State, offset: number, bytes: nu
 
 /** Whether the whole range reads as zeroes through the backing chain (QEMU's is_zero). */
 export async function readsAsZero(node: BlockNode, offset: number, bytes: number): Promise<boolean> {
-  // Past the end (VM state) there is no status to ask: the region must be copied.
-  if (offset > node.getLength()) return false;
-  bytes = Math.min(bytes, node.getLength() - offset);
+  bytes = Math.min(bytes, Math.max(0, node.getLength() - offset));
   while (bytes > 0) {
     const { status, pnum } = await statusAbove(node, offset, bytes);
     if (!(status & STATUS_ZERO) || pnum === 0) return false;
@@ -159,6 +157,17 @@ export async function readsAsZero(node: BlockNode, offset: number, bytes: number
     bytes -= pnum;
   }
   return true;
+}
+
+/**
+ * QEMU's bdrv_co_is_zero_fast: one block-status query has to answer zero for the whole range.
+ * A range reaching past the end of the image (a COW region of the last cluster, VM state)
+ * has no such answer, so it is copied.
+ */
+export async function readsAsZeroFast(node: BlockNode, offset: number, bytes: number): Promise<boolean> {
+  if (bytes === 0) return true;
+  const { status, pnum } = await statusAbove(node, offset, bytes);
+  return pnum === bytes && (status & STATUS_ZERO) !== 0;
 }
 
 /** Block status of the first layer of the chain that has the range, or of the bottom. */
