@@ -34,6 +34,8 @@ export class TableCache {
     private capacity: number,
     /** blkdebug event fired before each entry write. */
     private readonly updateEvent: string,
+    /** Refuses an entry write that would land on other metadata. */
+    private readonly checkWrite: (offset: number, bytes: number) => Promise<void>,
   ) {}
 
   resize(capacity: number): void {
@@ -167,6 +169,7 @@ export class TableCache {
       await this.file.flush();
       this.dependsOnFlush = false;
     }
+    await this.checkWrite(entry.offset, this.tableSize);
     debugEvent(this.file.node, this.updateEvent);
     entry.dirty = false;
     try {

@@ -19,6 +19,7 @@ import { MAX_L1_SIZE } from './mapping.js';
 import { MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex } from './refcount.js';
 import { MAX_SNAPSHOTS, parseSnapshotTable, SNAPSHOT_HEADER_SIZE } from './snapshots.js';
 import { geometry, Mutex, sizeToL1, type Qcow2State } from './state.js';
+import { preventMetadataOverwrite } from './overlap.js';
 
 const DEFAULT_L2_CACHE_MAX = 32 * 2 ** 20;
 const MIN_L2_CACHE_ENTRIES = 2;
@@ -155,8 +156,10 @@ export function runtimeOptions(s: Pick<Qcow2State, 'clusterSize' | 'size' | 'l2E
 /** Apply runtime options to the state (caches are created here). */
 export function applyRuntimeOptions(s: Qcow2State, r: RuntimeOptions): void {
   s.l2SliceSize = r.l2CacheEntrySize / s.l2EntrySize;
-  s.l2Cache = new TableCache(s.file, r.l2CacheEntrySize, r.l2CacheEntries, 'l2_update');
-  s.refcountCache = new TableCache(s.file, s.clusterSize, r.refcountCacheClusters, 'refblock_update_part');
+  s.l2Cache = new TableCache(s.file, r.l2CacheEntrySize, r.l2CacheEntries, 'l2_update',
+    (offset, bytes) => preventMetadataOverwrite(s, offset, bytes, 'active L2 table'));
+  s.refcountCache = new TableCache(s.file, s.clusterSize, r.refcountCacheClusters, 'refblock_update_part',
+    (offset, bytes) => preventMetadataOverwrite(s, offset, bytes, 'refcount block'));
   s.lazyRefcounts = r.lazyRefcounts;
   s.discardPassthrough = {
     never: false, always: true, request: r.discardRequest, snapshot: r.discardSnapshot, other: r.discardOther,

@@ -8,6 +8,7 @@ import { debugEvent } from '../../block/io.js';
 import { abortAllocations, allocHostOffset, handleAllocSpace, linkAllocations, mergeCow, type HostRange } from './allocation.js';
 import { compressCluster } from './codecs.js';
 import { allocCompressedCluster } from './compressed.js';
+import { preventMetadataOverwrite } from './overlap.js';
 import { hasDataFile, offsetIntoCluster, type Qcow2State } from './state.js';
 
 /** Allocate the host range for the start of `[offset, offset + bytes)`, waiting out conflicting allocations. */
@@ -34,6 +35,7 @@ interface Chunk {
 }
 
 async function writeChunkData(s: Qcow2State, c: Omit<Chunk, 'written'>): Promise<void> {
+  await preventMetadataOverwrite(s, c.range.hostOffset, c.range.bytes);
   if (mergeCow(c.range.metas, c.offset, c.range.bytes, c.data)) return;
   debugEvent(s.file.node, 'write_aio');
   await s.dataFile.write(c.range.hostOffset, c.range.bytes, c.data);

@@ -1,0 +1,41 @@
+/**
+ * QEMU's metadata overlap check (its default "cached" mode, without the bitmap directory):
+ * before guest data goes to a host range, the range must not touch the image's own metadata.
+ * A corrupt table entry that points into metadata would otherwise spread the damage.
+ */
+import { l1Entry } from './mapping.js';
+import { reftableOffset } from './entries.js';
+import { hasDataFile, signalCorruption, type Qcow2State } from './state.js';
+
+export type Metadata = 'active L2 table' | 'refcount block';
+
+/**
+ * The first kind of metadata the cluster-aligned host range overlaps, in QEMU's check order
+ * (`own`: the kind being written, not checked).
+ */
+export function overlappingMetadata(s: Qcow2State, offset: number, bytes: number, own?: Metadata): string | undefined {
+  const start = Math.floor(offset / s.clusterSize) * s.clusterSize;
+  const end = Math.ceil((offset + bytes) / s.clusterSize) * s.clusterSize;
+  const overlaps = (at: number, size: number): boolean => size > 0 && at < end && start < at + size;
+  if (start < s.clusterSize) return 'qcow2_header';
+  if (overlaps(s.l1TableOffset, s.l1Size * 8)) return 'active L1 table';
+  for (let i = 0; own !== 'active L2 table' && i < s.l1Size; i++) {
+    const l2 = l1Entry(s, i).offset;
+    if (l2 && overlaps(l2, s.clusterSize)) return 'active L2 table';
+  }
+  if (overlaps(s.refcountTableOffset, s.refcountTableSize * 8)) return 'refcount table';
+  for (let i = 0; own !== 'refcount block' && i < s.refcountTableSize; i++) {
+    const block = reftableOffset(s.refcountTable, i);
+    if (block && overlaps(block, s.clusterSize)) return 'refcount block';
+  }
+  if (overlaps(s.header.snapshotsOffset, s.snapshotsSize)) return 'snapshot table';
+  if (s.snapshots.some((sn) => overlaps(sn.l1TableOffset, sn.l1Size * 8))) return 'inactive L1 table';
+  return undefined;
+}
+
+/** Refuses (marking the image corrupt, as QEMU does) a data or table write into other metadata. */
+export async function preventMetadataOverwrite(s: Qcow2State, offset: number, bytes: number, own?: Metadata): Promise<void> {
+  if ((!own && hasDataFile(s)) || bytes === 0) return;
+  const what = overlappingMetadata(s, offset, bytes, own);
+  if (what) throw await signalCorruption(s, true, `Preventing invalid write on metadata (overlaps with ${what})`);
+}
