@@ -196,18 +196,28 @@ async function driverRead(node: BlockNode, offset: number, bytes: number, buf: U
 
 /**
  * How far copy-on-read widens a request: to whole clusters, as QEMU 7.2 does (with subclusters,
- * the unallocated subclusters of the whole cluster get copied). Where the first allocation run
- * of the widened range ends before the request starts, QEMU 7.2 fails an assertion; there the
- * request is widened to subclusters only, as QEMU 8.1 does.
+ * the unallocated subclusters of the whole cluster get copied). Where QEMU 7.2 then fails an
+ * assertion (the first allocation run of the cluster ends before the request starts, or an
+ * allocated run starts after its end), the request is widened to subclusters only, as
+ * QEMU 8.1 does.
  */
-async function copyOnReadGranularity(node: BlockNode, offset: number, maxTransfer: number): Promise<number> {
+async function copyOnReadGranularity(node: BlockNode, offset: number, bytes: number, maxTransfer: number): Promise<number> {
   const info = nodeInfo(node);
   const cluster = info.clusterSize ?? node.limits.requestAlignment;
   const subcluster = info.subclusterSize ?? cluster;
+  if (subcluster === cluster) return cluster;
   const clusterStart = roundDown(offset, cluster);
-  if (subcluster === cluster || clusterStart === offset) return cluster;
-  const first = await isAllocated(node, clusterStart, Math.min(cluster, maxTransfer)).catch(() => undefined);
-  return first && first.pnum <= offset - clusterStart ? subcluster : cluster;
+  const clusterEnd = roundUp(offset + bytes, cluster);
+  for (let pos = clusterStart; pos < clusterEnd;) {
+    const want = Math.min(clusterEnd - pos, maxTransfer);
+    // A failed query counts as unallocated, as in the copy itself.
+    const run = await isAllocated(node, pos, want).catch(() => ({ allocated: false, pnum: want }));
+    if (run.pnum === 0) break;
+    if (pos === clusterStart && run.pnum <= offset - clusterStart) return subcluster;
+    if (run.allocated && pos > offset + bytes) return subcluster;
+    pos += run.pnum;
+  }
+  return cluster;
 }
 
 /**
@@ -217,7 +227,7 @@ async function copyOnReadGranularity(node: BlockNode, offset: number, maxTransfe
  */
 async function copyOnRead(node: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void> {
   const maxTransfer = Math.min(node.limits.maxTransfer || MAX_BOUNCE_BUFFER, MAX_BOUNCE_BUFFER);
-  const granularity = await copyOnReadGranularity(node, offset, maxTransfer);
+  const granularity = await copyOnReadGranularity(node, offset, bytes, maxTransfer);
   const alignedStart = roundDown(offset, granularity);
   const alignedEnd = roundUp(offset + bytes, granularity);
   const prefetch = (flags & REQ_PREFETCH) !== 0;

@@ -1,11 +1,15 @@
-import { beforeEach, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, readFileSync } from 'node:fs';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BlockBackend } from '../../../src/block/backend.js';
 import { BlockLayer } from '../../../src/block/graph.js';
 import { REQ_WRITE_UNCHANGED } from '../../../src/block/flags.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../../../src/block/permissions.js';
 import { isAllocated } from '../../../src/block/io.js';
 import { copyOnReadDriver } from '../../../src/drivers/copy-on-read.js';
+import { allDrivers } from '../../../src/drivers/index.js';
 import { rawDriver } from '../../../src/drivers/raw.js';
+import { haveQemu, qemuImg, qemuIo, tempDir } from '../drivers/qcow2/helpers.js';
 import { memCowDriver, memoryDisks, memoryDriver, type MemoryState } from '../helpers/memory-driver.js';
 
 const CLUSTER = 65536;
@@ -164,5 +168,72 @@ describe('alignment padding', () => {
     const buf = new Uint8Array(16).fill(0xab);
     await BlockBackend.attach(node, PERM_CONSISTENT_READ, PERM_ALL).read(3, 16, buf);
     expect([...buf]).toEqual(new Array(16).fill(0xab));
+  });
+});
+
+describe.skipIf(!haveQemu)('copy-on-read into qcow2, compared with QEMU 7.2', () => {
+  const K = 1024;
+  let tmp: ReturnType<typeof tempDir>;
+  beforeEach(() => {
+    tmp = tempDir();
+  });
+  afterEach(() => tmp.remove());
+
+  /** base (0x11 everywhere) <- top.qcow2 with `topOpts`, after `topWrites` (qemu-io commands). */
+  function makeChain(topOpts: string, topWrites: string[]): string {
+    const base = tmp.path('base.qcow2');
+    const top = tmp.path('top.qcow2');
+    qemuImg('create', '-q', '-f', 'qcow2', base, '1M');
+    qemuIo(base, ['write -P 0x11 0 1M']);
+    qemuImg('create', '-q', '-f', 'qcow2', '-o', topOpts, '-b', base, '-F', 'qcow2', top);
+    if (topWrites.length) qemuIo(top, topWrites);
+    return top;
+  }
+
+  async function readThroughFilter(top: string, offset: number, bytes: number): Promise<Uint8Array> {
+    const layer = new BlockLayer(allDrivers);
+    try {
+      const cor = await layer.openNode(top, { driver: 'copy-on-read', 'file.driver': 'qcow2' });
+      const blk = BlockBackend.attach(cor, PERM_CONSISTENT_READ, PERM_ALL);
+      const buf = new Uint8Array(bytes);
+      await blk.read(offset, bytes, buf);
+      blk.detach();
+      return buf;
+    } finally {
+      await layer.closeAll();
+    }
+  }
+
+  /** Top-layer allocation as `qemu-io -c map` reports it. */
+  function topMap(top: string): string {
+    return qemuIo(top, ['map']);
+  }
+
+  it('copies every unallocated subcluster of the whole cluster, as 7.2 does', async () => {
+    const ours = makeChain('extended_l2=on', ['write -P 0x22 8k 2k']);
+    const ref = tmp.path('ref.qcow2');
+    copyFileSync(ours, ref);
+    execFileSync('qemu-io', ['-C', '-f', 'qcow2', '-c', 'read 4k 8k', ref]);
+    const buf = await readThroughFilter(ours, 4 * K, 8 * K);
+    expect(buf[0]).toBe(0x11);
+    expect(buf[4 * K]).toBe(0x22);
+    expect(readFileSync(ours).equals(readFileSync(ref))).toBe(true);
+    expect(topMap(ours)).toMatch(/^64 KiB \(0x10000\) bytes {5}allocated at offset 0 bytes/);
+  });
+
+  it('copies only the touched subclusters where 7.2 fails an assertion (the cluster starts allocated)', async () => {
+    const top = makeChain('extended_l2=on', ['write -P 0x22 0 1k']);
+    await readThroughFilter(top, 3 * K, 4 * K);
+    expect(topMap(top).split('\n')[0]).toBe('8 KiB (0x2000) bytes     allocated at offset 0 bytes (0x0)');
+  });
+
+  it('copies only the touched subclusters where 7.2 fails an assertion (allocated data after the request)', async () => {
+    const top = makeChain('extended_l2=on', ['write -P 0x22 40k 2k']);
+    await readThroughFilter(top, 2 * K, 4 * K);
+    expect(topMap(top).split('\n').slice(0, 3)).toEqual([
+      '2 KiB (0x800) bytes not allocated at offset 0 bytes (0x0)',
+      '4 KiB (0x1000) bytes     allocated at offset 2 KiB (0x800)',
+      '34 KiB (0x8800) bytes not allocated at offset 6 KiB (0x1800)',
+    ]);
   });
 });
