@@ -1,0 +1,20 @@
+import { describe, expect, it } from 'vitest';
+import { runSeed } from '../../../fuzz/corrupt.js';
+import { haveQemu } from './helpers.js';
+
+// Seeds of the corruption fuzzer (`npm run fuzz -- corrupt` runs many more) that once failed.
+const REGRESSIONS: Array<[seed: number, what: string]> = [
+  [1005, 'an L1 entry pointing beyond 2^53 reads zeros in check; read-only corruption is non-fatal'],
+  [1013, 'a read-only map reports an unaligned cluster as non-fatal'],
+  [1023, 'an unknown encryption method'],
+  [1042, 'a new L2 table over a refcount table grown by its header field is refused'],
+];
+
+describe.skipIf(!haveQemu)('qcow2 corruption fuzzing (bounded)', () => {
+  for (const [seed, what] of REGRESSIONS) {
+    it(`seed ${seed}: ${what}`, async () => {
+      const r = await runSeed(seed);
+      expect(r.message ?? 'ok').toBe('ok');
+    }, 60_000);
+  }
+});
