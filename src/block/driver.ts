@@ -237,6 +237,8 @@ export interface BlockDriver<S = unknown> {
   debugRemoveBreakpoint?(node: BlockNode<S>, tag: string): void;
   debugResume?(node: BlockNode<S>, tag: string): void;
   debugIsSuspended?(node: BlockNode<S>, tag: string): boolean;
+  /** QEMU deletes the image file again when creating the image in it fails (qcow2). */
+  readonly removesFailedImage?: boolean;
   /** `qemu-img create` options in QEMU's order, and the creation itself (on a protocol node opened by the caller). */
   readonly createOptions?: readonly CreateOptionSpec[];
   create?(file: BdrvChild, request: CreateRequest): Promise<void>;

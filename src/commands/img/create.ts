@@ -243,28 +243,21 @@ export async function createImageFile(
 ): Promise<void> {
   if (protocol.name !== 'file') throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
   const creator = driver.kind === 'protocol' ? layer.driver('raw')! : driver;
-  await withEmptyFile(layer, request.filename, (edge) => creator.create!(edge, {
+  await withEmptyFile(layer, request.filename, creator.removesFailedImage ?? false, (edge) => creator.create!(edge, {
     ...request,
-    withNewFile: async (filename, use) => {
-      const path = hostPath(filename);
-      try {
-        await withEmptyFile(layer, filename, use);
-      } catch (e) {
-        // As QEMU does, a further file whose image could not be made is not left behind.
-        await rm(path, { force: true }).catch(() => {});
-        throw e;
-      }
-    },
+    // As QEMU does, a further file whose image could not be made is not left behind.
+    withNewFile: (filename, use) => withEmptyFile(layer, filename, true, use),
   }));
 }
 
-function hostPath(filename: string): string {
-  return filename.startsWith('file:') ? filename.slice(5) : filename;
-}
-
-/** Create (or empty) a host file and run `use` with it opened as a writable protocol node. */
-async function withEmptyFile(layer: BlockLayer, filename: string, use: (file: BdrvChild) => Promise<void>): Promise<void> {
-  const path = hostPath(filename);
+/**
+ * Create (or empty) a host file and run `use` with it opened as a writable protocol node;
+ * `removeOnFailure`: delete the file again if `use` fails.
+ */
+async function withEmptyFile(
+  layer: BlockLayer, filename: string, removeOnFailure: boolean, use: (file: BdrvChild) => Promise<void>,
+): Promise<void> {
+  const path = filename.startsWith('file:') ? filename.slice(5) : filename;
   try {
     const handle = await openFile(path, 'a');
     await handle.truncate(0);
@@ -274,13 +267,18 @@ async function withEmptyFile(layer: BlockLayer, filename: string, use: (file: Bd
   }
   const node = await layer.openNode(filename, { 'cache.direct': 'off', 'cache.no-flush': 'off' }, { protocol: true, inherited: {} });
   const edge = new BdrvChild({ describe: () => 'image creation' }, 'file', ROLE_IMAGE, node);
+  let failed = false;
   try {
     attachChild(edge, PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE, PERM_ALL);
     await use(edge);
     await edge.flush();
+  } catch (e) {
+    failed = true;
+    throw e;
   } finally {
     layer.releaseEdge(edge);
     await layer.closeNode(node);
+    if (failed && removeOnFailure) await rm(path, { force: true }).catch(() => {});
   }
 }
 

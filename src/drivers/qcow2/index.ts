@@ -267,6 +267,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   },
 
   createOptions: QCOW2_CREATE_OPTIONS,
+  removesFailedImage: true,
   create: createImage,
   measure: measureImage,
   amendOptions: QCOW2_AMEND_OPTIONS,
