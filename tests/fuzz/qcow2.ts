@@ -338,8 +338,9 @@ function buildChain(chain: BackingLayer[], dir: string): { view?: Uint8Array; no
     if (i > 0) createArgs.push('-b', chain[i - 1].file, '-F', chain[i - 1].layer.format);
     const created = run('qemu-img', [...createArgs, file, String(layer.size)]);
     if (created.status !== 0) return { view, notes, problems: [`backing layer ${i}: qemu-img create failed: ${created.out}`] };
-    const io = run('qemu-io', [...qemuIoArgs(layer.format, ops), file]);
-    if (qemuFailureCount(io.out) > 0) problems.push(`backing layer ${i}: qemu-io failed:\n${io.out}`);
+    // (Without commands qemu-io would read them from stdin.)
+    const io = ops.length > 0 ? run('qemu-io', [...qemuIoArgs(layer.format, ops), file]).out : '';
+    if (qemuFailureCount(io) > 0) problems.push(`backing layer ${i}: qemu-io failed:\n${io}`);
     view = resized(view, layer.size);
     for (const op of ops) applyToModel(view, op, layer);
     const modelFile = join(dir, `layer${i}.model`);
