@@ -1,6 +1,8 @@
 /** Backing-chain questions the jobs ask: where is the base, what does a range hold above it. */
-import { dirname, isAbsolute, relative, resolve } from 'node:path';
+import { realpathSync } from 'node:fs';
+import { dirname, isAbsolute, relative } from 'node:path';
 import { BlkioError } from '../errors.js';
+import { resolveBackingFilename } from '../block/graph.js';
 import { nodeBlockStatus } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { STATUS_ALLOCATED, STATUS_ZERO } from '../block/flags.js';
@@ -34,17 +36,40 @@ export function overlayAbove(top: BlockNode, base: BlockNode | undefined): Block
 }
 
 /**
- * A backing image by the name a user gives it: the name recorded in its overlay's header, or
- * a path that resolves to the same file (QEMU's bdrv_find_backing_image). Undefined if absent.
+ * A backing image by the name a user gives it, as QEMU's bdrv_find_backing_image: the name in
+ * its overlay's header; with a protocol, the image's filename; else a path read relative to
+ * each overlay's directory in turn that is the same existing file (after symlinks) as the
+ * overlay's backing file. Undefined if absent.
  */
 export function findBackingImage(top: BlockNode, name: string): BlockNode | undefined {
   let overlay = top;
   for (const n of backingChain(top)) {
-    if (overlay.backingFile === name || (n.filename && resolve(n.filename) === resolve(name))) return n;
+    if (name === overlay.backingFile) return n;
+    if (hasProtocol(name) || hasProtocol(overlay.backingFile)) {
+      if (name === n.filename) return n;
+    } else {
+      const wanted = realFile(resolveBackingFilename(overlay.filename, name));
+      if (wanted !== undefined && wanted === realFile(resolveBackingFilename(overlay.filename, overlay.backingFile))) return n;
+    }
     overlay = n;
   }
   return undefined;
 }
+
+function hasProtocol(filename: string): boolean {
+  return PROTOCOL_PREFIX.test(filename);
+}
+
+/** The canonical path of an existing file, else undefined. */
+function realFile(path: string): string | undefined {
+  try {
+    return realpathSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+const PROTOCOL_PREFIX = /^[a-z][a-z0-9+.-]*:/i;
 
 /** How far to look ahead in one block-status query (skipped ranges may be long). */
 export const STATUS_LOOKAHEAD = 1 << 30;
@@ -78,6 +103,6 @@ export async function chainStatus(top: BlockNode, stop: BlockNode | undefined, o
  * protocol names stay as they are.
  */
 export function backingNameFrom(imageFilename: string, backingFilename: string): string {
-  if (isAbsolute(backingFilename) || /^[a-z][a-z0-9+.-]*:/i.test(backingFilename)) return backingFilename;
+  if (isAbsolute(backingFilename) || hasProtocol(backingFilename)) return backingFilename;
   return relative(dirname(imageFilename), backingFilename);
 }
