@@ -259,8 +259,8 @@ async function withEmptyFile(
 ): Promise<void> {
   const path = filename.startsWith('file:') ? filename.slice(5) : filename;
   try {
+    // Created here if missing; emptied only once its locks are ours (an image in use stays intact).
     const handle = await openFile(path, 'a');
-    await handle.truncate(0);
     await handle.close();
   } catch (e) {
     throw new BlkioError(toBlkioError(e).code, `Could not create '${path}': ${toBlkioError(e).strerror}`);
@@ -268,8 +268,11 @@ async function withEmptyFile(
   const node = await layer.openNode(filename, { 'cache.direct': 'off', 'cache.no-flush': 'off' }, { protocol: true, inherited: {} });
   const edge = new BdrvChild({ describe: () => 'image creation' }, 'file', ROLE_IMAGE, node);
   let failed = false;
+  let locked = false;
   try {
     attachChild(edge, PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE, PERM_ALL);
+    locked = true;
+    await edge.truncate(0, false);
     await use(edge);
     await edge.flush();
   } catch (e) {
@@ -278,7 +281,7 @@ async function withEmptyFile(
   } finally {
     layer.releaseEdge(edge);
     await layer.closeNode(node);
-    if (failed && removeOnFailure) await rm(path, { force: true }).catch(() => {});
+    if (failed && locked && removeOnFailure) await rm(path, { force: true }).catch(() => {});
   }
 }
 
