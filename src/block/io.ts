@@ -197,9 +197,8 @@ async function driverRead(node: BlockNode, offset: number, bytes: number, buf: U
 /**
  * How far copy-on-read widens a request: to whole clusters, as QEMU 7.2 does (with subclusters,
  * the unallocated subclusters of the whole cluster get copied). Where QEMU 7.2 then fails an
- * assertion (the first allocation run of the cluster ends before the request starts, or an
- * allocated run starts after its end), the request is widened to subclusters only, as
- * QEMU 8.1 does.
+ * assertion (the first allocation run of the cluster ends before the request starts, or a run
+ * starts after its end), the request is widened to subclusters only, as QEMU 8.1 does.
  */
 async function copyOnReadGranularity(node: BlockNode, offset: number, bytes: number, maxTransfer: number): Promise<number> {
   const info = nodeInfo(node);
@@ -214,7 +213,7 @@ async function copyOnReadGranularity(node: BlockNode, offset: number, bytes: num
     const run = await isAllocated(node, pos, want).catch(() => ({ allocated: false, pnum: want }));
     if (run.pnum === 0) break;
     if (pos === clusterStart && run.pnum <= offset - clusterStart) return subcluster;
-    if (run.allocated && pos > offset + bytes) return subcluster;
+    if (pos > offset + bytes) return subcluster;
     pos += run.pnum;
   }
   return cluster;
