@@ -317,6 +317,8 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     const s = node.state;
     await requireUsable(s);
     if (filename.length > BACKING_FILE_MAX) throw new BlkioError('EINVAL');
+    // A raw data file is the whole guest disk: nothing may show through from a backing file.
+    if (filename && dataFileIsRaw(s)) throw new BlkioError('EINVAL');
     await s.lock.run(async () => {
       s.backingFile = filename || undefined;
       s.backingFormat = format || undefined;
