@@ -164,6 +164,8 @@ export interface BlockDriver<S = unknown> {
    * what it caches); going read-write, they can be already.
    */
   reopen?(node: BlockNode<S>): Promise<void>;
+  /** QEMU 7.2's driver has no bdrv_reopen_prepare: any reopen of a graph with this node fails. */
+  readonly cannotReopen?: boolean;
   /**
    * A reopen changes the driver's options (bdrv_reopen_prepare): `opts` are all of them as the
    * node is to have them, parsed. Throw if they cannot apply; else return what applies them

@@ -68,6 +68,7 @@ export const blkverifyDriver: BlockDriver<BlkverifyState> = {
   name: 'blkverify',
   kind: 'protocol',
   isFilter: true,
+  cannotReopen: true,
   protocolPrefix: 'blkverify',
   options: { 'x-raw': { type: 'string' }, 'x-image': { type: 'string' } },
 

@@ -59,6 +59,7 @@ export const copyOnReadDriver: BlockDriver<CorState> = {
   kind: 'filter',
   isFilter: true,
   options: { bottom: { type: 'string' } },
+  cannotReopen: true,
 
   async open(node, ctx) {
     const file = (await ctx.openChild('file', ROLE_FILTER_CHILD))!;

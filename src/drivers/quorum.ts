@@ -196,6 +196,7 @@ export const quorumDriver: BlockDriver<QuorumState> = {
   name: 'quorum',
   kind: 'filter',
   isFilter: true,
+  cannotReopen: true,
   options: {
     'vote-threshold': { type: 'number', default: 0 },
     'rewrite-corrupted': { type: 'bool', default: false },

@@ -78,11 +78,20 @@ function optionsByNode(root: BlockNode, options: FlatOptions): Map<BlockNode, Fl
   return byNode;
 }
 
+/** Every node a reopen of `root` visits, parents before children (QEMU's reopen queue). */
+function reopenQueue(root: BlockNode, queue: BlockNode[] = []): BlockNode[] {
+  if (queue.includes(root)) return queue;
+  queue.push(root);
+  for (const edge of root.children) reopenQueue(edge.node, queue);
+  return queue;
+}
+
 /**
- * Check one node's reopen options in QEMU's order (the generic ones, the driver's, child
- * references, then whatever is left must keep its value) and queue what applies them.
+ * Check one node's reopen options in QEMU's order (the generic ones, whether the node may
+ * change, the driver's, child references, then whatever is left must keep its value) and
+ * queue what applies them. `toReadOnlyWithCor`: the node is to become read-only under -C.
  */
-function prepareNode(node: BlockNode, options: FlatOptions, commits: Commit[]): void {
+function prepareNode(node: BlockNode, options: FlatOptions, commits: Commit[], toReadOnlyWithCor: boolean): void {
   const rest: FlatOptions = {};
   for (const key of qdictKeyOrder(Object.keys(options))) {
     const value = options[key];
@@ -99,7 +108,11 @@ function prepareNode(node: BlockNode, options: FlatOptions, commits: Commit[]): 
       rest[key] = value;
     }
   }
+  if (toReadOnlyWithCor) throw new BlkioError('EINVAL', `Can't set node '${node.nodeName}' to r/o with copy-on-read enabled`);
   const driver = node.driver;
+  if (driver.cannotReopen) {
+    throw new BlkioError('ENOTSUP', `Block format '${driver.name}' used by node '${node.nodeName}' does not support reopening files`);
+  }
   const driverKeys = Object.keys(rest).filter((key) => Object.hasOwn(driver.options, key));
   if (driver.prepareReopen && driverKeys.length > 0) {
     const given: FlatOptions = {};
@@ -145,7 +158,13 @@ async function applyReopen(session: IoSession, options: FlatOptions, writethroug
   if (rest['read-only'] !== undefined) readOnly = parseBool('read-only', rest['read-only']);
   delete rest['read-only'];
   const commits: Commit[] = [];
-  for (const [target, nodeOptions] of optionsByNode(node, rest)) prepareNode(target, nodeOptions, commits);
+  const byNode = optionsByNode(node, rest);
+  // -C is an implicit copy-on-read filter above the node here, a flag on it in QEMU.
+  let corAbove = false;
+  for (let n = session.blk.node; n !== node; n = n.filteredChild!.node) corAbove ||= n.driver.name === 'copy-on-read';
+  for (const target of reopenQueue(node)) {
+    prepareNode(target, byNode.get(target) ?? {}, commits, target === node && corAbove && readOnly);
+  }
   if (readOnly !== node.readOnly) await setReadOnly(session.blk.node, readOnly);
   for (const commit of commits) await commit();
   session.image!.writethrough = writethrough;

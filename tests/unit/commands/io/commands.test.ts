@@ -152,6 +152,15 @@ describe('qemu-io commands on a null-co image', () => {
     expect(output()).toBe("E: no file open, try 'help open'\n");
   });
 
+  it('refuses reopen -r under -C, and any reopen of a graph with a node QEMU cannot reopen', async () => {
+    await run(session, 'close', 'open -C -o driver=null-co,node-name=disk');
+    expect(await run(session, 'reopen -o discard=bogus', 'reopen -r', 'reopen -w', 'close')).toEqual([-1, -1, 0, 0]);
+    expect(output()).toBe("E: blkio: Invalid discard option\nE: blkio: Can't set node 'disk' to r/o with copy-on-read enabled\n");
+    await run(session, 'open -o driver=raw,file.driver=copy-on-read,file.node-name=cor,file.file.driver=null-co');
+    expect(await run(session, 'reopen', 'reopen -r')).toEqual([-1, -1]);
+    expect(output()).toBe("E: blkio: Block format 'copy-on-read' used by node 'cor' does not support reopening files\n".repeat(2));
+  });
+
   it('reports breakpoints as unsupported without a blkdebug node', async () => {
     expect(await run(session, 'break read_aio a', 'remove_break a', 'resume a')).toEqual([-1, -1, -1]);
     expect(output()).toBe(
