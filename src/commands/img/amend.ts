@@ -70,7 +70,6 @@ export function imgAmend(argv: string[]): Promise<number> {
         case 't': cache = item.value; break;
         case 'p': showProgress = true; break;
         case 'q': quiet = true; break;
-        // Objects only carry secrets for encryption, which blkio does not support.
         case 'image-opts': imageOpts = true; break;
         case 'force': force = true; break;
         default: badOption(item);

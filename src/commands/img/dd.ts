@@ -62,7 +62,6 @@ export function imgDd(argv: string[]): Promise<number> {
         case 'O': outFormat = item.value; break;
         case 'U': forceShare = true; break;
         case 'image-opts': imageOpts = true; break;
-        // Objects only carry secrets for encryption, which blkio does not support.
         default: badOption(item);
       }
     }
