@@ -227,6 +227,15 @@ describe.skipIf(!haveQemu)('copy-on-read into qcow2, compared with QEMU 7.2', ()
     expect(topMap(top).split('\n')[0]).toBe('8 KiB (0x2000) bytes     allocated at offset 0 bytes (0x0)');
   });
 
+  it('copies only the touched subclusters where 7.2 fails an assertion (any run starting after the request)', async () => {
+    const top = makeChain('cluster_size=16k,extended_l2=on', ['write -P 0x22 8k 2k']);
+    await readThroughFilter(top, 4 * K, 4 * K);
+    expect(topMap(top).split('\n').slice(0, 2)).toEqual([
+      '4 KiB (0x1000) bytes not allocated at offset 0 bytes (0x0)',
+      '6 KiB (0x1800) bytes     allocated at offset 4 KiB (0x1000)',
+    ]);
+  });
+
   it('copies only the touched subclusters where 7.2 fails an assertion (allocated data after the request)', async () => {
     const top = makeChain('extended_l2=on', ['write -P 0x22 40k 2k']);
     await readThroughFilter(top, 2 * K, 4 * K);
