@@ -12,6 +12,7 @@ import {
 } from './entries.js';
 import { bitmapDirectoryLocation, parseBitmapDirectory } from './bitmaps.js';
 import { OFFSET_REFCOUNT_TABLE } from './header.js';
+import { preventMetadataOverwrite } from './overlap.js';
 import { ClusterType, clusterType, readL2, writeL2, l1Entry, writeL1Entry } from './mapping.js';
 import { markClean, markConsistent, readSnapshotTable, validateSnapshotTable } from './open.js';
 import { MAX_SNAPSHOTS, writeSnapshotTable } from './snapshots.js';
@@ -73,12 +74,14 @@ interface Checker {
 }
 
 /** Count a reference to every cluster of `[offset, offset + size)`. */
-function incRefcounts(c: Checker, offset: number, size: number): void {
+function incRefcounts(c: Checker, exactOffset: number | bigint, size: number): void {
   if (size <= 0) return;
   const { s } = c;
+  // Rounding only affects offsets far beyond any file.
+  const offset = Number(exactOffset);
   // The last cluster may be partly beyond the end of the file, but not a whole cluster.
   if (offset + size - s.file.getLength() >= s.clusterSize) {
-    c.report(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset ${hex(offset)} size ${hex(size)}`);
+    c.report(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset ${hex(exactOffset)} size ${hex(size)}`);
     c.res.corruptions++;
     return;
   }
@@ -125,8 +128,8 @@ async function checkL2(c: Checker, l2Offset: number, fragInfo: boolean): Promise
       case ClusterType.Compressed: {
         let { hi } = e;
         if (hi & HI_COPIED) {
-          const { offset } = compressedDescriptor(s, hi & ~HI_COPIED, e.lo);
-          c.report(`ERROR: coffset=0x${offset.toString(16)}: copied flag must never be set for compressed clusters`);
+          const { exactOffset } = compressedDescriptor(s, hi & ~HI_COPIED, e.lo);
+          c.report(`ERROR: coffset=0x${exactOffset.toString(16)}: copied flag must never be set for compressed clusters`);
           hi &= ~HI_COPIED;
           res.corruptions++;
         }
@@ -135,8 +138,8 @@ async function checkL2(c: Checker, l2Offset: number, fragInfo: boolean): Promise
           res.corruptions++;
           break;
         }
-        const { offset, size } = compressedDescriptor(s, hi, e.lo);
-        incRefcounts(c, offset, size);
+        const { exactOffset, size } = compressedDescriptor(s, hi, e.lo);
+        incRefcounts(c, exactOffset, size);
         if (fragInfo) {
           res.allocatedClusters++;
           res.compressedClusters++;
@@ -349,9 +352,9 @@ async function checkOflagCopied(c: Checker): Promise<void> {
         s.l1Table.view.setUint32(i * 8, (refcount === 1 ? hi | HI_COPIED : hi & ~HI_COPIED) >>> 0);
         try {
           await writeL1Entry(s, i);
-        } catch {
+        } catch (e) {
           res.checkErrors++;
-          return;
+          throw e;
         }
         res.corruptions--;
         res.corruptionsFixed++;
@@ -363,7 +366,7 @@ async function checkOflagCopied(c: Checker): Promise<void> {
     } catch (e) {
       c.report(`ERROR: Could not read L2 table: ${toBlkioError(e).strerror}`);
       res.checkErrors++;
-      return;
+      throw e;
     }
     let dirty = 0;
     for (let j = 0; j < s.l2Size; j++) {
@@ -387,11 +390,18 @@ async function checkOflagCopied(c: Checker): Promise<void> {
     }
     if (dirty) {
       try {
+        await preventMetadataOverwrite(s, l2Offset, s.clusterSize, 'active L2 table');
+      } catch (e) {
+        c.report(`ERROR: Could not write L2 table; metadata overlap check failed: ${toBlkioError(e).strerror}`);
+        res.checkErrors++;
+        throw e;
+      }
+      try {
         await s.file.write(l2Offset, s.clusterSize, table.data);
       } catch (e) {
         c.report(`ERROR: Could not write L2 table: ${toBlkioError(e).strerror}`);
         res.checkErrors++;
-        return;
+        throw e;
       }
       // Cached copies of this table are stale now.
       const sliceBytes = s.l2SliceSize * s.l2EntrySize;

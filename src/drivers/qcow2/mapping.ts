@@ -10,6 +10,7 @@ import {
 } from './entries.js';
 import { OFFSET_L1_SIZE } from './header.js';
 import { allocClusters, freeClusters } from './refcount.js';
+import { preventMetadataOverwrite } from './overlap.js';
 import { hasDataFile, hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
 
 /** Largest L1 table in bytes (QCOW_MAX_L1_SIZE). */
@@ -353,6 +354,7 @@ export async function writeL1Entry(s: Qcow2State, index: number): Promise<void> 
   const buf = new Uint8Array(unit * 8);
   const count = Math.max(0, Math.min(unit, s.l1Size - first));
   buf.set(s.l1Table.data.subarray(first * 8, (first + count) * 8));
+  await preventMetadataOverwrite(s, s.l1TableOffset + first * 8, buf.length, 'active L1 table');
   debugEvent(s.file.node, 'l1_update');
   await s.file.write(s.l1TableOffset + first * 8, buf.length, buf);
   await s.file.flush();

@@ -7,7 +7,7 @@ import { l1Entry } from './mapping.js';
 import { reftableOffset } from './entries.js';
 import { hasDataFile, signalCorruption, type Qcow2State } from './state.js';
 
-export type Metadata = 'active L2 table' | 'refcount block';
+export type Metadata = 'active L1 table' | 'active L2 table' | 'refcount block';
 
 /**
  * The first kind of metadata the cluster-aligned host range overlaps, in QEMU's check order
@@ -18,7 +18,7 @@ export function overlappingMetadata(s: Qcow2State, offset: number, bytes: number
   const end = Math.ceil((offset + bytes) / s.clusterSize) * s.clusterSize;
   const overlaps = (at: number, size: number): boolean => size > 0 && at < end && start < at + size;
   if (start < s.clusterSize) return 'qcow2_header';
-  if (overlaps(s.l1TableOffset, s.l1Size * 8)) return 'active L1 table';
+  if (own !== 'active L1 table' && overlaps(s.l1TableOffset, s.l1Size * 8)) return 'active L1 table';
   for (let i = 0; own !== 'active L2 table' && i < s.l1Size; i++) {
     const l2 = l1Entry(s, i).offset;
     if (l2 && overlaps(l2, s.clusterSize)) return 'active L2 table';

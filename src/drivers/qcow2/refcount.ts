@@ -217,13 +217,16 @@ export async function freeAnyCluster(s: Qcow2State, hi: number, lo: number, type
   if (offset) await freeClusters(s, offset, s.clusterSize, type);
 }
 
-/** Host byte offset and length (whole 512-byte sectors, less the start's offset in its sector). */
-export function compressedDescriptor(s: Qcow2State, hi: number, lo: number): { offset: number; size: number } {
+/**
+ * Host byte offset and length (whole 512-byte sectors, less the start's offset in its sector).
+ * `exactOffset` keeps offsets beyond 2^53, which only corrupt entries hold, for messages.
+ */
+export function compressedDescriptor(s: Qcow2State, hi: number, lo: number): { offset: number; size: number; exactOffset: bigint } {
   const entry = (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
   const shift = BigInt(s.csizeShift);
-  const offset = Number(entry & ((1n << shift) - 1n));
+  const exactOffset = entry & ((1n << shift) - 1n);
   const sectors = Number((entry >> shift) & BigInt(s.csizeMask)) + 1;
-  return { offset, size: sectors * 512 - (offset % 512) };
+  return { offset: Number(exactOffset), size: sectors * 512 - (lo & 511), exactOffset };
 }
 
 /**

@@ -256,6 +256,6 @@ export function writeStderr(text: string): void {
 }
 
 /** printf's `%#x`: no `0x` on zero. */
-export function hex(n: number): string {
-  return n === 0 ? '0' : '0x' + n.toString(16);
+export function hex(n: number | bigint): string {
+  return !n ? '0' : '0x' + n.toString(16);
 }
