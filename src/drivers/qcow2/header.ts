@@ -41,6 +41,11 @@ export const EXT_CRYPTO_HEADER = 0x0537be77;
 export const EXT_BITMAPS = 0x23852875;
 export const EXT_DATA_FILE = 0x44415441;
 
+/** The bitmaps extension: nb_bitmaps u32, reserved u32, directory size u64, directory offset u64. */
+export const BITMAPS_EXTENSION_SIZE = 24;
+const MAX_BITMAPS = 65535;
+const MAX_BITMAP_DIRECTORY_SIZE = 1024 * MAX_BITMAPS;
+
 /** Longest backing format name QEMU keeps (its buffer is 16 bytes with the NUL). */
 const BACKING_FORMAT_MAX = 16;
 export const BACKING_FILE_MAX = 1023;
@@ -222,8 +227,47 @@ export function latin1(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
 }
 
-/** Walk the extensions in `[start, end)` of the header cluster `buf`, validating like QEMU. */
-export function parseExtensions(buf: Uint8Array, start: number, end: number): ParsedExtensions {
+/** What the bitmaps extension is judged by, and where its warning goes. */
+export interface ExtensionContext {
+  header: Pick<Qcow2Header, 'version' | 'autoclearFeatures'>;
+  clusterSize: number;
+  /** A warning line (the program name is added) followed by a hint without a newline. */
+  warn: (warning: string, hint: string) => void;
+}
+
+/**
+ * QEMU's checks of the bitmaps extension; without the autoclear bit a program that does not
+ * know bitmaps wrote the image last, and the extension is only warned about.
+ */
+function validateBitmapsExtension(data: Uint8Array, context: ExtensionContext | undefined): void {
+  if (data.length !== BITMAPS_EXTENSION_SIZE) throw new BlkioError('EINVAL', 'bitmaps_ext: Invalid extension length');
+  if (!context) return;
+  if (!(context.header.autoclearFeatures & AUTOCLEAR_BITMAPS)) {
+    context.warn(context.header.version < 3
+      ? 'warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
+      : 'warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent',
+    "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.");
+    return;
+  }
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  const count = view.getUint32(0);
+  const directorySize = view.getBigUint64(8);
+  if (view.getUint32(4)) throw new BlkioError('EINVAL', 'bitmaps_ext: Reserved field is not zero');
+  if (count > MAX_BITMAPS) {
+    throw new BlkioError('EINVAL', `bitmaps_ext: Image has ${count} bitmaps, exceeding the QEMU supported maximum of ${MAX_BITMAPS}`);
+  }
+  if (!count) throw new BlkioError('EINVAL', 'found bitmaps extension with zero bitmaps');
+  if (view.getUint32(20) & (context.clusterSize - 1)) throw new BlkioError('EINVAL', 'bitmaps_ext: invalid bitmap directory offset');
+  if (directorySize > MAX_BITMAP_DIRECTORY_SIZE) {
+    throw new BlkioError('EINVAL', `bitmaps_ext: bitmap directory size (${directorySize}) exceeds the maximum supported size (${MAX_BITMAP_DIRECTORY_SIZE})`);
+  }
+}
+
+/**
+ * Walk the extensions in `[start, end)` of the header cluster `buf`, validating like QEMU
+ * (the bitmaps extension fully only with a `context`).
+ */
+export function parseExtensions(buf: Uint8Array, start: number, end: number, context?: ExtensionContext): ParsedExtensions {
   const result: ParsedExtensions = { featureTable: [], unknown: [] };
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   let offset = start;
@@ -250,6 +294,7 @@ export function parseExtensions(buf: Uint8Array, start: number, end: number): Pa
         result.cryptoHeader = data.slice();
         break;
       case EXT_BITMAPS:
+        validateBitmapsExtension(data, context);
         result.bitmaps = data.slice();
         break;
       case EXT_DATA_FILE:

@@ -18,7 +18,7 @@ import {
 import { MAX_L1_SIZE } from './mapping.js';
 import { MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex } from './refcount.js';
 import { MAX_SNAPSHOTS, parseSnapshotTable, SNAPSHOT_HEADER_SIZE } from './snapshots.js';
-import { geometry, Mutex, sizeToL1, type Qcow2State } from './state.js';
+import { geometry, Mutex, sizeToL1, writeStderr, type Qcow2State } from './state.js';
 import { preventMetadataOverwrite } from './overlap.js';
 
 const DEFAULT_L2_CACHE_MAX = 32 * 2 ** 20;
@@ -249,7 +249,13 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   }
   updateMaxRefcountTableIndex(s);
 
-  const ext = parseExtensions(headerCluster, h.headerLength, extEnd);
+  const ext = parseExtensions(headerCluster, h.headerLength, extEnd, {
+    header: h, clusterSize: g.clusterSize,
+    warn: (warning, hint) => {
+      file.node.layer.warn(warning);
+      writeStderr(hint);
+    },
+  });
   s.backingFormat = ext.backingFormat;
   s.unknownExtensions = ext.unknown;
   s.bitmapsExtension = ext.bitmaps;

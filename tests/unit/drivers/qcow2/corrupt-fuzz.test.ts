@@ -9,6 +9,8 @@ const REGRESSIONS: Array<[seed: number, what: string]> = [
   [1023, 'an unknown encryption method'],
   [1042, 'a new L2 table over a refcount table grown by its header field is refused'],
   [2033, 'check -r all stops where a COPIED repair would overwrite the L1 table; compressed offsets beyond 2^53'],
+  [2048, 'a bitmaps extension of the wrong length'],
+  [2055, 'a backing format extension retyped as bitmaps extension'],
 ];
 
 describe.skipIf(!haveQemu)('qcow2 corruption fuzzing (bounded)', () => {
