@@ -516,7 +516,7 @@ async function rebuildRefcountStructure(c: Checker): Promise<void> {
 async function checkRefcounts(s: Qcow2State, res: CheckResult, fix: number, report: Report): Promise<void> {
   const fileSize = s.file.getLength();
   const c: Checker = { s, res, fix, report, refs: new ReferenceCounts(sizeToClusters(s, fileSize)), rebuild: false };
-  res.totalClusters = sizeToClusters(s, Math.floor(s.size / 512) * 512);
+  res.totalClusters = sizeToClusters(s, s.size);
   await calculateRefcounts(c);
   const before = { ...res };
   let highest = await compareRefcounts(c, 0);

@@ -18,7 +18,7 @@ import {
 import { MAX_L1_SIZE } from './mapping.js';
 import { MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex } from './refcount.js';
 import { MAX_SNAPSHOTS, parseSnapshotTable, SNAPSHOT_HEADER_SIZE } from './snapshots.js';
-import { geometry, Mutex, sizeToL1, writeStderr, type Qcow2State } from './state.js';
+import { geometry, Mutex, writeStderr, type Qcow2State } from './state.js';
 import { preventMetadataOverwrite } from './overlap.js';
 
 const DEFAULT_L2_CACHE_MAX = 32 * 2 ** 20;
@@ -30,6 +30,18 @@ export const OVERLAP_CHECKS = [
   'main-header', 'active-l1', 'active-l2', 'refcount-table', 'refcount-block', 'snapshot-table', 'inactive-l1',
   'inactive-l2', 'bitmap-directory',
 ] as const;
+
+/** The longest node QEMU accepts: INT64_MAX rounded down to its largest alignment (1 GiB). */
+const MAX_NODE_LENGTH = 2n ** 63n - 2n ** 30n;
+
+/**
+ * QEMU's size_to_l1 in its unsigned 64-bit arithmetic: a size within one L2 table's reach of
+ * 2^64 wraps around to a small index (the open then fails on the sector count instead).
+ */
+function vmStateL1Index(g: { clusterBits: number; l2Bits: number }, size: bigint): number {
+  const shift = BigInt(g.clusterBits + g.l2Bits);
+  return Number(((size + (1n << shift) - 1n) & (2n ** 64n - 1n)) >> shift);
+}
 
 function invalid(message: string): BlkioError {
   return new BlkioError('EINVAL', message);
@@ -218,15 +230,18 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   validateTable(h.refcountTableOffset, h.refcountTableClusters, g.clusterSize, MAX_REFTABLE_SIZE, g.clusterSize, 'Reference count table');
   if (!o.checkMode) validateSnapshotTable(h, g.clusterSize, 'Snapshot table');
   validateTable(h.l1TableOffset, h.l1Size, 8, MAX_L1_SIZE, g.clusterSize, 'Active L1 table');
-  const l1VmStateIndex = sizeToL1(g, h.size);
+  const headerSize = new DataView(raw.buffer).getBigUint64(24);
+  const l1VmStateIndex = vmStateL1Index(g, headerSize);
   if (l1VmStateIndex > 0x7fffffff) throw new BlkioError('EFBIG', 'Image is too big');
   if (h.l1Size < l1VmStateIndex) throw invalid('L1 table is too small');
   const l1Table = makeTable(h.l1Size ? await readOrFail(file, h.l1TableOffset, h.l1Size * 8, 'Could not read L1 table') : new Uint8Array(0));
 
   const refcountTableSize = h.refcountTableClusters * (g.clusterSize / 8);
+  const totalBytes = (headerSize / 512n) * 512n;
   const s: Qcow2State = {
     file, dataFile: file, lock: new Mutex(), header: h, readOnly: o.readOnly, ...g,
-    l2SliceSize: g.l2Size, size: h.size,
+    // Like QEMU, the image has whole sectors only: a partial last one is dropped.
+    l2SliceSize: g.l2Size, size: Number(totalBytes),
     l1Size: h.l1Size, l1TableOffset: h.l1TableOffset, l1Table, l1VmStateIndex,
     refcountTableOffset: h.refcountTableOffset, refcountTableSize, refcountTable: makeTable(new Uint8Array(0)),
     maxRefcountTableIndex: 0, freeClusterIndex: 0, freeByteOffset: 0, freeByteClusterReused: false,
@@ -271,6 +286,7 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
     h.autoclearFeatures &= AUTOCLEAR_MASK;
     await updateHeader(s);
   }
+  if (totalBytes > MAX_NODE_LENGTH) throw new BlkioError('EFBIG', 'Could not refresh total sector count: File too large');
   return s;
 }
 

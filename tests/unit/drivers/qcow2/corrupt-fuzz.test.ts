@@ -9,6 +9,8 @@ const REGRESSIONS: Array<[seed: number, what: string]> = [
   [1023, 'an unknown encryption method'],
   [1042, 'a new L2 table over a refcount table grown by its header field is refused'],
   [2033, 'check -r all stops where a COPIED repair would overwrite the L1 table; compressed offsets beyond 2^53'],
+  [2014, 'a size within an L2 table of 2^64 wraps the L1 index and fails on the sector count'],
+  [2025, 'a size not a multiple of 512 drops the partial sector'],
   [2048, 'a bitmaps extension of the wrong length'],
   [2055, 'a backing format extension retyped as bitmaps extension'],
 ];
