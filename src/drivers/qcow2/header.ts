@@ -308,7 +308,8 @@ export function parseExtensions(buf: Uint8Array, start: number, end: number, con
   return result;
 }
 
-function cString(data: Uint8Array): string {
+/** A C string: up to the first NUL. */
+export function cString(data: Uint8Array): string {
   const nul = data.indexOf(0);
   return latin1(nul < 0 ? data : data.subarray(0, nul));
 }

@@ -12,7 +12,7 @@ import { makeTable } from './entries.js';
 import {
   AUTOCLEAR_MASK, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, HEADER_MIN_V3, HEADER_SIZE_V3,
   INCOMPAT_COMPRESSION, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_MASK, MAX_CLUSTER_BITS,
-  MIN_CLUSTER_BITS, QCOW_MAGIC, BACKING_FILE_MAX, buildHeaderCluster, latin1, parseExtensions, parseHeader,
+  MIN_CLUSTER_BITS, QCOW_MAGIC, BACKING_FILE_MAX, buildHeaderCluster, cString, parseExtensions, parseHeader,
   unsupportedFeatureMessage, type Qcow2Header,
 } from './header.js';
 import { MAX_L1_SIZE } from './mapping.js';
@@ -278,7 +278,8 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   if (h.backingFileOffset) {
     const len = h.backingFileSize;
     if (len > Math.min(BACKING_FILE_MAX, g.clusterSize - h.backingFileOffset)) throw invalid('Backing file name too long');
-    s.backingFile = latin1(await readOrFail(file, h.backingFileOffset, len, 'Could not read backing file name'));
+    // QEMU keeps the name as a C string: a NUL (the header's own bytes, say) ends it.
+    s.backingFile = cString(await readOrFail(file, h.backingFileOffset, len, 'Could not read backing file name'));
   }
   if (!o.checkMode) await readSnapshotTable(s);
 

@@ -8,6 +8,8 @@ const REGRESSIONS: Array<[seed: number, what: string]> = [
   [1013, 'a read-only map reports an unaligned cluster as non-fatal'],
   [1023, 'an unknown encryption method'],
   [1042, 'a new L2 table over a refcount table grown by its header field is refused'],
+  [2009, 'an L1 entry of offset 0 with the COPIED flag'],
+  [2029, 'a backing file name read from inside the header ends at its first NUL'],
   [2033, 'check -r all stops where a COPIED repair would overwrite the L1 table; compressed offsets beyond 2^53'],
   [2014, 'a size within an L2 table of 2^64 wraps the L1 index and fails on the sector count'],
   [2025, 'a size not a multiple of 512 drops the partial sector'],
