@@ -93,6 +93,9 @@ export function isZeroBuffer(buf: Uint8Array, start = 0, end = buf.length): bool
   return true;
 }
 
+/** QEMU's BDRV_MAX_LENGTH: INT64_MAX rounded down to its largest alignment (1 GiB). */
+const MAX_NODE_LENGTH = 2 ** 63 - 2 ** 30;
+
 function checkRange(offset: number, bytes: number): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) {
     throw errno('EIO');
@@ -418,7 +421,9 @@ export async function nodeFlush(node: BlockNode): Promise<void> {
 export async function childTruncate(child: BdrvChild, size: number, exact: boolean, prealloc: string): Promise<void> {
   requirePerm(child, PERM_RESIZE, PERM_RESIZE, 'resize');
   const node = child.node;
-  if (!Number.isSafeInteger(size) || size < 0) throw new BlkioError('EINVAL', 'Image size cannot be negative');
+  // Sizes from 2^63 up are negative to QEMU's int64_t.
+  if (!Number.isInteger(size) || size < 0 || size >= 2 ** 63) throw new BlkioError('EINVAL', 'Image size cannot be negative');
+  if (size > MAX_NODE_LENGTH) throw new BlkioError('EIO', `offset(${BigInt(size)}) exceeds maximum(${MAX_NODE_LENGTH})`);
   if (!node.driver.truncate) throw new BlkioError('ENOTSUP', 'Image format driver does not support resize');
   if (node.readOnly) throw new BlkioError('EACCES', 'Image is read-only');
   await node.driver.truncate(node, size, exact, prealloc);

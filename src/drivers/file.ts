@@ -119,6 +119,8 @@ async function resizeFile(s: FileState, size: number, prealloc: string): Promise
       }
     });
   } else if (prealloc === 'off') {
+    // Node takes lengths up to 2^53 only; file systems that hold more are rare.
+    if (!Number.isSafeInteger(size)) throw failed('Could not resize file', new BlkioError('EFBIG'));
     await handle.truncate(size).catch((e: unknown) => {
       throw failed('Could not resize file', e);
     });

@@ -254,7 +254,9 @@ async function checkRefblocks(c: Checker): Promise<void> {
           incRefcounts(c, offset, s.clusterSize);
           continue;
         } catch (e) {
-          c.report(`ERROR could not resize image: ${toBlkioError(e).strerror}`);
+          const err = toBlkioError(e);
+          s.node?.layer.warn(err.message);
+          c.report(`ERROR could not resize image: ${err.strerror}`);
         }
       }
       c.rebuild = true;
