@@ -3,14 +3,19 @@
  *
  *   lseek(fd, offset, whence)            -> Promise<number>  (whence: SEEK_DATA or SEEK_HOLE)
  *   fallocate(fd, mode, offset, length)  -> Promise<void>    (mode: FALLOC_FL_* bits)
+ *   ofdLock(fd, byte, lock)              -> void     (lock: take a shared lock on the byte, else drop it)
+ *   ofdLockConflicts(fd, byte)           -> boolean  (another open file description locks the byte)
  *
- * Every call runs on libuv's thread pool (napi_create_async_work), never on the event loop.
+ * lseek and fallocate run on libuv's thread pool (napi_create_async_work), never on the event
+ * loop. The open-file-description locks (image locking, src/drivers/file-locks.ts) never block,
+ * so they are plain synchronous calls.
  * A failing call rejects with an Error whose `code` is the errno name as Node's fs spells it
  * (ENXIO, EOPNOTSUPP shows as ENOTSUP, ...); the TypeScript side maps it to a BlkioError.
  * The qcow2 compression codecs live in codecs.c and are exported from the same addon.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -153,6 +158,54 @@ static napi_value js_fallocate(napi_env env, napi_callback_info info) {
   return submit(env, info, OP_FALLOCATE, 4, names);
 }
 
+/* Reads (fd, byte) and, when `flag` is given, a boolean third argument; throws a TypeError on bad input. */
+static int get_lock_args(napi_env env, napi_callback_info info, int64_t *fd, int64_t *byte, bool *flag) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < (flag ? 3u : 2u)) {
+    napi_throw_type_error(env, NULL, "missing arguments");
+    return 0;
+  }
+  if (!get_integer(env, argv[0], "fd", fd) || !get_integer(env, argv[1], "byte", byte)) return 0;
+  if (flag && napi_get_value_bool(env, argv[2], flag) != napi_ok) {
+    napi_throw_type_error(env, NULL, "lock must be a boolean");
+    return 0;
+  }
+  return 1;
+}
+
+static napi_value js_ofd_lock(napi_env env, napi_callback_info info) {
+  int64_t fd, byte;
+  bool lock;
+  if (!get_lock_args(env, info, &fd, &byte, &lock)) return NULL;
+  /* OFD locks want l_pid 0: the designated initialiser zeroes it. */
+  struct flock fl = {.l_type = lock ? F_RDLCK : F_UNLCK, .l_whence = SEEK_SET, .l_start = (off_t)byte, .l_len = 1};
+  if (fcntl((int)fd, F_OFD_SETLK, &fl) < 0) {
+    int error = errno;
+    napi_throw_error(env, uv_err_name(-error), strerror(error));
+  }
+  return NULL;
+}
+
+static napi_value js_ofd_lock_conflicts(napi_env env, napi_callback_info info) {
+  int64_t fd, byte;
+  if (!get_lock_args(env, info, &fd, &byte, NULL)) return NULL;
+  /* Asking for an exclusive lock finds any lock another description holds; our own never conflict. */
+  struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)byte, .l_len = 1};
+  int ret = fcntl((int)fd, F_OFD_GETLK, &fl);
+  napi_value result;
+  /* A failed test counts as a conflict, as QEMU counts it. */
+  napi_get_boolean(env, ret < 0 || fl.l_type != F_UNLCK, &result);
+  return result;
+}
+
+static void export_function(napi_env env, napi_value exports, const char *name, napi_callback callback) {
+  napi_value fn;
+  napi_create_function(env, name, NAPI_AUTO_LENGTH, callback, NULL, &fn);
+  napi_set_named_property(env, exports, name, fn);
+}
+
 static void export_int(napi_env env, napi_value exports, const char *name, int value) {
   napi_value v;
   napi_create_int32(env, value, &v);
@@ -160,11 +213,10 @@ static void export_int(napi_env env, napi_value exports, const char *name, int v
 }
 
 static napi_value init(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_create_function(env, "lseek", NAPI_AUTO_LENGTH, js_lseek, NULL, &fn);
-  napi_set_named_property(env, exports, "lseek", fn);
-  napi_create_function(env, "fallocate", NAPI_AUTO_LENGTH, js_fallocate, NULL, &fn);
-  napi_set_named_property(env, exports, "fallocate", fn);
+  export_function(env, exports, "lseek", js_lseek);
+  export_function(env, exports, "fallocate", js_fallocate);
+  export_function(env, exports, "ofdLock", js_ofd_lock);
+  export_function(env, exports, "ofdLockConflicts", js_ofd_lock_conflicts);
   export_int(env, exports, "SEEK_DATA", SEEK_DATA);
   export_int(env, exports, "SEEK_HOLE", SEEK_HOLE);
   export_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);

@@ -183,12 +183,18 @@ export const fileDriver: BlockDriver<FileState> = {
       throw new BlkioError('EINVAL', 'aio=native was specified, but it requires cache.direct=on, which was not specified.');
     }
     node.filename = filename;
-    const lock = ctx.opts.locking === 'off' ? undefined : new FileLock(stat.dev, stat.ino, filename);
+    let lock: FileLock | undefined;
+    if (ctx.opts.locking !== 'off') {
+      lock = await FileLock.open(filename, stat.dev, stat.ino).catch(async (e: unknown) => {
+        await handle.close();
+        throw e;
+      });
+    }
     return { handle, filename, size: stat.size, lock };
   },
 
   async close(node) {
-    node.state.lock?.release();
+    await node.state.lock?.release();
     await node.state.handle.close();
   },
 
