@@ -436,6 +436,20 @@ function allocInMemory(c: Checker, count: number, from: { first: number }): numb
   return cluster * c.s.clusterSize;
 }
 
+/**
+ * A write of the rebuild, checked against all metadata (the old refcount structure included),
+ * failures named as QEMU names them.
+ */
+async function writeRebuilt(s: Qcow2State, offset: number, data: Uint8Array, what: string): Promise<void> {
+  try {
+    await preventMetadataOverwrite(s, offset, data.length);
+    await s.file.write(offset, data.length, data);
+  } catch (e) {
+    const err = toBlkioError(e);
+    throw new BlkioError(err.code, `${what}: ${err.strerror}`);
+  }
+}
+
 /** A refcount block's worth of the computed refcounts, in on-disk form. */
 function encodeRefblock(c: Checker, blockIndex: number): Uint8Array {
   const { s } = c;
@@ -478,7 +492,7 @@ async function writeRefblocks(c: Checker, first: number, end: number, reftable: 
       }
       setReftableOffset(reftable.table, blockIndex, blockOffset);
     }
-    await s.file.write(blockOffset, s.clusterSize, encodeRefblock(c, blockIndex));
+    await writeRebuilt(s, blockOffset, encodeRefblock(c, blockIndex), 'ERROR writing refblock');
     cluster = blockStart + s.refcountBlockSize - 1;
   }
   return grown;
@@ -500,13 +514,17 @@ async function rebuildRefcountStructure(c: Checker): Promise<void> {
     if (changed) for (let i = start; i < start + tableClusters; i++) c.refs.set(i, 0);
   } while (changed);
 
-  await s.file.write(tableOffset, reftable.entries * 8, reftable.table.data);
+  await writeRebuilt(s, tableOffset, reftable.table.data, 'ERROR writing reftable');
   const pointer = new Uint8Array(12);
   const view = new DataView(pointer.buffer);
   view.setBigUint64(0, BigInt(tableOffset));
   view.setUint32(8, tableClusters);
-  await s.file.write(OFFSET_REFCOUNT_TABLE, 12, pointer);
-  await s.file.flush();
+  try {
+    await s.file.write(OFFSET_REFCOUNT_TABLE, 12, pointer);
+    await s.file.flush();
+  } catch (e) {
+    throw new BlkioError(toBlkioError(e).code, `ERROR setting reftable: ${toBlkioError(e).strerror}`);
+  }
   s.refcountTable = reftable.table;
   s.refcountTableOffset = tableOffset;
   s.refcountTableSize = reftable.entries;
@@ -529,7 +547,7 @@ async function checkRefcounts(s: Qcow2State, res: CheckResult, fix: number, repo
     try {
       await rebuildRefcountStructure(c);
     } catch (e) {
-      report(toBlkioError(e).message);
+      s.node?.layer.warn(toBlkioError(e).message);
       throw e;
     }
     res.corruptions = 0;

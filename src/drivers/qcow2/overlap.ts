@@ -5,7 +5,7 @@
  */
 import { l1Entry } from './mapping.js';
 import { reftableOffset } from './entries.js';
-import { hasDataFile, signalCorruption, type Qcow2State } from './state.js';
+import { signalCorruption, type Qcow2State } from './state.js';
 
 export type Metadata = 'active L1 table' | 'active L2 table' | 'refcount block';
 
@@ -35,7 +35,7 @@ export function overlappingMetadata(s: Qcow2State, offset: number, bytes: number
 
 /** Refuses (marking the image corrupt, as QEMU does) a data or table write into other metadata. */
 export async function preventMetadataOverwrite(s: Qcow2State, offset: number, bytes: number, own?: Metadata): Promise<void> {
-  if ((!own && hasDataFile(s)) || bytes === 0) return;
+  if (bytes === 0) return;
   const what = overlappingMetadata(s, offset, bytes, own);
   if (what) throw await signalCorruption(s, true, `Preventing invalid write on metadata (overlaps with ${what})`);
 }

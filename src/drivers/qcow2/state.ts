@@ -217,10 +217,13 @@ export function needAccurateRefcounts(s: Qcow2State): boolean {
 
 /** Write the incompatible feature bits in place, flushed (QEMU's mark dirty / corrupt). */
 async function writeIncompatible(s: Qcow2State, features: bigint): Promise<void> {
-  const buf = new Uint8Array(8);
-  new DataView(buf.buffer).setBigUint64(0, features);
-  await s.file.write(OFFSET_INCOMPATIBLE, 8, buf);
-  await s.file.flush();
+  // A version 2 header has no feature fields (its extensions start there): the bits stay in memory.
+  if (s.header.version >= 3) {
+    const buf = new Uint8Array(8);
+    new DataView(buf.buffer).setBigUint64(0, features);
+    await s.file.write(OFFSET_INCOMPATIBLE, 8, buf);
+    await s.file.flush();
+  }
   s.header.incompatibleFeatures = features;
 }
 

@@ -35,7 +35,8 @@ interface Chunk {
 }
 
 async function writeChunkData(s: Qcow2State, c: Omit<Chunk, 'written'>): Promise<void> {
-  await preventMetadataOverwrite(s, c.range.hostOffset, c.range.bytes);
+  // Guest data in an external data file cannot hit the image's metadata.
+  if (!hasDataFile(s)) await preventMetadataOverwrite(s, c.range.hostOffset, c.range.bytes);
   if (mergeCow(c.range.metas, c.offset, c.range.bytes, c.data)) return;
   debugEvent(s.file.node, 'write_aio');
   await s.dataFile.write(c.range.hostOffset, c.range.bytes, c.data);
