@@ -133,8 +133,8 @@ export function debugEvent(node: BlockNode | undefined, event: string): void | P
 
 export async function childRead(child: BdrvChild, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void> {
   // Past the end there are only zeros, also at offsets beyond 2^53 (corrupt qcow2 entries
-  // reach 2^56; QEMU's limit is 2^63).
-  if (offset >= child.node.getLength() && offset < 2 ** 63 && Number.isSafeInteger(bytes) && bytes >= 0) {
+  // reach 2^56; QEMU's limit is just below 2^63).
+  if (offset >= child.node.getLength() && offset + bytes <= MAX_NODE_LENGTH && Number.isSafeInteger(bytes) && bytes >= 0) {
     buf.fill(0, 0, bytes);
     return;
   }
@@ -423,7 +423,7 @@ export async function childTruncate(child: BdrvChild, size: number, exact: boole
   const node = child.node;
   // Sizes from 2^63 up are negative to QEMU's int64_t.
   if (!Number.isInteger(size) || size < 0 || size >= 2 ** 63) throw new BlkioError('EINVAL', 'Image size cannot be negative');
-  if (size > MAX_NODE_LENGTH) throw new BlkioError('EIO', `offset(${BigInt(size)}) exceeds maximum(${MAX_NODE_LENGTH})`);
+  if (size > MAX_NODE_LENGTH) throw new BlkioError('EIO', `offset(${BigInt(size)}) exceeds maximum(${BigInt(MAX_NODE_LENGTH)})`);
   if (!node.driver.truncate) throw new BlkioError('ENOTSUP', 'Image format driver does not support resize');
   if (node.readOnly) throw new BlkioError('EACCES', 'Image is read-only');
   await node.driver.truncate(node, size, exact, prealloc);

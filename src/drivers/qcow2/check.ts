@@ -246,7 +246,10 @@ async function checkRefblocks(c: Checker): Promise<void> {
       res.corruptions++;
       c.report(`${c.fix & FIX_ERRORS ? 'Repairing' : 'ERROR'} refcount block ${i} is outside image`);
       if (c.fix & FIX_ERRORS) {
+        // QEMU's int64_t cannot hold the length such a block needs: it fails without a message.
+        const resizable = offset <= 2 ** 63 - 1 - s.clusterSize;
         try {
+          if (!resizable) throw new BlkioError('EINVAL');
           await s.file.truncate(offset + s.clusterSize, false);
           c.refs.resize(Math.max(c.refs.size, sizeToClusters(s, s.file.getLength())));
           res.corruptions--;
@@ -255,7 +258,7 @@ async function checkRefblocks(c: Checker): Promise<void> {
           continue;
         } catch (e) {
           const err = toBlkioError(e);
-          s.node?.layer.warn(err.message);
+          if (resizable) s.node?.layer.warn(err.message);
           c.report(`ERROR could not resize image: ${err.strerror}`);
         }
       }
