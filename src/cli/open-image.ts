@@ -99,7 +99,8 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
     }
     // The user asks for what the program mode says, whatever the node's own read-only option:
     // `read-only=on` without -r fails with "Block node is read-only", as in QEMU.
-    const perm = PERM_CONSISTENT_READ | (req.readOnly ? 0 : PERM_WRITE);
+    // Opened only to be described (qemu-img info), it reads nothing: no consistent read either.
+    const perm = (layer.openWithoutIo ? 0 : PERM_CONSISTENT_READ) | (req.readOnly ? 0 : PERM_WRITE);
     return { blk: BlockBackend.attach(root, perm, PERM_ALL, req.backendName), writethrough: cache.writethrough };
   } catch (e) {
     await layer.closeNode(root);
