@@ -13,7 +13,7 @@ import {
 } from './driver.js';
 import { qemuFilename } from './filename.js';
 import { BlockNode, type DetectZeroes } from './node.js';
-import { PERM_CONSISTENT_READ, PERM_ALL, refreshPermissions, type PermPair } from './permissions.js';
+import { PERM_ALL, refreshPermissions, type PermPair } from './permissions.js';
 
 /** How a node is being opened: what it inherits from its parent. */
 export interface OpenFlags {
@@ -352,7 +352,9 @@ export class BlockLayer {
   /** Guess the format of a file from its first bytes. */
   private async probeFormat(file: BlockNode): Promise<string> {
     const edge = new BdrvChild(PROBE_USER, 'file', ROLE_IMAGE, file);
-    attachChild(edge, PERM_CONSISTENT_READ, PERM_ALL);
+    // No consistent read, as in QEMU: a header read to guess the format needs none (and so
+    // probing takes no lock byte).
+    attachChild(edge, 0, PERM_ALL);
     try {
       const len = Math.min(PROBE_BYTES, file.getLength());
       const header = new Uint8Array(len);
