@@ -8,6 +8,7 @@ import { BlockLayer } from '../../block/graph.js';
 import { processObjectArg, type ObjectRegistry } from '../../block/objects.js';
 import type { BlockBackend } from '../../block/backend.js';
 import type { BlockNode } from '../../block/node.js';
+import { PERM_RESIZE } from '../../block/permissions.js';
 import { allDrivers } from '../../drivers/index.js';
 import { isCacheMode, openImage, type ImageOpenRequest } from '../../cli/open-image.js';
 import { writeStderr as writeErr, writeStdout as writeOut } from '../../cli/output.js';
@@ -147,6 +148,8 @@ export interface ImgOpenSpec {
   cache?: string;
   /** Do not open the backing chain (info, rebase -u, create's size probe). */
   noBacking?: boolean;
+  /** Opened to be resized (QEMU's BDRV_O_RESIZE): the resize permission is part of the open. */
+  resize?: boolean;
   extraOptions?: FlatOptions;
 }
 
@@ -166,7 +169,9 @@ export async function openImg(layer: BlockLayer, spec: ImgOpenSpec): Promise<Blo
     defaultCache: 'writeback',
   };
   try {
-    return (await openImage(layer, req)).blk;
+    const { blk } = await openImage(layer, req);
+    if (spec.resize) blk.requirePerms(PERM_RESIZE);
+    return blk;
   } catch (e) {
     throw e instanceof BlkioError ? e.prepend(`Could not open '${spec.filename}': `) : e;
   }

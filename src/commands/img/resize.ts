@@ -5,7 +5,6 @@
  * negative size is not read as an option.
  */
 import { BlkioError } from '../../errors.js';
-import { PERM_RESIZE } from '../../block/permissions.js';
 import { parseSizeOption } from '../../options/qemuopts.js';
 import {
   badOption, checkNoFormatWithImageOpts, ExitStatus, newLayer, openImg, reportError, reportWarning, runSubcommand,
@@ -52,8 +51,7 @@ export function imgResize(argv: string[]): Promise<number> {
 
     const layer = newLayer(objects);
     try {
-      const blk = await openImg(layer, { filename: operands[0], format, imageOpts });
-      blk.requirePerms(PERM_RESIZE);
+      const blk = await openImg(layer, { filename: operands[0], format, imageOpts, resize: true });
       const current = blk.getLength();
       const total = relative ? current + n * relative : n;
       if (total <= 0) throw new BlkioError('EINVAL', 'New image size must be positive');
