@@ -81,6 +81,12 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
     discard: req.discard ?? 'unmap',
     'read-only': req.readOnly ? 'on' : 'off',
   };
+  if (req.snapshot) {
+    // Below a temporary overlay the image is a backing file: read-only whatever its options say
+    // (so it takes no write lock).
+    delete options['read-only'];
+    defaults['read-only'] = 'on';
+  }
   if (req.forceShare) {
     // Only the literal `on` agrees (qemu-img's wording; qemu-io checks before calling this).
     if (options['force-share'] !== undefined && options['force-share'] !== 'on') {
