@@ -7,7 +7,7 @@
 import type { CheckResult } from '../../block/driver.js';
 import { BlkioError, toBlkioError } from '../../errors.js';
 import {
-  entryOffset, getHi, getLo, HI_COPIED, l1Reserved, l2StdReserved, makeTable, reftableOffset, reftableReserved,
+  entryOffset, getHi, getLo, HI_COPIED, LO_ZERO, l1Reserved, l2StdReserved, makeTable, reftableOffset, reftableReserved,
   setReftableOffset, setRefcount, hex64, type Table,
 } from './entries.js';
 import { bitmapDirectoryLocation, parseBitmapDirectory } from './bitmaps.js';
@@ -112,7 +112,38 @@ async function readTable(c: Checker, offset: number, bytes: number, what: string
   return makeTable(data);
 }
 
-async function checkL2(c: Checker, l2Offset: number, fragInfo: boolean): Promise<void> {
+/**
+ * Turn the L2 entry of an unaligned preallocated cluster into a zero cluster, on disk at once.
+ * An overlap with other metadata ends the check of this table (and the whole check) as in
+ * QEMU; a failed write only leaves the corruption unrepaired. Returns whether it was repaired.
+ */
+async function zeroUnalignedPreallocation(c: Checker, table: Table, l2Offset: number, index: number, active: boolean): Promise<boolean> {
+  const { s, res } = c;
+  const e = readL2(s, table, index);
+  // Standard L2 entries say "zero" with their flag; extended ones with the bitmap (no data bits).
+  writeL2(s, table, index, { hi: 0, lo: s.extendedL2 ? 0 : LO_ZERO, zero: e.zero, alloc: e.alloc });
+  const entryAt = l2Offset + index * s.l2EntrySize;
+  try {
+    await preventMetadataOverwrite(s, entryAt, s.l2EntrySize, active ? 'active L2 table' : undefined);
+  } catch (err) {
+    c.report('ERROR: Overlap check failed');
+    res.checkErrors++;
+    throw err;
+  }
+  try {
+    await s.file.write(entryAt, s.l2EntrySize, table.data.subarray(index * s.l2EntrySize, (index + 1) * s.l2EntrySize));
+    await s.file.flush();
+  } catch (err) {
+    c.report(`ERROR: Failed to overwrite L2 table entry: ${toBlkioError(err).strerror}`);
+    res.checkErrors++;
+    return false;
+  }
+  res.corruptions--;
+  res.corruptionsFixed++;
+  return true;
+}
+
+async function checkL2(c: Checker, l2Offset: number, fragInfo: boolean, active: boolean): Promise<void> {
   const { s, res } = c;
   const table = await readTable(c, l2Offset, s.l2Size * s.l2EntrySize, 'check_refcounts_l2');
   if (!table) throw new BlkioError('EIO');
@@ -157,9 +188,14 @@ async function checkL2(c: Checker, l2Offset: number, fragInfo: boolean): Promise
         if (offset % s.clusterSize) {
           res.corruptions++;
           const containsData = s.extendedL2 ? e.alloc !== 0 : type === ClusterType.Normal;
-          c.report(containsData
-            ? `ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`
-            : `ERROR offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
+          if (containsData) {
+            c.report(`ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`);
+          } else {
+            const repair = (c.fix & FIX_ERRORS) !== 0;
+            c.report(`${repair ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
+            // Repaired, the entry reads as zeroes and references no cluster.
+            if (repair && (await zeroUnalignedPreallocation(c, table, l2Offset, i, active))) continue;
+          }
         }
         if (fragInfo) {
           res.allocatedClusters++;
@@ -202,7 +238,7 @@ async function checkL1(c: Checker, l1Offset: number, l1Size: number, fragInfo: b
       c.report(`ERROR l2_offset=${l2Offset.toString(16)}: Table is not cluster aligned; L1 entry corrupted`);
       res.corruptions++;
     }
-    await checkL2(c, l2Offset, fragInfo);
+    await checkL2(c, l2Offset, fragInfo, l1Offset === s.l1TableOffset);
   }
 }
 
