@@ -38,6 +38,8 @@ export const EXT_END = 0;
 export const EXT_BACKING_FORMAT = 0xe2792aca;
 export const EXT_FEATURE_TABLE = 0x6803f857;
 export const EXT_CRYPTO_HEADER = 0x0537be77;
+/** crypt_method of LUKS-encrypted images, the only ones with a crypto header extension. */
+const CRYPT_LUKS = 2;
 export const EXT_BITMAPS = 0x23852875;
 export const EXT_DATA_FILE = 0x44415441;
 
@@ -229,7 +231,7 @@ export function latin1(bytes: Uint8Array): string {
 
 /** What the bitmaps extension is judged by, and where its warning goes. */
 export interface ExtensionContext {
-  header: Pick<Qcow2Header, 'version' | 'autoclearFeatures'>;
+  header: Pick<Qcow2Header, 'version' | 'autoclearFeatures' | 'cryptMethod'>;
   clusterSize: number;
   /** A warning line (the program name is added) followed by a hint without a newline. */
   warn: (warning: string, hint: string) => void;
@@ -291,6 +293,9 @@ export function parseExtensions(buf: Uint8Array, start: number, end: number, con
         result.featureTable = decodeFeatureTable(data);
         break;
       case EXT_CRYPTO_HEADER:
+        if (context && context.header.cryptMethod !== CRYPT_LUKS) {
+          throw new BlkioError('EINVAL', 'CRYPTO header extension only expected with LUKS encryption method');
+        }
         result.cryptoHeader = data.slice();
         break;
       case EXT_BITMAPS:

@@ -16,6 +16,7 @@ const REGRESSIONS: Array<[seed: number, what: string]> = [
   [2048, 'a bitmaps extension of the wrong length'],
   [2055, 'a backing format extension retyped as bitmaps extension'],
   [3011, 'check -r all repairs an unaligned preallocated cluster; inside the header the overlap check ends the check'],
+  [3035, 'a crypto header extension in an image without LUKS encryption'],
 ];
 
 describe.skipIf(!haveQemu)('qcow2 corruption fuzzing (bounded)', () => {
