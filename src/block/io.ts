@@ -272,6 +272,11 @@ async function copyOnRead(node: BlockNode, offset: number, bytes: number, buf: U
 // Writes
 
 export async function childWrite(child: BdrvChild, offset: number, bytes: number, buf: Uint8Array | null, flags: number): Promise<void> {
+  // Corrupt qcow2 entries reach 2^56: QEMU passes such writes down and the file system refuses
+  // them (no Linux file grows beyond 2^53, the last position Node can express).
+  if (Number.isInteger(offset) && offset >= 0 && offset + bytes <= MAX_NODE_LENGTH && !Number.isSafeInteger(offset + bytes)) {
+    throw new BlkioError('EFBIG');
+  }
   checkRange(offset, bytes);
   checkWritePerm(child, flags);
   if (bytes === 0) return;

@@ -95,10 +95,19 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     if (!s || s.readOnly) return;
     await requireUsable(s).catch(() => {});
     if (s.unusable) return;
+    // As QEMU's close: each cache is flushed even when the other failed, failures are only
+    // reported, and the image is marked clean only when both made it to disk.
     await s.lock.run(async () => {
-      await s.l2Cache.flush();
-      await s.refcountCache.flush();
-      await markClean(s);
+      let flushed = true;
+      for (const [cache, what] of [[s.l2Cache, 'L2 table'], [s.refcountCache, 'refcount block']] as const) {
+        try {
+          await cache.flush();
+        } catch (e) {
+          flushed = false;
+          node.layer.warn(`Failed to flush the ${what} cache: ${toBlkioError(e).strerror}`);
+        }
+      }
+      if (flushed) await markClean(s);
     });
   },
 
