@@ -12,7 +12,7 @@ import { attachChild, type BlockLayer } from './graph.js';
 import type { BlockNode } from './node.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE } from './permissions.js';
 
-export async function createTemporaryOverlay(layer: BlockLayer, base: BlockNode): Promise<BlockNode> {
+export async function createTemporaryOverlay(layer: BlockLayer, base: BlockNode, readOnly: boolean): Promise<BlockNode> {
   const qcow2 = layer.driver('qcow2');
   if (!qcow2?.create) throw new BlkioError('ENOTSUP', "Unknown driver 'qcow2'");
   const dir = await mkdtemp(join(tmpdir(), 'vl.'));
@@ -32,6 +32,8 @@ export async function createTemporaryOverlay(layer: BlockLayer, base: BlockNode)
     }
     const overlay = await layer.openNode(undefined, {
       driver: 'qcow2', 'file.driver': 'file', 'file.filename': filename, backing: base.nodeName,
+      // With -r the overlay is as read-only as the image would be (QEMU's snapshot flags).
+      ...(readOnly ? { 'read-only': 'on' } : {}),
     });
     return overlay;
   } finally {

@@ -98,7 +98,7 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
   let root: BlockNode = await layer.openNode(filename, options, { protocol: false, inherited: defaults });
   try {
     if (req.copyOnRead && root.readOnly) throw new BlkioError('EINVAL', "Can't use copy-on-read on read-only device");
-    if (req.snapshot) root = await openTemporaryOverlay(layer, root);
+    if (req.snapshot) root = await openTemporaryOverlay(layer, root, req.readOnly ?? false);
     // QEMU keeps -C as a flag on the root node, so discards obey the root's discard mode.
     if (req.copyOnRead) {
       root = await layer.insertFilterAbove(root, { driver: 'copy-on-read', discard: root.discardUnmap ? 'unmap' : 'ignore' }, true);
@@ -115,7 +115,7 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
 }
 
 /** `-s`: a qcow2 overlay in the temp directory, backed by the opened node, deleted on close. */
-async function openTemporaryOverlay(layer: BlockLayer, base: BlockNode): Promise<BlockNode> {
+async function openTemporaryOverlay(layer: BlockLayer, base: BlockNode, readOnly: boolean): Promise<BlockNode> {
   const { createTemporaryOverlay } = await import('../block/snapshot.js');
-  return createTemporaryOverlay(layer, base);
+  return createTemporaryOverlay(layer, base, readOnly);
 }

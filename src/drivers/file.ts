@@ -202,7 +202,7 @@ export const fileDriver: BlockDriver<FileState> = {
 
   async reopen(node) {
     const handle = await open(node.state.filename, node.readOnly ? 'r' : 'r+').catch((e) => {
-      throw toBlkioError(e);
+      throw toBlkioError(e).prepend(`Could not open '${node.state.filename}': `);
     });
     await node.state.handle.close();
     node.state.handle = handle;

@@ -46,8 +46,21 @@ async function setReadOnly(root: BlockNode, readOnly: boolean): Promise<void> {
     if (readOnly) await reopenDrivers([...nodes].reverse());
     throw e;
   }
-  // Bottom-up when gaining it: a node writes only after the storage it writes to can.
-  if (!readOnly) await reopenDrivers([...nodes].reverse());
+  if (readOnly) return;
+  // Bottom-up when gaining it: a node writes only after the storage it writes to can. A node
+  // that cannot (its file is gone) leaves the whole subtree read-only, as it was.
+  const reopened: BlockNode[] = [];
+  try {
+    for (const n of [...nodes].reverse()) {
+      await n.driver.reopen?.(n);
+      reopened.push(n);
+    }
+  } catch (e) {
+    for (const n of nodes) n.readOnly = true;
+    await reopenDrivers(reopened.reverse()).catch(() => {});
+    refreshPermissions(new Map(), [root]);
+    throw e;
+  }
 }
 
 /** Options every node takes that a reopen may change. */
