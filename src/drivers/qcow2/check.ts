@@ -317,8 +317,9 @@ async function calculateRefcounts(c: Checker): Promise<void> {
   incRefcounts(c, 0, s.clusterSize);
   await checkL1(c, s.l1TableOffset, s.l1Size, true);
   for (const sn of s.snapshots) {
-    if (sn.l1TableOffset % s.clusterSize) {
-      c.report(`ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${hex(sn.l1TableOffset)}: L1 table is not cluster aligned; snapshot table entry corrupted`);
+    const l1Offset = sn.exactL1TableOffset ?? BigInt(sn.l1TableOffset);
+    if (l1Offset % BigInt(s.clusterSize)) {
+      c.report(`ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${hex(l1Offset)}: L1 table is not cluster aligned; snapshot table entry corrupted`);
       c.res.corruptions++;
       continue;
     }

@@ -33,6 +33,8 @@ export const NO_ICOUNT = 2n ** 64n - 1n;
  */
 export interface Snapshot {
   l1TableOffset: number;
+  /** The L1 offset exactly, where a corrupt entry puts it beyond 2^53 (for check and rewrites). */
+  exactL1TableOffset?: bigint;
   l1Size: number;
   id: string;
   name: string;
@@ -88,8 +90,10 @@ export async function parseSnapshotTable(
     }
     const strings = await read(offset, idSize + nameSize);
     offset += idSize + nameSize;
+    const l1TableOffset = head.getBigUint64(0);
     snapshots.push({
-      l1TableOffset: Number(head.getBigUint64(0)),
+      l1TableOffset: Number(l1TableOffset),
+      ...(l1TableOffset > BigInt(Number.MAX_SAFE_INTEGER) ? { exactL1TableOffset: l1TableOffset } : {}),
       l1Size: head.getUint32(8),
       id: cString(strings.subarray(0, idSize)),
       name: cString(strings.subarray(idSize)),
@@ -127,7 +131,7 @@ export function encodeSnapshot(sn: Snapshot): Uint8Array {
   const extraSize = Math.max(KNOWN_EXTRA_SIZE, sn.extraDataSize);
   const buf = new Uint8Array(entrySize(sn));
   const v = new DataView(buf.buffer);
-  v.setBigUint64(0, BigInt(sn.l1TableOffset));
+  v.setBigUint64(0, sn.exactL1TableOffset ?? BigInt(sn.l1TableOffset));
   v.setUint32(8, sn.l1Size);
   v.setUint16(12, sn.id.length);
   v.setUint16(14, sn.name.length);
@@ -336,7 +340,8 @@ function findSnapshot(s: Qcow2State, id: string | undefined, name: string | unde
 /** QEMU's qcow2_validate_table for a snapshot's L1 table. */
 function validateSnapshotL1(s: Qcow2State, sn: Snapshot): void {
   if (sn.l1Size > MAX_L1_SIZE / 8) throw new BlkioError('EFBIG', 'Snapshot L1 table too large');
-  if (2 ** 63 - sn.l1Size * 8 < sn.l1TableOffset || offsetIntoCluster(s, sn.l1TableOffset)) {
+  const unaligned = (sn.exactL1TableOffset ?? BigInt(sn.l1TableOffset)) % BigInt(s.clusterSize) !== 0n;
+  if (2 ** 63 - sn.l1Size * 8 < sn.l1TableOffset || unaligned) {
     throw new BlkioError('EINVAL', 'Snapshot L1 table offset invalid');
   }
 }
