@@ -8,7 +8,7 @@ import { BlkioError } from '../../errors.js';
 import type { CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { getRefcount, HI_COPIED, makeTable, reftableOffset, setRefcount, setReftableOffset, refcountMax, splitOffset } from './entries.js';
-import { checkRefcountWidth } from './create.js';
+import { checkRefcountWidth, VERSIONS } from './create.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY } from './header.js';
 import { ClusterType, clusterType, l1Entry, l2Offset, readL2, writeL2 } from './mapping.js';
@@ -35,8 +35,6 @@ export const QCOW2_AMEND_OPTIONS: readonly CreateOptionSpec[] = [
   { name: 'lazy_refcounts', type: 'bool', help: 'Postpone refcount updates' },
   { name: 'refcount_bits', type: 'number', help: 'Width of a reference count entry in bits' },
 ];
-
-const VERSIONS: Record<string, number> = { '0.10': 2, v2: 2, '1.1': 3, v3: 3 };
 
 type Report = (done: number, total: number) => void;
 

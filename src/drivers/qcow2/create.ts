@@ -46,7 +46,8 @@ export const QCOW2_CREATE_OPTIONS: readonly CreateOptionSpec[] = [
   { name: 'refcount_bits', type: 'number', default: 16, help: 'Width of a reference count entry in bits' },
 ];
 
-const VERSIONS: Record<string, number> = { '0.10': 2, v2: 2, '1.1': 3, v3: 3 };
+/** qcow2 versions by the names `compat=` takes (create and amend; measure knows fewer). */
+export const VERSIONS: Record<string, number> = { '0.10': 2, v2: 2, '1.1': 3, v3: 3 };
 
 interface Qcow2CreateSettings {
   version: number;
