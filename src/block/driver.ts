@@ -51,6 +51,8 @@ export interface DriverInfo {
   vmStateOffset?: number;
   /** The image was not closed cleanly (qcow2's dirty bit): `cleanly shut down: no`. */
   isDirty?: boolean;
+  /** The image's data is encrypted: `encrypted: yes`. */
+  encrypted?: boolean;
 }
 
 /** `Format specific information:` of `info` / `qemu-img info`, as ordered key/value pairs. */

@@ -98,7 +98,7 @@ export function stringProperty(key: string, value: OptionValue): string {
 }
 
 /** The bytes of the secret `id` (qcrypto_secret_lookup). */
-function secretData(lookup: (id: string) => unknown, id: string): Uint8Array {
+export function secretData(lookup: (id: string) => unknown, id: string): Uint8Array {
   const obj = lookup(id);
   if (obj === undefined) throw invalid(`No secret with id '${id}'`);
   if (!(obj instanceof Secret)) throw invalid(`Object with id '${id}' is not a secret`);

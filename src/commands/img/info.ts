@@ -28,6 +28,7 @@ export interface ImageInfo {
   'actual-size'?: number;
   'cluster-size'?: number;
   'dirty-flag'?: boolean;
+  encrypted?: boolean;
   'backing-filename'?: string;
   'full-backing-filename'?: string;
   'backing-filename-format'?: string;
@@ -60,6 +61,7 @@ export async function queryImageInfo(node: BlockNode): Promise<ImageInfo> {
   if (di) {
     if (di.clusterSize) info['cluster-size'] = di.clusterSize;
     info['dirty-flag'] = di.isDirty ?? false;
+    if (di.encrypted) info.encrypted = true;
   }
   const snapshots = snapshotInfoList(node);
   if (snapshots.length) info.snapshots = snapshots;
@@ -87,6 +89,7 @@ export function formatHumanInfo(info: ImageInfo): string {
     `file format: ${info.format}\n` +
     `virtual size: ${sizeToStr(size)} (${size} bytes)\n` +
     `disk size: ${info['actual-size'] === undefined ? 'unavailable' : sizeToStr(info['actual-size'])}\n`;
+  if (info.encrypted) out += 'encrypted: yes\n';
   if (info['cluster-size'] !== undefined) out += `cluster_size: ${info['cluster-size']}\n`;
   if (info['dirty-flag']) out += 'cleanly shut down: no\n';
   const backing = info['backing-filename'];

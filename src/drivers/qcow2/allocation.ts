@@ -14,6 +14,7 @@ import {
 } from './mapping.js';
 import { allocClusters, allocClustersAt, freeAnyCluster, freeClusters } from './refcount.js';
 import { readGuest } from './read.js';
+import { encryptInPlace } from './crypto.js';
 import { readsAsZeroFast } from './zero.js';
 import {
   hasDataFile, hex, markDirty, needAccurateRefcounts, offsetIntoCluster, signalCorruption, startOfCluster, type Allocation,
@@ -295,7 +296,8 @@ export function mergeCow(metas: readonly Allocation[], offset: number, bytes: nu
  */
 export async function handleAllocSpace(s: Qcow2State, metas: readonly Allocation[]): Promise<void> {
   const node = s.node;
-  if (!node) return;
+  // Zeroed host clusters would not decrypt to zeroes.
+  if (!node || s.encryption) return;
   for (const m of metas) {
     if (!m.cowStart.bytes && !m.cowEnd.bytes) continue;
     if (!(await readsAsZeroFast(node, m.offset + m.cowStart.offset, m.cowStart.bytes)) ||
@@ -339,6 +341,11 @@ async function performCow(s: Qcow2State, m: Allocation): Promise<void> {
       debugEvent(file, 'cow_read');
       await readGuest(s, m.offset + end.offset, end.bytes, tail);
     }
+  }
+  if (s.encryption) {
+    // The guest data is encrypted already; the copied regions are encrypted for their new place.
+    encryptInPlace(s.encryption, head, m.offset + start.offset, m.hostOffset + start.offset);
+    encryptInPlace(s.encryption, tail, m.offset + end.offset, m.hostOffset + end.offset);
   }
   if (m.data) {
     buf.set(m.data.subarray(0, dataBytes), start.bytes);

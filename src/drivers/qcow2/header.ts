@@ -38,8 +38,10 @@ export const EXT_END = 0;
 export const EXT_BACKING_FORMAT = 0xe2792aca;
 export const EXT_FEATURE_TABLE = 0x6803f857;
 export const EXT_CRYPTO_HEADER = 0x0537be77;
+/** crypt_method of legacy AES images. */
+export const CRYPT_AES = 1;
 /** crypt_method of LUKS-encrypted images, the only ones with a crypto header extension. */
-const CRYPT_LUKS = 2;
+export const CRYPT_LUKS = 2;
 export const EXT_BITMAPS = 0x23852875;
 export const EXT_DATA_FILE = 0x44415441;
 
@@ -327,13 +329,15 @@ export interface HeaderContents {
   backingFile?: string;
   backingFormat?: string;
   dataFile?: string;
+  /** The crypto header extension's data: offset and length of the LUKS header. */
+  cryptoHeader?: Uint8Array;
   bitmaps?: Uint8Array;
   unknownExtensions: readonly HeaderExtension[];
 }
 
 /**
  * The whole header cluster: fixed fields, preserved unknown fields, extensions (backing format,
- * external data file name, feature table, bitmaps, unknown ones), end marker, then the backing file name.
+ * external data file name, crypto header, feature table, bitmaps, unknown ones), end marker, then the backing file name.
  */
 export function buildHeaderCluster(c: HeaderContents): Uint8Array {
   const out = new Uint8Array(c.clusterSize);
@@ -357,6 +361,7 @@ export function buildHeaderCluster(c: HeaderContents): Uint8Array {
   };
   if (c.backingFormat !== undefined) addExtension(EXT_BACKING_FORMAT, Buffer.from(c.backingFormat, 'latin1'));
   if (c.dataFile !== undefined) addExtension(EXT_DATA_FILE, Buffer.from(c.dataFile, 'latin1'));
+  if (c.cryptoHeader) addExtension(EXT_CRYPTO_HEADER, c.cryptoHeader);
   if (h.version >= 3 && c.clusterSize > 4096) addExtension(EXT_FEATURE_TABLE, encodeFeatureTable(KNOWN_FEATURES));
   if (c.bitmaps) addExtension(EXT_BITMAPS, c.bitmaps);
   for (const ext of c.unknownExtensions) addExtension(ext.magic, ext.data);

@@ -29,6 +29,7 @@ import { BITMAP_FLAG_AUTO, BITMAP_FLAG_IN_USE, readBitmapDirectory } from './bit
 import { amendImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { makeEmpty } from './empty.js';
 import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots, loadSnapshotTemporarily } from './snapshots.js';
+import { SECTOR_SIZE } from './crypto.js';
 import { dataFileIsRaw, hasDataFile, vmStateOffset, writeStderr, type Qcow2State } from './state.js';
 
 export type { Qcow2State } from './state.js';
@@ -66,12 +67,11 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   },
 
   async open(node, ctx) {
-    for (const key of Object.keys(ctx.remaining)) {
-      if (key.startsWith('encrypt.')) throw new BlkioError('ENOTSUP', 'Encrypted qcow2 images are not supported');
-    }
+    const encryptOptions = ctx.takeOptions('encrypt');
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
     const s = await loadState(file, {
       readOnly: node.readOnly, opts: ctx.opts, discardUnmap: node.discardUnmap, checkMode: node.layer.openForCheck,
+      encryptOptions,
     });
     s.node = node;
     await openDataFile(s, ctx);
@@ -114,7 +114,8 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   refreshLimits(node) {
     const s = node.state;
     node.limits = {
-      requestAlignment: 1, maxTransfer: 0, zeroAlignment: s.subclusterSize, maxZeroes: 0,
+      // Encryption works on whole sectors.
+      requestAlignment: s.encryption ? SECTOR_SIZE : 1, maxTransfer: 0, zeroAlignment: s.subclusterSize, maxZeroes: 0,
       discardAlignment: s.clusterSize, maxDiscard: 0,
     };
   },
@@ -239,6 +240,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
       ...(s.extendedL2 ? { subclusterSize: s.subclusterSize } : {}),
       vmStateOffset: vmStateOffset(s),
       isDirty: (s.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n,
+      encrypted: s.header.cryptMethod !== 0,
     };
   },
 
@@ -270,7 +272,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
         ...(bitmaps.length ? { bitmaps } : {}), 'refcount-bits': refcountBits,
         ...(s.dataFileName !== undefined ? { 'data-file': s.dataFileName } : {}),
         ...(hasDataFile(s) ? { 'data-file-raw': dataFileIsRaw(s) } : {}),
-        corrupt, 'extended-l2': s.extendedL2,
+        ...(s.encryptionInfo ? { encrypt: s.encryptionInfo } : {}), corrupt, 'extended-l2': s.extendedL2,
       },
     };
   },

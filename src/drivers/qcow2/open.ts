@@ -20,6 +20,8 @@ import { MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex } from './refcount.js';
 import { MAX_SNAPSHOTS, parseSnapshotTable, SNAPSHOT_HEADER_SIZE } from './snapshots.js';
 import { geometry, Mutex, writeStderr, type Qcow2State } from './state.js';
 import { preventMetadataOverwrite } from './overlap.js';
+import { checkEncryptOptions, openEncryption } from './encryption.js';
+import type { FlatOptions } from '../../options/types.js';
 
 const DEFAULT_L2_CACHE_MAX = 32 * 2 ** 20;
 const MIN_L2_CACHE_ENTRIES = 2;
@@ -184,6 +186,8 @@ export interface LoadOptions {
   discardUnmap: boolean;
   /** Opened for qemu-img check: the snapshot table is left to the check, which reports its errors. */
   checkMode?: boolean;
+  /** The `encrypt.*` runtime options, prefix taken off. */
+  encryptOptions?: FlatOptions;
   /** Reporting of unsupported incompatible features needs the feature table. */
 }
 
@@ -250,10 +254,9 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
     unknownHeaderFields, unknownExtensions: [], snapshots: [], snapshotsSize: 0,
     inflight: new Set(), signaledCorruption: false, unusable: false,
   };
-  // QEMU checks the method with the runtime options, after the L1 table: AES and LUKS need a
-  // key secret (and are not implemented), the others are unknown (printed as a C int).
-  if (h.cryptMethod > 2) throw invalid(`Unsupported encryption method ${h.cryptMethod | 0}`);
-  if (h.cryptMethod) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
+  // QEMU checks the method with the runtime options, after the L1 table.
+  const encryptOptions = o.encryptOptions ?? {};
+  checkEncryptOptions(h.cryptMethod, encryptOptions);
   applyRuntimeOptions(s, runtimeOptions(s, o.opts, o.discardUnmap));
 
   debugEvent(file.node, 'reftable_load');
@@ -275,11 +278,21 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   s.unknownExtensions = ext.unknown;
   s.bitmapsExtension = ext.bitmaps;
   s.dataFileName = ext.dataFile;
+  s.cryptoExtension = ext.cryptoHeader;
   if (h.backingFileOffset) {
     const len = h.backingFileSize;
     if (len > Math.min(BACKING_FILE_MAX, g.clusterSize - h.backingFileOffset)) throw invalid('Backing file name too long');
     // QEMU keeps the name as a C string: a NUL (the header's own bytes, say) ends it.
     s.backingFile = cString(await readOrFail(file, h.backingFileOffset, len, 'Could not read backing file name'));
+  }
+  if (h.cryptMethod) {
+    const layer = file.node.layer;
+    const opened = await openEncryption(file, {
+      cryptMethod: h.cryptMethod, options: encryptOptions, cryptoExtension: ext.cryptoHeader,
+      withoutIo: layer.openWithoutIo, lookupObject: (id) => layer.objects.get(id),
+    });
+    s.encryption = opened.encryption;
+    s.encryptionInfo = opened.info;
   }
   if (!o.checkMode) await readSnapshotTable(s);
 
@@ -316,8 +329,8 @@ export async function updateHeader(s: Qcow2State): Promise<void> {
   };
   const cluster = buildHeaderCluster({
     header, clusterSize: s.clusterSize, unknownHeaderFields: s.unknownHeaderFields,
-    backingFile: s.backingFile, backingFormat: s.backingFormat, dataFile: s.dataFileName, bitmaps: s.bitmapsExtension,
-    unknownExtensions: s.unknownExtensions,
+    backingFile: s.backingFile, backingFormat: s.backingFormat, dataFile: s.dataFileName, cryptoHeader: s.cryptoExtension,
+    bitmaps: s.bitmapsExtension, unknownExtensions: s.unknownExtensions,
   });
   await s.file.write(0, s.clusterSize, cluster);
 }

@@ -5,6 +5,7 @@
  */
 import { debugEvent } from '../../block/io.js';
 import { readCompressed } from './compressed.js';
+import { decryptData } from './crypto.js';
 import { getHostOffset, SubclusterType } from './mapping.js';
 import { offsetIntoCluster, type Qcow2State } from './state.js';
 
@@ -30,7 +31,10 @@ export async function readGuest(s: Qcow2State, offset: number, bytes: number, bu
     if (!run) return;
     const { guest, host, bytes: n } = run;
     debugEvent(s.file.node, 'read_aio');
-    start(s.dataFile.read(host, n, buf.subarray(guest - offset, guest - offset + n)));
+    const dest = buf.subarray(guest - offset, guest - offset + n);
+    const encryption = s.encryption;
+    const read = s.dataFile.read(host, n, dest);
+    start(encryption ? read.then(() => decryptData(encryption, dest, guest, host)) : read);
     run = undefined;
   };
 

@@ -8,6 +8,7 @@ import type { BdrvChild } from '../../block/child.js';
 import type { BlockNode } from '../../block/node.js';
 import type { TableCache } from './cache.js';
 import type { Snapshot } from './snapshots.js';
+import type { Qcow2Encryption } from './crypto.js';
 import { refcountMax, type Table } from './entries.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTL2, OFFSET_INCOMPATIBLE,
@@ -137,6 +138,12 @@ export interface Qcow2State {
   unknownHeaderFields: Uint8Array;
   unknownExtensions: HeaderExtension[];
   bitmapsExtension?: Uint8Array;
+  /** The crypto header extension (LUKS) as read, written back with the header. */
+  cryptoExtension?: Uint8Array;
+  /** Encrypted images: the data cipher (absent when opened without I/O). */
+  encryption?: Qcow2Encryption;
+  /** Encrypted images: the `encrypt` member of qemu-img info. */
+  encryptionInfo?: Record<string, unknown>;
   snapshots: Snapshot[];
   snapshotsSize: number;
   inflight: Set<Allocation>;

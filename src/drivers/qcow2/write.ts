@@ -7,6 +7,7 @@ import { errno } from '../../errors.js';
 import { debugEvent } from '../../block/io.js';
 import { abortAllocations, allocHostOffset, handleAllocSpace, linkAllocations, mergeCow, type HostRange } from './allocation.js';
 import { compressCluster } from './codecs.js';
+import { encryptedCopy } from './crypto.js';
 import { allocCompressedCluster } from './compressed.js';
 import { preventMetadataOverwrite } from './overlap.js';
 import { hasDataFile, offsetIntoCluster, type Qcow2State } from './state.js';
@@ -37,9 +38,10 @@ interface Chunk {
 async function writeChunkData(s: Qcow2State, c: Omit<Chunk, 'written'>): Promise<void> {
   // Guest data in an external data file cannot hit the image's metadata.
   if (!hasDataFile(s)) await preventMetadataOverwrite(s, c.range.hostOffset, c.range.bytes);
-  if (mergeCow(c.range.metas, c.offset, c.range.bytes, c.data)) return;
+  const data = s.encryption ? encryptedCopy(s.encryption, c.data, c.offset, c.range.hostOffset) : c.data;
+  if (mergeCow(c.range.metas, c.offset, c.range.bytes, data)) return;
   debugEvent(s.file.node, 'write_aio');
-  await s.dataFile.write(c.range.hostOffset, c.range.bytes, c.data);
+  await s.dataFile.write(c.range.hostOffset, c.range.bytes, data);
 }
 
 /** Link the chunk's allocations once its data is written, or undo them if the write failed. */

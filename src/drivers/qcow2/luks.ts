@@ -1,0 +1,287 @@
+/**
+ * LUKS1 as qcow2 keeps it in its crypto header extension (QEMU's crypto/block-luks.c): the
+ * 592-byte header, eight key slots of PBKDF2-derived keys over anti-forensically split copies
+ * of the master key, and the master key digest that tells a right password from a wrong one.
+ * Offsets inside are 512-byte sectors from the start of the LUKS header.
+ */
+import { createHash, pbkdf2, randomBytes, randomUUID } from 'node:crypto';
+import { promisify } from 'node:util';
+import { BlkioError } from '../../errors.js';
+import {
+  CIPHER_MODES, cipherKeyBytes, IVGEN_ALGS, SECTOR_SIZE, SectorCipher, type CipherMode, type IvgenAlg, type SectorCipherSpec,
+} from './crypto.js';
+
+const pbkdf2Async = promisify(pbkdf2);
+
+const MAGIC = Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]);
+const HEADER_BYTES = 592;
+const SLOT_COUNT = 8;
+const SLOT_ACTIVE = 0x00ac71f3;
+const SLOT_INACTIVE = 0x0000dead;
+const DIGEST_BYTES = 20;
+const SALT_BYTES = 32;
+const STRIPES = 4000;
+const MIN_SLOT_ITERATIONS = 1000;
+const MIN_DIGEST_ITERATIONS = 1000;
+/** Key material and payload start on 4 KiB boundaries. */
+const ALIGN_BYTES = 4096;
+
+export const HASH_ALGS = ['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'ripemd160'] as const;
+
+export interface LuksSlot {
+  active: boolean;
+  iterations: number;
+  salt: Uint8Array;
+  /** Sectors from the header start. */
+  keyOffset: number;
+  stripes: number;
+}
+
+export interface LuksHeader {
+  cipherName: string;
+  cipherMode: string;
+  hashSpec: string;
+  /** Sectors from the header start. */
+  payloadOffset: number;
+  keyBytes: number;
+  mkDigest: Uint8Array;
+  mkDigestSalt: Uint8Array;
+  mkDigestIterations: number;
+  uuid: string;
+  slots: LuksSlot[];
+}
+
+function invalid(message: string): BlkioError {
+  return new BlkioError('EINVAL', message);
+}
+
+function fixedString(bytes: Uint8Array): string {
+  const end = bytes.indexOf(0);
+  return Buffer.from(end < 0 ? bytes : bytes.subarray(0, end)).toString('latin1');
+}
+
+export function parseLuksHeader(raw: Uint8Array): LuksHeader {
+  if (raw.length < HEADER_BYTES || !Buffer.from(raw.subarray(0, 6)).equals(MAGIC)) throw invalid('Volume is not in LUKS format');
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.length);
+  const version = view.getUint16(6);
+  if (version !== 1) throw invalid(`LUKS version ${version} is not supported`);
+  const slots: LuksSlot[] = [];
+  for (let i = 0; i < SLOT_COUNT; i++) {
+    const at = 208 + 48 * i;
+    slots.push({
+      active: view.getUint32(at) === SLOT_ACTIVE, iterations: view.getUint32(at + 4),
+      salt: raw.slice(at + 8, at + 40), keyOffset: view.getUint32(at + 40), stripes: view.getUint32(at + 44),
+    });
+  }
+  return {
+    cipherName: fixedString(raw.subarray(8, 40)), cipherMode: fixedString(raw.subarray(40, 72)),
+    hashSpec: fixedString(raw.subarray(72, 104)), payloadOffset: view.getUint32(104), keyBytes: view.getUint32(108),
+    mkDigest: raw.slice(112, 132), mkDigestSalt: raw.slice(132, 164), mkDigestIterations: view.getUint32(164),
+    uuid: fixedString(raw.subarray(168, 208)), slots,
+  };
+}
+
+export function buildLuksHeader(h: LuksHeader): Uint8Array {
+  const raw = new Uint8Array(HEADER_BYTES);
+  const view = new DataView(raw.buffer);
+  const put = (at: number, text: string): void => raw.set(Buffer.from(text, 'latin1'), at);
+  raw.set(MAGIC, 0);
+  view.setUint16(6, 1);
+  put(8, h.cipherName);
+  put(40, h.cipherMode);
+  put(72, h.hashSpec);
+  view.setUint32(104, h.payloadOffset);
+  view.setUint32(108, h.keyBytes);
+  raw.set(h.mkDigest, 112);
+  raw.set(h.mkDigestSalt, 132);
+  view.setUint32(164, h.mkDigestIterations);
+  put(168, h.uuid);
+  h.slots.forEach((slot, i) => {
+    const at = 208 + 48 * i;
+    view.setUint32(at, slot.active ? SLOT_ACTIVE : SLOT_INACTIVE);
+    view.setUint32(at + 4, slot.iterations);
+    raw.set(slot.salt, at + 8);
+    view.setUint32(at + 40, slot.keyOffset);
+    view.setUint32(at + 44, slot.stripes);
+  });
+  return raw;
+}
+
+/** The header's cipher as QEMU understands it: algorithm with key size, mode and IV generator. */
+export function luksCipherSpec(h: LuksHeader): SectorCipherSpec {
+  const [modeName, ivgenSpec = ''] = splitOnce(h.cipherMode, '-');
+  if (!(CIPHER_MODES as readonly string[]).includes(modeName)) throw invalid(`Unsupported cipher mode '${modeName}'`);
+  const mode = modeName as CipherMode;
+  // xts keys two ciphers with the two halves of the key.
+  const algKeyBytes = mode === 'xts' ? h.keyBytes / 2 : h.keyBytes;
+  const alg = h.cipherName === 'sm4' ? 'sm4' : `${h.cipherName}-${algKeyBytes * 8}`;
+  if (cipherKeyBytes(alg) !== algKeyBytes) throw invalid(`Unsupported cipher algorithm '${h.cipherName}' with key size ${h.keyBytes}`);
+  const [ivgenName, ivgenHash] = splitOnce(ivgenSpec, ':');
+  if (!(IVGEN_ALGS as readonly string[]).includes(ivgenName)) throw invalid(`Unsupported IV generator '${ivgenName}'`);
+  const ivgen = ivgenName as IvgenAlg;
+  if (ivgen !== 'essiv') return { alg, mode, ivgen };
+  if (!ivgenHash) throw invalid('Missing IV generator hash specification');
+  checkHash(ivgenHash);
+  const essivKeyBytes = createHash(ivgenHash).digest().length;
+  const ivgenAlg = `${h.cipherName}-${essivKeyBytes * 8}`;
+  if (cipherKeyBytes(ivgenAlg) !== essivKeyBytes) throw invalid(`Unsupported ESSIV hash '${ivgenHash}' for cipher '${h.cipherName}'`);
+  return { alg, mode, ivgen, ivgenHash, ivgenAlg };
+}
+
+function splitOnce(text: string, separator: string): [string, string | undefined] {
+  const at = text.indexOf(separator);
+  return at < 0 ? [text, undefined] : [text.slice(0, at), text.slice(at + 1)];
+}
+
+function checkHash(hash: string): void {
+  if (!(HASH_ALGS as readonly string[]).includes(hash)) throw invalid(`Unsupported hash algorithm '${hash}'`);
+}
+
+/** The `encrypt` member of qemu-img info (QCryptoBlockInfoLUKS), members in QAPI order. */
+export function luksInfo(h: LuksHeader): Record<string, unknown> {
+  const spec = luksCipherSpec(h);
+  return {
+    format: 'luks', 'cipher-alg': spec.alg, 'cipher-mode': spec.mode, 'ivgen-alg': spec.ivgen,
+    ...(spec.ivgenHash ? { 'ivgen-hash-alg': spec.ivgenHash } : {}),
+    'hash-alg': h.hashSpec, 'payload-offset': h.payloadOffset * SECTOR_SIZE, 'master-key-iters': h.mkDigestIterations,
+    uuid: h.uuid,
+    slots: h.slots.map((slot) => ({
+      active: slot.active,
+      ...(slot.active ? { iters: slot.iterations, stripes: slot.stripes } : {}),
+      'key-offset': slot.keyOffset * SECTOR_SIZE,
+    })),
+  };
+}
+
+/** Bytes of a slot's split key material, rounded up to whole sectors. */
+function splitKeyBytes(h: LuksHeader, slot: LuksSlot): number {
+  return Math.ceil((h.keyBytes * slot.stripes) / SECTOR_SIZE) * SECTOR_SIZE;
+}
+
+/** Spread the hash over `block` in digest-sized pieces, each hashed with its big-endian index. */
+function diffuse(block: Uint8Array, hash: string): void {
+  const digestBytes = createHash(hash).digest().length;
+  for (let i = 0, at = 0; at < block.length; i++, at += digestBytes) {
+    const piece = block.subarray(at, Math.min(block.length, at + digestBytes));
+    const index = Buffer.alloc(4);
+    index.writeUInt32BE(i);
+    piece.set(createHash(hash).update(index).update(piece).digest().subarray(0, piece.length));
+  }
+}
+
+/** Anti-forensic merge: XOR-and-diffuse the first stripes-1 stripes, XOR the last one. */
+function afMerge(split: Uint8Array, keyBytes: number, stripes: number, hash: string): Uint8Array {
+  const block = new Uint8Array(keyBytes);
+  for (let i = 0; i < stripes - 1; i++) {
+    xorInto(block, split.subarray(i * keyBytes, (i + 1) * keyBytes));
+    diffuse(block, hash);
+  }
+  xorInto(block, split.subarray((stripes - 1) * keyBytes, stripes * keyBytes));
+  return block;
+}
+
+/** Anti-forensic split: random stripes but the last, which makes the merge yield `key`. */
+function afSplit(key: Uint8Array, stripes: number, hash: string): Uint8Array {
+  const split = new Uint8Array(key.length * stripes);
+  split.set(randomBytes(key.length * (stripes - 1)));
+  const block = new Uint8Array(key.length);
+  for (let i = 0; i < stripes - 1; i++) {
+    xorInto(block, split.subarray(i * key.length, (i + 1) * key.length));
+    diffuse(block, hash);
+  }
+  xorInto(block, key);
+  split.set(block, (stripes - 1) * key.length);
+  return split;
+}
+
+function xorInto(target: Uint8Array, source: Uint8Array): void {
+  for (let i = 0; i < target.length; i++) target[i]! ^= source[i]!;
+}
+
+/** The key material cipher of a slot: the data cipher keyed with the slot key. */
+function slotCipher(h: LuksHeader, slotKey: Uint8Array): SectorCipher {
+  return new SectorCipher(luksCipherSpec(h), slotKey);
+}
+
+async function digestMatches(h: LuksHeader, masterKey: Uint8Array): Promise<boolean> {
+  const digest = await pbkdf2Async(masterKey, h.mkDigestSalt, h.mkDigestIterations, DIGEST_BYTES, h.hashSpec);
+  return digest.equals(h.mkDigest);
+}
+
+/**
+ * Find the master key: try each active slot with the password (`readAt` reads bytes at an
+ * offset from the header start). Fails with QEMU's text when no slot opens.
+ */
+export async function unlockLuks(
+  h: LuksHeader, password: Uint8Array, readAt: (offset: number, bytes: number) => Promise<Uint8Array>,
+): Promise<Uint8Array> {
+  checkHash(h.hashSpec);
+  for (const slot of h.slots) {
+    if (!slot.active) continue;
+    const slotKey = await pbkdf2Async(password, slot.salt, slot.iterations, h.keyBytes, h.hashSpec);
+    const material = (await readAt(slot.keyOffset * SECTOR_SIZE, splitKeyBytes(h, slot))).subarray(0, h.keyBytes * slot.stripes);
+    slotCipher(h, slotKey).decrypt(material, 0);
+    const masterKey = afMerge(material, h.keyBytes, slot.stripes, h.hashSpec);
+    if (await digestMatches(h, masterKey)) return masterKey;
+  }
+  throw new BlkioError('EACCES', 'Invalid password, cannot unlock any keyslot');
+}
+
+export interface LuksCreateOptions {
+  cipherAlg: string;
+  cipherMode: CipherMode;
+  ivgenAlg: IvgenAlg;
+  ivgenHashAlg?: string;
+  hashAlg: string;
+  /** Milliseconds PBKDF2 should take for the slot key (an eighth of it for the digest). */
+  iterTime: number;
+}
+
+/** Iterations of PBKDF2 with `hash` that take `ms` milliseconds here (measured on a short run). */
+async function calibrateIterations(hash: string, keyBytes: number, ms: number): Promise<number> {
+  const probe = 20000;
+  const start = process.hrtime.bigint();
+  await pbkdf2Async('calibration', 'salt', probe, keyBytes, hash);
+  const elapsedMs = Number(process.hrtime.bigint() - start) / 1e6;
+  return Math.floor((probe / Math.max(elapsedMs, 1e-3)) * ms);
+}
+
+/**
+ * A new LUKS volume with `password` in slot 0: the header and the whole key area (header,
+ * slot 0's encrypted split key, the other slots' areas zeroed), `payloadOffset` bytes long.
+ */
+export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Promise<{ header: LuksHeader; area: Uint8Array; masterKey: Uint8Array }> {
+  checkHash(o.hashAlg);
+  const algKeyBytes = cipherKeyBytes(o.cipherAlg);
+  if (algKeyBytes === undefined) throw invalid(`Unsupported cipher algorithm '${o.cipherAlg}'`);
+  const keyBytes = o.cipherMode === 'xts' ? algKeyBytes * 2 : algKeyBytes;
+  const cipherName = o.cipherAlg.replace(/-\d+$/, '');
+  const ivgen = o.ivgenAlg === 'essiv' ? `essiv:${o.ivgenHashAlg ?? 'sha256'}` : o.ivgenAlg;
+  const headerSectors = ALIGN_BYTES / SECTOR_SIZE;
+  const splitSectors = Math.ceil((keyBytes * STRIPES) / ALIGN_BYTES) * (ALIGN_BYTES / SECTOR_SIZE);
+  const masterKey = randomBytes(keyBytes);
+  const header: LuksHeader = {
+    cipherName, cipherMode: `${o.cipherMode}-${ivgen}`, hashSpec: o.hashAlg,
+    payloadOffset: headerSectors + SLOT_COUNT * splitSectors, keyBytes,
+    mkDigest: new Uint8Array(DIGEST_BYTES), mkDigestSalt: randomBytes(SALT_BYTES), mkDigestIterations: 0,
+    uuid: randomUUID(),
+    slots: Array.from({ length: SLOT_COUNT }, (_, i) => ({
+      active: false, iterations: 0, salt: new Uint8Array(SALT_BYTES), keyOffset: headerSectors + i * splitSectors, stripes: STRIPES,
+    })),
+  };
+  luksCipherSpec(header);
+  const perIterTime = await calibrateIterations(o.hashAlg, keyBytes, o.iterTime);
+  header.mkDigestIterations = Math.max(Math.floor(perIterTime / 8), MIN_DIGEST_ITERATIONS);
+  header.mkDigest = await pbkdf2Async(masterKey, header.mkDigestSalt, header.mkDigestIterations, DIGEST_BYTES, o.hashAlg);
+  const slot = header.slots[0]!;
+  slot.active = true;
+  slot.iterations = Math.max(perIterTime, MIN_SLOT_ITERATIONS);
+  slot.salt = randomBytes(SALT_BYTES);
+  const slotKey = await pbkdf2Async(password, slot.salt, slot.iterations, keyBytes, o.hashAlg);
+  const material = afSplit(masterKey, STRIPES, o.hashAlg);
+  slotCipher(header, slotKey).encrypt(material, 0);
+  const area = new Uint8Array(header.payloadOffset * SECTOR_SIZE);
+  area.set(buildLuksHeader(header));
+  area.set(material, slot.keyOffset * SECTOR_SIZE);
+  return { header, area, masterKey };
+}
