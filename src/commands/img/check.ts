@@ -10,10 +10,10 @@ import type { CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { formatFixed } from '../../options/size.js';
 import {
-  badOption, checkNoFormatWithImageOpts, checkSourceCacheMode, ExitStatus, newLayer, openImg, type OutputFormat,
-  parseOutputFormat, reportError, runSubcommand, scanImgArgs, skipFilters, UsageError, writeErr, writeOut,
+  checkSourceCacheMode, ExitStatus, oneImageName, openImg, type OutputFormat, parseOutputFormat, reportError, runSubcommand,
+  skipFilters, UsageError, withLayer, writeErr, writeOut,
 } from './common.js';
-import { printHelp } from './help.js';
+import { FORCE_SHARE_OPTION, FORMAT_OPTION, IMAGE_OPTS_OPTION, OUTPUT_OPTION, parseImgArgs } from './options.js';
 import { toQemuJson } from './qjson.js';
 
 /** QEMU's ImageCheck: counters that are zero are left out, except check-errors. */
@@ -75,56 +75,41 @@ async function runCheck(node: BlockNode, repair: 'leaks' | 'all' | undefined): P
 
 export function imgCheck(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands, objects } = scanImgArgs('check', argv, ':hf:r:T:qU', [
-      { name: 'format', hasArg: true, key: 'f' },
-      { name: 'repair', hasArg: true, key: 'r' },
-      { name: 'output', hasArg: true, key: 'output' },
-      { name: 'image-opts', hasArg: false, key: 'image-opts' },
-      { name: 'force-share', hasArg: false, key: 'U' },
-    ]);
-    let format: string | undefined;
     let output: string | undefined;
     let repair: 'leaks' | 'all' | undefined;
     let cache = 'writeback';
-    let quiet = false;
-    let imageOpts = false;
-    let forceShare = false;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'f': format = item.value; break;
-        case 'r':
-          if (item.value !== 'leaks' && item.value !== 'all') {
-            throw new UsageError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${item.value}`);
-          }
-          repair = item.value;
-          break;
-        case 'output': output = item.value; break;
-        case 'T': cache = item.value; break;
-        case 'q': quiet = true; break;
-        case 'image-opts': imageOpts = true; break;
-        case 'U': forceShare = true; break;
-        default: badOption(item);
-      }
-    }
-    if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-    const filename = operands[0];
-    const outputFormat: OutputFormat = output === undefined ? 'human' : parseOutputFormat(output);
+    const { format, imageOpts, forceShare, quiet, operands, objects } = parseImgArgs('check', argv, {
+      short: ':hf:r:T:qU',
+      long: [FORMAT_OPTION, { name: 'repair', hasArg: true, key: 'r' }, OUTPUT_OPTION, IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION],
+      own: (item) => {
+        switch (item.key) {
+          case 'r':
+            if (item.value !== 'leaks' && item.value !== 'all') {
+              throw new UsageError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${item.value}`);
+            }
+            repair = item.value;
+            return true;
+          case 'output': output = item.value; return true;
+          case 'T': cache = item.value; return true;
+          default: return false;
+        }
+      },
+    });
+    const filename = oneImageName(operands);
+    const outputFormat = parseOutputFormat(output);
     checkSourceCacheMode(cache);
-    checkNoFormatWithImageOpts(imageOpts, format);
-    const layer = newLayer(objects);
-    layer.openForCheck = true;
-    try {
-      const blk = await openImg(layer, { filename, format, imageOpts, readOnly: repair === undefined, forceShare, cache });
-      return await checkImage(blk.node, filename, repair, outputFormat, quiet);
-    } catch (e) {
-      if (e instanceof ExitStatus && e.status === 63) {
-        reportError(new BlkioError('ENOTSUP', 'This image format does not support checks'));
+    return withLayer(objects, async (layer) => {
+      layer.openForCheck = true;
+      try {
+        const blk = await openImg(layer, { filename, format, imageOpts, readOnly: repair === undefined, forceShare, cache });
+        return await checkImage(blk.node, filename, repair, outputFormat, quiet);
+      } catch (e) {
+        if (e instanceof ExitStatus && e.status === 63) {
+          reportError(new BlkioError('ENOTSUP', 'This image format does not support checks'));
+        }
+        throw e;
       }
-      throw e;
-    } finally {
-      await layer.closeAll();
-    }
+    });
   });
 }
 

@@ -14,6 +14,7 @@ import { isCacheMode, openImage, type ImageOpenRequest } from '../../cli/open-im
 import { writeStderr as writeErr, writeStdout as writeOut } from '../../cli/output.js';
 import { PROGRAM } from '../../cli/run.js';
 import type { FlatOptions } from '../../options/types.js';
+import { isValidOptionList } from '../../options/qemuopts.js';
 import { parseSizeBigInt, SizeError } from '../../options/size.js';
 import { scanArgs, type LongOption, type OptionItem } from './getopt.js';
 
@@ -90,18 +91,22 @@ export function objectOption(objects: ObjectRegistry, text: string, failureStatu
 /**
  * A subcommand's options, scanned; `?`/`:` items become usage errors when reached. `--object`
  * items are not passed on: they are acted on as the subcommand's loop comes to them, into
- * `objects`, which the subcommand hands to newLayer.
+ * `objects`, which the subcommand hands to newLayer. `objectFailureStatus` false: the
+ * subcommand takes no --object (bench).
  */
 export function scanImgArgs(
-  command: string, argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[], objectFailureStatus = 1,
+  command: string, argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[],
+  objectFailureStatus: number | false = 1,
 ) {
   const { options, operands } = scanArgs(command, argv, shortSpec, [
     { name: 'help', hasArg: false, key: 'h' },
-    { name: 'object', hasArg: true, key: 'object' },
+    ...(objectFailureStatus === false ? [] : [{ name: 'object', hasArg: true, key: 'object' }]),
     ...longOptions,
   ]);
   const objects = newObjectRegistry();
-  return { options: withObjectsActedOn(options, objects, objectFailureStatus), operands, objects };
+  return {
+    options: objectFailureStatus === false ? options : withObjectsActedOn(options, objects, objectFailureStatus), operands, objects,
+  };
 }
 
 function* withObjectsActedOn(items: readonly OptionItem[], objects: ObjectRegistry, failureStatus: number): Generator<OptionItem> {
@@ -126,14 +131,10 @@ export function checkSourceCacheMode(mode: string): void {
   if (!isCacheMode(mode)) throw new BlkioError('EINVAL', `Invalid source cache option: ${mode}`);
 }
 
-/** --image-opts names the driver in the option string itself, so -f cannot come with it. */
-export function checkNoFormatWithImageOpts(imageOpts: boolean | undefined, format: string | undefined): void {
-  if (imageOpts && format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
-}
-
 export type OutputFormat = 'human' | 'json';
 
-export function parseOutputFormat(value: string): OutputFormat {
+/** --output's value; human when the option was not given. */
+export function parseOutputFormat(value = 'human'): OutputFormat {
   if (value === 'human' || value === 'json') return value;
   throw new BlkioError('EINVAL', '--output must be used with human or json as argument.');
 }
@@ -153,13 +154,19 @@ export interface ImgOpenSpec {
   extraOptions?: FlatOptions;
 }
 
+/** --image-opts names the driver in the option string itself, so -f cannot come with it. */
+export function checkNoFormatWithImageOpts(imageOpts: boolean | undefined, format: string | undefined): void {
+  if (imageOpts && format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
+}
+
 /** Open an image like qemu-img's img_open: errors become `Could not open '<name>': <error>`. */
 export async function openImg(layer: BlockLayer, spec: ImgOpenSpec): Promise<BlockBackend> {
+  checkNoFormatWithImageOpts(spec.imageOpts, spec.format);
   const extraOptions: FlatOptions = { ...spec.extraOptions };
   if (spec.noBacking) extraOptions.backing = null;
   const req: ImageOpenRequest = {
     filename: spec.filename,
-    format: spec.imageOpts ? undefined : spec.format,
+    format: spec.format,
     imageOpts: spec.imageOpts,
     imageOptsImpliedKey: 'file',
     extraOptions,
@@ -175,6 +182,28 @@ export async function openImg(layer: BlockLayer, spec: ImgOpenSpec): Promise<Blo
   } catch (e) {
     throw e instanceof BlkioError ? e.prepend(`Could not open '${spec.filename}': `) : e;
   }
+}
+
+/** Run `body` on a block layer holding the command line's objects; every node it opened is closed after. */
+export async function withLayer<T>(objects: ObjectRegistry | undefined, body: (layer: BlockLayer) => Promise<T>): Promise<T> {
+  const layer = newLayer(objects);
+  try {
+    return await body(layer);
+  } finally {
+    await layer.closeAll();
+  }
+}
+
+/** The one image name most subcommands take. */
+export function oneImageName(operands: readonly string[]): string {
+  if (operands.length !== 1) throw new UsageError('Expecting one image file name');
+  return operands[0];
+}
+
+/** `-o`: each occurrence adds to the option list given so far. */
+export function appendOptionList(list: string | undefined, text: string): string {
+  if (!isValidOptionList(text)) throw new BlkioError('EINVAL', `Invalid option list: ${text}`);
+  return list === undefined ? text : `${list},${text}`;
 }
 
 /** The format node a user means by an image: filters above it are looked through. */

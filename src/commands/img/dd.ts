@@ -7,11 +7,10 @@
  */
 import { BlkioError, toBlkioError } from '../../errors.js';
 import type { BlockBackend } from '../../block/backend.js';
-import {
-  badOption, checkNoFormatWithImageOpts, imgCvtnum, newLayer, openImg, ReportLines, runSubcommand, scanImgArgs, writeErr,
-} from './common.js';
+import type { BlockLayer } from '../../block/graph.js';
+import { imgCvtnum, openImg, ReportLines, runSubcommand, withLayer, writeErr } from './common.js';
 import { createImageFile, createRequestOptions, creationDrivers, parseCreateOptions, roundUp512, setCreateOption } from './create.js';
-import { printHelp } from './help.js';
+import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 import { PROGRAM } from '../../cli/run.js';
 
 const INT_MAX = 2 ** 31 - 1;
@@ -47,31 +46,22 @@ function parseOperands(operands: readonly string[]): DdOperands {
 
 export function imgDd(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands, objects } = scanImgArgs('dd', argv, ':hf:O:U', [
-      { name: 'image-opts', hasArg: false, key: 'image-opts' },
-      { name: 'force-share', hasArg: false, key: 'U' },
-    ]);
-    let format: string | undefined;
     let outFormat = 'raw';
-    let imageOpts = false;
-    let forceShare = false;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'f': format = item.value; break;
-        case 'O': outFormat = item.value; break;
-        case 'U': forceShare = true; break;
-        case 'image-opts': imageOpts = true; break;
-        default: badOption(item);
-      }
-    }
+    const { format, imageOpts, forceShare, operands, objects } = parseImgArgs('dd', argv, {
+      short: ':hf:O:U',
+      long: [IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION],
+      own: (item) => {
+        if (item.key !== 'O') return false;
+        outFormat = item.value;
+        return true;
+      },
+    });
     const dd = parseOperands(operands);
-    if (dd.input === undefined || dd.output === undefined) throw new BlkioError('EINVAL', 'Must specify both input and output files');
-    checkNoFormatWithImageOpts(imageOpts, format);
+    const { input, output } = dd;
+    if (input === undefined || output === undefined) throw new BlkioError('EINVAL', 'Must specify both input and output files');
 
-    const layer = newLayer(objects);
-    try {
-      const source = await openImg(layer, { filename: dd.input, format, imageOpts, readOnly: true, forceShare });
+    return withLayer(objects, async (layer) => {
+      const source = await openImg(layer, { filename: input, format, imageOpts, readOnly: true, forceShare });
       const inputSize = BigInt(source.getLength());
       const bs = BigInt(dd.blockSize);
       const end = dd.count !== undefined && BigInt(dd.count) * bs < inputSize ? BigInt(dd.count) * bs : inputSize;
@@ -79,23 +69,21 @@ export function imgDd(argv: string[]): Promise<number> {
       const skipsPastEnd = start > end;
       const outputSize = skipsPastEnd ? 0 : Number(end - start);
 
-      await createOutput(layer, outFormat, dd.output, outputSize);
-      const target = await openImg(layer, { filename: dd.output, format: outFormat });
+      await createOutput(layer, outFormat, output, outputSize);
+      const target = await openImg(layer, { filename: output, format: outFormat });
       if (skipsPastEnd) {
         // Like dd(1): an empty output and a complaint, but no failure.
-        writeErr(`${PROGRAM}: ${dd.input}: cannot skip to specified offset\n`);
+        writeErr(`${PROGRAM}: ${input}: cannot skip to specified offset\n`);
         return 0;
       }
       await copy(source, Number(start), target, outputSize);
       return 0;
-    } finally {
-      await layer.closeAll();
-    }
+    });
   });
 }
 
 /** bdrv_create with the drivers' defaults and only the size set. */
-async function createOutput(layer: ReturnType<typeof newLayer>, format: string, filename: string, size: number): Promise<void> {
+async function createOutput(layer: BlockLayer, format: string, filename: string, size: number): Promise<void> {
   if (!layer.driver(format)) throw new BlkioError('EINVAL', 'Unknown file format');
   const { driver, protocol, specs } = creationDrivers(layer, format, filename);
   const values = parseCreateOptions(undefined, specs);

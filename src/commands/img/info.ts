@@ -12,11 +12,8 @@ import { ROLE_COW } from '../../block/driver.js';
 import { nodeInfoIfAny } from '../../block/io.js';
 import { resolveBackingFilename } from '../../block/graph.js';
 import { sizeToStr } from '../../options/size.js';
-import {
-  badOption, checkNoFormatWithImageOpts, newLayer, openImg, type OutputFormat, parseOutputFormat, runSubcommand,
-  scanImgArgs, UsageError, writeOut,
-} from './common.js';
-import { printHelp } from './help.js';
+import { oneImageName, openImg, parseOutputFormat, runSubcommand, withLayer, writeOut } from './common.js';
+import { FORCE_SHARE_OPTION, FORMAT_OPTION, IMAGE_OPTS_OPTION, OUTPUT_OPTION, parseImgArgs } from './options.js';
 import { formatSnapshotList, snapshotInfoList, type SnapshotInfoJson } from './snapshot.js';
 import { dumpQObjectLines, toQemuJson } from './qjson.js';
 
@@ -109,32 +106,22 @@ export function formatHumanInfo(info: ImageInfo): string {
 
 export function imgInfo(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands, objects } = scanImgArgs('info', argv, ':f:hU', [
-      { name: 'format', hasArg: true, key: 'f' },
-      { name: 'output', hasArg: true, key: 'output' },
-      { name: 'backing-chain', hasArg: false, key: 'backing-chain' },
-      { name: 'image-opts', hasArg: false, key: 'image-opts' },
-      { name: 'force-share', hasArg: false, key: 'U' },
-    ]);
-    let format: string | undefined;
     let output: string | undefined;
     let chain = false;
-    let imageOpts = false;
-    let forceShare = false;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'f': format = item.value; break;
-        case 'output': output = item.value; break;
-        case 'backing-chain': chain = true; break;
-        case 'image-opts': imageOpts = true; break;
-        case 'U': forceShare = true; break;
-        default: badOption(item);
-      }
-    }
-    if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-    const outputFormat: OutputFormat = output === undefined ? 'human' : parseOutputFormat(output);
-    const list = await collectImageInfo(operands[0], format, imageOpts, chain, forceShare, objects);
+    const { format, imageOpts, forceShare, operands, objects } = parseImgArgs('info', argv, {
+      short: ':f:hU',
+      long: [FORMAT_OPTION, OUTPUT_OPTION, { name: 'backing-chain', hasArg: false, key: 'backing-chain' }, IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION],
+      own: (item) => {
+        switch (item.key) {
+          case 'output': output = item.value; return true;
+          case 'backing-chain': chain = true; return true;
+          default: return false;
+        }
+      },
+    });
+    const filename = oneImageName(operands);
+    const outputFormat = parseOutputFormat(output);
+    const list = await collectImageInfo(filename, format, imageOpts, chain, forceShare, objects);
     if (outputFormat === 'human') writeOut(list.map(formatHumanInfo).join('\n'));
     else writeOut(toQemuJson(chain ? list : list[0]) + '\n');
     return 0;
@@ -144,7 +131,6 @@ export function imgInfo(argv: string[]): Promise<number> {
 async function collectImageInfo(
   first: string, firstFormat: string | undefined, imageOpts: boolean, chain: boolean, forceShare: boolean, objects: ObjectRegistry,
 ): Promise<ImageInfo[]> {
-  checkNoFormatWithImageOpts(imageOpts, firstFormat);
   const list: ImageInfo[] = [];
   const seen = new Set<string>();
   let filename: string | undefined = first;
@@ -153,23 +139,20 @@ async function collectImageInfo(
   while (filename !== undefined) {
     if (seen.has(filename)) throw new BlkioError('ELOOP', `Backing file '${filename}' creates an infinite loop.`);
     seen.add(filename);
-    const layer = newLayer(objects);
-    layer.openWithoutIo = true;
-    try {
-      const blk = await openImg(layer, { filename, format, imageOpts: opts, readOnly: true, forceShare, noBacking: true });
-      const info = await queryImageInfo(blk.node);
-      list.push(info);
-      filename = undefined;
-      format = undefined;
-      if (chain) {
-        if (info['full-backing-filename'] !== undefined) filename = info['full-backing-filename'];
-        else if (info['backing-filename'] !== undefined) {
-          throw new BlkioError('EINVAL', `Could not determine absolute backing filename, but backing filename '${info['backing-filename']}' present`);
-        }
-        format = info['backing-filename-format'];
+    const info = await withLayer(objects, async (layer) => {
+      layer.openWithoutIo = true;
+      const blk = await openImg(layer, { filename: filename!, format, imageOpts: opts, readOnly: true, forceShare, noBacking: true });
+      return queryImageInfo(blk.node);
+    });
+    list.push(info);
+    filename = undefined;
+    format = undefined;
+    if (chain) {
+      if (info['full-backing-filename'] !== undefined) filename = info['full-backing-filename'];
+      else if (info['backing-filename'] !== undefined) {
+        throw new BlkioError('EINVAL', `Could not determine absolute backing filename, but backing filename '${info['backing-filename']}' present`);
       }
-    } finally {
-      await layer.closeAll();
+      format = info['backing-filename-format'];
     }
     opts = false;
   }
