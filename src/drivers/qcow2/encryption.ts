@@ -2,14 +2,17 @@
  * Encrypted qcow2 images at open: the `encrypt.*` runtime options checked against the header's
  * method, the legacy AES key or the LUKS header (crypto header extension) unlocked with the
  * key secret. Opened without I/O (qemu-img info), no secret is needed: LUKS only parses.
+ * New images: the `encrypt.*` create options and the header fields they lead to.
  */
 import { BlkioError } from '../../errors.js';
 import type { BdrvChild } from '../../block/child.js';
 import type { FlatOptions } from '../../options/types.js';
 import { secretData } from '../../block/secret.js';
-import { legacyAesEncryption, SectorCipher, type Qcow2Encryption } from './crypto.js';
+import { CIPHER_MODES, IVGEN_ALGS, legacyAesEncryption, SectorCipher, type Qcow2Encryption } from './crypto.js';
 import { CRYPT_AES, CRYPT_LUKS } from './header.js';
-import { luksCipherSpec, luksInfo, parseLuksHeader, unlockLuks } from './luks.js';
+import {
+  createLuks, HASH_ALGS, luksCipherSpec, luksInfo, parseLuksHeader, unlockLuks, type LuksCreateOptions,
+} from './luks.js';
 
 const FORMAT_NAMES: Record<number, string> = { [CRYPT_AES]: 'aes', [CRYPT_LUKS]: 'luks' };
 
@@ -71,4 +74,64 @@ export async function openEncryption(file: BdrvChild, o: EncryptionOpen): Promis
   const password = keySecret(o);
   const masterKey = await unlockLuks(header, password, readAt);
   return { encryption: { cipher: new SectorCipher(luksCipherSpec(header), masterKey), byHostOffset: true }, info };
+}
+
+/** What `qemu-img create -o encrypt.*` asked for, validated as QEMU's QAPI conversion does. */
+export type EncryptionCreate =
+  | { format: 'aes'; keySecret: string }
+  | { format: 'luks'; keySecret: string; luks: LuksCreateOptions };
+
+const CIPHER_ALGS = [
+  'aes-128', 'aes-192', 'aes-256', 'des', '3des', 'cast5-128', 'serpent-128', 'serpent-192', 'serpent-256',
+  'twofish-128', 'twofish-192', 'twofish-256', 'sm4',
+] as const;
+const DEFAULT_ITER_TIME_MS = 2000;
+
+function enumOption<T extends string>(options: Record<string, unknown>, name: string, values: readonly T[], fallback: T): T {
+  const value = options[`encrypt.${name}`];
+  if (value === undefined) return fallback;
+  if (!(values as readonly unknown[]).includes(value)) throw invalid(`Parameter '${name}' does not accept value '${String(value)}'`);
+  return value as T;
+}
+
+/** The encryption of a new image, or undefined for none (`encryption=on` is the old name of aes). */
+export function encryptionCreateSettings(options: Record<string, unknown>): EncryptionCreate | undefined {
+  const names = Object.keys(options).filter((name) => name.startsWith('encrypt.'));
+  if (options.encryption !== true && !names.length) return undefined;
+  const format = options.encryption === true && options['encrypt.format'] === undefined
+    ? 'aes'
+    : enumOption(options, 'format', ['aes', 'luks'] as const, 'aes');
+  const keySecret = options['encrypt.key-secret'];
+  if (format === 'aes') {
+    const unexpected = names.find((name) => name !== 'encrypt.format' && name !== 'encrypt.key-secret');
+    if (unexpected) throw invalid(`Parameter '${unexpected}' is unexpected`);
+  }
+  const luks: LuksCreateOptions = {
+    cipherAlg: enumOption(options, 'cipher-alg', CIPHER_ALGS, 'aes-256'),
+    cipherMode: enumOption(options, 'cipher-mode', CIPHER_MODES, 'xts'),
+    ivgenAlg: enumOption(options, 'ivgen-alg', IVGEN_ALGS, 'plain64'),
+    ivgenHashAlg: options['encrypt.ivgen-hash-alg'] === undefined ? undefined : enumOption(options, 'ivgen-hash-alg', HASH_ALGS, 'sha256'),
+    hashAlg: enumOption(options, 'hash-alg', HASH_ALGS, 'sha256'),
+    iterTime: (options['encrypt.iter-time'] as number | undefined) ?? DEFAULT_ITER_TIME_MS,
+  };
+  if (keySecret === undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
+  return format === 'aes' ? { format, keySecret: String(keySecret) } : { format, keySecret: String(keySecret), luks };
+}
+
+/**
+ * The header fields of a new image's encryption: crypt_method and, for LUKS, the key area to
+ * place in the image (`place` allocates room for it and returns where it went).
+ */
+export async function setUpEncryption(
+  e: EncryptionCreate, lookupObject: (id: string) => unknown, place: (area: Uint8Array) => Promise<number>,
+): Promise<{ cryptMethod: number; cryptoExtension?: Uint8Array }> {
+  const password = secretData(lookupObject, e.keySecret);
+  if (e.format === 'aes') return { cryptMethod: CRYPT_AES };
+  const { area } = await createLuks(e.luks, password);
+  const offset = await place(area);
+  const extension = new Uint8Array(16);
+  const view = new DataView(extension.buffer);
+  view.setBigUint64(0, BigInt(offset));
+  view.setBigUint64(8, BigInt(area.length));
+  return { cryptMethod: CRYPT_LUKS, cryptoExtension: extension };
 }
