@@ -24,7 +24,10 @@ export function overlappingMetadata(s: Qcow2State, offset: number, bytes: number
     if (l2 && overlaps(l2, s.clusterSize)) return 'active L2 table';
   }
   if (overlaps(s.refcountTableOffset, s.refcountTableSize * 8)) return 'refcount table';
-  for (let i = 0; own !== 'refcount block' && i < s.refcountTableSize; i++) {
+  // Entries past the last used one are empty: a cluster-sized table has 8192 of them, and
+  // every data write comes here.
+  const lastBlock = Math.min(s.maxRefcountTableIndex, s.refcountTableSize - 1);
+  for (let i = 0; own !== 'refcount block' && i <= lastBlock; i++) {
     const block = reftableOffset(s.refcountTable, i);
     if (block && overlaps(block, s.clusterSize)) return 'refcount block';
   }
