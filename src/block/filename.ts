@@ -18,6 +18,7 @@ const STRONG_OPTIONS: Readonly<Record<string, readonly string[]>> = {
   'null-co': ['size', 'read-zeroes'],
   'null-aio': ['size', 'read-zeroes'],
   throttle: ['throttle-group'],
+  qcow2: ['encrypt.key-secret'],
   quorum: ['vote-threshold', 'blkverify', 'rewrite-corrupted', 'read-pattern'],
   blkdebug: [
     'config', 'inject-error.', 'set-state.', 'align', 'max-transfer', 'opt-write-zero', 'max-write-zero', 'opt-discard',

@@ -11,6 +11,7 @@ import {
   setReftableOffset, setRefcount, hex64, type Table,
 } from './entries.js';
 import { bitmapDirectoryLocation, parseBitmapDirectory } from './bitmaps.js';
+import { cryptoHeaderLocation } from './encryption.js';
 import { OFFSET_REFCOUNT_TABLE } from './header.js';
 import { preventMetadataOverwrite } from './overlap.js';
 import { ClusterType, clusterType, readL2, writeL2, l1Entry, writeL1Entry } from './mapping.js';
@@ -332,6 +333,10 @@ async function calculateRefcounts(c: Checker): Promise<void> {
   }
   incRefcounts(c, s.header.snapshotsOffset, s.snapshotsSize);
   incRefcounts(c, s.refcountTableOffset, s.refcountTableSize * 8);
+  if (s.cryptoExtension) {
+    const crypto = cryptoHeaderLocation(s.cryptoExtension);
+    incRefcounts(c, crypto.offset, crypto.length);
+  }
   await checkBitmaps(c);
   await checkRefblocks(c);
 }

@@ -4,8 +4,10 @@
  * and the hooks the qcow2 read and write paths call. Legacy AES (crypt_method 1) keys the
  * sectors by guest offset; LUKS (crypt_method 2) by host offset.
  */
-import { createCipheriv, createDecipheriv, createHash, getCiphers } from 'node:crypto';
 import { BlkioError } from '../../errors.js';
+import { lazyBuiltin } from '../../lazy-builtin.js';
+
+export const crypto = lazyBuiltin<typeof import('node:crypto')>('node:crypto');
 
 export const SECTOR_SIZE = 512;
 
@@ -27,7 +29,7 @@ export function cipherKeyBytes(alg: string): number | undefined {
 /** The OpenSSL name of `alg` in `mode` (xts takes a double-length key); undefined if Node lacks it. */
 function opensslCipher(alg: string, mode: CipherMode): string | undefined {
   const name = alg === 'sm4' ? `sm4-${mode}` : `${alg}-${mode}`;
-  return getCiphers().includes(name) ? name : undefined;
+  return crypto().getCiphers().includes(name) ? name : undefined;
 }
 
 export interface SectorCipherSpec {
@@ -55,7 +57,7 @@ export class SectorCipher {
     if (!name) throw new BlkioError('ENOTSUP', `Cipher algorithm '${spec.alg}' with mode '${spec.mode}' is not supported`);
     this.cipherName = name;
     if (spec.ivgen === 'essiv') {
-      this.essivKey = createHash(spec.ivgenHash!).update(key).digest();
+      this.essivKey = crypto().createHash(spec.ivgenHash!).update(key).digest();
       this.essivCipher = opensslCipher(spec.ivgenAlg!, 'ecb');
       if (!this.essivCipher) throw new BlkioError('ENOTSUP', `Cipher algorithm '${spec.ivgenAlg}' is not supported`);
     }
@@ -73,7 +75,7 @@ export class SectorCipher {
     for (let pos = 0; pos < buf.length; pos += SECTOR_SIZE) {
       const sector = buf.subarray(pos, pos + SECTOR_SIZE);
       const iv = this.spec.mode === 'ecb' ? null : this.iv(firstSector + pos / SECTOR_SIZE);
-      const c = encrypt ? createCipheriv(this.cipherName, this.key, iv) : createDecipheriv(this.cipherName, this.key, iv);
+      const c = encrypt ? crypto().createCipheriv(this.cipherName, this.key, iv) : crypto().createDecipheriv(this.cipherName, this.key, iv);
       c.setAutoPadding(false);
       const out = c.update(sector);
       sector.set(out);
@@ -89,7 +91,7 @@ export class SectorCipher {
     }
     iv.writeBigUInt64LE(BigInt(sector));
     if (this.spec.ivgen === 'plain64') return iv;
-    const essiv = createCipheriv(this.essivCipher!, this.essivKey!, null).setAutoPadding(false);
+    const essiv = crypto().createCipheriv(this.essivCipher!, this.essivKey!, null).setAutoPadding(false);
     return essiv.update(iv);
   }
 }

@@ -47,6 +47,12 @@ export interface EncryptionOpen {
   lookupObject: (id: string) => unknown;
 }
 
+/** Where the crypto header extension says the LUKS header and key material are. */
+export function cryptoHeaderLocation(extension: Uint8Array): { offset: number; length: number } {
+  const view = new DataView(extension.buffer, extension.byteOffset, extension.length);
+  return { offset: Number(view.getBigUint64(0)), length: Number(view.getBigUint64(8)) };
+}
+
 function keySecret(o: EncryptionOpen): Uint8Array {
   const id = o.options['key-secret'];
   if (id === undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
@@ -59,9 +65,7 @@ export async function openEncryption(file: BdrvChild, o: EncryptionOpen): Promis
     return { encryption: o.withoutIo ? undefined : legacyAesEncryption(keySecret(o)), info: { format: 'aes' } };
   }
   if (!o.cryptoExtension) throw invalid('No LUKS encryption header found');
-  const view = new DataView(o.cryptoExtension.buffer, o.cryptoExtension.byteOffset, o.cryptoExtension.length);
-  const offset = Number(view.getBigUint64(0));
-  const length = Number(view.getBigUint64(8));
+  const { offset, length } = cryptoHeaderLocation(o.cryptoExtension);
   const readAt = async (at: number, bytes: number): Promise<Uint8Array> => {
     if (at + bytes > length) throw invalid('LUKS key material beyond the crypto header');
     const buf = new Uint8Array(bytes);

@@ -4,14 +4,20 @@
  * of the master key, and the master key digest that tells a right password from a wrong one.
  * Offsets inside are 512-byte sectors from the start of the LUKS header.
  */
-import { createHash, pbkdf2, randomBytes, randomUUID } from 'node:crypto';
-import { promisify } from 'node:util';
 import { BlkioError } from '../../errors.js';
 import {
-  CIPHER_MODES, cipherKeyBytes, IVGEN_ALGS, SECTOR_SIZE, SectorCipher, type CipherMode, type IvgenAlg, type SectorCipherSpec,
+  CIPHER_MODES, cipherKeyBytes, crypto, IVGEN_ALGS, SECTOR_SIZE, SectorCipher, type CipherMode, type IvgenAlg, type SectorCipherSpec,
 } from './crypto.js';
 
-const pbkdf2Async = promisify(pbkdf2);
+function pbkdf2(password: Uint8Array | string, salt: Uint8Array | string, iterations: number, bytes: number, hash: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    crypto().pbkdf2(password, salt, iterations, bytes, hash, (e, key) => (e ? reject(e) : resolve(key)));
+  });
+}
+
+function createHash(hash: string): import('node:crypto').Hash {
+  return crypto().createHash(hash);
+}
 
 const MAGIC = Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]);
 const HEADER_BYTES = 592;
@@ -183,7 +189,7 @@ function afMerge(split: Uint8Array, keyBytes: number, stripes: number, hash: str
 /** Anti-forensic split: random stripes but the last, which makes the merge yield `key`. */
 function afSplit(key: Uint8Array, stripes: number, hash: string): Uint8Array {
   const split = new Uint8Array(key.length * stripes);
-  split.set(randomBytes(key.length * (stripes - 1)));
+  split.set(crypto().randomBytes(key.length * (stripes - 1)));
   const block = new Uint8Array(key.length);
   for (let i = 0; i < stripes - 1; i++) {
     xorInto(block, split.subarray(i * key.length, (i + 1) * key.length));
@@ -204,7 +210,7 @@ function slotCipher(h: LuksHeader, slotKey: Uint8Array): SectorCipher {
 }
 
 async function digestMatches(h: LuksHeader, masterKey: Uint8Array): Promise<boolean> {
-  const digest = await pbkdf2Async(masterKey, h.mkDigestSalt, h.mkDigestIterations, DIGEST_BYTES, h.hashSpec);
+  const digest = await pbkdf2(masterKey, h.mkDigestSalt, h.mkDigestIterations, DIGEST_BYTES, h.hashSpec);
   return digest.equals(h.mkDigest);
 }
 
@@ -218,7 +224,7 @@ export async function unlockLuks(
   checkHash(h.hashSpec);
   for (const slot of h.slots) {
     if (!slot.active) continue;
-    const slotKey = await pbkdf2Async(password, slot.salt, slot.iterations, h.keyBytes, h.hashSpec);
+    const slotKey = await pbkdf2(password, slot.salt, slot.iterations, h.keyBytes, h.hashSpec);
     const material = (await readAt(slot.keyOffset * SECTOR_SIZE, splitKeyBytes(h, slot))).subarray(0, h.keyBytes * slot.stripes);
     slotCipher(h, slotKey).decrypt(material, 0);
     const masterKey = afMerge(material, h.keyBytes, slot.stripes, h.hashSpec);
@@ -241,7 +247,7 @@ export interface LuksCreateOptions {
 async function calibrateIterations(hash: string, keyBytes: number, ms: number): Promise<number> {
   const probe = 20000;
   const start = process.hrtime.bigint();
-  await pbkdf2Async('calibration', 'salt', probe, keyBytes, hash);
+  await pbkdf2('calibration', 'salt', probe, keyBytes, hash);
   const elapsedMs = Number(process.hrtime.bigint() - start) / 1e6;
   return Math.floor((probe / Math.max(elapsedMs, 1e-3)) * ms);
 }
@@ -259,12 +265,12 @@ export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Pr
   const ivgen = o.ivgenAlg === 'essiv' ? `essiv:${o.ivgenHashAlg ?? 'sha256'}` : o.ivgenAlg;
   const headerSectors = ALIGN_BYTES / SECTOR_SIZE;
   const splitSectors = Math.ceil((keyBytes * STRIPES) / ALIGN_BYTES) * (ALIGN_BYTES / SECTOR_SIZE);
-  const masterKey = randomBytes(keyBytes);
+  const masterKey = crypto().randomBytes(keyBytes);
   const header: LuksHeader = {
     cipherName, cipherMode: `${o.cipherMode}-${ivgen}`, hashSpec: o.hashAlg,
     payloadOffset: headerSectors + SLOT_COUNT * splitSectors, keyBytes,
-    mkDigest: new Uint8Array(DIGEST_BYTES), mkDigestSalt: randomBytes(SALT_BYTES), mkDigestIterations: 0,
-    uuid: randomUUID(),
+    mkDigest: new Uint8Array(DIGEST_BYTES), mkDigestSalt: crypto().randomBytes(SALT_BYTES), mkDigestIterations: 0,
+    uuid: crypto().randomUUID(),
     slots: Array.from({ length: SLOT_COUNT }, (_, i) => ({
       active: false, iterations: 0, salt: new Uint8Array(SALT_BYTES), keyOffset: headerSectors + i * splitSectors, stripes: STRIPES,
     })),
@@ -272,12 +278,12 @@ export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Pr
   luksCipherSpec(header);
   const perIterTime = await calibrateIterations(o.hashAlg, keyBytes, o.iterTime);
   header.mkDigestIterations = Math.max(Math.floor(perIterTime / 8), MIN_DIGEST_ITERATIONS);
-  header.mkDigest = await pbkdf2Async(masterKey, header.mkDigestSalt, header.mkDigestIterations, DIGEST_BYTES, o.hashAlg);
+  header.mkDigest = await pbkdf2(masterKey, header.mkDigestSalt, header.mkDigestIterations, DIGEST_BYTES, o.hashAlg);
   const slot = header.slots[0]!;
   slot.active = true;
   slot.iterations = Math.max(perIterTime, MIN_SLOT_ITERATIONS);
-  slot.salt = randomBytes(SALT_BYTES);
-  const slotKey = await pbkdf2Async(password, slot.salt, slot.iterations, keyBytes, o.hashAlg);
+  slot.salt = crypto().randomBytes(SALT_BYTES);
+  const slotKey = await pbkdf2(password, slot.salt, slot.iterations, keyBytes, o.hashAlg);
   const material = afSplit(masterKey, STRIPES, o.hashAlg);
   slotCipher(header, slotKey).encrypt(material, 0);
   const area = new Uint8Array(header.payloadOffset * SECTOR_SIZE);
