@@ -372,7 +372,9 @@ function mappingStatus(node: BlockNode<Qcow2State>, m: HostMapping): BlockStatus
   const s = node.state;
   const result: BlockStatusResult = { status: 0, pnum: m.bytes };
   let status = 0;
-  if (m.type === SubclusterType.Normal || m.type === SubclusterType.ZeroAlloc || m.type === SubclusterType.UnallocatedAlloc) {
+  // Encrypted data at a host offset is no use to anyone reading the file directly.
+  const mapped = m.type === SubclusterType.Normal || m.type === SubclusterType.ZeroAlloc || m.type === SubclusterType.UnallocatedAlloc;
+  if (mapped && !s.header.cryptMethod) {
     result.map = m.hostOffset;
     result.file = s.dataFile.node;
     status |= STATUS_OFFSET_VALID;
