@@ -252,7 +252,10 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     if (h.version < 3) {
       return {
         type: 'qcow2',
-        json: { compat: '0.10', 'compression-type': compression, 'refcount-bits': refcountBits },
+        json: {
+          compat: '0.10', 'compression-type': compression, 'refcount-bits': refcountBits,
+          ...(s.encryptionInfo ? { encrypt: s.encryptionInfo } : {}),
+        },
       };
     }
     const lazy = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
