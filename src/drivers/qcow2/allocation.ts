@@ -184,16 +184,14 @@ async function handleAlloc(s: Qcow2State, guestOffset: number, expected: number,
 }
 
 /**
- * Record an allocation with the regions of its first and last cluster that must be copied
- * from the old contents (unless the clusters are kept and fully allocated already).
+ * The clusters a write of [cowStartTo, cowEndFrom) (from the start of the first cluster, at
+ * `index` in `slice`) touches: the first whose entry is invalid (-1: none), and for kept
+ * clusters whether the written subclusters all hold data already, so nothing needs copying.
+ * Kept apart from the async calculateL2Meta so that only this small loop runs hot.
  */
-async function calculateL2Meta(
-  s: Qcow2State, hostCluster: number, guestOffset: number, bytes: number, slice: Table, index: number,
-  metas: Allocation[], keepOld: boolean,
-): Promise<void> {
-  const cowStartTo = offsetIntoCluster(s, guestOffset);
-  const cowEndFrom = cowStartTo + bytes;
-  const nbClusters = Math.ceil(cowEndFrom / s.clusterSize);
+function scanWrittenClusters(
+  s: Qcow2State, slice: Table, index: number, nbClusters: number, cowStartTo: number, cowEndFrom: number, keepOld: boolean,
+): { invalidAt: number; skipCow: boolean } {
   let skipCow = keepOld;
   for (let i = 0; i < nbClusters; i++) {
     const e = readL2(s, slice, index + i);
@@ -209,12 +207,28 @@ async function calculateL2Meta(
     } else {
       type = subclusterType(s, e, 0);
     }
-    if (type === SubclusterType.Invalid) {
-      throw await signalCorruption(s, true,
-        `Invalid cluster entry found (L2 offset: ${hex(l2TableOf(s, guestOffset))}, L2 index: ${hex(index + i)})`);
-    }
+    if (type === SubclusterType.Invalid) return { invalidAt: i, skipCow };
   }
-  if (skipCow) return;
+  return { invalidAt: -1, skipCow };
+}
+
+/**
+ * Record an allocation with the regions of its first and last cluster that must be copied
+ * from the old contents (unless the clusters are kept and fully allocated already).
+ */
+async function calculateL2Meta(
+  s: Qcow2State, hostCluster: number, guestOffset: number, bytes: number, slice: Table, index: number,
+  metas: Allocation[], keepOld: boolean,
+): Promise<void> {
+  const cowStartTo = offsetIntoCluster(s, guestOffset);
+  const cowEndFrom = cowStartTo + bytes;
+  const nbClusters = Math.ceil(cowEndFrom / s.clusterSize);
+  const scan = scanWrittenClusters(s, slice, index, nbClusters, cowStartTo, cowEndFrom, keepOld);
+  if (scan.invalidAt >= 0) {
+    throw await signalCorruption(s, true,
+      `Invalid cluster entry found (L2 offset: ${hex(l2TableOf(s, guestOffset))}, L2 index: ${hex(index + scan.invalidAt)})`);
+  }
+  if (scan.skipCow) return;
 
   const first = readL2(s, slice, index);
   const firstSc = scIndex(s, guestOffset);
@@ -366,32 +380,42 @@ async function performCow(s: Qcow2State, m: Allocation): Promise<void> {
   s.l2Cache.dependOnFlush();
 }
 
+/**
+ * Point the allocation's L2 entries (from `index` in `slice`) at its clusters; returns the
+ * entries replaced. Kept apart from the async linkL2 so that only this small loop runs hot.
+ */
+function pointEntries(s: Qcow2State, m: Allocation, slice: Table, index: number): L2Entry[] {
+  const replaced: L2Entry[] = [];
+  const writtenFrom = m.cowStart.offset;
+  const writtenTo = m.cowEnd.offset + m.cowEnd.bytes;
+  for (let i = 0; i < m.nbClusters; i++) {
+    const old = readL2(s, slice, index + i);
+    if (old.hi || old.lo) replaced.push(old);
+    const [hi, lo] = splitOffset(m.hostOffset + i * s.clusterSize);
+    const entry: L2Entry = { hi: hi | HI_COPIED, lo, zero: old.zero, alloc: old.alloc };
+    if (s.extendedL2 && !m.prealloc) {
+      const from = Math.max(writtenFrom, i * s.clusterSize);
+      const to = Math.min(writtenTo, (i + 1) * s.clusterSize);
+      const firstSc = Math.floor((from % s.clusterSize) / s.subclusterSize);
+      const lastSc = Math.floor(((to - 1) % s.clusterSize) / s.subclusterSize);
+      const range = rangeMask(firstSc, lastSc + 1);
+      entry.alloc = (old.alloc | range) >>> 0;
+      entry.zero = (old.zero & ~range) >>> 0;
+    }
+    writeL2(s, slice, index + i, entry);
+  }
+  return replaced;
+}
+
 /** Point the L2 entries at the allocation's clusters and release the clusters they replace (lock held). */
 async function linkL2(s: Qcow2State, m: Allocation): Promise<void> {
   if (s.lazyRefcounts) await markDirty(s);
   if (needAccurateRefcounts(s)) await s.l2Cache.setDependency(s.refcountCache);
   const { slice, index } = await getClusterTable(s, m.offset);
-  const replaced: L2Entry[] = [];
+  let replaced: L2Entry[];
   try {
     s.l2Cache.markDirty(slice);
-    const writtenFrom = m.cowStart.offset;
-    const writtenTo = m.cowEnd.offset + m.cowEnd.bytes;
-    for (let i = 0; i < m.nbClusters; i++) {
-      const old = readL2(s, slice, index + i);
-      if (old.hi || old.lo) replaced.push(old);
-      const [hi, lo] = splitOffset(m.hostOffset + i * s.clusterSize);
-      const entry: L2Entry = { hi: hi | HI_COPIED, lo, zero: old.zero, alloc: old.alloc };
-      if (s.extendedL2 && !m.prealloc) {
-        const from = Math.max(writtenFrom, i * s.clusterSize);
-        const to = Math.min(writtenTo, (i + 1) * s.clusterSize);
-        const firstSc = Math.floor((from % s.clusterSize) / s.subclusterSize);
-        const lastSc = Math.floor(((to - 1) % s.clusterSize) / s.subclusterSize);
-        const range = rangeMask(firstSc, lastSc + 1);
-        entry.alloc = (old.alloc | range) >>> 0;
-        entry.zero = (old.zero & ~range) >>> 0;
-      }
-      writeL2(s, slice, index + i, entry);
-    }
+    replaced = pointEntries(s, m, slice, index);
   } finally {
     s.l2Cache.put(slice);
   }

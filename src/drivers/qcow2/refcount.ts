@@ -286,6 +286,13 @@ async function updateRefcount(
         s.refcountCache.markDirty(block);
       }
       oldTableIndex = tableIndex;
+      // The clusters of this block whose refcount stays in range and above zero, all at once.
+      const blockEnd = Math.min(last / s.clusterSize + 1, (tableIndex + 1) * s.refcountBlockSize);
+      const stop = changeRefcountsInBlock(s, block!, clusterIndex, blockEnd, decrease ? -addend : addend);
+      if (stop > clusterIndex) {
+        clusterOffset = (stop - 1) * s.clusterSize;
+        continue;
+      }
       const blockIndex = clusterIndex % s.refcountBlockSize;
       let refcount = readRefcount(block!, s.refcountOrder, blockIndex);
       if (decrease ? refcount - addend < 0 : refcount + addend > s.refcountMax) throw new BlkioError('EINVAL');
@@ -316,6 +323,22 @@ async function updateRefcount(
   if (!s.cacheDiscards) await processDiscards(s, failure === undefined && !again);
   if (failure !== undefined) throw failure;
   return again ? AGAIN : undefined;
+}
+
+/**
+ * Add `delta` to the refcounts of the clusters [first, end), all covered by `block`, until one
+ * would drop to zero or leave the valid range: returns that cluster (or `end`), which the
+ * caller handles on its own. Kept apart from the async updateRefcount so that only this small
+ * loop runs hot.
+ */
+function changeRefcountsInBlock(s: Qcow2State, block: Table, first: number, end: number, delta: number): number {
+  for (let i = first; i < end; i++) {
+    const blockIndex = i % s.refcountBlockSize;
+    const refcount = readRefcount(block, s.refcountOrder, blockIndex) + delta;
+    if (refcount <= 0 || refcount > s.refcountMax) return i;
+    setRefcount(block, s.refcountOrder, blockIndex, refcount);
+  }
+  return end;
 }
 
 function queueDiscard(s: Qcow2State, offset: number, bytes: number): void {
