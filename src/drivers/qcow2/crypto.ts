@@ -45,7 +45,8 @@ export interface SectorCipherSpec {
 
 /** Encrypts and decrypts whole sectors in place, each with the IV of its sector number. */
 export class SectorCipher {
-  private readonly cipherName: string;
+  private readonly cipherName?: string;
+  private readonly xts?: XtsOverEcb;
   private readonly essivKey?: Buffer;
   private readonly essivCipher?: string;
 
@@ -53,9 +54,14 @@ export class SectorCipher {
     readonly spec: SectorCipherSpec,
     private readonly key: Uint8Array,
   ) {
-    const name = opensslCipher(spec.alg, spec.mode);
-    if (!name) throw new BlkioError('ENOTSUP', `Cipher algorithm '${spec.alg}' with mode '${spec.mode}' is not supported`);
-    this.cipherName = name;
+    this.cipherName = opensslCipher(spec.alg, spec.mode);
+    if (!this.cipherName) {
+      const ecb = opensslCipher(spec.alg, 'ecb');
+      if (spec.mode !== 'xts' || !ecb) {
+        throw new BlkioError('ENOTSUP', `Cipher algorithm '${spec.alg}' with mode '${spec.mode}' is not supported`);
+      }
+      this.xts = new XtsOverEcb(ecb, key);
+    }
     if (spec.ivgen === 'essiv') {
       this.essivKey = crypto().createHash(spec.ivgenHash!).update(key).digest();
       this.essivCipher = opensslCipher(spec.ivgenAlg!, 'ecb');
@@ -75,10 +81,15 @@ export class SectorCipher {
     for (let pos = 0; pos < buf.length; pos += SECTOR_SIZE) {
       const sector = buf.subarray(pos, pos + SECTOR_SIZE);
       const iv = this.spec.mode === 'ecb' ? null : this.iv(firstSector + pos / SECTOR_SIZE);
-      const c = encrypt ? crypto().createCipheriv(this.cipherName, this.key, iv) : crypto().createDecipheriv(this.cipherName, this.key, iv);
+      if (this.xts) {
+        this.xts.run(sector, iv!, encrypt);
+        continue;
+      }
+      const c = encrypt
+        ? crypto().createCipheriv(this.cipherName!, this.key, iv)
+        : crypto().createDecipheriv(this.cipherName!, this.key, iv);
       c.setAutoPadding(false);
-      const out = c.update(sector);
-      sector.set(out);
+      sector.set(c.update(sector));
       c.final();
     }
   }
@@ -94,6 +105,53 @@ export class SectorCipher {
     const essiv = crypto().createCipheriv(this.essivCipher!, this.essivKey!, null).setAutoPadding(false);
     return essiv.update(iv);
   }
+}
+
+/**
+ * XTS built from the block cipher in ECB mode, for ciphers OpenSSL has no XTS of (aes-192,
+ * sm4): each block is XORed with its tweak before and after the cipher, the tweak starting
+ * as the encrypted IV and multiplied by x in GF(2^128) from block to block.
+ */
+class XtsOverEcb {
+  private readonly dataKey: Uint8Array;
+  private readonly tweakKey: Uint8Array;
+
+  constructor(
+    private readonly ecb: string,
+    key: Uint8Array,
+  ) {
+    this.dataKey = key.subarray(0, key.length / 2);
+    this.tweakKey = key.subarray(key.length / 2);
+  }
+
+  run(data: Uint8Array, iv: Uint8Array, encrypt: boolean): void {
+    if (data.length % BLOCK_BYTES) throw new BlkioError('EINVAL', `XTS data must be a multiple of ${BLOCK_BYTES} bytes`);
+    const tweak = Buffer.from(this.cipher(this.tweakKey, true).update(iv));
+    const tweaks = new Uint8Array(data.length);
+    for (let at = 0; at < data.length; at += BLOCK_BYTES) {
+      tweaks.set(tweak, at);
+      multiplyByX(tweak);
+    }
+    xorInto(data, tweaks);
+    data.set(this.cipher(this.dataKey, encrypt).update(data));
+    xorInto(data, tweaks);
+  }
+
+  private cipher(key: Uint8Array, encrypt: boolean): import('node:crypto').Cipher | import('node:crypto').Decipher {
+    const c = encrypt ? crypto().createCipheriv(this.ecb, key, null) : crypto().createDecipheriv(this.ecb, key, null);
+    return c.setAutoPadding(false);
+  }
+}
+
+/** Multiply a little-endian GF(2^128) element by x (XTS's alpha), in place. */
+function multiplyByX(t: Uint8Array): void {
+  const carry = t[BLOCK_BYTES - 1]! >> 7;
+  for (let i = BLOCK_BYTES - 1; i > 0; i--) t[i] = ((t[i]! << 1) | (t[i - 1]! >> 7)) & 0xff;
+  t[0] = ((t[0]! << 1) & 0xff) ^ (carry ? 0x87 : 0);
+}
+
+function xorInto(target: Uint8Array, source: Uint8Array): void {
+  for (let i = 0; i < target.length; i++) target[i]! ^= source[i]!;
 }
 
 /** An open image's encryption: the data cipher and which offset numbers the sectors. */

@@ -128,9 +128,12 @@ export function luksCipherSpec(h: LuksHeader): SectorCipherSpec {
   if (ivgen !== 'essiv') return { alg, mode, ivgen };
   if (!ivgenHash) throw invalid('Missing IV generator hash specification');
   checkHash(ivgenHash);
+  // The IV cipher takes the hash as its key: its key size follows the digest size.
   const essivKeyBytes = createHash(ivgenHash).digest().length;
   const ivgenAlg = `${h.cipherName}-${essivKeyBytes * 8}`;
-  if (cipherKeyBytes(ivgenAlg) !== essivKeyBytes) throw invalid(`Unsupported ESSIV hash '${ivgenHash}' for cipher '${h.cipherName}'`);
+  if (cipherKeyBytes(ivgenAlg) !== essivKeyBytes) {
+    throw invalid(`No ${h.cipherName.toUpperCase()} cipher with key size ${essivKeyBytes} available`);
+  }
   return { alg, mode, ivgen, ivgenHash, ivgenAlg };
 }
 
