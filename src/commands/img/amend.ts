@@ -8,14 +8,13 @@ import { BlkioError } from '../../errors.js';
 import type { BlockDriver } from '../../block/driver.js';
 import type { BlockLayer } from '../../block/graph.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
-import { hasHelpOption, isValidOptionList } from '../../options/qemuopts.js';
+import { hasHelpOption } from '../../options/qemuopts.js';
 import type { ObjectRegistry } from '../../block/objects.js';
 import {
-  badOption, checkCacheMode, checkNoFormatWithImageOpts, ExitStatus, newLayer, openImg, reportError, runSubcommand,
-  scanImgArgs, skipFilters, UsageError, writeOut,
+  appendOptionList, checkCacheMode, ExitStatus, openImg, reportError, runSubcommand, skipFilters, UsageError, withLayer, writeOut,
 } from './common.js';
 import { createRequestOptions, formatOptionHelp, mergeCreateOptions, parseCreateOptions } from './create.js';
-import { printHelp } from './help.js';
+import { IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 function amendingDriver(driver: BlockDriver<any> | undefined, format: string): BlockDriver<any> {
   if (!driver) throw new BlkioError('EINVAL', `Unknown file format '${format}'`);
@@ -48,33 +47,23 @@ function parseAmendOptions(driver: BlockDriver<any>, text: string) {
 
 export function imgAmend(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands, objects } = scanImgArgs('amend', argv, ':ho:f:t:pq', [
-      { name: 'image-opts', hasArg: false, key: 'image-opts' },
-      { name: 'force', hasArg: false, key: 'force' },
-    ]);
     let optionText: string | undefined;
-    let format: string | undefined;
     let cache = 'writeback';
     let showProgress = false;
-    let quiet = false;
-    let imageOpts = false;
     let force = false;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'o':
-          if (!isValidOptionList(item.value)) throw new BlkioError('EINVAL', `Invalid option list: ${item.value}`);
-          optionText = optionText === undefined ? item.value : `${optionText},${item.value}`;
-          break;
-        case 'f': format = item.value; break;
-        case 't': cache = item.value; break;
-        case 'p': showProgress = true; break;
-        case 'q': quiet = true; break;
-        case 'image-opts': imageOpts = true; break;
-        case 'force': force = true; break;
-        default: badOption(item);
-      }
-    }
+    const { format, imageOpts, quiet, operands, objects } = parseImgArgs('amend', argv, {
+      short: ':ho:f:t:pq',
+      long: [IMAGE_OPTS_OPTION, { name: 'force', hasArg: false, key: 'force' }],
+      own: (item) => {
+        switch (item.key) {
+          case 'o': optionText = appendOptionList(optionText, item.value); return true;
+          case 't': cache = item.value; return true;
+          case 'p': showProgress = true; return true;
+          case 'force': force = true; return true;
+          default: return false;
+        }
+      },
+    });
     if (optionText === undefined) throw new UsageError('Must specify options (-o)');
     // From here on qemu-img ends its progress line (after any error) when -p is on.
     const progress = new Progress(parseProgressMode(undefined, showProgress, quiet), { signals: false });
@@ -104,13 +93,11 @@ interface AmendRequest {
 
 async function amend(optionText: string, operands: string[], req: AmendRequest, progress: Progress): Promise<number> {
   const { format, cache, imageOpts, force } = req;
-  const layer = newLayer(req.objects);
-  try {
+  return withLayer(req.objects, async (layer) => {
     if (format !== undefined && hasHelpOption(optionText)) return printAmendHelp(layer, format);
     if (operands.length !== 1) throw new BlkioError('EINVAL', 'Expecting one image file name');
     const filename = operands[0];
     checkCacheMode(cache);
-    checkNoFormatWithImageOpts(imageOpts, format);
     const blk = await openImg(layer, { filename, format, imageOpts, cache });
     const node = skipFilters(blk.root.node);
     const driverName = node.driver.name;
@@ -125,7 +112,5 @@ async function amend(optionText: string, operands: string[], req: AmendRequest, 
     }
     await blk.flush();
     return 0;
-  } finally {
-    await layer.closeAll();
-  }
+  });
 }

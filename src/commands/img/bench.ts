@@ -12,11 +12,8 @@ import { PROGRAM } from '../../cli/run.js';
 import { formatFixed, scanUnsigned } from '../../options/size.js';
 import { isCacheMode } from '../../cli/open-image.js';
 import { AIO_MODES, DIRECT_CACHE_MODES, usesHostFiles } from '../io/open.js';
-import {
-  badOption, ExitStatus, imgCvtnum, newLayer, openImg, runSubcommand, UsageError, writeErr, writeOut,
-} from './common.js';
-import { scanArgs } from './getopt.js';
-import { printHelp } from './help.js';
+import { ExitStatus, imgCvtnum, oneImageName, openImg, runSubcommand, withLayer, writeErr, writeOut } from './common.js';
+import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 const INT_MAX = 2 ** 31 - 1;
 
@@ -49,59 +46,53 @@ function ulongOption(text: string, max: number, error: string): number {
 
 export function imgBench(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands } = scanArgs('bench', argv, ':hc:d:f:ni:o:qs:S:t:wU', [
-      { name: 'help', hasArg: false, key: 'h' },
-      { name: 'flush-interval', hasArg: true, key: 'flush-interval' },
-      { name: 'image-opts', hasArg: false, key: 'image-opts' },
-      { name: 'pattern', hasArg: true, key: 'pattern' },
-      { name: 'no-drain', hasArg: false, key: 'no-drain' },
-      { name: 'force-share', hasArg: false, key: 'U' },
-    ]);
     const params: BenchParams = {
       count: 75000, depth: 64, offset: 0, bufferSize: 4096, step: 0, write: false, pattern: 0, flushInterval: 0, drainOnFlush: true,
     };
-    let format: string | undefined;
-    let imageOpts = false;
-    let forceShare = false;
     let nativeAio = false;
     let cache: string | undefined;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'c': params.count = ulongOption(item.value, INT_MAX, 'Invalid request count specified'); break;
-        case 'd': params.depth = ulongOption(item.value, INT_MAX, 'Invalid queue depth specified'); break;
-        case 'f': format = item.value; break;
-        case 'n': nativeAio = true; break;
-        case 'i':
-          if (!AIO_MODES.includes(item.value)) throw new BlkioError('EINVAL', `Invalid aio option: ${item.value}`);
-          nativeAio = item.value === 'native';
-          break;
-        case 'o': params.offset = imgCvtnum('offset', item.value); break;
-        case 'q': break;
-        case 's': params.bufferSize = imgCvtnum('buffer size', item.value, 0, BigInt(INT_MAX)); break;
-        case 'S': params.step = imgCvtnum('step_size', item.value, 0, BigInt(INT_MAX)); break;
-        case 't':
-          if (!isCacheMode(item.value)) throw new BlkioError('EINVAL', 'Invalid cache mode');
-          cache = item.value;
-          break;
-        case 'w': params.write = true; break;
-        case 'U': forceShare = true; break;
-        case 'pattern': params.pattern = ulongOption(item.value, 0xff, 'Invalid pattern byte specified'); break;
-        case 'flush-interval': params.flushInterval = ulongOption(item.value, INT_MAX, 'Invalid flush interval specified'); break;
-        case 'no-drain': params.drainOnFlush = false; break;
-        case 'image-opts': imageOpts = true; break;
-        default: badOption(item);
-      }
-    }
-    if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-    const filename = operands[0];
+    // -q is accepted but, as in QEMU 7.2, silences nothing.
+    const { format, imageOpts, forceShare, operands } = parseImgArgs('bench', argv, {
+      short: ':hc:d:f:ni:o:qs:S:t:wU',
+      long: [
+        { name: 'flush-interval', hasArg: true, key: 'flush-interval' },
+        IMAGE_OPTS_OPTION,
+        { name: 'pattern', hasArg: true, key: 'pattern' },
+        { name: 'no-drain', hasArg: false, key: 'no-drain' },
+        FORCE_SHARE_OPTION,
+      ],
+      objectFailureStatus: false,
+      own: (item) => {
+        switch (item.key) {
+          case 'c': params.count = ulongOption(item.value, INT_MAX, 'Invalid request count specified'); return true;
+          case 'd': params.depth = ulongOption(item.value, INT_MAX, 'Invalid queue depth specified'); return true;
+          case 'n': nativeAio = true; return true;
+          case 'i':
+            if (!AIO_MODES.includes(item.value)) throw new BlkioError('EINVAL', `Invalid aio option: ${item.value}`);
+            nativeAio = item.value === 'native';
+            return true;
+          case 'o': params.offset = imgCvtnum('offset', item.value); return true;
+          case 's': params.bufferSize = imgCvtnum('buffer size', item.value, 0, BigInt(INT_MAX)); return true;
+          case 'S': params.step = imgCvtnum('step_size', item.value, 0, BigInt(INT_MAX)); return true;
+          case 't':
+            if (!isCacheMode(item.value)) throw new BlkioError('EINVAL', 'Invalid cache mode');
+            cache = item.value;
+            return true;
+          case 'w': params.write = true; return true;
+          case 'pattern': params.pattern = ulongOption(item.value, 0xff, 'Invalid pattern byte specified'); return true;
+          case 'flush-interval': params.flushInterval = ulongOption(item.value, INT_MAX, 'Invalid flush interval specified'); return true;
+          case 'no-drain': params.drainOnFlush = false; return true;
+          default: return false;
+        }
+      },
+    });
+    const filename = oneImageName(operands);
     if (!params.write && params.flushInterval) throw new BlkioError('EINVAL', '--flush-interval is only available in write tests');
     if (params.flushInterval && params.flushInterval < params.depth) throw new BlkioError('EINVAL', "Flush interval can't be smaller than depth");
     // QEMU 7.2 waits forever for requests it never sends.
     if (params.depth === 0 && params.count > 0) throw new BlkioError('EINVAL', 'Invalid queue depth specified');
 
-    const layer = newLayer();
-    try {
+    return withLayer(undefined, async (layer) => {
       const blk = await openImg(layer, { filename, format, imageOpts, readOnly: !params.write, forceShare, cache });
       // Linux native AIO needs O_DIRECT on the host files QEMU would open with it.
       if (nativeAio && !DIRECT_CACHE_MODES.includes(cache ?? 'writeback') && usesHostFiles(blk.node)) {
@@ -118,9 +109,7 @@ export function imgBench(argv: string[]): Promise<number> {
       const seconds = Number(process.hrtime.bigint() - start) / 1e9;
       writeOut(`Run completed in ${formatFixed(seconds, 3)} seconds.\n`);
       return 0;
-    } finally {
-      await layer.closeAll();
-    }
+    });
   });
 }
 

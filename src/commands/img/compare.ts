@@ -13,10 +13,10 @@ import { STATUS_ALLOCATED, STATUS_DATA, STATUS_EOF, STATUS_OFFSET_VALID, STATUS_
 import { isCacheMode } from '../../cli/open-image.js';
 import { Progress } from '../../cli/progress.js';
 import {
-  ExitStatus, UsageError, badOption, newLayer, openImg, reportError, runSubcommand, scanImgArgs, writeOut,
+  ExitStatus, UsageError, openImg, reportError, runSubcommand, withLayer, writeOut,
 } from './common.js';
 import { chainBlockStatus } from './block-status.js';
-import { printHelp } from './help.js';
+import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 const SECTOR = 512;
@@ -63,59 +63,52 @@ export function compareSectors(a: Uint8Array, b: Uint8Array): { differs: boolean
 
 export function imgCompare(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands, objects } = scanImgArgs('compare', argv, ':hf:F:T:pqsU', [
-      { name: 'image-opts', hasArg: false, key: 'image-opts' },
-      { name: 'force-share', hasArg: false, key: 'U' },
-    ], 2);
     let format1: string | undefined;
     let format2: string | undefined;
     let cache = 'writeback';
     let showProgress = false;
-    let quiet = false;
     let strict = false;
-    let imageOpts = false;
-    let forceShare = false;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'f': format1 = item.value; break;
-        case 'F': format2 = item.value; break;
-        case 'T': cache = item.value; break;
-        case 'p': showProgress = true; break;
-        case 'q': quiet = true; break;
-        case 's': strict = true; break;
-        case 'image-opts': imageOpts = true; break;
-        case 'U': forceShare = true; break;
-        default: badOption(item);
-      }
-    }
+    const { imageOpts, forceShare, quiet, operands, objects } = parseImgArgs('compare', argv, {
+      short: ':hf:F:T:pqsU',
+      long: [IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION],
+      objectFailureStatus: 2,
+      own: (item) => {
+        switch (item.key) {
+          case 'f': format1 = item.value; return true;
+          case 'F': format2 = item.value; return true;
+          case 'T': cache = item.value; return true;
+          case 'p': showProgress = true; return true;
+          case 's': strict = true; return true;
+          default: return false;
+        }
+      },
+    });
     if (operands.length !== 2) throw new UsageError('Expecting two image file names');
     const progress = new Progress(showProgress && !quiet ? 'human' : 'off');
-    const layer = newLayer(objects);
     const say = (text: string): void => {
       if (!quiet) writeOut(text);
     };
-    try {
-      if (!isCacheMode(cache)) throw failure(2, `Invalid source cache option: ${cache}`);
-      const open = async (filename: string, format: string | undefined): Promise<Side> => {
-        if (imageOpts && format !== undefined) throw failure(2, '--image-opts and --format are mutually exclusive');
-        try {
-          const blk = await openImg(layer, { filename, format, imageOpts, readOnly: true, forceShare, cache });
-          return { blk, filename, size: blk.getLength() };
-        } catch (e) {
-          reportError(e);
-          throw new ExitStatus(2);
-        }
-      };
-      const side1 = await open(operands[0], format1);
-      const side2 = await open(operands[1], format2);
-      const status = await compareImages(side1, side2, strict, progress, say);
-      if (status === 0) say('Images are identical.\n');
-      return status;
-    } finally {
-      progress.dispose();
-      await layer.closeAll();
-    }
+    return withLayer(objects, async (layer) => {
+      try {
+        if (!isCacheMode(cache)) throw failure(2, `Invalid source cache option: ${cache}`);
+        const open = async (filename: string, format: string | undefined): Promise<Side> => {
+          try {
+            const blk = await openImg(layer, { filename, format, imageOpts, readOnly: true, forceShare, cache });
+            return { blk, filename, size: blk.getLength() };
+          } catch (e) {
+            reportError(e);
+            throw new ExitStatus(2);
+          }
+        };
+        const side1 = await open(operands[0], format1);
+        const side2 = await open(operands[1], format2);
+        const status = await compareImages(side1, side2, strict, progress, say);
+        if (status === 0) say('Images are identical.\n');
+        return status;
+      } finally {
+        progress.dispose();
+      }
+    });
   });
 }
 

@@ -13,14 +13,14 @@ import { BdrvChild } from '../../block/child.js';
 import { ROLE_IMAGE } from '../../block/driver.js';
 import { attachChild, resolveBackingFilename, type BlockLayer } from '../../block/graph.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE } from '../../block/permissions.js';
-import { isValidOptionList, hasHelpOption, parseBool, parseNumber, parseQemuOpts, parseSizeOption } from '../../options/qemuopts.js';
+import { hasHelpOption, parseBool, parseNumber, parseQemuOpts, parseSizeOption } from '../../options/qemuopts.js';
 import { PROGRAM } from '../../cli/run.js';
 import { allDrivers } from '../../drivers/index.js';
 import { fileDriver } from '../../drivers/file.js';
-import { printHelp } from './help.js';
 import {
-  ExitStatus, UsageError, badOption, imgCvtnum, newLayer, runSubcommand, scanImgArgs, writeErr, writeOut,
+  appendOptionList, ExitStatus, UsageError, imgCvtnum, runSubcommand, withLayer, writeErr, writeOut,
 } from './common.js';
+import { parseImgArgs } from './options.js';
 
 /** A value given for a create option: the typed value for the driver and the text to print. */
 interface CreateValue {
@@ -288,41 +288,34 @@ async function withEmptyFile(
 /** The subcommand. */
 export function imgCreate(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands, objects } = scanImgArgs('create', argv, ':F:b:f:ho:qu', []);
-    let format = 'raw';
     let backingFile: string | undefined;
     let backingFormat: string | undefined;
     let optionText: string | undefined;
-    let quiet = false;
     let noBackingOpen = false;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'F': backingFormat = item.value; break;
-        case 'b': backingFile = item.value; break;
-        case 'f': format = item.value; break;
-        case 'o':
-          if (!isValidOptionList(item.value)) throw new BlkioError('EINVAL', `Invalid option list: ${item.value}`);
-          optionText = optionText === undefined ? item.value : `${optionText},${item.value}`;
-          break;
-        case 'q': quiet = true; break;
-        case 'u': noBackingOpen = true; break;
-        default: badOption(item);
-      }
-    }
-    const layer = newLayer(objects);
+    const { format = 'raw', quiet, operands, objects } = parseImgArgs('create', argv, {
+      short: ':F:b:f:ho:qu',
+      own: (item) => {
+        switch (item.key) {
+          case 'F': backingFormat = item.value; return true;
+          case 'b': backingFile = item.value; return true;
+          case 'o': optionText = appendOptionList(optionText, item.value); return true;
+          case 'u': noBackingOpen = true; return true;
+          default: return false;
+        }
+      },
+    });
     const filename = operands[0];
-    if (optionText !== undefined && hasHelpOption(optionText)) return printOptionHelp(layer, format, filename);
-    if (filename === undefined) throw new UsageError('Expecting image file name');
-    const size = operands.length > 1 ? imgCvtnum('image size', operands[1]) : undefined;
-    if (operands.length > 2) throw new UsageError(`Unexpected argument: ${operands[2]}`);
-    try {
-      await createImage(layer, { filename, format, backingFile, backingFormat, options: optionText, size, noBackingOpen, quiet });
-    } catch (e) {
-      throw e instanceof BlkioError ? e.prepend(`${filename}: `) : e;
-    } finally {
-      await layer.closeAll();
-    }
-    return 0;
+    return withLayer(objects, async (layer) => {
+      if (optionText !== undefined && hasHelpOption(optionText)) return printOptionHelp(layer, format, filename);
+      if (filename === undefined) throw new UsageError('Expecting image file name');
+      const size = operands.length > 1 ? imgCvtnum('image size', operands[1]) : undefined;
+      if (operands.length > 2) throw new UsageError(`Unexpected argument: ${operands[2]}`);
+      try {
+        await createImage(layer, { filename, format, backingFile, backingFormat, options: optionText, size, noBackingOpen, quiet });
+      } catch (e) {
+        throw e instanceof BlkioError ? e.prepend(`${filename}: `) : e;
+      }
+      return 0;
+    });
   });
 }

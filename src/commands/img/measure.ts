@@ -7,13 +7,13 @@
 import { BlkioError } from '../../errors.js';
 import type { MeasureResult } from '../../block/driver.js';
 import { fileDriver } from '../../drivers/file.js';
-import { isValidOptionList } from '../../options/qemuopts.js';
 import { getopt } from '../io/getopt.js';
 import { chainBlockStatus } from './block-status.js';
 import {
-  checkNoFormatWithImageOpts, imgCvtnum, newLayer, newObjectRegistry, objectOption, openImg, type OutputFormat, parseOutputFormat, reportError,
-  ReportLines, runSubcommand, writeErr, writeOut,
+  appendOptionList, imgCvtnum, newObjectRegistry, objectOption, openImg, type OutputFormat, parseOutputFormat, reportError,
+  ReportLines, runSubcommand, withLayer, writeErr, writeOut,
 } from './common.js';
+import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, OUTPUT_OPTION } from './options.js';
 import { createRequestOptions, mergeCreateOptions, parseCreateOptions, setCreateOption } from './create.js';
 import { printHelp } from './help.js';
 import { loadSnapshotParam, parseSnapshotParam, type SnapshotParam } from './snapshot.js';
@@ -21,11 +21,11 @@ import { toQemuJson } from './qjson.js';
 
 const LONG_OPTIONS = [
   { name: 'help', hasArg: false, key: 'h' },
-  { name: 'image-opts', hasArg: false, key: 'image-opts' },
+  IMAGE_OPTS_OPTION,
   { name: 'object', hasArg: true, key: 'object' },
-  { name: 'output', hasArg: true, key: 'output' },
+  OUTPUT_OPTION,
   { name: 'size', hasArg: true, key: 'size' },
-  { name: 'force-share', hasArg: false, key: 'U' },
+  FORCE_SHARE_OPTION,
 ];
 
 export function formatMeasure(info: MeasureResult, output: OutputFormat): string {
@@ -58,10 +58,7 @@ export function imgMeasure(argv: string[]): Promise<number> {
         case 'h': return printHelp();
         case 'f': format = item.value; break;
         case 'O': outFormat = item.value; break;
-        case 'o':
-          if (!isValidOptionList(item.value)) throw new BlkioError('EINVAL', `Invalid option list: ${item.value}`);
-          optionText = optionText === undefined ? item.value : `${optionText},${item.value}`;
-          break;
+        case 'o': optionText = appendOptionList(optionText, item.value); break;
         case 'l': snapshot = parseSnapshotParam(item.value); break;
         case 'U': forceShare = true; break;
         case 'object': objectOption(objects, item.value); break;
@@ -77,10 +74,8 @@ export function imgMeasure(argv: string[]): Promise<number> {
     }
     if (filename !== undefined && size !== undefined) throw new BlkioError('EINVAL', '--size N cannot be used together with a filename.');
     if (filename === undefined && size === undefined) throw new BlkioError('EINVAL', 'Either --size N or one filename must be specified.');
-    checkNoFormatWithImageOpts(imageOpts, format);
 
-    const layer = newLayer(objects);
-    try {
+    return withLayer(objects, async (layer) => {
       const source = filename === undefined ? undefined
         : await openImg(layer, { filename, format, imageOpts, readOnly: true, forceShare });
       if (source && snapshot) await loadSnapshotParam(source.root.node, snapshot);
@@ -104,8 +99,6 @@ export function imgMeasure(argv: string[]): Promise<number> {
       );
       writeOut(formatMeasure(info, output));
       return 0;
-    } finally {
-      await layer.closeAll();
-    }
+    });
   });
 }

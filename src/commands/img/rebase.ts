@@ -10,78 +10,66 @@ import { BlkioError } from '../../errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { PERM_ALL, PERM_CONSISTENT_READ } from '../../block/permissions.js';
 import { isAllocated, isAllocatedAbove } from '../../block/io.js';
-import { resolveBackingFilename } from '../../block/graph.js';
+import { type BlockLayer, resolveBackingFilename } from '../../block/graph.js';
 import { BlockBackend } from '../../block/backend.js';
 import { Progress } from '../../cli/progress.js';
 import { findBackingImage } from '../../jobs/chain.js';
 import {
-  badOption, checkCacheMode, checkNoFormatWithImageOpts, checkSourceCacheMode, newLayer, openImg, runSubcommand,
-  scanImgArgs, skipFilters, UsageError,
+  checkCacheMode, checkSourceCacheMode, oneImageName, openImg, runSubcommand, skipFilters, UsageError, withLayer,
 } from './common.js';
 import { compareSectors } from './compare.js';
-import { printHelp } from './help.js';
+import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 
 export function imgRebase(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands, objects } = scanImgArgs('rebase', argv, ':hf:F:b:upt:T:qU', [
-      { name: 'image-opts', hasArg: false, key: 'image-opts' },
-      { name: 'force-share', hasArg: false, key: 'U' },
-    ]);
-    let format: string | undefined;
     let backing: string | undefined;
     let backingFormat: string | undefined;
     let unsafe = false;
     let showProgress = false;
     let cache = 'writeback';
     let srcCache = 'writeback';
-    let quiet = false;
-    let imageOpts = false;
-    let forceShare = false;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'f': format = item.value; break;
-        case 'F': backingFormat = item.value; break;
-        case 'b': backing = item.value; break;
-        case 'u': unsafe = true; break;
-        case 'p': showProgress = true; break;
-        case 't': cache = item.value; break;
-        case 'T': srcCache = item.value; break;
-        case 'q': quiet = true; break;
-        case 'image-opts': imageOpts = true; break;
-        case 'U': forceShare = true; break;
-        default: badOption(item);
-      }
-    }
-    if (operands.length !== 1) throw new UsageError('Expecting one image file name');
+    const { format, imageOpts, forceShare, quiet, operands, objects } = parseImgArgs('rebase', argv, {
+      short: ':hf:F:b:upt:T:qU',
+      long: [IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION],
+      own: (item) => {
+        switch (item.key) {
+          case 'F': backingFormat = item.value; return true;
+          case 'b': backing = item.value; return true;
+          case 'u': unsafe = true; return true;
+          case 'p': showProgress = true; return true;
+          case 't': cache = item.value; return true;
+          case 'T': srcCache = item.value; return true;
+          default: return false;
+        }
+      },
+    });
+    const filename = oneImageName(operands);
     if (!unsafe && backing === undefined) throw new UsageError('Must specify backing file (-b) or use unsafe mode (-u)');
-    const filename = operands[0];
     const progress = new Progress(showProgress && !quiet ? 'human' : 'off');
-    const layer = newLayer(objects);
-    try {
-      progress.update(0, 100);
-      checkCacheMode(cache);
-      checkSourceCacheMode(srcCache);
-      checkNoFormatWithImageOpts(imageOpts, format);
-      const blk = await openImg(layer, { filename, format, imageOpts, cache, noBacking: unsafe });
-      const image = skipFilters(blk.node);
-      if (backingFormat !== undefined && !layer.driver(backingFormat)) {
-        throw new BlkioError('EINVAL', `Invalid format name: '${backingFormat}'`);
+    return withLayer(objects, async (layer) => {
+      try {
+        progress.update(0, 100);
+        checkCacheMode(cache);
+        checkSourceCacheMode(srcCache);
+        const blk = await openImg(layer, { filename, format, imageOpts, cache, noBacking: unsafe });
+        const image = skipFilters(blk.node);
+        if (backingFormat !== undefined && !layer.driver(backingFormat)) {
+          throw new BlkioError('EINVAL', `Invalid format name: '${backingFormat}'`);
+        }
+        if (!unsafe) {
+          const newBacking = backing ? await openNewBacking(layer, image, backing, backingFormat, forceShare, srcCache) : undefined;
+          await copyDifferences(blk, image, newBacking, progress);
+        }
+        await changeBackingFile(image, backing, backingFormat);
+        await blk.flush();
+        progress.update(100, 100);
+        return 0;
+      } finally {
+        progress.dispose();
       }
-      if (!unsafe) {
-        const newBacking = backing ? await openNewBacking(layer, image, backing, backingFormat, forceShare, srcCache) : undefined;
-        await copyDifferences(blk, image, newBacking, progress);
-      }
-      await changeBackingFile(image, backing, backingFormat);
-      await blk.flush();
-      progress.update(100, 100);
-      return 0;
-    } finally {
-      progress.dispose();
-      await layer.closeAll();
-    }
+    });
   });
 }
 
@@ -92,7 +80,7 @@ interface NewBacking {
 }
 
 async function openNewBacking(
-  layer: ReturnType<typeof newLayer>, image: BlockNode, backing: string, backingFormat: string | undefined,
+  layer: BlockLayer, image: BlockNode, backing: string, backingFormat: string | undefined,
   forceShare: boolean, cache: string,
 ): Promise<NewBacking> {
   const full = resolveBackingFilename(image.filename, backing);

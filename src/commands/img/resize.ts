@@ -6,11 +6,8 @@
  */
 import { BlkioError } from '../../errors.js';
 import { parseSizeOption } from '../../options/qemuopts.js';
-import {
-  badOption, checkNoFormatWithImageOpts, ExitStatus, newLayer, openImg, reportError, reportWarning, runSubcommand,
-  scanImgArgs, UsageError, writeOut,
-} from './common.js';
-import { printHelp } from './help.js';
+import { ExitStatus, openImg, reportError, reportWarning, runSubcommand, UsageError, withLayer, writeOut } from './common.js';
+import { IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 export const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'] as const;
 
@@ -18,39 +15,31 @@ export function imgResize(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
     if (argv.length < 2) throw new UsageError('Not enough arguments');
     const sizeArg = argv[argv.length - 1];
-    const { options, operands, objects } = scanImgArgs('resize', argv.slice(0, -1), ':f:hq', [
-      { name: 'image-opts', hasArg: false, key: 'image-opts' },
-      { name: 'preallocation', hasArg: true, key: 'preallocation' },
-      { name: 'shrink', hasArg: false, key: 'shrink' },
-    ]);
-    let format: string | undefined;
-    let quiet = false;
-    let imageOpts = false;
     let prealloc = 'off';
     let shrink = false;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'f': format = item.value; break;
-        case 'q': quiet = true; break;
-        case 'image-opts': imageOpts = true; break;
-        case 'preallocation':
-          if (!(PREALLOC_MODES as readonly string[]).includes(item.value)) {
-            throw new BlkioError('EINVAL', `Invalid preallocation mode '${item.value}'`);
-          }
-          prealloc = item.value;
-          break;
-        case 'shrink': shrink = true; break;
-        default: badOption(item);
-      }
-    }
+    const { format, imageOpts, quiet, operands, objects } = parseImgArgs('resize', argv.slice(0, -1), {
+      short: ':f:hq',
+      long: [IMAGE_OPTS_OPTION, { name: 'preallocation', hasArg: true, key: 'preallocation' }, { name: 'shrink', hasArg: false, key: 'shrink' }],
+      own: (item) => {
+        switch (item.key) {
+          case 'preallocation':
+            if (!(PREALLOC_MODES as readonly string[]).includes(item.value)) {
+              throw new BlkioError('EINVAL', `Invalid preallocation mode '${item.value}'`);
+            }
+            prealloc = item.value;
+            return true;
+          case 'shrink': shrink = true; return true;
+          default: return false;
+        }
+      },
+    });
     if (operands.length !== 1) throw new UsageError('Expecting image file name and size');
     const relative = sizeArg.startsWith('+') ? 1 : sizeArg.startsWith('-') ? -1 : 0;
-    const n = parseSizeOption('size', relative ? sizeArg.slice(1) : sizeArg);
-    checkNoFormatWithImageOpts(imageOpts, format);
+    const size = parseSizeOption('size', relative ? sizeArg.slice(1) : sizeArg, 'qemuopts', reportWarning);
+    // qemu-img reads the size as int64: from 2^63 up it is negative.
+    const n = size >= 2 ** 63 ? size - 2 ** 64 : size;
 
-    const layer = newLayer(objects);
-    try {
+    return withLayer(objects, async (layer) => {
       const blk = await openImg(layer, { filename: operands[0], format, imageOpts, resize: true });
       const current = blk.getLength();
       const total = relative ? current + n * relative : n;
@@ -66,8 +55,6 @@ export function imgResize(argv: string[]): Promise<number> {
       await blk.flush();
       if (!quiet) writeOut('Image resized.\n');
       return 0;
-    } finally {
-      await layer.closeAll();
-    }
+    });
   });
 }

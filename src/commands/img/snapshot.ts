@@ -15,9 +15,9 @@ import {
 import { parseQemuOpts } from '../../options/qemuopts.js';
 import { sizeToStr } from '../../options/size.js';
 import {
-  badOption, newLayer, openImg, ReportLines, reportWarning, runSubcommand, scanImgArgs, UsageError, writeOut,
+  oneImageName, openImg, ReportLines, reportWarning, runSubcommand, UsageError, withLayer, writeOut,
 } from './common.js';
-import { printHelp } from './help.js';
+import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 /** QEMU's SnapshotInfo (QAPI), as `info --output=json` prints it; id and name decoded as UTF-8. */
 export interface SnapshotInfoJson {
@@ -194,36 +194,27 @@ async function perform(node: BlockNode, action: Action): Promise<number> {
 
 export function imgSnapshot(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands, objects } = scanImgArgs('snapshot', argv, ':la:c:d:hqU', [
-      { name: 'image-opts', hasArg: false, key: 'image-opts' },
-      { name: 'force-share', hasArg: false, key: 'U' },
-    ]);
     let action: Action | undefined;
-    let imageOpts = false;
-    let forceShare = false;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'l': case 'a': case 'c': case 'd': {
-          if (action) throw new UsageError("Cannot mix '-l', '-a', '-c', '-d'");
-          const kind = ACTIONS[item.key];
-          action = kind === 'list' ? { kind } : { kind, name: item.value! };
-          break;
+    // Quiet changes nothing: only errors and the requested list are printed.
+    const { imageOpts, forceShare, operands, objects } = parseImgArgs('snapshot', argv, {
+      short: ':la:c:d:hqU',
+      long: [IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION],
+      own: (item) => {
+        switch (item.key) {
+          case 'l': case 'a': case 'c': case 'd': {
+            if (action) throw new UsageError("Cannot mix '-l', '-a', '-c', '-d'");
+            const kind = ACTIONS[item.key];
+            action = kind === 'list' ? { kind } : { kind, name: item.value };
+            return true;
+          }
+          default: return false;
         }
-        // Quiet changes nothing: only errors and the requested list are printed.
-        case 'q': break;
-        case 'image-opts': imageOpts = true; break;
-        case 'U': forceShare = true; break;
-        default: badOption(item);
-      }
-    }
-    if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-    const layer = newLayer(objects);
-    try {
-      const blk = await openImg(layer, { filename: operands[0], imageOpts, readOnly: action?.kind === 'list', forceShare });
+      },
+    });
+    const filename = oneImageName(operands);
+    return withLayer(objects, async (layer) => {
+      const blk = await openImg(layer, { filename, imageOpts, readOnly: action?.kind === 'list', forceShare });
       return action ? await perform(blk.node, action) : 0;
-    } finally {
-      await layer.closeAll();
-    }
+    });
   });
 }
