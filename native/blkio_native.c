@@ -11,7 +11,8 @@
  * so they are plain synchronous calls.
  * A failing call rejects with an Error whose `code` is the errno name as Node's fs spells it
  * (ENXIO, EOPNOTSUPP shows as ENOTSUP, ...); the TypeScript side maps it to a BlkioError.
- * The qcow2 compression codecs live in codecs.c and are exported from the same addon.
+ * The qcow2 compression codecs live in codecs.c, the I/O buffer helpers in buffers.c; the same
+ * addon exports them.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -223,6 +224,7 @@ static napi_value init(napi_env env, napi_value exports) {
   export_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);
   export_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE);
   register_codecs(env, exports);
+  register_buffers(env, exports);
   return exports;
 }
 

@@ -1,4 +1,4 @@
-/* What the addon's two files share: blkio_native.c (file helpers, module init) and codecs.c. */
+/* What the addon's files share: blkio_native.c (file helpers, module init), codecs.c and buffers.c. */
 #ifndef BLKIO_NATIVE_H
 #define BLKIO_NATIVE_H
 
@@ -9,5 +9,8 @@ void reject_with_code(napi_env env, napi_deferred deferred, const char *code, co
 
 /* Adds the qcow2 codecs (codecAvailable, compress, decompress) to `exports`. */
 void register_codecs(napi_env env, napi_value exports);
+
+/* Adds the buffer helpers (addressRemainder, sectorRunEnd) to `exports`. */
+void register_buffers(napi_env env, napi_value exports);
 
 #endif

@@ -28,6 +28,7 @@ import {
 import { printHelp } from './help.js';
 import { CONVERT_AHEAD_MS, RateLimit } from '../../jobs/rate-limit.js';
 import { loadSnapshotParam, parseSnapshotParam, type SnapshotParam } from './snapshot.js';
+import { ioBuffer, sectorRunEnd } from '../../io-buffers.js';
 
 const SECTOR = 512;
 const MAX_COROUTINES = 16;
@@ -404,7 +405,7 @@ async function doCopy(s: ConvertState, progress: Progress): Promise<void> {
   };
 
   const worker = async (): Promise<void> => {
-    const buf = new Uint8Array(s.bufSectors * SECTOR);
+    const buf = ioBuffer(s.bufSectors * SECTOR);
     for (let piece = await claim(); piece; piece = await claim()) {
       const { sector, n } = piece;
       let status = piece.status;
@@ -534,33 +535,6 @@ async function throttle(s: ConvertState, bytes: number): Promise<void> {
   s.rateLimit.account(bytes);
 }
 
-/** Sectors compared at once while a zero run goes on (one native comparison per 64 KiB). */
-const ZERO_SCAN_SECTORS = 128;
-
-/** Whether sector i is all zero; its first or last byte usually shows data without a native call. */
-function sectorIsZero(buf: Uint8Array, i: number): boolean {
-  const start = i * SECTOR;
-  if (buf[start] !== 0 || buf[start + SECTOR - 1] !== 0) return false;
-  return isZeroBuffer(buf, start, start + SECTOR);
-}
-
-/** The first sector from `i` on (before n) that holds data, or n. */
-function endOfZeroRun(buf: Uint8Array, i: number, n: number): number {
-  while (i < n) {
-    const span = Math.min(ZERO_SCAN_SECTORS, n - i);
-    if (!isZeroBuffer(buf, i * SECTOR, (i + span) * SECTOR)) break;
-    i += span;
-  }
-  while (i < n && sectorIsZero(buf, i)) i++;
-  return i;
-}
-
-/** The first sector from `i` on (before n) that is all zero, or n. */
-function endOfDataRun(buf: Uint8Array, i: number, n: number): number {
-  while (i < n && !sectorIsZero(buf, i)) i++;
-  return i;
-}
-
 /**
  * qemu-img's is_allocated_sectors: whether the first sector has data, and how many sectors
  * share that state, with the end moved to an alignment boundary where that saves a
@@ -568,8 +542,8 @@ function endOfDataRun(buf: Uint8Array, i: number, n: number): number {
  */
 export function allocatedSectors(buf: Uint8Array, n: number, sector: number, alignment: number): { allocated: boolean; pnum: number } {
   if (n <= 0) return { allocated: false, pnum: 0 };
-  let isZero = sectorIsZero(buf, 0);
-  let i = isZero ? endOfZeroRun(buf, 1, n) : endOfDataRun(buf, 1, n);
+  let isZero = sectorRunEnd(buf, 0, 1, true) === 1;
+  let i = sectorRunEnd(buf, 1, n, isZero);
   if (i === n) return { allocated: !isZero, pnum: i };
   const tail = (sector + i) & (alignment - 1);
   if (tail) {

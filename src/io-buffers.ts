@@ -1,0 +1,74 @@
+/**
+ * Large I/O buffers and the zero-sector scan over them, native with blkio's addon
+ * (native/buffers.c), in JS without it.
+ *
+ * A buffer from `ioBuffer` starts on a page boundary, as QEMU's qemu_blockalign gives. malloc
+ * puts large blocks 16 bytes past a page boundary, and the kernel copies between the page
+ * cache and such a buffer at about half the speed (reads and writes of 1 GiB through 2 MiB
+ * buffers: 0.67 s of system time against 0.34 s aligned).
+ */
+import { isZeroBuffer } from './block/io.js';
+import { nativeAddon } from './native-addon.js';
+
+/** The addon's buffer exports (native/buffers.c). */
+interface BufferAddon {
+  addressRemainder(buf: Uint8Array, modulus: number): number;
+  sectorRunEnd(buf: Uint8Array, from: number, to: number, zero: boolean): number;
+}
+
+const PAGE = 4096;
+const SECTOR = 512;
+
+let loaded: { addon: BufferAddon | undefined } | undefined;
+
+function bufferAddon(): BufferAddon | undefined {
+  if (!loaded) {
+    const addon = nativeAddon() as Partial<BufferAddon> | undefined;
+    loaded = { addon: addon?.addressRemainder && addon.sectorRunEnd ? addon as BufferAddon : undefined };
+  }
+  return loaded.addon;
+}
+
+/** A zeroed buffer of `bytes` for file I/O, page-aligned when the addon can tell where it lies. */
+export function ioBuffer(bytes: number): Uint8Array {
+  const addon = bufferAddon();
+  if (!addon) return new Uint8Array(bytes);
+  const whole = new Uint8Array(bytes + PAGE);
+  const start = (PAGE - addon.addressRemainder(whole, PAGE)) % PAGE;
+  return whole.subarray(start, start + bytes);
+}
+
+/** Sectors compared at once while a zero run goes on (one native comparison per 64 KiB). */
+const ZERO_SCAN_SECTORS = 128;
+
+/** Whether sector i is all zero; its first or last byte usually shows data without a native call. */
+function sectorIsZero(buf: Uint8Array, i: number): boolean {
+  const start = i * SECTOR;
+  if (buf[start] !== 0 || buf[start + SECTOR - 1] !== 0) return false;
+  return isZeroBuffer(buf, start, start + SECTOR);
+}
+
+function zeroRunEnd(buf: Uint8Array, i: number, to: number): number {
+  while (i < to) {
+    const span = Math.min(ZERO_SCAN_SECTORS, to - i);
+    if (!isZeroBuffer(buf, i * SECTOR, (i + span) * SECTOR)) break;
+    i += span;
+  }
+  while (i < to && sectorIsZero(buf, i)) i++;
+  return i;
+}
+
+function dataRunEnd(buf: Uint8Array, i: number, to: number): number {
+  while (i < to && !sectorIsZero(buf, i)) i++;
+  return i;
+}
+
+/**
+ * The first 512-byte sector of `buf` in [from, to) that holds data (zero: true) or is all zero
+ * (zero: false); `to` when the run lasts.
+ */
+export function sectorRunEnd(buf: Uint8Array, from: number, to: number, zero: boolean): number {
+  const addon = bufferAddon();
+  if (addon) return addon.sectorRunEnd(buf, from, to, zero);
+  return zero ? zeroRunEnd(buf, from, to) : dataRunEnd(buf, from, to);
+}
