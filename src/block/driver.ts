@@ -9,6 +9,7 @@ import type { BlockNode } from './node.js';
 import type { OpenContext } from './graph.js';
 import type { PermPair } from './permissions.js';
 import type { FlatOptions } from '../options/types.js';
+import { STATUS_OFFSET_VALID } from './flags.js';
 
 export type DriverKind = 'format' | 'protocol' | 'filter';
 
@@ -42,6 +43,48 @@ export interface BlockStatusResult {
   map?: number;
   /** The node `map` refers to. */
   file?: BlockNode;
+}
+
+/**
+ * Block-status answers for consecutive ranges, as blockStatusNow would give them one after
+ * another (answer i starts where answer i-1 ends), kept as numbers in arrays: a map of a large
+ * image walks hundreds of thousands of answers, and one object each cost more than the walk.
+ */
+export class StatusList {
+  /** STATUS_* bits of each answer. */
+  readonly status: Int32Array;
+  readonly pnum: Float64Array;
+  /** Host offset in `file` where the answer has STATUS_OFFSET_VALID. */
+  readonly map: Float64Array;
+  /** The node every valid `map` refers to. */
+  file: BlockNode | undefined;
+  count = 0;
+
+  constructor(readonly capacity: number) {
+    this.status = new Int32Array(capacity);
+    this.pnum = new Float64Array(capacity);
+    this.map = new Float64Array(capacity);
+  }
+
+  /** Add an answer; false (nothing added) when the list is full or `file` differs. */
+  push(status: number, pnum: number, map: number, file: BlockNode | undefined): boolean {
+    const i = this.count;
+    if (i === this.capacity) return false;
+    if (status & STATUS_OFFSET_VALID) {
+      if (this.file === undefined) this.file = file;
+      else if (this.file !== file) return false;
+    }
+    this.status[i] = status;
+    this.pnum[i] = pnum;
+    this.map[i] = map;
+    this.count = i + 1;
+    return true;
+  }
+
+  clear(): void {
+    this.count = 0;
+    this.file = undefined;
+  }
 }
 
 export interface DriverInfo {
@@ -228,6 +271,12 @@ export interface BlockDriver<S = unknown> {
    * A driver with only this callback always answers without waiting.
    */
   blockStatusNow?(node: BlockNode<S>, offset: number, bytes: number): BlockStatusResult | undefined;
+  /**
+   * blockStatusNow for [offset, offset+bytes) and the ranges after it, answer after answer, into
+   * `list` (cleared), for as many as the driver has at hand (e.g. one cached table); none when
+   * the first would need waiting. Never throws.
+   */
+  blockStatusListNow?(node: BlockNode<S>, offset: number, bytes: number, list: StatusList): void;
   getInfo?(node: BlockNode<S>): DriverInfo;
   formatSpecific?(node: BlockNode<S>): Promise<FormatSpecificInfo | undefined> | FormatSpecificInfo | undefined;
   /** Named debug events (blkdebug rules): `cor_write`, `l2_load`, ...; settles when a breakpoint lets go. */

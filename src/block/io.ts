@@ -6,7 +6,7 @@
  */
 import { BlkioError, errno } from '../errors.js';
 import type { BdrvChild } from './child.js';
-import { ROLE_PRIMARY, type BlockStatusResult, type DriverInfo } from './driver.js';
+import { ROLE_PRIMARY, type BlockStatusResult, type DriverInfo, type StatusList } from './driver.js';
 import type { BlockNode, TrackedRequest } from './node.js';
 import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, permNames } from './permissions.js';
 import {
@@ -496,6 +496,38 @@ export function nodeBlockStatusNow(node: BlockNode, offset: number, bytes: numbe
   return below && completeStatus(node, offset, bytes, result, below);
 }
 
+/**
+ * nodeBlockStatusNow for [offset, offset+bytes) and the ranges after it, answer after answer,
+ * into `list`: as many as the driver has at hand, none when the first needs waiting.
+ */
+export function nodeBlockStatusListNow(node: BlockNode, offset: number, bytes: number, list: StatusList): void {
+  list.clear();
+  const length = node.getLength();
+  if (node.driver.blockStatusListNow && offset < length) {
+    node.driver.blockStatusListNow(node, offset, Math.min(bytes, length - offset), list);
+    completeStatusList(node, offset, list);
+    if (list.count > 0) return;
+  }
+  const r = nodeBlockStatusNow(node, offset, bytes);
+  if (r) list.push(r.status, r.pnum, r.map ?? offset, r.file);
+}
+
+/**
+ * completeStatus for a list of the driver's answers, which ends before the first that needs a
+ * question below (nodeBlockStatusNow answers that one).
+ */
+function completeStatusList(node: BlockNode, offset: number, list: StatusList): void {
+  for (let i = 0; i < list.count; i++) {
+    const status = list.status[i];
+    if (status & (STATUS_RAW | STATUS_RECURSE)) {
+      list.count = i;
+      return;
+    }
+    list.status[i] = withLayerStatus(node, offset, status);
+    offset += list.pnum[i];
+  }
+}
+
 /** The driver's answer if it has one without waiting; nodes without blockStatus always have. */
 function driverStatusNow(node: BlockNode, offset: number, bytes: number): BlockStatusResult | undefined {
   const driver = node.driver;
@@ -528,12 +560,7 @@ function completeStatus(
   let { status, pnum } = result;
   pnum = Math.min(pnum, bytes);
   if (status & STATUS_RAW && below) return { ...below, pnum: Math.min(pnum, below.pnum) };
-  if (status & (STATUS_DATA | STATUS_ZERO)) {
-    status |= STATUS_ALLOCATED;
-  } else if (node.driver.supportsBacking) {
-    const cow = node.backing?.node;
-    if (!cow || offset >= cow.getLength()) status |= STATUS_ZERO;
-  }
+  status = withLayerStatus(node, offset, status);
   if (status & STATUS_RECURSE) {
     status &= ~STATUS_RECURSE;
     if (below) {
@@ -548,6 +575,16 @@ function completeStatus(
     }
   }
   return { ...result, status, pnum };
+}
+
+/** The driver's status at `offset` with what the layer adds: allocated, or zero with no backing there. */
+function withLayerStatus(node: BlockNode, offset: number, status: number): number {
+  if (status & (STATUS_DATA | STATUS_ZERO)) return status | STATUS_ALLOCATED;
+  if (node.driver.supportsBacking) {
+    const cow = node.backing?.node;
+    if (!cow || offset >= cow.getLength()) return status | STATUS_ZERO;
+  }
+  return status;
 }
 
 /** Whether this layer (not its backing chain) holds the data at offset, and for how many bytes. */

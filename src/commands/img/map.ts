@@ -12,8 +12,8 @@ import {
   UsageError, backingLayer, badOption, imgCvtnum, newLayer, openImg, parseOutputFormat, runSubcommand, scanImgArgs,
   skipFilters, type OutputFormat,
 } from './common.js';
-import { nodeBlockStatus, nodeBlockStatusNow } from '../../block/io.js';
-import type { BlockStatusResult } from '../../block/driver.js';
+import { nodeBlockStatus, nodeBlockStatusListNow, nodeBlockStatusNow } from '../../block/io.js';
+import { StatusList, type BlockStatusResult } from '../../block/driver.js';
 import { printHelp } from './help.js';
 import { writeStdoutBytes } from '../../cli/output.js';
 
@@ -30,6 +30,8 @@ export interface MapEntry {
 }
 
 const PROBE_LIMIT = 1 << 30;
+/** Answers per block-status call: a qcow2 L2 slice of 64 KiB clusters holds 8192. */
+const STATUS_LIST_CAPACITY = 8192;
 
 /** A walk down the chain at one offset: the layer to ask next and how far its answer may reach. */
 interface ChainWalk {
@@ -86,54 +88,52 @@ export async function mapEntryAt(top: BlockNode, offset: number, bytes: number):
   }
 }
 
-function mergeable(a: MapEntry, b: MapEntry): boolean {
-  return a.length > 0 && a.zero === b.zero && a.data === b.data && a.depth === b.depth && a.present === b.present
-    && a.filename === b.filename && (a.offset === undefined) === (b.offset === undefined)
-    && (a.offset === undefined || a.offset + a.length === b.offset);
-}
-
-function humanLine(e: MapEntry): string {
-  if (e.data && e.offset === undefined) throw new BlkioError('ENOTSUP', 'File contains external, encrypted or compressed clusters.');
-  if (!e.data || e.zero) return '';
+function humanLine(start: number, length: number, status: number, offset: number, filename: string | undefined): string {
+  const data = (status & STATUS_DATA) !== 0;
+  if (data && !(status & STATUS_OFFSET_VALID)) throw new BlkioError('ENOTSUP', 'File contains external, encrypted or compressed clusters.');
+  if (!data || status & STATUS_ZERO) return '';
   const hex = (n: number): string => (n === 0 ? '0' : `0x${n.toString(16)}`).padEnd(16);
-  return `${hex(e.start)}${hex(e.length)}${hex(e.offset ?? 0)}${e.filename ?? ''}\n`;
+  return `${hex(start)}${hex(length)}${hex(offset)}${filename ?? ''}\n`;
 }
 
 const ascii = (text: string): Uint8Array => Buffer.from(text, 'latin1');
 const JSON_START = ascii('{ "start": ');
 const JSON_LENGTH = ascii(', "length": ');
 const JSON_DEPTH = ascii(', "depth": ');
-/** `, "present": ..., "zero": ..., "data": ...` for each combination, indexed by jsonFlagsIndex. */
-const JSON_FLAGS = [false, true].flatMap((present) => [false, true].flatMap((zero) => [false, true].map((data) =>
-  ascii(`, "present": ${present}, "zero": ${zero}, "data": ${data}`))));
+/** `, "present": ..., "zero": ..., "data": ...` for each combination of STATUS_ALLOCATED, _ZERO and _DATA. */
+const JSON_FLAGS = Array.from({ length: STATUS_ALLOCATED * 2 }, (_, status) => ascii(
+  `, "present": ${(status & STATUS_ALLOCATED) !== 0}, "zero": ${(status & STATUS_ZERO) !== 0}, "data": ${(status & STATUS_DATA) !== 0}`));
 const JSON_OFFSET = ascii(', "offset": ');
 const JSON_LAST = ascii('}');
 const JSON_NEXT = ascii('},\n');
+/** The longest JSON line: five numbers of up to 16 digits and the longest texts. */
+const JSON_MAX_LINE = 256;
 
-function writeJsonEntry(out: ChunkedOutput, e: MapEntry, last: boolean): void {
+function writeJsonEntry(out: ChunkedOutput, start: number, length: number, depth: number, status: number, offset: number, last: boolean): void {
+  out.makeRoom(JSON_MAX_LINE);
   out.bytes(JSON_START);
-  out.decimal(e.start);
+  out.decimal(start);
   out.bytes(JSON_LENGTH);
-  out.decimal(e.length);
+  out.decimal(length);
   out.bytes(JSON_DEPTH);
-  out.decimal(e.depth);
-  out.bytes(JSON_FLAGS[(e.present ? 4 : 0) + (e.zero ? 2 : 0) + (e.data ? 1 : 0)]);
-  if (e.offset !== undefined) {
+  out.decimal(depth);
+  out.bytes(JSON_FLAGS[status & (STATUS_ALLOCATED | STATUS_ZERO | STATUS_DATA)]);
+  if (status & STATUS_OFFSET_VALID) {
     out.bytes(JSON_OFFSET);
-    out.decimal(e.offset);
+    out.decimal(offset);
   }
   out.bytes(last ? JSON_LAST : JSON_NEXT);
 }
 
 export function imgMap(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands, objects } = scanImgArgs('map', argv, ':f:hU', [
+    const { options, operands, objects } = scanImgArgs('map', argv, ':f:s:l:hU', [
       { name: 'format', hasArg: true, key: 'f' },
       { name: 'output', hasArg: true, key: 'output' },
       { name: 'image-opts', hasArg: false, key: 'image-opts' },
       { name: 'force-share', hasArg: false, key: 'U' },
-      { name: 'start-offset', hasArg: true, key: 'start-offset' },
-      { name: 'max-length', hasArg: true, key: 'max-length' },
+      { name: 'start-offset', hasArg: true, key: 's' },
+      { name: 'max-length', hasArg: true, key: 'l' },
     ]);
     let format: string | undefined;
     let output: string | undefined;
@@ -148,8 +148,8 @@ export function imgMap(argv: string[]): Promise<number> {
         case 'output': output = item.value; break;
         case 'image-opts': imageOpts = true; break;
         case 'U': forceShare = true; break;
-        case 'start-offset': startOffset = imgCvtnum('start offset', item.value); break;
-        case 'max-length': maxLength = imgCvtnum('max length', item.value); break;
+        case 's': startOffset = imgCvtnum('start offset', item.value); break;
+        case 'l': maxLength = imgCvtnum('max length', item.value); break;
         default: badOption(item);
       }
     }
@@ -170,22 +170,27 @@ export function imgMap(argv: string[]): Promise<number> {
 const OUTPUT_CHUNK = 64 * 1024;
 /** Bytes a UTF-16 code unit can take in UTF-8. */
 const MAX_UTF8_PER_UNIT = 3;
-/** Digits of the largest safe integer. */
-const MAX_DECIMAL_DIGITS = 16;
+/** The two ASCII digits of 0 to 99. */
+const DIGIT_PAIRS = ascii(Array.from({ length: 100 }, (_, n) => String(n).padStart(2, '0')).join(''));
+/** 10^0 to 10^15: 10^15 <= 2^53 < 10^16. */
+const POWERS_OF_10 = Float64Array.from({ length: 16 }, (_, i) => 10 ** i);
 
 /**
  * Output encoded straight into byte chunks: no per-line strings to concatenate, flatten and
  * encode again. A full chunk goes to stdout at once (a slow reader holds the walk up, as it
- * does qemu-img's; a closed one drops the output).
+ * does qemu-img's; a closed one drops the output). bytes() and decimal() write into room
+ * made beforehand.
  */
 class ChunkedOutput {
   private chunk = Buffer.allocUnsafe(OUTPUT_CHUNK);
   private used = 0;
 
+  /** Short constant texts: a plain loop copies a few bytes faster than TypedArray.set. */
   bytes(bytes: Uint8Array): void {
-    this.makeRoom(bytes.length);
-    this.chunk.set(bytes, this.used);
-    this.used += bytes.length;
+    const chunk = this.chunk;
+    let used = this.used;
+    for (let i = 0; i < bytes.length; i++) chunk[used++] = bytes[i];
+    this.used = used;
   }
 
   text(text: string): void {
@@ -199,17 +204,30 @@ class ChunkedOutput {
     this.used += this.chunk.write(text, this.used);
   }
 
-  /** A non-negative safe integer in decimal. */
+  /**
+   * A non-negative safe integer in decimal, two digits at a time. Floating-point arithmetic
+   * throughout: offsets pass 2^31 halfway through a large image, which would make V8 throw
+   * away code it optimised for small integers.
+   */
   decimal(n: number): void {
-    this.makeRoom(MAX_DECIMAL_DIGITS);
     let digits = 1;
-    for (let power = 10; power <= n; power *= 10) digits++;
+    while (digits < POWERS_OF_10.length && n >= POWERS_OF_10[digits]) digits++;
+    const chunk = this.chunk;
     let pos = this.used + digits;
     this.used = pos;
-    do {
-      this.chunk[--pos] = 0x30 + (n % 10);
-      n = Math.floor(n / 10);
-    } while (n > 0);
+    while (n >= 100) {
+      const rest = Math.floor(n / 100);
+      const pair = (n - rest * 100) * 2;
+      n = rest;
+      chunk[--pos] = DIGIT_PAIRS[pair + 1];
+      chunk[--pos] = DIGIT_PAIRS[pair];
+    }
+    if (n >= 10) {
+      chunk[--pos] = DIGIT_PAIRS[n * 2 + 1];
+      chunk[--pos] = DIGIT_PAIRS[n * 2];
+    } else {
+      chunk[--pos] = 0x30 + n;
+    }
   }
 
   flush(): void {
@@ -220,7 +238,7 @@ class ChunkedOutput {
     this.send(full);
   }
 
-  private makeRoom(bytes: number): void {
+  makeRoom(bytes: number): void {
     if (this.used + bytes > OUTPUT_CHUNK) this.flush();
   }
 
@@ -229,27 +247,63 @@ class ChunkedOutput {
   }
 }
 
+/** The status bits an extent prints (and merges) by. */
+const PRINTED_STATUS = STATUS_ALLOCATED | STATUS_ZERO | STATUS_DATA | STATUS_OFFSET_VALID;
+
+/** Where MapPrinter keeps an extent's numbers. */
+const START = 0;
+const LENGTH = 1;
+const OFFSET = 2;
+
 /** Extents merged while they continue each other, each printed once the next one differs. */
 class MapPrinter {
-  private current: MapEntry;
+  /**
+   * The extent being merged: start, length and host offset (with STATUS_OFFSET_VALID), stored
+   * as doubles. They pass 2^31 on large images, and V8 throws away code that it optimised for
+   * the small integers it saw first.
+   */
+  private readonly extent = new Float64Array(3);
+  private depth = 0;
+  /** PRINTED_STATUS bits. */
+  private status = 0;
+  private filename: string | undefined;
 
   constructor(private readonly out: ChunkedOutput, private readonly output: OutputFormat, start: number) {
-    this.current = { start, length: 0, depth: 0, present: false, zero: false, data: false };
+    this.extent[START] = start;
     out.text(output === 'human' ? `${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n` : '[');
   }
 
   /** Where the next extent starts. */
   get end(): number {
-    return this.current.start + this.current.length;
+    return this.extent[START] + this.extent[LENGTH];
   }
 
-  add(next: MapEntry): void {
-    if (mergeable(this.current, next)) {
-      this.current.length += next.length;
+  /** The extent from `end` on: `status` is the layer's (0: no layer knows it), `filename` holds `offset`. */
+  add(length: number, depth: number, status: number, offset: number, filename: string | undefined): void {
+    status &= PRINTED_STATUS;
+    if (!(status & STATUS_OFFSET_VALID)) filename = undefined;
+    const extent = this.extent;
+    const current = extent[LENGTH];
+    if (current > 0 && status === this.status && depth === this.depth && filename === this.filename
+      && (!(status & STATUS_OFFSET_VALID) || extent[OFFSET] + current === offset)) {
+      extent[LENGTH] = current + length;
       return;
     }
-    if (this.current.length > 0) this.print(false);
-    this.current = next;
+    if (current > 0) {
+      this.print(false);
+      extent[START] += current;
+    }
+    extent[LENGTH] = length;
+    extent[OFFSET] = offset;
+    this.depth = depth;
+    this.status = status;
+    this.filename = filename;
+  }
+
+  addEntry(e: MapEntry): void {
+    const status = (e.present ? STATUS_ALLOCATED : 0) | (e.zero ? STATUS_ZERO : 0) | (e.data ? STATUS_DATA : 0)
+      | (e.offset !== undefined ? STATUS_OFFSET_VALID : 0);
+    this.add(e.length, e.depth, status, e.offset ?? 0, e.filename);
   }
 
   finish(): void {
@@ -258,21 +312,49 @@ class MapPrinter {
   }
 
   private print(last: boolean): void {
-    if (this.output === 'human') this.out.text(humanLine(this.current));
-    else writeJsonEntry(this.out, this.current, last);
+    const extent = this.extent;
+    if (this.output === 'human') {
+      this.out.text(humanLine(extent[START], extent[LENGTH], this.status, extent[OFFSET], this.filename));
+    } else {
+      writeJsonEntry(this.out, extent[START], extent[LENGTH], this.depth, this.status, extent[OFFSET], last);
+    }
   }
 }
 
 /**
- * Map and print extents up to `length` for as long as the metadata is cached. A plain loop
- * (no await in it) is what V8 optimises soonest: most of a map's time.
+ * Map and print extents up to `length` for as long as the metadata is cached: the top layer's
+ * answers come many at a time, and only what it does not know is asked further down.
  */
-function mapWhileCached(node: BlockNode, printer: MapPrinter, length: number): void {
+function mapWhileCached(node: BlockNode, printer: MapPrinter, length: number, list: StatusList): void {
+  const top = skipFilters(node);
   for (let offset = printer.end; offset < length; offset = printer.end) {
-    const next = mapEntryNow(node, offset, Math.min(PROBE_LIMIT, length - offset));
-    if (!next) return;
-    printer.add(next);
+    nodeBlockStatusListNow(top, offset, Math.min(PROBE_LIMIT, length - offset), list);
+    if (list.count === 0 || !printStatusList(top, printer, list)) return;
   }
+}
+
+/**
+ * Print the top layer's answers, asking the layers below where it knows neither data nor
+ * zeroes; false when one of them would have to wait. The hot loop of a map: kept apart so
+ * that V8 optimises it on its own.
+ */
+function printStatusList(top: BlockNode, printer: MapPrinter, list: StatusList): boolean {
+  const below = backingLayer(top);
+  const filename = list.file?.filename;
+  for (let i = 0; i < list.count; i++) {
+    const status = list.status[i];
+    const pnum = list.pnum[i];
+    if (status & (STATUS_ZERO | STATUS_DATA) || !below) {
+      printer.add(pnum, 0, status & (STATUS_ZERO | STATUS_DATA) ? status : 0, list.map[i], filename);
+      continue;
+    }
+    const entry = mapEntryNow(top, printer.end, pnum);
+    if (!entry) return false;
+    printer.addEntry(entry);
+    // A layer below answered for less: the list goes on from where that answer ends.
+    if (entry.length < pnum) return true;
+  }
+  return true;
 }
 
 async function dumpMap(node: BlockNode, output: OutputFormat, startOffset: number, maxLength: number | undefined): Promise<number> {
@@ -280,9 +362,10 @@ async function dumpMap(node: BlockNode, output: OutputFormat, startOffset: numbe
   if (maxLength !== undefined) length = Math.min(startOffset + maxLength, length);
   const out = new ChunkedOutput();
   const printer = new MapPrinter(out, output, startOffset);
+  const list = new StatusList(STATUS_LIST_CAPACITY);
   try {
     for (;;) {
-      mapWhileCached(node, printer, length);
+      mapWhileCached(node, printer, length, list);
       const offset = printer.end;
       if (offset >= length) break;
       let next: MapEntry;
@@ -291,7 +374,7 @@ async function dumpMap(node: BlockNode, output: OutputFormat, startOffset: numbe
       } catch (e) {
         throw new BlkioError('EIO', `Could not read file metadata: ${e instanceof BlkioError ? e.strerror : String(e)}`);
       }
-      printer.add(next);
+      printer.addEntry(next);
     }
     printer.finish();
   } finally {

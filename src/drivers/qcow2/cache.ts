@@ -9,7 +9,13 @@ import type { BdrvChild } from '../../block/child.js';
 import { debugEvent } from '../../block/io.js';
 import { makeTable, type Table } from './entries.js';
 
-interface CacheEntry extends Table {
+interface CacheEntry {
+  /**
+   * What callers get: an object of its own whose shape never changes, so the code that reads
+   * tables stays optimised while the entry's fields change (offsets past 2^31 turn a field
+   * from small integers to doubles, which gives the entry a new hidden class).
+   */
+  table: Table;
   offset: number;
   dirty: boolean;
   refs: number;
@@ -55,7 +61,7 @@ export class TableCache {
     const entry = this.entries.get(offset);
     if (!entry?.loaded) return undefined;
     this.touch(entry);
-    return entry;
+    return entry.table;
   }
 
   /** A cache entry for `offset` without reading it (the caller fills it in). */
@@ -68,19 +74,19 @@ export class TableCache {
     if (entry) {
       this.touch(entry);
       entry.refs++;
-      return entry;
+      return entry.table;
     }
     await this.makeRoom();
     entry = this.entries.get(offset);
     if (entry) {
       entry.refs++;
-      return entry;
+      return entry.table;
     }
     const data = new Uint8Array(this.tableSize);
-    entry = { ...makeTable(data), offset, dirty: false, refs: 1, loaded: !read };
+    entry = { table: makeTable(data), offset, dirty: false, refs: 1, loaded: !read };
     this.entries.set(offset, entry);
     this.mostRecent = entry;
-    this.byTable.set(entry, entry);
+    this.byTable.set(entry.table, entry);
     if (read) {
       try {
         await this.file.read(offset, this.tableSize, data);
@@ -90,7 +96,7 @@ export class TableCache {
         throw e;
       }
     }
-    return entry;
+    return entry.table;
   }
 
   /** Make `entry` the most recently used (the map's last key). */
@@ -173,7 +179,7 @@ export class TableCache {
     debugEvent(this.file.node, this.updateEvent);
     entry.dirty = false;
     try {
-      await this.file.write(entry.offset, this.tableSize, entry.data);
+      await this.file.write(entry.offset, this.tableSize, entry.table.data);
     } catch (e) {
       entry.dirty = true;
       throw e;

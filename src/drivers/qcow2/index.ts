@@ -5,7 +5,7 @@
  * create and check.
  */
 import { BlkioError, errno, toBlkioError } from '../../errors.js';
-import { ROLE_DATA, ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type OptionSpecs } from '../../block/driver.js';
+import { ROLE_DATA, ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type OptionSpecs, type StatusList } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import type { OpenContext } from '../../block/graph.js';
 import { debugEvent } from '../../block/io.js';
@@ -16,7 +16,7 @@ import { countReferencedClusters } from './refcount.js';
 import {
   BACKING_FILE_MAX, COMPAT_LAZY_REFCOUNTS, COMPRESSION_NAMES, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, QCOW_MAGIC,
 } from './header.js';
-import { getHostOffset, getHostOffsetNow, SubclusterType, type HostMapping } from './mapping.js';
+import { forEachHostOffsetNow, getHostOffset, getHostOffsetNow, SubclusterType, type HostMapping } from './mapping.js';
 import { applyRuntimeOptions, loadState, markClean, OVERLAP_CHECKS, requireUsable, runtimeOptions, updateHeader } from './open.js';
 import { readGuest } from './read.js';
 import { writeCompressedGuest, writeGuest } from './write.js';
@@ -233,6 +233,12 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     return mappingStatus(node, m);
   },
 
+  blockStatusListNow(node, offset, bytes, list) {
+    const s = node.state;
+    if (s.pendingRepair || s.unusable || s.lock.held) return;
+    forEachHostOffsetNow(s, offset, Math.min(bytes, 0x7fffffff), pushMapping, list);
+  },
+
   getInfo(node) {
     const s = node.state;
     return {
@@ -373,15 +379,23 @@ function isMappedData(m: HostMapping): boolean {
 /** Block status of a mapping; metadataPreallocation must be known when it is mapped data. */
 function mappingStatus(node: BlockNode<Qcow2State>, m: HostMapping): BlockStatusResult {
   const s = node.state;
-  const result: BlockStatusResult = { status: 0, pnum: m.bytes };
+  const status = mappingStatusBits(s, m);
+  return status & STATUS_OFFSET_VALID
+    ? { status, pnum: m.bytes, map: m.hostOffset, file: s.dataFile.node }
+    : { status, pnum: m.bytes };
+}
+
+/** Add a mapping's status to the list (false when it is full, or the mapping is data before metadataPreallocation is known). */
+function pushMapping(s: Qcow2State, m: HostMapping, list: StatusList): boolean {
+  return (s.metadataPreallocation !== undefined || !isMappedData(m)) && list.push(mappingStatusBits(s, m), m.bytes, m.hostOffset, s.dataFile.node);
+}
+
+/** The STATUS_* bits of a mapping (see mappingStatus). */
+function mappingStatusBits(s: Qcow2State, m: HostMapping): number {
   let status = 0;
   // Encrypted data at a host offset is no use to anyone reading the file directly.
   const mapped = m.type === SubclusterType.Normal || m.type === SubclusterType.ZeroAlloc || m.type === SubclusterType.UnallocatedAlloc;
-  if (mapped && !s.header.cryptMethod) {
-    result.map = m.hostOffset;
-    result.file = s.dataFile.node;
-    status |= STATUS_OFFSET_VALID;
-  }
+  if (mapped && !s.header.cryptMethod) status |= STATUS_OFFSET_VALID;
   if (m.type === SubclusterType.ZeroPlain || m.type === SubclusterType.ZeroAlloc) {
     status |= STATUS_ZERO;
   } else if (m.type !== SubclusterType.UnallocatedPlain && m.type !== SubclusterType.UnallocatedAlloc) {
@@ -390,8 +404,7 @@ function mappingStatus(node: BlockNode<Qcow2State>, m: HostMapping): BlockStatus
   if (m.type === SubclusterType.Compressed) status |= STATUS_COMPRESSED;
   // Preallocated metadata points at host space never written: let the file say where it is a hole.
   if (isMappedData(m) && s.metadataPreallocation) status |= STATUS_RECURSE;
-  result.status = status;
-  return result;
+  return status;
 }
 
 /**
