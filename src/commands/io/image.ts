@@ -8,7 +8,7 @@ import { dumpQObjectLines } from '../img/qjson.js';
 import { parseNumExact, parseRange } from './args.js';
 import { formatReport } from './format.js';
 import { getopt } from './getopt.js';
-import { badOption, usage, type IoCommand } from './session.js';
+import { badOption, timedRequest, usage, type IoCommand } from './session.js';
 
 export const flushCommand: IoCommand = {
   name: 'flush',
@@ -161,14 +161,8 @@ export const discardCommand: IoCommand = {
     const range = parseRange(session, operands[0], operands[1]);
     if (!range) return -1;
     const { offset, count } = range;
-    const start = process.hrtime.bigint();
-    try {
-      await session.blk.discard(offset, count);
-    } catch (e) {
-      session.print(`discard failed: ${toBlkioError(e).strerror}`);
-      return -1;
-    }
-    const elapsed = process.hrtime.bigint() - start;
+    const elapsed = await timedRequest(session, 'discard', () => session.blk.discard(offset, count));
+    if (elapsed === undefined) return -1;
     if (!quiet) session.write(formatReport({ op: 'discard', offset, count, total: count, elapsed, csv }));
     return 0;
   },

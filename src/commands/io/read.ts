@@ -1,10 +1,9 @@
 /** `read` and `readv`: synchronous reads with pattern verification, hexdump and statistics. */
-import { toBlkioError } from '../../errors.js';
 import { checkSectorAligned, parseNum, parsePattern, parseRange, parseVectorRequest } from './args.js';
 import { allocBuffer, matchesPattern, releaseBuffer } from './buffers.js';
 import { formatReport, hexdump } from './format.js';
 import { getopt, type GetoptSpec } from './getopt.js';
-import { badOption, usage, type IoCommand, type IoSession } from './session.js';
+import { badOption, timedRequest, usage, type IoCommand, type IoSession } from './session.js';
 
 /** Fill byte of read buffers: data the request did not write shows up as 0xab. */
 export const READ_FILL = 0xab;
@@ -47,14 +46,8 @@ export async function readVector(
   session: IoSession, offset: number, count: number, report: Pick<ReadOutcome, 'csv' | 'quiet' | 'dump' | 'pattern'>,
 ): Promise<boolean> {
   const buf = allocBuffer(session, count, READ_FILL);
-  const start = process.hrtime.bigint();
-  try {
-    await session.blk.read(offset, count, buf);
-  } catch (e) {
-    session.print(`readv failed: ${toBlkioError(e).strerror}`);
-    return false;
-  }
-  const elapsed = process.hrtime.bigint() - start;
+  const elapsed = await timedRequest(session, 'readv', () => session.blk.read(offset, count, buf));
+  if (elapsed === undefined) return false;
   return finishRead(session, { buf, offset, elapsed, ...report, verifyOffset: 0, verifyCount: count });
 }
 
@@ -159,15 +152,10 @@ export const readCommand: IoCommand = {
     if (vmstate && !checkSectorAligned(session, offset, count)) return -1;
 
     const buf = allocBuffer(session, count, READ_FILL);
-    const start = process.hrtime.bigint();
-    try {
-      if (vmstate) await session.blk.loadVmState(offset, count, buf);
-      else await session.blk.read(offset, count, buf);
-    } catch (e) {
-      session.print(`read failed: ${toBlkioError(e).strerror}`);
-      return -1;
-    }
-    const elapsed = process.hrtime.bigint() - start;
+    const elapsed = await timedRequest(session, 'read', () => (vmstate
+      ? session.blk.loadVmState(offset, count, buf)
+      : session.blk.read(offset, count, buf)));
+    if (elapsed === undefined) return -1;
     const ok = finishRead(session, {
       buf, offset, elapsed, csv, quiet, dump, pattern, verifyOffset: vOffset, verifyCount: vCount,
     });

@@ -4,7 +4,7 @@
  * a session and its argument vector; nothing is global, so several sessions may run in one
  * process (the demo, tests).
  */
-import { BlkioError } from '../../errors.js';
+import { BlkioError, toBlkioError } from '../../errors.js';
 import type { BlockBackend } from '../../block/backend.js';
 import { REQ_FUA } from '../../block/flags.js';
 import type { BlockLayer } from '../../block/graph.js';
@@ -162,4 +162,19 @@ export function usage(session: IoSession, command: IoCommand): number {
 export function badOption(session: IoSession, command: IoCommand, message: string): number {
   session.printErr(message);
   return usage(session, command);
+}
+
+/**
+ * One request of a command, timed: the nanoseconds it took, or undefined after printing
+ * `<name> failed: <error>` (the command then fails).
+ */
+export async function timedRequest(session: IoSession, name: string, request: () => Promise<unknown>): Promise<bigint | undefined> {
+  const start = process.hrtime.bigint();
+  try {
+    await request();
+  } catch (e) {
+    session.print(`${name} failed: ${toBlkioError(e).strerror}`);
+    return undefined;
+  }
+  return process.hrtime.bigint() - start;
 }

@@ -1,12 +1,11 @@
 /** `write` and `writev`: synchronous writes of a pattern, a file's bytes or zeroes. */
-import { toBlkioError } from '../../errors.js';
 import { PERM_WRITE } from '../../block/permissions.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQUEST_MAX_BYTES } from '../../block/flags.js';
 import { checkSectorAligned, parseNum, parsePattern, parseVectorRequest } from './args.js';
 import { allocBuffer, bufferFromFile, releaseBuffer } from './buffers.js';
 import { formatReport } from './format.js';
 import { getopt, type GetoptSpec } from './getopt.js';
-import { badOption, usage, type IoCommand, type IoSession } from './session.js';
+import { badOption, timedRequest, usage, type IoCommand, type IoSession } from './session.js';
 
 /** Fill byte of write buffers without -P. */
 export const WRITE_FILL = 0xcd;
@@ -132,8 +131,7 @@ export const writeCommand: IoCommand = {
       if (!buf) return -1;
     }
     const blk = session.blk;
-    const start = process.hrtime.bigint();
-    try {
+    const elapsed = await timedRequest(session, 'write', async () => {
       if (vmstate) {
         await blk.saveVmState(offset, count, buf!);
         // blk_save_vmstate flushes in writethrough mode, where other writes carry FUA.
@@ -141,11 +139,8 @@ export const writeCommand: IoCommand = {
       } else if (zeroes) await blk.writeZeroes(offset, count, flags | session.writeFlags);
       else if (compressed) await blk.writeCompressed(offset, count, buf!);
       else await blk.write(offset, count, buf!, flags | session.writeFlags);
-    } catch (e) {
-      session.print(`write failed: ${toBlkioError(e).strerror}`);
-      return -1;
-    }
-    const elapsed = process.hrtime.bigint() - start;
+    });
+    if (elapsed === undefined) return -1;
     if (buf) releaseBuffer(buf);
     if (!quiet) session.write(formatReport({ op: 'wrote', offset, count, total: count, elapsed, csv }));
     return 0;
@@ -181,14 +176,8 @@ export const writevCommand: IoCommand = {
     if (typeof request === 'number') return request;
     const { offset, count } = request;
     const buf = allocBuffer(session, count, pattern);
-    const start = process.hrtime.bigint();
-    try {
-      await session.blk.write(offset, count, buf, flags | session.writeFlags);
-    } catch (e) {
-      session.print(`writev failed: ${toBlkioError(e).strerror}`);
-      return -1;
-    }
-    const elapsed = process.hrtime.bigint() - start;
+    const elapsed = await timedRequest(session, 'writev', () => session.blk.write(offset, count, buf, flags | session.writeFlags));
+    if (elapsed === undefined) return -1;
     if (!quiet) session.write(formatReport({ op: 'wrote', offset, count, total: count, elapsed, csv }));
     return 0;
   },
