@@ -295,8 +295,11 @@ export interface BlockDriver<S = unknown> {
   /** `qemu-img create` options in QEMU's order, and the creation itself (on a protocol node opened by the caller). */
   readonly createOptions?: readonly CreateOptionSpec[];
   create?(file: BdrvChild, request: CreateRequest): Promise<void>;
-  /** `qemu-img measure`: the file size an image made with `options` needs, for `source`'s data when given. */
-  measure?(options: CreateRequest['options'], source: MeasureSource | undefined): Promise<MeasureResult>;
+  /**
+   * `qemu-img measure`: the file size an image made with `options` needs, for `source`'s data
+   * when given; `lookupObject` finds the objects options name (an encryption key secret).
+   */
+  measure?(options: CreateRequest['options'], source: MeasureSource | undefined, lookupObject: (id: string) => unknown): Promise<MeasureResult>;
   /** The persistent dirty bitmaps of the image; undefined when this image cannot store any. */
   persistentBitmaps?(node: BlockNode<S>): Promise<PersistentBitmap[] | undefined>;
   /** `qemu-img amend` options in QEMU's order, and the amendment of an open image. */

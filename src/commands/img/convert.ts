@@ -225,6 +225,8 @@ async function convert(
   }
 
   let backing = args.backing;
+  // A new target opens with the key secrets it was created with (an encrypted image needs them).
+  const keySecrets: Record<string, string> = {};
   if (!args.skipCreate) {
     const { driver, protocol, specs } = creationDrivers(layer, args.outFormat!, outFilename);
     const values = parseCreateOptions(args.options, specs);
@@ -248,6 +250,9 @@ async function convert(
       const prealloc = values.get('preallocation')?.value;
       if (prealloc !== undefined && prealloc !== 'off') throw new BlkioError('EINVAL', 'Compression and preallocation not supported at the same time');
     }
+    for (const [name, option] of values) {
+      if (name.endsWith('key-secret')) keySecrets[name] = String(option.value);
+    }
     try {
       await createImageFile(layer, driver, protocol, { filename: outFilename, size: totalSectors * SECTOR, options: createRequestOptions(values) });
     } catch (e) {
@@ -265,7 +270,7 @@ async function convert(
   checkCacheMode(args.cache);
   const target = await openImg(layer, {
     filename: outFilename, format: args.outFormat, imageOpts: args.targetImageOpts, cache: args.cache,
-    extraOptions: args.minSparse ? { discard: 'unmap' } : { discard: 'ignore' },
+    extraOptions: { ...keySecrets, discard: args.minSparse ? 'unmap' : 'ignore' },
   });
   const out = skipFilters(target.node);
   if (args.compressed && !out.driver.writeCompressed) throw new BlkioError('ENOTSUP', 'Compression not supported for this file format');

@@ -96,6 +96,7 @@ export function imgMeasure(argv: string[]): Promise<number> {
       const info = await driver.measure(
         createRequestOptions(values),
         top && { node: top, chainStatus: (offset, bytes) => chainBlockStatus(top, undefined, offset, bytes) },
+        (id) => layer.objects.get(id),
       );
       writeOut(formatMeasure(info, output));
       return 0;

@@ -255,23 +255,41 @@ async function calibrateIterations(hash: string, keyBytes: number, ms: number): 
   return Math.floor((probe / Math.max(elapsedMs, 1e-3)) * ms);
 }
 
+/** Master key bytes of a new volume: the algorithm's key size (by its QAPI name), twice for xts. */
+function newKeyBytes(o: LuksCreateOptions): number {
+  // LUKS has no name for QEMU's DES ciphers.
+  if (o.cipherAlg === 'des' || o.cipherAlg === '3des') throw invalid(`Algorithm '${o.cipherAlg}' not supported`);
+  const bits = /-(\d+)$/.exec(o.cipherAlg)?.[1];
+  const algKeyBytes = bits ? Number(bits) / 8 : 16;
+  return o.cipherMode === 'xts' ? algKeyBytes * 2 : algKeyBytes;
+}
+
+/** A new volume's layout in sectors: a 4 KiB header, then each slot's key material in whole 4 KiB. */
+function newLayout(keyBytes: number): { headerSectors: number; splitSectors: number; payloadSectors: number } {
+  const headerSectors = ALIGN_BYTES / SECTOR_SIZE;
+  const splitSectors = Math.ceil((keyBytes * STRIPES) / ALIGN_BYTES) * (ALIGN_BYTES / SECTOR_SIZE);
+  return { headerSectors, splitSectors, payloadSectors: headerSectors + SLOT_COUNT * splitSectors };
+}
+
+/** Bytes of the header and key material a new volume made with `o` takes (qemu-img measure). */
+export function luksPayloadBytes(o: LuksCreateOptions): number {
+  return newLayout(newKeyBytes(o)).payloadSectors * SECTOR_SIZE;
+}
+
 /**
  * A new LUKS volume with `password` in slot 0: the header and the whole key area (header,
  * slot 0's encrypted split key, the other slots' areas zeroed), `payloadOffset` bytes long.
  */
 export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Promise<{ header: LuksHeader; area: Uint8Array; masterKey: Uint8Array }> {
   checkHash(o.hashAlg);
-  const algKeyBytes = cipherKeyBytes(o.cipherAlg);
-  if (algKeyBytes === undefined) throw invalid(`Unsupported cipher algorithm '${o.cipherAlg}'`);
-  const keyBytes = o.cipherMode === 'xts' ? algKeyBytes * 2 : algKeyBytes;
+  const keyBytes = newKeyBytes(o);
   const cipherName = o.cipherAlg.replace(/-\d+$/, '');
   const ivgen = o.ivgenAlg === 'essiv' ? `essiv:${o.ivgenHashAlg ?? 'sha256'}` : o.ivgenAlg;
-  const headerSectors = ALIGN_BYTES / SECTOR_SIZE;
-  const splitSectors = Math.ceil((keyBytes * STRIPES) / ALIGN_BYTES) * (ALIGN_BYTES / SECTOR_SIZE);
+  const { headerSectors, splitSectors } = newLayout(keyBytes);
   const masterKey = crypto().randomBytes(keyBytes);
   const header: LuksHeader = {
     cipherName, cipherMode: `${o.cipherMode}-${ivgen}`, hashSpec: o.hashAlg,
-    payloadOffset: headerSectors + SLOT_COUNT * splitSectors, keyBytes,
+    payloadOffset: newLayout(keyBytes).payloadSectors, keyBytes,
     mkDigest: new Uint8Array(DIGEST_BYTES), mkDigestSalt: crypto().randomBytes(SALT_BYTES), mkDigestIterations: 0,
     uuid: crypto().randomUUID(),
     slots: Array.from({ length: SLOT_COUNT }, (_, i) => ({

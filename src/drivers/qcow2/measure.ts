@@ -11,6 +11,9 @@ import { checkClusterSize, checkRefcountWidth } from './create.js';
 import { MAX_L1_SIZE } from './mapping.js';
 import { refcountMetadataSize } from './refcount.js';
 import { BITMAP_DIR_ENTRY_SIZE, readBitmapDirectory } from './bitmaps.js';
+import { encryptionCreateSettings } from './encryption.js';
+import { luksPayloadBytes } from './luks.js';
+import { secretData } from '../../block/secret.js';
 import type { Qcow2State } from './state.js';
 
 const DEFAULT_CLUSTER_SIZE = 65536;
@@ -42,13 +45,14 @@ interface MeasureSettings {
   refcountOrder: number;
   preallocation: string;
   hasBackingFile: boolean;
+  luksBytes: number;
 }
 
 const MEASURE_VERSIONS: Record<string, number> = { '0.10': 2, '1.1': 3 };
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
 
 /** The options that change the figures, checked in QEMU's order with its texts. */
-function measureSettings(o: CreateRequest['options']): MeasureSettings {
+function measureSettings(o: CreateRequest['options'], lookupObject: (id: string) => unknown): MeasureSettings {
   const extendedL2 = (o.extended_l2 as boolean | undefined) ?? false;
   const clusterSize = (o.cluster_size as number | undefined) ?? DEFAULT_CLUSTER_SIZE;
   checkClusterSize(clusterSize, extendedL2);
@@ -64,13 +68,16 @@ function measureSettings(o: CreateRequest['options']): MeasureSettings {
   }
   const preallocation = (o.preallocation as string | undefined) ?? 'off';
   if (!PREALLOC_MODES.includes(preallocation)) throw new BlkioError('EINVAL', `invalid parameter value: ${preallocation}`);
-  if (o['encrypt.format'] === 'luks') {
-    if (o['encrypt.key-secret'] === undefined) throw new BlkioError('EINVAL', "Parameter 'encrypt.key-secret' is required for cipher");
-    throw new BlkioError('ENOTSUP', 'Encrypted qcow2 images are not supported');
+  // The LUKS header and key material take clusters of their own (AES images need none).
+  let luksBytes = 0;
+  const encryption = o['encrypt.format'] === 'luks' ? encryptionCreateSettings(o) : undefined;
+  if (encryption?.format === 'luks') {
+    secretData(lookupObject, encryption.keySecret);
+    luksBytes = roundUp(luksPayloadBytes(encryption.luks), clusterSize);
   }
   return {
     clusterSize, extendedL2, version, refcountOrder: Math.log2(refcountBits), preallocation,
-    hasBackingFile: o.backing_file !== undefined,
+    hasBackingFile: o.backing_file !== undefined, luksBytes,
   };
 }
 
@@ -104,8 +111,10 @@ function bitmapsSize(bitmaps: readonly PersistentBitmap[], virtualSize: number, 
   return size + roundUp(directorySize, clusterSize);
 }
 
-export async function measureImage(options: CreateRequest['options'], source: MeasureSource | undefined): Promise<MeasureResult> {
-  const c = measureSettings(options);
+export async function measureImage(
+  options: CreateRequest['options'], source: MeasureSource | undefined, lookupObject: (id: string) => unknown = () => undefined,
+): Promise<MeasureResult> {
+  const c = measureSettings(options, lookupObject);
   let virtualSize = roundUp((options.size as number | undefined) ?? 0, c.clusterSize);
   const l2Tables = Math.ceil(virtualSize / c.clusterSize / (c.clusterSize / (c.extendedL2 ? 16 : 8)));
   if (l2Tables * L1_ENTRY_SIZE > MAX_L1_SIZE) {
@@ -118,7 +127,7 @@ export async function measureImage(options: CreateRequest['options'], source: Me
     required = c.hasBackingFile ? virtualSize : await dataBytes(source, c.clusterSize);
   }
   if (c.preallocation === 'full' || c.preallocation === 'falloc') required = virtualSize;
-  const fullyAllocated = fullyAllocatedSize(virtualSize, c.clusterSize, c.refcountOrder, c.extendedL2);
+  const fullyAllocated = fullyAllocatedSize(virtualSize, c.clusterSize, c.refcountOrder, c.extendedL2) + c.luksBytes;
   const result: MeasureResult = { required: fullyAllocated - virtualSize + required, fullyAllocated };
   if (source && c.version >= 3) {
     const bitmaps = await source.node.driver.persistentBitmaps?.(source.node);
