@@ -294,6 +294,8 @@ export interface BlockDriver<S = unknown> {
   readonly removesFailedImage?: boolean;
   /** `qemu-img create` options in QEMU's order, and the creation itself (on a protocol node opened by the caller). */
   readonly createOptions?: readonly CreateOptionSpec[];
+  /** Refuses bad create options before the image file is made (QEMU's drivers parse them first). */
+  checkCreateOptions?(request: CreateRequest): void;
   create?(file: BdrvChild, request: CreateRequest): Promise<void>;
   /**
    * `qemu-img measure`: the file size an image made with `options` needs, for `source`'s data

@@ -21,6 +21,8 @@ export interface OpenFlags {
   protocol: boolean;
   /** Defaults the node takes unless its own options say otherwise (read-only, cache, ...). */
   inherited: FlatOptions;
+  /** QEMU's BDRV_O_NO_BACKING: no backing file is opened, and backing options are refused. */
+  noBacking?: boolean;
 }
 
 /** A root node's flags: probe the format, no inherited options. */
@@ -258,7 +260,7 @@ export class BlockLayer {
     options = qdictCopy(options);
     delete options.driver;
 
-    let noBacking = false;
+    let noBacking = flags.noBacking ?? false;
     if (options.backing === null || options.backing === '') {
       if (options.backing === '') this.warn('warning: Use of "backing": "" is deprecated; use "backing": null instead');
       noBacking = true;

@@ -423,12 +423,17 @@ export async function nodeFlush(node: BlockNode): Promise<void> {
   node.flushedGeneration = generation;
 }
 
-export async function childTruncate(child: BdrvChild, size: number, exact: boolean, prealloc: string): Promise<void> {
-  requirePerm(child, PERM_RESIZE, PERM_RESIZE, 'resize');
-  const node = child.node;
+/** The sizes bdrv_co_truncate refuses before any driver sees them. */
+export function checkNewLength(size: number): void {
   // Sizes from 2^63 up are negative to QEMU's int64_t.
   if (!Number.isInteger(size) || size < 0 || size >= 2 ** 63) throw new BlkioError('EINVAL', 'Image size cannot be negative');
   if (size > MAX_NODE_LENGTH) throw new BlkioError('EIO', `offset(${BigInt(size)}) exceeds maximum(${BigInt(MAX_NODE_LENGTH)})`);
+}
+
+export async function childTruncate(child: BdrvChild, size: number, exact: boolean, prealloc: string): Promise<void> {
+  requirePerm(child, PERM_RESIZE, PERM_RESIZE, 'resize');
+  const node = child.node;
+  checkNewLength(size);
   if (!node.driver.truncate) throw new BlkioError('ENOTSUP', 'Image format driver does not support resize');
   if (node.readOnly) throw new BlkioError('EACCES', 'Image is read-only');
   await node.driver.truncate(node, size, exact, prealloc);

@@ -7,7 +7,7 @@ import { BlkioError } from '../errors.js';
 import { BlockBackend } from '../block/backend.js';
 import type { BlockLayer } from '../block/graph.js';
 import type { BlockNode } from '../block/node.js';
-import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../block/permissions.js';
+import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED } from '../block/permissions.js';
 import type { FlatOptions } from '../options/types.js';
 import { parseQemuOpts, qemuOptsToDict } from '../options/qemuopts.js';
 
@@ -36,6 +36,10 @@ export interface ImageOpenRequest {
   defaultCache?: 'writethrough' | 'writeback';
   /** Name of the root user (`-drive id=`); unnamed by default. */
   backendName?: string;
+  /** Open no backing file (QEMU's BDRV_O_NO_BACKING): backing options are then refused. */
+  noBacking?: boolean;
+  /** Let other users only read (QEMU's BDRV_O_NO_SHARE, qemu-img convert's sources). */
+  noShare?: boolean;
 }
 
 export interface OpenedImage {
@@ -95,7 +99,7 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
     options['force-share'] = 'on';
   }
 
-  let root: BlockNode = await layer.openNode(filename, options, { protocol: false, inherited: defaults });
+  let root: BlockNode = await layer.openNode(filename, options, { protocol: false, inherited: defaults, noBacking: req.noBacking });
   try {
     if (req.copyOnRead && root.readOnly) throw new BlkioError('EINVAL', "Can't use copy-on-read on read-only device");
     if (req.snapshot) root = await openTemporaryOverlay(layer, root, req.readOnly ?? false);
@@ -107,7 +111,8 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
     // `read-only=on` without -r fails with "Block node is read-only", as in QEMU.
     // Opened only to be described (qemu-img info), it reads nothing: no consistent read either.
     const perm = (layer.openWithoutIo ? 0 : PERM_CONSISTENT_READ) | (req.readOnly ? 0 : PERM_WRITE);
-    return { blk: BlockBackend.attach(root, perm, PERM_ALL, req.backendName), writethrough: cache.writethrough };
+    const shared = req.noShare ? PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED : PERM_ALL;
+    return { blk: BlockBackend.attach(root, perm, shared, req.backendName), writethrough: cache.writethrough };
   } catch (e) {
     await layer.closeNode(root);
     throw e;

@@ -3,7 +3,7 @@
  * as a filter (so it forwards WRITE_UNCHANGED and takes write permissions only when asked).
  */
 import { BlkioError, errno } from '../errors.js';
-import { ROLE_FILTER_CHILD, ROLE_IMAGE, type BlockDriver } from '../block/driver.js';
+import { ROLE_FILTER_CHILD, ROLE_IMAGE, type BlockDriver, type CreateRequest } from '../block/driver.js';
 import type { BdrvChild } from '../block/child.js';
 import {
   REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_WRITE_UNCHANGED, STATUS_OFFSET_VALID, STATUS_RAW,
@@ -27,6 +27,8 @@ function window(s: RawState, offset: number, bytes: number, isWrite: boolean): n
   return s.offset + offset;
 }
 
+const preallocation = (request: CreateRequest): string => String(request.options.preallocation ?? 'off');
+
 export const rawDriver: BlockDriver<RawState> = {
   name: 'raw',
   kind: 'format',
@@ -39,11 +41,14 @@ export const rawDriver: BlockDriver<RawState> = {
 
   createOptions: [{ name: 'size', type: 'size', help: 'Virtual disk size' }],
 
+  checkCreateOptions(request) {
+    const prealloc = preallocation(request);
+    if (!PREALLOC_MODES.includes(prealloc)) throw new BlkioError('EINVAL', `invalid parameter value: ${prealloc}`);
+  },
+
   /** Creation passes straight to the protocol: the file gets the size, preallocated as asked. */
   async create(file, request) {
-    const prealloc = String(request.options.preallocation ?? 'off');
-    if (!PREALLOC_MODES.includes(prealloc)) throw new BlkioError('EINVAL', `invalid parameter value: ${prealloc}`);
-    await file.truncate(request.size, true, prealloc);
+    await file.truncate(request.size, true, preallocation(request));
   },
 
   /** Every guest byte is a byte of the file, allocated or not. */

@@ -216,7 +216,7 @@ export function parseString(name: string, value: OptionScalar, syntax: OptionSyn
  * an end pointer): 'invalid' for no digits or trailing text, 'range' for overflow. A negative
  * sign wraps modulo 2^64 in the unsigned flavour, as strtoull does.
  */
-function parseCInteger(text: string, signed: boolean): bigint | 'invalid' | 'range' {
+export function parseCInteger(text: string, signed: boolean): bigint | 'invalid' | 'range' {
   const scanned = scanUnsigned(text, 0);
   if (!scanned || scanned.end !== text.length) return 'invalid';
   const { value, negative, overflow } = scanned;

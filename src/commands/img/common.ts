@@ -14,7 +14,7 @@ import { isCacheMode, openImage, type ImageOpenRequest } from '../../cli/open-im
 import { writeStderr as writeErr, writeStdout as writeOut } from '../../cli/output.js';
 import { PROGRAM } from '../../cli/run.js';
 import type { FlatOptions } from '../../options/types.js';
-import { isValidOptionList } from '../../options/qemuopts.js';
+import { isValidOptionList, parseQemuOpts, qemuOptsToDict } from '../../options/qemuopts.js';
 import { parseSizeBigInt, SizeError } from '../../options/size.js';
 import { scanArgs, type LongOption, type OptionItem } from './getopt.js';
 
@@ -151,6 +151,8 @@ export interface ImgOpenSpec {
   noBacking?: boolean;
   /** Opened to be resized (QEMU's BDRV_O_RESIZE): the resize permission is part of the open. */
   resize?: boolean;
+  /** Other users may only read (convert's sources). */
+  noShare?: boolean;
   extraOptions?: FlatOptions;
 }
 
@@ -162,18 +164,25 @@ export function checkNoFormatWithImageOpts(imageOpts: boolean | undefined, forma
 /** Open an image like qemu-img's img_open: errors become `Could not open '<name>': <error>`. */
 export async function openImg(layer: BlockLayer, spec: ImgOpenSpec): Promise<BlockBackend> {
   checkNoFormatWithImageOpts(spec.imageOpts, spec.format);
-  const extraOptions: FlatOptions = { ...spec.extraOptions };
-  if (spec.noBacking) extraOptions.backing = null;
+  const options: FlatOptions = { ...spec.extraOptions };
+  if (spec.imageOpts) {
+    // Parsed before the open, as in qemu-img: its errors are not "Could not open" ones.
+    const pairs = parseQemuOpts(spec.filename, { impliedKey: 'file', id: 'keep', warn: (line) => layer.warn(line) });
+    Object.assign(options, qemuOptsToDict(pairs));
+    if (spec.forceShare && options['force-share'] !== undefined && options['force-share'] !== 'on') {
+      throw new BlkioError('EINVAL', '--force-share/-U conflicts with image options');
+    }
+  }
   const req: ImageOpenRequest = {
-    filename: spec.filename,
+    filename: spec.imageOpts ? undefined : spec.filename,
     format: spec.format,
-    imageOpts: spec.imageOpts,
-    imageOptsImpliedKey: 'file',
-    extraOptions,
+    extraOptions: options,
     readOnly: spec.readOnly,
     forceShare: spec.forceShare,
     cache: spec.cache,
     defaultCache: 'writeback',
+    noBacking: spec.noBacking,
+    noShare: spec.noShare,
   };
   try {
     const { blk } = await openImage(layer, req);
@@ -226,9 +235,14 @@ const INT64_MAX = 2n ** 63n - 1n;
  * error wordings (bad syntax, out of range) naming the argument.
  */
 export function imgCvtnum(name: string, text: string, min = 0, max = INT64_MAX): number {
+  return Number(imgCvtnumExact(name, text, min, max));
+}
+
+/** imgCvtnum's value exactly, for sizes a user may give beyond 2^53. */
+export function imgCvtnumExact(name: string, text: string, min = 0, max = INT64_MAX): bigint {
   let value: bigint;
   try {
-    value = parseSizeBigInt(text);
+    value = parseSizeBigInt(text, 'B', reportWarning);
   } catch (e) {
     if (!(e instanceof SizeError) || e.code !== 'ERANGE') {
       throw new ReportLines([
@@ -241,7 +255,7 @@ export function imgCvtnum(name: string, text: string, min = 0, max = INT64_MAX):
   if (value < BigInt(min) || value > max) {
     throw new ReportLines([`Invalid ${name} specified. Must be between ${min} and ${max}.`]);
   }
-  return Number(value);
+  return value;
 }
 
 /** Run a subcommand body: reported failures become exit codes, anything else an error line. */

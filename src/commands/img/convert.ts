@@ -214,6 +214,7 @@ async function convert(
   for (const name of sourceNames) {
     const blk = await openImg(layer, {
       filename: name, format: args.format, imageOpts: args.imageOpts, readOnly: true, forceShare: args.forceShare, cache: args.srcCache,
+      noShare: true,
     });
     const sectors = Math.ceil(blk.getLength() / SECTOR);
     sources.push({ blk, name, start: totalSectors, sectors });

@@ -13,19 +13,27 @@ import { BdrvChild } from '../../block/child.js';
 import { ROLE_IMAGE } from '../../block/driver.js';
 import { attachChild, resolveBackingFilename, type BlockLayer } from '../../block/graph.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE } from '../../block/permissions.js';
-import { hasHelpOption, parseBool, parseNumber, parseQemuOpts, parseSizeOption } from '../../options/qemuopts.js';
+import { hasHelpOption, parseBool, parseCInteger, parseNumber, parseQemuOpts, parseSizeOption } from '../../options/qemuopts.js';
+import { parseSizeBigInt } from '../../options/size.js';
+import type { WarningSink } from '../../options/types.js';
 import { PROGRAM } from '../../cli/run.js';
 import { allDrivers } from '../../drivers/index.js';
 import { fileDriver } from '../../drivers/file.js';
 import {
-  appendOptionList, ExitStatus, UsageError, imgCvtnum, runSubcommand, withLayer, writeErr, writeOut,
+  appendOptionList, ExitStatus, UsageError, imgCvtnumExact, reportWarning, runSubcommand, withLayer, writeErr, writeOut,
 } from './common.js';
 import { parseImgArgs } from './options.js';
+
+const UINT64_MAX = 2n ** 64n - 1n;
 
 /** A value given for a create option: the typed value for the driver and the text to print. */
 interface CreateValue {
   value: string | number | boolean;
   printed: string;
+  /** The text given. */
+  text: string;
+  /** A number or size exactly, as QemuOpts keeps it (uint64). */
+  exact?: bigint;
 }
 
 export type CreateValues = Map<string, CreateValue>;
@@ -37,35 +45,47 @@ export function mergeCreateOptions(...lists: ReadonlyArray<readonly CreateOption
   return merged;
 }
 
-/** QemuOpts escapes commas in string values by doubling them when it prints. */
-function printedValue(spec: CreateOptionSpec, text: string, value: string | number | boolean): string {
-  switch (spec.type) {
-    case 'string': return text.replaceAll(',', ',,');
-    case 'bool': return text;
-    // Printed as a signed 64-bit number, so a wrapped negative input shows as typed.
-    default: return text.trim().startsWith('-') ? `-${parseNumber(spec.name, text.trim().slice(1))}` : BigInt.asIntN(64, BigInt(value)).toString();
-  }
-}
-
-/** Set one option the way qemu_opt_set does: unknown names and malformed values fail. */
-export function setCreateOption(values: CreateValues, specs: readonly CreateOptionSpec[], name: string, text: string): void {
+/**
+ * Set one option the way qemu_opt_set does: unknown names and malformed values fail. Numbers
+ * print as signed 64-bit values (a wrapped negative input shows as typed), strings with their
+ * commas doubled.
+ */
+export function setCreateOption(
+  values: CreateValues, specs: readonly CreateOptionSpec[], name: string, text: string, warn?: WarningSink,
+): void {
   const spec = specs.find((s) => s.name === name);
   if (!spec) throw new BlkioError('EINVAL', `Invalid parameter '${name}'`);
   let value: string | number | boolean;
+  let exact: bigint | undefined;
   switch (spec.type) {
     case 'bool': value = parseBool(name, text); break;
-    case 'number': value = parseNumber(name, text); break;
-    case 'size': value = parseSizeOption(name, text); break;
+    case 'number': value = parseNumber(name, text); exact = parseCInteger(text, false) as bigint; break;
+    case 'size': value = parseSizeOption(name, text, 'qemuopts', warn); exact = parseSizeBigInt(text); break;
     default: value = text;
   }
+  const printed = exact !== undefined ? BigInt.asIntN(64, exact).toString() : spec.type === 'string' ? text.replaceAll(',', ',,') : text;
   values.delete(name);
-  values.set(name, { value, printed: printedValue(spec, text, value) });
+  values.set(name, { value, printed, text, exact });
 }
 
+/** `-o` options: a hex size with a suffix is warned about as it is parsed. */
 export function parseCreateOptions(text: string | undefined, specs: readonly CreateOptionSpec[]): CreateValues {
   const values: CreateValues = new Map();
-  if (text !== undefined) for (const [key, value] of parseQemuOpts(text)) setCreateOption(values, specs, key, value);
+  if (text !== undefined) for (const [key, value] of parseQemuOpts(text)) setCreateOption(values, specs, key, value, reportWarning);
   return values;
+}
+
+/**
+ * QEMU's creation reads the size options once more from their text (the protocol those the
+ * format hands on, then the format its own, size first), warning again about hex suffixes.
+ */
+function rereadSizeOptions(values: CreateValues, driver: BlockDriver<any>): void {
+  const own = (driver.createOptions ?? []).map((s) => s.name).filter((name) => name !== 'size');
+  const names = [...values.keys()].filter((name) => !own.includes(name)).concat(own);
+  for (const name of names) {
+    const v = values.get(name);
+    if (v?.exact !== undefined) parseSizeBigInt(v.text, 'B', reportWarning);
+  }
 }
 
 /** `k=v k=v ...` in the option list's order: what was set, or else the option's default. */
@@ -145,7 +165,7 @@ export interface ImageCreateRequest {
   /** Joined `-o` strings. */
   options?: string;
   /** Size from the command line; undefined when none was given. */
-  size?: number;
+  size?: number | bigint;
   /** `-u`: do not open the backing file (the size must then be given). */
   noBackingOpen?: boolean;
   quiet?: boolean;
@@ -180,6 +200,8 @@ export async function createImage(layer: BlockLayer, req: ImageCreateRequest): P
     if (backingFile === '') throw new BlkioError('EINVAL', 'Expected backing file name, got empty string');
   }
 
+  // QEMU's "no size" is (uint64_t)-1, whoever gives it.
+  if (values.get('size')?.exact === UINT64_MAX) values.delete('size');
   let size = values.get('size')?.value as number | undefined;
   if (backingFile !== undefined && !req.noBackingOpen) {
     const backingSize = await probeBacking(layer, req.filename, backingFile, backingFormat);
@@ -193,13 +215,15 @@ export async function createImage(layer: BlockLayer, req: ImageCreateRequest): P
   if (size === undefined) throw new BlkioError('EINVAL', 'Image creation needs a size parameter');
 
   if (!req.quiet) writeOut(`Formatting '${req.filename}', fmt=${req.format} ${formatCreateOptions(values, specs)}\n`);
+  rereadSizeOptions(values, driver);
 
   try {
     const options = createRequestOptions(values);
     await createImageFile(layer, driver, protocol, { filename: req.filename, size: roundUp512(size), options });
   } catch (e) {
     if (e instanceof BlkioError && e.code === 'EFBIG') {
-      const hint = values.has('cluster_size') ? ' (try using a larger cluster size)' : '';
+      const clusterSize = values.get('cluster_size')?.value ?? specs.find((s) => s.name === 'cluster_size')?.default;
+      const hint = clusterSize ? ' (try using a larger cluster size)' : '';
       throw new BlkioError('EFBIG', `The image size is too large for file format '${req.format}'${hint}`);
     }
     throw e;
@@ -243,6 +267,7 @@ export async function createImageFile(
 ): Promise<void> {
   if (protocol.name !== 'file') throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
   const creator = driver.kind === 'protocol' ? layer.driver('raw')! : driver;
+  creator.checkCreateOptions?.(request);
   await withEmptyFile(layer, request.filename, creator.removesFailedImage ?? false, (edge) => creator.create!(edge, {
     ...request,
     // As QEMU does, a further file whose image could not be made is not left behind.
@@ -308,7 +333,7 @@ export function imgCreate(argv: string[]): Promise<number> {
     return withLayer(objects, async (layer) => {
       if (optionText !== undefined && hasHelpOption(optionText)) return printOptionHelp(layer, format, filename);
       if (filename === undefined) throw new UsageError('Expecting image file name');
-      const size = operands.length > 1 ? imgCvtnum('image size', operands[1]) : undefined;
+      const size = operands.length > 1 ? imgCvtnumExact('image size', operands[1]) : undefined;
       if (operands.length > 2) throw new UsageError(`Unexpected argument: ${operands[2]}`);
       try {
         await createImage(layer, { filename, format, backingFile, backingFormat, options: optionText, size, noBackingOpen, quiet });

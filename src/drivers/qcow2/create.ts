@@ -8,6 +8,7 @@
 import { BlkioError } from '../../errors.js';
 import type { BdrvChild } from '../../block/child.js';
 import type { CreateOptionSpec, CreateRequest } from '../../block/driver.js';
+import { checkNewLength } from '../../block/io.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_NAMES, INCOMPAT_DATA_FILE, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, MAX_CLUSTER_BITS,
   MIN_CLUSTER_BITS, encodeHeader, type Qcow2Header,
@@ -186,6 +187,12 @@ async function layOutImage(file: BdrvChild, dataFile: BdrvChild | undefined, c: 
   }
   await allocClusters(s, 3 * clusterSize);
   await updateHeader(s);
+  // QEMU grows the new image through the generic truncate, which checks the size first.
+  try {
+    checkNewLength(size);
+  } catch (e) {
+    throw e instanceof BlkioError ? e.prepend('Could not resize image: ') : e;
+  }
   await truncateImage(s, size, c.preallocation);
   if (c.backingFile !== undefined) {
     s.backingFile = c.backingFile;
