@@ -280,10 +280,23 @@ const CVTSTR_UNITS: ReadonlyArray<readonly [number, string]> = [
 export function cvtstr(value: number): string {
   const unit = CVTSTR_UNITS.find(([size]) => value >= size);
   const [text, suffix] = unit
-    ? [formatFixed(value / unit[0], 3), unit[1]]
-    : [formatFixed(value, 6), ' bytes'];
+    ? [unitsFixed3(value, unit[0]), unit[1]]
+    : [Number.isSafeInteger(value) && value >= 0 ? `${value}.000000` : formatFixed(value, 6), ' bytes'];
   const trim = text.indexOf('.000');
   return trim >= 0 ? text.slice(0, trim) + suffix : text + suffix;
+}
+
+/**
+ * formatFixed(value / unit, 3), without the exact arithmetic when value * 1000 is a whole
+ * multiple of the unit (most sizes): qemu-io's map prints hundreds of thousands of them.
+ */
+function unitsFixed3(value: number, unit: number): string {
+  const thousandths = value * 1000;
+  if (!Number.isSafeInteger(value) || !Number.isSafeInteger(thousandths) || thousandths % unit !== 0) {
+    return formatFixed(value / unit, 3);
+  }
+  const scaled = thousandths / unit;
+  return `${Math.floor(scaled / 1000)}.${String(scaled % 1000).padStart(3, '0')}`;
 }
 
 const SIZE_TO_STR_UNITS = ['', 'Ki', 'Mi', 'Gi', 'Ti', 'Pi', 'Ei'];

@@ -4,7 +4,9 @@
  * same answer into one line.
  */
 import { toBlkioError } from '../../errors.js';
-import { isAllocated } from '../../block/io.js';
+import { StatusList } from '../../block/driver.js';
+import { STATUS_ALLOCATED } from '../../block/flags.js';
+import { isAllocated, nodeBlockStatusListNow } from '../../block/io.js';
 import type { BlockNode } from '../../block/node.js';
 import { cvtstr } from '../../options/size.js';
 import { parseNum } from './args.js';
@@ -26,43 +28,98 @@ export const allocCommand: IoCommand = {
       if (parsed === undefined) return -1;
       count = parsed;
     }
-    const node = session.node;
-    let offset = start;
     let remaining = count;
     let allocated = 0;
-    while (remaining > 0) {
-      let r: { allocated: boolean; pnum: number };
-      try {
-        r = await isAllocated(node, offset, remaining);
-      } catch (e) {
-        session.print(`is_allocated failed: ${toBlkioError(e).strerror}`);
-        return -1;
-      }
-      if (r.pnum === 0) {
-        // End of the image: only what lies before it was asked about.
-        count -= remaining;
-        break;
-      }
-      offset += r.pnum;
-      remaining -= r.pnum;
-      if (r.allocated) allocated += r.pnum;
+    try {
+      await new AllocationReader(session.node).walk(start, count, (isAllocatedHere, pnum) => {
+        if (pnum === 0) {
+          // End of the image: only what lies before it was asked about.
+          count -= remaining;
+          return false;
+        }
+        remaining -= pnum;
+        if (isAllocatedHere) allocated += pnum;
+        return true;
+      });
+    } catch (e) {
+      session.print(`is_allocated failed: ${toBlkioError(e).strerror}`);
+      return -1;
     }
     session.print(`${allocated}/${count} bytes allocated at offset ${cvtstr(start)}`);
     return 0;
   },
 };
 
-/** One run of equal allocation status from `offset`, merging as many answers as agree. */
-async function allocationRun(node: BlockNode, offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }> {
-  const first = await isAllocated(node, offset, bytes);
-  let pnum = first.pnum;
-  while (pnum > 0 && pnum < bytes) {
-    // A failure after the first answer only ends the run; the next run reports it.
-    const next = await isAllocated(node, offset + pnum, bytes - pnum).catch(() => undefined);
-    if (!next || next.allocated !== first.allocated || next.pnum === 0) break;
-    pnum += next.pnum;
+/** Characters of map output written at once. */
+const OUTPUT_BATCH = 64 * 1024;
+
+/** Answers per block-status call. */
+const STATUS_LIST_CAPACITY = 1024;
+
+/**
+ * isAllocated's answers, read many at a time while the metadata is cached (one at a time,
+ * waiting for it, otherwise): a map of a large image walks hundreds of thousands. A walk that
+ * stops resumes from the answers already read when the next one starts where it stopped.
+ */
+class AllocationReader {
+  private readonly list = new StatusList(STATUS_LIST_CAPACITY);
+  /** The next unused answer in the list, where it starts, and the end of the range the list answers. */
+  private index = 0;
+  private offset = -1;
+  private end = -1;
+
+  constructor(private readonly node: BlockNode) {}
+
+  /**
+   * The answers from `offset` on, one after another, each given to `take` (false: stop, the
+   * answer stays unused) until `bytes` are answered or an answer reaches the end of the image
+   * (pnum 0). Errors propagate.
+   */
+  async walk(offset: number, bytes: number, take: (allocated: boolean, pnum: number) => boolean): Promise<void> {
+    const end = offset + bytes;
+    const list = this.list;
+    while (offset < end) {
+      if (offset !== this.offset || end !== this.end || this.index === list.count) {
+        this.offset = -1;
+        nodeBlockStatusListNow(this.node, offset, end - offset, list);
+        if (list.count === 0) {
+          const r = await isAllocated(this.node, offset, end - offset);
+          if (!take(r.allocated, r.pnum) || r.pnum === 0) return;
+          offset += r.pnum;
+          continue;
+        }
+        this.index = 0;
+        this.end = end;
+      }
+      const pnum = list.pnum[this.index];
+      this.offset = offset;
+      if (!take((list.status[this.index] & STATUS_ALLOCATED) !== 0, pnum)) return;
+      this.index++;
+      this.offset += pnum;
+      if (pnum === 0) return;
+      offset += pnum;
+    }
   }
-  return { allocated: first.allocated, pnum };
+}
+
+/** One run of equal allocation status from `offset`, merging as many answers as agree. */
+async function allocationRun(reader: AllocationReader, offset: number, bytes: number): Promise<{ allocated: boolean; pnum: number }> {
+  let run: { allocated: boolean; pnum: number } | undefined;
+  try {
+    await reader.walk(offset, bytes, (allocated, pnum) => {
+      if (!run) {
+        run = { allocated, pnum };
+        return true;
+      }
+      if (allocated !== run.allocated || pnum === 0) return false;
+      run.pnum += pnum;
+      return true;
+    });
+  } catch (e) {
+    // A failure after the first answer only ends the run; the next run reports it.
+    if (!run) throw e;
+  }
+  return run!;
 }
 
 export const mapCommand: IoCommand = {
@@ -81,23 +138,35 @@ export const mapCommand: IoCommand = {
       session.errorReport(`Failed to query image length: ${toBlkioError(e).strerror}`);
       return -1;
     }
+    const reader = new AllocationReader(node);
+    // Lines go out a batch at a time (one write each would cost more than the walk), and
+    // before an error message, which comes after them.
+    let lines = '';
+    const flush = (): void => {
+      session.write(lines);
+      lines = '';
+    };
     while (bytes > 0) {
       let run: { allocated: boolean; pnum: number };
       try {
-        run = await allocationRun(node, offset, bytes);
+        run = await allocationRun(reader, offset, bytes);
       } catch (e) {
+        flush();
         session.errorReport(`Failed to get allocation status: ${toBlkioError(e).strerror}`);
         return -1;
       }
       if (run.pnum === 0) {
+        flush();
         session.errorReport('Unexpected end of image');
         return -1;
       }
       const status = run.allocated ? '    allocated' : 'not allocated';
-      session.print(`${cvtstr(run.pnum)} (0x${run.pnum.toString(16)}) bytes ${status} at offset ${cvtstr(offset)} (0x${offset.toString(16)})`);
+      lines += `${cvtstr(run.pnum)} (0x${run.pnum.toString(16)}) bytes ${status} at offset ${cvtstr(offset)} (0x${offset.toString(16)})\n`;
+      if (lines.length >= OUTPUT_BATCH) flush();
       offset += run.pnum;
       bytes -= run.pnum;
     }
+    flush();
     return 0;
   },
 };

@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -93,5 +94,31 @@ describe('direct subcommands', () => {
   it('needs an image', async () => {
     expect(await runDirect('map', ['-f', 'raw'])).toBe(1);
     expect(out).toBe('E: blkio: an image is required: blkio map [options] IMAGE [map arguments]\n');
+  });
+});
+
+describe.skipIf(spawnSync('qemu-io', ['--version']).status !== 0)('map and alloc over many extents', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'blkio-io-test-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("print qemu-io's lines, with block status read many answers at a time across L2 slices", async () => {
+    const img = join(dir, 'a.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', img, '1G']);
+    // 1500 separate clusters (alternating runs), a zero cluster and a compressed one among them.
+    const script = Array.from({ length: 1500 }, (_, i) => `write -q -P 1 ${i * 131072 + 512} 4k\n`).join('')
+      + 'write -q -z 300M 64k\nwrite -q -c -P 2 400M 64k\n';
+    execFileSync('qemu-io', ['-t', 'writeback', img], { input: script });
+    const commands = ['-c', 'map', '-c', 'alloc 0 1G', '-c', 'alloc 1000k 100M'];
+    const qemu = execFileSync('qemu-io', ['-r', ...commands, img], { encoding: 'utf8' });
+    // Small L2 slices: lists end at the slice end; large ones: at the list's capacity.
+    for (const entrySize of ['512', '64k']) {
+      out = '';
+      expect(await runIo(['-r', ...commands, '--image-opts', `driver=qcow2,file.filename=${img},l2-cache-entry-size=${entrySize}`])).toBe(0);
+      expect(out).toBe(qemu);
+    }
+    expect(qemu.split('\n').length).toBeGreaterThan(3000);
   });
 });

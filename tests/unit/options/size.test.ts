@@ -177,6 +177,22 @@ describe('cvtstr (qemu-io sizes)', () => {
     expect(cvtstr(value)).toBe(expected);
   });
 
+  it('prints sizes as the exact %.3f of their unit would, fast path or not', () => {
+    const units: Array<[number, string]> = [[2 ** 50, ' PiB'], [2 ** 40, ' TiB'], [2 ** 30, ' GiB'], [2 ** 20, ' MiB'], [2 ** 10, ' KiB']];
+    for (let i = 0; i < 2000; i++) {
+      // Cluster and sector multiples (with exact thousandths of a unit or not) and odd byte counts.
+      const value = Math.floor(Math.random() * 2 ** (11 + (i % 36))) * [65536, 512, 1][i % 3];
+      if (value < 1024) continue;
+      const [size, suffix] = units.find(([s]) => value >= s)!;
+      const text = formatFixed(value / size, 3);
+      const trim = text.indexOf('.000');
+      expect(cvtstr(value), String(value)).toBe((trim >= 0 ? text.slice(0, trim) : text) + suffix);
+    }
+    expect(cvtstr(0x1f3e40000)).toBe('7.811 GiB');
+    expect(cvtstr(1088 * 1024)).toBe('1.062 MiB');
+    expect(cvtstr(1536 * 1024)).toBe('1.500 MiB');
+  });
+
   it('handles fractional rates like the report line', () => {
     expect(cvtstr(20.5)).toBe('20.500000 bytes');
     expect(cvtstr(1.0005)).toBe('1 bytes'); // "1.000500": the first ".000" swallows the rest
