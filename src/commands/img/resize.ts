@@ -11,6 +11,11 @@ import { IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 export const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'] as const;
 
+/** qemu-img computes sizes in int64: from 2^63 up they wrap to negative. */
+function toInt64(n: number): number {
+  return n >= 2 ** 63 ? n - 2 ** 64 : n;
+}
+
 export function imgResize(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
     if (argv.length < 2) throw new UsageError('Not enough arguments');
@@ -36,13 +41,12 @@ export function imgResize(argv: string[]): Promise<number> {
     if (operands.length !== 1) throw new UsageError('Expecting image file name and size');
     const relative = sizeArg.startsWith('+') ? 1 : sizeArg.startsWith('-') ? -1 : 0;
     const size = parseSizeOption('size', relative ? sizeArg.slice(1) : sizeArg, 'qemuopts', reportWarning);
-    // qemu-img reads the size as int64: from 2^63 up it is negative.
-    const n = size >= 2 ** 63 ? size - 2 ** 64 : size;
+    const n = toInt64(size);
 
     return withLayer(objects, async (layer) => {
       const blk = await openImg(layer, { filename: operands[0], format, imageOpts, resize: true });
       const current = blk.getLength();
-      const total = relative ? current + n * relative : n;
+      const total = toInt64(relative ? current + n * relative : n);
       if (total <= 0) throw new BlkioError('EINVAL', 'New image size must be positive');
       if (total <= current && prealloc !== 'off') throw new BlkioError('EINVAL', 'Preallocation can only be used for growing images');
       if (total < current && !shrink) {
