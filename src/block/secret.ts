@@ -3,10 +3,13 @@
  * file (`file`), as text or base64 (`format`), optionally AES-256-CBC encrypted with the
  * 32-byte key of another secret (`keyid`, `iv`). Loaded when the object is completed.
  */
-import { createDecipheriv } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { BlkioError, toBlkioError } from '../errors.js';
+import { lazyBuiltin } from '../lazy-builtin.js';
 import type { OptionTree, OptionValue } from '../options/types.js';
+
+/** Loaded on first use: every command imports this module, few decrypt a secret (node:crypto costs milliseconds). */
+const crypto = lazyBuiltin<typeof import('node:crypto')>('node:crypto');
 
 export class Secret {
   /** Undefined until the object is completed. */
@@ -42,7 +45,7 @@ export class Secret {
     if (ciphertext.length % BLOCK_BYTES) {
       throw invalid(`Length ${ciphertext.length} must be a multiple of block size ${BLOCK_BYTES}`);
     }
-    const decipher = createDecipheriv('aes-256-cbc', key, iv).setAutoPadding(false);
+    const decipher = crypto().createDecipheriv('aes-256-cbc', key, iv).setAutoPadding(false);
     const plaintext = Buffer.concat([decipher.update(ciphertext), decipher.final()]);
     // The last byte says how many padding bytes to drop (PKCS#7, without checking their values).
     const padding = plaintext[plaintext.length - 1] ?? 0;
