@@ -1,4 +1,5 @@
 /** Commands about the interpreter itself: `help`, `quit`, `sleep`, `abort`, `sigraise`. */
+import os from 'node:os';
 import { setTimeout as delay } from 'node:timers/promises';
 import { parseNum, strtolWhole } from './args.js';
 import type { IoCommand, IoSession } from './session.js';
@@ -90,12 +91,30 @@ export const abortCommand: IoCommand = {
   noFileOk: true,
   oneline: 'simulate a program crash using abort(3)',
   async run() {
-    process.abort();
+    // Raised rather than process.abort(), which would print Node's stack traces first.
+    process.kill(process.pid, 'SIGABRT');
+    return 0; // not reached: SIGABRT ends the process as it is sent
   },
 };
 
 /** The number of signals on Linux (NSIG): larger numbers cannot be signals. */
 const NSIG = 65;
+
+/**
+ * Signals that leave qemu-io running: its main loop blocks SIGBUS, SIGUSR1, SIGALRM and SIGIO
+ * (it reads them from a signalfd), and glibc's raise() refuses its internal signal 32.
+ * Node would die of most of them, and SIGUSR1 would start its inspector.
+ */
+const SIGNALS_QEMU_IO_BLOCKS = new Set([7, 10, 14, 29, 32]);
+
+/** Node ignores SIGXFSZ; qemu-io leaves it at its default action, which ends the process. */
+function restoreDefaultAction(signal: number): void {
+  if (signal !== os.constants.signals.SIGXFSZ) return;
+  // Removing the last listener makes libuv set the action back to SIG_DFL.
+  const ignore = (): void => {};
+  process.on('SIGXFSZ', ignore);
+  process.off('SIGXFSZ', ignore);
+}
 
 export const sigraiseCommand: IoCommand = {
   name: 'sigraise',
@@ -121,6 +140,8 @@ export const sigraiseCommand: IoCommand = {
       session.print(`signal argument '${argv[1]}' is too large to be a valid signal`);
       return -1;
     }
+    if (SIGNALS_QEMU_IO_BLOCKS.has(signal)) return 0;
+    restoreDefaultAction(signal);
     try {
       process.kill(process.pid, signal);
     } catch {
