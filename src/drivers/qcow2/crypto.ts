@@ -16,9 +16,13 @@ export type CipherMode = (typeof CIPHER_MODES)[number];
 export const IVGEN_ALGS = ['plain', 'plain64', 'essiv'] as const;
 export type IvgenAlg = (typeof IVGEN_ALGS)[number];
 
-/** Cipher algorithms as QEMU names them (`aes-256`), by the key length they take. */
+/**
+ * The cipher algorithms LUKS volumes name, as QEMU names them (`aes-256`), by the key length
+ * they take; Node runs only those OpenSSL has (AES, SM4).
+ */
 const CIPHER_KEY_BYTES: Record<string, number> = {
-  'aes-128': 16, 'aes-192': 24, 'aes-256': 32, 'sm4': 16,
+  'aes-128': 16, 'aes-192': 24, 'aes-256': 32, 'cast5-128': 16, 'serpent-128': 16, 'serpent-192': 24, 'serpent-256': 32,
+  'twofish-128': 16, 'twofish-192': 24, 'twofish-256': 32, 'sm4': 16,
 };
 const BLOCK_BYTES = 16;
 

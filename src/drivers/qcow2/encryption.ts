@@ -11,7 +11,7 @@ import { secretData } from '../../block/secret.js';
 import { CIPHER_MODES, IVGEN_ALGS, legacyAesEncryption, SectorCipher, type Qcow2Encryption } from './crypto.js';
 import { CRYPT_AES, CRYPT_LUKS } from './header.js';
 import {
-  createLuks, HASH_ALGS, luksCipherSpec, luksInfo, parseLuksHeader, unlockLuks, type LuksCreateOptions,
+  createLuks, HASH_ALGS, LUKS_HEADER_BYTES, luksCipherSpec, luksInfo, parseLuksHeader, unlockLuks, type LuksCreateOptions,
 } from './luks.js';
 
 const FORMAT_NAMES: Record<number, string> = { [CRYPT_AES]: 'aes', [CRYPT_LUKS]: 'luks' };
@@ -64,15 +64,15 @@ export async function openEncryption(file: BdrvChild, o: EncryptionOpen): Promis
   if (o.cryptMethod === CRYPT_AES) {
     return { encryption: o.withoutIo ? undefined : legacyAesEncryption(keySecret(o)), info: { format: 'aes' } };
   }
-  if (!o.cryptoExtension) throw invalid('No LUKS encryption header found');
+  if (!o.cryptoExtension) throw invalid(`Missing CRYPTO header for crypt method ${CRYPT_LUKS}`);
   const { offset, length } = cryptoHeaderLocation(o.cryptoExtension);
   const readAt = async (at: number, bytes: number): Promise<Uint8Array> => {
-    if (at + bytes > length) throw invalid('LUKS key material beyond the crypto header');
+    if (at + bytes > length) throw invalid('Request for data outside of extension header');
     const buf = new Uint8Array(bytes);
     await file.read(offset + at, bytes, buf);
     return buf;
   };
-  const header = parseLuksHeader(await readAt(0, Math.min(length, 592)));
+  const header = parseLuksHeader(await readAt(0, LUKS_HEADER_BYTES));
   const info = luksInfo(header);
   if (o.withoutIo) return { info };
   const password = keySecret(o);

@@ -20,7 +20,7 @@ function createHash(hash: string): import('node:crypto').Hash {
 }
 
 const MAGIC = Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]);
-const HEADER_BYTES = 592;
+export const LUKS_HEADER_BYTES = 592;
 const SLOT_COUNT = 8;
 const SLOT_ACTIVE = 0x00ac71f3;
 const SLOT_INACTIVE = 0x0000dead;
@@ -66,29 +66,56 @@ function fixedString(bytes: Uint8Array): string {
   return Buffer.from(end < 0 ? bytes : bytes.subarray(0, end)).toString('latin1');
 }
 
+/** Parse and check a LUKS1 header as QEMU does before it trusts any field. */
 export function parseLuksHeader(raw: Uint8Array): LuksHeader {
-  if (raw.length < HEADER_BYTES || !Buffer.from(raw.subarray(0, 6)).equals(MAGIC)) throw invalid('Volume is not in LUKS format');
+  if (raw.length < LUKS_HEADER_BYTES || !Buffer.from(raw.subarray(0, 6)).equals(MAGIC)) throw invalid('Volume is not in LUKS format');
   const view = new DataView(raw.buffer, raw.byteOffset, raw.length);
   const version = view.getUint16(6);
   if (version !== 1) throw invalid(`LUKS version ${version} is not supported`);
-  const slots: LuksSlot[] = [];
+  const text = (start: number, end: number, what: string): string => {
+    const bytes = raw.subarray(start, end);
+    const nul = bytes.indexOf(0);
+    if (nul < 0) throw invalid(`LUKS header ${what} is not NUL terminated`);
+    return Buffer.from(bytes.subarray(0, nul)).toString('latin1');
+  };
+  const header: LuksHeader = {
+    cipherName: text(8, 40, 'cipher name'), cipherMode: text(40, 72, 'cipher mode'), hashSpec: text(72, 104, 'hash spec'),
+    payloadOffset: view.getUint32(104), keyBytes: view.getUint32(108),
+    mkDigest: raw.slice(112, 132), mkDigestSalt: raw.slice(132, 164), mkDigestIterations: view.getUint32(164),
+    uuid: fixedString(raw.subarray(168, 208)), slots: [],
+  };
+  const headerSectors = ALIGN_BYTES / SECTOR_SIZE;
+  if (header.payloadOffset < headerSectors) throw invalid('LUKS payload is overlapping with the header');
+  if (header.mkDigestIterations === 0) throw invalid('LUKS key iteration count is zero');
   for (let i = 0; i < SLOT_COUNT; i++) {
     const at = 208 + 48 * i;
-    slots.push({
-      active: view.getUint32(at) === SLOT_ACTIVE, iterations: view.getUint32(at + 4),
+    const state = view.getUint32(at);
+    const slot: LuksSlot = {
+      active: state === SLOT_ACTIVE, iterations: view.getUint32(at + 4),
       salt: raw.slice(at + 8, at + 40), keyOffset: view.getUint32(at + 40), stripes: view.getUint32(at + 44),
-    });
+    };
+    if (slot.stripes !== STRIPES) throw invalid(`Keyslot ${i} is corrupted (stripes ${slot.stripes | 0} != ${STRIPES})`);
+    if (state !== SLOT_ACTIVE && state !== SLOT_INACTIVE) throw invalid(`Keyslot ${i} state (active/disable) is corrupted`);
+    if (slot.active && slot.iterations === 0) throw invalid(`Keyslot ${i} iteration count is zero`);
+    if (slot.keyOffset < headerSectors) throw invalid(`Keyslot ${i} is overlapping with the LUKS header`);
+    if (slot.keyOffset + splitKeySectors(header, slot) > header.payloadOffset) {
+      throw invalid(`Keyslot ${i} is overlapping with the encrypted payload`);
+    }
+    header.slots.push(slot);
   }
-  return {
-    cipherName: fixedString(raw.subarray(8, 40)), cipherMode: fixedString(raw.subarray(40, 72)),
-    hashSpec: fixedString(raw.subarray(72, 104)), payloadOffset: view.getUint32(104), keyBytes: view.getUint32(108),
-    mkDigest: raw.slice(112, 132), mkDigestSalt: raw.slice(132, 164), mkDigestIterations: view.getUint32(164),
-    uuid: fixedString(raw.subarray(168, 208)), slots,
-  };
+  header.slots.forEach((a, i) => {
+    header.slots.forEach((b, j) => {
+      if (j <= i) return;
+      if (a.keyOffset < b.keyOffset + splitKeySectors(header, b) && b.keyOffset < a.keyOffset + splitKeySectors(header, a)) {
+        throw invalid(`Keyslots ${i} and ${j} are overlapping in the header`);
+      }
+    });
+  });
+  return header;
 }
 
 export function buildLuksHeader(h: LuksHeader): Uint8Array {
-  const raw = new Uint8Array(HEADER_BYTES);
+  const raw = new Uint8Array(LUKS_HEADER_BYTES);
   const view = new DataView(raw.buffer);
   const put = (at: number, text: string): void => raw.set(Buffer.from(text, 'latin1'), at);
   raw.set(MAGIC, 0);
@@ -115,19 +142,21 @@ export function buildLuksHeader(h: LuksHeader): Uint8Array {
 
 /** The header's cipher as QEMU understands it: algorithm with key size, mode and IV generator. */
 export function luksCipherSpec(h: LuksHeader): SectorCipherSpec {
-  const [modeName, ivgenSpec = ''] = splitOnce(h.cipherMode, '-');
-  if (!(CIPHER_MODES as readonly string[]).includes(modeName)) throw invalid(`Unsupported cipher mode '${modeName}'`);
+  const [modeName, ivgenSpec] = splitOnce(h.cipherMode, '-');
+  if (ivgenSpec === undefined) throw invalid(`Unexpected cipher mode string format '${h.cipherMode}'`);
+  const [ivgenName, ivgenHash] = splitOnce(ivgenSpec, ':');
+  if (ivgenHash !== undefined) checkHash(ivgenHash);
+  if (!(CIPHER_MODES as readonly string[]).includes(modeName)) throw invalid(`Cipher mode '${modeName}' not supported`);
   const mode = modeName as CipherMode;
   // xts keys two ciphers with the two halves of the key.
   const algKeyBytes = mode === 'xts' ? h.keyBytes / 2 : h.keyBytes;
   const alg = h.cipherName === 'sm4' ? 'sm4' : `${h.cipherName}-${algKeyBytes * 8}`;
-  if (cipherKeyBytes(alg) !== algKeyBytes) throw invalid(`Unsupported cipher algorithm '${h.cipherName}' with key size ${h.keyBytes}`);
-  const [ivgenName, ivgenHash] = splitOnce(ivgenSpec, ':');
-  if (!(IVGEN_ALGS as readonly string[]).includes(ivgenName)) throw invalid(`Unsupported IV generator '${ivgenName}'`);
+  if (cipherKeyBytes(alg) !== algKeyBytes) throw invalid(`Algorithm '${h.cipherName}' with key size ${algKeyBytes} bytes not supported`);
+  checkHash(h.hashSpec);
+  if (!(IVGEN_ALGS as readonly string[]).includes(ivgenName)) throw invalid(`IV generator '${ivgenName}' not supported`);
   const ivgen = ivgenName as IvgenAlg;
   if (ivgen !== 'essiv') return { alg, mode, ivgen };
-  if (!ivgenHash) throw invalid('Missing IV generator hash specification');
-  checkHash(ivgenHash);
+  if (ivgenHash === undefined) throw invalid('Missing IV generator hash specification');
   // The IV cipher takes the hash as its key: its key size follows the digest size.
   const essivKeyBytes = createHash(ivgenHash).digest().length;
   const ivgenAlg = `${h.cipherName}-${essivKeyBytes * 8}`;
@@ -143,7 +172,7 @@ function splitOnce(text: string, separator: string): [string, string | undefined
 }
 
 function checkHash(hash: string): void {
-  if (!(HASH_ALGS as readonly string[]).includes(hash)) throw invalid(`Unsupported hash algorithm '${hash}'`);
+  if (!(HASH_ALGS as readonly string[]).includes(hash)) throw invalid(`Hash algorithm '${hash}' not supported`);
 }
 
 /** The `encrypt` member of qemu-img info (QCryptoBlockInfoLUKS), members in QAPI order. */
@@ -165,6 +194,12 @@ export function luksInfo(h: LuksHeader): Record<string, unknown> {
 /** Bytes of a slot's split key material, rounded up to whole sectors. */
 function splitKeyBytes(h: LuksHeader, slot: LuksSlot): number {
   return Math.ceil((h.keyBytes * slot.stripes) / SECTOR_SIZE) * SECTOR_SIZE;
+}
+
+/** Sectors a slot's key material spans in the header, in whole 4 KiB as QEMU counts them. */
+function splitKeySectors(h: LuksHeader, slot: LuksSlot): number {
+  const alignSectors = ALIGN_BYTES / SECTOR_SIZE;
+  return Math.ceil(splitKeyBytes(h, slot) / SECTOR_SIZE / alignSectors) * alignSectors;
 }
 
 /** Spread the hash over `block` in digest-sized pieces, each hashed with its big-endian index. */
@@ -224,7 +259,6 @@ async function digestMatches(h: LuksHeader, masterKey: Uint8Array): Promise<bool
 export async function unlockLuks(
   h: LuksHeader, password: Uint8Array, readAt: (offset: number, bytes: number) => Promise<Uint8Array>,
 ): Promise<Uint8Array> {
-  checkHash(h.hashSpec);
   for (const slot of h.slots) {
     if (!slot.active) continue;
     const slotKey = await pbkdf2(password, slot.salt, slot.iterations, h.keyBytes, h.hashSpec);
