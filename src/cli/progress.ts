@@ -3,7 +3,8 @@
  *
  * Three ways to see progress, all fed by the same `update(done, total)` calls:
  *   - `human` (`-p`): qemu-img's `    (12.34/100%)` redrawn with `\r` on stdout, a newline at
- *     the end; a line is drawn at 0%, at 100% and whenever the percentage moved by more than 1.
+ *     the end; a line is drawn for every update at 0% or 100% and whenever the percentage moved
+ *     by more than 1 (either way).
  *   - `json` (`--progress=json`): JSON lines `{"done":N,"total":N,"elapsed_ms":N}` on stderr,
  *     one at the start, one per percent moved (at most every 100 ms), and a last one with
  *     done == total when the work finished.
@@ -88,7 +89,7 @@ export class Progress {
     this.total = total;
     const percent = this.percent();
     if (this.mode === 'human') {
-      if (!this.drewHuman || percent === 100 || percent - this.lastPercent > 1) this.drawHuman(percent);
+      if (!this.drewHuman || percent === 0 || percent === 100 || Math.abs(percent - this.lastPercent) > 1) this.drawHuman(percent);
     } else if (this.mode === 'json') {
       const due = this.now() - this.lastJsonAt >= JSON_MIN_INTERVAL_MS && percent - this.lastPercent >= 1;
       if (this.lastJsonDone < 0 || due) this.emitJson(percent);
