@@ -144,6 +144,11 @@ export const fileDriver: BlockDriver<FileState> = {
     'drop-cache': { type: 'bool' },
   },
 
+  checkCreateOptions(request) {
+    // The hint goes to the kernel as 32 bits.
+    if (Number(request.options.extent_size_hint ?? 0) > 0xffffffff) throw new BlkioError('EINVAL', 'Extent size hint is too large');
+  },
+
   createOptions: [
     { name: 'size', type: 'size', help: 'Virtual disk size' },
     { name: 'nocow', type: 'bool', help: 'Turn off copy-on-write (valid only on btrfs)' },

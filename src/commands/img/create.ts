@@ -268,6 +268,7 @@ export async function createImageFile(
   if (protocol.name !== 'file') throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
   const creator = driver.kind === 'protocol' ? layer.driver('raw')! : driver;
   creator.checkCreateOptions?.(request);
+  protocol.checkCreateOptions?.(request);
   await withEmptyFile(layer, request.filename, creator.removesFailedImage ?? false, (edge) => creator.create!(edge, {
     ...request,
     // As QEMU does, a further file whose image could not be made is not left behind.

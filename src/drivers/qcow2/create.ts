@@ -91,6 +91,10 @@ export function checkRefcountWidth(refcountBits: number): void {
 
 /** Check the options in the order QEMU does (QAPI conversion first, then qcow2's rules). */
 export function createSettings(o: CreateRequest['options']): Qcow2CreateSettings {
+  // QEMU renames `encryption=on` to `encrypt.format` before it reads any option.
+  if (o.encryption === true && o['encrypt.format'] !== undefined) {
+    throw invalid("'encrypt.format' and its alias 'encryption' can't be used at the same time");
+  }
   const compat = o.compat as string | undefined;
   if (compat !== undefined && !(compat in VERSIONS)) throw invalid(`Parameter 'version' does not accept value '${compat}'`);
   const encryption = encryptionCreateSettings(o);
