@@ -4,7 +4,8 @@
  */
 import { cvtnumErrorText, parseSizeBigInt, scanUnsigned, SizeError } from '../../options/size.js';
 import { REQUEST_MAX_BYTES } from '../../block/flags.js';
-import { usage, type IoCommand, type IoSession } from './session.js';
+import { badOption, usage, type IoCommand, type IoSession } from './session.js';
+import { getopt, type GetoptSpec } from './getopt.js';
 
 const INT64_MAX = (1n << 63n) - 1n;
 const INT64_MIN = -(1n << 63n);
@@ -120,4 +121,43 @@ export function parseVectorRequest(
   const count = parseVectorLength(session, operands.slice(1));
   if (count === undefined) return -1;
   return { offset, count };
+}
+
+/** The options read and write commands share. */
+export interface RequestOptions {
+  /** `-b`: the VM state instead of the disk. */
+  vmstate: boolean;
+  csv: boolean;
+  quiet: boolean;
+  pattern?: number;
+}
+
+/**
+ * The getopt loop of the read and write commands: -b, -C, -P and -q are taken here, and -i,
+ * which ends the command successfully (QEMU only counts it as an invalid request); the
+ * command's own letters go to `own`, which returns false when it refused a value (already
+ * reported). The options and operands, or the status the command ends with.
+ */
+export function parseRequestOptions<T extends RequestOptions>(
+  session: IoSession, command: IoCommand, argv: string[], short: GetoptSpec['short'],
+  request: 'read' | 'write', options: T, own: (item: { key: string; value: string }) => boolean,
+): { options: T; operands: string[] } | number {
+  const { items, operands } = getopt(argv, { short });
+  for (const item of items) {
+    if (item.kind === 'error') return badOption(session, command, item.message);
+    switch (item.key) {
+      case 'b': options.vmstate = true; break;
+      case 'C': options.csv = true; break;
+      case 'i':
+        session.print(`injecting invalid ${request} request`);
+        return 0;
+      case 'P':
+        options.pattern = parsePattern(session, item.value);
+        if (options.pattern === undefined) return -1;
+        break;
+      case 'q': options.quiet = true; break;
+      default: if (!own(item)) return -1;
+    }
+  }
+  return { options, operands };
 }

@@ -1,9 +1,11 @@
 /** `read` and `readv`: synchronous reads with pattern verification, hexdump and statistics. */
-import { checkSectorAligned, parseNum, parsePattern, parseRange, parseVectorRequest } from './args.js';
+import {
+  checkSectorAligned, parseNum, parseRange, parseRequestOptions, parseVectorRequest, type RequestOptions,
+} from './args.js';
 import { allocBuffer, matchesPattern, releaseBuffer } from './buffers.js';
 import { formatReport, hexdump } from './format.js';
-import { getopt, type GetoptSpec } from './getopt.js';
-import { badOption, timedRequest, usage, type IoCommand, type IoSession } from './session.js';
+import type { GetoptSpec } from './getopt.js';
+import { timedRequest, usage, type IoCommand, type IoSession } from './session.js';
 
 /** Fill byte of read buffers: data the request did not write shows up as 0xab. */
 export const READ_FILL = 0xab;
@@ -52,49 +54,29 @@ export async function readVector(
 }
 
 /** The options of read, readv and aio_read (each command accepts its own subset). */
-export interface ReadOptions extends Pick<ReadOutcome, 'csv' | 'quiet' | 'dump' | 'pattern'> {
-  /** `-b`: the VM state instead of the disk. */
-  vmstate: boolean;
+export interface ReadOptions extends RequestOptions, Pick<ReadOutcome, 'dump'> {
   verifyOffset?: number;
   verifyCount?: number;
 }
 
-/**
- * The getopt loop the read commands share: the options and operands, or the status the
- * command ends with (a bad option or value was reported, or `-i` ended it successfully).
- */
+/** The read commands' options and operands, or the status the command ends with. */
 export function parseReadOptions(
   session: IoSession, command: IoCommand, argv: string[], short: GetoptSpec['short'],
 ): { options: ReadOptions; operands: string[] } | number {
   const options: ReadOptions = { vmstate: false, csv: false, quiet: false, dump: false };
-  const { items, operands } = getopt(argv, { short });
-  for (const item of items) {
-    if (item.kind === 'error') return badOption(session, command, item.message);
+  return parseRequestOptions(session, command, argv, short, 'read', options, (item) => {
     switch (item.key) {
-      case 'b': options.vmstate = true; break;
-      case 'C': options.csv = true; break;
-      case 'i':
-        // Only accounted as an invalid request in QEMU's statistics; nothing is submitted.
-        session.print('injecting invalid read request');
-        return 0;
       case 'l':
         options.verifyCount = parseNum(session, item.value);
-        if (options.verifyCount === undefined) return -1;
-        break;
-      case 'P':
-        options.pattern = parsePattern(session, item.value);
-        if (options.pattern === undefined) return -1;
-        break;
-      case 'q': options.quiet = true; break;
+        return options.verifyCount !== undefined;
       case 's':
         options.verifyOffset = parseNum(session, item.value);
-        if (options.verifyOffset === undefined) return -1;
-        break;
-      case 'v': options.dump = true; break;
+        return options.verifyOffset !== undefined;
+      case 'v': options.dump = true; return true;
       // 'p' is accepted and ignored.
+      default: return true;
     }
-  }
-  return { options, operands };
+  });
 }
 
 /** readv and aio_read: their options and `off len [len..]`, or the status the command ends with. */

@@ -1,62 +1,43 @@
 /** `write` and `writev`: synchronous writes of a pattern, a file's bytes or zeroes. */
 import { PERM_WRITE } from '../../block/permissions.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQUEST_MAX_BYTES } from '../../block/flags.js';
-import { checkSectorAligned, parseNum, parsePattern, parseVectorRequest } from './args.js';
+import {
+  checkSectorAligned, parseNum, parseRequestOptions, parseVectorRequest, type RequestOptions,
+} from './args.js';
 import { allocBuffer, bufferFromFile, releaseBuffer } from './buffers.js';
 import { formatReport } from './format.js';
-import { getopt, type GetoptSpec } from './getopt.js';
-import { badOption, timedRequest, usage, type IoCommand, type IoSession } from './session.js';
+import type { GetoptSpec } from './getopt.js';
+import { timedRequest, usage, type IoCommand, type IoSession } from './session.js';
 
 /** Fill byte of write buffers without -P. */
 export const WRITE_FILL = 0xcd;
 
 /** The options of write, writev and aio_write (each command accepts its own subset). */
-export interface WriteOptions {
-  /** `-b`: the VM state instead of the disk. */
-  vmstate: boolean;
+export interface WriteOptions extends RequestOptions {
   compressed: boolean;
-  csv: boolean;
-  quiet: boolean;
   zeroes: boolean;
   /** REQ_FUA, REQ_NO_FALLBACK, REQ_MAY_UNMAP as asked for. */
   flags: number;
-  pattern?: number;
   sourceFile?: string;
 }
 
-/**
- * The getopt loop the write commands share: the options and operands, or the status the
- * command ends with (a bad option or value was reported, or `-i` ended it successfully).
- */
+/** The write commands' options and operands, or the status the command ends with. */
 export function parseWriteOptions(
   session: IoSession, command: IoCommand, argv: string[], short: GetoptSpec['short'],
 ): { options: WriteOptions; operands: string[] } | number {
   const options: WriteOptions = { vmstate: false, compressed: false, csv: false, quiet: false, zeroes: false, flags: 0 };
-  const { items, operands } = getopt(argv, { short });
-  for (const item of items) {
-    if (item.kind === 'error') return badOption(session, command, item.message);
+  return parseRequestOptions(session, command, argv, short, 'write', options, (item) => {
     switch (item.key) {
-      case 'b': options.vmstate = true; break;
       case 'c': options.compressed = true; break;
-      case 'C': options.csv = true; break;
       case 'f': options.flags |= REQ_FUA; break;
-      case 'i':
-        // Only accounted as an invalid request in QEMU's statistics; nothing is submitted.
-        session.print('injecting invalid write request');
-        return 0;
       case 'n': options.flags |= REQ_NO_FALLBACK; break;
-      case 'P':
-        options.pattern = parsePattern(session, item.value);
-        if (options.pattern === undefined) return -1;
-        break;
-      case 'q': options.quiet = true; break;
       case 's': options.sourceFile = item.value; break;
       case 'u': options.flags |= REQ_MAY_UNMAP; break;
       case 'z': options.zeroes = true; break;
       // 'p' is accepted and ignored.
     }
-  }
-  return { options, operands };
+    return true;
+  });
 }
 
 export const writeCommand: IoCommand = {
