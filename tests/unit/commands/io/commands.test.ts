@@ -113,6 +113,16 @@ describe('qemu-io commands on a null-co image', () => {
     );
   });
 
+  it('reads the options read and write commands share in order: -i ends the command, a bad value fails it', async () => {
+    expect(await run(session, 'aio_read -i -x 0 1', 'aio_write -q -i 0 1', 'read -P 300 -i 0 1', 'read -l x -P 0 0 1', 'write -C -q -P 0 0 1'))
+      .toEqual([0, 0, -1, -1, 0]);
+    expect(output()).toBe(
+      'injecting invalid read request\ninjecting invalid write request\n' +
+        '300 is not a valid pattern byte\n' +
+        'Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- x\n',
+    );
+  });
+
   it('reports aio completions when they complete, and aio_flush waits', async () => {
     expect(await run(session, 'aio_read -P 0 0 512', 'aio_write -P 7 512 512 512', 'aio_flush')).toEqual([0, 0, 0]);
     expect(output()).toBe(
