@@ -201,7 +201,7 @@ static napi_value js_ofd_lock_conflicts(napi_env env, napi_callback_info info) {
   return result;
 }
 
-static void export_function(napi_env env, napi_value exports, const char *name, napi_callback callback) {
+void export_function(napi_env env, napi_value exports, const char *name, napi_callback callback) {
   napi_value fn;
   napi_create_function(env, name, NAPI_AUTO_LENGTH, callback, NULL, &fn);
   napi_set_named_property(env, exports, name, fn);

@@ -7,6 +7,9 @@
 /* Rejects `deferred` with an Error carrying `code` (an errno name) and `message`. */
 void reject_with_code(napi_env env, napi_deferred deferred, const char *code, const char *message);
 
+/* Sets exports[name] to a native function. */
+void export_function(napi_env env, napi_value exports, const char *name, napi_callback callback);
+
 /* Adds the qcow2 codecs (codecAvailable, compress, decompress) to `exports`. */
 void register_codecs(napi_env env, napi_value exports);
 

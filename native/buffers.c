@@ -36,6 +36,17 @@ static bool get_view(napi_env env, napi_value value, uint8_t **data, size_t *byt
   return true;
 }
 
+/* The call's first `count` arguments; throws a TypeError (and returns false) when fewer were given. */
+static bool get_args(napi_env env, napi_callback_info info, size_t count, napi_value *argv) {
+  size_t argc = count;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < count) {
+    napi_throw_type_error(env, NULL, "missing arguments");
+    return false;
+  }
+  return true;
+}
+
 /* A non-negative integer argument up to `max`; throws a RangeError otherwise. */
 static bool get_count(napi_env env, napi_value value, const char *name, int64_t max, int64_t *out) {
   double number;
@@ -49,17 +60,11 @@ static bool get_count(napi_env env, napi_value value, const char *name, int64_t 
 }
 
 static napi_value js_address_remainder(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2], result;
   uint8_t *data;
   size_t bytes;
   int64_t modulus;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) {
-    napi_throw_type_error(env, NULL, "missing arguments");
-    return NULL;
-  }
-  if (!get_view(env, argv[0], &data, &bytes)) return NULL;
+  if (!get_args(env, info, 2, argv) || !get_view(env, argv[0], &data, &bytes)) return NULL;
   if (!get_count(env, argv[1], "modulus must be a positive integer", INT32_MAX, &modulus)) return NULL;
   if (modulus == 0) {
     napi_throw_range_error(env, NULL, "modulus must be a positive integer");
@@ -82,18 +87,12 @@ static bool sector_is_zero(const uint8_t *sector) {
 }
 
 static napi_value js_sector_run_end(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4], result;
   uint8_t *data;
   size_t bytes;
   int64_t from, to;
   bool zero;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 4) {
-    napi_throw_type_error(env, NULL, "missing arguments");
-    return NULL;
-  }
-  if (!get_view(env, argv[0], &data, &bytes)) return NULL;
+  if (!get_args(env, info, 4, argv) || !get_view(env, argv[0], &data, &bytes)) return NULL;
   if (!get_count(env, argv[2], "to must be a sector inside the buffer", (int64_t)(bytes / SECTOR), &to)) return NULL;
   if (!get_count(env, argv[1], "from must be a sector before to", to, &from)) return NULL;
   if (napi_get_value_bool(env, argv[3], &zero) != napi_ok) {
@@ -107,9 +106,6 @@ static napi_value js_sector_run_end(napi_env env, napi_callback_info info) {
 }
 
 void register_buffers(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_create_function(env, "addressRemainder", NAPI_AUTO_LENGTH, js_address_remainder, NULL, &fn);
-  napi_set_named_property(env, exports, "addressRemainder", fn);
-  napi_create_function(env, "sectorRunEnd", NAPI_AUTO_LENGTH, js_sector_run_end, NULL, &fn);
-  napi_set_named_property(env, exports, "sectorRunEnd", fn);
+  export_function(env, exports, "addressRemainder", js_address_remainder);
+  export_function(env, exports, "sectorRunEnd", js_sector_run_end);
 }

@@ -360,11 +360,7 @@ static napi_value js_codec_available(napi_env env, napi_callback_info info) {
 }
 
 void register_codecs(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_create_function(env, "codecAvailable", NAPI_AUTO_LENGTH, js_codec_available, NULL, &fn);
-  napi_set_named_property(env, exports, "codecAvailable", fn);
-  napi_create_function(env, "compress", NAPI_AUTO_LENGTH, js_compress, NULL, &fn);
-  napi_set_named_property(env, exports, "compress", fn);
-  napi_create_function(env, "decompress", NAPI_AUTO_LENGTH, js_decompress, NULL, &fn);
-  napi_set_named_property(env, exports, "decompress", fn);
+  export_function(env, exports, "codecAvailable", js_codec_available);
+  export_function(env, exports, "compress", js_compress);
+  export_function(env, exports, "decompress", js_decompress);
 }

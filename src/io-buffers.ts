@@ -33,6 +33,7 @@ function bufferAddon(): BufferAddon | undefined {
 export function ioBuffer(bytes: number): Uint8Array {
   const addon = bufferAddon();
   if (!addon) return new Uint8Array(bytes);
+  // At least a page: V8 keeps such memory off its heap, where it never moves.
   const whole = new Uint8Array(bytes + PAGE);
   const start = (PAGE - addon.addressRemainder(whole, PAGE)) % PAGE;
   return whole.subarray(start, start + bytes);
