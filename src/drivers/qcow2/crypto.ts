@@ -154,7 +154,7 @@ function multiplyByX(t: Uint8Array): void {
   t[0] = ((t[0]! << 1) & 0xff) ^ (carry ? 0x87 : 0);
 }
 
-function xorInto(target: Uint8Array, source: Uint8Array): void {
+export function xorInto(target: Uint8Array, source: Uint8Array): void {
   for (let i = 0; i < target.length; i++) target[i]! ^= source[i]!;
 }
 

@@ -6,7 +6,8 @@
  */
 import { BlkioError } from '../../errors.js';
 import {
-  CIPHER_MODES, cipherKeyBytes, crypto, IVGEN_ALGS, SECTOR_SIZE, SectorCipher, type CipherMode, type IvgenAlg, type SectorCipherSpec,
+  CIPHER_MODES, cipherKeyBytes, crypto, IVGEN_ALGS, SECTOR_SIZE, SectorCipher, xorInto, type CipherMode, type IvgenAlg,
+  type SectorCipherSpec,
 } from './crypto.js';
 
 function pbkdf2(password: Uint8Array | string, salt: Uint8Array | string, iterations: number, bytes: number, hash: string): Promise<Buffer> {
@@ -213,13 +214,19 @@ function diffuse(block: Uint8Array, hash: string): void {
   }
 }
 
-/** Anti-forensic merge: XOR-and-diffuse the first stripes-1 stripes, XOR the last one. */
-function afMerge(split: Uint8Array, keyBytes: number, stripes: number, hash: string): Uint8Array {
+/** XOR-and-diffuse the first stripes-1 stripes of `split`: what the last stripe is XORed with. */
+function diffusedStripes(split: Uint8Array, keyBytes: number, stripes: number, hash: string): Uint8Array {
   const block = new Uint8Array(keyBytes);
   for (let i = 0; i < stripes - 1; i++) {
     xorInto(block, split.subarray(i * keyBytes, (i + 1) * keyBytes));
     diffuse(block, hash);
   }
+  return block;
+}
+
+/** Anti-forensic merge: the diffused stripes XOR the last one. */
+function afMerge(split: Uint8Array, keyBytes: number, stripes: number, hash: string): Uint8Array {
+  const block = diffusedStripes(split, keyBytes, stripes, hash);
   xorInto(block, split.subarray((stripes - 1) * keyBytes, stripes * keyBytes));
   return block;
 }
@@ -228,18 +235,10 @@ function afMerge(split: Uint8Array, keyBytes: number, stripes: number, hash: str
 function afSplit(key: Uint8Array, stripes: number, hash: string): Uint8Array {
   const split = new Uint8Array(key.length * stripes);
   split.set(crypto().randomBytes(key.length * (stripes - 1)));
-  const block = new Uint8Array(key.length);
-  for (let i = 0; i < stripes - 1; i++) {
-    xorInto(block, split.subarray(i * key.length, (i + 1) * key.length));
-    diffuse(block, hash);
-  }
-  xorInto(block, key);
-  split.set(block, (stripes - 1) * key.length);
+  const last = diffusedStripes(split, key.length, stripes, hash);
+  xorInto(last, key);
+  split.set(last, (stripes - 1) * key.length);
   return split;
-}
-
-function xorInto(target: Uint8Array, source: Uint8Array): void {
-  for (let i = 0; i < target.length; i++) target[i]! ^= source[i]!;
 }
 
 /** The key material cipher of a slot: the data cipher keyed with the slot key. */
