@@ -9,7 +9,7 @@ import {
   REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_WRITE_UNCHANGED, STATUS_OFFSET_VALID, STATUS_RAW,
 } from '../block/flags.js';
 import { defaultChildPerms, PERM_RESIZE, PERM_WRITE } from '../block/permissions.js';
-import { debugEvent, nodeInfo, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
+import { checkNewLength, debugEvent, nodeInfo, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
 /** What a probed image's writes are checked against: the first sector. */
@@ -48,6 +48,13 @@ export const rawDriver: BlockDriver<RawState> = {
 
   /** Creation passes straight to the protocol: the file gets the size, preallocated as asked. */
   async create(file, request) {
+    try {
+      checkNewLength(request.size);
+    } catch {
+      // QEMU's file protocol sizes the new file with ftruncate, not the generic truncate: from
+      // 2^63 up the size is negative to it, below that merely too large.
+      throw request.size >= 2 ** 63 ? new BlkioError('EINVAL', 'Could not resize file: Invalid argument') : new BlkioError('EFBIG');
+    }
     await file.truncate(request.size, true, preallocation(request));
   },
 
