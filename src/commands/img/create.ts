@@ -79,12 +79,12 @@ export function parseCreateOptions(text: string | undefined, specs: readonly Cre
  * QEMU's creation reads the size options once more from their text (the protocol those the
  * format hands on, then the format its own, size first), warning again about hex suffixes.
  */
-function rereadSizeOptions(values: CreateValues, driver: BlockDriver<any>): void {
+function rereadSizeOptions(values: CreateValues, specs: readonly CreateOptionSpec[], driver: BlockDriver<any>): void {
   const own = (driver.createOptions ?? []).map((s) => s.name).filter((name) => name !== 'size');
   const names = [...values.keys()].filter((name) => !own.includes(name)).concat(own);
   for (const name of names) {
     const v = values.get(name);
-    if (v?.exact !== undefined) parseSizeBigInt(v.text, 'B', reportWarning);
+    if (v && specs.find((s) => s.name === name)?.type === 'size') parseSizeBigInt(v.text, 'B', reportWarning);
   }
 }
 
@@ -215,7 +215,7 @@ export async function createImage(layer: BlockLayer, req: ImageCreateRequest): P
   if (size === undefined) throw new BlkioError('EINVAL', 'Image creation needs a size parameter');
 
   if (!req.quiet) writeOut(`Formatting '${req.filename}', fmt=${req.format} ${formatCreateOptions(values, specs)}\n`);
-  rereadSizeOptions(values, driver);
+  rereadSizeOptions(values, specs, driver);
 
   try {
     const options = createRequestOptions(values);
