@@ -9,8 +9,9 @@ import type { CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { getRefcount, HI_COPIED, makeTable, reftableOffset, setRefcount, setReftableOffset, refcountMax, splitOffset } from './entries.js';
 import { checkRefcountWidth, VERSIONS } from './create.js';
+import { amendEncryption } from './encryption.js';
 import {
-  AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, CRYPT_LUKS, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY } from './header.js';
+  AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY } from './header.js';
 import { ClusterType, clusterType, l1Entry, l2Offset, readL2, writeL2 } from './mapping.js';
 import { markClean, updateHeader } from './open.js';
 import {
@@ -66,7 +67,7 @@ function invalid(message: string): BlkioError {
 }
 
 export async function amendImage(
-  node: BlockNode<Qcow2State>, o: CreateRequest['options'], _force: boolean, report: Report,
+  node: BlockNode<Qcow2State>, o: CreateRequest['options'], force: boolean, report: Report,
 ): Promise<void> {
   const s = node.state;
   const oldVersion = s.header.version;
@@ -80,9 +81,7 @@ export async function amendImage(
     throw new BlkioError('EINVAL', 'Cannot amend the backing file', ["You can use 'qemu-img rebase' instead."]);
   }
   if (Object.keys(o).some((name) => name.startsWith('encrypt.'))) {
-    if (!s.header.cryptMethod) throw invalid("Can't amend encryption options - encryption not present");
-    if (s.header.cryptMethod !== CRYPT_LUKS) throw invalid('Only LUKS encryption options can be amended');
-    throw new BlkioError('ENOTSUP', 'Amending LUKS key slots is not supported');
+    await amendEncryption(s, o, force, (id) => node.layer.objects.get(id));
   }
   const lazyRefcounts = (o.lazy_refcounts as boolean | undefined) ?? s.lazyRefcounts;
   const refcountBits = (o.refcount_bits as number | undefined) ?? 2 ** s.refcountOrder;

@@ -6,6 +6,7 @@
  */
 import { BlkioError } from '../../errors.js';
 import { lazyBuiltin } from '../../lazy-builtin.js';
+import type { LuksHeader } from './luks.js';
 
 export const crypto = lazyBuiltin<typeof import('node:crypto')>('node:crypto');
 
@@ -163,6 +164,8 @@ export interface Qcow2Encryption {
   cipher: SectorCipher;
   /** LUKS numbers sectors by host offset, legacy AES by guest offset. */
   byHostOffset: boolean;
+  /** LUKS: the unlocked volume, for amending its key slots. */
+  luks?: { header: LuksHeader; masterKey: Uint8Array };
 }
 
 function firstSector(e: Qcow2Encryption, guestOffset: number, hostOffset: number): number {

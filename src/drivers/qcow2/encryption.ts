@@ -11,8 +11,9 @@ import { secretData } from '../../block/secret.js';
 import { CIPHER_MODES, IVGEN_ALGS, legacyAesEncryption, SectorCipher, type Qcow2Encryption } from './crypto.js';
 import { CRYPT_AES, CRYPT_LUKS } from './header.js';
 import {
-  createLuks, HASH_ALGS, LUKS_HEADER_BYTES, luksCipherSpec, luksInfo, parseLuksHeader, unlockLuks, type LuksCreateOptions,
+  amendLuks, createLuks, HASH_ALGS, LUKS_HEADER_BYTES, luksCipherSpec, luksInfo, parseLuksHeader, unlockLuks, type LuksCreateOptions,
 } from './luks.js';
+import type { Qcow2State } from './state.js';
 
 const FORMAT_NAMES: Record<number, string> = { [CRYPT_AES]: 'aes', [CRYPT_LUKS]: 'luks' };
 
@@ -65,19 +66,61 @@ export async function openEncryption(file: BdrvChild, o: EncryptionOpen): Promis
     return { encryption: o.withoutIo ? undefined : legacyAesEncryption(keySecret(o)), info: { format: 'aes' } };
   }
   if (!o.cryptoExtension) throw invalid(`Missing CRYPTO header for crypt method ${CRYPT_LUKS}`);
-  const { offset, length } = cryptoHeaderLocation(o.cryptoExtension);
-  const readAt = async (at: number, bytes: number): Promise<Uint8Array> => {
-    if (at + bytes > length) throw invalid('Request for data outside of extension header');
-    const buf = new Uint8Array(bytes);
-    await file.read(offset + at, bytes, buf);
-    return buf;
-  };
-  const header = parseLuksHeader(await readAt(0, LUKS_HEADER_BYTES));
+  const io = cryptoHeaderIo(file, o.cryptoExtension);
+  const header = parseLuksHeader(await io.readAt(0, LUKS_HEADER_BYTES));
   const info = luksInfo(header);
   if (o.withoutIo) return { info };
   const password = keySecret(o);
-  const masterKey = await unlockLuks(header, password, readAt);
-  return { encryption: { cipher: new SectorCipher(luksCipherSpec(header), masterKey), byHostOffset: true }, info };
+  const masterKey = await unlockLuks(header, password, io.readAt);
+  return {
+    encryption: { cipher: new SectorCipher(luksCipherSpec(header), masterKey), byHostOffset: true, luks: { header, masterKey } },
+    info,
+  };
+}
+
+/** Reads and writes inside the LUKS area the crypto header extension points at, offsets from its start. */
+function cryptoHeaderIo(file: BdrvChild, extension: Uint8Array): {
+  readAt: (at: number, bytes: number) => Promise<Uint8Array>;
+  writeAt: (at: number, data: Uint8Array) => Promise<void>;
+} {
+  const { offset, length } = cryptoHeaderLocation(extension);
+  const check = (at: number, bytes: number): void => {
+    if (at + bytes > length) throw invalid('Request for data outside of extension header');
+  };
+  return {
+    async readAt(at, bytes) {
+      check(at, bytes);
+      const buf = new Uint8Array(bytes);
+      await file.read(offset + at, bytes, buf);
+      return buf;
+    },
+    async writeAt(at, data) {
+      check(at, data.length);
+      await file.write(offset + at, data.length, data);
+    },
+  };
+}
+
+/** `qemu-img amend -o encrypt.*`: add or erase LUKS key slots of an image opened with its key. */
+export async function amendEncryption(
+  s: Qcow2State, options: Record<string, unknown>, force: boolean, lookupObject: (id: string) => unknown,
+): Promise<void> {
+  if (!s.header.cryptMethod) throw invalid("Can't amend encryption options - encryption not present");
+  if (s.header.cryptMethod !== CRYPT_LUKS) throw invalid('Only LUKS encryption options can be amended');
+  const state = options['encrypt.state'];
+  if (state === undefined) throw invalid("Parameter 'state' is missing");
+  if (state !== 'active' && state !== 'inactive') throw invalid(`Parameter 'state' does not accept value '${String(state)}'`);
+  const password = (name: string): Uint8Array | undefined => {
+    const id = options[`encrypt.${name}`];
+    return id === undefined ? undefined : secretData(lookupObject, String(id));
+  };
+  const luks = s.encryption!.luks!;
+  const io = cryptoHeaderIo(s.file, s.cryptoExtension!);
+  await amendLuks(luks.header, luks.masterKey, {
+    state, keyslot: options['encrypt.keyslot'] as number | undefined, oldPassword: password('old-secret'),
+    newPassword: password('new-secret'), iterTime: (options['encrypt.iter-time'] as number | undefined) ?? DEFAULT_ITER_TIME_MS,
+  }, force, io.readAt, io.writeAt);
+  s.encryptionInfo = luksInfo(luks.header);
 }
 
 /** What `qemu-img create -o encrypt.*` asked for, validated as QEMU's QAPI conversion does. */

@@ -260,13 +260,21 @@ export async function unlockLuks(
 ): Promise<Uint8Array> {
   for (const slot of h.slots) {
     if (!slot.active) continue;
-    const slotKey = await pbkdf2(password, slot.salt, slot.iterations, h.keyBytes, h.hashSpec);
-    const material = (await readAt(slot.keyOffset * SECTOR_SIZE, splitKeyBytes(h, slot))).subarray(0, h.keyBytes * slot.stripes);
-    slotCipher(h, slotKey).decrypt(material, 0);
-    const masterKey = afMerge(material, h.keyBytes, slot.stripes, h.hashSpec);
-    if (await digestMatches(h, masterKey)) return masterKey;
+    const masterKey = await openSlot(h, slot, password, readAt);
+    if (masterKey) return masterKey;
   }
   throw new BlkioError('EACCES', 'Invalid password, cannot unlock any keyslot');
+}
+
+/** The master key if `password` opens `slot`. */
+async function openSlot(
+  h: LuksHeader, slot: LuksSlot, password: Uint8Array, readAt: (offset: number, bytes: number) => Promise<Uint8Array>,
+): Promise<Uint8Array | undefined> {
+  const slotKey = await pbkdf2(password, slot.salt, slot.iterations, h.keyBytes, h.hashSpec);
+  const material = (await readAt(slot.keyOffset * SECTOR_SIZE, splitKeyBytes(h, slot))).subarray(0, h.keyBytes * slot.stripes);
+  slotCipher(h, slotKey).decrypt(material, 0);
+  const masterKey = afMerge(material, h.keyBytes, slot.stripes, h.hashSpec);
+  return (await digestMatches(h, masterKey)) ? masterKey : undefined;
 }
 
 export interface LuksCreateOptions {
@@ -333,15 +341,92 @@ export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Pr
   const perIterTime = await calibrateIterations(o.hashAlg, keyBytes, o.iterTime);
   header.mkDigestIterations = Math.max(Math.floor(perIterTime / 8), MIN_DIGEST_ITERATIONS);
   header.mkDigest = await pbkdf2(masterKey, header.mkDigestSalt, header.mkDigestIterations, DIGEST_BYTES, o.hashAlg);
-  const slot = header.slots[0]!;
-  slot.active = true;
-  slot.iterations = Math.max(perIterTime, MIN_SLOT_ITERATIONS);
-  slot.salt = crypto().randomBytes(SALT_BYTES);
-  const slotKey = await pbkdf2(password, slot.salt, slot.iterations, keyBytes, o.hashAlg);
-  const material = afSplit(masterKey, STRIPES, o.hashAlg);
-  slotCipher(header, slotKey).encrypt(material, 0);
+  const material = await storeKey(header, 0, masterKey, password, perIterTime);
   const area = new Uint8Array(header.payloadOffset * SECTOR_SIZE);
   area.set(buildLuksHeader(header));
-  area.set(material, slot.keyOffset * SECTOR_SIZE);
+  area.set(material, header.slots[0]!.keyOffset * SECTOR_SIZE);
   return { header, area, masterKey };
+}
+
+/** Activate slot `index` for `password`: new salt and iterations; returns its encrypted key material. */
+async function storeKey(h: LuksHeader, index: number, masterKey: Uint8Array, password: Uint8Array, iterations: number): Promise<Uint8Array> {
+  const slot = h.slots[index]!;
+  slot.active = true;
+  slot.iterations = Math.max(iterations, MIN_SLOT_ITERATIONS);
+  slot.salt = crypto().randomBytes(SALT_BYTES);
+  const slotKey = await pbkdf2(password, slot.salt, slot.iterations, h.keyBytes, h.hashSpec);
+  const material = afSplit(masterKey, slot.stripes, h.hashSpec);
+  slotCipher(h, slotKey).encrypt(material, 0);
+  return material;
+}
+
+/** What `qemu-img amend -o encrypt.*` asks of a LUKS volume (QCryptoBlockAmendOptionsLUKS). */
+export interface LuksAmendment {
+  state: 'active' | 'inactive';
+  keyslot?: number;
+  oldPassword?: Uint8Array;
+  newPassword?: Uint8Array;
+  iterTime: number;
+}
+
+/**
+ * Add or erase key slots as QEMU's amend does, with its checks and texts. `write` stores bytes
+ * at an offset from the header start; the header (changed in place) is written last.
+ */
+export async function amendLuks(
+  h: LuksHeader, masterKey: Uint8Array, a: LuksAmendment, force: boolean,
+  readAt: (offset: number, bytes: number) => Promise<Uint8Array>, write: (offset: number, data: Uint8Array) => Promise<void>,
+): Promise<void> {
+  if (a.keyslot !== undefined && (a.keyslot < 0 || a.keyslot >= SLOT_COUNT)) {
+    throw invalid(`Invalid keyslot ${a.keyslot} specified, must be between 0 and ${SLOT_COUNT - 1}`);
+  }
+  if (a.state === 'active') {
+    if (a.oldPassword) throw invalid("'old-secret' must not be given when activating keyslots");
+    if (!a.newPassword) throw invalid("'new-secret' is required to activate a keyslot");
+    const index = a.keyslot ?? h.slots.findIndex((slot) => !slot.active);
+    if (index < 0) throw invalid("Can't add a keyslot - all keyslots are in use");
+    if (h.slots[index]!.active && !force) throw invalid(`Refusing to overwrite active keyslot ${index} - please erase it first`);
+    const iterations = await calibrateIterations(h.hashSpec, h.keyBytes, a.iterTime);
+    const material = await storeKey(h, index, masterKey, a.newPassword, iterations);
+    await write(h.slots[index]!.keyOffset * SECTOR_SIZE, material);
+  } else {
+    if (a.newPassword) throw invalid("'new-secret' must not be given when erasing keyslots");
+    const erase = await slotsToErase(h, a, readAt);
+    const active = h.slots.filter((slot) => slot.active).length;
+    if (erase.length === active && !force) {
+      throw invalid(a.keyslot !== undefined
+        ? `Attempt to erase the only active keyslot ${a.keyslot} which will erase all the data in the image irreversibly - refusing operation`
+        : 'All the active keyslots match the (old) password that was given and erasing them will erase all the data in the image irreversibly - refusing operation');
+    }
+    for (const index of erase) {
+      const slot = h.slots[index]!;
+      // The old key material becomes noise, so the slot's password opens nothing any more.
+      await write(slot.keyOffset * SECTOR_SIZE, crypto().randomBytes(splitKeyBytes(h, slot)));
+      Object.assign(slot, { active: false, iterations: 0, salt: new Uint8Array(SALT_BYTES) });
+    }
+  }
+  await write(0, buildLuksHeader(h));
+}
+
+/** The slots an erase names: the given one, or every active one the old password opens. */
+async function slotsToErase(
+  h: LuksHeader, a: LuksAmendment, readAt: (offset: number, bytes: number) => Promise<Uint8Array>,
+): Promise<number[]> {
+  if (a.keyslot !== undefined) {
+    const slot = h.slots[a.keyslot]!;
+    if (!slot.active) throw invalid(`Given keyslot ${a.keyslot} is already erased (inactive) `);
+    if (a.oldPassword && !(await openSlot(h, slot, a.oldPassword, readAt))) {
+      throw invalid(`Given keyslot ${a.keyslot} doesn't contain the given old password for erase operation`);
+    }
+    return [a.keyslot];
+  }
+  if (!a.oldPassword) {
+    throw invalid('To erase keyslot(s), either explicit keyslot index or the password currently contained in them must be given');
+  }
+  const matching: number[] = [];
+  for (const [index, slot] of h.slots.entries()) {
+    if (slot.active && (await openSlot(h, slot, a.oldPassword, readAt))) matching.push(index);
+  }
+  if (!matching.length) throw invalid('No keyslots match given (old) password for erase operation');
+  return matching;
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { legacyAesEncryption, SectorCipher, decryptData, encryptedCopy, type SectorCipherSpec } from '../../../../src/drivers/qcow2/crypto.js';
-import { buildLuksHeader, createLuks, luksCipherSpec, luksInfo, parseLuksHeader, unlockLuks } from '../../../../src/drivers/qcow2/luks.js';
+import { amendLuks, buildLuksHeader, createLuks, luksCipherSpec, luksInfo, parseLuksHeader, unlockLuks } from '../../../../src/drivers/qcow2/luks.js';
 import { checkEncryptOptions, encryptionCreateSettings } from '../../../../src/drivers/qcow2/encryption.js';
 
 const hex = (text: string): Uint8Array => Uint8Array.from(Buffer.from(text, 'hex'));
@@ -88,6 +88,21 @@ describe('LUKS', () => {
     const parsed = parseLuksHeader(area.subarray(0, 592));
     expect(Buffer.from(await unlockLuks(parsed, password, readAt))).toEqual(Buffer.from(masterKey));
     await expect(unlockLuks(parsed, Buffer.from('pas'), readAt)).rejects.toThrow('Invalid password, cannot unlock any keyslot');
+  });
+
+  it('adds and erases key slots, refusing to erase the last key', async () => {
+    const { header, area, masterKey } = await createLuks(options, password);
+    const readAt = async (at: number, bytes: number): Promise<Uint8Array> => area.slice(at, at + bytes);
+    const write = async (at: number, data: Uint8Array): Promise<void> => area.set(data, at);
+    const other = Buffer.from('other');
+    await amendLuks(header, masterKey, { state: 'active', newPassword: other, iterTime: 1 }, false, readAt, write);
+    const reread = parseLuksHeader(area.subarray(0, 592));
+    expect(reread.slots.map((s) => s.active)).toEqual([true, true, false, false, false, false, false, false]);
+    expect(Buffer.from(await unlockLuks(reread, other, readAt))).toEqual(Buffer.from(masterKey));
+    await amendLuks(header, masterKey, { state: 'inactive', oldPassword: password, iterTime: 1 }, false, readAt, write);
+    await expect(unlockLuks(parseLuksHeader(area.subarray(0, 592)), password, readAt)).rejects.toThrow('Invalid password');
+    await expect(amendLuks(header, masterKey, { state: 'inactive', keyslot: 1, iterTime: 1 }, false, readAt, write))
+      .rejects.toThrow('Attempt to erase the only active keyslot 1');
   });
 
   it('describes the header as qemu-img info does', async () => {
