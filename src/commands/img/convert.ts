@@ -16,6 +16,7 @@ import { REQUEST_MAX_BYTES, REQ_MAY_UNMAP, STATUS_DATA, STATUS_ZERO } from '../.
 import { isZeroBuffer, nodeInfo } from '../../block/io.js';
 import { isCacheMode } from '../../cli/open-image.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
+import { tierForCopyLoop } from '../../cli/tiering.js';
 import { hasHelpOption, isValidOptionList } from '../../options/qemuopts.js';
 import type { ObjectRegistry } from '../../block/objects.js';
 import {
@@ -192,6 +193,7 @@ export function imgConvert(argv: string[]): Promise<number> {
       if (outFilename === undefined) throw fail('Must specify image file name');
       if (!isCacheMode(args.srcCache)) throw fail(`Invalid source cache option: ${args.srcCache}`);
       const progress = new Progress(parseProgressMode(args.progress, args.showProgress, args.quiet));
+      tierForCopyLoop();
       try {
         progress.update(0, 0);
         await convert(layer, args, operands.slice(0, -1), outFilename, progress);
