@@ -43,7 +43,10 @@ export const aioReadCommand: IoCommand = {
     const parsed = parseReadvArgs(session, aioReadCommand, argv, 'CP:iqv');
     if (typeof parsed === 'number') return parsed;
     // Neither a failure nor a mismatch makes aio_read fail: only the report tells.
-    session.track(readVector(session, parsed.offset, parsed.count, parsed.options));
+    session.startAio(async (out) => {
+      const matched = await readVector(out, parsed.offset, parsed.count, parsed.options);
+      return matched === undefined ? 'failed' : 'read';
+    });
     return 0;
   },
 };
@@ -115,12 +118,16 @@ export const aioWriteCommand: IoCommand = {
       start = process.hrtime.bigint();
       request = blk.write(offset, count, buf, flags);
     }
-    session.track(request.then(
+    session.startAio((out) => request.then(
       () => {
         const elapsed = process.hrtime.bigint() - start;
-        if (!quiet) session.write(formatReport({ op: 'wrote', offset, count, total: count, elapsed, csv }));
+        if (!quiet) out.write(formatReport({ op: 'wrote', offset, count, total: count, elapsed, csv }));
+        return 'write';
       },
-      (e) => session.print(`aio_write failed: ${toBlkioError(e).strerror}`),
+      (e) => {
+        out.print(`aio_write failed: ${toBlkioError(e).strerror}`);
+        return 'failed';
+      },
     ));
     return 0;
   },

@@ -78,8 +78,9 @@ export const sleepCommand: IoCommand = {
       return -1;
     }
     const nowNs = BigInt(Date.now()) * NS_PER_MS;
-    // Requests in flight complete (and report) meanwhile, as in QEMU's main loop.
+    // Requests in flight complete meanwhile, as in QEMU's main loop; they report when it ends.
     for (let left = sleepDuration(ms, nowNs); left > 0; left -= MAX_TIMER_MS) await delay(Math.min(left, MAX_TIMER_MS));
+    session.reportCompletions();
     return 0;
   },
 };

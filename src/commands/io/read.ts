@@ -42,14 +42,14 @@ export function finishRead(session: IoSession, r: ReadOutcome): boolean {
 /**
  * readv and aio_read: `count` bytes at `offset` into one fresh buffer, verified as a whole and
  * reported; a failure prints `readv failed: <error>` (both print that in qemu-io). Resolves to
- * whether the read worked and matched.
+ * whether the read matched, undefined when it failed.
  */
 export async function readVector(
   session: IoSession, offset: number, count: number, report: Pick<ReadOutcome, 'csv' | 'quiet' | 'dump' | 'pattern'>,
-): Promise<boolean> {
+): Promise<boolean | undefined> {
   const buf = allocBuffer(session, count, READ_FILL);
   const elapsed = await timedRequest(session, 'readv', () => session.blk.read(offset, count, buf));
-  if (elapsed === undefined) return false;
+  if (elapsed === undefined) return undefined;
   return finishRead(session, { buf, offset, elapsed, ...report, verifyOffset: 0, verifyCount: count });
 }
 

@@ -4,6 +4,7 @@
  * a session and its argument vector; nothing is global, so several sessions may run in one
  * process (the demo, tests).
  */
+import { setImmediate } from 'node:timers/promises';
 import { BlkioError, toBlkioError } from '../../errors.js';
 import type { BlockBackend } from '../../block/backend.js';
 import { REQ_FUA } from '../../block/flags.js';
@@ -23,6 +24,24 @@ export const processStreams: IoStreams = {
   stdout: writeStdout,
   stderr: writeStderr,
 };
+
+/**
+ * How an asynchronous request ended, which decides when qemu-io reports it: `failed` before
+ * any I/O, or a `read` or `write` that reached the image.
+ */
+export type AioCompletionKind = 'failed' | 'read' | 'write';
+
+/** A finished asynchronous request and the output it recorded, waiting to be reported. */
+interface AioCompletion {
+  /** Order of submission. */
+  order: number;
+  kind: AioCompletionKind;
+  output: Array<{ toStderr: boolean; text: string }>;
+}
+
+/** Reported when a synchronous request finishes; writes wait for aio_flush, sleep or close. */
+const POLLED_KINDS: readonly AioCompletionKind[] = ['failed', 'read'];
+const ALL_KINDS: readonly AioCompletionKind[] = ['failed', 'read', 'write'];
 
 /** One entry of the command table (QEMU's cmdinfo_t). */
 export interface IoCommand {
@@ -69,6 +88,8 @@ export class IoSession {
   private readonly program: string;
   private readonly streams: IoStreams;
   private readonly inflight = new Set<Promise<unknown>>();
+  private readonly completions: AioCompletion[] = [];
+  private aioCount = 0;
 
   constructor(options: IoSessionOptions) {
     this.layer = options.layer;
@@ -129,15 +150,67 @@ export class IoSession {
     return this.image?.writethrough ? REQ_FUA : 0;
   }
 
-  /** Keep an asynchronous request until it completed (aio_flush, close and exit wait for it). */
-  track(request: Promise<unknown>): void {
-    const done = request.finally(() => this.inflight.delete(done));
+  /**
+   * Start an asynchronous request (aio_read, aio_write). `start` runs it on a session whose
+   * output is recorded and resolves to the request's kind of completion; the recording is
+   * printed when the session reports completions.
+   */
+  startAio(start: (out: IoSession) => Promise<AioCompletionKind>): void {
+    const completion: AioCompletion = { order: this.aioCount++, kind: 'failed', output: [] };
+    const out = new IoSession({
+      layer: this.layer,
+      commands: this.commands,
+      program: this.program,
+      streams: {
+        stdout: (text) => completion.output.push({ toStderr: false, text }),
+        stderr: (text) => completion.output.push({ toStderr: true, text }),
+      },
+    });
+    out.image = this.image;
+    out.misalign = this.misalign;
+    const done: Promise<void> = start(out).catch((e: unknown) => {
+      out.reportError(e);
+      return 'failed' as const;
+    }).then((kind) => {
+      completion.kind = kind;
+      this.completions.push(completion);
+      this.inflight.delete(done);
+    });
     this.inflight.add(done);
   }
 
-  /** Wait for every request in flight, including ones started while waiting. */
+  /**
+   * Print the completed requests of the given kinds in the order qemu-io reports requests
+   * that finished by the time its main loop polls: its thread pool hands them back newest
+   * first, requests that failed before any I/O (bottom halves) come before them, and writes,
+   * slower than reads there, after the reads (a write started before a read reports after it).
+   */
+  private releaseCompletions(kinds: readonly AioCompletionKind[]): void {
+    for (const kind of kinds) {
+      const ready = this.completions.filter((c) => c.kind === kind).sort((a, b) => b.order - a.order);
+      for (const completion of ready) {
+        this.completions.splice(this.completions.indexOf(completion), 1);
+        for (const { toStderr, text } of completion.output) (toStderr ? this.streams.stderr : this.streams.stdout)(text);
+      }
+    }
+  }
+
+  /** What qemu-io's main loop reports while it waits for a synchronous request. */
+  async pollCompletions(): Promise<void> {
+    // One turn of the event loop lets requests that are about to finish finish.
+    if (this.inflight.size > 0) await setImmediate();
+    this.releaseCompletions(POLLED_KINDS);
+  }
+
+  /** `sleep` and draining let every request that finished meanwhile report. */
+  reportCompletions(): void {
+    this.releaseCompletions(ALL_KINDS);
+  }
+
+  /** Wait for every request in flight, including ones started while waiting, and report them. */
   async drain(): Promise<void> {
     while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+    this.reportCompletions();
   }
 
   /** Drop the image: wait for its requests, detach the root user, close what nobody else uses. */
@@ -166,15 +239,19 @@ export function badOption(session: IoSession, command: IoCommand, message: strin
 
 /**
  * One request of a command, timed: the nanoseconds it took, or undefined after printing
- * `<name> failed: <error>` (the command then fails).
+ * `<name> failed: <error>` (the command then fails). Asynchronous requests that finished
+ * meanwhile report first, as qemu-io's main loop runs while it waits.
  */
 export async function timedRequest(session: IoSession, name: string, request: () => Promise<unknown>): Promise<bigint | undefined> {
   const start = process.hrtime.bigint();
   try {
     await request();
   } catch (e) {
+    await session.pollCompletions();
     session.print(`${name} failed: ${toBlkioError(e).strerror}`);
     return undefined;
   }
-  return process.hrtime.bigint() - start;
+  const elapsed = process.hrtime.bigint() - start;
+  await session.pollCompletions();
+  return elapsed;
 }

@@ -130,6 +130,26 @@ describe('qemu-io commands on a null-co image', () => {
     );
   });
 
+  it('holds aio reports until qemu-io would poll: failures, then reads, then writes, newest first', async () => {
+    expect(await run(
+      session, 'aio_write -q 0 1', 'aio_read -P 0 1 1', 'aio_write -P 7 2 1', 'aio_read -P 0 3 1', 'aio_read 2M 1',
+      'help quit', 'aio_flush',
+    )).toEqual([0, 0, 0, 0, 0, 0, 0]);
+    expect(output()).toBe(
+      'quit -- exit the program\nreadv failed: Input/output error\n' +
+        'read 1/1 bytes at offset 3\n1 bytes, 1 ops; TIME\nread 1/1 bytes at offset 1\n1 bytes, 1 ops; TIME\n' +
+        'wrote 1/1 bytes at offset 2\n1 bytes, 1 ops; TIME\n',
+    );
+  });
+
+  it('reports finished aio reads before the output of a later command, writes only at aio_flush or sleep', async () => {
+    expect(await run(session, 'aio_write -P 7 0 1', 'aio_read -P 0 1 1', 'read -P 0 2 1', 'sleep 1', 'help quit')).toEqual([0, 0, 0, 0, 0]);
+    expect(output()).toBe(
+      'read 1/1 bytes at offset 1\n1 bytes, 1 ops; TIME\nread 1/1 bytes at offset 2\n1 bytes, 1 ops; TIME\n' +
+        'wrote 1/1 bytes at offset 0\n1 bytes, 1 ops; TIME\nquit -- exit the program\n',
+    );
+  });
+
   it('answers length, info, map and alloc', async () => {
     expect(await run(session, 'length', 'info', 'map', 'alloc 1M', 'alloc 0 2M')).toEqual([0, -1, 0, 0, 0]);
     expect(output()).toBe(
