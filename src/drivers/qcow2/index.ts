@@ -418,5 +418,7 @@ async function detectMetadataPreallocation(s: Qcow2State): Promise<boolean> {
   const realClusters = Math.floor(allocated / s.clusterSize);
   const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
   const endCluster = Math.ceil(file.getLength() / s.clusterSize);
+  // Fewer clusters in the file than the threshold: no count reaches it (a sparse, not preallocated, file).
+  if (endCluster < threshold) return false;
   return (await countReferencedClusters(s, endCluster, threshold)) >= threshold;
 }
