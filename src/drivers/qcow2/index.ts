@@ -9,6 +9,7 @@ import { ROLE_DATA, ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type O
 import type { BlockNode } from '../../block/node.js';
 import type { OpenContext } from '../../block/graph.js';
 import { debugEvent } from '../../block/io.js';
+import { refreshPermissions } from '../../block/permissions.js';
 import {
   REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO,
 } from '../../block/flags.js';
@@ -71,7 +72,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
     const s = await loadState(file, {
       readOnly: node.readOnly, opts: ctx.opts, discardUnmap: node.discardUnmap, checkMode: node.layer.openForCheck,
-      encryptOptions,
+      encryptOptions, takeFilePermissions: () => refreshPermissions(new Map(), [node]),
     });
     s.node = node;
     await openDataFile(s, ctx);

@@ -188,6 +188,11 @@ export interface LoadOptions {
   checkMode?: boolean;
   /** The `encrypt.*` runtime options, prefix taken off. */
   encryptOptions?: FlatOptions;
+  /**
+   * Grants the image file its permissions, which come after the open otherwise, for a header
+   * write during the open (QEMU's attach has granted them by then).
+   */
+  takeFilePermissions?: () => void;
   /** Reporting of unsupported incompatible features needs the feature table. */
 }
 
@@ -297,6 +302,7 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   if (!o.checkMode) await readSnapshotTable(s);
 
   if (h.autoclearFeatures & ~AUTOCLEAR_MASK && !o.readOnly) {
+    o.takeFilePermissions?.();
     h.autoclearFeatures &= AUTOCLEAR_MASK;
     await updateHeader(s);
   }
