@@ -12,10 +12,25 @@ import { allocCompressedCluster } from './compressed.js';
 import { preventMetadataOverwrite } from './overlap.js';
 import { hasDataFile, offsetIntoCluster, type Qcow2State } from './state.js';
 
-/** Allocate the host range for the start of `[offset, offset + bytes)`, waiting out conflicting allocations. */
-export async function hostRangeFor(s: Qcow2State, offset: number, bytes: number): Promise<HostRange> {
+/**
+ * Allocate the host range for the start of `[offset, offset + bytes)`, waiting out conflicting
+ * allocations. With `checkOverlap`, a range over metadata is refused and undone while the lock
+ * is still held, as in QEMU: earlier chunks cannot link theirs (and flush refcounts) in between.
+ */
+export async function hostRangeFor(s: Qcow2State, offset: number, bytes: number, checkOverlap = false): Promise<HostRange> {
   for (;;) {
-    const result = await s.lock.run(() => allocHostOffset(s, offset, bytes));
+    const result = await s.lock.run(async () => {
+      const range = await allocHostOffset(s, offset, bytes);
+      // Guest data in an external data file cannot hit the image's metadata.
+      if ('wait' in range || !checkOverlap || hasDataFile(s)) return range;
+      try {
+        await preventMetadataOverwrite(s, range.hostOffset, range.bytes);
+      } catch (e) {
+        await abortAllocations(s, range.metas);
+        throw e;
+      }
+      return range;
+    });
     if (!('wait' in result)) return result;
     await result.wait;
   }
@@ -36,8 +51,6 @@ interface Chunk {
 }
 
 async function writeChunkData(s: Qcow2State, c: Omit<Chunk, 'written'>): Promise<void> {
-  // Guest data in an external data file cannot hit the image's metadata.
-  if (!hasDataFile(s)) await preventMetadataOverwrite(s, c.range.hostOffset, c.range.bytes);
   const data = s.encryption ? encryptedCopy(s.encryption, c.data, c.offset, c.range.hostOffset) : c.data;
   if (mergeCow(c.range.metas, c.offset, c.range.bytes, data)) return;
   debugEvent(s.file.node, 'write_aio');
@@ -80,7 +93,7 @@ export async function writeGuest(s: Qcow2State, offset: number, bytes: number, b
     }
     let range: HostRange;
     try {
-      range = await hostRangeFor(s, offset + done, bytes - done);
+      range = await hostRangeFor(s, offset + done, bytes - done, true);
     } catch (e) {
       error = e;
       break;
