@@ -166,7 +166,7 @@ async function checkL2(c: Checker, l2Offset: number, fragInfo: boolean, active: 
           res.corruptions++;
         }
         if (e.zero || e.alloc) {
-          c.report(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(e.hi, e.lo)}`);
+          c.report(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(hi, e.lo)}`);
           res.corruptions++;
           break;
         }
