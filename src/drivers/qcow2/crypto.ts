@@ -157,11 +157,12 @@ class XtsOverEcb {
         t0 = ((t0 << 1) ^ (carry ? 0x87 : 0)) >>> 0;
       }
     }
-    const work = Uint8Array.from(data);
+    // Word-wise XOR needs 4-byte alignment: a view of another buffer may lack it.
+    const work = data.byteOffset % 4 ? Uint8Array.from(data) : data;
     xorWords(work, tweaks);
     work.set(this.cipher(this.dataKey, encrypt).update(work));
     xorWords(work, tweaks);
-    data.set(work);
+    if (work !== data) data.set(work);
   }
 
   private cipher(key: Uint8Array, encrypt: boolean): import('node:crypto').Cipher | import('node:crypto').Decipher {
