@@ -4,7 +4,7 @@
  * table growth into a fresh area at the end, compressed byte allocation, and frees that queue
  * discards for the file.
  */
-import { BlkioError } from '../../errors.js';
+import { BlkioError, toBlkioError } from '../../errors.js';
 import { debugEvent, isZeroBuffer } from '../../block/io.js';
 import {
   getRefcount as readRefcount, makeTable, reftableOffset, setRefcount, setReftableOffset, HI_COMPRESSED, entryOffset,
@@ -12,7 +12,7 @@ import {
 import { OFFSET_REFCOUNT_TABLE } from './header.js';
 import { ClusterType, clusterType } from './mapping.js';
 import {
-  hasDataFile, hex, offsetIntoCluster, signalCorruption, sizeToClusters, startOfCluster, type DiscardType, type Qcow2State,
+  hasDataFile, hex, offsetIntoCluster, signalCorruption, sizeToClusters, startOfCluster, writeStderr, type DiscardType, type Qcow2State,
 } from './state.js';
 import type { Table } from './entries.js';
 
@@ -234,6 +234,13 @@ export async function freeClusters(s: Qcow2State, offset: number, size: number, 
   await updateRefcount(s, offset, size, 1, true, type);
 }
 
+/** QEMU's qcow2_free_clusters: a failure is reported, and the clusters leak. */
+export async function freeOrReport(s: Qcow2State, offset: number, bytes: number, type: DiscardType): Promise<void> {
+  await freeClusters(s, offset, bytes, type).catch((e: unknown) => {
+    writeStderr(`qcow2_free_clusters failed: ${toBlkioError(e).strerror}\n`);
+  });
+}
+
 /** Change one cluster's refcount by `addend` (repairs by qemu-img check). */
 export async function adjustRefcount(s: Qcow2State, offset: number, addend: number, decrease: boolean): Promise<void> {
   await updateRefcount(s, offset, 1, addend, decrease, 'always');
@@ -251,11 +258,11 @@ export async function freeAnyCluster(s: Qcow2State, hi: number, lo: number, type
   }
   if (hi & HI_COMPRESSED) {
     const { offset, size } = compressedDescriptor(s, hi, lo);
-    await freeClusters(s, offset, size, type);
+    await freeOrReport(s, offset, size, type);
     return;
   }
   const offset = entryOffset(hi, lo);
-  if (offset) await freeClusters(s, offset, s.clusterSize, type);
+  if (offset) await freeOrReport(s, offset, s.clusterSize, type);
 }
 
 /**

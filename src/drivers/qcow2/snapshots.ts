@@ -9,9 +9,9 @@ import type { SnapshotInfo } from '../../block/driver.js';
 import { getHi, getLo, HI_COPIED, entryOffset, makeTable, set64, type Table } from './entries.js';
 import { ClusterType, clusterType, growL1Table, MAX_L1_SIZE, readL2, writeL2 } from './mapping.js';
 import {
-  adjustRefcount, allocClusters, compressedDescriptor, freeClusters, getClusterRefcount, processDiscards,
+  adjustRefcount, allocClusters, compressedDescriptor, freeClusters, freeOrReport, getClusterRefcount, processDiscards,
 } from './refcount.js';
-import { hex, offsetIntoCluster, signalCorruption, writeStderr, type DiscardType, type Qcow2State } from './state.js';
+import { hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
 import { truncateImage } from './truncate.js';
 
 export const MAX_SNAPSHOTS = 65536;
@@ -149,13 +149,6 @@ export function encodeSnapshot(sn: Snapshot): Uint8Array {
   pos += sn.unknownExtraData.length;
   buf.set(Buffer.from(sn.id + sn.name, 'latin1'), pos);
   return buf;
-}
-
-/** QEMU's qcow2_free_clusters: a failure is reported, and the clusters leak. */
-async function freeOrReport(s: Qcow2State, offset: number, bytes: number, type: DiscardType): Promise<void> {
-  await freeClusters(s, offset, bytes, type).catch((e: unknown) => {
-    writeStderr(`qcow2_free_clusters failed: ${toBlkioError(e).strerror}\n`);
-  });
 }
 
 async function flushMetadata(s: Qcow2State): Promise<void> {
