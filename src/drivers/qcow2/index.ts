@@ -13,7 +13,7 @@ import { refreshPermissions } from '../../block/permissions.js';
 import {
   REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO,
 } from '../../block/flags.js';
-import { countReferencedClusters } from './refcount.js';
+import { countReferencedClusters, requireAlignedRefblocks } from './refcount.js';
 import {
   BACKING_FILE_MAX, COMPAT_LAZY_REFCOUNTS, COMPRESSION_NAMES, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, QCOW_MAGIC,
 } from './header.js';
@@ -419,7 +419,11 @@ async function detectMetadataPreallocation(s: Qcow2State): Promise<boolean> {
   const realClusters = Math.floor(allocated / s.clusterSize);
   const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
   const endCluster = Math.ceil(file.getLength() / s.clusterSize);
-  // Fewer clusters in the file than the threshold: no count reaches it (a sparse, not preallocated, file).
-  if (endCluster < threshold) return false;
+  // Fewer clusters in the file than the threshold: no count reaches it (a sparse, not preallocated,
+  // file), but the count would have failed on a corrupt refcount block.
+  if (endCluster < threshold) {
+    if (endCluster > 0) await requireAlignedRefblocks(s, endCluster);
+    return false;
+  }
   return (await countReferencedClusters(s, endCluster, threshold)) >= threshold;
 }

@@ -51,10 +51,24 @@ async function refcountBlockAt(s: Qcow2State, tableIndex: number): Promise<Table
   if (tableIndex >= s.refcountTableSize) return undefined;
   const blockOffset = reftableOffset(s.refcountTable, tableIndex);
   if (!blockOffset) return undefined;
-  if (offsetIntoCluster(s, blockOffset)) {
-    throw await signalCorruption(s, true, `Refblock offset ${hex(blockOffset)} unaligned (reftable index: ${hex(tableIndex)})`);
-  }
+  if (offsetIntoCluster(s, blockOffset)) throw await unalignedRefblock(s, blockOffset, tableIndex);
   return s.refcountCache.get(blockOffset);
+}
+
+function unalignedRefblock(s: Qcow2State, blockOffset: number, tableIndex: number): Promise<BlkioError> {
+  return signalCorruption(s, true, `Refblock offset ${hex(blockOffset)} unaligned (reftable index: ${hex(tableIndex)})`);
+}
+
+/**
+ * Fails, as reading all refcounts of the host clusters [0, end) would, on the first unaligned
+ * refcount block among those covering them, without reading any block.
+ */
+export async function requireAlignedRefblocks(s: Qcow2State, end: number): Promise<void> {
+  const last = Math.min(reftableIndexOf(s, end - 1), s.maxRefcountTableIndex, s.refcountTableSize - 1);
+  for (let i = 0; i <= last; i++) {
+    const blockOffset = reftableOffset(s.refcountTable, i);
+    if (offsetIntoCluster(s, blockOffset)) throw await unalignedRefblock(s, blockOffset, i);
+  }
 }
 
 /**
@@ -406,9 +420,7 @@ async function allocRefcountBlock(s: Qcow2State, clusterIndex: number): Promise<
   if (tableIndex < s.refcountTableSize) {
     const blockOffset = reftableOffset(s.refcountTable, tableIndex);
     if (blockOffset) {
-      if (offsetIntoCluster(s, blockOffset)) {
-        throw await signalCorruption(s, true, `Refblock offset ${hex(blockOffset)} unaligned (reftable index: ${hex(tableIndex)})`);
-      }
+      if (offsetIntoCluster(s, blockOffset)) throw await unalignedRefblock(s, blockOffset, tableIndex);
       return s.refcountCache.get(blockOffset);
     }
   }
