@@ -235,7 +235,7 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   }
   if (g.subclusterSize < 512) throw invalid(`Unsupported subcluster size: ${g.subclusterSize}`);
   if (h.refcountOrder > 6) throw invalid('Reference count entry width too large; may not exceed 64 bits');
-  if (h.refcountTableClusters === 0) throw invalid('Image does not contain a reference count table');
+  if (h.refcountTableClusters === 0 && !o.checkMode) throw invalid('Image does not contain a reference count table');
   validateTable(h.refcountTableOffset, h.refcountTableClusters, g.clusterSize, MAX_REFTABLE_SIZE, g.clusterSize, 'Reference count table');
   if (!o.checkMode) validateSnapshotTable(h, g.clusterSize, 'Snapshot table');
   validateTable(h.l1TableOffset, h.l1Size, 8, MAX_L1_SIZE, g.clusterSize, 'Active L1 table');
