@@ -39,6 +39,16 @@ export function ioBuffer(bytes: number): Uint8Array {
   return whole.subarray(start, start + bytes);
 }
 
+/** Whether buffers can be aligned in memory (the addon alone can tell where they lie): O_DIRECT needs it. */
+export function canAlignBuffers(): boolean {
+  return bufferAddon() !== undefined;
+}
+
+/** Whether `buf` starts at a multiple of `alignment` in memory (true without the addon). */
+export function isAlignedInMemory(buf: Uint8Array, alignment: number): boolean {
+  return (bufferAddon()?.addressRemainder(buf, alignment) ?? 0) === 0;
+}
+
 /** Sectors compared at once while a zero run goes on (one native comparison per 64 KiB). */
 const ZERO_SCAN_SECTORS = 128;
 

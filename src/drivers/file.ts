@@ -1,4 +1,5 @@
 /** The `file` protocol: a host file through an async file handle. Large requests pass straight through. */
+import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { BlkioError, toBlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
@@ -6,6 +7,8 @@ import { REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATU
 import { nativeFileOps, type NativeFileOps } from './file-native.js';
 import { FileLock } from './file-locks.js';
 import { parseBool } from '../options/qemuopts.js';
+import { canAlignBuffers, ioBuffer, isAlignedInMemory } from '../io-buffers.js';
+import { probeDirectAlignment, type DirectAlignment } from './file-direct.js';
 
 interface FileState {
   handle: FileHandle;
@@ -13,13 +16,37 @@ interface FileState {
   size: number;
   /** The image locks of this node (none with `locking=off`). */
   lock?: FileLock;
+  /** With cache.direct=on: the file is opened with O_DIRECT, which wants these alignments. */
+  direct?: DirectAlignment;
+}
+
+/** open(2) flags of a node's file. */
+function openFlags(readOnly: boolean, direct: boolean): number {
+  return (readOnly ? constants.O_RDONLY : constants.O_RDWR) | (direct ? constants.O_DIRECT : 0);
+}
+
+/** Whether the kernel takes a read of `buf` at offset 0: only EINVAL says an O_DIRECT alignment is wrong. */
+function probeRead(handle: FileHandle): (buf: Uint8Array) => Promise<boolean> {
+  return (buf) => handle.read(buf, 0, buf.length, 0).then(() => true, (e: NodeJS.ErrnoException) => e.code !== 'EINVAL');
+}
+
+/** `buf`, or an aligned copy of it where O_DIRECT wants buffers aligned beyond where it lies. */
+function kernelBuffer(s: FileState, buf: Uint8Array): Uint8Array {
+  if (!s.direct || isAlignedInMemory(buf, s.direct.buffer)) return buf;
+  const copy = ioBuffer(buf.length);
+  copy.set(buf);
+  return copy;
 }
 
 async function readFully(handle: FileHandle, buf: Uint8Array, offset: number): Promise<number> {
   let done = 0;
   while (done < buf.length) {
     const { bytesRead } = await handle.read(buf, done, buf.length - done, offset + done);
-    if (bytesRead === 0) break;
+    // Regular files read short only at their end (where O_DIRECT could not read on, unaligned).
+    if (bytesRead < buf.length - done) {
+      done += bytesRead;
+      break;
+    }
     done += bytesRead;
   }
   return done;
@@ -35,7 +62,7 @@ async function writeFully(handle: FileHandle, buf: Uint8Array, offset: number): 
 
 /** Zeroes over [offset, end) of the file, written in chunks of at most 1 MiB. */
 async function writeZeroRange(handle: FileHandle, offset: number, end: number): Promise<void> {
-  const zeroes = new Uint8Array(Math.min(end - offset, 1 << 20));
+  const zeroes = ioBuffer(Math.min(end - offset, 1 << 20));
   for (let pos = offset; pos < end; pos += zeroes.length) {
     await writeFully(handle, zeroes.subarray(0, Math.min(zeroes.length, end - pos)), pos);
   }
@@ -79,7 +106,7 @@ const PREALLOC_MODES = ['off', 'falloc', 'full'];
  * systems then report a real alignment for it. Failures do not matter.
  */
 async function allocateFirstBlock(handle: FileHandle, size: number): Promise<void> {
-  await writeFully(handle, new Uint8Array(size < 4096 ? 512 : 4096), 0).catch(() => undefined);
+  await writeFully(handle, ioBuffer(size < 4096 ? 512 : 4096), 0).catch(() => undefined);
 }
 
 /** Set the file's size, preallocating a grown part as `prealloc` says ('off', 'falloc' or 'full'). */
@@ -170,9 +197,11 @@ export const fileDriver: BlockDriver<FileState> = {
         ? `Object with id '${prManager}' is not a persistent reservation manager`
         : `No persistent reservation manager with id '${prManager}'`);
     }
+    // O_DIRECT wants aligned buffers, which only the addon can give: without it the page cache stays.
+    const direct = parseBool('cache.direct', ctx.effective['cache.direct'] ?? 'off') && canAlignBuffers();
     let handle: FileHandle;
     try {
-      handle = await open(filename, node.readOnly ? 'r' : 'r+');
+      handle = await open(filename, openFlags(node.readOnly, direct));
     } catch (e) {
       throw new BlkioError(toBlkioError(e).code, `Could not open '${filename}': ${toBlkioError(e).strerror}`);
     }
@@ -195,7 +224,12 @@ export const fileDriver: BlockDriver<FileState> = {
         throw e;
       });
     }
-    return { handle, filename, size: stat.size, lock };
+    const alignment = direct ? await probeDirectAlignment(probeRead(handle)).catch(async (e: unknown) => {
+      await lock?.release();
+      await handle.close();
+      throw e;
+    }) : undefined;
+    return { handle, filename, size: stat.size, lock, direct: alignment };
   },
 
   async close(node) {
@@ -206,7 +240,7 @@ export const fileDriver: BlockDriver<FileState> = {
   preparePermissions: (node, perm, shared) => node.state.lock?.prepare(perm, shared),
 
   async reopen(node) {
-    const handle = await open(node.state.filename, node.readOnly ? 'r' : 'r+').catch((e) => {
+    const handle = await open(node.state.filename, openFlags(node.readOnly, node.state.direct !== undefined)).catch((e) => {
       throw toBlkioError(e).prepend(`Could not open '${node.state.filename}': `);
     });
     await node.state.handle.close();
@@ -223,15 +257,22 @@ export const fileDriver: BlockDriver<FileState> = {
 
   getLength: (node) => node.state.size,
 
+  refreshLimits(node) {
+    if (node.state.direct) node.limits.requestAlignment = node.state.direct.request;
+  },
+
   async allocatedSize(node) {
     const stat = await node.state.handle.stat();
     return stat.blocks * 512;
   },
 
   async read(node, offset, bytes, buf) {
-    const got = await readFully(node.state.handle, buf.subarray(0, bytes), offset).catch((e) => {
+    const wanted = buf.subarray(0, bytes);
+    const target = kernelBuffer(node.state, wanted);
+    const got = await readFully(node.state.handle, target, offset).catch((e) => {
       throw toBlkioError(e);
     });
+    if (target !== wanted) buf.set(target.subarray(0, got));
     if (got < bytes) buf.fill(0, got, bytes);
   },
 
@@ -240,7 +281,7 @@ export const fileDriver: BlockDriver<FileState> = {
     // Grow the recorded size before the write is issued, so that no concurrent request sees
     // a stale end of file while this one is in flight.
     if (offset + bytes > s.size) s.size = offset + bytes;
-    await writeFully(s.handle, buf.subarray(0, bytes), offset).catch((e) => {
+    await writeFully(s.handle, kernelBuffer(s, buf.subarray(0, bytes)), offset).catch((e) => {
       throw toBlkioError(e);
     });
   },
