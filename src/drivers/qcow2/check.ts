@@ -82,7 +82,7 @@ function incRefcounts(c: Checker, exactOffset: number | bigint, size: number): v
   const offset = Number(exactOffset);
   // The last cluster may be partly beyond the end of the file, but not a whole cluster.
   if (offset + size - s.file.getLength() >= s.clusterSize) {
-    c.report(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset ${hex(exactOffset)} size ${hex(size)}`);
+    c.report(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${exactOffset.toString(16)} size 0x${size.toString(16)}`);
     c.res.corruptions++;
     return;
   }
