@@ -7,9 +7,9 @@
 import { BlkioError, errno, toBlkioError } from '../../errors.js';
 import { ROLE_DATA, ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type OptionSpecs, type StatusList } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import type { OpenContext } from '../../block/graph.js';
+import { updateEdgePerms, type OpenContext } from '../../block/graph.js';
 import { debugEvent } from '../../block/io.js';
-import { refreshPermissions } from '../../block/permissions.js';
+import { defaultChildPerms, PERM_ALL } from '../../block/permissions.js';
 import {
   REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO,
 } from '../../block/flags.js';
@@ -72,7 +72,11 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
     const s = await loadState(file, {
       readOnly: node.readOnly, opts: ctx.opts, discardUnmap: node.discardUnmap, checkMode: node.layer.openForCheck,
-      encryptOptions, takeFilePermissions: () => refreshPermissions(new Map(), [node]),
+      encryptOptions, takeFilePermissions: () => {
+        // The node has no parents yet (nor state to check): only the edge to its file changes.
+        const p = defaultChildPerms(node, file, { perm: 0, shared: PERM_ALL });
+        updateEdgePerms(file, p.perm, p.shared);
+      },
     });
     s.node = node;
     await openDataFile(s, ctx);
