@@ -127,10 +127,8 @@ function checkNode(node: BlockNode, tentative: Tentative, updates: PermissionUpd
   if (perm & (PERM_WRITE | PERM_WRITE_UNCHANGED) && !node.isWritable) {
     throw new BlkioError('EPERM', 'Block node is read-only');
   }
-  // A write padded to the alignment may reach past the end (counted in whole sectors, as QEMU
-  // does), and only 'resize' may go there.
-  const sectors = Math.ceil(node.getLength() / 512);
-  if (perm & (PERM_WRITE | PERM_WRITE_UNCHANGED) && !(perm & PERM_RESIZE) && (sectors * 512) % node.limits.requestAlignment) {
+  // A write padded to the alignment may reach past the end, and only 'resize' may go there.
+  if (perm & (PERM_WRITE | PERM_WRITE_UNCHANGED) && !(perm & PERM_RESIZE) && node.getLength() % node.limits.requestAlignment) {
     throw new BlkioError('EPERM', "Cannot get 'write' permission without 'resize': Image size is not a multiple of request alignment");
   }
   const update = node.driver.preparePermissions?.(node, perm, shared);
