@@ -276,7 +276,8 @@ export async function freeAnyCluster(s: Qcow2State, hi: number, lo: number, type
     return;
   }
   const offset = entryOffset(hi, lo);
-  if (offset) await freeOrReport(s, offset, s.clusterSize, type);
+  if (offsetIntoCluster(s, offset)) await signalCorruption(s, false, `Cannot free unaligned cluster ${hex(offset)}`);
+  else if (offset) await freeOrReport(s, offset, s.clusterSize, type);
 }
 
 /**
