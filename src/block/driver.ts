@@ -209,6 +209,8 @@ export interface BlockDriver<S = unknown> {
    * what it caches); going read-write, they can be already.
    */
   reopen?(node: BlockNode<S>): Promise<void>;
+  /** A reopen turns cache.direct on or off (`node.readOnly` as it is to be). */
+  setCacheDirect?(node: BlockNode<S>, direct: boolean): Promise<void>;
   /** QEMU 7.2's driver has no bdrv_reopen_prepare: any reopen of a graph with this node fails. */
   readonly cannotReopen?: boolean;
   /**

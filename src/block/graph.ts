@@ -559,7 +559,7 @@ export function parseDriverOptions(driver: { options: OptionSpecs }, options: Fl
 }
 
 /** Filters and thin formats take the limits of the child they pass requests to. */
-function inheritLimits(node: BlockNode): void {
+export function inheritLimits(node: BlockNode): void {
   const below = node.filteredChild?.node;
   if (below) node.limits = { ...below.limits };
   node.driver.refreshLimits?.(node);

@@ -61,6 +61,11 @@ export function isCacheMode(mode: string): boolean {
   return mode in CACHE_MODES;
 }
 
+/** Whether a cache mode bypasses the host's page cache (cache.direct=on). */
+export function isDirectCacheMode(mode: string): boolean {
+  return CACHE_MODES[mode].direct;
+}
+
 /** Open the image described by `req` in `layer` and attach a root user with qemu-io's permissions. */
 export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promise<OpenedImage> {
   const options: FlatOptions = { ...req.extraOptions };

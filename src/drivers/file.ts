@@ -237,6 +237,22 @@ export const fileDriver: BlockDriver<FileState> = {
     await node.state.handle.close();
   },
 
+  /**
+   * The alignment is probed again on the file as it was open, as QEMU 7.2 does: coming from the
+   * page cache, every probe read works and the alignments are 4096.
+   */
+  async setCacheDirect(node, direct) {
+    const s = node.state;
+    if (direct && !canAlignBuffers()) return;
+    const alignment = direct ? await probeDirectAlignment(probeRead(s.handle)) : undefined;
+    const handle = await open(s.filename, openFlags(node.readOnly, direct)).catch((e) => {
+      throw toBlkioError(e).prepend(`Could not open '${s.filename}': `);
+    });
+    await s.handle.close();
+    s.handle = handle;
+    s.direct = alignment;
+  },
+
   preparePermissions: (node, perm, shared) => node.state.lock?.prepare(perm, shared),
 
   async reopen(node) {
@@ -258,7 +274,7 @@ export const fileDriver: BlockDriver<FileState> = {
   getLength: (node) => node.state.size,
 
   refreshLimits(node) {
-    if (node.state.direct) node.limits.requestAlignment = node.state.direct.request;
+    node.limits.requestAlignment = node.state.direct?.request ?? 1;
   },
 
   async allocatedSize(node) {

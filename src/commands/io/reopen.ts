@@ -6,8 +6,8 @@ import { BlkioError } from '../../errors.js';
 import { ROLE_COW } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, refreshPermissions } from '../../block/permissions.js';
-import { isCacheMode } from '../../cli/open-image.js';
-import { parseDriverOptions } from '../../block/graph.js';
+import { isCacheMode, isDirectCacheMode } from '../../cli/open-image.js';
+import { inheritLimits, parseDriverOptions } from '../../block/graph.js';
 import { qdictKeyOrder } from '../../options/json.js';
 import { parseBool, qemuOptsValue } from '../../options/qemuopts.js';
 import type { FlatOptions } from '../../options/types.js';
@@ -110,7 +110,8 @@ function prepareNode(node: BlockNode, options: FlatOptions, commits: Commit[], t
     const value = options[key];
     const text = qemuOptsValue(value);
     if (CHANGEABLE_BOOLS.includes(key)) {
-      parseBool(key, value);
+      const on = parseBool(key, value);
+      if (key === 'cache.direct' && node.driver.setCacheDirect) commits.push(() => node.driver.setCacheDirect!(node, on));
     } else if (key === 'discard') {
       if (text === undefined || !Object.hasOwn(DISCARD_MODES, text)) throw new BlkioError('EINVAL', 'Invalid discard option');
       commits.push(() => void (node.discardUnmap = DISCARD_MODES[text]));
@@ -172,14 +173,19 @@ async function applyReopen(session: IoSession, options: FlatOptions, writethroug
   delete rest['read-only'];
   const commits: Commit[] = [];
   const byNode = optionsByNode(node, rest);
+  const queue = reopenQueue(node);
+  // Children inherit the cache mode unless given their own.
+  const direct = byNode.get(node)!['cache.direct'];
+  if (direct !== undefined) for (const n of queue) if (!byNode.get(n)?.['cache.direct']) byNode.set(n, { ...byNode.get(n), 'cache.direct': direct });
   // -C is an implicit copy-on-read filter above the node here, a flag on it in QEMU.
   let corAbove = false;
   for (let n = session.blk.node; n !== node; n = n.filteredChild!.node) corAbove ||= n.driver.name === 'copy-on-read';
-  for (const target of reopenQueue(node)) {
+  for (const target of queue) {
     prepareNode(target, byNode.get(target) ?? {}, commits, target === node && corAbove && readOnly);
   }
   if (readOnly !== node.readOnly) await setReadOnly(session.blk.node, readOnly);
   for (const commit of commits) await commit();
+  for (const n of [...queue].reverse()) inheritLimits(n);
   session.image!.writethrough = writethrough;
 }
 
@@ -206,6 +212,7 @@ export const reopenCommand: IoCommand = {
     let writethrough = session.image!.writethrough;
     let hasRw = false;
     let hasCache = false;
+    let cacheDirect = false;
     const options: FlatOptions = {};
     const { items, operands } = getopt(argv, { short: 'c:o:rw' });
     for (const item of items) {
@@ -217,6 +224,7 @@ export const reopenCommand: IoCommand = {
             return -1;
           }
           writethrough = WRITETHROUGH_MODES.includes(item.value);
+          cacheDirect = isDirectCacheMode(item.value);
           hasCache = true;
           break;
         case 'o':
@@ -250,6 +258,7 @@ export const reopenCommand: IoCommand = {
       session.errorReport('Cannot set both -c and the cache options');
       return -1;
     }
+    if (hasCache) options['cache.direct'] = cacheDirect ? 'on' : 'off';
     try {
       await applyReopen(session, options, writethrough);
       return 0;
