@@ -332,7 +332,7 @@ export async function handleAllocSpace(s: Qcow2State, metas: readonly Allocation
 /** Copy the COW regions (read through this image: backing, zeroes or old data) into the new clusters. */
 async function performCow(s: Qcow2State, m: Allocation): Promise<void> {
   const { cowStart: start, cowEnd: end } = m;
-  if ((start.bytes === 0 && end.bytes === 0) || m.prealloc || m.skipCow) return;
+  if ((start.bytes === 0 && end.bytes === 0) || m.skipCow) return;
   const dataBytes = end.offset - (start.offset + start.bytes);
   const total = start.bytes + (m.data ? dataBytes : 0) + end.bytes;
   const buf = new Uint8Array(total);
@@ -457,7 +457,7 @@ export async function linkAllocations(s: Qcow2State, metas: readonly Allocation[
   }
 }
 
-/** An allocation for preallocation: whole clusters, no data, no COW, no subcluster bits. */
+/** An allocation for preallocation: no data, and the subcluster bits stay as they were (the COW regions are still copied). */
 export function markPrealloc(metas: readonly Allocation[]): void {
   for (const m of metas) m.prealloc = true;
 }

@@ -67,7 +67,7 @@ export interface Allocation {
   cowStart: { offset: number; bytes: number };
   /** Region after the write to copy, relative to `offset`. */
   cowEnd: { offset: number; bytes: number };
-  /** Metadata preallocation: no data and no COW. */
+  /** Preallocation: no guest data, and the L2 subcluster bitmap is left as it was. */
   prealloc: boolean;
   /** The COW regions were zeroed in the file already. */
   skipCow: boolean;

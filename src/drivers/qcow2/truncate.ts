@@ -154,8 +154,7 @@ async function preallocateMetadata(s: Qcow2State, offset: number, end: number, m
     hostEnd = range.hostOffset + range.bytes;
     offset += range.bytes;
   }
-  // The file must contain the allocated clusters (whole), or reads of them would fail.
-  hostEnd = Math.ceil(hostEnd / s.clusterSize) * s.clusterSize;
+  // The file must reach the end of the last range allocated (COW regions were written already), or reads of it would fail.
   if (hostEnd > s.dataFile.getLength()) await s.dataFile.truncate(hostEnd, false, mode === 'metadata' ? 'off' : mode);
 }
 
@@ -189,7 +188,8 @@ async function preallocateData(s: Qcow2State, oldLength: number, size: number, m
     const m: Allocation = {
       offset: guest, hostOffset: host, nbClusters: nb, keepOldClusters: false,
       cowStart: { offset: 0, bytes: cowStart }, cowEnd: { offset: nb * s.clusterSize, bytes: 0 },
-      prealloc: false, skipCow: false, done, finish,
+      // The subcluster bitmap stays untouched: new subclusters stay unallocated, a partly used cluster keeps its bits (QEMU 7.2).
+      prealloc: true, skipCow: false, done, finish,
     };
     await linkAllocations(s, [m]).catch((e) => {
       throw prefixed(e, 'Failed to update L2 tables');

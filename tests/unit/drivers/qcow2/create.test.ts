@@ -59,6 +59,9 @@ describe.skipIf(!haveQemu)('qcow2 create writes what qemu-img create 7.2 writes'
     ['preallocation=metadata,cluster_size=512,refcount_bits=2', 8 * 2 ** 20],
     ['preallocation=falloc,cluster_size=1k', 8 * 2 ** 20],
     ['preallocation=full', 3 * 2 ** 20],
+    ['preallocation=full,extended_l2=on', 3 * 2 ** 20],
+    ['preallocation=falloc,extended_l2=on,cluster_size=16k', 100 * 1024],
+    ['preallocation=metadata,extended_l2=on', 1024],
     ['', 1024],
     ['', 0],
   ];

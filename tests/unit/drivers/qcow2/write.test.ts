@@ -210,4 +210,27 @@ describe.skipIf(!haveQemu)('qcow2 writes', () => {
     expectClean(file);
     expect(readFileSync(file).equals(readFileSync(ref))).toBe(true);
   });
+
+  for (const [mode, extendedL2] of [['metadata', 'off'], ['metadata', 'on'], ['falloc', 'on'], ['full', 'on']]) {
+    it(`grows with ${mode} preallocation, extended_l2=${extendedL2}: the last cluster copied, its subcluster bitmap kept`, async () => {
+      const base = tmp.path('base.qcow2');
+      qemuImg('create', '-q', '-f', 'qcow2', base, '100K');
+      qemuIo(base, ['write -P 2 0 100K']);
+      const images = [tmp.path('ours.qcow2'), tmp.path('ref.qcow2')];
+      for (const f of images) {
+        qemuImg('create', '-q', '-f', 'qcow2', '-o', `extended_l2=${extendedL2}`, '-b', base, '-F', 'qcow2', f, '100K');
+        // The last cluster (64K..100K) partly written with subclusters; without them left unallocated.
+        qemuIo(f, [`write -P 3 ${extendedL2 === 'on' ? 70 : 4}K 10K`]);
+      }
+      const img = await openQcow2(images[0]);
+      try {
+        await img.blk.truncate(M, false, mode);
+      } finally {
+        await img.close();
+      }
+      qemuImg('resize', '-q', '-f', 'qcow2', `--preallocation=${mode}`, images[1], '1M');
+      expectClean(images[0]);
+      expect(readFileSync(images[0]).equals(readFileSync(images[1]))).toBe(true);
+    });
+  }
 });
