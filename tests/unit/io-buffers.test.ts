@@ -43,6 +43,16 @@ describe.each(haveAddon ? [true, false] : [false])('io buffers (native: %s)', (n
     }
   });
 
+  it('tells where a buffer lies in memory only with the addon (O_DIRECT needs it)', async () => {
+    const { canAlignBuffers, ioBuffer, isAlignedInMemory } = await load(native);
+    const buf = ioBuffer(8192);
+    expect(canAlignBuffers()).toBe(native);
+    expect(isAlignedInMemory(buf, 4096)).toBe(true);
+    expect(isAlignedInMemory(buf.subarray(512), 512)).toBe(true);
+    expect(isAlignedInMemory(buf.subarray(512), 4096)).toBe(!native);
+    expect(isAlignedInMemory(buf.subarray(1), 512)).toBe(!native);
+  });
+
   it('finds where a run of zero or data sectors ends', async () => {
     const { sectorRunEnd } = await load(native);
     const buf = sectors('DD000D0');
