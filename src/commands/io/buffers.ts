@@ -5,35 +5,44 @@
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { STRERROR, toBlkioError } from '../../errors.js';
+import { ioBuffer } from '../../io-buffers.js';
 import type { IoSession } from './session.js';
 
 /** `-m` moves buffers this far into their allocation. */
 const MISALIGN_OFFSET = 16;
 
-/** Buffers from this size up are reused (smaller ones come from Node's shared pool). */
+/** Buffers from this size up are page-aligned, as QEMU's, and reused (smaller ones come from Node's shared pool). */
 const REUSE_MIN = 1 << 20;
 /**
  * Memory of a finished request, for the next one that fits: large requests in a row would
  * otherwise each take fresh memory, all held until the garbage collector runs.
  */
-let spare: ArrayBufferLike | undefined;
+let spare: Uint8Array | undefined;
+/** The page-aligned memory each large buffer lies in. */
+const largeMemory = new WeakMap<ArrayBufferLike, Uint8Array>();
 
 /** A buffer of `len` bytes, every byte `fill`. */
 export function allocBuffer(session: IoSession, len: number, fill: number): Uint8Array {
   const skip = session.misalign ? MISALIGN_OFFSET : 0;
-  let memory: Buffer;
-  if (spare && spare.byteLength >= len + skip) {
-    memory = Buffer.from(spare, 0, len + skip);
+  const size = len + skip;
+  let memory: Uint8Array;
+  if (spare && spare.length >= size) {
+    memory = spare.subarray(0, size);
     spare = undefined;
+  } else if (size >= REUSE_MIN) {
+    // O_DIRECT (cache.direct=on) takes such memory without a bounce buffer.
+    memory = ioBuffer(size);
+    largeMemory.set(memory.buffer, memory);
   } else {
-    memory = Buffer.allocUnsafe(len + skip);
+    memory = Buffer.allocUnsafe(size);
   }
   return memory.fill(fill).subarray(skip);
 }
 
 /** Give back the buffer of a request that has finished and whose data nobody keeps. */
 export function releaseBuffer(buf: Uint8Array): void {
-  if (buf.buffer.byteLength >= REUSE_MIN && (!spare || buf.buffer.byteLength > spare.byteLength)) spare = buf.buffer;
+  const memory = largeMemory.get(buf.buffer);
+  if (memory && (!spare || memory.length > spare.length)) spare = memory;
 }
 
 /**
