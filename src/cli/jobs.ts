@@ -21,6 +21,7 @@ import { cvtnum } from '../options/size.js';
 import type { FlatOptions } from '../options/types.js';
 import { parseProgressMode, Progress } from './progress.js';
 import { writeStderr, writeStdout } from './output.js';
+import { tierForCopyLoop } from './tiering.js';
 import { PROGRAM } from './run.js';
 
 const IMAGE_OPTIONS = '[-f FMT] [--image-opts] [-t CACHE] [-r RATE] [-p | --progress=human|json]';
@@ -78,6 +79,7 @@ async function runJob(
   body: (job: JobOptions, open: (extra?: FlatOptions) => Promise<BlockBackend>, layer: BlockLayer) => Promise<void>,
 ): Promise<number> {
   const rateLimit = values.rate === undefined ? 0 : parseRate(values.rate);
+  tierForCopyLoop();
   const progress = new Progress(parseProgressMode(values.progress, values.p, values.q));
   const layer = new BlockLayer(allDrivers, (text) => writeStderr(text + '\n'));
   const controller = new AbortController();

@@ -1,6 +1,6 @@
 /**
- * V8 tiering for the copy loop of a long-running command (img convert). The loop runs the same
- * few dozen request functions once per 2 MiB, and V8 would optimise them after a few hundred
+ * V8 tiering for the copy loop of a long-running command (img convert, stream, commit, mirror).
+ * The loop runs the same few dozen request functions once per chunk, and V8 would optimise them after a few hundred
  * requests: compiling them takes ~0.1 s of main-thread CPU, more than the JS work of converting
  * 1 GiB, and no request is issued meanwhile (callgrind, convert -O raw of 1 GiB: 753 -> 463
  * million instructions). With a budget four times V8's default they stay in the baseline tiers
