@@ -128,7 +128,9 @@ function checkNode(node: BlockNode, tentative: Tentative, updates: PermissionUpd
     throw new BlkioError('EPERM', 'Block node is read-only');
   }
   // A write padded to the alignment may reach past the end, and only 'resize' may go there.
-  if (perm & (PERM_WRITE | PERM_WRITE_UNCHANGED) && !(perm & PERM_RESIZE) && node.getLength() % node.limits.requestAlignment) {
+  // (The length is read last: a node still opening has none, and its alignment is still 1.)
+  const align = node.limits.requestAlignment;
+  if (perm & (PERM_WRITE | PERM_WRITE_UNCHANGED) && !(perm & PERM_RESIZE) && align > 1 && node.getLength() % align) {
     throw new BlkioError('EPERM', "Cannot get 'write' permission without 'resize': Image size is not a multiple of request alignment");
   }
   const update = node.driver.preparePermissions?.(node, perm, shared);
