@@ -14,6 +14,7 @@ import { REQ_MAY_UNMAP } from '../block/flags.js';
 import type { BlockNode } from '../block/node.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../block/permissions.js';
 import { withRangeLock } from '../drivers/mirror-top.js';
+import { ioBuffer } from '../io-buffers.js';
 import { backingImage, chainStatus, STATUS_LOOKAHEAD } from './chain.js';
 import { Job, type JobOptions } from './job.js';
 
@@ -49,7 +50,7 @@ export async function mirrorCopy(job: Job, source: BlockNode, target: BlockNode,
   const length = source.getLength();
   job.setTotal(length);
 
-  const free: Uint8Array[] = Array.from({ length: job.inFlight }, () => new Uint8Array(job.chunkSize));
+  const free: Uint8Array[] = Array.from({ length: job.inFlight }, () => ioBuffer(job.chunkSize));
   async function* ranges() {
     for (let offset = 0; offset < length;) {
       const { action, bytes } = await plan(offset, Math.min(length - offset, STATUS_LOOKAHEAD));
