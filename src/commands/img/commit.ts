@@ -10,47 +10,36 @@ import { findBackingImage } from '../../jobs/chain.js';
 import { commitImage } from '../../jobs/commit.js';
 import type { FlatOptions } from '../../options/types.js';
 import {
-  backingLayer, badOption, checkCacheMode, checkNoFormatWithImageOpts, imgCvtnum, newLayer, openImg, runSubcommand,
-  scanImgArgs, UsageError, writeOut,
+  backingLayer, checkCacheMode, imgCvtnum, oneImageName, openImg, runSubcommand, withLayer, writeOut,
 } from './common.js';
-import { printHelp } from './help.js';
+import { IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 export function imgCommit(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands, objects } = scanImgArgs('commit', argv, ':f:ht:b:dpqr:', [
-      { name: 'image-opts', hasArg: false, key: 'image-opts' },
-      { name: 'progress', hasArg: true, key: 'progress' },
-    ]);
-    let format: string | undefined;
     let cache = 'writeback';
     let base: string | undefined;
     let drop = false;
     let showProgress = false;
     let progressOption: string | undefined;
-    let quiet = false;
     let rateLimit = 0;
-    let imageOpts = false;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'f': format = item.value; break;
-        case 't': cache = item.value; break;
-        case 'b': base = item.value; drop = true; break;
-        case 'd': drop = true; break;
-        case 'p': showProgress = true; break;
-        case 'progress': progressOption = item.value; break;
-        case 'q': quiet = true; break;
-        case 'r': rateLimit = imgCvtnum('rate limit', item.value); break;
-        case 'image-opts': imageOpts = true; break;
-        default: badOption(item);
-      }
-    }
-    if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-    const filename = operands[0];
+    const { format, imageOpts, quiet, operands, objects } = parseImgArgs('commit', argv, {
+      short: ':f:ht:b:dpqr:',
+      long: [IMAGE_OPTS_OPTION, { name: 'progress', hasArg: true, key: 'progress' }],
+      own: (item) => {
+        switch (item.key) {
+          case 't': cache = item.value; return true;
+          case 'b': base = item.value; drop = true; return true;
+          case 'd': drop = true; return true;
+          case 'p': showProgress = true; return true;
+          case 'progress': progressOption = item.value; return true;
+          case 'r': rateLimit = imgCvtnum('rate limit', item.value); return true;
+          default: return false;
+        }
+      },
+    });
+    const filename = oneImageName(operands);
     checkCacheMode(cache);
-    checkNoFormatWithImageOpts(imageOpts, format);
-    const layer = newLayer(objects);
-    try {
+    return withLayer(objects, async (layer) => {
       const open = (extraOptions: FlatOptions) => openImg(layer, { filename, format, imageOpts, cache, extraOptions });
       // Opened before the progress starts, as qemu-img does; the job reopens it only to make the base writable.
       let blk = await open({});
@@ -73,8 +62,6 @@ export function imgCommit(argv: string[]): Promise<number> {
       }
       if (!quiet) writeOut('Image committed.\n');
       return 0;
-    } finally {
-      await layer.closeAll();
-    }
+    });
   });
 }

@@ -11,22 +11,23 @@
  */
 import { BlkioError } from '../../errors.js';
 import type { BlockBackend } from '../../block/backend.js';
+import type { BlockLayer } from '../../block/graph.js';
 import type { BlockNode } from '../../block/node.js';
 import { REQUEST_MAX_BYTES, REQ_MAY_UNMAP, STATUS_DATA, STATUS_ZERO } from '../../block/flags.js';
 import { isZeroBuffer, nodeInfo } from '../../block/io.js';
 import { isCacheMode } from '../../cli/open-image.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
 import { tierForCopyLoop } from '../../cli/tiering.js';
-import { hasHelpOption, isValidOptionList } from '../../options/qemuopts.js';
+import { hasHelpOption } from '../../options/qemuopts.js';
 import type { ObjectRegistry } from '../../block/objects.js';
 import {
-  backingLayer, badOption, checkCacheMode, imgCvtnum, newLayer, openImg, reportError, reportWarning, runSubcommand, scanImgArgs, skipFilters,
+  appendOptionList, backingLayer, checkCacheMode, imgCvtnum, openImg, reportError, reportWarning, runSubcommand, skipFilters, withLayer,
 } from './common.js';
+import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs, type SharedImgOptions } from './options.js';
 import { chainBlockStatus } from './block-status.js';
 import {
   createImageFile, createRequestOptions, creationDrivers, parseCreateOptions, printOptionHelp, setCreateOption,
 } from './create.js';
-import { printHelp } from './help.js';
 import { CONVERT_AHEAD_MS, RateLimit } from '../../jobs/rate-limit.js';
 import { loadSnapshotParam, parseSnapshotParam, type SnapshotParam } from './snapshot.js';
 import { ioBuffer, sectorRunEnd } from '../../io-buffers.js';
@@ -77,8 +78,7 @@ interface ConvertState {
 }
 
 /** Options as the command line gave them. */
-interface ConvertArgs {
-  format?: string;
+interface ConvertArgs extends SharedImgOptions {
   outFormat?: string;
   backing?: string;
   backingFormat?: string;
@@ -91,13 +91,10 @@ interface ConvertArgs {
   inOrder: boolean;
   progress?: string;
   showProgress: boolean;
-  quiet: boolean;
   cache: string;
   srcCache: string;
   targetIsZero: boolean;
-  imageOpts: boolean;
   targetImageOpts: boolean;
-  forceShare: boolean;
   copyRange: boolean;
   salvage: boolean;
   /** `-r`: bytes per second (0: unlimited). */
@@ -106,75 +103,69 @@ interface ConvertArgs {
   snapshot?: SnapshotParam;
 }
 
-function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string[]; objects: ObjectRegistry } | number {
-  const { options, operands, objects } = scanImgArgs('convert', argv, ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:', [
-    { name: 'image-opts', hasArg: false, key: 'image-opts' },
-    { name: 'target-image-opts', hasArg: false, key: 'target-image-opts' },
-    { name: 'target-is-zero', hasArg: false, key: 'target-is-zero' },
-    { name: 'salvage', hasArg: false, key: 'salvage' },
-    { name: 'force-share', hasArg: false, key: 'U' },
-    { name: 'progress', hasArg: true, key: 'progress' },
-  ]);
-  const args: ConvertArgs = {
+function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string[]; objects: ObjectRegistry } {
+  const args: Omit<ConvertArgs, keyof SharedImgOptions> = {
     compressed: false, skipCreate: false, minSparse: 8, explicitSparse: false, coroutines: 8, inOrder: true,
-    showProgress: false, quiet: false, cache: 'unsafe', srcCache: 'writeback', targetIsZero: false, imageOpts: false,
-    targetImageOpts: false, forceShare: false, copyRange: false, salvage: false, rateLimit: 0,
+    showProgress: false, cache: 'unsafe', srcCache: 'writeback', targetIsZero: false,
+    targetImageOpts: false, copyRange: false, salvage: false, rateLimit: 0,
   };
-  for (const item of options) {
-    switch (item.key) {
-      case 'h': return printHelp();
-      case 'f': args.format = item.value; break;
-      case 'O': args.outFormat = item.value; break;
-      case 'B': args.backing = item.value; break;
-      case 'C': args.copyRange = true; break;
-      case 'c': args.compressed = true; break;
-      case 'F': args.backingFormat = item.value; break;
-      case 'o':
-        if (!isValidOptionList(item.value)) throw new BlkioError('EINVAL', `Invalid option list: ${item.value}`);
-        args.options = args.options === undefined ? item.value : `${args.options},${item.value}`;
-        break;
-      case 'l': args.snapshot = parseSnapshotParam(item.value); break;
-      case 'S': {
-        const bytes = imgCvtnum('buffer size for sparse output', item.value);
-        if (bytes % SECTOR !== 0 || bytes / SECTOR > MAX_BUF_SECTORS) {
-          throw new BlkioError('EINVAL', `Invalid buffer size for sparse output specified. Valid sizes are multiples of ${SECTOR} up to ${MAX_BUF_SECTORS * SECTOR}. Select 0 to disable sparse detection (fully allocates output).`);
+  const { operands, objects, ...shared } = parseImgArgs('convert', argv, {
+    short: ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:',
+    long: [
+      IMAGE_OPTS_OPTION,
+      { name: 'target-image-opts', hasArg: false, key: 'target-image-opts' },
+      { name: 'target-is-zero', hasArg: false, key: 'target-is-zero' },
+      { name: 'salvage', hasArg: false, key: 'salvage' },
+      FORCE_SHARE_OPTION,
+      { name: 'progress', hasArg: true, key: 'progress' },
+    ],
+    own: (item) => {
+      switch (item.key) {
+        case 'O': args.outFormat = item.value; break;
+        case 'B': args.backing = item.value; break;
+        case 'C': args.copyRange = true; break;
+        case 'c': args.compressed = true; break;
+        case 'F': args.backingFormat = item.value; break;
+        case 'o': args.options = appendOptionList(args.options, item.value); break;
+        case 'l': args.snapshot = parseSnapshotParam(item.value); break;
+        case 'S': {
+          const bytes = imgCvtnum('buffer size for sparse output', item.value);
+          if (bytes % SECTOR !== 0 || bytes / SECTOR > MAX_BUF_SECTORS) {
+            throw new BlkioError('EINVAL', `Invalid buffer size for sparse output specified. Valid sizes are multiples of ${SECTOR} up to ${MAX_BUF_SECTORS * SECTOR}. Select 0 to disable sparse detection (fully allocates output).`);
+          }
+          args.minSparse = bytes / SECTOR;
+          args.explicitSparse = true;
+          break;
         }
-        args.minSparse = bytes / SECTOR;
-        args.explicitSparse = true;
-        break;
-      }
-      case 'p': args.showProgress = true; break;
-      case 'progress': args.progress = item.value; break;
-      case 't': args.cache = item.value; break;
-      case 'T': args.srcCache = item.value; break;
-      case 'q': args.quiet = true; break;
-      case 'n': args.skipCreate = true; break;
-      case 'm': {
-        const n = /^[+-]?(0x[0-9a-f]+|[0-9]+)$/i.test(item.value.trim()) ? Number(item.value) : NaN;
-        if (!Number.isInteger(n) || n < 1 || n > MAX_COROUTINES) {
-          throw new BlkioError('EINVAL', `Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
+        case 'p': args.showProgress = true; break;
+        case 'progress': args.progress = item.value; break;
+        case 't': args.cache = item.value; break;
+        case 'T': args.srcCache = item.value; break;
+        case 'n': args.skipCreate = true; break;
+        case 'm': {
+          const n = /^[+-]?(0x[0-9a-f]+|[0-9]+)$/i.test(item.value.trim()) ? Number(item.value) : NaN;
+          if (!Number.isInteger(n) || n < 1 || n > MAX_COROUTINES) {
+            throw new BlkioError('EINVAL', `Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
+          }
+          args.coroutines = n;
+          break;
         }
-        args.coroutines = n;
-        break;
+        case 'W': args.inOrder = false; break;
+        case 'r': args.rateLimit = imgCvtnum('rate limit', item.value); break;
+        case 'target-image-opts': args.targetImageOpts = true; break;
+        case 'target-is-zero': args.targetIsZero = true; break;
+        case 'salvage': args.salvage = true; break;
+        default: return false;
       }
-      case 'W': args.inOrder = false; break;
-      case 'U': args.forceShare = true; break;
-      case 'r': args.rateLimit = imgCvtnum('rate limit', item.value); break;
-      case 'image-opts': args.imageOpts = true; break;
-      case 'target-image-opts': args.targetImageOpts = true; break;
-      case 'target-is-zero': args.targetIsZero = true; break;
-      case 'salvage': args.salvage = true; break;
-      default: badOption(item);
-    }
-  }
-  return { args, operands, objects };
+      return true;
+    },
+  });
+  return { args: { ...args, ...shared }, operands, objects };
 }
 
 export function imgConvert(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const parsed = parseConvertArgs(argv);
-    if (typeof parsed === 'number') return parsed;
-    const { args, operands, objects } = parsed;
+    const { args, operands, objects } = parseConvertArgs(argv);
     if (args.outFormat === undefined && !args.targetImageOpts) args.outFormat = 'raw';
     const fail = (message: string): BlkioError => new BlkioError('EINVAL', message);
     if (args.compressed && args.copyRange) throw fail('Cannot enable copy offloading when -c is used');
@@ -184,8 +175,7 @@ export function imgConvert(argv: string[]): Promise<number> {
     if (args.skipCreate && args.options !== undefined) throw fail('-o has no effect when skipping image creation');
     if (args.targetIsZero && !args.skipCreate) throw fail('--target-is-zero requires use of -n flag');
     const outFilename = operands.length >= 2 ? operands[operands.length - 1] : undefined;
-    const layer = newLayer(objects);
-    try {
+    return withLayer(objects, async (layer) => {
       if (args.options !== undefined && hasHelpOption(args.options)) {
         if (args.outFormat === undefined) throw fail('Option help requires a format be specified');
         return printOptionHelp(layer, args.outFormat, outFilename);
@@ -202,14 +192,12 @@ export function imgConvert(argv: string[]): Promise<number> {
         progress.dispose();
       }
       return 0;
-    } finally {
-      await layer.closeAll();
-    }
+    });
   });
 }
 
 async function convert(
-  layer: ReturnType<typeof newLayer>, args: ConvertArgs, sourceNames: string[], outFilename: string, progress: Progress,
+  layer: BlockLayer, args: ConvertArgs, sourceNames: string[], outFilename: string, progress: Progress,
 ): Promise<void> {
   const sources: Source[] = [];
   let totalSectors = 0;

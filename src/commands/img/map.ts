@@ -9,12 +9,11 @@ import { BlkioError } from '../../errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { STATUS_ALLOCATED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../block/flags.js';
 import {
-  UsageError, backingLayer, badOption, imgCvtnum, newLayer, openImg, parseOutputFormat, runSubcommand, scanImgArgs,
-  skipFilters, type OutputFormat,
+  backingLayer, imgCvtnum, oneImageName, openImg, parseOutputFormat, runSubcommand, skipFilters, withLayer, type OutputFormat,
 } from './common.js';
+import { FORCE_SHARE_OPTION, FORMAT_OPTION, IMAGE_OPTS_OPTION, OUTPUT_OPTION, parseImgArgs } from './options.js';
 import { nodeBlockStatus, nodeBlockStatusListNow, nodeBlockStatusNow } from '../../block/io.js';
 import { StatusList, type BlockStatusResult } from '../../block/driver.js';
-import { printHelp } from './help.js';
 import { writeStdoutBytes } from '../../cli/output.js';
 
 export interface MapEntry {
@@ -127,42 +126,30 @@ function writeJsonEntry(out: ChunkedOutput, start: number, length: number, depth
 
 export function imgMap(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    const { options, operands, objects } = scanImgArgs('map', argv, ':f:s:l:hU', [
-      { name: 'format', hasArg: true, key: 'f' },
-      { name: 'output', hasArg: true, key: 'output' },
-      { name: 'image-opts', hasArg: false, key: 'image-opts' },
-      { name: 'force-share', hasArg: false, key: 'U' },
-      { name: 'start-offset', hasArg: true, key: 's' },
-      { name: 'max-length', hasArg: true, key: 'l' },
-    ]);
-    let format: string | undefined;
     let output: string | undefined;
-    let imageOpts = false;
-    let forceShare = false;
     let startOffset = 0;
     let maxLength: number | undefined;
-    for (const item of options) {
-      switch (item.key) {
-        case 'h': return printHelp();
-        case 'f': format = item.value; break;
-        case 'output': output = item.value; break;
-        case 'image-opts': imageOpts = true; break;
-        case 'U': forceShare = true; break;
-        case 's': startOffset = imgCvtnum('start offset', item.value); break;
-        case 'l': maxLength = imgCvtnum('max length', item.value); break;
-        default: badOption(item);
-      }
-    }
-    if (operands.length !== 1) throw new UsageError('Expecting one image file name');
-    const outputFormat: OutputFormat = output === undefined ? 'human' : parseOutputFormat(output);
-    if (imageOpts && format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
-    const layer = newLayer(objects);
-    try {
-      const blk = await openImg(layer, { filename: operands[0], format, imageOpts, readOnly: true, forceShare });
-      return await dumpMap(blk.node, outputFormat, startOffset, maxLength);
-    } finally {
-      await layer.closeAll();
-    }
+    const { format, imageOpts, forceShare, operands, objects } = parseImgArgs('map', argv, {
+      short: ':f:s:l:hU',
+      long: [
+        FORMAT_OPTION, OUTPUT_OPTION, IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION,
+        { name: 'start-offset', hasArg: true, key: 's' }, { name: 'max-length', hasArg: true, key: 'l' },
+      ],
+      own: (item) => {
+        switch (item.key) {
+          case 'output': output = item.value; return true;
+          case 's': startOffset = imgCvtnum('start offset', item.value); return true;
+          case 'l': maxLength = imgCvtnum('max length', item.value); return true;
+          default: return false;
+        }
+      },
+    });
+    const filename = oneImageName(operands);
+    const outputFormat = parseOutputFormat(output);
+    return withLayer(objects, async (layer) => {
+      const blk = await openImg(layer, { filename, format, imageOpts, readOnly: true, forceShare });
+      return dumpMap(blk.node, outputFormat, startOffset, maxLength);
+    });
   });
 }
 

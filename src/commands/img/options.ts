@@ -26,13 +26,17 @@ export interface ImgArgsSpec {
   own?: (item: OptionItem) => boolean;
 }
 
-export interface ImgArgs {
+/** What the shared options set. */
+export interface SharedImgOptions {
   /** -f / --format */
   format?: string;
   imageOpts: boolean;
   /** -U / --force-share */
   forceShare: boolean;
   quiet: boolean;
+}
+
+export interface ImgArgs extends SharedImgOptions {
   operands: string[];
   objects: ObjectRegistry;
 }
