@@ -50,8 +50,8 @@ export class BdrvChild {
     return io.nodeFlush(this.node);
   }
 
-  truncate(size: number, exact: boolean, prealloc = 'off'): Promise<void> {
-    return io.childTruncate(this, size, exact, prealloc);
+  truncate(size: number, exact: boolean, prealloc = 'off', flags = 0): Promise<void> {
+    return io.childTruncate(this, size, exact, prealloc, flags);
   }
 
   blockStatus(offset: number, bytes: number): Promise<BlockStatusResult> {

@@ -259,7 +259,10 @@ export interface BlockDriver<S = unknown> {
   flushToDisk?(node: BlockNode<S>): Promise<void>;
   /** The whole flush of the node and what is below it (quorum, blkverify), instead of the generic one. */
   flushAll?(node: BlockNode<S>): Promise<void>;
-  truncate?(node: BlockNode<S>, size: number, exact: boolean, prealloc: string): Promise<void>;
+  /** `flags` may hold REQ_ZERO_WRITE: the grown area must read as zeroes. */
+  truncate?(node: BlockNode<S>, size: number, exact: boolean, prealloc: string, flags: number): Promise<void>;
+  /** The request flags `truncate` honours (none when absent). */
+  supportedTruncateFlags?(node: BlockNode<S>): number;
   /**
    * VM state (bdrv_save_vmstate / bdrv_load_vmstate): bytes at `pos` of a separate stream kept
    * beside the guest disk. A node without these passes the request to its primary child.

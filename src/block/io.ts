@@ -430,13 +430,18 @@ export function checkNewLength(size: number): void {
   if (size > MAX_NODE_LENGTH) throw new BlkioError('EIO', `offset(${BigInt(size)}) exceeds maximum(${BigInt(MAX_NODE_LENGTH)})`);
 }
 
-export async function childTruncate(child: BdrvChild, size: number, exact: boolean, prealloc: string): Promise<void> {
+export async function childTruncate(child: BdrvChild, size: number, exact: boolean, prealloc: string, flags = 0): Promise<void> {
   requirePerm(child, PERM_RESIZE, PERM_RESIZE, 'resize');
   const node = child.node;
   checkNewLength(size);
   if (!node.driver.truncate) throw new BlkioError('ENOTSUP', 'Image format driver does not support resize');
   if (node.readOnly) throw new BlkioError('EACCES', 'Image is read-only');
-  await node.driver.truncate(node, size, exact, prealloc);
+  // A longer backing file must not show through the grown area.
+  const oldLength = node.getLength();
+  const backing = node.isFilter ? undefined : node.backing;
+  if (size > oldLength && backing && backing.node.getLength() > oldLength) flags |= REQ_ZERO_WRITE;
+  if (flags & ~(node.driver.supportedTruncateFlags?.(node) ?? 0)) throw new BlkioError('ENOTSUP', 'Block driver does not support requested flags');
+  await node.driver.truncate(node, size, exact, prealloc, flags);
   node.writeGeneration++;
 }
 

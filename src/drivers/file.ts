@@ -3,7 +3,7 @@ import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { BlkioError, toBlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
-import { REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
+import { REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_ZERO_WRITE, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
 import { nativeFileOps, type NativeFileOps } from './file-native.js';
 import { FileLock } from './file-locks.js';
 import { parseBool } from '../options/qemuopts.js';
@@ -269,6 +269,8 @@ export const fileDriver: BlockDriver<FileState> = {
    * With the native addon zeroes are fallocate()d, holes when unmapping is allowed. Without it
    * they are written here, as fallocate(ZERO_RANGE) would leave them: no fallback is needed.
    */
+  // A grown file reads as zeroes.
+  supportedTruncateFlags: () => REQ_ZERO_WRITE,
   supportedZeroFlags: () => (nativeFileOps() ? REQ_MAY_UNMAP | REQ_NO_FALLBACK : REQ_NO_FALLBACK),
 
   getLength: (node) => node.state.size,

@@ -11,7 +11,7 @@ import { updateEdgePerms, type OpenContext } from '../../block/graph.js';
 import { debugEvent } from '../../block/io.js';
 import { defaultChildPerms, PERM_ALL } from '../../block/permissions.js';
 import {
-  REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO,
+  REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_ZERO_WRITE, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO,
 } from '../../block/flags.js';
 import { countReferencedClusters, requireAlignedRefblocks } from './refcount.js';
 import {
@@ -217,9 +217,11 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     await s.lock.run(() => writeCaches(s));
   },
 
-  async truncate(node, size, _exact, prealloc) {
+  supportedTruncateFlags: () => REQ_ZERO_WRITE,
+
+  async truncate(node, size, _exact, prealloc, flags) {
     await requireUsable(node.state);
-    await truncateImage(node.state, size, prealloc);
+    await truncateImage(node.state, size, prealloc, (flags & REQ_ZERO_WRITE) !== 0);
   },
 
   async blockStatus(node, offset, bytes) {

@@ -12,14 +12,16 @@ import { growL1Table, shrinkL1Table } from './mapping.js';
 import {
   allocClustersAt, freeClusters, getLastCluster, processDiscards, refcountArea, updateMaxRefcountTableIndex,
 } from './refcount.js';
-import { clusterDiscard } from './zero.js';
-import { hostRangeFor } from './write.js';
+import { REQ_ZERO_WRITE } from '../../block/flags.js';
+import { clusterDiscard, subclusterZeroize } from './zero.js';
+import { hostRangeFor, writeGuest } from './write.js';
 import { hasDataFile, sizeToL1, startOfCluster, offsetIntoCluster, type Qcow2State } from './state.js';
 import { l2SliceIndex } from './mapping.js';
 
 export const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'] as const;
 
-export async function truncateImage(s: Qcow2State, size: number, prealloc: string): Promise<void> {
+/** `zeroWrite`: the grown area must read as zeroes, not as the (longer) backing file. */
+export async function truncateImage(s: Qcow2State, size: number, prealloc: string, zeroWrite = false): Promise<void> {
   if (size % 512) throw new BlkioError('EINVAL', 'The new size must be a multiple of 512');
   if (!(PREALLOC_MODES as readonly string[]).includes(prealloc)) {
     throw new BlkioError('ENOTSUP', `Unsupported preallocation mode '${prealloc}'`);
@@ -40,8 +42,9 @@ export async function truncateImage(s: Qcow2State, size: number, prealloc: strin
   // An external data file holds data at guest offsets: it is resized with the image, and any
   // preallocation maps its clusters and then preallocates the file itself.
   if (prealloc === 'metadata' || (hasDataFile(s) && prealloc !== 'off')) await preallocateMetadata(s, oldLength, size, prealloc);
-  else if (prealloc === 'falloc' || prealloc === 'full') await preallocateData(s, oldLength, size, prealloc);
+  else if (prealloc === 'falloc' || prealloc === 'full') zeroWrite = await preallocateData(s, oldLength, size, prealloc, zeroWrite);
   else if (hasDataFile(s)) await s.dataFile.truncate(size, true);
+  if (zeroWrite && size > oldLength) await zeroGrownArea(s, oldLength, size);
   if (prealloc !== 'off') {
     await s.lock.run(async () => {
       await s.l2Cache.write();
@@ -158,8 +161,27 @@ async function preallocateMetadata(s: Qcow2State, offset: number, end: number, m
   if (hostEnd > s.dataFile.getLength()) await s.dataFile.truncate(hostEnd, false, mode === 'metadata' ? 'off' : mode);
 }
 
-/** falloc/full: new refcount structures behind the image, then one data run for the new range. */
-async function preallocateData(s: Qcow2State, oldLength: number, size: number, mode: string): Promise<void> {
+/** Whole subclusters become zero in the L2 tables, the head of a partly used one is written with zeroes. */
+async function zeroGrownArea(s: Qcow2State, oldLength: number, size: number): Promise<void> {
+  const zeroStart = Math.ceil(oldLength / s.subclusterSize) * s.subclusterSize;
+  if (size > zeroStart) {
+    await s.lock.run(() => subclusterZeroize(s, zeroStart, size - zeroStart, 0)).catch((e) => {
+      throw prefixed(e, 'Failed to zero out new clusters');
+    });
+  }
+  if (zeroStart > oldLength) {
+    const bytes = Math.min(zeroStart, size) - oldLength;
+    await writeGuest(s, oldLength, bytes, new Uint8Array(bytes)).catch((e) => {
+      throw prefixed(e, 'Failed to zero out the new area');
+    });
+  }
+}
+
+/**
+ * falloc/full: new refcount structures behind the image, then one data run for the new range.
+ * Returns whether the grown area still needs zeroing: not when the file could zero it as it grew.
+ */
+async function preallocateData(s: Qcow2State, oldLength: number, size: number, mode: string, zeroWrite: boolean): Promise<boolean> {
   let fileSize = s.file.getLength();
   const last = await s.lock.run(() => getLastCluster(s, fileSize).catch(() => -1));
   fileSize = last >= 0 ? (last + 1) * s.clusterSize : Math.ceil(fileSize / s.clusterSize) * s.clusterSize;
@@ -171,8 +193,11 @@ async function preallocateData(s: Qcow2State, oldLength: number, size: number, m
   await s.lock.run(() => allocClustersAt(s, allocationStart, dataClusters)).catch((e) => {
     throw prefixed(e, 'Failed to allocate data clusters');
   });
+  const newFileSize = allocationStart + dataClusters * s.clusterSize;
+  // The file zeroing the new area lets the new subclusters be allocated: they read zeroes, not backing data.
+  const fileZeroed = zeroWrite && (await s.file.truncate(newFileSize, false, mode, REQ_ZERO_WRITE).then(() => true, () => false));
   try {
-    await s.file.truncate(allocationStart + dataClusters * s.clusterSize, false, mode);
+    if (!fileZeroed) await s.file.truncate(newFileSize, false, mode);
   } catch (e) {
     await s.lock.run(() => freeClusters(s, allocationStart, dataClusters * s.clusterSize, 'other'));
     throw prefixed(e, 'Failed to resize underlying file');
@@ -188,8 +213,8 @@ async function preallocateData(s: Qcow2State, oldLength: number, size: number, m
     const m: Allocation = {
       offset: guest, hostOffset: host, nbClusters: nb, keepOldClusters: false,
       cowStart: { offset: 0, bytes: cowStart }, cowEnd: { offset: nb * s.clusterSize, bytes: 0 },
-      // The subcluster bitmap stays untouched: new subclusters stay unallocated, a partly used cluster keeps its bits (QEMU 7.2).
-      prealloc: true, skipCow: false, done, finish,
+      // Otherwise the subcluster bitmap stays untouched: new subclusters stay unallocated, a partly used cluster keeps its bits (QEMU 7.2).
+      prealloc: !fileZeroed, skipCow: false, done, finish,
     };
     await linkAllocations(s, [m]).catch((e) => {
       throw prefixed(e, 'Failed to update L2 tables');
@@ -198,4 +223,5 @@ async function preallocateData(s: Qcow2State, oldLength: number, size: number, m
     host += nb * s.clusterSize;
     dataClusters -= nb;
   }
+  return zeroWrite && !fileZeroed;
 }

@@ -233,4 +233,26 @@ describe.skipIf(!haveQemu)('qcow2 writes', () => {
       expect(readFileSync(images[0]).equals(readFileSync(images[1]))).toBe(true);
     });
   }
+
+  for (const [mode, extendedL2] of [['off', 'off'], ['off', 'on'], ['metadata', 'on'], ['falloc', 'on'], ['full', 'off']]) {
+    it(`grows over a longer backing file with ${mode} preallocation, extended_l2=${extendedL2}: the new area reads zeroes`, async () => {
+      const base = tmp.path('base.qcow2');
+      qemuImg('create', '-q', '-f', 'qcow2', base, '1M');
+      qemuIo(base, ['write -P 2 0 1M']);
+      const images = [tmp.path('ours.qcow2'), tmp.path('ref.qcow2')];
+      for (const f of images) qemuImg('create', '-q', '-f', 'qcow2', '-o', `extended_l2=${extendedL2}`, '-b', base, '-F', 'qcow2', f, '99K');
+      const img = await openQcow2(images[0]);
+      try {
+        await img.blk.truncate(M, false, mode);
+        const grown = new Uint8Array(M - 99 * K);
+        await img.blk.read(99 * K, grown.length, grown);
+        expect(grown.every((b) => b === 0)).toBe(true);
+      } finally {
+        await img.close();
+      }
+      qemuImg('resize', '-q', '-f', 'qcow2', `--preallocation=${mode}`, images[1], '1M');
+      expectClean(images[0]);
+      expect(readFileSync(images[0]).equals(readFileSync(images[1]))).toBe(true);
+    });
+  }
 });
