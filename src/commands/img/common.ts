@@ -156,14 +156,12 @@ export interface ImgOpenSpec {
   extraOptions?: FlatOptions;
 }
 
-/** --image-opts names the driver in the option string itself, so -f cannot come with it. */
-export function checkNoFormatWithImageOpts(imageOpts: boolean | undefined, format: string | undefined): void {
-  if (imageOpts && format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
-}
-
-/** Open an image like qemu-img's img_open: errors become `Could not open '<name>': <error>`. */
+/**
+ * Open an image like qemu-img's img_open: errors become `Could not open '<name>': <error>`.
+ * --image-opts names the driver in the option string itself, so a format cannot come with it.
+ */
 export async function openImg(layer: BlockLayer, spec: ImgOpenSpec): Promise<BlockBackend> {
-  checkNoFormatWithImageOpts(spec.imageOpts, spec.format);
+  if (spec.imageOpts && spec.format !== undefined) throw new BlkioError('EINVAL', '--image-opts and --format are mutually exclusive');
   const options: FlatOptions = { ...spec.extraOptions };
   if (spec.imageOpts) {
     // Parsed before the open, as in qemu-img: its errors are not "Could not open" ones.
