@@ -315,10 +315,21 @@ export function parseExtensions(buf: Uint8Array, start: number, end: number, con
   return result;
 }
 
-/** A C string: up to the first NUL. */
+/**
+ * A name stored in the image (backing file, backing format, data file, snapshot id and name):
+ * up to the first NUL. QEMU keeps these as bytes and hands them to open() and printf as they
+ * are; Node's paths and output are UTF-8, so the bytes are decoded as UTF-8 to reach the same
+ * file and print the same bytes.
+ */
 export function cString(data: Uint8Array): string {
   const nul = data.indexOf(0);
-  return latin1(nul < 0 ? data : data.subarray(0, nul));
+  const text = nul < 0 ? data : data.subarray(0, nul);
+  return Buffer.from(text.buffer, text.byteOffset, text.byteLength).toString('utf8');
+}
+
+/** The bytes a name is stored as (the reverse of cString). */
+export function nameBytes(name: string): Uint8Array {
+  return Buffer.from(name, 'utf8');
 }
 
 /** What qcow2_update_header needs besides the fixed fields. */
@@ -359,15 +370,15 @@ export function buildHeaderCluster(c: HeaderContents): Uint8Array {
     out.set(data, pos + 8);
     pos += 8 + padded;
   };
-  if (c.backingFormat !== undefined) addExtension(EXT_BACKING_FORMAT, Buffer.from(c.backingFormat, 'latin1'));
-  if (c.dataFile !== undefined) addExtension(EXT_DATA_FILE, Buffer.from(c.dataFile, 'latin1'));
+  if (c.backingFormat !== undefined) addExtension(EXT_BACKING_FORMAT, nameBytes(c.backingFormat));
+  if (c.dataFile !== undefined) addExtension(EXT_DATA_FILE, nameBytes(c.dataFile));
   if (c.cryptoHeader) addExtension(EXT_CRYPTO_HEADER, c.cryptoHeader);
   if (h.version >= 3 && c.clusterSize > 4096) addExtension(EXT_FEATURE_TABLE, encodeFeatureTable(KNOWN_FEATURES));
   if (c.bitmaps) addExtension(EXT_BITMAPS, c.bitmaps);
   for (const ext of c.unknownExtensions) addExtension(ext.magic, ext.data);
   addExtension(EXT_END, new Uint8Array(0));
   if (c.backingFile !== undefined) {
-    const name = Buffer.from(c.backingFile, 'latin1');
+    const name = nameBytes(c.backingFile);
     if (pos + name.length > out.length) noSpace();
     out.set(name, pos);
     h.backingFileOffset = pos;

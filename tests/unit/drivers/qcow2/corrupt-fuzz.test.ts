@@ -28,6 +28,7 @@ const REGRESSIONS: Array<[seed: number, what: string]> = [
   [610675, 'check prints a region at offset 0 beyond the end of the file as 0x0'],
   [610770, 'freeing an old cluster at an unaligned offset is refused as non-fatal corruption (it freed the header cluster)'],
   [610597, 'an unknown autoclear bit is cleared at a read-write open, before the image file would otherwise have its permissions'],
+  [610840, 'a backing file named in UTF-8 (bäse.img) is read, shown and opened by its bytes'],
 ];
 
 describe.skipIf(!haveQemu)('qcow2 corruption fuzzing (bounded)', () => {
