@@ -75,10 +75,9 @@ async function runCheck(node: BlockNode, repair: 'leaks' | 'all' | undefined): P
 
 export function imgCheck(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    let output: string | undefined;
     let repair: 'leaks' | 'all' | undefined;
     let cache = 'writeback';
-    const { format, imageOpts, forceShare, quiet, operands, objects } = parseImgArgs('check', argv, {
+    const { format, imageOpts, forceShare, quiet, output, operands, objects } = parseImgArgs('check', argv, {
       short: ':hf:r:T:qU',
       long: [FORMAT_OPTION, { name: 'repair', hasArg: true, key: 'r' }, OUTPUT_OPTION, IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION],
       own: (item) => {
@@ -89,7 +88,6 @@ export function imgCheck(argv: string[]): Promise<number> {
             }
             repair = item.value;
             return true;
-          case 'output': output = item.value; return true;
           case 'T': cache = item.value; return true;
           default: return false;
         }

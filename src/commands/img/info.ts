@@ -106,14 +106,12 @@ export function formatHumanInfo(info: ImageInfo): string {
 
 export function imgInfo(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    let output: string | undefined;
     let chain = false;
-    const { format, imageOpts, forceShare, operands, objects } = parseImgArgs('info', argv, {
+    const { format, imageOpts, forceShare, output, operands, objects } = parseImgArgs('info', argv, {
       short: ':f:hU',
       long: [FORMAT_OPTION, OUTPUT_OPTION, { name: 'backing-chain', hasArg: false, key: 'backing-chain' }, IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION],
       own: (item) => {
         switch (item.key) {
-          case 'output': output = item.value; return true;
           case 'backing-chain': chain = true; return true;
           default: return false;
         }

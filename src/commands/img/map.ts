@@ -126,10 +126,9 @@ function writeJsonEntry(out: ChunkedOutput, start: number, length: number, depth
 
 export function imgMap(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
-    let output: string | undefined;
     let startOffset = 0;
     let maxLength: number | undefined;
-    const { format, imageOpts, forceShare, operands, objects } = parseImgArgs('map', argv, {
+    const { format, imageOpts, forceShare, output, operands, objects } = parseImgArgs('map', argv, {
       short: ':f:s:l:hU',
       long: [
         FORMAT_OPTION, OUTPUT_OPTION, IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION,
@@ -137,7 +136,6 @@ export function imgMap(argv: string[]): Promise<number> {
       ],
       own: (item) => {
         switch (item.key) {
-          case 'output': output = item.value; return true;
           case 's': startOffset = imgCvtnum('start offset', item.value); return true;
           case 'l': maxLength = imgCvtnum('max length', item.value); return true;
           default: return false;

@@ -34,6 +34,8 @@ export interface SharedImgOptions {
   /** -U / --force-share */
   forceShare: boolean;
   quiet: boolean;
+  /** --output (for the subcommands that list OUTPUT_OPTION) */
+  output?: string;
 }
 
 export interface ImgArgs extends SharedImgOptions {
@@ -53,6 +55,7 @@ export function parseImgArgs(command: string, argv: readonly string[], spec: Img
       case 'U': args.forceShare = true; break;
       case 'q': args.quiet = true; break;
       case 'image-opts': args.imageOpts = true; break;
+      case 'output': args.output = item.value; break;
       default: badOption(item);
     }
   }
