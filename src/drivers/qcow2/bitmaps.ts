@@ -3,12 +3,11 @@
  * entries (table offset u64, table size u32, flags u32, type u8, granularity bits u8, name size
  * u16, extra data size u32, then extra data and name, each entry padded to 8 bytes).
  */
-import { AUTOCLEAR_BITMAPS } from './header.js';
+import { AUTOCLEAR_BITMAPS, BITMAPS_EXTENSION_SIZE } from './header.js';
 import type { Qcow2State } from './state.js';
 
 /** Bytes of a directory entry before its extra data and name. */
 export const BITMAP_DIR_ENTRY_SIZE = 24;
-const BITMAPS_EXTENSION_SIZE = 24;
 
 export const BITMAP_FLAG_IN_USE = 1;
 export const BITMAP_FLAG_AUTO = 2;

@@ -23,7 +23,7 @@ function invalid(message: string): BlkioError {
 
 /** Check the `encrypt.*` options (prefix taken off) against the header's crypt_method, in QEMU's order. */
 export function checkEncryptOptions(cryptMethod: number, options: FlatOptions): void {
-  if (cryptMethod > 2) throw invalid(`Unsupported encryption method ${cryptMethod | 0}`);
+  if (cryptMethod > CRYPT_LUKS) throw invalid(`Unsupported encryption method ${cryptMethod | 0}`);
   const format = options.format;
   const headerFormat = FORMAT_NAMES[cryptMethod];
   if (!headerFormat) {

@@ -316,10 +316,10 @@ export function parseExtensions(buf: Uint8Array, start: number, end: number, con
 }
 
 /**
- * A name stored in the image (backing file, backing format, data file, snapshot id and name):
- * up to the first NUL. QEMU keeps these as bytes and hands them to open() and printf as they
- * are; Node's paths and output are UTF-8, so the bytes are decoded as UTF-8 to reach the same
- * file and print the same bytes.
+ * A name stored in the header (backing file, backing format, data file): up to the first NUL.
+ * QEMU keeps these as bytes and hands them to open() and printf as they are; Node's paths and
+ * output are UTF-8, so the bytes are decoded as UTF-8 to reach the same file and print the same
+ * bytes.
  */
 export function cString(data: Uint8Array): string {
   const nul = data.indexOf(0);
