@@ -565,9 +565,14 @@ export function inheritLimits(node: BlockNode): void {
   node.driver.refreshLimits?.(node);
 }
 
+/** Whether a filename starts with a protocol prefix (`nbd:`, `json:`, `null-co:`, ...). */
+export function hasProtocolPrefix(filename: string): boolean {
+  return /^[a-z][a-z0-9+.-]*:/i.test(filename);
+}
+
 /** A relative backing name is relative to the directory of the image that names it. */
 export function resolveBackingFilename(imageFilename: string, backing: string): string {
-  if (backing.startsWith('/') || /^[a-z][a-z0-9+.-]*:/i.test(backing) || imageFilename.startsWith('json:')) return backing;
+  if (backing.startsWith('/') || hasProtocolPrefix(backing) || imageFilename.startsWith('json:')) return backing;
   const slash = imageFilename.lastIndexOf('/');
   return slash < 0 ? backing : imageFilename.slice(0, slash + 1) + backing;
 }

@@ -2,7 +2,7 @@
 import { realpathSync } from 'node:fs';
 import { dirname, isAbsolute, relative } from 'node:path';
 import { BlkioError } from '../errors.js';
-import { resolveBackingFilename } from '../block/graph.js';
+import { hasProtocolPrefix, resolveBackingFilename } from '../block/graph.js';
 import { nodeBlockStatus } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { STATUS_ALLOCATED, STATUS_ZERO } from '../block/flags.js';
@@ -45,7 +45,7 @@ export function findBackingImage(top: BlockNode, name: string): BlockNode | unde
   let overlay = top;
   for (const n of backingChain(top)) {
     if (name === overlay.backingFile) return n;
-    if (hasProtocol(name) || hasProtocol(overlay.backingFile)) {
+    if (hasProtocolPrefix(name) || hasProtocolPrefix(overlay.backingFile)) {
       if (name === n.filename) return n;
     } else {
       const wanted = realFile(resolveBackingFilename(overlay.filename, name));
@@ -56,10 +56,6 @@ export function findBackingImage(top: BlockNode, name: string): BlockNode | unde
   return undefined;
 }
 
-function hasProtocol(filename: string): boolean {
-  return PROTOCOL_PREFIX.test(filename);
-}
-
 /** The canonical path of an existing file, else undefined. */
 function realFile(path: string): string | undefined {
   try {
@@ -68,8 +64,6 @@ function realFile(path: string): string | undefined {
     return undefined;
   }
 }
-
-const PROTOCOL_PREFIX = /^[a-z][a-z0-9+.-]*:/i;
 
 /** How far to look ahead in one block-status query (skipped ranges may be long). */
 export const STATUS_LOOKAHEAD = 1 << 30;
@@ -103,6 +97,6 @@ export async function chainStatus(top: BlockNode, stop: BlockNode | undefined, o
  * protocol names stay as they are.
  */
 export function backingNameFrom(imageFilename: string, backingFilename: string): string {
-  if (isAbsolute(backingFilename) || hasProtocol(backingFilename)) return backingFilename;
+  if (isAbsolute(backingFilename) || hasProtocolPrefix(backingFilename)) return backingFilename;
   return relative(dirname(imageFilename), backingFilename);
 }

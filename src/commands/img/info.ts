@@ -10,7 +10,7 @@ import type { BlockNode } from '../../block/node.js';
 import type { ObjectRegistry } from '../../block/objects.js';
 import { ROLE_COW } from '../../block/driver.js';
 import { nodeInfoIfAny } from '../../block/io.js';
-import { resolveBackingFilename } from '../../block/graph.js';
+import { hasProtocolPrefix, resolveBackingFilename } from '../../block/graph.js';
 import { sizeToStr } from '../../options/size.js';
 import { oneImageName, openImg, parseOutputFormat, runSubcommand, withLayer, writeOut } from './common.js';
 import { FORCE_SHARE_OPTION, FORMAT_OPTION, IMAGE_OPTS_OPTION, OUTPUT_OPTION, parseImgArgs } from './options.js';
@@ -75,7 +75,7 @@ export async function queryImageInfo(node: BlockNode): Promise<ImageInfo> {
 }
 
 function isAbsoluteOrProtocol(name: string): boolean {
-  return name.startsWith('/') || /^[a-z][a-z0-9+.-]*:/i.test(name);
+  return name.startsWith('/') || hasProtocolPrefix(name);
 }
 
 /** bdrv_image_info_dump. */
