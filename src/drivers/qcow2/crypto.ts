@@ -82,16 +82,15 @@ export class SectorCipher {
   }
 
   private run(buf: Uint8Array, firstSector: number, encrypt: boolean): void {
+    const sectors = Math.ceil(buf.length / SECTOR_SIZE);
     if (this.xts) {
-      const sectors = Math.ceil(buf.length / SECTOR_SIZE);
-      const ivs = new Uint8Array(sectors * BLOCK_BYTES);
-      for (let i = 0; i < sectors; i++) ivs.set(this.iv(firstSector + i), i * BLOCK_BYTES);
-      this.xts.run(buf, ivs, encrypt);
+      this.xts.run(buf, this.ivs(firstSector, sectors), encrypt);
       return;
     }
-    for (let pos = 0; pos < buf.length; pos += SECTOR_SIZE) {
-      const sector = buf.subarray(pos, pos + SECTOR_SIZE);
-      const iv = this.spec.mode === 'ecb' ? null : this.iv(firstSector + pos / SECTOR_SIZE);
+    const ivs = this.spec.mode === 'ecb' ? null : this.ivs(firstSector, sectors);
+    for (let i = 0; i < sectors; i++) {
+      const sector = buf.subarray(i * SECTOR_SIZE, (i + 1) * SECTOR_SIZE);
+      const iv = ivs && ivs.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES);
       const c = encrypt
         ? crypto().createCipheriv(this.cipherName!, this.key, iv)
         : crypto().createDecipheriv(this.cipherName!, this.key, iv);
@@ -101,16 +100,18 @@ export class SectorCipher {
     }
   }
 
-  private iv(sector: number): Buffer {
-    const iv = Buffer.alloc(BLOCK_BYTES);
-    if (this.spec.ivgen === 'plain') {
-      iv.writeUInt32LE(sector % 2 ** 32);
-      return iv;
+  /** The IVs of `count` sectors from `firstSector`, one block each; essiv encrypts them all in one call. */
+  private ivs(firstSector: number, count: number): Uint8Array {
+    const ivs = Buffer.alloc(count * BLOCK_BYTES);
+    for (let i = 0; i < count; i++) {
+      const sector = firstSector + i;
+      ivs.writeUInt32LE(sector % 2 ** 32, i * BLOCK_BYTES);
+      // plain keeps the low 32 bits only; plain64 and essiv take the sector number as 64 bits.
+      if (this.spec.ivgen !== 'plain') ivs.writeUInt32LE(Math.floor(sector / 2 ** 32), i * BLOCK_BYTES + 4);
     }
-    iv.writeBigUInt64LE(BigInt(sector));
-    if (this.spec.ivgen === 'plain64') return iv;
+    if (this.spec.ivgen !== 'essiv') return ivs;
     const essiv = crypto().createCipheriv(this.essivCipher!, this.essivKey!, null).setAutoPadding(false);
-    return essiv.update(iv);
+    return essiv.update(ivs);
   }
 }
 
