@@ -16,7 +16,7 @@ import { PROGRAM } from '../../cli/run.js';
 import type { FlatOptions } from '../../options/types.js';
 import { isValidOptionList, parseQemuOpts, qemuOptsToDict } from '../../options/qemuopts.js';
 import { parseSizeBigInt, SizeError } from '../../options/size.js';
-import { scanArgs, type LongOption, type OptionItem } from './getopt.js';
+import type { OptionItem } from './getopt.js';
 
 /** The name the usage hint tells users to run for help. */
 export const IMG_COMMAND = `${PROGRAM} img`;
@@ -86,34 +86,6 @@ export function objectOption(objects: ObjectRegistry, text: string, failureStatu
   if (help === undefined) return;
   writeOut(help);
   throw new ExitStatus(0);
-}
-
-/**
- * A subcommand's options, scanned; `?`/`:` items become usage errors when reached. `--object`
- * items are not passed on: they are acted on as the subcommand's loop comes to them, into
- * `objects`, which the subcommand hands to newLayer. `objectFailureStatus` false: the
- * subcommand takes no --object (bench).
- */
-export function scanImgArgs(
-  command: string, argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[],
-  objectFailureStatus: number | false = 1,
-) {
-  const { options, operands } = scanArgs(command, argv, shortSpec, [
-    { name: 'help', hasArg: false, key: 'h' },
-    ...(objectFailureStatus === false ? [] : [{ name: 'object', hasArg: true, key: 'object' }]),
-    ...longOptions,
-  ]);
-  const objects = newObjectRegistry();
-  return {
-    options: objectFailureStatus === false ? options : withObjectsActedOn(options, objects, objectFailureStatus), operands, objects,
-  };
-}
-
-function* withObjectsActedOn(items: readonly OptionItem[], objects: ObjectRegistry, failureStatus: number): Generator<OptionItem> {
-  for (const item of items) {
-    if (item.key === 'object') objectOption(objects, item.value, failureStatus);
-    else yield item;
-  }
 }
 
 /** The default branch of every qemu-img option switch. */

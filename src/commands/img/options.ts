@@ -5,8 +5,8 @@
  * command-line order, as qemu-img's getopt loop does: the first error or help ends the command.
  */
 import type { ObjectRegistry } from '../../block/objects.js';
-import { badOption, ExitStatus, scanImgArgs } from './common.js';
-import type { LongOption, OptionItem } from './getopt.js';
+import { badOption, ExitStatus, newObjectRegistry, objectOption } from './common.js';
+import { scanArgs, type LongOption, type OptionItem } from './getopt.js';
 import { printHelp } from './help.js';
 
 /** Long spellings of shared options, keyed like their short letters. */
@@ -43,11 +43,23 @@ export interface ImgArgs extends SharedImgOptions {
   objects: ObjectRegistry;
 }
 
-/** Run the option loop; -h prints the help and ends the command with status 0. */
+/**
+ * Run the option loop; -h prints the help and ends the command with status 0. An --object is
+ * created as the loop reaches it, into the registry the subcommand hands to newLayer.
+ */
 export function parseImgArgs(command: string, argv: readonly string[], spec: ImgArgsSpec): ImgArgs {
-  const { options, operands, objects } = scanImgArgs(command, argv, spec.short, spec.long ?? [], spec.objectFailureStatus);
-  const args: ImgArgs = { imageOpts: false, forceShare: false, quiet: false, operands, objects };
+  const objectFailureStatus = spec.objectFailureStatus ?? 1;
+  const { options, operands } = scanArgs(command, argv, spec.short, [
+    { name: 'help', hasArg: false, key: 'h' },
+    ...(objectFailureStatus === false ? [] : [{ name: 'object', hasArg: true, key: 'object' }]),
+    ...(spec.long ?? []),
+  ]);
+  const args: ImgArgs = { imageOpts: false, forceShare: false, quiet: false, operands, objects: newObjectRegistry() };
   for (const item of options) {
+    if (item.key === 'object' && objectFailureStatus !== false) {
+      objectOption(args.objects, item.value, objectFailureStatus);
+      continue;
+    }
     if (spec.own?.(item)) continue;
     switch (item.key) {
       case 'h': throw new ExitStatus(printHelp());

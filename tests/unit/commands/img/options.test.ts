@@ -1,12 +1,14 @@
 import { describe, expect, it, vi } from 'vitest';
-import { ExitStatus, UsageError } from '../../../../src/commands/img/common.js';
+import { ExitStatus, newLayer, UsageError } from '../../../../src/commands/img/common.js';
 import type { OptionItem } from '../../../../src/commands/img/getopt.js';
 import { printHelp } from '../../../../src/commands/img/help.js';
+import { writeStderr } from '../../../../src/cli/output.js';
 import {
   FORCE_SHARE_OPTION, FORMAT_OPTION, IMAGE_OPTS_OPTION, parseImgArgs,
 } from '../../../../src/commands/img/options.js';
 
 vi.mock('../../../../src/commands/img/help.js', () => ({ printHelp: vi.fn(() => 0) }));
+vi.mock('../../../../src/cli/output.js', () => ({ writeStdout: vi.fn(), writeStderr: vi.fn() }));
 
 const LONG = [FORMAT_OPTION, IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION, { name: 'output', hasArg: true, key: 'output' }];
 
@@ -73,5 +75,25 @@ describe('parseImgArgs', () => {
     expect([...objects.objects.keys()]).toEqual(['tg0']);
     expect(() => parseImgArgs('bench', ['--object', 'throttle-group,id=tg0', 'x'], { short: ':h', objectFailureStatus: false }))
       .toThrowError(new UsageError("unrecognized option '--object'"));
+  });
+
+  it('hands the objects to newLayer', async () => {
+    const { objects, format, operands } = parseImgArgs('info', ['--object', 'throttle-group,id=tg0', '-f', 'raw', 'x'], { short: ':f:hU' });
+    expect(format).toBe('raw');
+    expect(operands).toEqual(['x']);
+    const layer = newLayer(objects);
+    expect([...layer.objects.keys()]).toEqual(['tg0']);
+    await layer.closeAll();
+  });
+
+  it('stops at an option error before a later object', () => {
+    expect(() => parseImgArgs('info', ['--bogus', '--object', 'foo'], { short: ':f:hU' }))
+      .toThrowError(new UsageError("unrecognized option '--bogus'"));
+  });
+
+  it('ends the command with the status of the subcommand when an object fails', () => {
+    expect(() => parseImgArgs('compare', ['--object', 'secret,id=s0'], { short: ':h', objectFailureStatus: 2 }))
+      .toThrowError(expect.objectContaining({ status: 2 }));
+    expect(writeStderr).toHaveBeenCalledWith("blkio: Either 'file' or 'data' must be provided\n");
   });
 });
