@@ -7,12 +7,16 @@
 // (and blkio/baseline), and peak RSS. Times come from bash's `time` (wait4, millisecond
 // precision), peak RSS from GNU time's %M. On a machine shared with other work the CPU ratio is
 // the steadier of the two: waiting for a core inflates wall time on both sides unevenly.
+// A second view of memory: each side's peak RSS above its own runtime's floor, measured once at
+// the start (blkio: node running nothing under bin/blkio's flags; QEMU: qemu-io reading 4k),
+// since most of Node's 38 MiB are pages of the node binary that no blkio change can remove.
 // Needs bash, /usr/bin/time, qemu-img/qemu-io and a built dist/blkio.cjs; a few GiB of temporary
 // disk; the scratch directory is removed at the end. --markdown adds a table for RESULTS.md.
 //
 // Adding a case: push { name, setup(dir), prepare(dir), blkio: [argv...], qemu: [[argv...]...] }
 // onto CASES. `setup` runs once, `prepare` before every single run; a side with several
 // commands (QEMU's stream equivalent) counts their times added up and the largest RSS.
+// `minRuns` raises --runs for a case whose times swing from run to run.
 // Images several cases only read are named in the case's `shares` and built once (SHARED_BUILDERS).
 
 import { spawnSync } from 'node:child_process';
@@ -57,6 +61,11 @@ const SHARED_BUILDERS = {
     sh(['qemu-io', '-t', 'writeback', file], undefined, script);
   },
 };
+
+// Writing 1 GiB into the page cache costs both sides system time that swings 2 to 5 times from
+// run to run on this VM (page-cache pages the host reclaimed through the balloon fault on first
+// touch inside the kernel's copy), more than the tools differ by: these cases take more runs.
+const PAGE_CACHE_BOUND_RUNS = 7;
 
 const CASES = [
   {
@@ -118,6 +127,7 @@ const CASES = [
     prepare(dir) {
       fs.rmSync(path.join(dir, 'out.raw'), { force: true });
     },
+    minRuns: PAGE_CACHE_BOUND_RUNS,
     blkio: [[BLKIO, 'img', 'convert', '-f', 'qcow2', '-O', 'raw', shared('full.qcow2'), 'out.raw']],
     qemu: [['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', shared('full.qcow2'), 'out.raw']],
   },
@@ -127,6 +137,7 @@ const CASES = [
     prepare(dir) {
       fs.rmSync(path.join(dir, 'out.qcow2'), { force: true });
     },
+    minRuns: PAGE_CACHE_BOUND_RUNS,
     blkio: [[BLKIO, 'img', 'convert', '-f', 'qcow2', '-O', 'qcow2', shared('full.qcow2'), 'out.qcow2']],
     qemu: [['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', shared('full.qcow2'), 'out.qcow2']],
   },
@@ -149,6 +160,7 @@ const CASES = [
       sh(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', 'top.qcow2'], dir);
       sh(['qemu-io', '-c', 'write -P 0xa5 0 1G', 'top.qcow2'], dir);
     },
+    minRuns: PAGE_CACHE_BOUND_RUNS,
     blkio: [[BLKIO, 'commit', 'top.qcow2']],
     qemu: [['qemu-img', 'commit', 'top.qcow2']],
   },
@@ -186,6 +198,30 @@ function median(values) {
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
+/** Median peak RSS in MiB of a command that does (next to) nothing: a runtime's own floor. */
+function floorRssMib(argv, cwd) {
+  const samples = Array.from({ length: 5 }, () => {
+    const m = measure(argv, cwd);
+    if (m.error) throw new Error(`${argv.join(' ')} failed: ${m.error}`);
+    return m.rssKib;
+  });
+  return median(samples) / 1024;
+}
+
+/** The floors RSS above floor is counted from: node under bin/blkio's flags, qemu-io's 4k read. */
+function measureFloors() {
+  const dir = fs.mkdtempSync(path.join(scratch, 'floor-'));
+  fs.writeFileSync(path.join(dir, 'small.raw'), Buffer.alloc(MiB, 1));
+  try {
+    return {
+      blkio: floorRssMib(['env', '-u', 'NODE_EXTRA_CA_CERTS', process.execPath, '--no-concurrent-recompilation', '--v8-pool-size=1', '-e', '0'], dir),
+      qemu: floorRssMib(['qemu-io', '-f', 'raw', '-c', 'read 0 4k', 'small.raw'], dir),
+    };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 function runCase(c, runs) {
   for (const name of c.shares ?? []) if (!fs.existsSync(shared(name))) SHARED_BUILDERS[name](shared(name));
   const dir = fs.mkdtempSync(path.join(scratch, 'case-'));
@@ -193,11 +229,16 @@ function runCase(c, runs) {
     c.setup?.(dir);
     const sides = { blkio: c.blkio, qemu: c.qemu, ...c.baselines };
     const results = {};
-    // Sides take turns run by run, so a burst of load elsewhere hits all of them alike.
+    const order = Object.entries(sides);
+    // Sides take turns run by run, so a burst of load elsewhere hits all of them alike; the
+    // order reverses every run, so no side always follows the same one.
     for (let i = 0; i < runs; i++) {
-      for (const [label, commands] of Object.entries(sides)) {
+      for (const [label, commands] of i % 2 ? [...order].reverse() : order) {
         if (results[label]?.error) continue;
         c.prepare?.(dir);
+        // Dirty pages left by the preparation or the previous run are written back here, not
+        // during (and charged to) the next side's run.
+        sh(['sync']);
         const m = runSide(commands, dir);
         if (m.error) results[label] = { error: m.error };
         else (results[label] ??= { samples: [] }).samples.push(m);
@@ -218,20 +259,29 @@ function runCase(c, runs) {
 const ratio = (a, b) => (a.error || b.error ? '-' : (a.wall / b.wall).toFixed(2));
 const cpuRatio = (a, b) => (a.error || b.error ? '-' : (a.cpu / b.cpu).toFixed(2));
 const rssRatio = (a, b) => (a.error || b.error ? '-' : (a.rssMib / b.rssMib).toFixed(2));
+/** Peak RSS above each side's own floor, and their ratio (none when QEMU's is within 1 MiB of its floor). */
+function aboveFloor(blkio, qemu, floors) {
+  if (blkio.error || qemu.error) return undefined;
+  const b = blkio.rssMib - floors.blkio;
+  const q = qemu.rssMib - floors.qemu;
+  return { blkio: b.toFixed(1), qemu: q.toFixed(1), ratio: q >= 1 ? (b / q).toFixed(2) : '-' };
+}
 
-function report(c, results) {
+function report(c, results, floors) {
   const fmt = (r) =>
     r.error ? `failed: ${r.error}` : `wall ${r.wall.toFixed(3)} s  cpu ${r.cpu.toFixed(3)} s  peak RSS ${r.rssMib.toFixed(0)} MiB`;
   console.log(c.name);
   for (const [label, r] of Object.entries(results)) console.log(`  ${label.padEnd(10)} ${fmt(r)}`);
   const { blkio, qemu, ...baselines } = results;
   console.log(`  blkio/QEMU: wall ${ratio(blkio, qemu)}  cpu ${cpuRatio(blkio, qemu)}  RSS ${rssRatio(blkio, qemu)}`);
+  const above = aboveFloor(blkio, qemu, floors);
+  if (above) console.log(`  peak RSS above own floor: blkio ${above.blkio} MiB  QEMU ${above.qemu} MiB  ratio ${above.ratio}`);
   for (const [label, r] of Object.entries(baselines)) {
     console.log(`  blkio/${label}: wall ${ratio(blkio, r)}  cpu ${cpuRatio(blkio, r)}`);
   }
 }
 
-function markdown(rows) {
+function markdown(rows, floors) {
   const s = (r, key, digits) => (r.error ? 'failed' : r[key].toFixed(digits));
   console.log('\n| case | blkio wall s | QEMU wall s | wall ratio | blkio CPU s | QEMU CPU s | CPU ratio | blkio RSS MiB | QEMU RSS MiB | RSS ratio |');
   console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
@@ -241,6 +291,14 @@ function markdown(rows) {
       `| ${name} | ${s(blkio, 'wall', 3)} | ${s(other, 'wall', 3)} | ${ratio(blkio, other)} | ${s(blkio, 'cpu', 3)} | ${s(other, 'cpu', 3)} | ${cpuRatio(blkio, other)} | ${s(blkio, 'rssMib', 0)} | ${s(other, 'rssMib', 0)} | ${rssRatio(blkio, other)} |`;
     console.log(line(c.name, qemu));
     for (const [label, r] of Object.entries(baselines)) console.log(line(`${c.name} (vs ${label})`, r));
+  }
+  console.log(`\nPeak RSS above each tool's own floor (node under bin/blkio's flags: ${floors.blkio.toFixed(0)} MiB; ` +
+    `qemu-io reading 4k: ${floors.qemu.toFixed(0)} MiB):\n`);
+  console.log('| case | blkio MiB above floor | QEMU MiB above floor | ratio |');
+  console.log('|---|---:|---:|---:|');
+  for (const { c, results } of rows) {
+    const above = aboveFloor(results.blkio, results.qemu, floors);
+    if (above) console.log(`| ${c.name} | ${above.blkio} | ${above.qemu} | ${above.ratio} |`);
   }
 }
 
@@ -266,13 +324,15 @@ function main() {
   });
   try {
     console.log(`median of ${runs} runs per side (unless a case sets its own)`);
+    const floors = measureFloors();
+    console.log(`peak RSS floors: node under bin/blkio's flags ${floors.blkio.toFixed(1)} MiB, qemu-io reading 4k ${floors.qemu.toFixed(1)} MiB`);
     const rows = [];
     for (const c of cases) {
-      const results = runCase(c, c.runs ?? runs);
-      report(c, results);
+      const results = runCase(c, c.runs ?? Math.max(runs, c.minRuns ?? 0));
+      report(c, results, floors);
       rows.push({ c, results });
     }
-    if (wantMarkdown) markdown(rows);
+    if (wantMarkdown) markdown(rows, floors);
   } finally {
     cleanUp();
   }
