@@ -163,6 +163,8 @@ export function isValidOptionList(text: string): boolean {
  * - 'qapi': the QAPI visitor over typed JSON input (`--blockdev {...}`, QMP).
  */
 export type OptionSyntax = 'qemuopts' | 'keyval' | 'qapi';
+/** The syntaxes whose values are text. */
+type TextOptionSyntax = Exclude<OptionSyntax, 'qapi'>;
 
 const SIZE_HINT = [
   'Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-',
@@ -243,7 +245,11 @@ export function parseNumber(name: string, value: OptionScalar, syntax: OptionSyn
     }
     return value < 0 ? Number(BigInt.asUintN(64, BigInt(value))) : value;
   }
-  const text = qemuOptsValue(value) ?? '';
+  return Number(parseNumberExact(name, qemuOptsValue(value) ?? '', syntax));
+}
+
+/** A number option's text (QemuOpts or keyval), as its exact uint64 value. */
+export function parseNumberExact(name: string, text: string, syntax: TextOptionSyntax = 'qemuopts'): bigint {
   const result = parseCInteger(text, false);
   if (syntax === 'keyval') {
     if (typeof result !== 'bigint') throw invalid(`Parameter '${name}' expects integer`);
@@ -252,7 +258,7 @@ export function parseNumber(name: string, value: OptionScalar, syntax: OptionSyn
   } else if (result === 'invalid') {
     throw invalid(`Parameter '${name}' expects a number`);
   }
-  return Number(result);
+  return result;
 }
 
 /** A signed 64-bit integer option (QAPI 'int'); QemuOpts has no signed type. */
@@ -276,9 +282,15 @@ export function parseSizeOption(
   name: string, value: OptionScalar, syntax: OptionSyntax = 'qemuopts', warn?: WarningSink,
 ): number {
   if (syntax === 'qapi') return parseNumber(name, value, 'qapi');
-  const text = qemuOptsValue(value) ?? '';
+  return Number(parseSizeOptionExact(name, qemuOptsValue(value) ?? '', syntax, warn));
+}
+
+/** A size option's text (QemuOpts or keyval), as its exact uint64 value. */
+export function parseSizeOptionExact(
+  name: string, text: string, syntax: TextOptionSyntax = 'qemuopts', warn?: WarningSink,
+): bigint {
   try {
-    return Number(parseSizeBigInt(text, 'B', warn));
+    return parseSizeBigInt(text, 'B', warn);
   } catch (error) {
     if (!(error instanceof SizeError)) throw error;
     if (syntax === 'keyval') throw invalid(`Parameter '${name}' expects size`);

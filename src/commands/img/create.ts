@@ -13,7 +13,7 @@ import { BdrvChild } from '../../block/child.js';
 import { ROLE_IMAGE } from '../../block/driver.js';
 import { attachChild, resolveBackingFilename, type BlockLayer } from '../../block/graph.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE } from '../../block/permissions.js';
-import { hasHelpOption, parseBool, parseCInteger, parseNumber, parseQemuOpts, parseSizeOption } from '../../options/qemuopts.js';
+import { hasHelpOption, parseBool, parseNumberExact, parseQemuOpts, parseSizeOptionExact } from '../../options/qemuopts.js';
 import { parseSizeBigInt } from '../../options/size.js';
 import type { WarningSink } from '../../options/types.js';
 import { PROGRAM } from '../../cli/run.js';
@@ -59,8 +59,8 @@ export function setCreateOption(
   let exact: bigint | undefined;
   switch (spec.type) {
     case 'bool': value = parseBool(name, text); break;
-    case 'number': value = parseNumber(name, text); exact = parseCInteger(text, false) as bigint; break;
-    case 'size': value = parseSizeOption(name, text, 'qemuopts', warn); exact = parseSizeBigInt(text); break;
+    case 'number': exact = parseNumberExact(name, text); value = Number(exact); break;
+    case 'size': exact = parseSizeOptionExact(name, text, 'qemuopts', warn); value = Number(exact); break;
     default: value = text;
   }
   const printed = exact !== undefined ? BigInt.asIntN(64, exact).toString() : spec.type === 'string' ? text.replaceAll(',', ',,') : text;

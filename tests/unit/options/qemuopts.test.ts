@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { BlkioError } from '../../../src/errors.js';
 import {
-  hasHelpOption, isValidOptionList, parseBool, parseInteger, parseNumber, parseQemuOpts, parseQemuOptsDict,
-  parseSizeOption, parseString, qemuOptsToDict, qemuOptsValue,
+  hasHelpOption, isValidOptionList, parseBool, parseInteger, parseNumber, parseNumberExact, parseQemuOpts, parseQemuOptsDict,
+  parseSizeOption, parseSizeOptionExact, parseString, qemuOptsToDict, qemuOptsValue,
 } from '../../../src/options/qemuopts.js';
 
 function errorOf(action: () => unknown): BlkioError {
@@ -165,6 +165,13 @@ describe('typed option values', () => {
       expect(parseNumber('n', '-1')).toBe(2 ** 64); // UINT64_MAX, rounded
     });
 
+    it('gives the exact value on request', () => {
+      expect(parseNumberExact('n', '-1')).toBe(2n ** 64n - 1n);
+      expect(parseNumberExact('n', '9007199254740993')).toBe(9007199254740993n);
+      expect(errorOf(() => parseNumberExact('n', '1k')).message).toBe("Parameter 'n' expects a number");
+      expect(errorOf(() => parseNumberExact('n', '1k', 'keyval')).message).toBe("Parameter 'n' expects integer");
+    });
+
     it('uses QemuOpts wording', () => {
       expect(errorOf(() => parseNumber('latency-ns', 'abc')).message).toBe("Parameter 'latency-ns' expects a number");
       expect(errorOf(() => parseNumber('n', '08')).message).toBe("Parameter 'n' expects a number");
@@ -212,6 +219,14 @@ describe('typed option values', () => {
       expect(parseSizeOption('cluster_size', '1.5k')).toBe(1536);
       expect(parseSizeOption('size', 1000)).toBe(1000);
       expect(parseSizeOption('size', '18446744073709551615')).toBe(2 ** 64);
+    });
+
+    it('gives the exact value on request, warning once about a hex suffix', () => {
+      const warnings: string[] = [];
+      expect(parseSizeOptionExact('size', '0x1k', 'qemuopts', (w) => warnings.push(w))).toBe(1024n);
+      expect(warnings).toEqual(['warning: Using a multiplier suffix on hex numbers is deprecated: 0x1k']);
+      expect(parseSizeOptionExact('size', '18446744073709551615')).toBe(2n ** 64n - 1n);
+      expect(errorOf(() => parseSizeOptionExact('size', 'x', 'keyval')).message).toBe("Parameter 'size' expects size");
     });
 
     it('passes the hex suffix warning on', () => {

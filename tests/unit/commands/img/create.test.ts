@@ -22,4 +22,14 @@ describe('create option values', () => {
     setCreateOption(values, SPECS, 'size', String(9007199254740993n));
     expect(values.get('size')?.printed).toBe('9007199254740993');
   });
+
+  it("warns once about a hex size's suffix and fails a bad value in QemuOpts wording", () => {
+    const values = parseCreateOptions(undefined, SPECS);
+    const warnings: string[] = [];
+    setCreateOption(values, SPECS, 'size', '0x1M', (w) => warnings.push(w));
+    expect(values.get('size')).toMatchObject({ value: 1048576, exact: 1048576n, printed: '1048576' });
+    expect(warnings).toHaveLength(1);
+    expect(() => setCreateOption(values, SPECS, 'refcount_bits', '1k')).toThrowError("Parameter 'refcount_bits' expects a number");
+    expect(() => setCreateOption(values, SPECS, 'size', '-1')).toThrowError("Parameter 'size' expects a non-negative number below 2^64");
+  });
 });
