@@ -9,7 +9,7 @@ import { debugEvent } from '../../block/io.js';
 import { REQ_NO_FALLBACK, REQUEST_MAX_BYTES } from '../../block/flags.js';
 import { HI_COPIED, splitOffset } from './entries.js';
 import {
-  ClusterType, SubclusterType, clusterType, getClusterTable, l1Entry, l1Index, l2Offset, l2SliceIndex, rangeMask, readL2, scIndex,
+  ClusterType, SubclusterType, clusterType, getClusterTable, l2Offset, l2TableOffsetFor, l2SliceIndex, rangeMask, readL2, scIndex,
   subclusterRange, subclusterType, writeL2, ctz32, type L2Entry,
 } from './mapping.js';
 import { allocClusters, allocClustersAt, freeAnyCluster, freeClusters } from './refcount.js';
@@ -226,7 +226,7 @@ async function calculateL2Meta(
   const scan = scanWrittenClusters(s, slice, index, nbClusters, cowStartTo, cowEndFrom, keepOld);
   if (scan.invalidAt >= 0) {
     throw await signalCorruption(s, true,
-      `Invalid cluster entry found (L2 offset: ${hex(l2TableOf(s, guestOffset))}, L2 index: ${hex(index + scan.invalidAt)})`);
+      `Invalid cluster entry found (L2 offset: ${hex(l2TableOffsetFor(s, guestOffset))}, L2 index: ${hex(index + scan.invalidAt)})`);
   }
   if (scan.skipCow) return;
 
@@ -282,11 +282,6 @@ async function calculateL2Meta(
   };
   metas.push(m);
   s.inflight.add(m);
-}
-
-function l2TableOf(s: Qcow2State, guestOffset: number): number {
-  const l1i = l1Index(s, guestOffset);
-  return l1i < s.l1Size ? l1Entry(s, l1i).offset : 0;
 }
 
 /**

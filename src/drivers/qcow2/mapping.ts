@@ -154,8 +154,12 @@ function l2SliceOffset(s: Qcow2State, offset: number, l2TableOffset: number): nu
 }
 
 export function l1Entry(s: Qcow2State, index: number): { offset: number; copied: boolean } {
-  const hi = getHi(s.l1Table, index);
-  return { offset: entryOffset(hi, getLo(s.l1Table, index)), copied: (hi & HI_COPIED) !== 0 };
+  return { offset: l1EntryOffset(s, index), copied: (getHi(s.l1Table, index) & HI_COPIED) !== 0 };
+}
+
+/** The L2 table offset of L1 entry `index` (loops over the table need no object per entry). */
+export function l1EntryOffset(s: Qcow2State, index: number): number {
+  return entryOffset(getHi(s.l1Table, index), getLo(s.l1Table, index));
 }
 
 export interface HostMapping {
@@ -171,9 +175,9 @@ export interface HostMapping {
 const NO_ENTRY: L2Entry = { hi: 0, lo: 0, zero: 0, alloc: 0 };
 
 /** Host offset of the L2 table that maps `offset` (0: none, the range is unallocated). */
-function l2TableOffsetFor(s: Qcow2State, offset: number): number {
+export function l2TableOffsetFor(s: Qcow2State, offset: number): number {
   const l1i = l1Index(s, offset);
-  return l1i < s.l1Size ? l1Entry(s, l1i).offset : 0;
+  return l1i < s.l1Size ? l1EntryOffset(s, l1i) : 0;
 }
 
 /** Bytes from the start of `offset`'s cluster that one lookup covers: at most to the end of the L2 slice. */
@@ -245,22 +249,22 @@ export async function getHostOffset(s: Qcow2State, offset: number, bytes: number
  * Call when no one holds the lock.
  */
 export function getHostOffsetNow(s: Qcow2State, offset: number, bytes: number): HostMapping | undefined {
-  const l2TableOffset = l2TableOffsetFor(s, offset);
-  if (!l2TableOffset) return unallocatedMapping(s, offset, bytes);
-  if (offsetIntoCluster(s, l2TableOffset)) return undefined;
-  const slice = s.l2Cache.peek(l2SliceOffset(s, offset, l2TableOffset));
-  if (!slice) return undefined;
-  const m = mappingInSlice(s, offset, bytes, slice, l2TableOffset);
-  if ('corruption' in m) return undefined;
-  debugEvent(s.file.node, 'l2_load');
-  return m;
+  const first: { mapping?: HostMapping } = {};
+  forEachHostOffsetNow(s, offset, bytes, keepFirst, first);
+  return first.mapping;
+}
+
+function keepFirst(_s: Qcow2State, m: HostMapping, first: { mapping?: HostMapping }): boolean {
+  first.mapping = m;
+  return false;
 }
 
 /**
- * getHostOffsetNow for `offset` and the ranges after it, one after another while they are in
- * the same cached L2 slice, each given to `take` until it returns false. Nothing when the
- * first would need waiting; the walk ends before a corrupt entry. `take` gets `context` (no closure
- * per call: V8 then inlines the one function). Call when no one holds the lock.
+ * What getHostOffset tells for `offset` and the ranges after it, answered from memory, one
+ * after another while they are in the same cached L2 slice, each given to `take` until it
+ * returns false. Nothing when the first would need waiting; the walk ends before a corrupt
+ * entry. `take` gets `context` (no closure per call: V8 then inlines the few functions).
+ * Call when no one holds the lock.
  */
 export function forEachHostOffsetNow<T>(
   s: Qcow2State, offset: number, bytes: number, take: (s: Qcow2State, m: HostMapping, context: T) => boolean, context: T,
@@ -330,7 +334,7 @@ export async function getClusterTable(s: Qcow2State, offset: number): Promise<{ 
   if (!copied) {
     await l2Allocate(s, l1i);
     if (l2TableOffset) await freeClusters(s, l2TableOffset, s.l2Size * s.l2EntrySize, 'other');
-    l2TableOffset = l1Entry(s, l1i).offset;
+    l2TableOffset = l1EntryOffset(s, l1i);
   }
   const slice = await loadL2Slice(s, offset, l2TableOffset);
   return { slice, index: l2SliceIndex(s, offset) };
@@ -440,7 +444,7 @@ export async function shrinkL1Table(s: Qcow2State, newSize: number): Promise<voi
   }
   debugEvent(s.file.node, 'l1_shrink_free_l2_clusters');
   for (let i = s.l1Size - 1; i >= newSize; i--) {
-    const { offset } = l1Entry(s, i);
+    const offset = l1EntryOffset(s, i);
     if (!offset) continue;
     await freeClusters(s, offset, s.clusterSize, 'always');
     set64(s.l1Table, i, 0, 0);

@@ -3,7 +3,7 @@
  * before guest data goes to a host range, the range must not touch the image's own metadata.
  * A corrupt table entry that points into metadata would otherwise spread the damage.
  */
-import { l1Entry } from './mapping.js';
+import { l1EntryOffset } from './mapping.js';
 import { reftableOffset } from './entries.js';
 import { signalCorruption, type Qcow2State } from './state.js';
 
@@ -20,7 +20,7 @@ export function overlappingMetadata(s: Qcow2State, offset: number, bytes: number
   if (start < s.clusterSize) return 'qcow2_header';
   if (own !== 'active L1 table' && overlaps(s.l1TableOffset, s.l1Size * 8)) return 'active L1 table';
   for (let i = 0; own !== 'active L2 table' && i < s.l1Size; i++) {
-    const l2 = l1Entry(s, i).offset;
+    const l2 = l1EntryOffset(s, i);
     if (l2 && overlaps(l2, s.clusterSize)) return 'active L2 table';
   }
   if (overlaps(s.refcountTableOffset, s.refcountTableSize * 8)) return 'refcount table';

@@ -72,16 +72,24 @@ export async function requireAlignedRefblocks(s: Qcow2State, end: number): Promi
 }
 
 /**
- * The refcount of one host cluster when its refcount block is cached (or there is none: 0);
- * undefined when the block must be read first (or its offset is corrupt, which
- * getClusterRefcount reports). Loops over many clusters wait only on a cache miss.
+ * The refcount block at refcount table index `tableIndex` if it is cached; null when none
+ * covers that part of the file (its refcounts are all 0); undefined when it must be read
+ * first (or its offset is corrupt, which the reading path reports).
+ */
+function cachedRefcountBlock(s: Qcow2State, tableIndex: number): Table | null | undefined {
+  if (tableIndex >= s.refcountTableSize) return null;
+  const blockOffset = reftableOffset(s.refcountTable, tableIndex);
+  if (!blockOffset) return null;
+  return offsetIntoCluster(s, blockOffset) ? undefined : s.refcountCache.peek(blockOffset);
+}
+
+/**
+ * The refcount of one host cluster without waiting; undefined when its refcount block must be
+ * read first (getClusterRefcount). Loops over many clusters wait only on a cache miss.
  */
 function refcountNow(s: Qcow2State, clusterIndex: number): number | undefined {
-  const tableIndex = reftableIndexOf(s, clusterIndex);
-  if (tableIndex >= s.refcountTableSize) return 0;
-  const blockOffset = reftableOffset(s.refcountTable, tableIndex);
-  if (!blockOffset) return 0;
-  const block = offsetIntoCluster(s, blockOffset) ? undefined : s.refcountCache.peek(blockOffset);
+  const block = cachedRefcountBlock(s, reftableIndexOf(s, clusterIndex));
+  if (block === null) return 0;
   return block && readRefcount(block, s.refcountOrder, clusterIndex % s.refcountBlockSize);
 }
 
@@ -92,10 +100,8 @@ function refcountNow(s: Qcow2State, clusterIndex: number): number | undefined {
 function knownFree(s: Qcow2State, first: number, count: number): boolean {
   const tableIndex = reftableIndexOf(s, first);
   if (reftableIndexOf(s, first + count - 1) !== tableIndex) return false;
-  if (tableIndex >= s.refcountTableSize) return true;
-  const blockOffset = reftableOffset(s.refcountTable, tableIndex);
-  if (!blockOffset) return true;
-  const block = offsetIntoCluster(s, blockOffset) ? undefined : s.refcountCache.peek(blockOffset);
+  const block = cachedRefcountBlock(s, tableIndex);
+  if (block === null) return true;
   if (!block) return false;
   // Whole bytes around sub-byte refcounts: a used neighbour only sends the caller the slow way.
   const bits = 2 ** s.refcountOrder;
