@@ -186,9 +186,7 @@ export function encodeFeatureTable(features: readonly FeatureName[]): Uint8Array
 export function decodeFeatureTable(data: Uint8Array): FeatureName[] {
   const out: FeatureName[] = [];
   for (let pos = 0; pos + FEATURE_ENTRY_SIZE <= data.length; pos += FEATURE_ENTRY_SIZE) {
-    const raw = data.subarray(pos + 2, pos + FEATURE_ENTRY_SIZE);
-    const nul = raw.indexOf(0);
-    const name = latin1(raw.subarray(0, nul < 0 ? FEATURE_NAME_SIZE : nul));
+    const name = latin1CString(data.subarray(pos + 2, pos + FEATURE_ENTRY_SIZE));
     if (name === '') break;
     out.push({ type: data[pos], bit: data[pos + 1], name });
   }
@@ -227,8 +225,10 @@ export interface ParsedExtensions {
   unknown: HeaderExtension[];
 }
 
-export function latin1(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
+/** A fixed-size text field up to its first NUL (all of it without one), a character a byte. */
+export function latin1CString(bytes: Uint8Array): string {
+  const nul = bytes.indexOf(0);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, nul < 0 ? bytes.byteLength : nul).toString('latin1');
 }
 
 /** What the bitmaps extension is judged by, and where its warning goes. */

@@ -9,6 +9,7 @@ import {
   CIPHER_MODES, cipherKeyBytes, crypto, IVGEN_ALGS, SECTOR_SIZE, SectorCipher, xorInto, type CipherMode, type IvgenAlg,
   type SectorCipherSpec,
 } from './crypto.js';
+import { latin1CString } from './header.js';
 
 function pbkdf2(password: Uint8Array | string, salt: Uint8Array | string, iterations: number, bytes: number, hash: string): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -62,11 +63,6 @@ function invalid(message: string): BlkioError {
   return new BlkioError('EINVAL', message);
 }
 
-function fixedString(bytes: Uint8Array): string {
-  const end = bytes.indexOf(0);
-  return Buffer.from(end < 0 ? bytes : bytes.subarray(0, end)).toString('latin1');
-}
-
 /** Parse and check a LUKS1 header as QEMU does before it trusts any field. */
 export function parseLuksHeader(raw: Uint8Array): LuksHeader {
   if (raw.length < LUKS_HEADER_BYTES || !Buffer.from(raw.subarray(0, 6)).equals(MAGIC)) throw invalid('Volume is not in LUKS format');
@@ -75,15 +71,14 @@ export function parseLuksHeader(raw: Uint8Array): LuksHeader {
   if (version !== 1) throw invalid(`LUKS version ${version} is not supported`);
   const text = (start: number, end: number, what: string): string => {
     const bytes = raw.subarray(start, end);
-    const nul = bytes.indexOf(0);
-    if (nul < 0) throw invalid(`LUKS header ${what} is not NUL terminated`);
-    return Buffer.from(bytes.subarray(0, nul)).toString('latin1');
+    if (!bytes.includes(0)) throw invalid(`LUKS header ${what} is not NUL terminated`);
+    return latin1CString(bytes);
   };
   const header: LuksHeader = {
     cipherName: text(8, 40, 'cipher name'), cipherMode: text(40, 72, 'cipher mode'), hashSpec: text(72, 104, 'hash spec'),
     payloadOffset: view.getUint32(104), keyBytes: view.getUint32(108),
     mkDigest: raw.slice(112, 132), mkDigestSalt: raw.slice(132, 164), mkDigestIterations: view.getUint32(164),
-    uuid: fixedString(raw.subarray(168, 208)), slots: [],
+    uuid: latin1CString(raw.subarray(168, 208)), slots: [],
   };
   const headerSectors = ALIGN_BYTES / SECTOR_SIZE;
   if (header.payloadOffset < headerSectors) throw invalid('LUKS payload is overlapping with the header');

@@ -8,6 +8,7 @@ import { BlkioError, toBlkioError } from '../../errors.js';
 import type { SnapshotInfo } from '../../block/driver.js';
 import { getHi, getLo, HI_COPIED, entryOffset, makeTable, set64, type Table } from './entries.js';
 import { ClusterType, clusterType, growL1Table, MAX_L1_SIZE, readL2, writeL2 } from './mapping.js';
+import { latin1CString } from './header.js';
 import {
   adjustRefcount, allocClusters, compressedDescriptor, freeClusters, freeOrReport, getClusterRefcount, processDiscards,
 } from './refcount.js';
@@ -52,11 +53,6 @@ export interface Snapshot {
 
 type ReadAt = (offset: number, bytes: number) => Promise<Uint8Array>;
 
-function cString(bytes: Uint8Array): string {
-  const nul = bytes.indexOf(0);
-  return Buffer.from(bytes.buffer, bytes.byteOffset, nul < 0 ? bytes.byteLength : nul).toString('latin1');
-}
-
 /**
  * Parse `count` entries of the table at `start` (QEMU's qcow2_read_snapshots). Entries without
  * a disk size (extra data too short) get `virtualSize`. Returns the entries and the table size.
@@ -95,8 +91,8 @@ export async function parseSnapshotTable(
       l1TableOffset: Number(l1TableOffset),
       ...(l1TableOffset > BigInt(Number.MAX_SAFE_INTEGER) ? { exactL1TableOffset: l1TableOffset } : {}),
       l1Size: head.getUint32(8),
-      id: cString(strings.subarray(0, idSize)),
-      name: cString(strings.subarray(idSize)),
+      id: latin1CString(strings.subarray(0, idSize)),
+      name: latin1CString(strings.subarray(idSize)),
       dateSec: head.getUint32(16),
       dateNsec: head.getUint32(20),
       vmClockNsec: head.getBigUint64(24),
