@@ -22,7 +22,11 @@ export const ROLE_PRIMARY = 0x10;
 export const ROLE_IMAGE = ROLE_DATA | ROLE_METADATA | ROLE_PRIMARY;
 export const ROLE_FILTER_CHILD = ROLE_FILTERED | ROLE_PRIMARY;
 
-export type OptionType = 'string' | 'bool' | 'number' | 'size' | 'enum';
+/**
+ * `exact-number` / `exact-size`: the uint64 kept as a bigint, for drivers that report the value
+ * as given or store it in a narrower C type.
+ */
+export type OptionType = 'string' | 'bool' | 'number' | 'exact-number' | 'size' | 'exact-size' | 'enum';
 
 export interface OptionSpec {
   type: OptionType;
@@ -32,7 +36,7 @@ export interface OptionSpec {
 }
 
 export type OptionSpecs = Record<string, OptionSpec>;
-export type ParsedOptions = Record<string, string | number | boolean | undefined>;
+export type ParsedOptions = Record<string, string | number | bigint | boolean | undefined>;
 
 export interface BlockStatusResult {
   /** STATUS_* bits. */

@@ -6,7 +6,7 @@
 import { BlkioError } from '../errors.js';
 import type { FlatOptions, OptionScalar, OptionTree } from '../options/types.js';
 import { extractPrefix, isJsonFilename, parseJsonFilename, qdictCopy, qdictKeyOrder } from '../options/json.js';
-import { parseBool, parseNumber, parseSizeOption, qemuOptsValue } from '../options/qemuopts.js';
+import { parseBool, parseNumber, parseNumberExact, parseSizeOption, parseSizeOptionExact, qemuOptsValue } from '../options/qemuopts.js';
 import { BdrvChild, type ChildParent } from './child.js';
 import {
   ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_IMAGE, ROLE_METADATA, type BlockDriver, type OptionSpecs, type ParsedOptions,
@@ -106,8 +106,8 @@ function childFlags(parent: FlatOptions, parentIsProtocol: boolean, parentIsForm
   return { protocol, inherited };
 }
 
-/** How many leading bytes of a file format probing looks at. */
-const PROBE_BYTES = 2048;
+/** How many leading bytes of a file format probing looks at (QEMU 7.2 reads one sector). */
+const PROBE_BYTES = 512;
 
 /** A parent used only to read the first bytes of a file while probing its format. */
 const PROBE_USER: ChildParent = { describe: () => 'format probing' };
@@ -546,7 +546,9 @@ export function parseDriverOptions(driver: { options: OptionSpecs }, options: Fl
     switch (spec.type) {
       case 'bool': out[key] = parseBool(key, text); break;
       case 'number': out[key] = parseNumber(key, text); break;
+      case 'exact-number': out[key] = parseNumberExact(key, text); break;
       case 'size': out[key] = parseSizeOption(key, text); break;
+      case 'exact-size': out[key] = parseSizeOptionExact(key, text); break;
       case 'enum':
         // QEMU parses these with qapi_enum_parse, whose wording this is.
         if (!spec.values!.includes(text)) throw new BlkioError('EINVAL', `invalid parameter value: ${text}`);

@@ -198,7 +198,7 @@ export const quorumDriver: BlockDriver<QuorumState> = {
   isFilter: true,
   cannotReopen: true,
   options: {
-    'vote-threshold': { type: 'number', default: 0 },
+    'vote-threshold': { type: 'exact-number', default: 0 },
     'rewrite-corrupted': { type: 'bool', default: false },
     'read-pattern': { type: 'string' },
     blkverify: { type: 'bool', default: false },
@@ -207,7 +207,8 @@ export const quorumDriver: BlockDriver<QuorumState> = {
   async open(_node, ctx) {
     const count = countChildren(ctx.remaining);
     if (count < 1) throw invalid('Number of provided children must be 1 or more');
-    const threshold = ctx.opts['vote-threshold'] as number;
+    // QEMU keeps the threshold in a C int: the uint64 wraps (-1 is below 1, 2^32 + 1 is 1).
+    const threshold = Number(BigInt.asIntN(32, BigInt(ctx.opts['vote-threshold'] as bigint | number)));
     if (threshold < 1) throw invalid("Parameter 'vote-threshold' expects a value >= 1");
     if (threshold > count) throw invalid('threshold may not exceed children count');
     const pattern = ctx.opts['read-pattern'] as string | undefined;

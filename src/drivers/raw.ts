@@ -14,6 +14,7 @@ import { checkNewLength, debugEvent, nodeInfo, supportedWriteFlags, supportedZer
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
 /** What a probed image's writes are checked against: the first sector. */
 const PROBE_SECTOR = 512;
+const INT64_MAX = 2n ** 63n - 1n;
 
 interface RawState {
   file: BdrvChild;
@@ -33,8 +34,8 @@ export const rawDriver: BlockDriver<RawState> = {
   name: 'raw',
   kind: 'format',
   options: {
-    offset: { type: 'size' },
-    size: { type: 'size' },
+    offset: { type: 'exact-size' },
+    size: { type: 'exact-size' },
   },
 
   probe: () => 1,
@@ -65,19 +66,19 @@ export const rawDriver: BlockDriver<RawState> = {
   },
 
   async open(node, ctx) {
-    const offset = ctx.opts.offset as number | undefined;
-    const size = ctx.opts.size as number | undefined;
-    const role = offset === undefined && size === undefined ? ROLE_FILTER_CHILD : ROLE_IMAGE;
+    const offset = (ctx.opts.offset as bigint | undefined) ?? 0n;
+    const size = ctx.opts.size as bigint | undefined;
+    // QEMU picks the role by a non-zero offset, not by whether one was given.
+    const role = offset === 0n && size === undefined ? ROLE_FILTER_CHILD : ROLE_IMAGE;
     const file = (await ctx.openChild('file', role))!;
     const real = file.getLength();
-    const start = offset ?? 0;
-    if (start > real) {
-      throw new BlkioError('EINVAL', `Offset (${start}) cannot be greater than size of the containing file (${real})`);
+    if (offset > BigInt(real)) {
+      throw new BlkioError('EINVAL', `Offset (${offset}) cannot be greater than size of the containing file (${real})`);
     }
-    if (size !== undefined && real - start < size) {
-      throw new BlkioError('EINVAL', `The sum of offset (${start}) and size (${size}) has to be smaller or equal to the  actual size of the containing file (${real})`);
+    if (size !== undefined && BigInt(real) - offset < size) {
+      throw new BlkioError('EINVAL', `The sum of offset (${offset}) and size (${size}) has to be smaller or equal to the  actual size of the containing file (${real})`);
     }
-    if (size !== undefined && size % 512 !== 0) throw new BlkioError('EINVAL', 'Specified size is not multiple of 512');
+    if (size !== undefined && size % 512n !== 0n) throw new BlkioError('EINVAL', 'Specified size is not multiple of 512');
     if (node.probed && !node.readOnly) {
       ctx.warn(
         `WARNING: Image format was not specified for '${file.node.filename}' and probing guessed raw.\n` +
@@ -85,7 +86,7 @@ export const rawDriver: BlockDriver<RawState> = {
           "         Specify the 'raw' format explicitly to remove the restrictions.",
       );
     }
-    return { file, offset: start, size };
+    return { file, offset: Number(offset), size: size === undefined ? undefined : Number(size) };
   },
 
   refreshLimits(node) {
@@ -124,8 +125,9 @@ export const rawDriver: BlockDriver<RawState> = {
 
   async truncate(node, size, exact, prealloc) {
     const s = node.state;
-    if (s.size !== undefined || s.offset !== 0) throw new BlkioError('ENOTSUP', 'Cannot resize fixed-size raw disks');
-    await s.file.truncate(size, exact, prealloc);
+    if (s.size !== undefined) throw new BlkioError('ENOTSUP', 'Cannot resize fixed-size raw disks');
+    if (BigInt(size) + BigInt(s.offset) > INT64_MAX) throw new BlkioError('EINVAL', 'Disk size too large for the chosen offset');
+    await s.file.truncate(s.offset + size, exact, prealloc);
   },
 
   async blockStatus(node, offset, bytes) {

@@ -44,6 +44,9 @@ describe('quorum', () => {
     [{ 'vote-threshold': 2, blkverify: true }, ['a', 'b', 'c'], 'blkverify=on can only be set if there are exactly two files and vote-threshold is 2'],
     [{ 'vote-threshold': 2, blkverify: true, 'rewrite-corrupted': true }, ['a', 'b'], 'rewrite-corrupted=on cannot be used with blkverify=on'],
     [{ 'vote-threshold': 'x' }, ['a'], "Parameter 'vote-threshold' expects a number"],
+    // The threshold is a C int: -1 wraps to 2^64 - 1 and then to -1 again, 2^32 + 2 to 2.
+    [{ 'vote-threshold': -1 }, ['a'], "Parameter 'vote-threshold' expects a value >= 1"],
+    [{ 'vote-threshold': 2 ** 32 + 2 }, ['a'], 'threshold may not exceed children count'],
     [{ 'vote-threshold': 1, 'children.2.driver': 'memory' }, ['a'], 'Option children is not a valid array'],
   ];
   for (const [extra, names, message] of errors) {
