@@ -21,6 +21,10 @@ function createHash(hash: string): import('node:crypto').Hash {
   return crypto().createHash(hash);
 }
 
+function digestBytes(hash: string): number {
+  return createHash(hash).digest().length;
+}
+
 const MAGIC = Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]);
 export const LUKS_HEADER_BYTES = 592;
 const SLOT_COUNT = 8;
@@ -154,7 +158,7 @@ export function luksCipherSpec(h: LuksHeader): SectorCipherSpec {
   if (ivgen !== 'essiv') return { alg, mode, ivgen };
   if (ivgenHash === undefined) throw invalid('Missing IV generator hash specification');
   // The IV cipher takes the hash as its key: its key size follows the digest size.
-  const essivKeyBytes = createHash(ivgenHash).digest().length;
+  const essivKeyBytes = digestBytes(ivgenHash);
   const ivgenAlg = `${h.cipherName}-${essivKeyBytes * 8}`;
   if (cipherKeyBytes(ivgenAlg) !== essivKeyBytes) {
     throw invalid(`No ${h.cipherName.toUpperCase()} cipher with key size ${essivKeyBytes} available`);
@@ -198,12 +202,11 @@ function splitKeySectors(h: LuksHeader, slot: LuksSlot): number {
   return Math.ceil(splitKeyBytes(h, slot) / SECTOR_SIZE / alignSectors) * alignSectors;
 }
 
-/** Spread the hash over `block` in digest-sized pieces, each hashed with its big-endian index. */
-function diffuse(block: Uint8Array, hash: string): void {
-  const digestBytes = createHash(hash).digest().length;
-  for (let i = 0, at = 0; at < block.length; i++, at += digestBytes) {
-    const piece = block.subarray(at, Math.min(block.length, at + digestBytes));
-    const index = Buffer.alloc(4);
+/** Spread the hash over `block` in `pieceBytes` (digest-sized) pieces, each hashed with its big-endian index. */
+function diffuse(block: Uint8Array, hash: string, pieceBytes: number): void {
+  const index = Buffer.alloc(4);
+  for (let i = 0, at = 0; at < block.length; i++, at += pieceBytes) {
+    const piece = block.subarray(at, Math.min(block.length, at + pieceBytes));
     index.writeUInt32BE(i);
     piece.set(createHash(hash).update(index).update(piece).digest().subarray(0, piece.length));
   }
@@ -212,9 +215,10 @@ function diffuse(block: Uint8Array, hash: string): void {
 /** XOR-and-diffuse the first stripes-1 stripes of `split`: what the last stripe is XORed with. */
 function diffusedStripes(split: Uint8Array, keyBytes: number, stripes: number, hash: string): Uint8Array {
   const block = new Uint8Array(keyBytes);
+  const pieceBytes = digestBytes(hash);
   for (let i = 0; i < stripes - 1; i++) {
     xorInto(block, split.subarray(i * keyBytes, (i + 1) * keyBytes));
-    diffuse(block, hash);
+    diffuse(block, hash, pieceBytes);
   }
   return block;
 }
