@@ -87,6 +87,7 @@ export function parseLuksHeader(raw: Uint8Array): LuksHeader {
   const headerSectors = ALIGN_BYTES / SECTOR_SIZE;
   if (header.payloadOffset < headerSectors) throw invalid('LUKS payload is overlapping with the header');
   if (header.mkDigestIterations === 0) throw invalid('LUKS key iteration count is zero');
+  const keyMaterialEnd = (slot: LuksSlot): number => slot.keyOffset + keyMaterialSectors(header.keyBytes, slot.stripes);
   for (let i = 0; i < SLOT_COUNT; i++) {
     const at = 208 + 48 * i;
     const state = view.getUint32(at);
@@ -98,7 +99,7 @@ export function parseLuksHeader(raw: Uint8Array): LuksHeader {
     if (state !== SLOT_ACTIVE && state !== SLOT_INACTIVE) throw invalid(`Keyslot ${i} state (active/disable) is corrupted`);
     if (slot.active && slot.iterations === 0) throw invalid(`Keyslot ${i} iteration count is zero`);
     if (slot.keyOffset < headerSectors) throw invalid(`Keyslot ${i} is overlapping with the LUKS header`);
-    if (slot.keyOffset + splitKeySectors(header, slot) > header.payloadOffset) {
+    if (keyMaterialEnd(slot) > header.payloadOffset) {
       throw invalid(`Keyslot ${i} is overlapping with the encrypted payload`);
     }
     header.slots.push(slot);
@@ -106,7 +107,7 @@ export function parseLuksHeader(raw: Uint8Array): LuksHeader {
   header.slots.forEach((a, i) => {
     header.slots.forEach((b, j) => {
       if (j <= i) return;
-      if (a.keyOffset < b.keyOffset + splitKeySectors(header, b) && b.keyOffset < a.keyOffset + splitKeySectors(header, a)) {
+      if (a.keyOffset < keyMaterialEnd(b) && b.keyOffset < keyMaterialEnd(a)) {
         throw invalid(`Keyslots ${i} and ${j} are overlapping in the header`);
       }
     });
@@ -196,10 +197,9 @@ function splitKeyBytes(h: LuksHeader, slot: LuksSlot): number {
   return Math.ceil((h.keyBytes * slot.stripes) / SECTOR_SIZE) * SECTOR_SIZE;
 }
 
-/** Sectors a slot's key material spans in the header, in whole 4 KiB as QEMU counts them. */
-function splitKeySectors(h: LuksHeader, slot: LuksSlot): number {
-  const alignSectors = ALIGN_BYTES / SECTOR_SIZE;
-  return Math.ceil(splitKeyBytes(h, slot) / SECTOR_SIZE / alignSectors) * alignSectors;
+/** Sectors a slot's key material spans in the header, in whole 4 KiB as QEMU lays it out and checks it. */
+function keyMaterialSectors(keyBytes: number, stripes: number): number {
+  return Math.ceil((keyBytes * stripes) / ALIGN_BYTES) * (ALIGN_BYTES / SECTOR_SIZE);
 }
 
 /** Spread the hash over `block` in `pieceBytes` (digest-sized) pieces, each hashed with its big-endian index. */
@@ -314,7 +314,7 @@ function newKeyBytes(o: LuksCreateOptions): number {
 /** A new volume's layout in sectors: a 4 KiB header, then each slot's key material in whole 4 KiB. */
 function newLayout(keyBytes: number): { headerSectors: number; splitSectors: number; payloadSectors: number } {
   const headerSectors = ALIGN_BYTES / SECTOR_SIZE;
-  const splitSectors = Math.ceil((keyBytes * STRIPES) / ALIGN_BYTES) * (ALIGN_BYTES / SECTOR_SIZE);
+  const splitSectors = keyMaterialSectors(keyBytes, STRIPES);
   return { headerSectors, splitSectors, payloadSectors: headerSectors + SLOT_COUNT * splitSectors };
 }
 
@@ -332,11 +332,11 @@ export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Pr
   const keyBytes = newKeyBytes(o);
   const cipherName = o.cipherAlg.replace(/-\d+$/, '');
   const ivgen = o.ivgenAlg === 'essiv' ? `essiv:${o.ivgenHashAlg ?? 'sha256'}` : o.ivgenAlg;
-  const { headerSectors, splitSectors } = newLayout(keyBytes);
+  const { headerSectors, splitSectors, payloadSectors } = newLayout(keyBytes);
   const masterKey = crypto().randomBytes(keyBytes);
   const header: LuksHeader = {
     cipherName, cipherMode: `${o.cipherMode}-${ivgen}`, hashSpec: o.hashAlg,
-    payloadOffset: newLayout(keyBytes).payloadSectors, keyBytes,
+    payloadOffset: payloadSectors, keyBytes,
     mkDigest: new Uint8Array(DIGEST_BYTES), mkDigestSalt: crypto().randomBytes(SALT_BYTES), mkDigestIterations: 0,
     uuid: crypto().randomUUID(),
     slots: Array.from({ length: SLOT_COUNT }, (_, i) => ({
