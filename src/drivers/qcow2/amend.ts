@@ -7,16 +7,21 @@
 import { BlkioError } from '../../errors.js';
 import type { CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import { getRefcount, HI_COPIED, makeTable, reftableOffset, setRefcount, setReftableOffset, refcountMax, splitOffset } from './entries.js';
+import {
+  entryOffset, getHi, getLo, getRefcount, HI_COPIED, makeTable, refcountMax, reftableOffset, setRefcount, setReftableOffset, splitOffset,
+  type Table,
+} from './entries.js';
 import { checkRefcountWidth, VERSIONS } from './create.js';
 import { amendEncryption } from './encryption.js';
 import {
-  AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY } from './header.js';
+  AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY,
+} from './header.js';
 import { ClusterType, clusterType, l1Entry, l2Offset, readL2, writeL2 } from './mapping.js';
 import { markClean, updateHeader } from './open.js';
 import {
   adjustRefcount, allocClusters, freeClusters, getClusterRefcount, MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex,
 } from './refcount.js';
+import { SNAPSHOT_SIZES_EXTRA_SIZE, validateSnapshotL1, writeSnapshotTable } from './snapshots.js';
 import { dataFileIsRaw, hasDataFile, hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
 import { truncateImage } from './truncate.js';
 
@@ -77,9 +82,6 @@ export async function amendImage(
     if (!(compat in VERSIONS)) throw invalid(`Unknown compatibility level ${compat}`);
     newVersion = VERSIONS[compat];
   }
-  if (o.backing_file !== undefined || o.backing_fmt !== undefined) {
-    throw new BlkioError('EINVAL', 'Cannot amend the backing file', ["You can use 'qemu-img rebase' instead."]);
-  }
   if (Object.keys(o).some((name) => name.startsWith('encrypt.'))) {
     await amendEncryption(s, o, force, (id) => node.layer.objects.get(id));
   }
@@ -91,9 +93,6 @@ export async function amendImage(
   const dataFileRaw = (o.data_file_raw as boolean | undefined) ?? dataFileIsRaw(s);
   if (dataFileRaw && !dataFileIsRaw(s)) throw invalid('data-file-raw cannot be set on existing images');
   const newOrder = Math.log2(refcountBits);
-  if ((newVersion !== oldVersion || newOrder !== s.refcountOrder) && s.snapshots.length) {
-    throw new BlkioError('ENOTSUP', 'Amending images with internal snapshots is not supported');
-  }
 
   const progress = stepProgress(report, Number(newVersion !== oldVersion) + Number(newOrder !== s.refcountOrder));
   if (newVersion > oldVersion) await upgrade(s, progress(0));
@@ -109,6 +108,13 @@ export async function amendImage(
   await updateHeader(s).catch((e) => {
     throw prefixed(e, 'Failed to update the image header');
   });
+  // Naming the backing file the image already has (name and format alike) is no change.
+  const backingFile = o.backing_file as string | undefined;
+  const backingFormat = o.backing_fmt as string | undefined;
+  if ((backingFile !== undefined || backingFormat !== undefined)
+    && (backingFile !== s.backingFile || backingFormat !== s.backingFormat)) {
+    throw new BlkioError('EINVAL', 'Cannot amend the backing file', ["You can use 'qemu-img rebase' instead."]);
+  }
   if (s.lazyRefcounts !== lazyRefcounts) await setLazyRefcounts(s, lazyRefcounts, newVersion);
   const size = o.size as number | undefined;
   if (size) await truncateImage(s, size, 'off');
@@ -140,6 +146,12 @@ async function setLazyRefcounts(s: Qcow2State, on: boolean, version: number): Pr
 
 async function upgrade(s: Qcow2State, report: Report): Promise<void> {
   report(0, 2);
+  // v3 needs each snapshot's 64-bit VM state size and disk size; the table is rewritten with them.
+  if (s.snapshots.some((sn) => sn.extraDataSize < SNAPSHOT_SIZES_EXTRA_SIZE)) {
+    await writeSnapshotTable(s, s.snapshots).catch((e) => {
+      throw prefixed(e, 'Failed to update the snapshot table');
+    });
+  }
   report(1, 2);
   s.header.version = 3;
   s.header.headerLength = HEADER_SIZE_V3;
@@ -153,6 +165,10 @@ async function downgrade(node: BlockNode<Qcow2State>, report: Report): Promise<v
   const s = node.state;
   if (s.refcountOrder !== 4) throw new BlkioError('ENOTSUP', 'compat=0.10 requires refcount_bits=16');
   if (hasDataFile(s)) throw new BlkioError('ENOTSUP', 'Cannot downgrade an image with a data file');
+  // v2 programs may not know that a snapshot's extra sizes matter.
+  if (s.snapshots.some((sn) => sn.vmStateSize > 0xffffffffn || sn.diskSize !== BigInt(s.size))) {
+    throw new BlkioError('ENOTSUP', 'Internal snapshots prevent downgrade of image');
+  }
   if (s.header.incompatibleFeatures & INCOMPAT_DIRTY) {
     await markClean(s).catch((e) => {
       throw prefixed(e, 'Failed to make the image clean');
@@ -169,6 +185,14 @@ async function downgrade(node: BlockNode<Qcow2State>, report: Report): Promise<v
   await expandZeroClusters(s, node.backing !== undefined, report).catch((e) => {
     throw prefixed(e, 'Failed to turn zero into data clusters');
   });
+  if (s.header.incompatibleFeatures & INCOMPAT_COMPRESSION) {
+    if (await hasCompressedClusters(s)) {
+      throw new BlkioError('ENOTSUP', 'Cannot downgrade an image with zstd compression type and existing compressed clusters');
+    }
+    // No compressed clusters: the type is free to become v2's zlib.
+    s.header.incompatibleFeatures &= ~INCOMPAT_COMPRESSION;
+    s.header.compressionType = COMPRESSION_ZLIB;
+  }
   s.header.version = 2;
   await updateHeader(s).catch((e) => {
     throw prefixed(e, 'Failed to update the image header');
@@ -177,13 +201,32 @@ async function downgrade(node: BlockNode<Qcow2State>, report: Report): Promise<v
 
 /**
  * v2 has no zero clusters: without a backing file they simply become unallocated; with one (or
- * when the cluster is allocated already) they become data clusters full of zeroes.
+ * when the cluster is allocated already) they become data clusters full of zeroes. The active
+ * table goes first, then each snapshot's, all counted in one progress.
  */
 async function expandZeroClusters(s: Qcow2State, hasBacking: boolean, report: Report): Promise<void> {
+  const total = s.snapshots.reduce((sum, sn) => sum + sn.l1Size, s.l1Size);
+  let visited = 0;
+  const visit = () => report(++visited, total);
+  await expandZeroClustersInL1(s, s.l1Table, s.l1Size, hasBacking, visit);
+  // Snapshot tables may share L2 tables with the active one: those are expanded already.
+  await s.l2Cache.empty();
+  for (const sn of s.snapshots) {
+    validateSnapshotL1(s, sn);
+    const l1 = makeTable(new Uint8Array(sn.l1Size * 8));
+    await s.file.read(sn.l1TableOffset, l1.data.length, l1.data);
+    await expandZeroClustersInL1(s, l1, sn.l1Size, hasBacking, visit);
+    await s.l2Cache.empty();
+  }
+}
+
+async function expandZeroClustersInL1(
+  s: Qcow2State, l1: Table, l1Size: number, hasBacking: boolean, visit: () => void,
+): Promise<void> {
   const slicesPerTable = s.l2Size / s.l2SliceSize;
   const sliceBytes = s.l2SliceSize * s.l2EntrySize;
-  for (let i = 0; i < s.l1Size; i++) {
-    const tableOffset = l1Entry(s, i).offset;
+  for (let i = 0; i < l1Size; i++) {
+    const tableOffset = entryOffset(getHi(l1, i), getLo(l1, i));
     if (tableOffset) {
       if (offsetIntoCluster(s, tableOffset)) {
         throw await signalCorruption(s, true, `L2 table offset ${hex(tableOffset)} unaligned (L1 index: ${hex(i)})`);
@@ -197,15 +240,22 @@ async function expandZeroClusters(s: Qcow2State, hasBacking: boolean, report: Re
             const type = clusterType(s, entry);
             if (type !== ClusterType.ZeroPlain && type !== ClusterType.ZeroAlloc) continue;
             let offset = l2Offset(entry);
-            if (type === ClusterType.ZeroPlain) {
-              if (!hasBacking) {
-                writeL2(s, table, j, { hi: 0, lo: 0, zero: 0, alloc: 0 });
-                s.l2Cache.markDirty(table);
-                continue;
-              }
+            if (type === ClusterType.ZeroPlain && !hasBacking) {
+              writeL2(s, table, j, { hi: 0, lo: 0, zero: 0, alloc: 0 });
+              s.l2Cache.markDirty(table);
+              continue;
+            }
+            // A preallocated cluster that other tables (a snapshot's) reference as well keeps
+            // its data for them: zeroes go to a cluster of this table's own. (QEMU 7.2 zeroes
+            // the shared cluster, changing what the snapshot reads.)
+            const shared = type === ClusterType.ZeroAlloc
+              && await getClusterRefcount(s, offset / s.clusterSize) > tableRefcount;
+            if (type === ClusterType.ZeroPlain || shared) {
+              const oldOffset = offset;
               offset = await allocClusters(s, s.clusterSize);
               // A shared L2 table: every sharer references the new cluster.
               if (tableRefcount > 1) await adjustRefcount(s, offset, tableRefcount - 1, false);
+              if (shared) await adjustRefcount(s, oldOffset, tableRefcount, true);
             }
             await s.file.writeZeroes(offset, s.clusterSize, 0);
             const [hi, lo] = splitOffset(offset);
@@ -218,9 +268,28 @@ async function expandZeroClusters(s: Qcow2State, hasBacking: boolean, report: Re
         }
       }
     }
-    report(i + 1, s.l1Size);
+    visit();
   }
-  await s.l2Cache.empty();
+}
+
+/** Whether the active table maps any compressed cluster. */
+async function hasCompressedClusters(s: Qcow2State): Promise<boolean> {
+  const sliceBytes = s.l2SliceSize * s.l2EntrySize;
+  for (let i = 0; i < s.l1Size; i++) {
+    const tableOffset = l1Entry(s, i).offset;
+    if (!tableOffset) continue;
+    for (let slice = 0; slice < s.l2Size / s.l2SliceSize; slice++) {
+      const table = await s.l2Cache.get(tableOffset + slice * sliceBytes);
+      try {
+        for (let j = 0; j < s.l2SliceSize; j++) {
+          if (clusterType(s, readL2(s, table, j)) === ClusterType.Compressed) return true;
+        }
+      } finally {
+        s.l2Cache.put(table);
+      }
+    }
+  }
+  return false;
 }
 
 /** The new refcount table being built: block offsets by index. */

@@ -25,6 +25,8 @@ const MAX_EXTRA_DATA = 1024;
 const MAX_TABLE_BYTES = 1024 * MAX_SNAPSHOTS;
 /** Extra data fields QEMU 7.2 knows and writes: vm_state_size_large, disk_size, icount. */
 const KNOWN_EXTRA_SIZE = 24;
+/** Extra data v3 requires: vm_state_size_large and disk_size. */
+export const SNAPSHOT_SIZES_EXTRA_SIZE = 16;
 /** icount of snapshots taken without instruction counting (and of entries too old to say). */
 export const NO_ICOUNT = 2n ** 64n - 1n;
 
@@ -327,7 +329,7 @@ function findSnapshot(s: Qcow2State, id: string | undefined, name: string | unde
 }
 
 /** QEMU's qcow2_validate_table for a snapshot's L1 table. */
-function validateSnapshotL1(s: Qcow2State, sn: Snapshot): void {
+export function validateSnapshotL1(s: Qcow2State, sn: Snapshot): void {
   if (sn.l1Size > MAX_L1_SIZE / 8) throw new BlkioError('EFBIG', 'Snapshot L1 table too large');
   const unaligned = (sn.exactL1TableOffset ?? BigInt(sn.l1TableOffset)) % BigInt(s.clusterSize) !== 0n;
   if (2 ** 63 - sn.l1Size * 8 < sn.l1TableOffset || unaligned) {
