@@ -3,6 +3,7 @@ import type { BlockDriver } from '../block/driver.js';
 import { blkdebugDriver } from './blkdebug.js';
 import { blkreplayDriver } from './blkreplay.js';
 import { blkverifyDriver } from './blkverify.js';
+import { compressDriver } from './compress.js';
 import { copyOnReadDriver } from './copy-on-read.js';
 import { fileDriver } from './file.js';
 import { mirrorTopDriver } from './mirror-top.js';
@@ -14,7 +15,7 @@ import { throttleDriver } from './throttle.js';
 
 export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   fileDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
-  throttleDriver,
+  throttleDriver, compressDriver,
   blkdebugDriver,
   blkverifyDriver,
   quorumDriver,
