@@ -313,6 +313,10 @@ export interface BlockDriver<S = unknown> {
   measure?(options: CreateRequest['options'], source: MeasureSource | undefined, lookupObject: (id: string) => unknown): Promise<MeasureResult>;
   /** The persistent dirty bitmaps of the image; undefined when this image cannot store any. */
   persistentBitmaps?(node: BlockNode<S>): Promise<PersistentBitmap[] | undefined>;
+  /** Refuses (with QEMU's text) a new persistent bitmap the image could not store. */
+  canStoreNewDirtyBitmap?(node: BlockNode<S>, name: string, granularity: number): Promise<void>;
+  /** Drop a persistent bitmap from the image (absent: nothing to do). */
+  removePersistentDirtyBitmap?(node: BlockNode<S>, name: string): Promise<void>;
   /** `qemu-img amend` options in QEMU's order, and the amendment of an open image. */
   readonly amendOptions?: readonly CreateOptionSpec[];
   amend?(node: BlockNode<S>, options: CreateRequest['options'], force: boolean, progress: (done: number, total: number) => void): Promise<void>;

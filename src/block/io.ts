@@ -8,6 +8,7 @@ import { BlkioError, errno } from '../errors.js';
 import type { BdrvChild } from './child.js';
 import { ROLE_PRIMARY, type BlockStatusResult, type DriverInfo, type StatusList } from './driver.js';
 import type { BlockNode, TrackedRequest } from './node.js';
+import { markDirty } from './dirty-bitmap.js';
 import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, permNames } from './permissions.js';
 import {
   MAX_BOUNCE_BUFFER, REQ_COPY_ON_READ, REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_PREFETCH,
@@ -306,7 +307,7 @@ export async function childWrite(child: BdrvChild, offset: number, bytes: number
     else padded.set(buf!.subarray(0, bytes), offset - start);
     await driverWrite(node, start, end - start, padded, flags & ~(REQ_ZERO_WRITE | REQ_MAY_UNMAP | REQ_NO_FALLBACK));
   } finally {
-    node.writeGeneration++;
+    writeFinished(node, start, end - start);
     finish();
   }
 }
@@ -371,7 +372,7 @@ export async function childWriteCompressed(child: BdrvChild, offset: number, byt
   try {
     await node.driver.writeCompressed(node, offset, bytes, buf);
   } finally {
-    node.writeGeneration++;
+    writeFinished(node, offset, bytes);
     finish();
   }
 }
@@ -387,7 +388,11 @@ export async function childDiscard(child: BdrvChild, offset: number, bytes: numb
   const align = Math.max(node.limits.discardAlignment, node.limits.requestAlignment);
   const start = roundUp(offset, align);
   const end = offset + bytes === node.getLength() ? offset + bytes : roundDown(offset + bytes, align);
-  if (end <= start) return;
+  if (end <= start) {
+    // Nothing to pass down, but QEMU counts the request as a write all the same.
+    markDirty(node.dirtyBitmaps, offset, bytes);
+    return;
+  }
   const finish = await beginRequest(node, start, end, false);
   try {
     const max = node.limits.maxDiscard || end - start;
@@ -395,9 +400,18 @@ export async function childDiscard(child: BdrvChild, offset: number, bytes: numb
       await node.driver.discard(node, pos, Math.min(max, end - pos));
     }
   } finally {
-    node.writeGeneration++;
+    writeFinished(node, offset, bytes);
     finish();
   }
+}
+
+/**
+ * A write, zero write or discard of `[offset, offset + bytes)` ended, successfully or not
+ * (QEMU's bdrv_co_write_req_finish): flushes have something to sync, and dirty bitmaps record it.
+ */
+function writeFinished(node: BlockNode, offset: number, bytes: number): void {
+  node.writeGeneration++;
+  markDirty(node.dirtyBitmaps, offset, bytes);
 }
 
 /**

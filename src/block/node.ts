@@ -1,5 +1,6 @@
 /** A node of the block graph: one driver instance, its children by role and its parents. */
 import type { BdrvChild } from './child.js';
+import type { DirtyBitmap } from './dirty-bitmap.js';
 import { ROLE_FILTERED, type BlockDriver } from './driver.js';
 import type { BlockLayer } from './graph.js';
 import type { FlatOptions } from '../options/types.js';
@@ -63,6 +64,8 @@ export class BlockNode<S = unknown> {
   /** Backing file name and format as the image header records them (COW formats). */
   backingFile = '';
   backingFormat = '';
+  /** Dirty bitmaps over this node's data (persistent ones are loaded and stored by the format). */
+  readonly dirtyBitmaps: DirtyBitmap[] = [];
 
   constructor(
     readonly layer: BlockLayer,

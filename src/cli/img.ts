@@ -10,6 +10,7 @@ type Subcommand = (argv: string[]) => Promise<number>;
 
 const SUBCOMMANDS: Record<string, () => Promise<Subcommand>> = {
   amend: async () => (await import('../commands/img/amend.js')).imgAmend,
+  bitmap: async () => (await import('../commands/img/bitmap.js')).imgBitmap,
   bench: async () => (await import('../commands/img/bench.js')).imgBench,
   check: async () => (await import('../commands/img/check.js')).imgCheck,
   commit: async () => (await import('../commands/img/commit.js')).imgCommit,

@@ -5,6 +5,7 @@ import { IMG_COMMAND, writeOut } from './common.js';
 const COMMAND_SYNTAX = [
   'amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename',
   'bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename',
+  'bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap',
   'check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename',
   'commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] [--progress=human|json] filename',
   'compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2',
@@ -61,6 +62,14 @@ const PARAMETERS = `Command parameters:
   '--output' takes the format in which the output must be done (human or json)
   '-n' skips the target volume creation (useful if the volume is created
        prior to running qemu-img)
+
+Parameters to bitmap subcommand:
+  'bitmap' is the name of the bitmap to manipulate, through one or more
+       actions from '--add', '--remove', '--clear', '--enable', '--disable',
+       or '--merge source'
+  '-g granularity' sets the granularity for '--add' actions
+  '-b source' and '-F src_fmt' tell '--merge' actions to find the source
+       bitmaps from an alternative file
 
 Parameters to check subcommand:
   '-r' tries to repair any inconsistencies that are found during the check.

@@ -13,7 +13,7 @@ import { hasDataFile, markDirty, type Qcow2State } from './state.js';
 export async function makeEmpty(s: Qcow2State): Promise<void> {
   const l1Clusters = Math.ceil(s.l1Size / (s.clusterSize / 8));
   // Resetting the image file would leave an external data file's clusters behind.
-  const canReset = s.header.version >= 3 && s.snapshots.length === 0 && !s.bitmapsExtension &&
+  const canReset = s.header.version >= 3 && s.snapshots.length === 0 && !s.bitmapDirectory &&
     3 + l1Clusters <= s.refcountBlockSize && !hasDataFile(s);
   await s.lock.run(async () => {
     if (canReset) {

@@ -47,8 +47,8 @@ export const EXT_DATA_FILE = 0x44415441;
 
 /** The bitmaps extension: nb_bitmaps u32, reserved u32, directory size u64, directory offset u64. */
 export const BITMAPS_EXTENSION_SIZE = 24;
-const MAX_BITMAPS = 65535;
-const MAX_BITMAP_DIRECTORY_SIZE = 1024 * MAX_BITMAPS;
+export const MAX_BITMAPS = 65535;
+export const MAX_BITMAP_DIRECTORY_SIZE = 1024 * MAX_BITMAPS;
 
 /** Longest backing format name QEMU keeps (its buffer is 16 bytes with the NUL). */
 const BACKING_FORMAT_MAX = 16;

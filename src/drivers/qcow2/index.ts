@@ -27,6 +27,7 @@ import { createImage, QCOW2_CREATE_OPTIONS } from './create.js';
 import { checkImage } from './check.js';
 import { listPersistentBitmaps, measureImage } from './measure.js';
 import { BITMAP_FLAG_AUTO, BITMAP_FLAG_IN_USE, readBitmapDirectory } from './bitmaps.js';
+import { checkCanStoreBitmap, loadPersistentBitmaps, removePersistentBitmap, storePersistentBitmaps } from './bitmaps-store.js';
 import { amendImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { makeEmpty } from './empty.js';
 import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots, loadSnapshotTemporarily } from './snapshots.js';
@@ -70,16 +71,18 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   async open(node, ctx) {
     const encryptOptions = ctx.takeOptions('encrypt');
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
+    const takeFilePermissions = (): void => {
+      // The node has no parents yet (nor state to check): only the edge to its file changes.
+      const p = defaultChildPerms(node, file, { perm: 0, shared: PERM_ALL });
+      updateEdgePerms(file, p.perm, p.shared);
+    };
     const s = await loadState(file, {
       readOnly: node.readOnly, opts: ctx.opts, discardUnmap: node.discardUnmap, checkMode: node.layer.openForCheck,
-      encryptOptions, takeFilePermissions: () => {
-        // The node has no parents yet (nor state to check): only the edge to its file changes.
-        const p = defaultChildPerms(node, file, { perm: 0, shared: PERM_ALL });
-        updateEdgePerms(file, p.perm, p.shared);
-      },
+      encryptOptions, takeFilePermissions,
     });
     s.node = node;
     await openDataFile(s, ctx);
+    await loadPersistentBitmaps(s, node, takeFilePermissions);
     node.backingFile = s.backingFile ?? '';
     node.backingFormat = s.backingFormat ?? '';
     if (!node.readOnly && s.header.incompatibleFeatures & INCOMPAT_DIRTY) {
@@ -103,6 +106,9 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     // As QEMU's close: each cache is flushed even when the other failed, failures are only
     // reported, and the image is marked clean only when both made it to disk.
     await s.lock.run(async () => {
+      await storePersistentBitmaps(s, node).catch((e: unknown) => {
+        node.layer.warn(`Lost persistent bitmaps during inactivation of node '${node.nodeName}': ${toBlkioError(e).message}`);
+      });
       let flushed = true;
       for (const [cache, what] of [[s.l2Cache, 'L2 table'], [s.refcountCache, 'refcount block']] as const) {
         try {
@@ -303,6 +309,13 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     await amendImage(node, options, force, progress);
   },
   persistentBitmaps: (node) => listPersistentBitmaps(node.state),
+  async canStoreNewDirtyBitmap(node, name, granularity) {
+    checkCanStoreBitmap(node.state, node, name, granularity);
+  },
+  async removePersistentDirtyBitmap(node, name) {
+    await requireUsable(node.state);
+    await removePersistentBitmap(node.state, name);
+  },
 
   check(node, repair, report) {
     // qemu-img check sees the image as it is: a pending open-time repair is this check's job.

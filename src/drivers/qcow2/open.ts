@@ -19,6 +19,7 @@ import { MAX_L1_SIZE } from './mapping.js';
 import { MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex } from './refcount.js';
 import { MAX_SNAPSHOTS, parseSnapshotTable, SNAPSHOT_HEADER_SIZE } from './snapshots.js';
 import { geometry, Mutex, writeStderr, type Qcow2State } from './state.js';
+import { decodeBitmapsExtension, encodeBitmapsExtension } from './bitmaps.js';
 import { preventMetadataOverwrite } from './overlap.js';
 import { checkEncryptOptions, openEncryption } from './encryption.js';
 import type { FlatOptions } from '../../options/types.js';
@@ -281,7 +282,7 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   });
   s.backingFormat = ext.backingFormat;
   s.unknownExtensions = ext.unknown;
-  s.bitmapsExtension = ext.bitmaps;
+  s.bitmapDirectory = decodeBitmapsExtension(ext.bitmaps, h.autoclearFeatures);
   s.dataFileName = ext.dataFile;
   s.cryptoExtension = ext.cryptoHeader;
   if (h.backingFileOffset) {
@@ -336,7 +337,7 @@ export async function updateHeader(s: Qcow2State): Promise<void> {
   const cluster = buildHeaderCluster({
     header, clusterSize: s.clusterSize, unknownHeaderFields: s.unknownHeaderFields,
     backingFile: s.backingFile, backingFormat: s.backingFormat, dataFile: s.dataFileName, cryptoHeader: s.cryptoExtension,
-    bitmaps: s.bitmapsExtension, unknownExtensions: s.unknownExtensions,
+    bitmaps: s.bitmapDirectory && encodeBitmapsExtension(s.bitmapDirectory), unknownExtensions: s.unknownExtensions,
   });
   await s.file.write(0, s.clusterSize, cluster);
 }

@@ -8,6 +8,7 @@ import type { BdrvChild } from '../../block/child.js';
 import type { BlockNode } from '../../block/node.js';
 import type { TableCache } from './cache.js';
 import type { Snapshot } from './snapshots.js';
+import type { BitmapDirectoryLocation } from './bitmaps.js';
 import type { Qcow2Encryption } from './crypto.js';
 import { refcountMax, type Table } from './entries.js';
 import {
@@ -137,7 +138,8 @@ export interface Qcow2State {
   backingFormat?: string;
   unknownHeaderFields: Uint8Array;
   unknownExtensions: HeaderExtension[];
-  bitmapsExtension?: Uint8Array;
+  /** The persistent bitmap directory (absent without bitmaps, or when they are ignored). */
+  bitmapDirectory?: BitmapDirectoryLocation;
   /** The crypto header extension (LUKS) as read, written back with the header. */
   cryptoExtension?: Uint8Array;
   /** Encrypted images: the data cipher (absent when opened without I/O). */
