@@ -68,12 +68,13 @@ export async function openEncryption(file: BdrvChild, o: EncryptionOpen): Promis
   if (!o.cryptoExtension) throw invalid(`Missing CRYPTO header for crypt method ${CRYPT_LUKS}`);
   const io = cryptoHeaderIo(file, o.cryptoExtension);
   const header = parseLuksHeader(await io.readAt(0, LUKS_HEADER_BYTES));
-  const info = luksInfo(header);
+  const cipherSpec = luksCipherSpec(header);
+  const info = luksInfo(header, cipherSpec);
   if (o.withoutIo) return { info };
   const password = keySecret(o);
-  const masterKey = await unlockLuks(header, password, io.readAt);
+  const masterKey = await unlockLuks(header, cipherSpec, password, io.readAt);
   return {
-    encryption: { cipher: new SectorCipher(luksCipherSpec(header), masterKey), byHostOffset: true, luks: { header, masterKey } },
+    encryption: { cipher: new SectorCipher(cipherSpec, masterKey), byHostOffset: true, luks: { header, masterKey } },
     info,
   };
 }
@@ -114,13 +115,14 @@ export async function amendEncryption(
     const id = options[`encrypt.${name}`];
     return id === undefined ? undefined : secretData(lookupObject, String(id));
   };
-  const luks = s.encryption!.luks!;
+  const { cipher: { spec: cipherSpec }, luks } = s.encryption!;
+  const { header, masterKey } = luks!;
   const io = cryptoHeaderIo(s.file, s.cryptoExtension!);
-  await amendLuks(luks.header, luks.masterKey, {
+  await amendLuks(header, cipherSpec, masterKey, {
     state, keyslot: options['encrypt.keyslot'] as number | undefined, oldPassword: password('old-secret'),
     newPassword: password('new-secret'), iterTime: (options['encrypt.iter-time'] as number | undefined) ?? DEFAULT_ITER_TIME_MS,
   }, force, io.readAt, io.writeAt);
-  s.encryptionInfo = luksInfo(luks.header);
+  s.encryptionInfo = luksInfo(header, cipherSpec);
 }
 
 /** What `qemu-img create -o encrypt.*` asked for, validated as QEMU's QAPI conversion does. */

@@ -177,11 +177,10 @@ function checkHash(hash: string): void {
 }
 
 /** The `encrypt` member of qemu-img info (QCryptoBlockInfoLUKS), members in QAPI order. */
-export function luksInfo(h: LuksHeader): Record<string, unknown> {
-  const spec = luksCipherSpec(h);
+export function luksInfo(h: LuksHeader, cipherSpec: SectorCipherSpec): Record<string, unknown> {
   return {
-    format: 'luks', 'cipher-alg': spec.alg, 'cipher-mode': spec.mode, 'ivgen-alg': spec.ivgen,
-    ...(spec.ivgenHash ? { 'ivgen-hash-alg': spec.ivgenHash } : {}),
+    format: 'luks', 'cipher-alg': cipherSpec.alg, 'cipher-mode': cipherSpec.mode, 'ivgen-alg': cipherSpec.ivgen,
+    ...(cipherSpec.ivgenHash ? { 'ivgen-hash-alg': cipherSpec.ivgenHash } : {}),
     'hash-alg': h.hashSpec, 'payload-offset': h.payloadOffset * SECTOR_SIZE, 'master-key-iters': h.mkDigestIterations,
     uuid: h.uuid,
     slots: h.slots.map((slot) => ({
@@ -240,11 +239,6 @@ function afSplit(key: Uint8Array, stripes: number, hash: string): Uint8Array {
   return split;
 }
 
-/** The key material cipher of a slot: the data cipher keyed with the slot key. */
-function slotCipher(h: LuksHeader, slotKey: Uint8Array): SectorCipher {
-  return new SectorCipher(luksCipherSpec(h), slotKey);
-}
-
 async function digestMatches(h: LuksHeader, masterKey: Uint8Array): Promise<boolean> {
   const digest = await pbkdf2(masterKey, h.mkDigestSalt, h.mkDigestIterations, DIGEST_BYTES, h.hashSpec);
   return digest.equals(h.mkDigest);
@@ -255,23 +249,24 @@ async function digestMatches(h: LuksHeader, masterKey: Uint8Array): Promise<bool
  * offset from the header start). Fails with QEMU's text when no slot opens.
  */
 export async function unlockLuks(
-  h: LuksHeader, password: Uint8Array, readAt: (offset: number, bytes: number) => Promise<Uint8Array>,
+  h: LuksHeader, cipherSpec: SectorCipherSpec, password: Uint8Array, readAt: (offset: number, bytes: number) => Promise<Uint8Array>,
 ): Promise<Uint8Array> {
   for (const slot of h.slots) {
     if (!slot.active) continue;
-    const masterKey = await openSlot(h, slot, password, readAt);
+    const masterKey = await openSlot(h, cipherSpec, slot, password, readAt);
     if (masterKey) return masterKey;
   }
   throw new BlkioError('EACCES', 'Invalid password, cannot unlock any keyslot');
 }
 
-/** The master key if `password` opens `slot`. */
+/** The master key if `password` opens `slot`; the key material is encrypted with the data cipher, keyed with the slot key. */
 async function openSlot(
-  h: LuksHeader, slot: LuksSlot, password: Uint8Array, readAt: (offset: number, bytes: number) => Promise<Uint8Array>,
+  h: LuksHeader, cipherSpec: SectorCipherSpec, slot: LuksSlot, password: Uint8Array,
+  readAt: (offset: number, bytes: number) => Promise<Uint8Array>,
 ): Promise<Uint8Array | undefined> {
   const slotKey = await pbkdf2(password, slot.salt, slot.iterations, h.keyBytes, h.hashSpec);
   const material = (await readAt(slot.keyOffset * SECTOR_SIZE, splitKeyBytes(h, slot))).subarray(0, h.keyBytes * slot.stripes);
-  slotCipher(h, slotKey).decrypt(material, 0);
+  new SectorCipher(cipherSpec, slotKey).decrypt(material, 0);
   const masterKey = afMerge(material, h.keyBytes, slot.stripes, h.hashSpec);
   return (await digestMatches(h, masterKey)) ? masterKey : undefined;
 }
@@ -343,11 +338,11 @@ export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Pr
       active: false, iterations: 0, salt: new Uint8Array(SALT_BYTES), keyOffset: headerSectors + i * splitSectors, stripes: STRIPES,
     })),
   };
-  luksCipherSpec(header);
+  const cipherSpec = luksCipherSpec(header);
   // As QEMU (and cryptsetup): an eighth of the time for the digest.
   header.mkDigestIterations = Math.max(Math.floor(calibrateIterations(o.hashAlg, DIGEST_BYTES, o.iterTime) / 8), MIN_DIGEST_ITERATIONS);
   header.mkDigest = await pbkdf2(masterKey, header.mkDigestSalt, header.mkDigestIterations, DIGEST_BYTES, o.hashAlg);
-  const material = await storeKey(header, 0, masterKey, password, calibrateIterations(o.hashAlg, keyBytes, o.iterTime));
+  const material = await storeKey(header, cipherSpec, 0, masterKey, password, calibrateIterations(o.hashAlg, keyBytes, o.iterTime));
   const area = new Uint8Array(header.payloadOffset * SECTOR_SIZE);
   area.set(buildLuksHeader(header));
   area.set(material, header.slots[0]!.keyOffset * SECTOR_SIZE);
@@ -355,14 +350,16 @@ export async function createLuks(o: LuksCreateOptions, password: Uint8Array): Pr
 }
 
 /** Activate slot `index` for `password`: new salt and iterations; returns its encrypted key material. */
-async function storeKey(h: LuksHeader, index: number, masterKey: Uint8Array, password: Uint8Array, iterations: number): Promise<Uint8Array> {
+async function storeKey(
+  h: LuksHeader, cipherSpec: SectorCipherSpec, index: number, masterKey: Uint8Array, password: Uint8Array, iterations: number,
+): Promise<Uint8Array> {
   const slot = h.slots[index]!;
   slot.active = true;
   slot.iterations = Math.max(iterations, MIN_SLOT_ITERATIONS);
   slot.salt = crypto().randomBytes(SALT_BYTES);
   const slotKey = await pbkdf2(password, slot.salt, slot.iterations, h.keyBytes, h.hashSpec);
   const material = afSplit(masterKey, slot.stripes, h.hashSpec);
-  slotCipher(h, slotKey).encrypt(material, 0);
+  new SectorCipher(cipherSpec, slotKey).encrypt(material, 0);
   return material;
 }
 
@@ -380,7 +377,7 @@ export interface LuksAmendment {
  * at an offset from the header start; the header (changed in place) is written last.
  */
 export async function amendLuks(
-  h: LuksHeader, masterKey: Uint8Array, a: LuksAmendment, force: boolean,
+  h: LuksHeader, cipherSpec: SectorCipherSpec, masterKey: Uint8Array, a: LuksAmendment, force: boolean,
   readAt: (offset: number, bytes: number) => Promise<Uint8Array>, write: (offset: number, data: Uint8Array) => Promise<void>,
 ): Promise<void> {
   if (a.keyslot !== undefined && (a.keyslot < 0 || a.keyslot >= SLOT_COUNT)) {
@@ -393,11 +390,11 @@ export async function amendLuks(
     if (index < 0) throw invalid("Can't add a keyslot - all keyslots are in use");
     if (h.slots[index]!.active && !force) throw invalid(`Refusing to overwrite active keyslot ${index} - please erase it first`);
     const iterations = calibrateIterations(h.hashSpec, h.keyBytes, a.iterTime);
-    const material = await storeKey(h, index, masterKey, a.newPassword, iterations);
+    const material = await storeKey(h, cipherSpec, index, masterKey, a.newPassword, iterations);
     await write(h.slots[index]!.keyOffset * SECTOR_SIZE, material);
   } else {
     if (a.newPassword) throw invalid("'new-secret' must not be given when erasing keyslots");
-    const erase = await slotsToErase(h, a, readAt);
+    const erase = await slotsToErase(h, cipherSpec, a, readAt);
     const active = h.slots.filter((slot) => slot.active).length;
     if (erase.length === active && !force) {
       throw invalid(a.keyslot !== undefined
@@ -416,12 +413,12 @@ export async function amendLuks(
 
 /** The slots an erase names: the given one, or every active one the old password opens. */
 async function slotsToErase(
-  h: LuksHeader, a: LuksAmendment, readAt: (offset: number, bytes: number) => Promise<Uint8Array>,
+  h: LuksHeader, cipherSpec: SectorCipherSpec, a: LuksAmendment, readAt: (offset: number, bytes: number) => Promise<Uint8Array>,
 ): Promise<number[]> {
   if (a.keyslot !== undefined) {
     const slot = h.slots[a.keyslot]!;
     if (!slot.active) throw invalid(`Given keyslot ${a.keyslot} is already erased (inactive) `);
-    if (a.oldPassword && !(await openSlot(h, slot, a.oldPassword, readAt))) {
+    if (a.oldPassword && !(await openSlot(h, cipherSpec, slot, a.oldPassword, readAt))) {
       throw invalid(`Given keyslot ${a.keyslot} doesn't contain the given old password for erase operation`);
     }
     return [a.keyslot];
@@ -431,7 +428,7 @@ async function slotsToErase(
   }
   const matching: number[] = [];
   for (const [index, slot] of h.slots.entries()) {
-    if (slot.active && (await openSlot(h, slot, a.oldPassword, readAt))) matching.push(index);
+    if (slot.active && (await openSlot(h, cipherSpec, slot, a.oldPassword, readAt))) matching.push(index);
   }
   if (!matching.length) throw invalid('No keyslots match given (old) password for erase operation');
   return matching;

@@ -86,8 +86,9 @@ describe('LUKS', () => {
     expect(header.slots.map((s) => s.keyOffset)).toEqual([8, 264, 520, 776, 1032, 1288, 1544, 1800]);
     const readAt = async (at: number, bytes: number): Promise<Uint8Array> => area.slice(at, at + bytes);
     const parsed = parseLuksHeader(area.subarray(0, 592));
-    expect(Buffer.from(await unlockLuks(parsed, password, readAt))).toEqual(Buffer.from(masterKey));
-    await expect(unlockLuks(parsed, Buffer.from('pas'), readAt)).rejects.toThrow('Invalid password, cannot unlock any keyslot');
+    const cipherSpec = luksCipherSpec(parsed);
+    expect(Buffer.from(await unlockLuks(parsed, cipherSpec, password, readAt))).toEqual(Buffer.from(masterKey));
+    await expect(unlockLuks(parsed, cipherSpec, Buffer.from('pas'), readAt)).rejects.toThrow('Invalid password, cannot unlock any keyslot');
   });
 
   it('adds and erases key slots, refusing to erase the last key', async () => {
@@ -95,19 +96,20 @@ describe('LUKS', () => {
     const readAt = async (at: number, bytes: number): Promise<Uint8Array> => area.slice(at, at + bytes);
     const write = async (at: number, data: Uint8Array): Promise<void> => area.set(data, at);
     const other = Buffer.from('other');
-    await amendLuks(header, masterKey, { state: 'active', newPassword: other, iterTime: 1 }, false, readAt, write);
+    const cipherSpec = luksCipherSpec(header);
+    await amendLuks(header, cipherSpec, masterKey, { state: 'active', newPassword: other, iterTime: 1 }, false, readAt, write);
     const reread = parseLuksHeader(area.subarray(0, 592));
     expect(reread.slots.map((s) => s.active)).toEqual([true, true, false, false, false, false, false, false]);
-    expect(Buffer.from(await unlockLuks(reread, other, readAt))).toEqual(Buffer.from(masterKey));
-    await amendLuks(header, masterKey, { state: 'inactive', oldPassword: password, iterTime: 1 }, false, readAt, write);
-    await expect(unlockLuks(parseLuksHeader(area.subarray(0, 592)), password, readAt)).rejects.toThrow('Invalid password');
-    await expect(amendLuks(header, masterKey, { state: 'inactive', keyslot: 1, iterTime: 1 }, false, readAt, write))
+    expect(Buffer.from(await unlockLuks(reread, cipherSpec, other, readAt))).toEqual(Buffer.from(masterKey));
+    await amendLuks(header, cipherSpec, masterKey, { state: 'inactive', oldPassword: password, iterTime: 1 }, false, readAt, write);
+    await expect(unlockLuks(parseLuksHeader(area.subarray(0, 592)), cipherSpec, password, readAt)).rejects.toThrow('Invalid password');
+    await expect(amendLuks(header, cipherSpec, masterKey, { state: 'inactive', keyslot: 1, iterTime: 1 }, false, readAt, write))
       .rejects.toThrow('Attempt to erase the only active keyslot 1');
   });
 
   it('describes the header as qemu-img info does', async () => {
     const { header } = await createLuks({ ...options, cipherMode: 'cbc', ivgenAlg: 'essiv', ivgenHashAlg: 'sha256' }, password);
-    const info = luksInfo(header);
+    const info = luksInfo(header, luksCipherSpec(header));
     expect(info).toMatchObject({
       format: 'luks', 'cipher-alg': 'aes-128', 'cipher-mode': 'cbc', 'ivgen-alg': 'essiv', 'ivgen-hash-alg': 'sha256',
       'hash-alg': 'sha256', 'payload-offset': 4096 + 8 * 65536,
