@@ -106,8 +106,9 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
 
   let root: BlockNode = await layer.openNode(filename, options, { protocol: false, inherited: defaults, noBacking: req.noBacking });
   try {
-    if (req.copyOnRead && root.readOnly) throw new BlkioError('EINVAL', "Can't use copy-on-read on read-only device");
+    // With -s, copy-on-read copies into the temporary overlay, which is writable unless -r.
     if (req.snapshot) root = await openTemporaryOverlay(layer, root, req.readOnly ?? false);
+    if (req.copyOnRead && root.readOnly) throw new BlkioError('EINVAL', "Can't use copy-on-read on read-only device");
     // QEMU keeps -C as a flag on the root node, so discards obey the root's discard mode.
     if (req.copyOnRead) {
       root = await layer.insertFilterAbove(root, { driver: 'copy-on-read', discard: root.discardUnmap ? 'unmap' : 'ignore' }, true);

@@ -31,4 +31,15 @@ describe('openImage -C', () => {
       blk.detach();
     });
   }
+
+  // QEMU refuses -C on a read-only root; with -s the root is the writable temporary overlay.
+  it('copies on read into the temporary overlay of -s, and refuses -s -r', async () => {
+    const { blk } = await openImage(layer, { filename: join(dir, 'disk.raw'), format: 'raw', copyOnRead: true, snapshot: true });
+    expect(blk.root.node.driver.name).toBe('copy-on-read');
+    expect(blk.root.node.filteredChild!.node.driver.name).toBe('qcow2');
+    blk.detach();
+    await expect(
+      openImage(layer, { filename: join(dir, 'disk.raw'), format: 'raw', copyOnRead: true, snapshot: true, readOnly: true }),
+    ).rejects.toThrow("Can't use copy-on-read on read-only device");
+  });
 });
