@@ -106,7 +106,10 @@ export class DirtyBitmap {
 
   /** Add every dirty area of `source` (QEMU's merge: sizes must match, granularities may not). */
   merge(source: DirtyBitmap): void {
-    if (source.size !== this.size) throw new BlkioError('EINVAL', "Bitmaps are incompatible and can't be merged");
+    if (source.size !== this.size) {
+      throw new BlkioError('EINVAL',
+        `Bitmaps are of different sizes (destination size is ${this.size}, source size is ${source.size}) and can't be merged`);
+    }
     for (let bit = source.nextSet(0); bit >= 0; bit = source.nextSet(bit)) {
       const end = source.nextClear(bit);
       this.set(bit * source.granularity, (end - bit) * source.granularity);

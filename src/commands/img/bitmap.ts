@@ -8,7 +8,7 @@
 import { BlkioError, toBlkioError } from '../../errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { addBitmap, clearBitmap, enableBitmap, mergeBitmap, removeBitmap } from '../../block/node-bitmaps.js';
-import { imgCvtnum, openImg, runSubcommand, UsageError, withLayer } from './common.js';
+import { imgCvtnum, openImg, runSubcommand, withLayer } from './common.js';
 import { IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 type Action =
@@ -52,7 +52,7 @@ export function imgBitmap(argv: string[]): Promise<number> {
     if (sourceFile !== undefined && !actions.some((a) => a.op === 'merge')) {
       throw new BlkioError('EINVAL', 'Merge bitmap source file only supported with --merge');
     }
-    if (operands.length !== 2) throw new UsageError('Expecting filename and bitmap name');
+    if (operands.length !== 2) throw new BlkioError('EINVAL', 'Expecting filename and bitmap name');
     const [filename, name] = operands;
 
     return withLayer(objects, async (layer) => {
