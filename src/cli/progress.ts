@@ -2,14 +2,16 @@
  * Progress output for long-running commands (stream, commit, mirror, img convert/commit).
  *
  * Three ways to see progress, all fed by the same `update(done, total)` calls:
- *   - `human` (`-p`): qemu-img's `    (12.34/100%)` redrawn with `\r` on stdout, a newline at
- *     the end; a line is drawn for every update at 0% or 100% and whenever the percentage moved
- *     by more than 1 (either way).
+ *   - `human` (`-p`): qemu-img's `    (12.34/100%)` redrawn with `\r` on stdout (a pipe or a
+ *     file gets the same bytes as a terminal), a newline at the end; a line is drawn for every
+ *     update at 0% or 100% and whenever the percentage passed the last line's by more than the
+ *     subcommand's `minSkip`. The percentage is a C float, as in qemu-img, printed as glibc does.
  *   - `json` (`--progress=json`): JSON lines `{"done":N,"total":N,"elapsed_ms":N}` on stderr,
  *     one at the start, one per percent moved (at most every 100 ms), and a last one with
  *     done == total when the work finished.
- *   - SIGUSR1, in any mode: one progress line right away (qemu-img's `    (12.34/100%)` plus a
- *     newline on stderr when `-p` is off; a redraw / an extra JSON line otherwise).
+ *   - SIGUSR1: without `-p`, qemu-img's `    (12.34/100%)` plus a newline on stderr at the next
+ *     update a `-p` line would be drawn for; with `-p` nothing (qemu-img blocks the signal);
+ *     with JSON an extra line right away.
  *
  * Usage:
  *   const progress = new Progress(parseProgressMode(values.progress, values.p));
@@ -34,6 +36,27 @@ export interface ProgressOptions {
   signals?: boolean;
   /** Clock in milliseconds (tests). */
   now?: () => number;
+  /** qemu-img's `min_skip` in percent: 1 for convert, commit and amend, 2 for rebase and compare. */
+  minSkip?: number;
+  /** The percentage of done/total as the subcommand computes it (default: `convertPercent`). */
+  percentOf?: (done: number, total: number) => number;
+}
+
+const f32 = Math.fround;
+
+/** `100.0 * done / total` in double, stored in a float: convert, and the default. */
+export function convertPercent(done: number, total: number): number {
+  return total > 0 ? f32((100 * done) / total) : 0;
+}
+
+/** `(float)done / total * 100.f`, all in float: a block job's progress (commit), compare's steps. */
+export function floatPercent(done: number, total: number): number {
+  return total > 0 ? f32(f32(f32(done) / f32(total)) * 100) : 0;
+}
+
+/** The amend callback's `100.f * offset / total`, all in float. */
+export function amendPercent(done: number, total: number): number {
+  return total > 0 ? f32(f32(100 * f32(done)) / f32(total)) : 0;
 }
 
 /**
@@ -48,9 +71,18 @@ export function parseProgressMode(progressOption: string | undefined, p: boolean
   return mode === 'human' && quiet ? 'off' : mode;
 }
 
-/** qemu-img's `%3.2f` percentage. */
-function percentText(percent: number): string {
-  return `    (${percent.toFixed(2)}/100%)`;
+/**
+ * qemu-img's `%3.2f` percentage. glibc rounds an exact tie to even where toFixed rounds it up;
+ * at two decimals the only exact ties are odd multiples of 1/8 (3.125 prints as 3.12).
+ */
+export function percentText(percent: number): string {
+  const eighths = percent * 8;
+  let text = percent.toFixed(2);
+  if (Number.isInteger(eighths) && eighths % 2 !== 0) {
+    const hundredths = Math.floor(percent * 100);
+    text = ((hundredths % 2 === 0 ? hundredths : hundredths + 1) / 100).toFixed(2);
+  }
+  return `    (${text}/100%)`;
 }
 
 const JSON_MIN_INTERVAL_MS = 100;
@@ -58,57 +90,83 @@ const JSON_MIN_INTERVAL_MS = 100;
 export class Progress {
   private done = 0;
   private total = 0;
-  private lastPercent = -Infinity;
+  private percent = 0;
+  /** qemu-img's `last_print`: where the last line (or the line a signal waited for) was due. */
+  private lastDue = 0;
+  private lastJsonPercent = -Infinity;
   private lastJsonAt = -Infinity;
   private lastJsonDone = -1;
   private drewHuman = false;
+  private signalPending = false;
   private readonly started: number;
   private readonly out: ProgressSink;
   private readonly err: ProgressSink;
   private readonly now: () => number;
+  private readonly minSkip: number;
+  private readonly percentOf: (done: number, total: number) => number;
   private readonly onSignal?: () => void;
 
   constructor(readonly mode: ProgressMode, options: ProgressOptions = {}) {
     this.out = options.out ?? { write: writeStdout };
     this.err = options.err ?? { write: writeStderr };
     this.now = options.now ?? (() => performance.now());
+    this.minSkip = options.minSkip ?? 1;
+    this.percentOf = options.percentOf ?? convertPercent;
     this.started = this.now();
     if (options.signals ?? true) {
+      // Listening even with -p, where the signal is ignored: unheard, SIGUSR1 starts Node's inspector.
       this.onSignal = () => this.printOnDemand();
       process.on('SIGUSR1', this.onSignal);
     }
-  }
-
-  private percent(): number {
-    return this.total > 0 ? Math.min(100, (this.done / this.total) * 100) : 0;
   }
 
   /** Record progress (bytes done of total); prints when the mode says a line is due. */
   update(done: number, total: number): void {
     this.done = done;
     this.total = total;
-    const percent = this.percent();
-    if (this.mode === 'human') {
-      if (!this.drewHuman || percent === 0 || percent === 100 || Math.abs(percent - this.lastPercent) > 1) this.drawHuman(percent);
-    } else if (this.mode === 'json') {
-      const due = this.now() - this.lastJsonAt >= JSON_MIN_INTERVAL_MS && percent - this.lastPercent >= 1;
-      if (this.lastJsonDone < 0 || due) this.emitJson(percent);
+    this.show(this.percentOf(done, total));
+  }
+
+  /** qemu-img's relative report (rebase, compare): `delta` more percent done, summed in float. */
+  advance(delta: number): void {
+    this.show(f32(this.percent + f32(f32(delta / 100) * 100)));
+  }
+
+  private show(percent: number): void {
+    this.percent = Math.min(100, percent);
+    if (this.mode === 'json') {
+      const due = this.now() - this.lastJsonAt >= JSON_MIN_INTERVAL_MS && this.percent - this.lastJsonPercent >= 1;
+      if (this.lastJsonDone < 0 || due) this.emitJson();
+    } else if (this.percent > f32(this.lastDue + this.minSkip) || this.percent === 0 || this.percent === 100) {
+      this.lineDue();
     }
   }
 
   /**
    * The work completed: the 100% line (human) or the done == total line (json), then a newline.
-   * `redrawFull`: draw the 100% line even when it is showing already, as qemu-img convert does.
+   * `redrawFull`: draw the 100% line even when it is showing already, as qemu-img does.
    */
   finish({ redrawFull = false } = {}): void {
+    if (this.mode === 'json') {
+      if (this.lastJsonDone !== this.total) {
+        this.done = this.total;
+        this.emitJson();
+      }
+      return;
+    }
+    const showing = this.drewHuman && this.percent === 100;
+    this.percent = 100;
+    if (redrawFull || !showing) this.lineDue();
     if (this.mode === 'human') {
-      if (redrawFull || this.lastPercent !== 100) this.drawHuman(100);
       this.out.write('\n');
       this.drewHuman = false;
-    } else if (this.mode === 'json' && this.lastJsonDone !== this.total) {
-      this.done = this.total;
-      this.emitJson(100);
     }
+  }
+
+  /** qemu-img's end of progress: with -p a newline, whether or not a line was drawn. */
+  end(): void {
+    if (this.mode === 'human') this.out.write('\n');
+    this.drewHuman = false;
   }
 
   /** Stop listening for SIGUSR1; end a half-drawn human line (after an error or cancel). */
@@ -118,26 +176,29 @@ export class Progress {
     this.drewHuman = false;
   }
 
-  /** SIGUSR1: one line now, whatever the rate limits say. */
+  /** SIGUSR1: a line at the next due update without -p, an extra JSON line now, nothing with -p. */
   printOnDemand(): void {
-    const percent = this.percent();
-    if (this.mode === 'human') this.drawHuman(percent);
-    else if (this.mode === 'json') this.emitJson(percent);
-    else this.err.write(percentText(percent) + '\n');
+    if (this.mode === 'json') this.emitJson();
+    else if (this.mode === 'off') this.signalPending = true;
   }
 
-  private drawHuman(percent: number): void {
-    this.out.write(percentText(percent) + '\r');
-    this.lastPercent = percent;
-    this.drewHuman = true;
+  private lineDue(): void {
+    this.lastDue = this.percent;
+    if (this.mode === 'human') {
+      this.out.write(percentText(this.percent) + '\r');
+      this.drewHuman = true;
+    } else if (this.signalPending) {
+      this.err.write(percentText(this.percent) + '\n');
+      this.signalPending = false;
+    }
   }
 
-  private emitJson(percent: number): void {
+  private emitJson(): void {
     const now = this.now();
     const elapsed = Math.round(now - this.started);
     this.err.write(`{"done":${this.done},"total":${this.total},"elapsed_ms":${elapsed}}\n`);
     this.lastJsonAt = now;
     this.lastJsonDone = this.done;
-    this.lastPercent = percent;
+    this.lastJsonPercent = this.percent;
   }
 }

@@ -7,7 +7,7 @@
 import { BlkioError } from '../../errors.js';
 import type { BlockDriver } from '../../block/driver.js';
 import type { BlockLayer } from '../../block/graph.js';
-import { Progress, parseProgressMode } from '../../cli/progress.js';
+import { Progress, amendPercent, parseProgressMode } from '../../cli/progress.js';
 import { hasHelpOption } from '../../options/qemuopts.js';
 import type { ObjectRegistry } from '../../block/objects.js';
 import {
@@ -66,19 +66,18 @@ export function imgAmend(argv: string[]): Promise<number> {
     });
     if (optionText === undefined) throw new UsageError('Must specify options (-o)');
     // From here on qemu-img ends its progress line (after any error) when -p is on.
-    const progress = new Progress(parseProgressMode(undefined, showProgress, quiet), { signals: false });
-    const endProgress = (): void => {
-      if (progress.mode === 'human') writeOut('\n');
-    };
+    const progress = new Progress(parseProgressMode(undefined, showProgress, quiet), { percentOf: amendPercent });
     try {
       const status = await amend(optionText, operands, { format, cache, imageOpts, force, objects }, progress);
-      endProgress();
+      progress.end();
       return status;
     } catch (e) {
       if (progress.mode !== 'human') throw e;
       reportError(e);
-      endProgress();
+      progress.end();
       throw new ExitStatus(1);
+    } finally {
+      progress.dispose();
     }
   });
 }

@@ -5,7 +5,7 @@
  * progress and messages around it. `-b` implies `-d`.
  */
 import { BlkioError } from '../../errors.js';
-import { Progress, parseProgressMode } from '../../cli/progress.js';
+import { Progress, floatPercent, parseProgressMode } from '../../cli/progress.js';
 import { findBackingImage } from '../../jobs/chain.js';
 import { commitImage } from '../../jobs/commit.js';
 import type { FlatOptions } from '../../options/types.js';
@@ -48,7 +48,7 @@ export function imgCommit(argv: string[]): Promise<number> {
         throw new BlkioError('EINVAL', `Did not find '${base}' in the backing chain of '${filename}'`);
       }
       if (base === undefined && !backingLayer(blk.node)) throw new BlkioError('EINVAL', 'Image does not have a backing file');
-      const progress = new Progress(parseProgressMode(progressOption, showProgress, quiet));
+      const progress = new Progress(parseProgressMode(progressOption, showProgress, quiet), { percentOf: floatPercent });
       try {
         progress.update(0, 0);
         const first = blk;
@@ -56,7 +56,7 @@ export function imgCommit(argv: string[]): Promise<number> {
           base, drop, rateLimit, onProgress: (done, total) => progress.update(done, total),
         });
         await blk.flush();
-        progress.finish();
+        progress.finish({ redrawFull: true });
       } finally {
         progress.dispose();
       }

@@ -11,7 +11,7 @@ import { BlkioError } from '../../errors.js';
 import type { BlockBackend } from '../../block/backend.js';
 import { STATUS_ALLOCATED, STATUS_DATA, STATUS_EOF, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../block/flags.js';
 import { isCacheMode } from '../../cli/open-image.js';
-import { Progress } from '../../cli/progress.js';
+import { floatPercent, Progress } from '../../cli/progress.js';
 import {
   ExitStatus, UsageError, openImg, reportError, runSubcommand, withLayer, writeOut,
 } from './common.js';
@@ -84,7 +84,7 @@ export function imgCompare(argv: string[]): Promise<number> {
       },
     });
     if (operands.length !== 2) throw new UsageError('Expecting two image file names');
-    const progress = new Progress(showProgress && !quiet ? 'human' : 'off');
+    const progress = new Progress(showProgress && !quiet ? 'human' : 'off', { minSkip: 2 });
     const say = (text: string): void => {
       if (!quiet) writeOut(text);
     };
@@ -185,7 +185,7 @@ async function compareImages(a: Side, b: Side, strict: boolean, progress: Progre
       if (await checkEmpty(allocated1 ? a : b, offset, buf1.subarray(0, chunk), say)) return 1;
     }
     offset += chunk;
-    progress.update(offset, total);
+    progress.advance(floatPercent(chunk, total));
   }
   if (a.size !== b.size) {
     say('Warning: Image size mismatch!\n');
@@ -198,7 +198,7 @@ async function compareImages(a: Side, b: Side, strict: boolean, progress: Progre
         if (await checkEmpty(over, offset, buf1.subarray(0, chunk), say)) return 1;
       }
       offset += chunk;
-      progress.update(offset, total);
+      progress.advance(floatPercent(chunk, total));
     }
   }
   return 0;

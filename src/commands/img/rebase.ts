@@ -47,7 +47,7 @@ export function imgRebase(argv: string[]): Promise<number> {
     });
     const filename = oneImageName(operands);
     if (!unsafe && backing === undefined) throw new UsageError('Must specify backing file (-b) or use unsafe mode (-u)');
-    const progress = new Progress(showProgress && !quiet ? 'human' : 'off');
+    const progress = new Progress(showProgress && !quiet ? 'human' : 'off', { minSkip: 2 });
     return withLayer(objects, async (layer) => {
       try {
         progress.update(0, 100);
@@ -106,8 +106,8 @@ async function copyDifferences(blk: BlockBackend, image: BlockNode, newBacking: 
   const newSize = newBacking?.blk.getLength() ?? 0;
   const bufOld = new Uint8Array(IO_BUF_SIZE);
   const bufNew = new Uint8Array(IO_BUF_SIZE);
-  const step = size ? 100 / Math.floor(size / Math.min(size, IO_BUF_SIZE)) : 0;
-  let percent = 0;
+  // qemu-img adds the same float share of 100% for every chunk, however long, so the sum drifts as its does.
+  const step = size ? Math.fround(100 / Math.floor(size / Math.min(size, IO_BUF_SIZE))) : 0;
   try {
     for (let offset = 0, n = 0; offset < size; offset += n) {
       n = Math.min(IO_BUF_SIZE, size - offset);
@@ -144,8 +144,7 @@ async function copyDifferences(blk: BlockBackend, image: BlockNode, newBacking: 
         }
         written += pnum;
       }
-      percent = Math.fround(percent + step);
-      progress.update(percent, 100);
+      progress.advance(step);
     }
   } finally {
     oldBacking?.detach();

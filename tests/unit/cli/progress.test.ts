@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { parseProgressMode, Progress } from '../../../src/cli/progress.js';
+import {
+  amendPercent, floatPercent, convertPercent, parseProgressMode, percentText, Progress,
+} from '../../../src/cli/progress.js';
 
 function sink() {
   const chunks: string[] = [];
@@ -55,16 +57,54 @@ describe('Progress', () => {
     ]);
   });
 
-  it('prints one line on demand (SIGUSR1) even when off', () => {
+  it('draws a line only past the last one by more than minSkip, or at 0% and 100%', () => {
+    const out = sink();
+    const p = new Progress('human', { out, err: sink(), signals: false, minSkip: 2 });
+    for (const done of [0, 0, 15, 25, 35, 45, 46, 10, 0, 1000]) p.update(done, 1000);
+    p.finish({ redrawFull: true });
+    expect(out.chunks.join('').split('\r')).toEqual([
+      '    (0.00/100%)', '    (0.00/100%)', '    (2.50/100%)', '    (4.60/100%)', '    (0.00/100%)',
+      '    (100.00/100%)', '    (100.00/100%)', '\n',
+    ]);
+  });
+
+  it('prints like glibc: exact ties round to even, the value is a C float', () => {
+    expect([3.125, 15.625, 9.375, 0.875, 28.125, 1 / 3 * 100].map(percentText)).toEqual([
+      '    (3.12/100%)', '    (15.62/100%)', '    (9.38/100%)', '    (0.88/100%)', '    (28.12/100%)', '    (33.33/100%)',
+    ]);
+    // 100 * 1462 / 1491 is 98.054996... in double, 98.055000305... in float.
+    expect(percentText(convertPercent(1462, 1491))).toBe('    (98.06/100%)');
+    expect(floatPercent(1, 3)).toBe(Math.fround(Math.fround(1 / 3) * 100));
+    expect(amendPercent(1, 3)).toBe(Math.fround(100 / 3));
+    expect(convertPercent(5, 0)).toBe(0);
+  });
+
+  it('prints a line for SIGUSR1 without -p at the next due update, on stderr', () => {
     const err = sink();
     const out = sink();
     const p = new Progress('off', { out, err, signals: false });
     p.update(1, 4);
     p.printOnDemand();
+    p.update(1, 4); // not past the last due line (25%)
+    p.update(2, 4);
+    p.update(3, 4);
+    p.printOnDemand();
     p.finish();
     p.dispose();
-    expect(err.chunks.join('')).toBe('    (25.00/100%)\n');
+    expect(err.chunks.join('')).toBe('    (50.00/100%)\n    (100.00/100%)\n');
     expect(out.chunks).toEqual([]);
+  });
+
+  it('ignores SIGUSR1 with -p, as qemu-img does', () => {
+    const out = sink();
+    const err = sink();
+    const p = new Progress('human', { out, err, signals: false });
+    p.update(1, 4);
+    p.printOnDemand();
+    p.update(1, 4);
+    p.end();
+    expect(out.chunks.join('')).toBe('    (25.00/100%)\r\n');
+    expect(err.chunks).toEqual([]);
   });
 
   it('listens for SIGUSR1 until disposed', () => {
