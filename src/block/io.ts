@@ -94,8 +94,8 @@ export function isZeroBuffer(buf: Uint8Array, start = 0, end = buf.length): bool
   return true;
 }
 
-/** QEMU's BDRV_MAX_LENGTH: INT64_MAX rounded down to its largest alignment (1 GiB). */
-const MAX_NODE_LENGTH = 2 ** 63 - 2 ** 30;
+/** QEMU's BDRV_MAX_LENGTH, the longest node: INT64_MAX rounded down to its largest alignment (1 GiB). */
+export const MAX_NODE_LENGTH = 2 ** 63 - 2 ** 30;
 
 function checkRange(offset: number, bytes: number): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) {

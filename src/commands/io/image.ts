@@ -1,5 +1,6 @@
 /** Commands about the image as a whole: `flush`, `truncate`, `length`, `info`, `discard`. */
 import { errno, toBlkioError } from '../../errors.js';
+import { MAX_NODE_LENGTH } from '../../block/io.js';
 import { PERM_RESIZE, PERM_WRITE } from '../../block/permissions.js';
 import type { BlockNode } from '../../block/node.js';
 import type { DriverInfo } from '../../block/driver.js';
@@ -28,9 +29,6 @@ export const flushCommand: IoCommand = {
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
 
-/** QEMU's BDRV_MAX_LENGTH: INT64_MAX rounded down to 1 GiB, the largest image size. */
-const MAX_IMAGE_LENGTH = (1n << 63n) - (1n << 30n);
-
 export const truncateCommand: IoCommand = {
   name: 'truncate',
   altname: 't',
@@ -56,8 +54,8 @@ export const truncateCommand: IoCommand = {
     const size = parseNumExact(session, operands[0], argv[1]);
     if (size === undefined) return -1;
     // Checked here because only the exact value can be named (beyond 2^53 numbers round).
-    if (size > MAX_IMAGE_LENGTH) {
-      session.errorReport(`offset(${size}) exceeds maximum(${MAX_IMAGE_LENGTH})`);
+    if (size > MAX_NODE_LENGTH) {
+      session.errorReport(`offset(${size}) exceeds maximum(${BigInt(MAX_NODE_LENGTH)})`);
       return -1;
     }
     try {

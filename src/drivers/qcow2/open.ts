@@ -5,7 +5,7 @@
  */
 import { BlkioError, errno, toBlkioError } from '../../errors.js';
 import type { BdrvChild } from '../../block/child.js';
-import { debugEvent } from '../../block/io.js';
+import { debugEvent, MAX_NODE_LENGTH } from '../../block/io.js';
 import type { ParsedOptions } from '../../block/driver.js';
 import { TableCache } from './cache.js';
 import { makeTable } from './entries.js';
@@ -33,9 +33,6 @@ export const OVERLAP_CHECKS = [
   'main-header', 'active-l1', 'active-l2', 'refcount-table', 'refcount-block', 'snapshot-table', 'inactive-l1',
   'inactive-l2', 'bitmap-directory',
 ] as const;
-
-/** The longest node QEMU accepts: INT64_MAX rounded down to its largest alignment (1 GiB). */
-const MAX_NODE_LENGTH = 2n ** 63n - 2n ** 30n;
 
 /**
  * QEMU's size_to_l1 in its unsigned 64-bit arithmetic: a size within one L2 table's reach of
