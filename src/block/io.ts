@@ -456,6 +456,7 @@ export async function childTruncate(child: BdrvChild, size: number, exact: boole
   if (size > oldLength && backing && backing.node.getLength() > oldLength) flags |= REQ_ZERO_WRITE;
   if (flags & ~(node.driver.supportedTruncateFlags?.(node) ?? 0)) throw new BlkioError('ENOTSUP', 'Block driver does not support requested flags');
   await node.driver.truncate(node, size, exact, prealloc, flags);
+  for (const bitmap of node.dirtyBitmaps) bitmap.resize(node.getLength());
   node.writeGeneration++;
 }
 

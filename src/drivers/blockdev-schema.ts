@@ -131,6 +131,7 @@ BLOCKDEV_OPTIONS.union = {
     host_device: FILE,
     'null-aio': NULL,
     'null-co': NULL,
+    preallocate: [...GENERIC_FORMAT, optional('prealloc-align', 'int'), optional('prealloc-size', 'int')],
     qcow2: QCOW2,
     quorum: [
       optional('blkverify', 'bool'),

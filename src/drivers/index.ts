@@ -8,6 +8,7 @@ import { copyOnReadDriver } from './copy-on-read.js';
 import { fileDriver } from './file.js';
 import { mirrorTopDriver } from './mirror-top.js';
 import { nullAioDriver, nullCoDriver } from './null.js';
+import { preallocateDriver } from './preallocate.js';
 import { qcow2Driver } from './qcow2/index.js';
 import { quorumDriver } from './quorum.js';
 import { rawDriver } from './raw.js';
@@ -15,7 +16,7 @@ import { throttleDriver } from './throttle.js';
 
 export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   fileDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
-  throttleDriver, compressDriver,
+  throttleDriver, compressDriver, preallocateDriver,
   blkdebugDriver,
   blkverifyDriver,
   quorumDriver,

@@ -35,11 +35,17 @@ async function setReadOnly(root: BlockNode, readOnly: boolean): Promise<void> {
   const reopenDrivers = async (order: BlockNode[]) => {
     for (const n of order) await n.driver.reopen?.(n);
   };
-  for (const n of nodes) n.readOnly = readOnly;
   try {
-    // Top-down when giving up write access: a node writes out what it caches while the
-    // nodes below still take writes.
-    if (readOnly) await reopenDrivers(nodes);
+    // Top-down when giving up write access: a node writes out what it caches (a preallocate
+    // filter cuts its file back) while the nodes below still take writes.
+    if (readOnly) {
+      for (const n of nodes) {
+        n.readOnly = true;
+        await n.driver.reopen?.(n);
+      }
+    } else {
+      for (const n of nodes) n.readOnly = false;
+    }
     refreshPermissions(new Map(), [root]);
   } catch (e) {
     for (const n of nodes) n.readOnly = !readOnly;

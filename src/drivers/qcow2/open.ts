@@ -299,7 +299,9 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   }
   if (!o.checkMode) await readSnapshotTable(s);
 
-  if (h.autoclearFeatures & ~AUTOCLEAR_MASK && !o.readOnly) {
+  // Unknown autoclear bits are cleared, and bitmaps found without their bit are dropped.
+  const ignoredBitmaps = ext.bitmaps !== undefined && !s.bitmapDirectory;
+  if ((h.autoclearFeatures & ~AUTOCLEAR_MASK || ignoredBitmaps) && !o.readOnly) {
     o.takeFilePermissions?.();
     h.autoclearFeatures &= AUTOCLEAR_MASK;
     await updateHeader(s);

@@ -17,6 +17,7 @@ import { clusterDiscard, subclusterZeroize } from './zero.js';
 import { hostRangeFor, writeGuest } from './write.js';
 import { hasDataFile, sizeToL1, startOfCluster, offsetIntoCluster, type Qcow2State } from './state.js';
 import { l2SliceIndex } from './mapping.js';
+import { requireResizableBitmaps } from './bitmaps-store.js';
 
 export const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'] as const;
 
@@ -29,6 +30,7 @@ export async function truncateImage(s: Qcow2State, size: number, prealloc: strin
   if (s.snapshots.length && s.header.version < 3) {
     throw new BlkioError('ENOTSUP', "Can't resize a v2 image which has snapshots");
   }
+  await requireResizableBitmaps(s);
   const oldLength = s.size;
   const newL1Size = sizeToL1(s, size);
   if (size < oldLength) {
