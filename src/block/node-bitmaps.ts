@@ -27,6 +27,11 @@ function checkBitmap(bitmap: DirtyBitmap, flags: number): void {
   }
 }
 
+/** Refuses a bitmap that is read-only or inconsistent (for a resize, say). */
+export function checkBitmapWritable(bitmap: DirtyBitmap): void {
+  checkBitmap(bitmap, ALL_CHECKS);
+}
+
 export function findBitmap(node: BlockNode, name: string): DirtyBitmap | undefined {
   return node.dirtyBitmaps.find((b) => b.name === name);
 }

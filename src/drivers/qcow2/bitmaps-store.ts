@@ -6,7 +6,7 @@
  */
 import { BlkioError, toBlkioError } from '../../errors.js';
 import { DirtyBitmap } from '../../block/dirty-bitmap.js';
-import { createBitmap, findBitmap } from '../../block/node-bitmaps.js';
+import { checkBitmapWritable, createBitmap, findBitmap } from '../../block/node-bitmaps.js';
 import type { BlockNode } from '../../block/node.js';
 import {
   ALL_ONES, BITMAP_FLAG_AUTO, BITMAP_FLAG_IN_USE, bitmapTableSize, checkBitmapConstraints, dirEntrySize,
@@ -277,6 +277,23 @@ export async function removePersistentBitmap(s: Qcow2State, name: string): Promi
     }
     await freeBitmapClusters(s, removed.tableOffset, removed.tableSize);
   });
+}
+
+/**
+ * A resize changes the bitmaps in memory, which are stored at close: every bitmap of the image
+ * must be loaded, writable and consistent (QEMU's qcow2_truncate_bitmaps_check).
+ */
+export async function requireResizableBitmaps(s: Qcow2State): Promise<void> {
+  for (const entry of await loadBitmapDirectory(s)) {
+    const bitmap = s.node && findBitmap(s.node, entry.name);
+    if (!bitmap) throw new BlkioError('ENOTSUP', 'Cannot resize qcow2 with persistent bitmaps that were not loaded into memory');
+    try {
+      checkBitmapWritable(bitmap);
+    } catch (e) {
+      const err = toBlkioError(e);
+      throw new BlkioError('ENOTSUP', err.message, err.hints);
+    }
+  }
 }
 
 /** Whether the image could store one more bitmap (QEMU's qcow2_co_can_store_new_dirty_bitmap). */
