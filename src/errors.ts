@@ -235,6 +235,12 @@ export function errno(code: Errno): BlkioError {
   return new BlkioError(code);
 }
 
+/** QEMU's error_setg_errno: `<message>: <strerror>`, with the code of `e` (anything thrown). */
+export function errnoError(message: string, e: unknown): BlkioError {
+  const err = toBlkioError(e);
+  return new BlkioError(err.code, `${message}: ${err.strerror}`);
+}
+
 /** Convert anything thrown (Node system errors included) into a BlkioError. */
 export function toBlkioError(e: unknown): BlkioError {
   if (e instanceof BlkioError) return e;

@@ -10,7 +10,7 @@
  * Filename syntax: `blkdebug:<config file>:<image>`; any other filename is the image.
  */
 import { readFile } from 'node:fs/promises';
-import { BlkioError, errno, errnoFromNumber, toBlkioError } from '../errors.js';
+import { BlkioError, errno, errnoError, errnoFromNumber, toBlkioError } from '../errors.js';
 import type { BdrvChild } from '../block/child.js';
 import { ROLE_FILTER_CHILD, type BlockDriver } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
@@ -99,7 +99,7 @@ async function readConfig(path: string): Promise<string> {
   } catch (e) {
     const err = toBlkioError(e);
     if (err.code === 'EISDIR') throw new BlkioError('EISDIR', `Cannot read config file: ${err.strerror}`);
-    throw new BlkioError(err.code, `Could not read blkdebug config file: ${err.strerror}`);
+    throw errnoError('Could not read blkdebug config file', err);
   }
 }
 

@@ -13,7 +13,7 @@
  * Linux) a lock table of this process stands in: it sees only this process's file nodes.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { BlkioError, toBlkioError } from '../errors.js';
+import { BlkioError, errnoError } from '../errors.js';
 import type { PermissionUpdate } from '../block/driver.js';
 import { PERM_ALL, permNames } from '../block/permissions.js';
 import { nativeAddon } from '../native-addon.js';
@@ -115,7 +115,7 @@ export class FileLock {
     const addon = nativeAddon() as Partial<OfdAddon> | undefined;
     if (!addon?.ofdLock || !addon.ofdLockConflicts) return new FileLock(new ProcessLocks(`${dev}:${ino}`), filename);
     const handle = await open(filename, 'r').catch((e: unknown) => {
-      throw new BlkioError(toBlkioError(e).code, `Could not open '${filename}': ${toBlkioError(e).strerror}`);
+      throw errnoError(`Could not open '${filename}'`, e);
     });
     return new FileLock(new OfdLocks(addon as OfdAddon, handle), filename);
   }

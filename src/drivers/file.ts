@@ -1,7 +1,7 @@
 /** The `file` protocol: a host file through an async file handle. Large requests pass straight through. */
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { BlkioError, toBlkioError } from '../errors.js';
+import { BlkioError, errnoError, toBlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
 import { REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_ZERO_WRITE, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
 import { nativeFileOps, type NativeFileOps } from './file-native.js';
@@ -119,17 +119,13 @@ async function resizeFile(s: FileState, size: number, prealloc: string): Promise
   if (!PREALLOC_MODES.includes(prealloc)) {
     throw new BlkioError('ENOTSUP', `Unsupported preallocation mode: ${prealloc}`);
   }
-  const failed = (what: string, e: unknown) => {
-    const error = toBlkioError(e);
-    return new BlkioError(error.code, `${what}: ${error.strerror}`);
-  };
   // A failed preallocation leaves the file as it was.
   const step = async (what: string, action: () => Promise<void>) => {
     try {
       await action();
     } catch (e) {
       await handle.truncate(current).catch(() => undefined);
-      throw failed(what, e);
+      throw errnoError(what, e);
     }
   };
   if (prealloc === 'full') {
@@ -147,9 +143,9 @@ async function resizeFile(s: FileState, size: number, prealloc: string): Promise
     });
   } else if (prealloc === 'off') {
     // Node takes lengths up to 2^53 only; file systems that hold more are rare.
-    if (!Number.isSafeInteger(size)) throw failed('Could not resize file', new BlkioError('EFBIG'));
+    if (!Number.isSafeInteger(size)) throw errnoError('Could not resize file', new BlkioError('EFBIG'));
     await handle.truncate(size).catch((e: unknown) => {
-      throw failed('Could not resize file', e);
+      throw errnoError('Could not resize file', e);
     });
   }
   if (current === 0 && size > 0 && prealloc !== 'full') await allocateFirstBlock(handle, size);
@@ -203,7 +199,7 @@ export const fileDriver: BlockDriver<FileState> = {
     try {
       handle = await open(filename, openFlags(node.readOnly, direct));
     } catch (e) {
-      throw new BlkioError(toBlkioError(e).code, `Could not open '${filename}': ${toBlkioError(e).strerror}`);
+      throw errnoError(`Could not open '${filename}'`, e);
     }
     const stat = await handle.stat();
     // Devices stay allowed: blkio has no host_device driver to take them over.

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BlkioError, errnoFromNumber, strerrorOfNumber } from '../../src/errors.js';
+import { BlkioError, errnoError, errnoFromNumber, strerrorOfNumber } from '../../src/errors.js';
 
 describe('errno numbers', () => {
   it('gives glibc texts for numbers without a name here', () => {
@@ -17,5 +17,13 @@ describe('errno numbers', () => {
     expect(e.prepend('x: ').strerror).toBe('Disk quota exceeded');
     expect(e.errnoNumber).toBe(122);
     expect(new BlkioError('ENOSPC').errnoNumber).toBe(28);
+  });
+
+  it("writes error_setg_errno's text: the message, then the strerror of what was thrown, with its code", () => {
+    const fromBlkio = errnoError('Failed to update the image size', new BlkioError('ENOSPC', 'other text'));
+    expect([fromBlkio.code, fromBlkio.message]).toEqual(['ENOSPC', 'Failed to update the image size: No space left on device']);
+    const fromNode = errnoError("Could not open 'x'", Object.assign(new Error('ENOENT: no such file'), { code: 'ENOENT' }));
+    expect([fromNode.code, fromNode.message]).toEqual(['ENOENT', "Could not open 'x': No such file or directory"]);
+    expect(errnoError('Mapping clusters failed', new Error('odd')).message).toBe('Mapping clusters failed: Input/output error');
   });
 });

@@ -7,7 +7,7 @@
  * protocol node, then the format driver's `create` on that node.
  */
 import { open as openFile, rm } from 'node:fs/promises';
-import { BlkioError, toBlkioError } from '../../errors.js';
+import { BlkioError, errnoError, toBlkioError } from '../../errors.js';
 import type { BlockDriver, CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import { BdrvChild } from '../../block/child.js';
 import { ROLE_IMAGE } from '../../block/driver.js';
@@ -293,7 +293,7 @@ async function withEmptyFile(
     const handle = await openFile(path, 'a');
     await handle.close();
   } catch (e) {
-    throw new BlkioError(toBlkioError(e).code, `Could not create '${path}': ${toBlkioError(e).strerror}`);
+    throw errnoError(`Could not create '${path}'`, e);
   }
   const node = await layer.openNode(filename, { 'cache.direct': 'off', 'cache.no-flush': 'off' }, { protocol: true, inherited: {} });
   const edge = new BdrvChild({ describe: () => 'image creation' }, 'file', ROLE_IMAGE, node);

@@ -5,7 +5,7 @@
  * input's bytes from skip*bs up to count*bs (or the input's end). The copy runs in large
  * requests whatever the block size: only the byte range depends on bs.
  */
-import { BlkioError, toBlkioError } from '../../errors.js';
+import { BlkioError, errnoError, toBlkioError } from '../../errors.js';
 import type { BlockBackend } from '../../block/backend.js';
 import type { BlockLayer } from '../../block/graph.js';
 import { imgCvtnum, openImg, ReportLines, runSubcommand, withLayer, writeErr } from './common.js';
@@ -119,6 +119,5 @@ async function copy(source: BlockBackend, offset: number, target: BlockBackend, 
 }
 
 function failure(what: string, e: unknown): BlkioError {
-  const error = toBlkioError(e);
-  return new BlkioError(error.code, `error while ${what} image file: ${error.strerror}`);
+  return errnoError(`error while ${what} image file`, e);
 }

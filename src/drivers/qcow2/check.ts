@@ -5,7 +5,7 @@
  * refcounts, or rebuild the refcount structure from scratch when a referenced cluster has none.
  */
 import type { CheckResult } from '../../block/driver.js';
-import { BlkioError, toBlkioError } from '../../errors.js';
+import { BlkioError, errnoError, toBlkioError } from '../../errors.js';
 import {
   entryOffset, getHi, getLo, HI_COPIED, LO_ZERO, l1Reserved, l2StdReserved, makeTable, reftableOffset, reftableReserved,
   setReftableOffset, setRefcount, hex64, type Table,
@@ -490,8 +490,7 @@ async function writeRebuilt(s: Qcow2State, offset: number, data: Uint8Array, wha
     await preventMetadataOverwrite(s, offset, data.length);
     await s.file.write(offset, data.length, data);
   } catch (e) {
-    const err = toBlkioError(e);
-    throw new BlkioError(err.code, `${what}: ${err.strerror}`);
+    throw errnoError(what, e);
   }
 }
 
@@ -568,7 +567,7 @@ async function rebuildRefcountStructure(c: Checker): Promise<void> {
     await s.file.write(OFFSET_REFCOUNT_TABLE, 12, pointer);
     await s.file.flush();
   } catch (e) {
-    throw new BlkioError(toBlkioError(e).code, `ERROR setting reftable: ${toBlkioError(e).strerror}`);
+    throw errnoError('ERROR setting reftable', e);
   }
   s.refcountTable = reftable.table;
   s.refcountTableOffset = tableOffset;

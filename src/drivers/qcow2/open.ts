@@ -3,7 +3,7 @@
  * (cache sizes, lazy refcounts, discard passthrough, overlap checks), the L1 and refcount
  * tables, extensions, backing file name, snapshot table, and repair of a dirty image.
  */
-import { BlkioError, errno, toBlkioError } from '../../errors.js';
+import { BlkioError, errno, errnoError } from '../../errors.js';
 import type { BdrvChild } from '../../block/child.js';
 import { debugEvent, MAX_NODE_LENGTH } from '../../block/io.js';
 import type { ParsedOptions } from '../../block/driver.js';
@@ -199,8 +199,7 @@ async function readOrFail(file: BdrvChild, offset: number, bytes: number, what: 
   try {
     await file.read(offset, bytes, buf);
   } catch (e) {
-    const err = toBlkioError(e);
-    throw new BlkioError(err.code, `${what}: ${err.strerror}`);
+    throw errnoError(what, e);
   }
   return buf;
 }
@@ -266,7 +265,7 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
   try {
     s.refcountTable = makeTable(await readOrFail(file, h.refcountTableOffset, refcountTableSize * 8, ''));
   } catch (e) {
-    throw new BlkioError(toBlkioError(e).code, `Could not initialize refcount handling: ${toBlkioError(e).strerror}`);
+    throw errnoError('Could not initialize refcount handling', e);
   }
   updateMaxRefcountTableIndex(s);
 

@@ -3,7 +3,7 @@
  * shrinking (discard the cut-off clusters, drop their L2 tables and unused refcount blocks,
  * trim the file). The new size is written into the header last.
  */
-import { BlkioError } from '../../errors.js';
+import { BlkioError, errnoError } from '../../errors.js';
 import type { Allocation } from './state.js';
 import { linkAllocations, markPrealloc } from './allocation.js';
 import { getHi, getLo, makeTable, reftableOffset, setRefcount, getRefcount } from './entries.js';
@@ -38,7 +38,7 @@ export async function truncateImage(s: Qcow2State, size: number, prealloc: strin
     await shrink(s, size, oldLength, newL1Size);
   } else {
     await s.lock.run(() => growL1Table(s, newL1Size, true)).catch((e) => {
-      throw prefixed(e, 'Failed to grow the L1 table');
+      throw errnoError('Failed to grow the L1 table', e);
     });
   }
   // An external data file holds data at guest offsets: it is resized with the image, and any
@@ -52,7 +52,7 @@ export async function truncateImage(s: Qcow2State, size: number, prealloc: strin
       await s.l2Cache.write();
       await s.refcountCache.write();
     }).catch((e) => {
-      throw prefixed(e, 'Failed to flush the preallocated area to disk');
+      throw errnoError('Failed to flush the preallocated area to disk', e);
     });
   }
   s.size = size;
@@ -63,14 +63,9 @@ export async function truncateImage(s: Qcow2State, size: number, prealloc: strin
     await s.file.write(OFFSET_SIZE, 8, field);
     await s.file.flush();
   } catch (e) {
-    throw prefixed(e, 'Failed to update the image size');
+    throw errnoError('Failed to update the image size', e);
   }
   s.l1VmStateIndex = newL1Size;
-}
-
-function prefixed(e: unknown, message: string): BlkioError {
-  const err = e instanceof BlkioError ? e : new BlkioError('EIO');
-  return new BlkioError(err.code, `${message}: ${err.strerror}`);
 }
 
 async function shrink(s: Qcow2State, size: number, oldLength: number, newL1Size: number): Promise<void> {
@@ -78,14 +73,14 @@ async function shrink(s: Qcow2State, size: number, oldLength: number, newL1Size:
   await s.lock.run(async () => {
     if (oldLength > start) {
       await clusterDiscard(s, start, oldLength - start, 'always', true).catch((e) => {
-        throw prefixed(e, 'Failed to discard cropped clusters');
+        throw errnoError('Failed to discard cropped clusters', e);
       });
     }
     await shrinkL1Table(s, newL1Size).catch((e) => {
-      throw prefixed(e, 'Failed to reduce the number of L2 tables');
+      throw errnoError('Failed to reduce the number of L2 tables', e);
     });
     await shrinkReftable(s).catch((e) => {
-      throw prefixed(e, 'Failed to discard unused refblocks');
+      throw errnoError('Failed to discard unused refblocks', e);
     });
     const fileSize = s.file.getLength();
     const last = await getLastCluster(s, fileSize);
@@ -150,11 +145,11 @@ async function preallocateMetadata(s: Qcow2State, offset: number, end: number, m
     try {
       range = await hostRangeFor(s, offset, want);
     } catch (e) {
-      throw prefixed(e, 'Allocating clusters failed');
+      throw errnoError('Allocating clusters failed', e);
     }
     markPrealloc(range.metas);
     await linkAllocations(s, range.metas).catch((e) => {
-      throw prefixed(e, 'Mapping clusters failed');
+      throw errnoError('Mapping clusters failed', e);
     });
     hostEnd = range.hostOffset + range.bytes;
     offset += range.bytes;
@@ -168,13 +163,13 @@ async function zeroGrownArea(s: Qcow2State, oldLength: number, size: number): Pr
   const zeroStart = Math.ceil(oldLength / s.subclusterSize) * s.subclusterSize;
   if (size > zeroStart) {
     await s.lock.run(() => subclusterZeroize(s, zeroStart, size - zeroStart, 0)).catch((e) => {
-      throw prefixed(e, 'Failed to zero out new clusters');
+      throw errnoError('Failed to zero out new clusters', e);
     });
   }
   if (zeroStart > oldLength) {
     const bytes = Math.min(zeroStart, size) - oldLength;
     await writeGuest(s, oldLength, bytes, new Uint8Array(bytes)).catch((e) => {
-      throw prefixed(e, 'Failed to zero out the new area');
+      throw errnoError('Failed to zero out the new area', e);
     });
   }
 }
@@ -190,10 +185,10 @@ async function preallocateData(s: Qcow2State, oldLength: number, size: number, m
   let dataClusters = (Math.ceil(size / s.clusterSize) * s.clusterSize - startOfCluster(s, oldLength)) / s.clusterSize;
   const l2Tables = Math.ceil(dataClusters / (s.clusterSize / s.l2EntrySize)) + 1;
   const allocationStart = await s.lock.run(() => refcountArea(s, fileSize, dataClusters + l2Tables, true, 0, 0)).catch((e) => {
-    throw prefixed(e, 'Failed to resize refcount structures');
+    throw errnoError('Failed to resize refcount structures', e);
   });
   await s.lock.run(() => allocClustersAt(s, allocationStart, dataClusters)).catch((e) => {
-    throw prefixed(e, 'Failed to allocate data clusters');
+    throw errnoError('Failed to allocate data clusters', e);
   });
   const newFileSize = allocationStart + dataClusters * s.clusterSize;
   // The file zeroing the new area lets the new subclusters be allocated: they read zeroes, not backing data.
@@ -202,7 +197,7 @@ async function preallocateData(s: Qcow2State, oldLength: number, size: number, m
     if (!fileZeroed) await s.file.truncate(newFileSize, false, mode);
   } catch (e) {
     await s.lock.run(() => freeClusters(s, allocationStart, dataClusters * s.clusterSize, 'other'));
-    throw prefixed(e, 'Failed to resize underlying file');
+    throw errnoError('Failed to resize underlying file', e);
   }
   let host = allocationStart;
   let guest = oldLength;
@@ -219,7 +214,7 @@ async function preallocateData(s: Qcow2State, oldLength: number, size: number, m
       prealloc: !fileZeroed, skipCow: false, done, finish,
     };
     await linkAllocations(s, [m]).catch((e) => {
-      throw prefixed(e, 'Failed to update L2 tables');
+      throw errnoError('Failed to update L2 tables', e);
     });
     guest += nb * s.clusterSize;
     host += nb * s.clusterSize;
