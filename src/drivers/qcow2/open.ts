@@ -227,7 +227,8 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
     }
     throw new BlkioError('ENOTSUP', unsupportedFeatureMessage(table, h.incompatibleFeatures & ~INCOMPAT_MASK));
   }
-  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && !o.readOnly) {
+  // A corrupt image may be opened for writing only to be repaired.
+  if (h.incompatibleFeatures & INCOMPAT_CORRUPT && !o.readOnly && !o.checkMode) {
     throw new BlkioError('EACCES', 'qcow2: Image is corrupt; cannot be opened read/write');
   }
   if (g.subclusterSize < 512) throw invalid(`Unsupported subcluster size: ${g.subclusterSize}`);
