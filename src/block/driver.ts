@@ -313,6 +313,8 @@ export interface BlockDriver<S = unknown> {
   measure?(options: CreateRequest['options'], source: MeasureSource | undefined, lookupObject: (id: string) => unknown): Promise<MeasureResult>;
   /** The persistent dirty bitmaps of the image; undefined when this image cannot store any. */
   persistentBitmaps?(node: BlockNode<S>): Promise<PersistentBitmap[] | undefined>;
+  /** Whether the image can hold persistent bitmaps at all (absent: it cannot). */
+  supportsPersistentDirtyBitmaps?(node: BlockNode<S>): boolean;
   /** Refuses (with QEMU's text) a new persistent bitmap the image could not store. */
   canStoreNewDirtyBitmap?(node: BlockNode<S>, name: string, granularity: number): Promise<void>;
   /** Drop a persistent bitmap from the image (absent: nothing to do). */

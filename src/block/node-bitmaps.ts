@@ -71,7 +71,7 @@ export async function addBitmap(node: BlockNode, name: string, o: AddBitmapOptio
   const bitmap = createBitmap(node, name, granularity, node.getLength());
   bitmap.enabled = !o.disabled;
   bitmap.persistent = o.persistent;
-  node.dirtyBitmaps.push(bitmap);
+  node.dirtyBitmaps.unshift(bitmap);
 }
 
 export async function removeBitmap(node: BlockNode, name: string): Promise<void> {

@@ -64,7 +64,10 @@ export class BlockNode<S = unknown> {
   /** Backing file name and format as the image header records them (COW formats). */
   backingFile = '';
   backingFormat = '';
-  /** Dirty bitmaps over this node's data (persistent ones are loaded and stored by the format). */
+  /**
+   * Dirty bitmaps over this node's data, newest first as QEMU lists them (persistent ones are
+   * loaded and stored by the format).
+   */
   readonly dirtyBitmaps: DirtyBitmap[] = [];
 
   constructor(

@@ -9,7 +9,8 @@
  * scanned for runs of zero sectors of at least the sparse size, which are skipped on a
  * zero-initialised target or written as zeroes.
  */
-import { BlkioError } from '../../errors.js';
+import { BlkioError, toBlkioError } from '../../errors.js';
+import { addBitmap, mergeBitmap, removeBitmap } from '../../block/node-bitmaps.js';
 import type { BlockBackend } from '../../block/backend.js';
 import type { BlockLayer } from '../../block/graph.js';
 import type { BlockNode } from '../../block/node.js';
@@ -21,7 +22,7 @@ import { tierForCopyLoop } from '../../cli/tiering.js';
 import { hasHelpOption } from '../../options/qemuopts.js';
 import type { ObjectRegistry } from '../../block/objects.js';
 import {
-  appendOptionList, backingLayer, checkCacheMode, imgCvtnum, openImg, reportError, reportWarning, runSubcommand, skipFilters, withLayer,
+  appendOptionList, backingLayer, checkCacheMode, IMG_COMMAND, imgCvtnum, openImg, reportError, reportWarning, runSubcommand, skipFilters, withLayer,
 } from './common.js';
 import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs, type SharedImgOptions } from './options.js';
 import { chainBlockStatus } from './block-status.js';
@@ -101,13 +102,16 @@ interface ConvertArgs extends SharedImgOptions {
   rateLimit: number;
   /** -l: read this internal snapshot of the (only) source. */
   snapshot?: SnapshotParam;
+  /** `--bitmaps`: copy the source's persistent bitmaps; `--skip-broken-bitmaps`: all but inconsistent ones. */
+  bitmaps: boolean;
+  skipBrokenBitmaps: boolean;
 }
 
 function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string[]; objects: ObjectRegistry } {
   const args: Omit<ConvertArgs, keyof SharedImgOptions> = {
     compressed: false, skipCreate: false, minSparse: 8, explicitSparse: false, coroutines: 8, inOrder: true,
     showProgress: false, cache: 'unsafe', srcCache: 'writeback', targetIsZero: false,
-    targetImageOpts: false, copyRange: false, salvage: false, rateLimit: 0,
+    targetImageOpts: false, copyRange: false, salvage: false, rateLimit: 0, bitmaps: false, skipBrokenBitmaps: false,
   };
   const { operands, objects, ...shared } = parseImgArgs('convert', argv, {
     short: ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:',
@@ -116,6 +120,8 @@ function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string
       { name: 'target-image-opts', hasArg: false, key: 'target-image-opts' },
       { name: 'target-is-zero', hasArg: false, key: 'target-is-zero' },
       { name: 'salvage', hasArg: false, key: 'salvage' },
+      { name: 'bitmaps', hasArg: false, key: 'bitmaps' },
+      { name: 'skip-broken-bitmaps', hasArg: false, key: 'skip-broken-bitmaps' },
       FORCE_SHARE_OPTION,
       { name: 'progress', hasArg: true, key: 'progress' },
     ],
@@ -155,6 +161,8 @@ function parseConvertArgs(argv: string[]): { args: ConvertArgs; operands: string
         case 'target-image-opts': args.targetImageOpts = true; break;
         case 'target-is-zero': args.targetIsZero = true; break;
         case 'salvage': args.salvage = true; break;
+        case 'bitmaps': args.bitmaps = true; break;
+        case 'skip-broken-bitmaps': args.skipBrokenBitmaps = true; break;
         default: return false;
       }
       return true;
@@ -168,6 +176,7 @@ export function imgConvert(argv: string[]): Promise<number> {
     const { args, operands, objects } = parseConvertArgs(argv);
     if (args.outFormat === undefined && !args.targetImageOpts) args.outFormat = 'raw';
     const fail = (message: string): BlkioError => new BlkioError('EINVAL', message);
+    if (args.skipBrokenBitmaps && !args.bitmaps) throw fail('Use of --skip-broken-bitmaps requires --bitmaps');
     if (args.compressed && args.copyRange) throw fail('Cannot enable copy offloading when -c is used');
     if (args.explicitSparse && args.copyRange) throw fail('Cannot enable copy offloading when -S is used');
     if (args.copyRange && args.salvage) throw fail('Cannot use copy offloading in salvaging mode');
@@ -241,6 +250,7 @@ async function convert(
       const prealloc = values.get('preallocation')?.value;
       if (prealloc !== undefined && prealloc !== 'off') throw new BlkioError('EINVAL', 'Compression and preallocation not supported at the same time');
     }
+    if (args.bitmaps) checkSourceBitmaps(sources, args.skipBrokenBitmaps);
     for (const [name, option] of values) {
       if (name.endsWith('key-secret')) keySecrets[name] = String(option.value);
     }
@@ -256,6 +266,7 @@ async function convert(
       return;
     }
     checkBackingUse(sources.length, backing);
+    if (args.bitmaps) checkSourceBitmaps(sources, args.skipBrokenBitmaps);
   }
 
   checkCacheMode(args.cache);
@@ -264,6 +275,9 @@ async function convert(
     extraOptions: { ...keySecrets, discard: args.minSparse ? 'unmap' : 'ignore' },
   });
   const out = skipFilters(target.node);
+  if (args.bitmaps && !target.node.driver.supportsPersistentDirtyBitmaps?.(target.node)) {
+    throw new BlkioError('ENOTSUP', `Format driver '${target.node.driver.name}' does not support bitmaps`);
+  }
   if (args.compressed && !out.driver.writeCompressed) throw new BlkioError('ENOTSUP', 'Compression not supported for this file format');
   if (args.skipCreate && Math.ceil(target.getLength() / SECTOR) < totalSectors) throw new BlkioError('EINVAL', 'output file is smaller than input file');
 
@@ -296,7 +310,42 @@ async function convert(
   await doCopy(state, progress);
   // An empty compressed write tells the target that the compressed stream ends (qcow2 pads its file to a sector).
   if (state.compressed) await target.writeCompressed(0, 0, new Uint8Array(0));
+  if (args.bitmaps) await copyBitmaps(sources[0].blk.node, target.node, args.skipBrokenBitmaps);
   await target.flush();
+}
+
+/** `--bitmaps` needs one source that can hold bitmaps, and none inconsistent unless they are skipped. */
+function checkSourceBitmaps(sources: readonly Source[], skipBroken: boolean): void {
+  if (sources.length > 1) throw new BlkioError('EINVAL', 'Copying bitmaps only possible with single source');
+  const source = sources[0].blk.node;
+  if (!source.driver.supportsPersistentDirtyBitmaps?.(source)) throw new BlkioError('ENOTSUP', 'Source lacks bitmap support');
+  const broken = source.dirtyBitmaps.find((b) => b.persistent && b.inconsistent);
+  if (broken && !skipBroken) {
+    throw new BlkioError('EINVAL', `Cannot copy inconsistent bitmap '${broken.name}'`,
+      [`Try --skip-broken-bitmaps, or use '${IMG_COMMAND} bitmap --remove' to delete it`]);
+  }
+}
+
+/** Each persistent bitmap of the source made anew in the target (same granularity and state) and filled from it. */
+async function copyBitmaps(source: BlockNode, target: BlockNode, skipBroken: boolean): Promise<void> {
+  for (const bitmap of source.dirtyBitmaps.filter((b) => b.persistent)) {
+    const name = bitmap.name;
+    if (skipBroken && bitmap.inconsistent) {
+      reportWarning(`warning: Skipping inconsistent bitmap '${name}'`);
+      continue;
+    }
+    try {
+      await addBitmap(target, name, { granularity: bitmap.granularity, persistent: true, disabled: !bitmap.enabled });
+    } catch (e) {
+      throw toBlkioError(e).prepend(`Failed to create bitmap ${name}: `);
+    }
+    try {
+      mergeBitmap(target, name, source, name);
+    } catch (e) {
+      await removeBitmap(target, name).catch(() => {});
+      throw toBlkioError(e).prepend(`Failed to populate bitmap ${name}: `);
+    }
+  }
 }
 
 function checkBackingUse(sourceCount: number, backing: string | undefined): void {
@@ -408,7 +457,7 @@ async function doCopy(s: ConvertState, progress: Progress): Promise<void> {
       try {
         if (writesData(s, status)) {
           allocatedDone += n;
-          progress.update(allocatedDone, allocatedSectors);
+          progress.update(allocatedDone * SECTOR, allocatedSectors * SECTOR); // bytes, for --progress=json
         }
         const data = buf.subarray(0, n * SECTOR);
         if (status === 'data') {

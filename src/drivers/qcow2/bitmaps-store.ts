@@ -86,7 +86,7 @@ export async function loadPersistentBitmaps(s: Qcow2State, node: BlockNode, befo
     let needsUpdate = false;
     for (const entry of entries) {
       const bitmap = createBitmap(node, entry.name, 2 ** entry.granularityBits, s.size);
-      node.dirtyBitmaps.push(bitmap);
+      node.dirtyBitmaps.unshift(bitmap);
       loaded.push(bitmap);
       if (!(entry.flags & BITMAP_FLAG_IN_USE)) await loadBitmapData(s, entry, bitmap);
       bitmap.persistent = true;

@@ -309,6 +309,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     await amendImage(node, options, force, progress);
   },
   persistentBitmaps: (node) => listPersistentBitmaps(node.state),
+  supportsPersistentDirtyBitmaps: (node) => node.state.header.version >= 3,
   async canStoreNewDirtyBitmap(node, name, granularity) {
     checkCanStoreBitmap(node.state, node, name, granularity);
   },
