@@ -273,7 +273,8 @@ export interface BlockDriver<S = unknown> {
    */
   saveVmState?(node: BlockNode<S>, pos: number, bytes: number, buf: Uint8Array): Promise<void>;
   loadVmState?(node: BlockNode<S>, pos: number, bytes: number, buf: Uint8Array): Promise<void>;
-  blockStatus?(node: BlockNode<S>, offset: number, bytes: number): Promise<BlockStatusResult>;
+  /** `wantZero` false: only what is cheap to know (see nodeBlockStatus). */
+  blockStatus?(node: BlockNode<S>, offset: number, bytes: number, wantZero: boolean): Promise<BlockStatusResult>;
   /**
    * blockStatus answered from memory without waiting (a cached mapping), or undefined when the
    * driver would have to wait or has an error to report: blockStatus then answers. Never throws.

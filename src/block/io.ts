@@ -486,23 +486,26 @@ export async function nodeVmState(node: BlockNode, hook: VmStateHook, pos: numbe
 /**
  * What the node knows about [offset, offset+bytes): data, zero, allocated in this layer.
  * Filters without their own answer pass the question to their filtered child.
+ * `wantZero` false asks only what is cheap to know (QEMU's want_zero=false, as in
+ * bdrv_co_is_zero_fast): no look at the host file below mapped data, and no zeroes for a range
+ * past the end of a shorter backing file.
  */
-export async function nodeBlockStatus(node: BlockNode, offset: number, bytes: number): Promise<BlockStatusResult> {
+export async function nodeBlockStatus(node: BlockNode, offset: number, bytes: number, wantZero = true): Promise<BlockStatusResult> {
   const length = node.getLength();
   if (offset >= length) return { status: STATUS_EOF, pnum: 0 };
   bytes = Math.min(bytes, length - offset);
-  const result = driverStatusNow(node, offset, bytes) ?? await node.driver.blockStatus!(node, offset, bytes);
-  const query = questionBelow(node, offset, bytes, result);
+  const result = driverStatusNow(node, offset, bytes) ?? await node.driver.blockStatus!(node, offset, bytes, wantZero);
+  const query = questionBelow(node, offset, bytes, result, wantZero);
   let below: BlockStatusResult | undefined;
   if (query) {
     try {
-      below = await nodeBlockStatus(query.node, query.offset, query.bytes);
+      below = await nodeBlockStatus(query.node, query.offset, query.bytes, wantZero);
     } catch (e) {
       // Whether the host has a hole is only extra information for RECURSE.
       if (result.status & STATUS_RAW) throw e;
     }
   }
-  return completeStatus(node, offset, bytes, result, below);
+  return completeStatus(node, offset, bytes, result, below, wantZero);
 }
 
 /**
@@ -568,12 +571,12 @@ function driverStatusNow(node: BlockNode, offset: number, bytes: number): BlockS
  * space never written, which reads as zeroes; QEMU's BDRV_BLOCK_RECURSE).
  */
 function questionBelow(
-  node: BlockNode, offset: number, bytes: number, result: BlockStatusResult,
+  node: BlockNode, offset: number, bytes: number, result: BlockStatusResult, wantZero = true,
 ): { node: BlockNode; offset: number; bytes: number } | undefined {
   const { status, file } = result;
   const pnum = Math.min(result.pnum, bytes);
   if (status & STATUS_RAW) return file && { node: file, offset: result.map ?? offset, bytes: pnum };
-  if (!(status & STATUS_RECURSE) || !file || file === node || result.map === undefined) return undefined;
+  if (!wantZero || !(status & STATUS_RECURSE) || !file || file === node || result.map === undefined) return undefined;
   const mappedData = (status & (STATUS_DATA | STATUS_ZERO | STATUS_OFFSET_VALID)) === (STATUS_DATA | STATUS_OFFSET_VALID);
   return mappedData ? { node: file, offset: result.map, bytes: pnum } : undefined;
 }
@@ -581,11 +584,12 @@ function questionBelow(
 /** The node's status from the driver's answer and, when questionBelow had one, the answer below. */
 function completeStatus(
   node: BlockNode, offset: number, bytes: number, result: BlockStatusResult, below: BlockStatusResult | undefined,
+  wantZero = true,
 ): BlockStatusResult {
   let { status, pnum } = result;
   pnum = Math.min(pnum, bytes);
   if (status & STATUS_RAW && below) return { ...below, pnum: Math.min(pnum, below.pnum) };
-  status = withLayerStatus(node, offset, status);
+  status = withLayerStatus(node, offset, status, wantZero);
   if (status & STATUS_RECURSE) {
     status &= ~STATUS_RECURSE;
     if (below) {
@@ -603,11 +607,11 @@ function completeStatus(
 }
 
 /** The driver's status at `offset` with what the layer adds: allocated, or zero with no backing there. */
-function withLayerStatus(node: BlockNode, offset: number, status: number): number {
+function withLayerStatus(node: BlockNode, offset: number, status: number, wantZero = true): number {
   if (status & (STATUS_DATA | STATUS_ZERO)) return status | STATUS_ALLOCATED;
   if (node.driver.supportsBacking) {
     const cow = node.backing?.node;
-    if (!cow || offset >= cow.getLength()) return status | STATUS_ZERO;
+    if (!cow || (wantZero && offset >= cow.getLength())) return status | STATUS_ZERO;
   }
   return status;
 }

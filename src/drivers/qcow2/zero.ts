@@ -151,7 +151,7 @@ export async function subclusterZeroize(s: Qcow2State, offset: number, bytes: nu
 export async function readsAsZero(node: BlockNode, offset: number, bytes: number): Promise<boolean> {
   bytes = Math.min(bytes, Math.max(0, node.getLength() - offset));
   while (bytes > 0) {
-    const { status, pnum } = await statusAbove(node, offset, bytes);
+    const { status, pnum } = await statusAbove(node, offset, bytes, true);
     if (!(status & STATUS_ZERO) || pnum === 0) return false;
     offset += pnum;
     bytes -= pnum;
@@ -160,23 +160,23 @@ export async function readsAsZero(node: BlockNode, offset: number, bytes: number
 }
 
 /**
- * QEMU's bdrv_co_is_zero_fast: one block-status query has to answer zero for the whole range.
- * A range reaching past the end of the image (a COW region of the last cluster, VM state)
- * has no such answer, so it is copied.
+ * QEMU's bdrv_co_is_zero_fast: one quick block-status query (no look at host files) has to
+ * answer zero for the whole range. A range reaching past the end of the image (a COW region
+ * of the last cluster, VM state) has no such answer, so it is copied.
  */
 export async function readsAsZeroFast(node: BlockNode, offset: number, bytes: number): Promise<boolean> {
   if (bytes === 0) return true;
-  const { status, pnum } = await statusAbove(node, offset, bytes);
+  const { status, pnum } = await statusAbove(node, offset, bytes, false);
   return pnum === bytes && (status & STATUS_ZERO) !== 0;
 }
 
 /** Block status of the first layer of the chain that has the range, or of the bottom. */
-async function statusAbove(node: BlockNode, offset: number, bytes: number): Promise<{ status: number; pnum: number }> {
-  let r = await nodeBlockStatus(node, offset, bytes);
+async function statusAbove(node: BlockNode, offset: number, bytes: number, wantZero: boolean): Promise<{ status: number; pnum: number }> {
+  let r = await nodeBlockStatus(node, offset, bytes, wantZero);
   if (r.pnum === 0 || r.status & STATUS_ALLOCATED) return r;
   let pnum = r.pnum;
   for (let p = chainNext(node); p; p = chainNext(p)) {
-    const q = await nodeBlockStatus(p, offset, pnum);
+    const q = await nodeBlockStatus(p, offset, pnum, wantZero);
     if (q.pnum === 0) return { status: STATUS_ZERO | STATUS_ALLOCATED, pnum };
     if (q.status & STATUS_ALLOCATED) return { status: q.status, pnum: Math.min(pnum, q.pnum) };
     r = q;

@@ -8,6 +8,10 @@ import {
 } from '../../../src/block/flags.js';
 import { nodeBlockStatus } from '../../../src/block/io.js';
 import { BlkioError } from '../../../src/errors.js';
+import { fileDriver } from '../../../src/drivers/file.js';
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 const K = 1024;
 
@@ -74,5 +78,31 @@ describe('block status: a format asks its file about holes (STATUS_RECURSE)', ()
     broken = false;
     flags = 0;
     expect(await nodeBlockStatus(node, 64 * K, 64 * K)).toMatchObject({ status: DATA, pnum: 64 * K });
+  });
+});
+
+describe('block status: a quick question (wantZero false, QEMU want_zero=false)', () => {
+  it('does not ask the file about holes', async () => {
+    extents = [[0, 256 * K, true]];
+    broken = false;
+    flags = STATUS_RECURSE;
+    const node = await new BlockLayer([hostDriver, formatDriver]).openNode(undefined, { driver: 'prealloc', 'file.driver': 'host' });
+    expect(await nodeBlockStatus(node, 0, 64 * K, false)).toMatchObject({ status: STATUS_DATA | STATUS_OFFSET_VALID | STATUS_ALLOCATED, pnum: 64 * K });
+    expect((await nodeBlockStatus(node, 0, 64 * K)).status & STATUS_ZERO).toBe(STATUS_ZERO);
+  });
+
+  it('takes a hole of a host file as data', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'blkio-status-'));
+    try {
+      const filename = join(dir, 'sparse');
+      writeFileSync(filename, '');
+      truncateSync(filename, 64 * K);
+      const layer = new BlockLayer([fileDriver]);
+      const node = await layer.openNode(undefined, { driver: 'file', filename });
+      expect(await nodeBlockStatus(node, 0, 64 * K, false)).toMatchObject({ status: STATUS_DATA | STATUS_OFFSET_VALID | STATUS_ALLOCATED, pnum: 64 * K });
+      await layer.closeAll();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
