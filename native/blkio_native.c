@@ -88,8 +88,17 @@ static void complete(napi_env env, napi_status status, void *data) {
   free(req);
 }
 
-/* Reads a safe integer (|n| <= 2^53) from a JS number; throws a TypeError otherwise. */
-static int get_integer(napi_env env, napi_value arg, const char *name, int64_t *out) {
+bool get_args(napi_env env, napi_callback_info info, size_t count, napi_value *argv) {
+  size_t argc = count;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < count) {
+    napi_throw_type_error(env, NULL, "missing arguments");
+    return false;
+  }
+  return true;
+}
+
+bool get_integer(napi_env env, napi_value arg, const char *name, int64_t *out) {
   const double max_safe = 9007199254740992.0;
   double number;
   if (napi_get_value_double(env, arg, &number) != napi_ok || !(number >= -max_safe && number <= max_safe) ||
@@ -97,23 +106,18 @@ static int get_integer(napi_env env, napi_value arg, const char *name, int64_t *
     char text[80];
     snprintf(text, sizeof text, "%s must be an integer", name);
     napi_throw_type_error(env, NULL, text);
-    return 0;
+    return false;
   }
   *out = (int64_t)number;
-  return 1;
+  return true;
 }
 
 /* Common part of both functions: parse (fd, mode, offset[, length]), queue the work. */
 static napi_value submit(napi_env env, napi_callback_info info, enum op op, size_t argc_needed,
                          const char *const names[]) {
-  size_t argc = 4;
   napi_value argv[4];
   int64_t values[4] = {0, 0, 0, 0};
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < argc_needed) {
-    napi_throw_type_error(env, NULL, "missing arguments");
-    return NULL;
-  }
+  if (!get_args(env, info, argc_needed, argv)) return NULL;
   for (size_t i = 0; i < argc_needed; i++) {
     if (!get_integer(env, argv[i], names[i], &values[i])) return NULL;
   }
@@ -161,13 +165,8 @@ static napi_value js_fallocate(napi_env env, napi_callback_info info) {
 
 /* Reads (fd, byte) and, when `flag` is given, a boolean third argument; throws a TypeError on bad input. */
 static int get_lock_args(napi_env env, napi_callback_info info, int64_t *fd, int64_t *byte, bool *flag) {
-  size_t argc = 3;
   napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < (flag ? 3u : 2u)) {
-    napi_throw_type_error(env, NULL, "missing arguments");
-    return 0;
-  }
+  if (!get_args(env, info, flag ? 3 : 2, argv)) return 0;
   if (!get_integer(env, argv[0], "fd", fd) || !get_integer(env, argv[1], "byte", byte)) return 0;
   if (flag && napi_get_value_bool(env, argv[2], flag) != napi_ok) {
     napi_throw_type_error(env, NULL, "lock must be a boolean");

@@ -2,7 +2,16 @@
 #ifndef BLKIO_NATIVE_H
 #define BLKIO_NATIVE_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include <node_api.h>
+
+/* The call's first `count` arguments into `argv`; throws a TypeError (and returns false) when fewer were given. */
+bool get_args(napi_env env, napi_callback_info info, size_t count, napi_value *argv);
+
+/* A safe integer (|n| <= 2^53) from a JS number; throws a TypeError (and returns false) otherwise. */
+bool get_integer(napi_env env, napi_value arg, const char *name, int64_t *out);
 
 /* Rejects `deferred` with an Error carrying `code` (an errno name) and `message`. */
 void reject_with_code(napi_env env, napi_deferred deferred, const char *code, const char *message);

@@ -36,26 +36,14 @@ static bool get_view(napi_env env, napi_value value, uint8_t **data, size_t *byt
   return true;
 }
 
-/* The call's first `count` arguments; throws a TypeError (and returns false) when fewer were given. */
-static bool get_args(napi_env env, napi_callback_info info, size_t count, napi_value *argv) {
-  size_t argc = count;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < count) {
-    napi_throw_type_error(env, NULL, "missing arguments");
+/* An integer argument from 0 to `max`: get_integer's TypeError, else a RangeError `range_error` when outside. */
+static bool get_count(napi_env env, napi_value value, const char *name, int64_t max, const char *range_error,
+                      int64_t *out) {
+  if (!get_integer(env, value, name, out)) return false;
+  if (*out < 0 || *out > max) {
+    napi_throw_range_error(env, NULL, range_error);
     return false;
   }
-  return true;
-}
-
-/* A non-negative integer argument up to `max`; throws a RangeError otherwise. */
-static bool get_count(napi_env env, napi_value value, const char *name, int64_t max, int64_t *out) {
-  double number;
-  if (napi_get_value_double(env, value, &number) != napi_ok || !(number >= 0 && number <= (double)max) ||
-      number != (double)(int64_t)number) {
-    napi_throw_range_error(env, NULL, name);
-    return false;
-  }
-  *out = (int64_t)number;
   return true;
 }
 
@@ -65,7 +53,7 @@ static napi_value js_address_remainder(napi_env env, napi_callback_info info) {
   size_t bytes;
   int64_t modulus;
   if (!get_args(env, info, 2, argv) || !get_view(env, argv[0], &data, &bytes)) return NULL;
-  if (!get_count(env, argv[1], "modulus must be a positive integer", INT32_MAX, &modulus)) return NULL;
+  if (!get_count(env, argv[1], "modulus", INT32_MAX, "modulus must be a positive integer", &modulus)) return NULL;
   if (modulus == 0) {
     napi_throw_range_error(env, NULL, "modulus must be a positive integer");
     return NULL;
@@ -93,8 +81,8 @@ static napi_value js_sector_run_end(napi_env env, napi_callback_info info) {
   int64_t from, to;
   bool zero;
   if (!get_args(env, info, 4, argv) || !get_view(env, argv[0], &data, &bytes)) return NULL;
-  if (!get_count(env, argv[2], "to must be a sector inside the buffer", (int64_t)(bytes / SECTOR), &to)) return NULL;
-  if (!get_count(env, argv[1], "from must be a sector before to", to, &from)) return NULL;
+  if (!get_count(env, argv[2], "to", (int64_t)(bytes / SECTOR), "to must be a sector inside the buffer", &to)) return NULL;
+  if (!get_count(env, argv[1], "from", to, "from must be a sector before to", &from)) return NULL;
   if (napi_get_value_bool(env, argv[3], &zero) != napi_ok) {
     napi_throw_type_error(env, NULL, "zero must be a boolean");
     return NULL;

@@ -306,13 +306,8 @@ static int get_type(napi_env env, napi_value value, int *type) {
 
 /* (type, input, output): queue the work; a missing library rejects with ENOTSUP. */
 static napi_value submit(napi_env env, napi_callback_info info, int decompress) {
-  size_t argc = 3;
   napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 3) {
-    napi_throw_type_error(env, NULL, "missing arguments");
-    return NULL;
-  }
+  if (!get_args(env, info, 3, argv)) return NULL;
   struct codec_request *req = calloc(1, sizeof *req);
   if (!req) {
     napi_throw_error(env, "ENOMEM", "Cannot allocate memory");
@@ -350,11 +345,9 @@ static napi_value js_compress(napi_env env, napi_callback_info info) { return su
 static napi_value js_decompress(napi_env env, napi_callback_info info) { return submit(env, info, 1); }
 
 static napi_value js_codec_available(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1], result;
   int type;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 1 || !get_type(env, argv[0], &type)) return NULL;
+  if (!get_args(env, info, 1, argv) || !get_type(env, argv[0], &type)) return NULL;
   napi_get_boolean(env, codec_available(type), &result);
   return result;
 }

@@ -88,6 +88,8 @@ describe.runIf(haveAddon)('native buffer helpers', () => {
     expect(() => addon.sectorRunEnd(buf, 2, 1, true)).toThrow(RangeError);
     expect(() => addon.sectorRunEnd(buf, 0, 1, 1)).toThrow(TypeError);
     expect(() => addon.addressRemainder(buf, 0)).toThrow(RangeError);
+    expect(() => addon.addressRemainder(buf, 1.5)).toThrow(new TypeError('modulus must be an integer'));
+    expect(() => addon.addressRemainder(buf)).toThrow(new TypeError('missing arguments'));
     expect(() => addon.addressRemainder({}, 4096)).toThrow(TypeError);
     expect(addon.addressRemainder(buf.subarray(1), 1)).toBe(0);
   });
