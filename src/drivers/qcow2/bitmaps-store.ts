@@ -112,6 +112,37 @@ export async function loadPersistentBitmaps(s: Qcow2State, node: BlockNode, befo
 }
 
 /**
+ * An image reopened read-write: its bitmaps, loaded read-only, become writable and are marked
+ * in use on disk (QEMU's qcow2_reopen_bitmaps_rw, with its texts for what does not fit).
+ */
+export async function makeBitmapsWritable(s: Qcow2State, node: BlockNode): Promise<void> {
+  const entries = await loadBitmapDirectory(s);
+  const image = node.filename;
+  const readonly: DirtyBitmap[] = [];
+  let needsUpdate = false;
+  for (const entry of entries) {
+    const bitmap = findBitmap(node, entry.name);
+    const corruption = (what: string) => new BlkioError('EINVAL', `Corruption: bitmap '${entry.name}' ${what}`);
+    if (!bitmap) throw new BlkioError('EINVAL', `Unexpected bitmap '${entry.name}' in image '${image}'`);
+    if (!(entry.flags & BITMAP_FLAG_IN_USE)) {
+      if (!bitmap.readonly) throw corruption(`is not marked IN_USE in the image '${image}' and not marked readonly in RAM`);
+      if (bitmap.inconsistent) throw corruption(`is inconsistent but is not marked IN_USE in the image '${image}'`);
+      entry.flags |= BITMAP_FLAG_IN_USE;
+      needsUpdate = true;
+    } else if (bitmap.readonly && !bitmap.inconsistent) {
+      throw corruption(`is marked IN_USE in the image '${image}' but it is readonly and consistent in RAM`);
+    }
+    if (bitmap.readonly) readonly.push(bitmap);
+  }
+  if (needsUpdate) {
+    await s.lock.run(() => updateDirectoryInPlace(s, entries)).catch((e: unknown) => {
+      throw new BlkioError(toBlkioError(e).code, `Cannot update bitmap directory: ${toBlkioError(e).strerror}`);
+    });
+  }
+  for (const bitmap of readonly) bitmap.readonly = false;
+}
+
+/**
  * Rewrite the directory where it is (same entries, new flags). The extension is switched off
  * meanwhile, so a crash in between leaves bitmaps known to be inconsistent, not wrong ones.
  */

@@ -27,7 +27,9 @@ import { createImage, QCOW2_CREATE_OPTIONS } from './create.js';
 import { checkImage } from './check.js';
 import { listPersistentBitmaps, measureImage } from './measure.js';
 import { BITMAP_FLAG_AUTO, BITMAP_FLAG_IN_USE, readBitmapDirectory } from './bitmaps.js';
-import { checkCanStoreBitmap, loadPersistentBitmaps, removePersistentBitmap, storePersistentBitmaps } from './bitmaps-store.js';
+import {
+  checkCanStoreBitmap, loadPersistentBitmaps, makeBitmapsWritable, removePersistentBitmap, storePersistentBitmaps,
+} from './bitmaps-store.js';
 import { amendImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { makeEmpty } from './empty.js';
 import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots, loadSnapshotTemporarily } from './snapshots.js';
@@ -180,11 +182,21 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     if (node.readOnly && !s.readOnly) {
       await requireUsable(s);
       await s.lock.run(async () => {
+        // The bitmaps stay in memory, read-only, as if the image had been opened so.
+        await storePersistentBitmaps(s, node);
+        for (const bitmap of node.dirtyBitmaps) if (bitmap.persistent) bitmap.readonly = true;
         await writeCaches(s);
         await markClean(s);
       });
     }
+    const becomesWritable = s.readOnly && !node.readOnly;
     s.readOnly = node.readOnly;
+    if (becomesWritable) {
+      // As in QEMU, a failure leaves the bitmaps read-only and the reopen done.
+      await makeBitmapsWritable(s, node).catch((e: unknown) => {
+        node.layer.warn(`${node.nodeName}: Failed to make dirty bitmaps writable: ${toBlkioError(e).message}`);
+      });
+    }
   },
 
   joinOptions(given, old) {
