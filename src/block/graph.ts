@@ -63,13 +63,24 @@ export class OpenContext {
 
   /**
    * Open the child `name` from the `name` reference or the `name.*` options (or `filename`),
-   * attach it in `role`, and return the edge; undefined when absent and allowNone.
+   * attach it in `role`, and return the edge; undefined when absent and allowNone. Errors of
+   * the child's open get `openErrorPrefix`.
    */
-  async openChild(name: string, role: number, opts: { filename?: string; allowNone?: boolean } = {}): Promise<BdrvChild | undefined> {
+  async openChild(
+    name: string, role: number, opts: { filename?: string; allowNone?: boolean; openErrorPrefix?: string } = {},
+  ): Promise<BdrvChild | undefined> {
     const flags = childFlags(this.effective, this.node.driver.kind === 'protocol', this.node.driver.kind === 'format', role);
-    const child = await this.layer.openChildNode(this.remaining, name, opts.filename, flags, opts.allowNone ?? false);
+    let child: OpenedChild | undefined;
+    try {
+      child = await this.layer.openChildNode(this.remaining, name, opts.filename, flags, opts.allowNone ?? false);
+    } catch (e) {
+      throw opts.openErrorPrefix !== undefined && e instanceof BlkioError ? e.prepend(opts.openErrorPrefix) : e;
+    }
     if (!child) return undefined;
     if (child.created) this.created.push(child.node);
+    if (reaches(child.node, this.node)) {
+      throw new BlkioError('EINVAL', `Making '${child.node.nodeName}' a ${name} child of '${this.node.nodeName}' would create a cycle`);
+    }
     const edge = new BdrvChild(this.node, name, role, child.node);
     this.node.children.push(edge);
     child.node.parents.push(edge);
@@ -344,11 +355,8 @@ export class BlockLayer {
     }
     if (!node.driver.supportsBacking) throw new BlkioError('EINVAL', "Driver doesn't support backing files");
     if (reference === undefined && node.backingFormat && options['backing.driver'] === undefined) options['backing.driver'] = node.backingFormat;
-    try {
-      await ctx.openChild('backing', ROLE_COW, { filename });
-    } catch (e) {
-      throw e instanceof BlkioError ? e.prepend('Could not open backing file: ') : e;
-    }
+    // Attaching it (a cycle) fails without the prefix.
+    await ctx.openChild('backing', ROLE_COW, { filename, openErrorPrefix: 'Could not open backing file: ' });
   }
 
   /** Guess the format of a file from its first bytes. */

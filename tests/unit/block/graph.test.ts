@@ -94,6 +94,12 @@ describe('references and node names', () => {
     expect(await openError({ driver: 'raw' })).toBe('A block device must be specified for "file"');
   });
 
+  it('refuses a child that would make a cycle, naming it without the backing-file prefix', async () => {
+    expect(await openError({ driver: 'quorum', 'node-name': 'q', 'vote-threshold': 1, 'children.0': 'q' }))
+      .toBe("Making 'q' a children.0 child of 'q' would create a cycle");
+    expect(await openError({ driver: 'blkdebug', 'node-name': 'q', image: 'q' })).toBe("Making 'q' a image child of 'q' would create a cycle");
+  });
+
   it('checks node names: syntax, duplicates (the child is named first), length', async () => {
     expect(await openError({ driver: 'raw', 'node-name': '1x', 'file.filename': image })).toBe("Invalid node-name: '1x'");
     expect(await openError({ driver: 'raw', 'node-name': 'a', 'file.node-name': 'a', 'file.filename': image }))
