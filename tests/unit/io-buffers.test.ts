@@ -79,7 +79,7 @@ describe.each(haveAddon ? [true, false] : [false])('io buffers (native: %s)', (n
 describe.runIf(haveAddon)('native buffer helpers', () => {
   it('refuse what is not a Uint8Array or a sector range outside the buffer', () => {
     const addon = createRequire(import.meta.url)(addonFile) as {
-      addressRemainder(b: unknown, m: unknown): number;
+      addressRemainder(b: unknown, m?: unknown): number;
       sectorRunEnd(b: unknown, from: unknown, to: unknown, zero: unknown): number;
     };
     const buf = new Uint8Array(1024);
