@@ -62,30 +62,26 @@ export class DirtyBitmap {
 
   /** The first set bit at or after `from`, or -1. */
   nextSet(from: number): number {
-    const count = this.bitCount;
-    for (let i = from; i < count;) {
-      if (i % 8 === 0 && this.bits[i >> 3] === 0) {
-        i += 8;
-        continue;
-      }
-      if (this.isSet(i)) return i;
-      i++;
-    }
-    return -1;
+    const bit = this.nextWith(from, true);
+    return bit < this.bitCount ? bit : -1;
   }
 
   /** The first clear bit at or after `from` (bitCount when none). */
   nextClear(from: number): number {
+    return this.nextWith(from, false);
+  }
+
+  /** The first bit at or after `from` that is `set` (bitCount when none); whole bytes of the other value are skipped. */
+  private nextWith(from: number, set: boolean): number {
     const count = this.bitCount;
-    for (let i = from; i < count;) {
-      if (i % 8 === 0 && this.bits[i >> 3] === 0xff) {
-        i += 8;
-        continue;
-      }
-      if (!this.isSet(i)) return i;
-      i++;
+    const skippable = set ? 0 : 0xff;
+    let i = from;
+    while (i < count) {
+      if (i % 8 === 0 && this.bits[i >> 3] === skippable) i += 8;
+      else if (this.isSet(i) === set) break;
+      else i++;
     }
-    return count;
+    return Math.min(i, count);
   }
 
   /** Bits `[first, first + count)` as stored: whole bytes, bits past the range zero. */
