@@ -45,25 +45,33 @@ function checkWritePerm(child: BdrvChild, flags: number): void {
 // ---------------------------------------------------------------------------------------------
 // Serialisation of overlapping requests
 
-async function beginRequest(node: BlockNode, start: number, end: number, serialising: boolean): Promise<() => void> {
-  let finish!: () => void;
-  const req: TrackedRequest = { start, end, serialising, done: new Promise<void>((r) => (finish = r)) };
-  for (;;) {
-    let conflict: TrackedRequest | undefined;
-    for (const other of node.tracked) {
-      if ((other.serialising || serialising) && other.start < end && start < other.end) {
-        conflict = other;
-        break;
-      }
-    }
-    if (!conflict) break;
-    await conflict.done;
-  }
+/**
+ * Track a request on [start, end) of `node` once no request it must not overlap is in flight;
+ * returns the function that ends it. Without a conflict (nearly always) it starts at once,
+ * without a promise: this runs for every request on every node.
+ */
+function beginRequest(node: BlockNode, start: number, end: number, serialising: boolean): (() => void) | Promise<() => void> {
+  const conflict = conflictingRequest(node, start, end, serialising);
+  if (conflict) return requestDone(conflict).then(() => beginRequest(node, start, end, serialising));
+  const req: TrackedRequest = { start, end, serialising, done: undefined, resolveDone: undefined };
   node.tracked.add(req);
   return () => {
     node.tracked.delete(req);
-    finish();
+    req.resolveDone?.();
   };
+}
+
+function conflictingRequest(node: BlockNode, start: number, end: number, serialising: boolean): TrackedRequest | undefined {
+  for (const other of node.tracked) {
+    if ((other.serialising || serialising) && other.start < end && start < other.end) return other;
+  }
+  return undefined;
+}
+
+/** Resolves when the tracked request `req` ends. */
+export function requestDone(req: TrackedRequest): Promise<void> {
+  req.done ??= new Promise<void>((resolve) => (req.resolveDone = resolve));
+  return req.done;
 }
 
 // ---------------------------------------------------------------------------------------------

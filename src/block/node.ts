@@ -27,7 +27,9 @@ export interface TrackedRequest {
   start: number;
   end: number;
   serialising: boolean;
-  done: Promise<void>;
+  /** Resolves when the request ends; made by the first who waits for it (requestDone in io.ts). */
+  done: Promise<void> | undefined;
+  resolveDone: (() => void) | undefined;
 }
 
 export class BlockNode<S = unknown> {

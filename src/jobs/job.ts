@@ -9,6 +9,7 @@
  */
 import { BlkioError } from '../errors.js';
 import { BlockBackend } from '../block/backend.js';
+import { requestDone } from '../block/io.js';
 import { replaceChildNode, type BlockLayer } from '../block/graph.js';
 import type { BlockNode } from '../block/node.js';
 import type { FlatOptions } from '../options/types.js';
@@ -184,7 +185,7 @@ export class Job {
  * put its parents back on `below` and close it without touching `below`.
  */
 async function removeFilter(layer: BlockLayer, filter: BlockNode, below: BlockNode): Promise<void> {
-  while (filter.tracked.size > 0) await Promise.all([...filter.tracked].map((r) => r.done));
+  while (filter.tracked.size > 0) await Promise.all([...filter.tracked].map(requestDone));
   for (const edge of [...filter.parents]) replaceChildNode(edge, below);
   for (const edge of [...filter.children]) layer.releaseEdge(edge);
   return layer.closeNode(filter);
