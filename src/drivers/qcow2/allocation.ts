@@ -10,7 +10,7 @@ import { REQ_NO_FALLBACK, REQUEST_MAX_BYTES } from '../../block/flags.js';
 import { HI_COPIED, splitOffset } from './entries.js';
 import {
   ClusterType, SubclusterType, clusterType, getClusterTable, l2Offset, l2TableOffsetFor, l2SliceIndex, rangeMask, readL2, scIndex,
-  subclusterRange, subclusterType, writeL2, ctz32, type L2Entry,
+  readL2Into, subclusterRunLength, subclusterType, writeL2, ctz32, type L2Entry,
 } from './mapping.js';
 import { allocClusters, allocClustersAt, freeAnyCluster, freeClusters } from './refcount.js';
 import { readGuest } from './read.js';
@@ -42,10 +42,11 @@ function needsNewAlloc(s: Qcow2State, e: L2Entry): boolean {
 
 /** Clusters from `index` on that all need (or all don't need) a new allocation; kept ones must be contiguous. */
 function countSingleWriteClusters(s: Qcow2State, nbClusters: number, slice: Table, index: number, newAlloc: boolean): number {
-  let expected = l2Offset(readL2(s, slice, index));
+  const e = readL2(s, slice, index);
+  let expected = l2Offset(e);
   let i = 0;
   for (; i < nbClusters; i++) {
-    const e = readL2(s, slice, index + i);
+    readL2Into(s, slice, index + i, e);
     if (needsNewAlloc(s, e) !== newAlloc) break;
     if (!newAlloc) {
       if (expected !== l2Offset(e)) break;
@@ -193,17 +194,17 @@ function scanWrittenClusters(
   s: Qcow2State, slice: Table, index: number, nbClusters: number, cowStartTo: number, cowEndFrom: number, keepOld: boolean,
 ): { invalidAt: number; skipCow: boolean } {
   let skipCow = keepOld;
+  const e: L2Entry = { hi: 0, lo: 0, zero: 0, alloc: 0 };
   for (let i = 0; i < nbClusters; i++) {
-    const e = readL2(s, slice, index + i);
+    readL2Into(s, slice, index + i, e);
     let type: SubclusterType;
     if (skipCow) {
       const from = Math.max(cowStartTo, i * s.clusterSize);
       const to = Math.min(cowEndFrom, (i + 1) * s.clusterSize);
       const firstSc = Math.floor((from % s.clusterSize) / s.subclusterSize);
       const lastSc = Math.floor(((to - 1) % s.clusterSize) / s.subclusterSize);
-      const range = subclusterRange(s, e, firstSc);
-      type = range.type;
-      if (type !== SubclusterType.Normal || firstSc + range.count <= lastSc) skipCow = false;
+      type = subclusterType(s, e, firstSc);
+      if (type !== SubclusterType.Normal || firstSc + subclusterRunLength(s, e, firstSc, type) <= lastSc) skipCow = false;
     } else {
       type = subclusterType(s, e, 0);
     }
@@ -383,11 +384,17 @@ function pointEntries(s: Qcow2State, m: Allocation, slice: Table, index: number)
   const replaced: L2Entry[] = [];
   const writtenFrom = m.cowStart.offset;
   const writtenTo = m.cowEnd.offset + m.cowEnd.bytes;
+  // Each is written into the slice at once: one object of each serves every entry.
+  const old: L2Entry = { hi: 0, lo: 0, zero: 0, alloc: 0 };
+  const entry: L2Entry = { hi: 0, lo: 0, zero: 0, alloc: 0 };
   for (let i = 0; i < m.nbClusters; i++) {
-    const old = readL2(s, slice, index + i);
-    if (old.hi || old.lo) replaced.push(old);
+    readL2Into(s, slice, index + i, old);
+    if (old.hi || old.lo) replaced.push({ ...old });
     const [hi, lo] = splitOffset(m.hostOffset + i * s.clusterSize);
-    const entry: L2Entry = { hi: hi | HI_COPIED, lo, zero: old.zero, alloc: old.alloc };
+    entry.hi = hi | HI_COPIED;
+    entry.lo = lo;
+    entry.zero = old.zero;
+    entry.alloc = old.alloc;
     if (s.extendedL2 && !m.prealloc) {
       const from = Math.max(writtenFrom, i * s.clusterSize);
       const to = Math.min(writtenTo, (i + 1) * s.clusterSize);

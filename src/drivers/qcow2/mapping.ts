@@ -35,11 +35,21 @@ export interface L2Entry {
 export const ALL_ONES = 0xffffffff;
 
 export function readL2(s: Qcow2State, t: Table, index: number): L2Entry {
+  return readL2Into(s, t, index, { hi: 0, lo: 0, zero: 0, alloc: 0 });
+}
+
+/**
+ * readL2 into an entry the caller reuses: loops over the entries of a request (32 per 2 MiB
+ * with 64 KiB clusters, 8192 per block status of a slice) then make no object per entry.
+ */
+export function readL2Into(s: Qcow2State, t: Table, index: number, e: L2Entry): L2Entry {
   const base = index * s.l2EntrySize;
   const v = t.view;
-  return s.extendedL2
-    ? { hi: v.getUint32(base), lo: v.getUint32(base + 4), zero: v.getUint32(base + 8), alloc: v.getUint32(base + 12) }
-    : { hi: v.getUint32(base), lo: v.getUint32(base + 4), zero: 0, alloc: 0 };
+  e.hi = v.getUint32(base);
+  e.lo = v.getUint32(base + 4);
+  e.zero = s.extendedL2 ? v.getUint32(base + 8) : 0;
+  e.alloc = s.extendedL2 ? v.getUint32(base + 12) : 0;
+  return e;
 }
 
 export function writeL2(s: Qcow2State, t: Table, index: number, e: L2Entry): void {
@@ -111,19 +121,21 @@ function cto32(x: number): number {
   return ctz32(~x >>> 0);
 }
 
-/** The type of subcluster `from` and how many following subclusters of the cluster share it. */
-export function subclusterRange(s: Qcow2State, e: L2Entry, from: number): { type: SubclusterType; count: number } {
-  const type = subclusterType(s, e, from);
-  if (type === SubclusterType.Invalid) return { type, count: -1 };
-  if (!s.extendedL2 || type === SubclusterType.Compressed) return { type, count: s.subclustersPerCluster - from };
+/**
+ * How many subclusters from `from` on share its type (`type`, from subclusterType: a number,
+ * so the per-cluster loops make no object); -1 when the entry is invalid.
+ */
+export function subclusterRunLength(s: Qcow2State, e: L2Entry, from: number, type: SubclusterType): number {
+  if (type === SubclusterType.Invalid) return -1;
+  if (!s.extendedL2 || type === SubclusterType.Compressed) return s.subclustersPerCluster - from;
   switch (type) {
     case SubclusterType.Normal:
-      return { type, count: cto32(e.alloc | rangeMask(0, from)) - from };
+      return cto32(e.alloc | rangeMask(0, from)) - from;
     case SubclusterType.ZeroPlain:
     case SubclusterType.ZeroAlloc:
-      return { type, count: cto32(e.zero | rangeMask(0, from)) - from };
+      return cto32(e.zero | rangeMask(0, from)) - from;
     default:
-      return { type, count: ctz32((e.zero | e.alloc) & ~rangeMask(0, from)) - from };
+      return ctz32((e.zero | e.alloc) & ~rangeMask(0, from)) - from;
   }
 }
 
@@ -295,10 +307,12 @@ function countContiguousSubclusters(
   let expectedType = SubclusterType.Normal;
   let expectedOffset = 0;
   let checkOffset = false;
+  const entry: L2Entry = { hi: 0, lo: 0, zero: 0, alloc: 0 };
   for (let i = 0; i < nbClusters; i++) {
     const first = i === 0 ? sc : 0;
-    const entry = readL2(s, slice, index + i);
-    const { type, count: n } = subclusterRange(s, entry, first);
+    readL2Into(s, slice, index + i, entry);
+    const type = subclusterType(s, entry, first);
+    const n = subclusterRunLength(s, entry, first, type);
     if (n < 0) return { invalidIndex: index + i };
     if (i === 0) {
       if (type === SubclusterType.Compressed) return n;
