@@ -638,6 +638,9 @@ export function chainNext(node: BlockNode): BlockNode | undefined {
 /**
  * Allocation anywhere from `top` down to (and, when includeBase, including) `base`; base
  * undefined means the whole chain. Returns the depth of the first layer that has the data.
+ * As in QEMU 7.2, the zeroes past the end of a layer shorter than the ones above it count as
+ * allocated in that layer (so copy-on-read copies them as zero clusters); past the end of
+ * `top` itself nothing below is looked at.
  */
 export async function isAllocatedAbove(
   top: BlockNode, base: BlockNode | undefined, includeBase: boolean, offset: number, bytes: number,
@@ -646,11 +649,10 @@ export async function isAllocatedAbove(
   let depth = 0;
   for (let n: BlockNode | undefined = top; n; n = chainNext(n)) {
     if (n === base && !includeBase) break;
-    if (offset < n.getLength()) {
-      const r = await isAllocated(n, offset, pnum);
-      if (r.allocated) return { allocated: true, pnum: r.pnum, depth };
-      pnum = Math.min(pnum, r.pnum);
-    }
+    if (offset >= n.getLength()) return { allocated: n !== top, pnum, depth };
+    const r = await isAllocated(n, offset, pnum);
+    if (r.allocated) return { allocated: true, pnum: r.pnum, depth };
+    pnum = Math.min(pnum, r.pnum);
     if (n === base) break;
     if (!n.isFilter) depth++;
   }

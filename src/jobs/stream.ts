@@ -34,10 +34,13 @@ export async function stream(layer: BlockLayer, top: BlockNode, options: StreamO
 
   const job = new Job(layer, options);
   await job.run(async () => {
-    const filter = await job.insertFilter(top, { driver: 'copy-on-read', bottom: baseOverlay.nodeName });
-    const reader = job.attach(filter, PERM_CONSISTENT_READ, PERM_ALL);
     const length = top.getLength();
     job.setTotal(length);
+    // With the base directly below top there is nothing to copy (a copy-on-read filter with
+    // top as its bottom would copy the base itself); only the backing file name is written again.
+    if (baseOverlay === top) return job.advance(length);
+    const filter = await job.insertFilter(top, { driver: 'copy-on-read', bottom: baseOverlay.nodeName });
+    const reader = job.attach(filter, PERM_CONSISTENT_READ, PERM_ALL);
     // PREFETCH: the data is only copied, never returned, so all requests share one buffer.
     const scratch = new Uint8Array(job.chunkSize);
     async function* unallocatedInTop() {
@@ -61,9 +64,10 @@ export async function stream(layer: BlockLayer, top: BlockNode, options: StreamO
 async function relink(layer: BlockLayer, top: BlockNode, base: BlockNode | undefined, name: string, format: string): Promise<void> {
   const edge = top.backing!;
   const dropped = edge.node;
-  if (dropped === base) return;
-  if (base) replaceChildNode(edge, base);
-  else layer.releaseEdge(edge);
-  if (dropped.parents.length === 0) await layer.closeNode(dropped);
+  if (dropped !== base) {
+    if (base) replaceChildNode(edge, base);
+    else layer.releaseEdge(edge);
+    if (dropped.parents.length === 0) await layer.closeNode(dropped);
+  }
   await top.driver.changeBackingFile!(top, name, format);
 }
