@@ -190,6 +190,10 @@ export interface BlockDriver<S = unknown> {
   readonly kind: DriverKind;
   /** Filename prefix this protocol claims (`null-co` for `null-co://`, `blkdebug` for `blkdebug:`). */
   readonly protocolPrefix?: string;
+  /** Further prefixes of the same protocol (QEMU registers a driver for each: `nbd+unix`, `nbd+tcp`). */
+  readonly otherProtocolPrefixes?: readonly string[];
+  /** The protocol name qemu-io's `info` prints for the node, when not the driver's name. */
+  readonly protocolName?: string;
   /**
    * A filter (QEMU's is_filter) passes everything to one child of the FILTERED role: block
    * status, info and backing-chain walks go straight through it. raw is not one, even though
@@ -202,6 +206,8 @@ export interface BlockDriver<S = unknown> {
   readonly options: OptionSpecs;
   /** Score how well the first bytes of a file match this format (0 = not at all). */
   probe?(header: Uint8Array, filename: string): number;
+  /** How surely a plain filename names a host device this protocol opens (0: not at all). */
+  probeDevice?(filename: string): number;
   /** Turn a prefixed filename (`null-co://`, `blkdebug:cfg:img`) into options. */
   parseFilename?(filename: string, options: Record<string, unknown>): void;
 

@@ -18,6 +18,7 @@ const STRONG_OPTIONS: Readonly<Record<string, readonly string[]>> = {
   'null-co': ['size', 'read-zeroes'],
   'null-aio': ['size', 'read-zeroes'],
   throttle: ['throttle-group'],
+  nbd: ['path', 'host', 'port', 'export', 'tls-creds', 'tls-hostname', 'server.'],
   qcow2: ['encrypt.key-secret'],
   quorum: ['vote-threshold', 'blkverify', 'rewrite-corrupted', 'read-pattern'],
   blkdebug: [

@@ -192,10 +192,20 @@ export class BlockLayer {
 
   /** The protocol a filename names (`null-co://`, `file:x`); plain paths and option filenames are `file`. */
   private protocolFor(filename: string, mayHavePrefix: boolean): BlockDriver<any> {
+    // Host devices first, even where the name looks like it has a prefix (as QEMU: device
+    // names with colons are common).
+    let device: { driver?: BlockDriver<any>; score: number } = { score: 0 };
+    for (const d of this.drivers.values()) {
+      const score = d.probeDevice?.(filename) ?? 0;
+      if (score > device.score) device = { driver: d, score };
+    }
+    if (device.driver) return device.driver;
     const colon = filename.search(/[:/]/);
     if (!mayHavePrefix || colon < 0 || filename[colon] !== ':') return this.drivers.get('file')!;
     const prefix = filename.slice(0, colon);
-    for (const d of this.drivers.values()) if (d.kind === 'protocol' && d.protocolPrefix === prefix) return d;
+    for (const d of this.drivers.values()) {
+      if (d.kind === 'protocol' && (d.protocolPrefix === prefix || d.otherProtocolPrefixes?.includes(prefix))) return d;
+    }
     throw new BlkioError('EINVAL', `Unknown protocol '${prefix}'`);
   }
 

@@ -1,8 +1,10 @@
 /** The `file` protocol: a host file through an async file handle. Large requests pass straight through. */
-import { constants } from 'node:fs';
+import { constants, statSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { BlkioError, errnoError, toBlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
+import type { OpenContext } from '../block/graph.js';
+import type { BlockNode } from '../block/node.js';
 import { REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_ZERO_WRITE, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
 import { nativeFileOps, type NativeFileOps } from './file-native.js';
 import { FileLock } from './file-locks.js';
@@ -153,6 +155,53 @@ async function resizeFile(s: FileState, size: number, prealloc: string): Promise
   s.size = (await handle.stat()).size;
 }
 
+/** The file and host_device drivers' open: a regular file, or a character or block device. */
+async function openHostFile(node: BlockNode<FileState>, ctx: OpenContext, device: boolean): Promise<FileState> {
+  const filename = ctx.opts.filename as string | undefined;
+  if (!filename) throw new BlkioError('EINVAL', `The '${node.driver.name}' block driver requires a file name`);
+  const prManager = ctx.opts['pr-manager'] as string | undefined;
+  if (prManager !== undefined) {
+    // blkio has no persistent reservation managers: the id names none, or another object.
+    throw new BlkioError('EINVAL', ctx.layer.objects.has(prManager)
+      ? `Object with id '${prManager}' is not a persistent reservation manager`
+      : `No persistent reservation manager with id '${prManager}'`);
+  }
+  // O_DIRECT wants aligned buffers, which only the addon can give: without it the page cache stays.
+  const direct = parseBool('cache.direct', ctx.effective['cache.direct'] ?? 'off') && canAlignBuffers();
+  let handle: FileHandle;
+  try {
+    handle = await open(filename, openFlags(node.readOnly, direct));
+  } catch (e) {
+    throw errnoError(`Could not open '${filename}'`, e);
+  }
+  const stat = await handle.stat();
+  if (device ? !stat.isCharacterDevice() && !stat.isBlockDevice() : !stat.isFile()) {
+    await handle.close();
+    throw new BlkioError('EINVAL', device
+      ? `'host_device' driver requires '${filename}' to be either a character or block device`
+      : `'file' driver requires '${filename}' to be a regular file`);
+  }
+  // Linux native AIO works only on files opened with O_DIRECT.
+  if (ctx.opts.aio === 'native' && !parseBool('cache.direct', ctx.effective['cache.direct'] ?? 'off')) {
+    await handle.close();
+    throw new BlkioError('EINVAL', 'aio=native was specified, but it requires cache.direct=on, which was not specified.');
+  }
+  node.filename = filename;
+  let lock: FileLock | undefined;
+  if (ctx.opts.locking !== 'off') {
+    lock = await FileLock.open(filename, stat.dev, stat.ino).catch(async (e: unknown) => {
+      await handle.close();
+      throw e;
+    });
+  }
+  const alignment = direct ? await probeDirectAlignment(probeRead(handle)).catch(async (e: unknown) => {
+    await lock?.release();
+    await handle.close();
+    throw e;
+  }) : undefined;
+  return { handle, filename, size: stat.size, lock, direct: alignment };
+}
+
 export const fileDriver: BlockDriver<FileState> = {
   name: 'file',
   kind: 'protocol',
@@ -183,50 +232,7 @@ export const fileDriver: BlockDriver<FileState> = {
     options.filename = filename.startsWith('file:') ? filename.slice(5) : filename;
   },
 
-  async open(node, ctx) {
-    const filename = ctx.opts.filename as string | undefined;
-    if (!filename) throw new BlkioError('EINVAL', "The 'file' block driver requires a file name");
-    const prManager = ctx.opts['pr-manager'] as string | undefined;
-    if (prManager !== undefined) {
-      // blkio has no persistent reservation managers: the id names none, or another object.
-      throw new BlkioError('EINVAL', ctx.layer.objects.has(prManager)
-        ? `Object with id '${prManager}' is not a persistent reservation manager`
-        : `No persistent reservation manager with id '${prManager}'`);
-    }
-    // O_DIRECT wants aligned buffers, which only the addon can give: without it the page cache stays.
-    const direct = parseBool('cache.direct', ctx.effective['cache.direct'] ?? 'off') && canAlignBuffers();
-    let handle: FileHandle;
-    try {
-      handle = await open(filename, openFlags(node.readOnly, direct));
-    } catch (e) {
-      throw errnoError(`Could not open '${filename}'`, e);
-    }
-    const stat = await handle.stat();
-    // Devices stay allowed: blkio has no host_device driver to take them over.
-    if (!stat.isFile() && !stat.isCharacterDevice() && !stat.isBlockDevice()) {
-      await handle.close();
-      throw new BlkioError('EINVAL', `'file' driver requires '${filename}' to be a regular file`);
-    }
-    // Linux native AIO works only on files opened with O_DIRECT.
-    if (ctx.opts.aio === 'native' && !parseBool('cache.direct', ctx.effective['cache.direct'] ?? 'off')) {
-      await handle.close();
-      throw new BlkioError('EINVAL', 'aio=native was specified, but it requires cache.direct=on, which was not specified.');
-    }
-    node.filename = filename;
-    let lock: FileLock | undefined;
-    if (ctx.opts.locking !== 'off') {
-      lock = await FileLock.open(filename, stat.dev, stat.ino).catch(async (e: unknown) => {
-        await handle.close();
-        throw e;
-      });
-    }
-    const alignment = direct ? await probeDirectAlignment(probeRead(handle)).catch(async (e: unknown) => {
-      await lock?.release();
-      await handle.close();
-      throw e;
-    }) : undefined;
-    return { handle, filename, size: stat.size, lock, direct: alignment };
-  },
+  open: (node, ctx) => openHostFile(node, ctx, false),
 
   async close(node) {
     await node.state.lock?.release();
@@ -356,4 +362,36 @@ export const fileDriver: BlockDriver<FileState> = {
   getInfo: () => ({}),
 
   describeOptions: (node) => ({ filename: node.state.filename }),
+};
+
+/**
+ * `host_device`: the file driver for character and block devices. A plain filename naming a
+ * device (or starting with /dev/cdrom) opens with it, as QEMU's device probing does.
+ */
+export const hostDeviceDriver: BlockDriver<FileState> = {
+  ...fileDriver,
+  name: 'host_device',
+  protocolPrefix: undefined,
+  createOptions: undefined,
+  checkCreateOptions: undefined,
+  create: undefined,
+  parseFilename(filename, options) {
+    options.filename = filename.startsWith('host_device:') ? filename.slice('host_device:'.length) : filename;
+  },
+  probeDevice(filename) {
+    if (filename.startsWith('/dev/cdrom')) return 50;
+    try {
+      const stat = statSync(filename);
+      return stat.isCharacterDevice() || stat.isBlockDevice() ? 100 : 0;
+    } catch {
+      return 0;
+    }
+  },
+  open: (node, ctx) => openHostFile(node, ctx, true),
+  /** A device keeps its size: only a shrink that need not be exact "succeeds". */
+  async truncate(node, size, exact, prealloc) {
+    if (prealloc !== 'off') throw new BlkioError('ENOTSUP', `Preallocation mode '${prealloc}' unsupported for this non-regular file`);
+    if (size !== node.state.size && exact) throw new BlkioError('ENOTSUP', 'Cannot resize device files');
+    if (size > node.state.size) throw new BlkioError('EINVAL', 'Cannot grow device files');
+  },
 };

@@ -5,8 +5,9 @@ import { blkreplayDriver } from './blkreplay.js';
 import { blkverifyDriver } from './blkverify.js';
 import { compressDriver } from './compress.js';
 import { copyOnReadDriver } from './copy-on-read.js';
-import { fileDriver } from './file.js';
+import { fileDriver, hostDeviceDriver } from './file.js';
 import { mirrorTopDriver } from './mirror-top.js';
+import { nbdDriver } from './nbd.js';
 import { nullAioDriver, nullCoDriver } from './null.js';
 import { preallocateDriver } from './preallocate.js';
 import { qcow2Driver } from './qcow2/index.js';
@@ -15,11 +16,12 @@ import { rawDriver } from './raw.js';
 import { throttleDriver } from './throttle.js';
 
 export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
-  fileDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
+  fileDriver, hostDeviceDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
   throttleDriver, compressDriver, preallocateDriver,
   blkdebugDriver,
   blkverifyDriver,
   quorumDriver,
   blkreplayDriver,
+  nbdDriver,
   qcow2Driver,
 ];

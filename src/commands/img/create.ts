@@ -6,7 +6,7 @@
  * file's), backing checks, the `Formatting ...` line, creating the file and opening it as a
  * protocol node, then the format driver's `create` on that node.
  */
-import { open as openFile, rm } from 'node:fs/promises';
+import { open as openFile, rm, stat } from 'node:fs/promises';
 import { BlkioError, errnoError, toBlkioError } from '../../errors.js';
 import type { BlockDriver, CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import { BdrvChild } from '../../block/child.js';
@@ -311,7 +311,8 @@ async function withEmptyFile(
   } finally {
     layer.releaseEdge(edge);
     await layer.closeNode(node);
-    if (failed && locked && removeOnFailure) await rm(path, { force: true }).catch(() => {});
+    // Only a regular file is removed, as QEMU's file driver does (never a device or what a link leads to).
+    if (failed && locked && removeOnFailure && (await stat(path).catch(() => undefined))?.isFile()) await rm(path, { force: true }).catch(() => {});
   }
 }
 

@@ -59,7 +59,8 @@ export const truncateCommand: IoCommand = {
       return -1;
     }
     try {
-      await session.blk.truncate(Number(size), true, prealloc);
+      // Not exact, as qemu-io: a node that cannot shrink (NBD, host devices) may keep its size.
+      await session.blk.truncate(Number(size), false, prealloc);
       return 0;
     } catch (e) {
       session.reportError(e);
@@ -103,7 +104,7 @@ export const infoCommand: IoCommand = {
     const node = session.node;
     // QEMU prints the format name and then the protocol name: both for protocol drivers.
     session.print(`format name: ${node.driver.name}`);
-    if (node.driver.kind === 'protocol') session.print(`format name: ${node.driver.name}`);
+    if (node.driver.kind === 'protocol') session.print(`format name: ${node.driver.protocolName ?? node.driver.name}`);
     let info: DriverInfo;
     try {
       info = driverInfo(node);

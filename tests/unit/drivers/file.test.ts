@@ -215,3 +215,17 @@ describe.each([
     }
   });
 });
+
+describe('host_device', () => {
+  it('refuses what is not a device, and claims /dev/cdrom names before looking', async () => {
+    const { BlockLayer } = await import('../../../src/block/graph.js');
+    const { fileDriver, hostDeviceDriver } = await import('../../../src/drivers/file.js');
+    const layer = new BlockLayer([fileDriver, hostDeviceDriver]);
+    const openError = (options: Record<string, string>) => layer.openNode(undefined, options).then(() => 'opened', (e: Error) => e.message);
+    expect(await openError({ driver: 'host_device', filename: tmpdir(), 'read-only': 'on' }))
+      .toBe(`'host_device' driver requires '${tmpdir()}' to be either a character or block device`);
+    expect(await openError({ driver: 'host_device' })).toBe("The 'host_device' block driver requires a file name");
+    expect(hostDeviceDriver.probeDevice!('/dev/cdrom-none')).toBe(50);
+    expect(hostDeviceDriver.probeDevice!(tmpdir())).toBe(0);
+  });
+});
