@@ -20,8 +20,8 @@ export type ObjectRegistry = Pick<BlockLayer, 'objects'>;
 interface ObjectType {
   /** Name and type of each property, for `TYPE,help`. */
   properties: ReadonlyArray<readonly [string, string]>;
-  /** Set the properties; `complete` runs once the object is registered. */
-  create(id: string, props: OptionTree): { object: unknown; complete(registry: ObjectRegistry): void };
+  /** Set the properties (`typed`: from JSON); `complete` runs once the object is registered. */
+  create(id: string, props: OptionTree, typed: boolean): { object: unknown; complete(registry: ObjectRegistry): void };
 }
 
 const OBJECT_TYPES: Record<string, ObjectType> = {
@@ -34,8 +34,8 @@ const OBJECT_TYPES: Record<string, ObjectType> = {
   },
   'throttle-group': {
     properties: THROTTLE_GROUP_PROPERTIES,
-    create(id, props) {
-      const config = throttlePropertiesConfig(props);
+    create(id, props, typed) {
+      const config = throttlePropertiesConfig(props, typed);
       return { object: new ThrottleGroup(id, config), complete: () => validateThrottleConfig(config) };
     },
   },
@@ -49,9 +49,9 @@ const ID_PATTERN = /^[A-Za-z][A-Za-z0-9\-._]*$/;
 
 /**
  * Create the object an `--object` option tree describes (`qom-type`, `id` and the type's
- * properties, as keyval or JSON parsing gives them) and register it under its id.
+ * properties, as keyval or JSON parsing gives them: `typed` for JSON) and register it under its id.
  */
-export function createObject(registry: ObjectRegistry, tree: OptionTree): void {
+export function createObject(registry: ObjectRegistry, tree: OptionTree, typed = false): void {
   const { 'qom-type': type, id, ...props } = tree;
   if (type === undefined) throw new BlkioError('EINVAL', "Parameter 'qom-type' is missing");
   const objectType = objectTypeNamed(stringProperty('qom-type', type));
@@ -62,7 +62,7 @@ export function createObject(registry: ObjectRegistry, tree: OptionTree): void {
       "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.",
     ]);
   }
-  const { object, complete } = objectType.create(id as string, props);
+  const { object, complete } = objectType.create(id as string, props, typed);
   if (registry.objects.has(id as string)) {
     throw new BlkioError('EEXIST', `attempt to add duplicate property '${String(id)}' to object (type 'container')`);
   }
@@ -82,7 +82,7 @@ export function createObject(registry: ObjectRegistry, tree: OptionTree): void {
 export function processObjectArg(registry: ObjectRegistry, text: string): string | undefined {
   if (text.startsWith('{')) {
     const value = parseQemuJson(text);
-    createObject(registry, isTree(value) ? value : {});
+    createObject(registry, isTree(value) ? value : {}, true);
     return undefined;
   }
   const { options, help } = parseKeyvalWithHelp(text, 'qom-type');

@@ -89,9 +89,9 @@ function limitTargets(): Map<string, Target> {
 
 const TARGETS = limitTargets();
 
-/** An int64 option value from keyval text or typed JSON. */
-function integerOption(name: string, value: OptionValue): number {
-  if (typeof value === 'number') return parseInteger(name, value, 'qapi');
+/** An int64 option value from keyval text, or from JSON (`typed`: a string is the wrong type there). */
+function integerOption(name: string, value: OptionValue, typed: boolean): number {
+  if (typed || typeof value === 'number') return parseInteger(name, value as number, 'qapi');
   return parseInteger(name, typeof value === 'string' ? value : null, 'keyval');
 }
 
@@ -111,8 +111,8 @@ function setTarget(cfg: ThrottleConfig, target: Target, value: number): void {
 }
 
 /** A legacy `x-iops-total=...` property: set immediately, with its own range checks. */
-function setLegacyProperty(cfg: ThrottleConfig, name: string, target: Target, raw: OptionValue): void {
-  const value = integerOption(name, raw);
+function setLegacyProperty(cfg: ThrottleConfig, name: string, target: Target, raw: OptionValue, typed: boolean): void {
+  const value = integerOption(name, raw, typed);
   if (value < 0) throw invalid('Property values cannot be negative');
   if (target !== 'opSize' && target.field === 'burstLength' && value > UINT32_MAX) {
     // QEMU's message lacks the space here ("therange"); kept for byte-identical output.
@@ -122,12 +122,12 @@ function setLegacyProperty(cfg: ThrottleConfig, name: string, target: Target, ra
 }
 
 /** The `limits` struct: every member parsed first, then applied in bucket order. */
-function setLimits(cfg: ThrottleConfig, limits: OptionValue): void {
+function setLimits(cfg: ThrottleConfig, limits: OptionValue, typed: boolean): void {
   if (!isTree(limits)) throw invalid("Invalid parameter type for 'limits', expected: object");
   const values = new Map<string, number>();
   for (const [key, raw] of Object.entries(limits)) {
     if (!TARGETS.has(key)) throw invalid(`Parameter 'limits.${key}' is unexpected`);
-    values.set(key, integerOption(`limits.${key}`, raw));
+    values.set(key, integerOption(`limits.${key}`, raw, typed));
   }
   for (const [key, target] of TARGETS) {
     const value = values.get(key);
@@ -153,13 +153,16 @@ export function throttleConfigFromProperties(props: OptionTree): ThrottleConfig 
   return cfg;
 }
 
-/** The configuration the properties set, not yet validated as a whole (QEMU checks that on completion). */
-export function throttlePropertiesConfig(props: OptionTree): ThrottleConfig {
+/**
+ * The configuration the properties set, not yet validated as a whole (QEMU checks that on
+ * completion); `typed`: they come from JSON, where numbers must be JSON numbers.
+ */
+export function throttlePropertiesConfig(props: OptionTree, typed = false): ThrottleConfig {
   const cfg = unlimitedConfig();
   for (const [key, raw] of Object.entries(props)) {
     const legacy = key.startsWith('x-') ? TARGETS.get(key.slice(2)) : undefined;
-    if (key === 'limits') setLimits(cfg, raw);
-    else if (legacy) setLegacyProperty(cfg, key, legacy, raw);
+    if (key === 'limits') setLimits(cfg, raw, typed);
+    else if (legacy) setLegacyProperty(cfg, key, legacy, raw, typed);
     else throw invalid(`Parameter '${key}' is unexpected`);
   }
   return cfg;

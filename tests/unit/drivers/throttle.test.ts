@@ -1,7 +1,7 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import { BlockBackend } from '../../../src/block/backend.js';
 import { BlockLayer } from '../../../src/block/graph.js';
-import { createObject } from '../../../src/block/objects.js';
+import { createObject, processObjectArg } from '../../../src/block/objects.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../../../src/block/permissions.js';
 import { throttleConfigFromProperties } from '../../../src/block/throttle-group.js';
 import { nullCoDriver } from '../../../src/drivers/null.js';
@@ -56,6 +56,16 @@ describe('throttle-group objects', () => {
     createObject(layer, { 'qom-type': 'throttle-group', id: 'g' });
     expect(() => createObject(layer, { 'qom-type': 'throttle-group', id: 'g' }))
       .toThrow("attempt to add duplicate property 'g' to object (type 'container')");
+  });
+
+  it('takes numbers from JSON only as JSON numbers', () => {
+    const layer = newLayer();
+    expect(() => processObjectArg(layer, '{"qom-type":"throttle-group","id":"g","x-bps-total":"5"}'))
+      .toThrow("Invalid parameter type for 'x-bps-total', expected: integer");
+    expect(() => processObjectArg(layer, '{"qom-type":"throttle-group","id":"g","limits":{"bps-total":"1M"}}'))
+      .toThrow("Invalid parameter type for 'limits.bps-total', expected: integer");
+    processObjectArg(layer, '{"qom-type":"throttle-group","id":"g","limits":{"bps-total":5}}');
+    processObjectArg(layer, 'throttle-group,id=h,x-bps-total=5');
   });
 });
 
