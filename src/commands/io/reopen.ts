@@ -32,20 +32,19 @@ async function setReadOnly(root: BlockNode, readOnly: boolean): Promise<void> {
     throw new BlkioError('EPERM', `Read-only block node '${root.nodeName}' cannot support read-write users`);
   }
   const nodes = subtree(root).filter((n) => n.readOnly !== readOnly);
-  const reopenDrivers = async (order: BlockNode[]) => {
-    for (const n of order) await n.driver.reopen?.(n);
+  /** Reopen the drivers of `order` in turn, each after `before` (if given); `done` collects the nodes reopened. */
+  const reopenDrivers = async (order: BlockNode[], done: BlockNode[] = [], before?: (n: BlockNode) => void) => {
+    for (const n of order) {
+      before?.(n);
+      await n.driver.reopen?.(n);
+      done.push(n);
+    }
   };
   try {
     // Top-down when giving up write access: a node writes out what it caches (a preallocate
     // filter cuts its file back) while the nodes below still take writes.
-    if (readOnly) {
-      for (const n of nodes) {
-        n.readOnly = true;
-        await n.driver.reopen?.(n);
-      }
-    } else {
-      for (const n of nodes) n.readOnly = false;
-    }
+    if (readOnly) await reopenDrivers(nodes, [], (n) => (n.readOnly = true));
+    else for (const n of nodes) n.readOnly = false;
     refreshPermissions(new Map(), [root]);
   } catch (e) {
     for (const n of nodes) n.readOnly = !readOnly;
@@ -57,10 +56,7 @@ async function setReadOnly(root: BlockNode, readOnly: boolean): Promise<void> {
   // that cannot (its file is gone) leaves the whole subtree read-only, as it was.
   const reopened: BlockNode[] = [];
   try {
-    for (const n of [...nodes].reverse()) {
-      await n.driver.reopen?.(n);
-      reopened.push(n);
-    }
+    await reopenDrivers([...nodes].reverse(), reopened);
   } catch (e) {
     for (const n of nodes) n.readOnly = true;
     await reopenDrivers(reopened.reverse()).catch(() => {});
