@@ -12,7 +12,8 @@ const enumOf = (...values: string[]): QapiEnum => ({ kind: 'enum', values });
 const optional = (name: string, type: QapiMember['type']): QapiMember => ({ name, type, optional: true });
 const required = (name: string, type: QapiMember['type']): QapiMember => ({ name, type });
 
-const BLOCKDEV_DRIVERS = [
+/** QEMU 7.2's BlockdevDriver enum (as built for Debian). */
+export const BLOCKDEV_DRIVERS = [
   'blkdebug', 'blklogwrites', 'blkreplay', 'blkverify', 'bochs', 'cloop', 'compress', 'copy-before-write',
   'copy-on-read', 'dmg', 'file', 'snapshot-access', 'ftp', 'ftps', 'gluster', 'host_cdrom', 'host_device', 'http',
   'https', 'iscsi', 'luks', 'nbd', 'nfs', 'null-aio', 'null-co', 'nvme', 'parallels', 'preallocate', 'qcow',

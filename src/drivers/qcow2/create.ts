@@ -17,6 +17,7 @@ import { loadState, markClean, updateHeader } from './open.js';
 import { encryptionCreateSettings, setUpEncryption, type EncryptionCreate } from './encryption.js';
 import { allocClusters } from './refcount.js';
 import { PREALLOC_MODES, truncateImage } from './truncate.js';
+import { BLOCKDEV_DRIVERS } from '../blockdev-schema.js';
 
 const DEFAULT_CLUSTER_SIZE = 65536;
 
@@ -97,6 +98,10 @@ export function createSettings(o: CreateRequest['options']): Qcow2CreateSettings
   }
   const compat = o.compat as string | undefined;
   if (compat !== undefined && !(compat in VERSIONS)) throw invalid(`Parameter 'version' does not accept value '${compat}'`);
+  const backingFmt = o.backing_fmt as string | undefined;
+  if (backingFmt !== undefined && !BLOCKDEV_DRIVERS.includes(backingFmt)) {
+    throw invalid(`Parameter 'backing-fmt' does not accept value '${backingFmt}'`);
+  }
   const encryption = encryptionCreateSettings(o);
   const preallocation = (o.preallocation as string | undefined) ?? 'off';
   if (!(PREALLOC_MODES as readonly string[]).includes(preallocation)) {

@@ -31,6 +31,8 @@ describe('qcow2 create option validation', () => {
     ['compression_type=foo', "Parameter 'compression-type' does not accept value 'foo'"],
     ['compat=1.5', "Parameter 'version' does not accept value '1.5'"],
     ['preallocation=foo', "Parameter 'preallocation' does not accept value 'foo'"],
+    // The backing format is checked against QEMU's driver names even when nothing opens it (-u).
+    ['backing_file=b,backing_fmt=foo,preallocation=foo', "Parameter 'backing-fmt' does not accept value 'foo'"],
     ['encryption=on', "Parameter 'encrypt.key-secret' is required for cipher"],
   ];
   for (const [opts, message] of cases) {
