@@ -3,7 +3,8 @@
  * permissions and sharing others. Every request a parent makes goes through its edge, where
  * the generic layer (io.ts) checks permissions, flags and alignment.
  */
-import type { BlockStatusResult } from './driver.js';
+import { BlkioError } from '../errors.js';
+import type { BlockStatusResult, CreateRequest } from './driver.js';
 import type { BlockNode } from './node.js';
 import * as io from './io.js';
 
@@ -52,6 +53,13 @@ export class BdrvChild {
 
   truncate(size: number, exact: boolean, prealloc = 'off', flags = 0): Promise<void> {
     return io.childTruncate(this, size, exact, prealloc, flags);
+  }
+
+  /** The child's own creation, as a format whose creation is its protocol's (raw) hands it on. */
+  create(request: CreateRequest): Promise<void> {
+    const { driver } = this.node;
+    if (!driver.create) throw new BlkioError('ENOTSUP', `Protocol driver '${driver.name}' does not support image creation`);
+    return driver.create(this, request);
   }
 
   blockStatus(offset: number, bytes: number): Promise<BlockStatusResult> {

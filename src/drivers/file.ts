@@ -1,7 +1,7 @@
 /** The `file` protocol: a host file through an async file handle. Large requests pass straight through. */
 import { constants, statSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { BlkioError, errnoError, toBlkioError } from '../errors.js';
+import { BlkioError, errno, errnoError, toBlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
 import type { OpenContext } from '../block/graph.js';
 import type { BlockNode } from '../block/node.js';
@@ -111,16 +111,26 @@ async function allocateFirstBlock(handle: FileHandle, size: number): Promise<voi
   await writeFully(handle, ioBuffer(size < 4096 ? 512 : 4096), 0).catch(() => undefined);
 }
 
-/** Set the file's size, preallocating a grown part as `prealloc` says ('off', 'falloc' or 'full'). */
+/**
+ * Set the file's size, preallocating a grown part as `prealloc` says ('off', 'falloc' or 'full').
+ * Sizes are refused as ftruncate and fallocate refuse them: creation sizes a new file here
+ * without the generic truncate's checks.
+ */
 async function resizeFile(s: FileState, size: number, prealloc: string): Promise<void> {
   const { handle } = s;
   const current = (await handle.stat()).size;
-  if (prealloc !== 'off' && size < current) {
+  // The kernel's off_t is signed: from 2^63 up a size is negative.
+  const negative = size >= 2 ** 63;
+  if (prealloc !== 'off' && (negative || size < current)) {
     throw new BlkioError('ENOTSUP', 'Cannot use preallocation for shrinking files');
   }
   if (!PREALLOC_MODES.includes(prealloc)) {
     throw new BlkioError('ENOTSUP', `Unsupported preallocation mode: ${prealloc}`);
   }
+  const failureText = prealloc === 'falloc' ? 'Could not preallocate new data' : 'Could not resize file';
+  if (negative) throw errnoError(failureText, errno('EINVAL'));
+  // Node takes lengths up to 2^53 only; file systems that hold more are rare.
+  if (!Number.isSafeInteger(size)) throw errnoError(failureText, errno('EFBIG'));
   // A failed preallocation leaves the file as it was.
   const step = async (what: string, action: () => Promise<void>) => {
     try {
@@ -144,8 +154,6 @@ async function resizeFile(s: FileState, size: number, prealloc: string): Promise
       }
     });
   } else if (prealloc === 'off') {
-    // Node takes lengths up to 2^53 only; file systems that hold more are rare.
-    if (!Number.isSafeInteger(size)) throw errnoError('Could not resize file', new BlkioError('EFBIG'));
     await handle.truncate(size).catch((e: unknown) => {
       throw errnoError('Could not resize file', e);
     });
@@ -219,6 +227,11 @@ export const fileDriver: BlockDriver<FileState> = {
   checkCreateOptions(request) {
     // The hint goes to the kernel as 32 bits.
     if (Number(request.options.extent_size_hint ?? 0) > 0xffffffff) throw new BlkioError('EINVAL', 'Extent size hint is too large');
+  },
+
+  /** The file protocol's creation: `file` is the new file's own node, sized here as QEMU sizes a new file. */
+  async create(file, request) {
+    await resizeFile(file.node.state as FileState, request.size, String(request.options.preallocation ?? 'off'));
   },
 
   createOptions: [

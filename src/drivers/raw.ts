@@ -3,13 +3,13 @@
  * as a filter (so it forwards WRITE_UNCHANGED and takes write permissions only when asked).
  */
 import { BlkioError, errno } from '../errors.js';
-import { ROLE_FILTER_CHILD, ROLE_IMAGE, type BlockDriver, type CreateRequest } from '../block/driver.js';
+import { ROLE_FILTER_CHILD, ROLE_IMAGE, type BlockDriver } from '../block/driver.js';
 import type { BdrvChild } from '../block/child.js';
 import {
   REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_WRITE_UNCHANGED, STATUS_OFFSET_VALID, STATUS_RAW,
 } from '../block/flags.js';
 import { defaultChildPerms, PERM_RESIZE, PERM_WRITE } from '../block/permissions.js';
-import { checkNewLength, debugEvent, nodeInfo, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
+import { debugEvent, nodeInfo, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
 /** What a probed image's writes are checked against: the first sector. */
@@ -28,8 +28,6 @@ function window(s: RawState, offset: number, bytes: number, isWrite: boolean): n
   return s.offset + offset;
 }
 
-const preallocation = (request: CreateRequest): string => String(request.options.preallocation ?? 'off');
-
 export const rawDriver: BlockDriver<RawState> = {
   name: 'raw',
   kind: 'format',
@@ -43,21 +41,12 @@ export const rawDriver: BlockDriver<RawState> = {
   createOptions: [{ name: 'size', type: 'size', help: 'Virtual disk size' }],
 
   checkCreateOptions(request) {
-    const prealloc = preallocation(request);
+    const prealloc = String(request.options.preallocation ?? 'off');
     if (!PREALLOC_MODES.includes(prealloc)) throw new BlkioError('EINVAL', `invalid parameter value: ${prealloc}`);
   },
 
   /** Creation passes straight to the protocol: the file gets the size, preallocated as asked. */
-  async create(file, request) {
-    try {
-      checkNewLength(request.size);
-    } catch {
-      // QEMU's file protocol sizes the new file with ftruncate, not the generic truncate: from
-      // 2^63 up the size is negative to it, below that merely too large.
-      throw request.size >= 2 ** 63 ? new BlkioError('EINVAL', 'Could not resize file: Invalid argument') : new BlkioError('EFBIG');
-    }
-    await file.truncate(request.size, true, preallocation(request));
-  },
+  create: (file, request) => file.create(request),
 
   /** Every guest byte is a byte of the file, allocated or not. */
   async measure(options, source) {

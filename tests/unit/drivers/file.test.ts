@@ -214,6 +214,26 @@ describe.each([
       await f.close();
     }
   });
+
+  it('sizes a new file as ftruncate and fallocate do, without the generic truncate checks', async () => {
+    await writeFile(path, '');
+    const f = await openFile();
+    const create = (size: number, preallocation?: string) =>
+      f.edge.create({ filename: path, size, options: preallocation ? { preallocation } : {} });
+    try {
+      // From 2^63 up a size is negative to the kernel: a shrink to preallocation, else EINVAL.
+      await expect(create(2 ** 63, 'falloc')).rejects.toMatchObject({ code: 'ENOTSUP', message: 'Cannot use preallocation for shrinking files' });
+      await expect(create(2 ** 63)).rejects.toMatchObject({ code: 'EINVAL', message: 'Could not resize file: Invalid argument' });
+      // Beyond what Node takes: too large, in the words of the step that failed.
+      await expect(create(2 ** 62, 'falloc')).rejects.toMatchObject({ code: 'EFBIG', message: 'Could not preallocate new data: File too large' });
+      await expect(create(2 ** 53, 'full')).rejects.toMatchObject({ code: 'EFBIG', message: 'Could not resize file: File too large' });
+      await expect(f.edge.truncate(2 ** 53, true, 'full')).rejects.toMatchObject({ code: 'EFBIG', message: 'Could not resize file: File too large' });
+      await create(M, 'falloc');
+      expect(f.node.getLength()).toBe(M);
+    } finally {
+      await f.close();
+    }
+  });
 });
 
 describe('host_device', () => {
