@@ -82,15 +82,12 @@ async function runJob(
   tierForCopyLoop();
   const progress = new Progress(parseProgressMode(values.progress, values.p, values.q));
   const layer = new BlockLayer(allDrivers, (text) => writeStderr(text + '\n'));
-  const controller = new AbortController();
-  const onSigint = () => controller.abort();
-  // The first Ctrl-C cancels cleanly; a second one gets Node's default (exit at once).
-  process.once('SIGINT', onSigint);
+  const sigint = cancelOnSigint();
   let done = 0;
   let total = 0;
   const job: JobOptions = {
     rateLimit,
-    signal: controller.signal,
+    signal: sigint.signal,
     onProgress: (d, t) => {
       done = d;
       total = t;
@@ -107,13 +104,29 @@ async function runJob(
   } catch (e) {
     if (!isCancelled(e)) throw e;
     progress.dispose();
-    writeStderr(`${PROGRAM}: ${command} interrupted after ${done} of ${total} bytes; ${CANCEL_ADVICE[command]}\n`);
+    writeStderr(`${PROGRAM}: ${interruptedMessage(command, done, total)}\n`);
     return 130;
   } finally {
-    process.off('SIGINT', onSigint);
     progress.dispose();
-    await layer.closeAll();
+    await layer.closeAll().finally(sigint.stop);
   }
+}
+
+/**
+ * Ctrl-C as a clean cancel: the first SIGINT aborts `signal` (a job stops, its images stay
+ * consistent); a second one gets Node's default (exit at once). `stop` once the images are
+ * closed: a SIGINT that comes after the work, while caches are written back, changes nothing.
+ */
+export function cancelOnSigint(): { signal: AbortSignal; stop: () => void } {
+  const controller = new AbortController();
+  const onSigint = () => controller.abort();
+  process.once('SIGINT', onSigint);
+  return { signal: controller.signal, stop: () => process.off('SIGINT', onSigint) };
+}
+
+/** What a job stopped by Ctrl-C says: how far it got and what to do. */
+export function interruptedMessage(command: Command, done: number, total: number): string {
+  return `${command} interrupted after ${done} of ${total} bytes; ${CANCEL_ADVICE[command]}`;
 }
 
 const CANCEL_ADVICE: Record<Command, string> = {

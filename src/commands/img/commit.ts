@@ -2,12 +2,16 @@
  * `blkio img commit [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate] [-d] [-p|--progress=json] filename`
  *
  * The copying is the commit job's (src/jobs/commit.ts); this is qemu-img's command line,
- * progress and messages around it. `-b` implies `-d`.
+ * progress and messages around it. `-b` implies `-d`. Ctrl-C stops the copy cleanly (qemu-img
+ * dies of it, leaking the clusters it was writing): the images stay consistent, and the
+ * message says to run the command again.
  */
 import { BlkioError } from '../../errors.js';
 import { Progress, floatPercent, parseProgressMode } from '../../cli/progress.js';
+import { cancelOnSigint, interruptedMessage } from '../../cli/jobs.js';
 import { findBackingImage } from '../../jobs/chain.js';
 import { commitImage } from '../../jobs/commit.js';
+import { isCancelled } from '../../jobs/job.js';
 import type { FlatOptions } from '../../options/types.js';
 import {
   backingLayer, checkCacheMode, imgCvtnum, oneImageName, openImg, runSubcommand, withLayer, writeOut,
@@ -39,6 +43,7 @@ export function imgCommit(argv: string[]): Promise<number> {
     });
     const filename = oneImageName(operands);
     checkCacheMode(cache);
+    const sigint = cancelOnSigint();
     return withLayer(objects, async (layer) => {
       const open = (extraOptions: FlatOptions) => openImg(layer, { filename, format, imageOpts, cache, extraOptions });
       // Opened before the progress starts, as qemu-img does; the job reopens it only to make the base writable.
@@ -49,19 +54,27 @@ export function imgCommit(argv: string[]): Promise<number> {
       }
       if (base === undefined && !backingLayer(blk.node)) throw new BlkioError('EINVAL', 'Image does not have a backing file');
       const progress = new Progress(parseProgressMode(progressOption, showProgress, quiet), { percentOf: floatPercent });
+      let done = 0;
+      let total = 0;
       try {
         progress.update(0, 0);
         const first = blk;
         blk = await commitImage(layer, (extra) => (Object.keys(extra).length ? open(extra) : Promise.resolve(first)), {
-          base, drop, rateLimit, onProgress: (done, total) => progress.update(done, total),
+          base, drop, rateLimit, signal: sigint.signal, onProgress: (d, t) => {
+            done = d;
+            total = t;
+            progress.update(d, t);
+          },
         });
         await blk.flush();
         progress.finish({ redrawFull: true });
+      } catch (e) {
+        throw isCancelled(e) ? new BlkioError('ECANCELED', interruptedMessage('commit', done, total)) : e;
       } finally {
         progress.dispose();
       }
       if (!quiet) writeOut('Image committed.\n');
       return 0;
-    });
+    }).finally(sigint.stop);
   });
 }

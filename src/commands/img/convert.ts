@@ -18,6 +18,7 @@ import { REQUEST_MAX_BYTES, REQ_MAY_UNMAP, STATUS_DATA, STATUS_ZERO } from '../.
 import { isZeroBuffer, nodeInfo } from '../../block/io.js';
 import { isCacheMode } from '../../cli/open-image.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
+import { cancelOnSigint } from '../../cli/jobs.js';
 import { tierForCopyLoop } from '../../cli/tiering.js';
 import { hasHelpOption } from '../../options/qemuopts.js';
 import type { ObjectRegistry } from '../../block/objects.js';
@@ -71,8 +72,12 @@ interface ConvertState {
   coroutines: number;
   /** `-r`: target writes keep to this many bytes per second. */
   rateLimit?: RateLimit;
-  /** Set by the first Ctrl-C. */
-  interrupted: boolean;
+  /**
+   * Aborted by the first Ctrl-C (also one during the target's creation): no more pieces are
+   * handed out, the ones in flight finish and the target is closed (metadata written), so it
+   * stays consistent. A second Ctrl-C exits at once.
+   */
+  interrupt: AbortSignal;
   /** The status cached for [.., nextStatusSector). */
   status: PieceStatus;
   nextStatusSector: number;
@@ -184,6 +189,7 @@ export function imgConvert(argv: string[]): Promise<number> {
     if (args.skipCreate && args.options !== undefined) throw fail('-o has no effect when skipping image creation');
     if (args.targetIsZero && !args.skipCreate) throw fail('--target-is-zero requires use of -n flag');
     const outFilename = operands.length >= 2 ? operands[operands.length - 1] : undefined;
+    const sigint = cancelOnSigint();
     return withLayer(objects, async (layer) => {
       if (args.options !== undefined && hasHelpOption(args.options)) {
         if (args.outFormat === undefined) throw fail('Option help requires a format be specified');
@@ -195,18 +201,18 @@ export function imgConvert(argv: string[]): Promise<number> {
       tierForCopyLoop();
       try {
         progress.update(0, 0);
-        await convert(layer, args, operands.slice(0, -1), outFilename, progress);
+        await convert(layer, args, operands.slice(0, -1), outFilename, progress, sigint.signal);
         progress.finish({ redrawFull: true });
       } finally {
         progress.dispose();
       }
       return 0;
-    });
+    }).finally(sigint.stop);
   });
 }
 
 async function convert(
-  layer: BlockLayer, args: ConvertArgs, sourceNames: string[], outFilename: string, progress: Progress,
+  layer: BlockLayer, args: ConvertArgs, sourceNames: string[], outFilename: string, progress: Progress, interrupt: AbortSignal,
 ): Promise<void> {
   const sources: Source[] = [];
   let totalSectors = 0;
@@ -299,7 +305,7 @@ async function convert(
     inOrder: args.inOrder,
     coroutines: args.coroutines,
     rateLimit: args.rateLimit ? new RateLimit(args.rateLimit, { aheadMs: CONVERT_AHEAD_MS }) : undefined,
-    interrupted: false,
+    interrupt,
     status: 'data',
     nextStatusSector: 0,
   };
@@ -421,19 +427,13 @@ async function doCopy(s: ConvertState, progress: Progress): Promise<void> {
   let nextSector = 0;
   let allocatedDone = 0;
   let failed = false;
-  // The first Ctrl-C stops handing out pieces; the ones in flight finish and the target is
-  // closed (metadata written), so it stays consistent. A second Ctrl-C exits at once.
-  const onSigint = () => {
-    s.interrupted = true;
-  };
-  process.once('SIGINT', onSigint);
   /** Taking the next piece is serialised (it shares the cached status), as are in-order writes. */
   let claimLock: Promise<unknown> = Promise.resolve();
   let previousWrite: Promise<void> = Promise.resolve();
 
   const claim = (): Promise<Piece | undefined> => {
     const result = claimLock.then(async (): Promise<Piece | undefined> => {
-      if (failed || s.interrupted || nextSector >= s.totalSectors) return undefined;
+      if (failed || s.interrupt.aborted || nextSector >= s.totalSectors) return undefined;
       const sector = nextSector;
       let n = await nextPiece(s, sector);
       const status = s.status;
@@ -477,10 +477,9 @@ async function doCopy(s: ConvertState, progress: Progress): Promise<void> {
     }
   };
   const results = await Promise.allSettled(Array.from({ length: s.coroutines }, worker));
-  process.off('SIGINT', onSigint);
   const rejected = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (rejected) throw rejected.reason;
-  if (s.interrupted) {
+  if (s.interrupt.aborted) {
     throw new BlkioError('ECANCELED', `convert interrupted after ${allocatedDone * SECTOR} of ${allocatedSectors * SECTOR} bytes; ` +
       'the target is consistent but incomplete: run the same command again to convert it completely');
   }
@@ -576,7 +575,7 @@ async function writePiece(s: ConvertState, sector: number, count: number, buf: U
 /** `-r`: every target write (data or zeroes) waits until the bytes written before it keep to the rate. */
 async function throttle(s: ConvertState, bytes: number): Promise<void> {
   if (!s.rateLimit) return;
-  await s.rateLimit.wait(() => s.interrupted);
+  await s.rateLimit.wait(() => s.interrupt.aborted);
   s.rateLimit.account(bytes);
 }
 
