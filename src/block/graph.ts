@@ -323,7 +323,10 @@ export class BlockLayer {
 
       const given = Object.keys(driver.options).filter((k) => options[k] !== undefined && options[k] !== null);
       const parsed = parseDriverOptions(driver, options);
-      for (const key of given) node.openOptions[key] = parsed[key] as OptionScalar;
+      for (const key of given) {
+        const value = parsed[key];
+        node.openOptions[key] = typeof value === 'bigint' ? Number(value) : (value as OptionScalar);
+      }
       ctx = new OpenContext(this, node, options, parsed, effective);
       node.state = await driver.open(node, ctx);
       // The children so far take their permissions (and file locks) before the backing file

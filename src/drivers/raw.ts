@@ -28,6 +28,18 @@ function window(s: RawState, offset: number, bytes: number, isWrite: boolean): n
   return s.offset + offset;
 }
 
+/** offset and size (exact, as given) checked against the file's length, as numbers. */
+function checkedWindow(offset: bigint, size: bigint | undefined, real: number): Pick<RawState, 'offset' | 'size'> {
+  if (offset > BigInt(real)) {
+    throw new BlkioError('EINVAL', `Offset (${offset}) cannot be greater than size of the containing file (${real})`);
+  }
+  if (size !== undefined && BigInt(real) - offset < size) {
+    throw new BlkioError('EINVAL', `The sum of offset (${offset}) and size (${size}) has to be smaller or equal to the  actual size of the containing file (${real})`);
+  }
+  if (size !== undefined && size % 512n !== 0n) throw new BlkioError('EINVAL', 'Specified size is not multiple of 512');
+  return { offset: Number(offset), size: size === undefined ? undefined : Number(size) };
+}
+
 export const rawDriver: BlockDriver<RawState> = {
   name: 'raw',
   kind: 'format',
@@ -60,14 +72,7 @@ export const rawDriver: BlockDriver<RawState> = {
     // QEMU picks the role by a non-zero offset, not by whether one was given.
     const role = offset === 0n && size === undefined ? ROLE_FILTER_CHILD : ROLE_IMAGE;
     const file = (await ctx.openChild('file', role))!;
-    const real = file.getLength();
-    if (offset > BigInt(real)) {
-      throw new BlkioError('EINVAL', `Offset (${offset}) cannot be greater than size of the containing file (${real})`);
-    }
-    if (size !== undefined && BigInt(real) - offset < size) {
-      throw new BlkioError('EINVAL', `The sum of offset (${offset}) and size (${size}) has to be smaller or equal to the  actual size of the containing file (${real})`);
-    }
-    if (size !== undefined && size % 512n !== 0n) throw new BlkioError('EINVAL', 'Specified size is not multiple of 512');
+    const window = checkedWindow(offset, size, file.getLength());
     if (node.probed && !node.readOnly) {
       ctx.warn(
         `WARNING: Image format was not specified for '${file.node.filename}' and probing guessed raw.\n` +
@@ -75,7 +80,14 @@ export const rawDriver: BlockDriver<RawState> = {
           "         Specify the 'raw' format explicitly to remove the restrictions.",
       );
     }
-    return { file, offset: Number(offset), size: size === undefined ? undefined : Number(size) };
+    return { file, ...window };
+  },
+
+  prepareReopen(node, opts) {
+    const window = checkedWindow((opts.offset as bigint | undefined) ?? 0n, opts.size as bigint | undefined, node.state.file.getLength());
+    return async () => {
+      Object.assign(node.state, window);
+    };
   },
 
   refreshLimits(node) {

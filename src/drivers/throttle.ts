@@ -5,7 +5,8 @@
  */
 import { BlkioError } from '../errors.js';
 import type { BdrvChild } from '../block/child.js';
-import { ROLE_FILTER_CHILD, type BlockDriver } from '../block/driver.js';
+import { ROLE_FILTER_CHILD, type BlockDriver, type ParsedOptions } from '../block/driver.js';
+import type { BlockNode } from '../block/node.js';
 import { REQ_WRITE_UNCHANGED } from '../block/flags.js';
 import { supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
 import { findThrottleGroup } from '../block/objects.js';
@@ -16,6 +17,14 @@ interface ThrottleState {
   group: ThrottleGroup;
 }
 
+function namedGroup(node: BlockNode, opts: ParsedOptions): ThrottleGroup {
+  const name = opts['throttle-group'] as string | undefined;
+  if (name === undefined) throw new BlkioError('EINVAL', 'Please specify a throttle group');
+  const group = findThrottleGroup(node.layer, name);
+  if (!group) throw new BlkioError('EINVAL', `Throttle group '${name}' does not exist`);
+  return group;
+}
+
 export const throttleDriver: BlockDriver<ThrottleState> = {
   name: 'throttle',
   kind: 'filter',
@@ -24,12 +33,18 @@ export const throttleDriver: BlockDriver<ThrottleState> = {
 
   async open(node, ctx) {
     const file = (await ctx.openChild('file', ROLE_FILTER_CHILD))!;
-    const name = ctx.opts['throttle-group'] as string | undefined;
-    if (name === undefined) throw new BlkioError('EINVAL', 'Please specify a throttle group');
-    const group = findThrottleGroup(node.layer, name);
-    if (!group) throw new BlkioError('EINVAL', `Throttle group '${name}' does not exist`);
+    const group = namedGroup(node, ctx.opts);
     group.join(node);
     return { file, group };
+  },
+
+  prepareReopen(node, opts) {
+    const group = namedGroup(node, opts);
+    return async () => {
+      node.state.group.leave(node);
+      node.state.group = group;
+      group.join(node);
+    };
   },
 
   async close(node) {

@@ -6,6 +6,7 @@ import { BlockBackend } from '../../../src/block/backend.js';
 import { BlockLayer } from '../../../src/block/graph.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE } from '../../../src/block/permissions.js';
 import { allDrivers } from '../../../src/drivers/index.js';
+import { rawDriver } from '../../../src/drivers/raw.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'blkio-raw-'));
 const image = join(dir, 'disk.raw');
@@ -45,4 +46,14 @@ describe('raw offset and size', () => {
     const backend = BlockBackend.attach(node, PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE, PERM_ALL);
     await expect(backend.truncate(4096, false, 'off')).rejects.toThrow('Cannot resize fixed-size raw disks');
   });
+
+  it('changes the window on reopen, checked as at open', async () => {
+    const node = await openRaw({ offset: '512', size: '1024' });
+    expect(() => rawDriver.prepareReopen!(node, { offset: 70000n, size: undefined }))
+      .toThrow('Offset (70000) cannot be greater than size of the containing file (65536)');
+    expect(() => rawDriver.prepareReopen!(node, { offset: 0n, size: 1000n })).toThrow('Specified size is not multiple of 512');
+    await rawDriver.prepareReopen!(node, { offset: 0n, size: 4096n })();
+    expect(node.getLength()).toBe(4096);
+  });
 });
+
