@@ -182,32 +182,27 @@ async function openHostFile(node: BlockNode<FileState>, ctx: OpenContext, device
   } catch (e) {
     throw errnoError(`Could not open '${filename}'`, e);
   }
-  const stat = await handle.stat();
-  if (device ? !stat.isCharacterDevice() && !stat.isBlockDevice() : !stat.isFile()) {
-    await handle.close();
-    throw new BlkioError('EINVAL', device
-      ? `'host_device' driver requires '${filename}' to be either a character or block device`
-      : `'file' driver requires '${filename}' to be a regular file`);
-  }
-  // Linux native AIO works only on files opened with O_DIRECT.
-  if (ctx.opts.aio === 'native' && !parseBool('cache.direct', ctx.effective['cache.direct'] ?? 'off')) {
-    await handle.close();
-    throw new BlkioError('EINVAL', 'aio=native was specified, but it requires cache.direct=on, which was not specified.');
-  }
-  node.filename = filename;
   let lock: FileLock | undefined;
-  if (ctx.opts.locking !== 'off') {
-    lock = await FileLock.open(filename, stat.dev, stat.ino).catch(async (e: unknown) => {
-      await handle.close();
-      throw e;
-    });
-  }
-  const alignment = direct ? await probeDirectAlignment(probeRead(handle)).catch(async (e: unknown) => {
+  try {
+    const stat = await handle.stat();
+    if (device ? !stat.isCharacterDevice() && !stat.isBlockDevice() : !stat.isFile()) {
+      throw new BlkioError('EINVAL', device
+        ? `'host_device' driver requires '${filename}' to be either a character or block device`
+        : `'file' driver requires '${filename}' to be a regular file`);
+    }
+    // Linux native AIO works only on files opened with O_DIRECT.
+    if (ctx.opts.aio === 'native' && !parseBool('cache.direct', ctx.effective['cache.direct'] ?? 'off')) {
+      throw new BlkioError('EINVAL', 'aio=native was specified, but it requires cache.direct=on, which was not specified.');
+    }
+    node.filename = filename;
+    if (ctx.opts.locking !== 'off') lock = await FileLock.open(filename, stat.dev, stat.ino);
+    const alignment = direct ? await probeDirectAlignment(probeRead(handle)) : undefined;
+    return { handle, filename, size: stat.size, lock, direct: alignment };
+  } catch (e) {
     await lock?.release();
     await handle.close();
     throw e;
-  }) : undefined;
-  return { handle, filename, size: stat.size, lock, direct: alignment };
+  }
 }
 
 export const fileDriver: BlockDriver<FileState> = {
