@@ -22,7 +22,7 @@ void export_function(napi_env env, napi_value exports, const char *name, napi_ca
 /* Adds the qcow2 codecs (codecAvailable, compress, decompress) to `exports`. */
 void register_codecs(napi_env env, napi_value exports);
 
-/* Adds the buffer helpers (addressRemainder, sectorRunEnd) to `exports`. */
+/* Adds the buffer helpers (addressRemainder, sectorRunEnd, steppedRunEnd) to `exports`. */
 void register_buffers(napi_env env, napi_value exports);
 
 #endif

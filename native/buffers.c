@@ -1,9 +1,12 @@
 /*
- * Helpers for large I/O buffers, synchronous and cheap (no thread pool):
+ * Helpers for large I/O buffers and tables, synchronous and cheap (no thread pool):
  *
  *   addressRemainder(view, modulus)         -> number   (the view's data address modulo `modulus`)
  *   sectorRunEnd(view, from, to, zero)      -> number   (first 512-byte sector in [from, to) that is
  *                                                        not all zero (zero: true) or is (zero: false);
+ *                                                        `to` when there is none)
+ *   steppedRunEnd(view, from, to, step)     -> number   (first big-endian 64-bit entry i in (from, to)
+ *                                                        that is not entry[from] + (i - from) * step;
  *                                                        `to` when there is none)
  *
  * addressRemainder lets the TypeScript side start a buffer on a page boundary: the kernel copies
@@ -93,7 +96,34 @@ static napi_value js_sector_run_end(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static uint64_t load_be64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
+  return v;
+}
+
+static napi_value js_stepped_run_end(napi_env env, napi_callback_info info) {
+  napi_value argv[4], result;
+  uint8_t *data;
+  size_t bytes;
+  int64_t from, to, step;
+  if (!get_args(env, info, 4, argv) || !get_view(env, argv[0], &data, &bytes)) return NULL;
+  if (!get_count(env, argv[2], "to", (int64_t)(bytes / 8), "to must be an entry inside the buffer", &to)) return NULL;
+  if (!get_count(env, argv[1], "from", to - 1, "from must be an entry before to", &from)) return NULL;
+  if (!get_count(env, argv[3], "step", INT64_C(1) << 53, "step must be a non-negative integer", &step)) return NULL;
+  const uint8_t *entries = data;
+  uint64_t expected = load_be64(entries + from * 8);
+  int64_t i = from + 1;
+  for (; i < to; i++) {
+    expected += (uint64_t)step;
+    if (load_be64(entries + i * 8) != expected) break;
+  }
+  napi_create_int64(env, i, &result);
+  return result;
+}
+
 void register_buffers(napi_env env, napi_value exports) {
   export_function(env, exports, "addressRemainder", js_address_remainder);
   export_function(env, exports, "sectorRunEnd", js_sector_run_end);
+  export_function(env, exports, "steppedRunEnd", js_stepped_run_end);
 }

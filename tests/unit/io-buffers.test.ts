@@ -74,6 +74,25 @@ describe.each(haveAddon ? [true, false] : [false])('io buffers (native: %s)', (n
     expect(sectorRunEnd(long, 0, 310, true)).toBe(300);
     expect(sectorRunEnd(long, 301, 310, true)).toBe(310);
   });
+
+  it('finds where big-endian 64-bit entries stop stepping evenly, carrying into the high word', async () => {
+    const { steppedRunEnd } = await load(native);
+    const entries = (...values: bigint[]): Uint8Array => {
+      const buf = new Uint8Array(values.length * 8);
+      values.forEach((v, i) => new DataView(buf.buffer).setBigUint64(i * 8, v));
+      return buf;
+    };
+    const copied = 1n << 63n;
+    // qcow2 L2 entries (COPIED, 64 KiB clusters) across the 4 GiB boundary of the low word.
+    const l2 = entries(copied | 0xfffe0000n, copied | 0xffff0000n, copied | 0x100000000n, copied | 0x100010000n, 0x100020000n, 0n, 0n);
+    expect(steppedRunEnd(l2, 0, 7, 0x10000)).toBe(4);
+    expect(steppedRunEnd(l2, 0, 2, 0x10000)).toBe(2);
+    expect(steppedRunEnd(l2, 3, 7, 0x10000)).toBe(4);
+    expect(steppedRunEnd(l2, 5, 7, 0)).toBe(7);
+    expect(steppedRunEnd(l2, 6, 7, 0)).toBe(7);
+    expect(steppedRunEnd(entries(5n, 5n, 6n), 0, 3, 0)).toBe(2);
+    expect(steppedRunEnd(entries(0xffffffffffffffffn, 0xffffffffffffffffn), 0, 2, 0)).toBe(2);
+  });
 });
 
 describe.runIf(haveAddon)('native buffer helpers', () => {
@@ -81,6 +100,7 @@ describe.runIf(haveAddon)('native buffer helpers', () => {
     const addon = createRequire(import.meta.url)(addonFile) as {
       addressRemainder(b: unknown, m?: unknown): number;
       sectorRunEnd(b: unknown, from: unknown, to: unknown, zero: unknown): number;
+      steppedRunEnd(b: unknown, from: unknown, to: unknown, step: unknown): number;
     };
     const buf = new Uint8Array(1024);
     expect(() => addon.sectorRunEnd(new Uint16Array(512), 0, 1, true)).toThrow(TypeError);
@@ -92,5 +112,9 @@ describe.runIf(haveAddon)('native buffer helpers', () => {
     expect(() => addon.addressRemainder(buf)).toThrow(new TypeError('missing arguments'));
     expect(() => addon.addressRemainder({}, 4096)).toThrow(TypeError);
     expect(addon.addressRemainder(buf.subarray(1), 1)).toBe(0);
+    expect(() => addon.steppedRunEnd(buf, 0, 129, 0)).toThrow(RangeError);
+    expect(() => addon.steppedRunEnd(buf, 1, 1, 0)).toThrow(RangeError);
+    expect(() => addon.steppedRunEnd(buf, 0, 1, -1)).toThrow(RangeError);
+    expect(() => addon.steppedRunEnd(new Uint32Array(2), 0, 1, 0)).toThrow(TypeError);
   });
 });

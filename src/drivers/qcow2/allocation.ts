@@ -16,6 +16,7 @@ import { allocClusters, allocClustersAt, freeAnyCluster, freeClusters } from './
 import { readGuest } from './read.js';
 import { encryptInPlace } from './crypto.js';
 import { readsAsZeroFast } from './zero.js';
+import { steppedRunEnd } from '../../io-buffers.js';
 import {
   hasDataFile, hex, markDirty, needAccurateRefcounts, offsetIntoCluster, signalCorruption, startOfCluster, type Allocation,
   type Qcow2State,
@@ -45,6 +46,12 @@ function countSingleWriteClusters(s: Qcow2State, nbClusters: number, slice: Tabl
   const e = readL2(s, slice, index);
   let expected = l2Offset(e);
   let i = 0;
+  if (!s.extendedL2 && needsNewAlloc(s, e) === newAlloc && expected + nbClusters * s.clusterSize < 2 ** 56) {
+    // Standard entries that continue the first exactly (the same entry for new allocations,
+    // each the next cluster for kept ones) need the same: one scan instead of a step each.
+    i = steppedRunEnd(slice.data, index, index + nbClusters, newAlloc ? 0 : s.clusterSize) - index;
+    expected += i * s.clusterSize;
+  }
   for (; i < nbClusters; i++) {
     readL2Into(s, slice, index + i, e);
     if (needsNewAlloc(s, e) !== newAlloc) break;

@@ -378,6 +378,18 @@ async function updateRefcount(
  * loop runs hot.
  */
 function changeRefcountsInBlock(s: Qcow2State, block: Table, first: number, end: number, delta: number): number {
+  if (delta > 0 && delta <= s.refcountMax && s.refcountOrder >= 3 && end - first > 1) {
+    // New clusters: refcounts of whole bytes, all zero, all become `delta` at once.
+    const width = 1 << (s.refcountOrder - 3);
+    const from = (first % s.refcountBlockSize) * width;
+    const to = from + (end - first) * width;
+    if (isZeroBuffer(block.data, from, to)) {
+      setRefcount(block, s.refcountOrder, first % s.refcountBlockSize, delta);
+      // The first refcount doubles over the rest by native copies.
+      for (let filled = width; filled < to - from; filled *= 2) block.data.copyWithin(from + filled, from, from + Math.min(filled, to - from - filled));
+      return end;
+    }
+  }
   for (let i = first; i < end; i++) {
     const blockIndex = i % s.refcountBlockSize;
     const refcount = readRefcount(block, s.refcountOrder, blockIndex) + delta;
