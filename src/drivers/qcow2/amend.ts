@@ -11,7 +11,7 @@ import {
   entryOffset, getHi, getLo, getRefcount, HI_COPIED, makeTable, refcountMax, reftableOffset, setRefcount, setReftableOffset, splitOffset,
   type Table,
 } from './entries.js';
-import { checkRefcountWidth, VERSIONS } from './create.js';
+import { checkRefcountWidth, QCOW2_CREATE_OPTIONS, VERSIONS } from './create.js';
 import { amendEncryption } from './encryption.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY,
@@ -25,6 +25,11 @@ import { SNAPSHOT_SIZES_EXTRA_SIZE, validateSnapshotL1, writeSnapshotTable } fro
 import { dataFileIsRaw, hasDataFile, hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
 import { truncateImage } from './truncate.js';
 
+/** The create options amend can change too (their creation defaults go unused here). */
+const AMENDABLE_CREATE_OPTIONS = [
+  'size', 'compat', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw', 'lazy_refcounts', 'refcount_bits',
+];
+
 /** In QEMU's order (`-o help` sorts them). */
 export const QCOW2_AMEND_OPTIONS: readonly CreateOptionSpec[] = [
   { name: 'encrypt.keyslot', type: 'number', help: 'Select a single keyslot to modify explicitly' },
@@ -32,14 +37,7 @@ export const QCOW2_AMEND_OPTIONS: readonly CreateOptionSpec[] = [
   { name: 'encrypt.old-secret', type: 'string', help: 'Select all keyslots that match this password' },
   { name: 'encrypt.new-secret', type: 'string', help: 'New secret to set in the matching keyslots. Empty string to erase' },
   { name: 'encrypt.iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
-  { name: 'size', type: 'size', help: 'Virtual disk size' },
-  { name: 'compat', type: 'string', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
-  { name: 'backing_file', type: 'string', help: 'File name of a base image' },
-  { name: 'backing_fmt', type: 'string', help: 'Image format of the base image' },
-  { name: 'data_file', type: 'string', help: 'File name of an external data file' },
-  { name: 'data_file_raw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
-  { name: 'lazy_refcounts', type: 'bool', help: 'Postpone refcount updates' },
-  { name: 'refcount_bits', type: 'number', help: 'Width of a reference count entry in bits' },
+  ...QCOW2_CREATE_OPTIONS.filter((spec) => AMENDABLE_CREATE_OPTIONS.includes(spec.name)),
 ];
 
 type Report = (done: number, total: number) => void;
