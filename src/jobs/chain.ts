@@ -37,16 +37,17 @@ export function overlayAbove(top: BlockNode, base: BlockNode | undefined): Block
 
 /**
  * A backing image by the name a user gives it, as QEMU's bdrv_find_backing_image: the name in
- * its overlay's header; with a protocol, the image's filename; else a path read relative to
- * each overlay's directory in turn that is the same existing file (after symlinks) as the
- * overlay's backing file. Undefined if absent.
+ * its overlay's header; with a protocol (`json:` too) on either side, that name made full
+ * (relative to the overlay's directory); else a path read relative to each overlay's directory
+ * in turn that is the same existing file (after symlinks) as the overlay's backing file.
+ * Undefined if absent.
  */
 export function findBackingImage(top: BlockNode, name: string): BlockNode | undefined {
   let overlay = top;
   for (const n of backingChain(top)) {
     if (name === overlay.backingFile) return n;
     if (hasProtocolPrefix(name) || hasProtocolPrefix(overlay.backingFile)) {
-      if (name === n.filename) return n;
+      if (name === resolveBackingFilename(overlay.filename, overlay.backingFile)) return n;
     } else {
       const wanted = realFile(resolveBackingFilename(overlay.filename, name));
       if (wanted !== undefined && wanted === realFile(resolveBackingFilename(overlay.filename, overlay.backingFile))) return n;
