@@ -1,6 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
+import { DirtyBitmap } from '../../../../src/block/dirty-bitmap.js';
+import type { BlockNode } from '../../../../src/block/node.js';
 import { addBitmap, findBitmap } from '../../../../src/block/node-bitmaps.js';
+import { checkCanStoreBitmap } from '../../../../src/drivers/qcow2/bitmaps-store.js';
+import type { Qcow2State } from '../../../../src/drivers/qcow2/state.js';
 import { createQcow2, expectClean, haveQemu, openQcow2, pattern, qemuImg, qemuIo, tempDir } from './helpers.js';
 
 const tmp = tempDir();
@@ -69,5 +73,27 @@ describe('qcow2 persistent bitmaps through the library', () => {
     qemuIo(theirs, ['write -P 7 0 512', `write -P 8 ${5 * 2 ** 20 + 100} 70000`, `discard ${9 * 2 ** 20} 64k`]);
     expect(readFileSync(ours).equals(readFileSync(theirs))).toBe(true);
     expectClean(ours);
+  });
+});
+
+describe('checkCanStoreBitmap', () => {
+  const state = { header: { version: 3 }, size: 2 ** 20, clusterSize: 65536 } as unknown as Qcow2State;
+  const nodeWith = (bitmaps: DirtyBitmap[]) => ({ nodeName: '#block001', dirtyBitmaps: bitmaps }) as unknown as BlockNode;
+  const persistent = (name: string) => Object.assign(new DirtyBitmap(name, 65536, 2 ** 20), { persistent: true });
+  const prefix = "Can't make bitmap 'new' persistent in '#block001': ";
+
+  it('takes up to 65535 bitmaps', () => {
+    const many = Array.from({ length: 65534 }, (_, i) => persistent(`b${i}`));
+    expect(() => checkCanStoreBitmap(state, nodeWith(many), 'new', 65536)).not.toThrow();
+    many.push(persistent('one more'));
+    expect(() => checkCanStoreBitmap(state, nodeWith(many), 'new', 65536)).toThrow(`${prefix}Maximum number of persistent bitmaps is already reached`);
+  });
+
+  it('refuses a directory beyond 64 MiB, a name in use, v2 images', () => {
+    const long = Array.from({ length: 64100 }, (_, i) => persistent(`${'x'.repeat(1016)}${String(i).padStart(5, '0')}`));
+    expect(() => checkCanStoreBitmap(state, nodeWith(long), 'new', 65536)).toThrow(`${prefix}Not enough space in the bitmap directory`);
+    expect(() => checkCanStoreBitmap(state, nodeWith([persistent('new')]), 'new', 65536)).toThrow('Bitmap already exists: new');
+    const v2 = { ...state, header: { version: 2 } } as unknown as Qcow2State;
+    expect(() => checkCanStoreBitmap(v2, nodeWith([]), 'new', 65536)).toThrow(`${prefix}Cannot store dirty bitmaps in qcow2 v2 files`);
   });
 });
