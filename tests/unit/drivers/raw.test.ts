@@ -48,7 +48,7 @@ describe('raw offset and size', () => {
   });
 
   it('changes the window on reopen, checked as at open', async () => {
-    const node = await openRaw({ offset: '512', size: '1024' });
+    const node = (await openRaw({ offset: '512', size: '1024' })) as Parameters<NonNullable<typeof rawDriver.prepareReopen>>[0];
     expect(() => rawDriver.prepareReopen!(node, { offset: 70000n, size: undefined }))
       .toThrow('Offset (70000) cannot be greater than size of the containing file (65536)');
     expect(() => rawDriver.prepareReopen!(node, { offset: 0n, size: 1000n })).toThrow('Specified size is not multiple of 512');
