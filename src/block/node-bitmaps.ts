@@ -45,7 +45,7 @@ function lookupBitmap(node: BlockNode, name: string): DirtyBitmap {
 /** A new bitmap over `size` bytes of `node` (bdrv_create_dirty_bitmap); the caller adds it to the node. */
 export function createBitmap(node: BlockNode, name: string, granularity: number, size: number): DirtyBitmap {
   if (findBitmap(node, name)) throw new BlkioError('EEXIST', `Bitmap already exists: ${name}`);
-  if (Buffer.byteLength(name) > MAX_NAME_SIZE) throw new BlkioError('EINVAL', `Bitmap name too long: ${name}`);
+  if (new TextEncoder().encode(name).length > MAX_NAME_SIZE) throw new BlkioError('EINVAL', `Bitmap name too long: ${name}`);
   return new DirtyBitmap(name, granularity, size);
 }
 
