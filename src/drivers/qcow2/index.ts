@@ -9,7 +9,7 @@ import { ROLE_DATA, ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type O
 import type { BlockNode } from '../../block/node.js';
 import { updateEdgePerms, type OpenContext } from '../../block/graph.js';
 import { debugEvent } from '../../block/io.js';
-import { defaultChildPerms, PERM_ALL } from '../../block/permissions.js';
+import { defaultChildPerms, PERM_ALL, refreshPermissions } from '../../block/permissions.js';
 import {
   REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_ZERO_WRITE, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO,
 } from '../../block/flags.js';
@@ -394,6 +394,8 @@ async function openDataFile(s: Qcow2State, ctx: OpenContext): Promise<void> {
     return;
   }
   const given = await ctx.openChild('data-file', ROLE_DATA, { allowNone: true });
+  // Attached, the child takes its permissions first: a conflict is the error QEMU reports.
+  if (given) refreshPermissions(new Map(), [ctx.node]);
   if (!hasDataFile(s)) {
     if (given) throw new BlkioError('EINVAL', "'data-file' can only be set for images with an external data file");
     if (dataFileIsRaw(s)) throw new BlkioError('EINVAL', 'data-file-raw requires a data file');
