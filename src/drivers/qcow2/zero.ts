@@ -50,25 +50,26 @@ export async function clusterDiscard(s: Qcow2State, offset: number, bytes: numbe
     forEachSlice(s, offset, Math.ceil(bytes / s.clusterSize), (pos, nb) => discardInSlice(s, pos, nb, type, fullDiscard)));
 }
 
-async function discardInSlice(s: Qcow2State, offset: number, nbClusters: number, type: DiscardType, fullDiscard: boolean): Promise<number> {
+/**
+ * Rewrite the L2 entries of the clusters from `offset` in its slice (at most `nbClusters`) to
+ * what `rewrite` makes of each; the host clusters of changed entries that `givesUp` names are
+ * freed (as `type`) once the slice is done. Returns how many clusters the slice held.
+ */
+async function rewriteInSlice(
+  s: Qcow2State, offset: number, nbClusters: number, type: DiscardType,
+  rewrite: (old: L2Entry) => L2Entry, givesUp: (old: L2Entry) => boolean,
+): Promise<number> {
   const { slice, index } = await getClusterTable(s, offset);
   const freed: L2Entry[] = [];
   try {
     nbClusters = Math.min(nbClusters, s.l2SliceSize - index);
     for (let i = 0; i < nbClusters; i++) {
       const old = readL2(s, slice, index + i);
-      let entry = old;
-      if (fullDiscard) {
-        entry = { hi: 0, lo: 0, zero: 0, alloc: 0 };
-      } else if (s.node?.backing || isAllocatedType(clusterType(s, old))) {
-        entry = s.extendedL2
-          ? { hi: 0, lo: 0, zero: ALL_ONES, alloc: 0 }
-          : { hi: 0, lo: s.header.version >= 3 ? LO_ZERO : 0, zero: 0, alloc: 0 };
-      }
+      const entry = rewrite(old);
       if (sameEntry(old, entry)) continue;
       s.l2Cache.markDirty(slice);
       writeL2(s, slice, index + i, entry);
-      freed.push(old);
+      if (givesUp(old)) freed.push(old);
     }
   } finally {
     s.l2Cache.put(slice);
@@ -77,33 +78,34 @@ async function discardInSlice(s: Qcow2State, offset: number, nbClusters: number,
   return nbClusters;
 }
 
+function discardInSlice(s: Qcow2State, offset: number, nbClusters: number, type: DiscardType, fullDiscard: boolean): Promise<number> {
+  const discarded = (old: L2Entry): L2Entry => {
+    if (fullDiscard) return { hi: 0, lo: 0, zero: 0, alloc: 0 };
+    if (!s.node?.backing && !isAllocatedType(clusterType(s, old))) return old;
+    return s.extendedL2
+      ? { hi: 0, lo: 0, zero: ALL_ONES, alloc: 0 }
+      : { hi: 0, lo: s.header.version >= 3 ? LO_ZERO : 0, zero: 0, alloc: 0 };
+  };
+  return rewriteInSlice(s, offset, nbClusters, type, discarded, () => true);
+}
+
 /** Mark whole clusters as zero; with MAY_UNMAP (or for compressed clusters) give up their host clusters. */
-async function zeroInSlice(s: Qcow2State, offset: number, nbClusters: number, flags: number): Promise<number> {
-  const { slice, index } = await getClusterTable(s, offset);
-  const freed: L2Entry[] = [];
-  try {
-    nbClusters = Math.min(nbClusters, s.l2SliceSize - index);
-    for (let i = 0; i < nbClusters; i++) {
-      const old = readL2(s, slice, index + i);
-      const type = clusterType(s, old);
-      const unmap = type === ClusterType.Compressed || ((flags & REQ_MAY_UNMAP) !== 0 && isAllocatedType(type));
-      const entry: L2Entry = unmap ? { hi: 0, lo: 0, zero: old.zero, alloc: old.alloc } : { ...old };
-      if (s.extendedL2) {
-        entry.zero = ALL_ONES;
-        entry.alloc = 0;
-      } else {
-        entry.lo |= LO_ZERO;
-      }
-      if (sameEntry(old, entry)) continue;
-      s.l2Cache.markDirty(slice);
-      writeL2(s, slice, index + i, entry);
-      if (unmap) freed.push(old);
+function zeroInSlice(s: Qcow2State, offset: number, nbClusters: number, flags: number): Promise<number> {
+  const unmaps = (old: L2Entry): boolean => {
+    const type = clusterType(s, old);
+    return type === ClusterType.Compressed || ((flags & REQ_MAY_UNMAP) !== 0 && isAllocatedType(type));
+  };
+  const zeroed = (old: L2Entry): L2Entry => {
+    const entry: L2Entry = unmaps(old) ? { hi: 0, lo: 0, zero: old.zero, alloc: old.alloc } : { ...old };
+    if (s.extendedL2) {
+      entry.zero = ALL_ONES;
+      entry.alloc = 0;
+    } else {
+      entry.lo |= LO_ZERO;
     }
-  } finally {
-    s.l2Cache.put(slice);
-  }
-  for (const old of freed) await freeAnyCluster(s, old.hi, old.lo, 'request');
-  return nbClusters;
+    return entry;
+  };
+  return rewriteInSlice(s, offset, nbClusters, 'request', zeroed, unmaps);
 }
 
 /** Mark `count` subclusters from the one at `offset` as zero (extended L2, partial cluster). */
