@@ -15,10 +15,10 @@
  */
 import { BlkioError, toBlkioError } from '../errors.js';
 import type { BdrvChild } from '../block/child.js';
-import { ROLE_DATA, type BlockDriver } from '../block/driver.js';
+import { ROLE_DATA, type BlockDriver, type BlockStatusResult } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
-import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_WRITE_UNCHANGED } from '../block/flags.js';
-import { supportedZeroFlags } from '../block/io.js';
+import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_WRITE_UNCHANGED, STATUS_ALLOCATED, STATUS_DATA, STATUS_ZERO } from '../block/flags.js';
+import { chainNext, nodeBlockStatus, supportedZeroFlags } from '../block/io.js';
 import { PERM_CONSISTENT_READ, PERM_PASSTHROUGH, PERM_WRITE, PERM_WRITE_UNCHANGED } from '../block/permissions.js';
 import type { FlatOptions } from '../options/types.js';
 import { firstDifference } from './blkverify.js';
@@ -175,6 +175,40 @@ async function readQuorum(node: BlockNode<QuorumState>, offset: number, bytes: n
  * Flush the children one after another; a failing child is reported. Enough successes make the
  * flush succeed, else it fails with the error most children gave (no QUORUM_FAILURE event).
  */
+/** A child's status through its backing chain: the first layer that has the range answers. */
+async function chainStatus(top: BlockNode, offset: number, bytes: number): Promise<BlockStatusResult> {
+  let r = await nodeBlockStatus(top, offset, bytes);
+  for (let n = chainNext(top); n && r.pnum > 0 && !(r.status & STATUS_ALLOCATED); n = chainNext(n)) {
+    const below = await nodeBlockStatus(n, offset, r.pnum);
+    // Past the end of a shorter layer: zeroes.
+    r = below.pnum === 0 ? { status: STATUS_ZERO | STATUS_ALLOCATED, pnum: r.pnum } : below;
+  }
+  return r;
+}
+
+/**
+ * Zeroes where every child reads zeroes (for the shortest such run), else data (for the longest
+ * run of a child that does not: unallocated ranges of a protocol count as data); never a host
+ * offset. A child that fails makes the range data, reported as a bad read.
+ */
+async function blockStatus(node: BlockNode<QuorumState>, offset: number, bytes: number): Promise<BlockStatusResult> {
+  let dataBytes = 0;
+  let zeroBytes = bytes;
+  for (const [i, child] of node.state.children.entries()) {
+    let r: BlockStatusResult;
+    try {
+      r = await chainStatus(child.node, offset, bytes);
+    } catch (e) {
+      reportBad(node, 'read', i, offset, bytes, toBlkioError(e));
+      dataBytes = bytes;
+      break;
+    }
+    if (r.status & STATUS_ZERO) zeroBytes = Math.min(zeroBytes, r.pnum);
+    else dataBytes = Math.max(dataBytes, r.pnum);
+  }
+  return dataBytes > 0 ? { status: STATUS_DATA, pnum: dataBytes } : { status: STATUS_ZERO, pnum: zeroBytes };
+}
+
 async function flushAll(node: BlockNode<QuorumState>): Promise<void> {
   const results: Result[] = [];
   for (const [i, child] of node.state.children.entries()) {
@@ -248,4 +282,5 @@ export const quorumDriver: BlockDriver<QuorumState> = {
   write: (node, offset, bytes, buf, flags) => writeAll(node, offset, bytes, (c) => c.write(offset, bytes, buf, flags)),
   writeZeroes: (node, offset, bytes, flags) => writeAll(node, offset, bytes, (c) => c.writeZeroes(offset, bytes, flags)),
   flushAll,
+  blockStatus,
 };
