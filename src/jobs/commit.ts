@@ -24,7 +24,7 @@ import { PERM_ALL, PERM_RESIZE, PERM_WRITE } from '../block/permissions.js';
 import type { FlatOptions } from '../options/types.js';
 import { backingChain, findBackingImage } from './chain.js';
 import { Job, type JobOptions } from './job.js';
-import { mirrorCopy, planAbove } from './mirror.js';
+import { mirrorCopy, planAboveInChunks } from './mirror.js';
 
 export interface CommitOptions extends JobOptions {
   /** `-d`: leave top's data in place (commit only). */
@@ -40,7 +40,7 @@ export async function commit(layer: BlockLayer, top: BlockNode, base: BlockNode,
       const resizer = job.attach(base, PERM_WRITE | PERM_RESIZE, PERM_ALL);
       await resizer.truncate(length, false);
     }
-    await mirrorCopy(job, top, base, planAbove(top, base, false));
+    await mirrorCopy(job, top, base, planAboveInChunks(top, base, base));
   });
   // A format that cannot empty itself keeps its data, as qemu-img ignores ENOTSUP here.
   if (!options.drop && top.driver.makeEmpty) await top.driver.makeEmpty(top);

@@ -12,6 +12,7 @@ import { BlkioError } from '../errors.js';
 import type { BlockLayer } from '../block/graph.js';
 import { REQ_MAY_UNMAP } from '../block/flags.js';
 import type { BlockNode } from '../block/node.js';
+import { nodeInfo } from '../block/io.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../block/permissions.js';
 import { withRangeLock } from '../drivers/mirror-top.js';
 import { ioBuffer } from '../io-buffers.js';
@@ -35,6 +36,61 @@ export function planAbove(source: BlockNode, stop: BlockNode | undefined, target
     const s = await chainStatus(source, stop, offset, bytes);
     if (!s.allocated || (s.zero && targetReadsZero)) return { action: 'skip', bytes: s.pnum };
     return { action: s.zero ? 'zero' : 'copy', bytes: s.pnum };
+  };
+}
+
+
+/** QEMU's default dirty-bitmap granularity: the target's cluster size within [4 KiB, 64 KiB], else 64 KiB. */
+function defaultGranularity(target: BlockNode): number {
+  const clusterSize = nodeInfo(target).clusterSize;
+  return clusterSize ? Math.min(Math.max(clusterSize, 4096), 65536) : 65536;
+}
+
+/**
+ * Plan for copying what `source` holds above `stop` into `target` as QEMU's mirror (and so
+ * qemu-img commit) does: in chunks of the granularity, a chunk being dirty when any byte of it
+ * is allocated above `stop`. A dirty run is copied as the whole chain reads it: data from its
+ * start takes whole chunks along (a 4 KiB write in a 64 KiB chunk copies the 64 KiB); zeroes
+ * are written as zeroes only over whole chunks aligned to the target's clusters.
+ */
+export function planAboveInChunks(source: BlockNode, stop: BlockNode, target: BlockNode): RangePlanner {
+  const granularity = defaultGranularity(target);
+  const targetCluster = nodeInfo(target).clusterSize ?? 1;
+  const chunkEnd = (pos: number, limit: number) => Math.min(Math.ceil(pos / granularity) * granularity, limit);
+  /** Whether the chunk at `pos` is dirty, and how many bytes from `pos` (whole chunks) share that answer. */
+  const dirtyAt = async (pos: number, limit: number): Promise<{ dirty: boolean; bytes: number }> => {
+    const end = chunkEnd(pos + 1, limit);
+    for (let p = pos; p < end;) {
+      const s = await chainStatus(source, stop, p, limit - p);
+      if (s.allocated) return { dirty: true, bytes: chunkEnd(p + s.pnum, limit) - pos };
+      if (p === pos && p + s.pnum >= end) {
+        const cleanEnd = p + s.pnum >= limit ? limit : Math.floor((p + s.pnum) / granularity) * granularity;
+        return { dirty: false, bytes: cleanEnd - pos };
+      }
+      p += s.pnum;
+    }
+    return { dirty: false, bytes: end - pos };
+  };
+  return async (offset, bytes) => {
+    const limit = offset + bytes;
+    const first = await dirtyAt(offset, limit);
+    if (!first.dirty) return { action: 'skip', bytes: first.bytes };
+    let runEnd = offset + first.bytes;
+    while (runEnd < limit) {
+      const next = await dirtyAt(runEnd, limit);
+      if (!next.dirty) break;
+      runEnd += next.bytes;
+    }
+    const whole = await chainStatus(source, undefined, offset, runEnd - offset);
+    const wholeChunks = offset + whole.pnum >= runEnd
+      ? runEnd - offset : Math.floor((offset + whole.pnum) / granularity) * granularity - offset;
+    const oneChunk = chunkEnd(offset + 1, runEnd) - offset;
+    // Unallocated down to the bottom reads as zeroes too.
+    const readsZero = !whole.allocated || whole.zero;
+    if (!readsZero) return { action: 'copy', bytes: Math.max(wholeChunks, oneChunk) };
+    if (wholeChunks < oneChunk) return { action: 'copy', bytes: oneChunk };
+    const aligned = offset % targetCluster === 0 && (offset + wholeChunks) % targetCluster === 0;
+    return { action: aligned ? 'zero' : 'copy', bytes: wholeChunks };
   };
 }
 
