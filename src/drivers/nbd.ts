@@ -4,7 +4,7 @@
  * `nbd:unix:PATH[:exportname=NAME]`, or the options `server.*` and `export`). The wire protocol
  * is src/nbd/client.ts. blkio speaks plain NBD only: no TLS, no reconnection.
  */
-import { BlkioError } from '../errors.js';
+import { BlkioError, toBlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
 import type { FlatOptions } from '../options/types.js';
@@ -175,6 +175,25 @@ export const nbdDriver: BlockDriver<NbdState> = {
     'x-dirty-bitmap': { type: 'string' },
     'reconnect-delay': { type: 'number' },
     'open-timeout': { type: 'number' },
+  },
+
+  createOptions: [
+    { name: 'size', type: 'size', help: 'Virtual disk size' },
+    { name: 'preallocation', type: 'string', help: 'Preallocation mode (allowed values: off)' },
+  ],
+
+  /**
+   * An export exists already: "creating" one checks that it is large enough and clears its
+   * first sector (so no old header is probed there), as QEMU's generic creation does.
+   */
+  async create(file, request) {
+    const prealloc = String(request.options.preallocation ?? 'off');
+    if (prealloc !== 'off') throw new BlkioError('ENOTSUP', `Unsupported preallocation mode '${prealloc}'`);
+    await file.truncate(request.size, false);
+    if (request.size === 0) return;
+    await file.writeZeroes(0, Math.min(request.size, 512), REQ_MAY_UNMAP).catch((e: unknown) => {
+      throw toBlkioError(e).prepend("Failed to clear the new image's first sector: ");
+    });
   },
 
   parseFilename(filename, options) {

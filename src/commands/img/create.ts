@@ -116,7 +116,7 @@ export function findProtocol(filename: string): BlockDriver<any> {
   const stop = filename.search(/[:/]/);
   if (stop < 0 || filename[stop] !== ':') return fileDriver;
   const prefix = filename.slice(0, stop);
-  const driver = allDrivers.find((d) => d.kind !== 'format' && d.protocolPrefix === prefix);
+  const driver = allDrivers.find((d) => d.kind !== 'format' && (d.protocolPrefix === prefix || d.otherProtocolPrefixes?.includes(prefix)));
   if (driver) return driver;
   throw new BlkioError('EINVAL', `Unknown protocol '${prefix}'`);
 }
@@ -269,15 +269,40 @@ async function probeBacking(layer: BlockLayer, filename: string, backingFile: st
 export async function createImageFile(
   layer: BlockLayer, driver: BlockDriver<any>, protocol: BlockDriver<any>, request: CreateRequest,
 ): Promise<void> {
-  if (protocol.name !== 'file') throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
+  if (protocol.name !== 'file' && !protocol.create) throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
   const creator = driver.kind === 'protocol' ? layer.driver('raw')! : driver;
   creator.checkCreateOptions?.(request);
   protocol.checkCreateOptions?.(request);
+  if (protocol.name !== 'file') {
+    await withExistingNode(layer, protocol, request, creator);
+    return;
+  }
   await withEmptyFile(layer, request.filename, creator.removesFailedImage ?? false, (edge) => creator.create!(edge, {
     ...request,
     // As QEMU does, a further file whose image could not be made is not left behind.
     withNewFile: (filename, use) => withEmptyFile(layer, filename, true, use),
   }));
+}
+
+/**
+ * Creation on a protocol whose images exist already (QEMU's bdrv_co_create_opts_simple, as
+ * NBD's): the node is opened and its driver's `create` checks and prepares it; a format then
+ * lays out its image there (raw's creation is the protocol's alone).
+ */
+async function withExistingNode(layer: BlockLayer, protocol: BlockDriver<any>, request: CreateRequest, creator: BlockDriver<any>): Promise<void> {
+  const node = await layer.openNode(request.filename, {}, { protocol: true, inherited: {} }).catch((e: unknown) => {
+    throw toBlkioError(e).prepend(`Protocol driver '${protocol.name}' does not support image creation, and opening the image failed: `);
+  });
+  const edge = new BdrvChild({ describe: () => 'image creation' }, 'file', ROLE_IMAGE, node);
+  try {
+    attachChild(edge, PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE, PERM_ALL);
+    await edge.create(request);
+    if (creator.name !== 'raw') await creator.create!(edge, request);
+    await edge.flush();
+  } finally {
+    layer.releaseEdge(edge);
+    await layer.closeNode(node);
+  }
 }
 
 /**
