@@ -12,7 +12,7 @@ import {
   ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_IMAGE, ROLE_METADATA, type BlockDriver, type OptionSpecs, type ParsedOptions,
 } from './driver.js';
 import { qemuFilename } from './filename.js';
-import { BlockNode, type DetectZeroes } from './node.js';
+import { BlockNode, limitsFrom, type DetectZeroes } from './node.js';
 import { PERM_ALL, refreshPermissions, type PermPair } from './permissions.js';
 
 /** How a node is being opened: what it inherits from its parent. */
@@ -584,7 +584,7 @@ export function parseDriverOptions(driver: { options: OptionSpecs }, options: Fl
 /** Filters and thin formats take the limits of the child they pass requests to. */
 export function inheritLimits(node: BlockNode): void {
   const below = node.filteredChild?.node;
-  if (below) node.limits = { ...below.limits };
+  if (below) node.limits = limitsFrom(below);
   node.driver.refreshLimits?.(node);
 }
 

@@ -304,19 +304,70 @@ export async function childWrite(child: BdrvChild, offset: number, bytes: number
   const finish = await beginRequest(node, start, end, !aligned || (flags & REQ_SERIALISING) !== 0);
   try {
     if (aligned) {
-      await (flags & REQ_ZERO_WRITE ? driverZeroes(node, offset, bytes, flags) : driverWrite(node, offset, bytes, buf!, flags));
+      await alignedWrite(node, offset, bytes, buf, flags);
       return;
     }
     // Read-modify-write of the partial blocks at either end.
     const padded = new Uint8Array(end - start);
-    await driverRead(node, start, Math.min(align, end - start), padded.subarray(0, Math.min(align, end - start)), 0);
-    if (end - align > start) await driverRead(node, end - align, align, padded.subarray(end - align - start), 0);
-    if (flags & REQ_ZERO_WRITE) padded.fill(0, offset - start, offset - start + bytes);
-    else padded.set(buf!.subarray(0, bytes), offset - start);
-    await driverWrite(node, start, end - start, padded, flags & ~(REQ_ZERO_WRITE | REQ_MAY_UNMAP | REQ_NO_FALLBACK));
+    const head = offset - start;
+    const tail = end - (offset + bytes);
+    const merged = isMergedPadding(end - start, align, head, tail);
+    await readPadding(node, start, end, head > 0, tail > 0, merged, padded);
+    const dataFlags = flags & ~(REQ_ZERO_WRITE | REQ_MAY_UNMAP | REQ_NO_FALLBACK);
+    if (!(flags & REQ_ZERO_WRITE)) {
+      padded.set(buf!.subarray(0, bytes), head);
+      await alignedWrite(node, start, end - start, padded, dataFlags);
+      return;
+    }
+    // Zeroes: the padded blocks are written as data, the aligned middle as zeroes.
+    padded.fill(0, head, head + bytes);
+    let pos = start;
+    if (head || merged) {
+      pos += merged ? end - start : align;
+      await alignedWrite(node, start, pos - start, padded.subarray(0, pos - start), dataFlags);
+    }
+    const middleEnd = tail ? end - align : end;
+    if (middleEnd > pos) await alignedWrite(node, pos, middleEnd - pos, null, flags);
+    if (tail && !merged) await alignedWrite(node, end - align, align, padded.subarray(end - align - start), dataFlags);
   } finally {
     writeFinished(node, start, end - start);
     finish();
+  }
+}
+
+/**
+ * Whether the blocks padding a request are read (and, for zeroes, written) as one: a request
+ * within one block, or with partial blocks at both ends that are neighbours (QEMU's merge_reads).
+ */
+function isMergedPadding(paddedBytes: number, align: number, head: number, tail: number): boolean {
+  return paddedBytes === align || (paddedBytes === 2 * align && head > 0 && tail > 0);
+}
+
+/** The partial blocks at either end of an unaligned write, between QEMU's blkdebug events. */
+async function readPadding(
+  node: BlockNode, start: number, end: number, head: boolean, tail: boolean, merged: boolean, padded: Uint8Array,
+): Promise<void> {
+  const align = node.limits.requestAlignment;
+  const read = async (offset: number, bytes: number, events: readonly string[]) => {
+    for (const e of events) await debugEvent(node, `pwritev_rmw_${e}`);
+    await driverRead(node, offset, bytes, padded.subarray(offset - start, offset - start + bytes), 0);
+    for (const e of events) await debugEvent(node, `pwritev_rmw_after_${e}`);
+  };
+  if (merged) return read(start, end - start, [...(head ? ['head'] : []), ...(tail ? ['tail'] : [])]);
+  if (head) await read(start, align, ['head']);
+  if (tail) await read(end - align, align, ['tail']);
+}
+
+/** One aligned write or zero write (QEMU's bdrv_aligned_pwritev), between its blkdebug events. */
+async function alignedWrite(node: BlockNode, offset: number, bytes: number, buf: Uint8Array | null, flags: number): Promise<void> {
+  const zero = (flags & REQ_ZERO_WRITE) !== 0;
+  const write = () => (zero ? driverZeroes(node, offset, bytes, flags) : driverWrite(node, offset, bytes, buf!, flags));
+  if (!node.driver.debugEvent) return write();
+  await debugEvent(node, zero ? 'pwritev_zero' : 'pwritev');
+  try {
+    await write();
+  } finally {
+    await debugEvent(node, 'pwritev_done');
   }
 }
 
@@ -380,6 +431,7 @@ export async function childWriteCompressed(child: BdrvChild, offset: number, byt
   try {
     await node.driver.writeCompressed(node, offset, bytes, buf);
   } finally {
+    await debugEvent(node, 'pwritev_done');
     writeFinished(node, offset, bytes);
     finish();
   }
@@ -432,8 +484,14 @@ export async function nodeFlush(node: BlockNode): Promise<void> {
   if (node.readOnly) return;
   if (node.driver.flushAll) return node.driver.flushAll(node);
   const generation = node.writeGeneration;
+  // QEMU raises the flush events on the primary child, whether the driver has the step or not.
+  const primary = node.children.find((c) => c.role & ROLE_PRIMARY)?.node;
+  await debugEvent(primary, 'flush_to_os');
   if (node.driver.flush) await node.driver.flush(node);
-  if (node.driver.flushToDisk && !node.noFlush && node.flushedGeneration !== generation) await node.driver.flushToDisk(node);
+  if (!node.noFlush && node.flushedGeneration !== generation) {
+    await debugEvent(primary, 'flush_to_disk');
+    if (node.driver.flushToDisk) await node.driver.flushToDisk(node);
+  }
   let failure: unknown;
   for (const c of node.children) {
     if (!(c.perm & (PERM_WRITE | PERM_WRITE_UNCHANGED))) continue;

@@ -20,6 +20,15 @@ export interface BlockLimits {
   maxDiscard: number;
 }
 
+/**
+ * The limits a node takes from the child it passes requests to: all but the request alignment,
+ * as QEMU's bdrv_merge_limits, so an unaligned request is padded by the child (between its
+ * blkdebug events) and not above it.
+ */
+export function limitsFrom(child: BlockNode): BlockLimits {
+  return { ...child.limits, requestAlignment: 1 };
+}
+
 export type DetectZeroes = 'off' | 'on' | 'unmap';
 
 /** A request currently in flight on a node, for serialisation of overlapping requests. */

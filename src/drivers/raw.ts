@@ -10,6 +10,7 @@ import {
 } from '../block/flags.js';
 import { defaultChildPerms, PERM_RESIZE, PERM_WRITE } from '../block/permissions.js';
 import { debugEvent, nodeInfo, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
+import { limitsFrom } from '../block/node.js';
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
 /** What a probed image's writes are checked against: the first sector. */
@@ -91,9 +92,9 @@ export const rawDriver: BlockDriver<RawState> = {
   },
 
   refreshLimits(node) {
-    node.limits = { ...node.state.file.node.limits };
+    node.limits = limitsFrom(node.state.file.node);
     // A probed image is written in whole first sectors, so that each can be checked (write()).
-    if (node.probed) node.limits.requestAlignment = Math.max(PROBE_SECTOR, node.limits.requestAlignment);
+    if (node.probed) node.limits.requestAlignment = PROBE_SECTOR;
   },
 
   childPerm(node, child, parents) {

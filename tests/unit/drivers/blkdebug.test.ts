@@ -91,6 +91,23 @@ describe('blkdebug driver', () => {
 
   const read = (blk: BlockBackend, offset: number, bytes: number) => blk.read(offset, bytes, new Uint8Array(bytes));
 
+  it('raises the generic write events on itself, padding unaligned writes below a raw node', async () => {
+    const blk = await rawOverBlkdebug({ align: 4096 });
+    const blkdebug = blk.root.node.children[0].node;
+    expect(blk.root.node.limits.requestAlignment).toBe(1);
+    const events: string[] = [];
+    const fire = blkdebug.driver.debugEvent!;
+    blkdebug.driver = { ...blkdebug.driver, debugEvent: (n, e) => (events.push(e), fire(n, e)) };
+    await blk.write(100, 200, new Uint8Array(200), 0);
+    expect(events).toEqual(['write_aio', 'pwritev_rmw_head', 'pwritev_rmw_tail', 'pwritev_rmw_after_head',
+      'pwritev_rmw_after_tail', 'pwritev', 'pwritev_done']);
+    // Zeroes: the padded blocks as data, the aligned middle as a zero write.
+    events.length = 0;
+    await blk.writeZeroes(100, 9000, 0);
+    expect(events).toEqual(['pwritev_rmw_head', 'pwritev_rmw_after_head', 'pwritev_rmw_tail', 'pwritev_rmw_after_tail',
+      'pwritev', 'pwritev_done', 'pwritev_zero', 'pwritev_done', 'pwritev', 'pwritev_done']);
+  });
+
   it('fails requests after the event, at the rule sector only', async () => {
     const blk = await rawOverBlkdebug({ 'inject-error.0.event': 'read_aio', 'inject-error.0.sector': 2 });
     await expect(read(blk, 0, 1024)).resolves.toBeUndefined();
