@@ -200,6 +200,8 @@ async function handleAlloc(s: Qcow2State, guestOffset: number, expected: number,
 function scanWrittenClusters(
   s: Qcow2State, slice: Table, index: number, nbClusters: number, cowStartTo: number, cowEndFrom: number, keepOld: boolean,
 ): { invalidAt: number; skipCow: boolean } {
+  // Only extended entries can be invalid: for new clusters there is nothing else to learn.
+  if (!keepOld && !s.extendedL2) return { invalidAt: -1, skipCow: false };
   let skipCow = keepOld;
   const e: L2Entry = { hi: 0, lo: 0, zero: 0, alloc: 0 };
   for (let i = 0; i < nbClusters; i++) {
