@@ -79,9 +79,13 @@ export function parseOptionString(session: IoSession, text: string, into: FlatOp
   }
 }
 
-/** Whether the graph below `node` reads host files (QEMU's native AIO applies to those). */
+/**
+ * Whether the graph below `node` reads host files that take the program's AIO mode (QEMU's
+ * native AIO applies to those; a node given its own `aio` option keeps it).
+ */
 export function usesHostFiles(node: BlockNode): boolean {
-  return node.driver.name === 'file' || node.children.some((edge) => usesHostFiles(edge.node));
+  const hostFile = (node.driver.name === 'file' || node.driver.name === 'host_device') && node.openOptions.aio === undefined;
+  return hostFile || node.children.some((edge) => usesHostFiles(edge.node));
 }
 
 /**
