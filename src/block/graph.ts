@@ -3,7 +3,7 @@
  * children by role, references to existing node names, implicit nodes, and permissions checked
  * on every change. A BlockLayer holds one process's nodes; there is no global state.
  */
-import { BlkioError } from '../errors.js';
+import { BlkioError, toBlkioError } from '../errors.js';
 import type { FlatOptions, OptionScalar, OptionTree } from '../options/types.js';
 import { extractPrefix, isJsonFilename, parseJsonFilename, qdictCopy, qdictKeyOrder } from '../options/json.js';
 import { parseBool, parseNumber, parseNumberExact, parseSizeOption, parseSizeOptionExact, qemuOptsValue } from '../options/qemuopts.js';
@@ -381,7 +381,11 @@ export class BlockLayer {
     try {
       const len = Math.min(PROBE_BYTES, file.getLength());
       const header = new Uint8Array(len);
-      if (len > 0) await edge.read(0, len, header);
+      if (len > 0) {
+        await edge.read(0, len, header).catch((e: unknown) => {
+          throw toBlkioError(e).prepend('Could not read image for determining its format: ');
+        });
+      }
       return this.probeHeader(header, file.filename);
     } finally {
       detachChild(edge);

@@ -151,18 +151,11 @@ class SocketReader {
     waiter?.();
   }
 
-  /** Whether the peer closed the connection with nothing left to read. */
-  async atEnd(): Promise<boolean> {
-    while (this.buffered === 0 && !this.ended && !this.error) await new Promise<void>((resolve) => (this.waiter = resolve));
-    return this.buffered === 0;
-  }
-
   /** Exactly `length` bytes into `target` (a new buffer when absent); EIO when the stream ends first. */
   async read(length: number, target?: Uint8Array): Promise<Buffer> {
     while (this.buffered < length) {
-      if (this.error || this.ended) {
-        throw new BlkioError('EIO', this.error ? this.error.message : 'Unexpected end-of-file before all data were read');
-      }
+      // A reset or a failed write means the peer is gone, as an end of the stream does.
+      if (this.error || this.ended) throw new BlkioError('EIO', 'Unexpected end-of-file before all data were read');
       await new Promise<void>((resolve) => (this.waiter = resolve));
     }
     const out = target ? Buffer.from(target.buffer, target.byteOffset, length) : Buffer.allocUnsafe(length);
@@ -242,7 +235,7 @@ class Negotiation {
 
   async reply(option: number): Promise<OptionReply> {
     const header = await this.reader.read(20).catch((e: BlkioError) => {
-      throw e.prepend('failed to read option reply: ');
+      throw e.prepend('Failed to read option reply: ');
     });
     if (header.readBigUInt64BE(0) !== OPTION_REPLY_MAGIC) throw protocolError('Unexpected option reply magic');
     const replied = header.readUInt32BE(8);
@@ -443,17 +436,29 @@ export class NbdClient {
   }
 
   private static async handshake(socket: Socket, reader: SocketReader, exportName: string, context: string): Promise<NbdExportInfo> {
-    if (await reader.atEnd()) throw new BlkioError('EINVAL', 'Server connection closed unexpectedly');
-    const hello = await reader.read(8).catch((e: BlkioError) => {
+    const hello = (await reader.read(8).catch((e: BlkioError) => {
       throw e.prepend('Failed to read initial magic: ');
-    });
-    if (hello.readBigUInt64BE(0) !== NBD_MAGIC) throw protocolError('Invalid magic received');
+    })).readBigUInt64BE(0);
+    if (hello !== NBD_MAGIC) throw protocolError(`Bad initial magic received: 0x${hello.toString(16).padStart(16, '0')}`);
     const style = (await reader.read(8).catch((e: BlkioError) => {
       throw e.prepend('Failed to read server magic: ');
     })).readBigUInt64BE(0);
     const info: NbdExportInfo = { size: 0, flags: 0, minBlock: 0, optBlock: 0, maxBlock: 0, structuredReplies: false };
-    if (style === OLDSTYLE_MAGIC) throw protocolError('Server does not support export names');
-    if (style !== OPTION_MAGIC) throw protocolError('Bad server magic received');
+    if (style === OLDSTYLE_MAGIC) {
+      if (exportName !== '') throw protocolError('Server does not support non-empty export names');
+      const header = await reader.read(12).catch((e: BlkioError) => {
+        throw e.prepend('Failed to read export length: ');
+      });
+      info.size = Number(header.readBigUInt64BE(0));
+      const flags = header.readUInt32BE(8);
+      if (flags > 0xffff) throw protocolError(`Unexpected export flags 0x${flags.toString(16)}`);
+      info.flags = flags;
+      await reader.read(124).catch((e: BlkioError) => {
+        throw e.prepend('Failed to read reserved block: ');
+      });
+      return info;
+    }
+    if (style !== OPTION_MAGIC) throw protocolError(`Bad server magic received: 0x${style.toString(16).padStart(16, '0')}`);
     const serverFlags = (await reader.read(2).catch((e: BlkioError) => {
       throw e.prepend('Failed to read server flags: ');
     })).readUInt16BE(0);
@@ -535,7 +540,6 @@ export class NbdClient {
   private async receiveLoop(): Promise<void> {
     try {
       for (;;) {
-        if (await this.reader.atEnd()) throw new BlkioError('EIO', 'server dropped connection');
         const magic = (await this.reader.read(4)).readUInt32BE(0);
         if (magic === SIMPLE_REPLY_MAGIC) await this.simpleReply();
         else if (magic === STRUCTURED_REPLY_MAGIC && this.info.structuredReplies) await this.structuredChunk();
