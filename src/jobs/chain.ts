@@ -78,18 +78,21 @@ export interface ChainStatus {
   pnum: number;
 }
 
-/** What [offset, offset+bytes) of top holds in the layers above `stop` (undefined: whole chain). */
+/**
+ * What [offset, offset+bytes) of top holds in the layers above `stop` (undefined: whole chain).
+ * As in QEMU 7.2, the zeroes past the end of a layer shorter than the ones above it count as
+ * allocated in that layer (so commit and mirror write them as zeroes).
+ */
 export async function chainStatus(top: BlockNode, stop: BlockNode | undefined, offset: number, bytes: number): Promise<ChainStatus> {
   let pnum = bytes;
   for (let n: BlockNode | undefined = top; n && n !== stop; n = nextInChain(n)) {
-    if (offset >= n.getLength()) return { allocated: false, zero: true, pnum };
+    if (offset >= n.getLength()) return { allocated: n !== top, zero: true, pnum };
     const r = await nodeBlockStatus(n, offset, pnum);
     if (r.status & STATUS_ALLOCATED) return { allocated: true, zero: (r.status & STATUS_ZERO) !== 0, pnum: r.pnum };
     pnum = Math.min(pnum, r.pnum);
-    // Unallocated but zero: nothing below (or the layer below is shorter).
-    if (r.status & STATUS_ZERO) return { allocated: false, zero: true, pnum };
   }
-  return { allocated: false, zero: false, pnum };
+  // Nothing in the whole chain holds it: it reads as zeroes.
+  return { allocated: false, zero: stop === undefined, pnum };
 }
 
 /**
