@@ -328,10 +328,12 @@ function countContiguousSubclusters(
     }
     count += n;
     if (first + n < s.subclustersPerCluster) break;
-    if (i === 0 && !s.extendedL2 && expectedOffset + nbClusters * s.clusterSize < 2 ** 56) {
-      // Standard entries that continue the first exactly (its flags and, where the type has a
-      // host offset, each the next cluster) are of its type: one scan instead of a step each.
-      const alike = steppedRunEnd(slice.data, index, index + nbClusters, checkOffset ? s.clusterSize : 0) - index - 1;
+    if (i === 1 && !s.extendedL2 && expectedOffset + nbClusters * s.clusterSize < 2 ** 56) {
+      // A run goes on: standard entries that continue the second exactly (its flags and, where
+      // the type has a host offset, each the next cluster) are of its type, found by one scan
+      // instead of a step each. (Not from the first: runs of one cluster, as in a sparse
+      // image's map, would pay a native call each.)
+      const alike = steppedRunEnd(slice.data, index + 1, index + nbClusters, checkOffset ? s.clusterSize : 0) - index - 2;
       count += alike;
       if (checkOffset) expectedOffset += alike * s.clusterSize;
       i += alike;
