@@ -82,7 +82,7 @@ class FakeServer {
         const reply = Buffer.alloc(10);
         reply.writeBigUInt64BE(BigInt(this.opts.size), 0);
         reply.writeUInt16BE(this.opts.flags, 8);
-        this.socket.write(Buffer.concat([reply, Buffer.alloc(0)]));
+        this.socket.write(reply);
         break;
       } else if (!modern && option !== OPT_LIST) {
         this.optionReply(option, REP_ERR_UNSUP);
