@@ -4,8 +4,9 @@
  * Three ways to see progress, all fed by the same `update(done, total)` calls:
  *   - `human` (`-p`): qemu-img's `    (12.34/100%)` redrawn with `\r` on stdout (a pipe or a
  *     file gets the same bytes as a terminal), a newline at the end; a line is drawn for every
- *     update at 0% or 100% and whenever the percentage passed the last line's by more than the
- *     subcommand's `minSkip`. The percentage is a C float, as in qemu-img, printed as glibc does.
+ *     update at 0% or 100% and whenever the percentage moved away from the last line's, either
+ *     way, by more than the subcommand's `minSkip` (amend's steps start over from near 0%). The
+ *     percentage is a C float, as in qemu-img, printed as glibc does.
  *   - `json` (`--progress=json`): JSON lines `{"done":N,"total":N,"elapsed_ms":N}` on stderr,
  *     one at the start, one per percent moved (at most every 100 ms), and a last one with
  *     done == total when the work finished.
@@ -137,7 +138,8 @@ export class Progress {
     if (this.mode === 'json') {
       const due = this.now() - this.lastJsonAt >= JSON_MIN_INTERVAL_MS && this.percent - this.lastJsonPercent >= 1;
       if (this.lastJsonDone < 0 || due) this.emitJson();
-    } else if (this.percent > f32(this.lastDue + this.minSkip) || this.percent === 0 || this.percent === 100) {
+    } else if (this.percent > f32(this.lastDue + this.minSkip) || this.percent < f32(this.lastDue - this.minSkip)
+      || this.percent === 0 || this.percent === 100) {
       this.lineDue();
     }
   }

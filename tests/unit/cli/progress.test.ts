@@ -57,13 +57,13 @@ describe('Progress', () => {
     ]);
   });
 
-  it('draws a line only past the last one by more than minSkip, or at 0% and 100%', () => {
+  it('draws a line only more than minSkip away from the last one, either way, or at 0% and 100%', () => {
     const out = sink();
     const p = new Progress('human', { out, err: sink(), signals: false, minSkip: 2 });
-    for (const done of [0, 0, 15, 25, 35, 45, 46, 10, 0, 1000]) p.update(done, 1000);
+    for (const done of [0, 0, 15, 25, 35, 45, 46, 30, 10, 0, 1000]) p.update(done, 1000);
     p.finish({ redrawFull: true });
     expect(out.chunks.join('').split('\r')).toEqual([
-      '    (0.00/100%)', '    (0.00/100%)', '    (2.50/100%)', '    (4.60/100%)', '    (0.00/100%)',
+      '    (0.00/100%)', '    (0.00/100%)', '    (2.50/100%)', '    (4.60/100%)', '    (1.00/100%)', '    (0.00/100%)',
       '    (100.00/100%)', '    (100.00/100%)', '\n',
     ]);
   });
