@@ -19,8 +19,6 @@ import {
 
 interface NbdState {
   client: NbdClient;
-  /** The node's exact filename (empty when the address has none, e.g. inet with ipv4=on). */
-  exactName: string;
   /** Alignment of requests to the server (NBD_INFO_BLOCK_SIZE's minimum, or QEMU's guess). */
   alignment: number;
   /** `x-dirty-bitmap=qemu:allocation-depth`: depths beyond 2 read as 2. */
@@ -229,10 +227,10 @@ export const nbdDriver: BlockDriver<NbdState> = {
       if (!parseBool('auto-read-only', ctx.effective['auto-read-only'] ?? 'off')) await refuse('EACCES');
       node.readOnly = true;
     }
-    const exactName = exactFilename(address, exportName, exactHost);
-    node.filename = exactName;
+    // Empty where the address has no URI (inet with ipv4=on): the node then has a json: name.
+    node.filename = exactFilename(address, exportName, exactHost);
     const alignment = info.minBlock || (info.size % 512 !== 0 || info.metaContext !== undefined ? 1 : 512);
-    return { client, exactName, alignment, allocationDepth: bitmap === 'qemu:allocation-depth' };
+    return { client, alignment, allocationDepth: bitmap === 'qemu:allocation-depth' };
   },
 
   // A failed open is closed too, before there is a state.
