@@ -1,7 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { BlockBackend } from '../../../src/block/backend.js';
 import { BlockLayer } from '../../../src/block/graph.js';
 import { isAllocated } from '../../../src/block/io.js';
@@ -93,19 +93,22 @@ describe('blkdebug driver', () => {
 
   it('raises the generic write events on itself, padding unaligned writes below a raw node', async () => {
     const blk = await rawOverBlkdebug({ align: 4096 });
-    const blkdebug = blk.root.node.children[0].node;
     expect(blk.root.node.limits.requestAlignment).toBe(1);
-    const events: string[] = [];
-    const fire = blkdebug.driver.debugEvent!;
-    blkdebug.driver = { ...blkdebug.driver, debugEvent: (n, e) => (events.push(e), fire(n, e)) };
-    await blk.write(100, 200, new Uint8Array(200), 0);
-    expect(events).toEqual(['write_aio', 'pwritev_rmw_head', 'pwritev_rmw_tail', 'pwritev_rmw_after_head',
-      'pwritev_rmw_after_tail', 'pwritev', 'pwritev_done']);
-    // Zeroes: the padded blocks as data, the aligned middle as a zero write.
-    events.length = 0;
-    await blk.writeZeroes(100, 9000, 0);
-    expect(events).toEqual(['pwritev_rmw_head', 'pwritev_rmw_after_head', 'pwritev_rmw_tail', 'pwritev_rmw_after_tail',
-      'pwritev', 'pwritev_done', 'pwritev_zero', 'pwritev_done', 'pwritev', 'pwritev_done']);
+    // The driver object is shared by every blkdebug node: the spy calls through and is removed after.
+    const spy = vi.spyOn(blkdebugDriver as Required<typeof blkdebugDriver>, 'debugEvent');
+    const events = () => spy.mock.calls.map((call) => call[1]);
+    try {
+      await blk.write(100, 200, new Uint8Array(200), 0);
+      expect(events()).toEqual(['write_aio', 'pwritev_rmw_head', 'pwritev_rmw_tail', 'pwritev_rmw_after_head',
+        'pwritev_rmw_after_tail', 'pwritev', 'pwritev_done']);
+      // Zeroes: the padded blocks as data, the aligned middle as a zero write.
+      spy.mockClear();
+      await blk.writeZeroes(100, 9000, 0);
+      expect(events()).toEqual(['pwritev_rmw_head', 'pwritev_rmw_after_head', 'pwritev_rmw_tail', 'pwritev_rmw_after_tail',
+        'pwritev', 'pwritev_done', 'pwritev_zero', 'pwritev_done', 'pwritev', 'pwritev_done']);
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('fails requests after the event, at the rule sector only', async () => {
