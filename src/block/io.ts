@@ -7,7 +7,7 @@
 import { BlkioError, errno } from '../errors.js';
 import type { BdrvChild } from './child.js';
 import { ROLE_PRIMARY, type BlockStatusResult, type DriverInfo, type StatusList } from './driver.js';
-import type { BlockNode, TrackedRequest } from './node.js';
+import type { BlockLimits, BlockNode, TrackedRequest } from './node.js';
 import { markDirty } from './dirty-bitmap.js';
 import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, permNames } from './permissions.js';
 import {
@@ -437,6 +437,39 @@ export async function childWriteCompressed(child: BdrvChild, offset: number, byt
   }
 }
 
+/**
+ * A discard cut as QEMU's bdrv_co_pdiscard cuts it: small pieces up to the discard (or request)
+ * alignment, whole aligned units in between, a tail cut at the request alignment. Every piece goes
+ * down, unaligned ones too (discard is advisory and devices may coalesce them): a driver with a
+ * discard granularity, like qcow2, ignores the partial units itself.
+ */
+function* discardPieces(offset: number, bytes: number, limits: BlockLimits): Generator<[number, number]> {
+  const requestAlign = limits.requestAlignment;
+  const align = Math.max(limits.discardAlignment, requestAlign);
+  const max = limits.maxDiscard ? roundDown(limits.maxDiscard, align) : Infinity;
+  let head = offset % align;
+  let tail = (offset + bytes) % align;
+  while (bytes > 0) {
+    let num = bytes;
+    if (head) {
+      num = Math.min(bytes, align - head);
+      if (num % requestAlign) num %= requestAlign;
+      head = (head + num) % align;
+    } else if (tail) {
+      if (num > align) {
+        num -= tail;
+      } else if (tail % requestAlign && tail > requestAlign) {
+        tail %= requestAlign;
+        num -= tail;
+      }
+    }
+    num = Math.min(num, max);
+    yield [offset, num];
+    offset += num;
+    bytes -= num;
+  }
+}
+
 export async function childDiscard(child: BdrvChild, offset: number, bytes: number): Promise<void> {
   checkRange(offset, bytes);
   requirePerm(child, PERM_WRITE, PERM_WRITE, 'discard on');
@@ -444,21 +477,9 @@ export async function childDiscard(child: BdrvChild, offset: number, bytes: numb
   // Root users check the range; below them, a discard past the end is clamped (as QEMU does).
   bytes = Math.max(0, Math.min(bytes, node.getLength() - offset));
   if (bytes === 0 || !node.discardUnmap || !node.driver.discard) return;
-  // Only whole alignment units are discarded; the unaligned head and tail are left alone.
-  const align = Math.max(node.limits.discardAlignment, node.limits.requestAlignment);
-  const start = roundUp(offset, align);
-  const end = offset + bytes === node.getLength() ? offset + bytes : roundDown(offset + bytes, align);
-  if (end <= start) {
-    // Nothing to pass down, but QEMU counts the request as a write all the same.
-    markDirty(node.dirtyBitmaps, offset, bytes);
-    return;
-  }
-  const finish = await beginRequest(node, start, end, false);
+  const finish = await beginRequest(node, offset, offset + bytes, false);
   try {
-    const max = node.limits.maxDiscard || end - start;
-    for (let pos = start; pos < end; pos += max) {
-      await node.driver.discard(node, pos, Math.min(max, end - pos));
-    }
+    for (const [pos, num] of discardPieces(offset, bytes, node.limits)) await node.driver.discard(node, pos, num);
   } finally {
     writeFinished(node, offset, bytes);
     finish();
