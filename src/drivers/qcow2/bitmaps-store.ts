@@ -4,22 +4,19 @@
  * read-write), stored at close into newly allocated clusters (data clusters of each bitmap,
  * then its table, then a new directory) before the old ones are freed.
  */
-import { BlkioError, toBlkioError } from '../../errors.js';
+import { BlkioError, errnoError, toBlkioError } from '../../errors.js';
 import { DirtyBitmap } from '../../block/dirty-bitmap.js';
 import { checkBitmapWritable, createBitmap, findBitmap } from '../../block/node-bitmaps.js';
 import type { BlockNode } from '../../block/node.js';
 import {
   ALL_ONES, BITMAP_FLAG_AUTO, BITMAP_FLAG_IN_USE, bitmapTableSize, checkBitmapConstraints, dirEntrySize,
-  encodeBitmapDirectory, encodeBitmapTable, isValidDirEntry, loadBitmapDirectory, readBitmapTable, type BitmapDirectoryEntry,
+  encodeBitmapDirectory, encodeBitmapTable, isValidDirEntry, loadBitmapDirectory, MAX_PHYS_SIZE, MAX_TABLE_SIZE, readBitmapTable, type BitmapDirectoryEntry,
 } from './bitmaps.js';
 import { AUTOCLEAR_BITMAPS, MAX_BITMAP_DIRECTORY_SIZE, MAX_BITMAPS } from './header.js';
 import { updateHeader } from './open.js';
 import { allocClusters, freeOrReport } from './refcount.js';
 import type { Qcow2State } from './state.js';
 
-/** Entries a bitmap table may have, and bytes of data a bitmap may take. */
-const MAX_TABLE_SIZE = 0x8000000;
-const MAX_PHYS_SIZE = 0x20000000;
 
 /** A directory entry with the bitmap in memory it is stored from. */
 interface StoredBitmap extends BitmapDirectoryEntry {
@@ -36,19 +33,13 @@ async function flushCaches(s: Qcow2State): Promise<void> {
   await s.refcountCache.flush();
 }
 
-function withPrefix(prefix: string, e: unknown): BlkioError {
-  const err = toBlkioError(e);
-  return new BlkioError(err.code, `${prefix}${err.message}`, err.hints);
-}
-
 /** Read a consistent bitmap's bits from its table and data clusters. */
 async function loadBitmapData(s: Qcow2State, entry: BitmapDirectoryEntry, bitmap: DirtyBitmap): Promise<void> {
   let table;
   try {
     table = await readBitmapTable(s, entry.tableOffset, entry.tableSize);
   } catch (e) {
-    throw new BlkioError(toBlkioError(e).code,
-      `Could not read bitmap_table table from image for bitmap '${entry.name}': ${toBlkioError(e).strerror}`);
+    throw errnoError(`Could not read bitmap_table table from image for bitmap '${entry.name}'`, e);
   }
   const readFailed = (code: BlkioError['code']) =>
     new BlkioError(code, `Could not read bitmap '${entry.name}' from image: ${new BlkioError(code).strerror}`);
@@ -101,7 +92,7 @@ export async function loadPersistentBitmaps(s: Qcow2State, node: BlockNode, befo
     if (needsUpdate && !s.readOnly) {
       beforeWrite();
       await s.lock.run(() => updateDirectoryInPlace(s, entries)).catch((e: unknown) => {
-        throw new BlkioError(toBlkioError(e).code, `Can't update bitmap directory: ${toBlkioError(e).strerror}`);
+        throw errnoError("Can't update bitmap directory", e);
       });
     }
   } catch (e) {
@@ -136,7 +127,7 @@ export async function makeBitmapsWritable(s: Qcow2State, node: BlockNode): Promi
   }
   if (needsUpdate) {
     await s.lock.run(() => updateDirectoryInPlace(s, entries)).catch((e: unknown) => {
-      throw new BlkioError(toBlkioError(e).code, `Cannot update bitmap directory: ${toBlkioError(e).strerror}`);
+      throw errnoError('Cannot update bitmap directory', e);
     });
   }
   for (const bitmap of readonly) bitmap.readonly = false;
@@ -233,7 +224,7 @@ async function storeBitmap(s: Qcow2State, entry: StoredBitmap, bitmap: DirtyBitm
     entry.tableSize = tableSize;
   } catch (e) {
     await freeStored();
-    throw withPrefix(`Failed to write bitmap '${bitmap.name}' to file: `, e);
+    throw toBlkioError(e).prepend(`Failed to write bitmap '${bitmap.name}' to file: `);
   }
 }
 
@@ -255,7 +246,7 @@ export async function storePersistentBitmaps(s: Qcow2State, node: BlockNode): Pr
     try {
       checkBitmapConstraints(bitmap.name, bitmap.granularity, s.size, s.clusterSize);
     } catch (e) {
-      throw withPrefix(`Bitmap '${bitmap.name}' doesn't satisfy the constraints: `, e);
+      throw toBlkioError(e).prepend(`Bitmap '${bitmap.name}' doesn't satisfy the constraints: `);
     }
     let entry = entries.find((e) => e.name === bitmap.name);
     if (!entry) {
@@ -281,7 +272,7 @@ export async function storePersistentBitmaps(s: Qcow2State, node: BlockNode): Pr
     try {
       await replaceDirectory(s, entries);
     } catch (e) {
-      throw new BlkioError(toBlkioError(e).code, `Failed to update bitmap extension: ${toBlkioError(e).strerror}`);
+      throw errnoError('Failed to update bitmap extension', e);
     }
   } catch (e) {
     for (const entry of entries) if (entry.bitmap && entry.tableOffset) await freeBitmapClusters(s, entry.tableOffset, entry.tableSize);
@@ -304,7 +295,7 @@ export async function removePersistentBitmap(s: Qcow2State, name: string): Promi
     try {
       await replaceDirectory(s, entries);
     } catch (e) {
-      throw new BlkioError(toBlkioError(e).code, `Failed to update bitmap extension: ${toBlkioError(e).strerror}`);
+      throw errnoError('Failed to update bitmap extension', e);
     }
     await freeBitmapClusters(s, removed.tableOffset, removed.tableSize);
   });
@@ -335,7 +326,7 @@ export function checkCanStoreBitmap(s: Qcow2State, node: BlockNode, name: string
   try {
     checkBitmapConstraints(name, granularity, s.size, s.clusterSize);
   } catch (e) {
-    throw withPrefix(prefix, e);
+    throw toBlkioError(e).prepend(prefix);
   }
   const persistent = node.dirtyBitmaps.filter((b) => b.persistent);
   const dirSize = persistent.reduce((n, b) => n + dirEntrySize(b.name), dirEntrySize(name));

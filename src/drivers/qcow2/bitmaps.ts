@@ -4,7 +4,7 @@
  * u16, extra data size u32, then extra data and name, each entry padded to 8 bytes); QEMU's
  * limits on them; and the bitmap tables (one u64 per cluster of bitmap data).
  */
-import { BlkioError, toBlkioError } from '../../errors.js';
+import { BlkioError, errnoError } from '../../errors.js';
 import { AUTOCLEAR_BITMAPS, BITMAPS_EXTENSION_SIZE, MAX_BITMAP_DIRECTORY_SIZE } from './header.js';
 import type { Qcow2State } from './state.js';
 
@@ -20,9 +20,9 @@ export const MIN_GRANULARITY_BITS = 9;
 export const MAX_GRANULARITY_BITS = 31;
 export const MAX_BITMAP_NAME_SIZE = 1023;
 /** Entries a bitmap table may have. */
-const MAX_TABLE_SIZE = 0x8000000;
+export const MAX_TABLE_SIZE = 0x8000000;
 /** Bytes of bitmap data one bitmap may take (QEMU bounds its memory with it). */
-const MAX_PHYS_SIZE = 0x20000000;
+export const MAX_PHYS_SIZE = 0x20000000;
 
 /** Bitmap table entries: reserved bits, the data cluster's offset, and "all ones" without one. */
 const TABLE_ENTRY_RESERVED_MASK = 0xff000000000001fen;
@@ -143,7 +143,7 @@ export async function loadBitmapDirectory(s: Qcow2State): Promise<BitmapDirector
   try {
     await s.file.read(location.offset, location.size, dir);
   } catch (e) {
-    throw new BlkioError(toBlkioError(e).code, `Failed to read bitmap directory: ${toBlkioError(e).strerror}`);
+    throw errnoError('Failed to read bitmap directory', e);
   }
   const d = new DataView(dir.buffer);
   const broken = () => new BlkioError('EINVAL', 'Broken bitmap directory');
