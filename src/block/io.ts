@@ -429,9 +429,13 @@ export async function childWriteCompressed(child: BdrvChild, offset: number, byt
   if (bytes === 0 && offset % node.limits.requestAlignment) return;
   const finish = await beginRequest(node, offset, offset + bytes, true);
   try {
-    await node.driver.writeCompressed(node, offset, bytes, buf);
+    try {
+      await node.driver.writeCompressed(node, offset, bytes, buf);
+    } finally {
+      await debugEvent(node, 'pwritev_done');
+    }
   } finally {
-    await debugEvent(node, 'pwritev_done');
+    // Also when the event's handler fails: the request must end, or overlapping ones wait forever.
     writeFinished(node, offset, bytes);
     finish();
   }
