@@ -98,7 +98,7 @@ async function readConfig(path: string): Promise<string> {
     return await readFile(path, 'utf8');
   } catch (e) {
     const err = toBlkioError(e);
-    if (err.code === 'EISDIR') throw new BlkioError('EISDIR', `Cannot read config file: ${err.strerror}`);
+    if (err.code === 'EISDIR') throw errnoError('Cannot read config file', err);
     throw errnoError('Could not read blkdebug config file', err);
   }
 }

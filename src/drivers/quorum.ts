@@ -171,10 +171,6 @@ async function readQuorum(node: BlockNode<QuorumState>, offset: number, bytes: n
   }
 }
 
-/**
- * Flush the children one after another; a failing child is reported. Enough successes make the
- * flush succeed, else it fails with the error most children gave (no QUORUM_FAILURE event).
- */
 /** A child's status through its backing chain: the first layer that has the range answers. */
 async function chainStatus(top: BlockNode, offset: number, bytes: number): Promise<BlockStatusResult> {
   let r = await nodeBlockStatus(top, offset, bytes);
@@ -209,6 +205,10 @@ async function blockStatus(node: BlockNode<QuorumState>, offset: number, bytes: 
   return dataBytes > 0 ? { status: STATUS_DATA, pnum: dataBytes } : { status: STATUS_ZERO, pnum: zeroBytes };
 }
 
+/**
+ * Flush the children one after another; a failing child is reported. Enough successes make the
+ * flush succeed, else it fails with the error most children gave (no QUORUM_FAILURE event).
+ */
 async function flushAll(node: BlockNode<QuorumState>): Promise<void> {
   const results: Result[] = [];
   for (const [i, child] of node.state.children.entries()) {
