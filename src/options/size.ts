@@ -50,30 +50,31 @@ export function scanUnsigned(text: string, base: 0 | 10 | 16): ScannedInteger | 
   while (pos < text.length && ' \t\n\v\f\r'.includes(text[pos])) pos++;
   const negative = text[pos] === '-';
   if (negative || text[pos] === '+') pos++;
-  let radix: number = base;
+  let radix: 8 | 10 | 16 = base === 16 ? 16 : 10;
   const hexPrefix = text[pos] === '0' && (text[pos + 1] === 'x' || text[pos + 1] === 'X')
-    && digitValue(text[pos + 2]) < 16;
+    && HEX_DIGIT.test(text[pos + 2] ?? '');
   if ((base === 0 || base === 16) && hexPrefix) {
     radix = 16;
     pos += 2;
-  } else if (base === 0) {
-    radix = text[pos] === '0' ? 8 : 10;
+  } else if (base === 0 && text[pos] === '0') {
+    radix = 8;
   }
-  const digitsStart = pos;
-  let value = 0n;
-  while (pos < text.length && digitValue(text[pos]) < radix) {
-    value = value * BigInt(radix) + BigInt(digitValue(text[pos]));
-    pos++;
-  }
-  if (pos === digitsStart) return undefined;
-  return { value, negative, overflow: value >= UINT64_LIMIT, end: pos };
+  const run = DIGIT_RUN[radix];
+  run.lastIndex = pos;
+  const digits = run.exec(text)![0];
+  if (digits.length === 0) return undefined;
+  const value = BigInt(`${BIGINT_PREFIX[radix]}${digits}`);
+  return { value, negative, overflow: value >= UINT64_LIMIT, end: pos + digits.length };
 }
 
-function digitValue(ch: string | undefined): number {
-  if (ch === undefined) return Infinity;
-  const value = parseInt(ch, 36);
-  return Number.isNaN(value) ? Infinity : value;
-}
+const HEX_DIGIT = /^[0-9a-f]$/i;
+/**
+ * The digits of each radix from a position on (sticky). One regular expression rather than a
+ * per-character loop: V8 optimised such a loop's small digit function after a few dozen qemu-io
+ * commands, and that one TurboFan compilation brought 3.5 MiB of the compiler's code into memory.
+ */
+const DIGIT_RUN = { 8: /[0-7]*/y, 10: /[0-9]*/y, 16: /[0-9a-f]*/iy };
+const BIGINT_PREFIX = { 8: '0o', 10: '', 16: '0x' };
 
 /**
  * qemu_strtosz exactly, as an unsigned 64-bit BigInt: decimal with an optional fraction and an
