@@ -8,11 +8,13 @@ import { BlkioError } from '../../errors.js';
 import type { BdrvChild } from '../../block/child.js';
 import type { FlatOptions } from '../../options/types.js';
 import { secretData } from '../../block/secret.js';
-import { CIPHER_MODES, IVGEN_ALGS, legacyAesEncryption, SectorCipher, type Qcow2Encryption } from './crypto.js';
+import { SectorCipher } from '../../crypto/sector-cipher.js';
+import { legacyAesEncryption, type Qcow2Encryption } from './crypto.js';
 import { CRYPT_AES, CRYPT_LUKS } from './header.js';
 import {
-  amendLuks, createLuks, HASH_ALGS, LUKS_HEADER_BYTES, luksCipherSpec, luksInfo, parseLuksHeader, unlockLuks, type LuksCreateOptions,
-} from './luks.js';
+  amendLuks, createLuks, DEFAULT_ITER_TIME_MS, enumCreateOption, LUKS_HEADER_BYTES, luksCipherSpec, luksCreateOptions, luksInfo,
+  parseLuksHeader, unlockLuks, type LuksCreateOptions,
+} from '../../crypto/luks.js';
 import type { Qcow2State } from './state.js';
 
 const FORMAT_NAMES: Record<number, string> = { [CRYPT_AES]: 'aes', [CRYPT_LUKS]: 'luks' };
@@ -130,39 +132,19 @@ export type EncryptionCreate =
   | { format: 'aes'; keySecret: string }
   | { format: 'luks'; keySecret: string; luks: LuksCreateOptions };
 
-const CIPHER_ALGS = [
-  'aes-128', 'aes-192', 'aes-256', 'des', '3des', 'cast5-128', 'serpent-128', 'serpent-192', 'serpent-256',
-  'twofish-128', 'twofish-192', 'twofish-256', 'sm4',
-] as const;
-const DEFAULT_ITER_TIME_MS = 2000;
-
-function enumOption<T extends string>(options: Record<string, unknown>, name: string, values: readonly T[], fallback: T): T {
-  const value = options[`encrypt.${name}`];
-  if (value === undefined) return fallback;
-  if (!(values as readonly unknown[]).includes(value)) throw invalid(`Parameter '${name}' does not accept value '${String(value)}'`);
-  return value as T;
-}
-
 /** The encryption of a new image, or undefined for none (`encryption=on` is the old name of aes). */
 export function encryptionCreateSettings(options: Record<string, unknown>): EncryptionCreate | undefined {
   const names = Object.keys(options).filter((name) => name.startsWith('encrypt.'));
   if (options.encryption !== true && !names.length) return undefined;
   const format = options.encryption === true && options['encrypt.format'] === undefined
     ? 'aes'
-    : enumOption(options, 'format', ['aes', 'luks'] as const, 'aes');
+    : enumCreateOption(options, 'encrypt.', 'format', ['aes', 'luks'] as const, 'aes');
   const keySecret = options['encrypt.key-secret'];
   if (format === 'aes') {
     const unexpected = names.find((name) => name !== 'encrypt.format' && name !== 'encrypt.key-secret');
     if (unexpected) throw invalid(`Parameter '${unexpected}' is unexpected`);
   }
-  const luks: LuksCreateOptions = {
-    cipherAlg: enumOption(options, 'cipher-alg', CIPHER_ALGS, 'aes-256'),
-    cipherMode: enumOption(options, 'cipher-mode', CIPHER_MODES, 'xts'),
-    ivgenAlg: enumOption(options, 'ivgen-alg', IVGEN_ALGS, 'plain64'),
-    ivgenHashAlg: options['encrypt.ivgen-hash-alg'] === undefined ? undefined : enumOption(options, 'ivgen-hash-alg', HASH_ALGS, 'sha256'),
-    hashAlg: enumOption(options, 'hash-alg', HASH_ALGS, 'sha256'),
-    iterTime: (options['encrypt.iter-time'] as number | undefined) ?? DEFAULT_ITER_TIME_MS,
-  };
+  const luks: LuksCreateOptions = luksCreateOptions(options, 'encrypt.');
   if (keySecret === undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
   return format === 'aes' ? { format, keySecret: String(keySecret) } : { format, keySecret: String(keySecret), luks };
 }

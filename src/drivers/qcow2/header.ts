@@ -3,6 +3,7 @@
  * feature name table, and the header cluster QEMU writes back (qcow2_update_header's layout).
  */
 import { BlkioError } from '../../errors.js';
+import { latin1CString } from '../../byte-strings.js';
 
 export const QCOW_MAGIC = 0x514649fb;
 export const MIN_CLUSTER_BITS = 9;
@@ -223,12 +224,6 @@ export interface ParsedExtensions {
   bitmaps?: Uint8Array;
   /** Extensions QEMU does not know, kept to be written back (in QEMU's reversed order). */
   unknown: HeaderExtension[];
-}
-
-/** A fixed-size text field up to its first NUL (all of it without one), a character a byte. */
-export function latin1CString(bytes: Uint8Array): string {
-  const nul = bytes.indexOf(0);
-  return Buffer.from(bytes.buffer, bytes.byteOffset, nul < 0 ? bytes.byteLength : nul).toString('latin1');
 }
 
 /** What the bitmaps extension is judged by, and where its warning goes. */

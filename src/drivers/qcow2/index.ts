@@ -33,7 +33,7 @@ import {
 import { amendImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { makeEmpty } from './empty.js';
 import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots, loadSnapshotTemporarily } from './snapshots.js';
-import { SECTOR_SIZE } from './crypto.js';
+import { SECTOR_SIZE } from '../../crypto/sector-cipher.js';
 import { dataFileIsRaw, hasDataFile, vmStateOffset, writeStderr, type Qcow2State } from './state.js';
 
 export type { Qcow2State } from './state.js';

@@ -12,7 +12,7 @@ import { MAX_L1_SIZE } from './mapping.js';
 import { refcountMetadataSize } from './refcount.js';
 import { BITMAP_DIR_ENTRY_SIZE, readBitmapDirectory } from './bitmaps.js';
 import { encryptionCreateSettings } from './encryption.js';
-import { luksPayloadBytes } from './luks.js';
+import { luksPayloadBytes } from '../../crypto/luks.js';
 import { secretData } from '../../block/secret.js';
 import type { Qcow2State } from './state.js';
 

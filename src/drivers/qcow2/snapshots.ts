@@ -8,7 +8,7 @@ import { BlkioError, toBlkioError } from '../../errors.js';
 import type { SnapshotInfo } from '../../block/driver.js';
 import { getHi, getLo, HI_COPIED, entryOffset, makeTable, set64, type Table } from './entries.js';
 import { ClusterType, clusterType, growL1Table, MAX_L1_SIZE, readL2, writeL2 } from './mapping.js';
-import { latin1CString } from './header.js';
+import { latin1CString } from '../../byte-strings.js';
 import {
   adjustRefcount, allocClusters, compressedDescriptor, freeClusters, freeOrReport, getClusterRefcount, processDiscards,
 } from './refcount.js';

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { legacyAesEncryption, SectorCipher, decryptData, encryptedCopy, type SectorCipherSpec } from '../../../../src/drivers/qcow2/crypto.js';
-import { amendLuks, buildLuksHeader, createLuks, luksCipherSpec, luksInfo, parseLuksHeader, unlockLuks } from '../../../../src/drivers/qcow2/luks.js';
+import { legacyAesEncryption, decryptData, encryptedCopy } from '../../../../src/drivers/qcow2/crypto.js';
+import { SectorCipher, type SectorCipherSpec } from '../../../../src/crypto/sector-cipher.js';
+import { amendLuks, buildLuksHeader, createLuks, luksCipherSpec, luksInfo, parseLuksHeader, unlockLuks } from '../../../../src/crypto/luks.js';
 import { checkEncryptOptions, encryptionCreateSettings } from '../../../../src/drivers/qcow2/encryption.js';
 
 const hex = (text: string): Uint8Array => Uint8Array.from(Buffer.from(text, 'hex'));

@@ -1,15 +1,15 @@
 /**
- * LUKS1 as qcow2 keeps it in its crypto header extension (QEMU's crypto/block-luks.c): the
+ * LUKS1 (QEMU's crypto/block-luks.c), as the luks format and qcow2's crypto header extension keep it: the
  * 592-byte header, eight key slots of PBKDF2-derived keys over anti-forensically split copies
  * of the master key, and the master key digest that tells a right password from a wrong one.
  * Offsets inside are 512-byte sectors from the start of the LUKS header.
  */
-import { BlkioError } from '../../errors.js';
+import { BlkioError } from '../errors.js';
+import { latin1CString } from '../byte-strings.js';
 import {
   CIPHER_MODES, cipherKeyBytes, crypto, IVGEN_ALGS, SECTOR_SIZE, SectorCipher, xorInto, type CipherMode, type IvgenAlg,
   type SectorCipherSpec,
-} from './crypto.js';
-import { latin1CString } from './header.js';
+} from './sector-cipher.js';
 
 function pbkdf2(password: Uint8Array | string, salt: Uint8Array | string, iterations: number, bytes: number, hash: string): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -269,6 +269,35 @@ async function openSlot(
   new SectorCipher(cipherSpec, slotKey).decrypt(material, 0);
   const masterKey = afMerge(material, h.keyBytes, slot.stripes, h.hashSpec);
   return (await digestMatches(h, masterKey)) ? masterKey : undefined;
+}
+
+const CIPHER_ALGS = [
+  'aes-128', 'aes-192', 'aes-256', 'des', '3des', 'cast5-128', 'serpent-128', 'serpent-192', 'serpent-256',
+  'twofish-128', 'twofish-192', 'twofish-256', 'sm4',
+] as const;
+export const DEFAULT_ITER_TIME_MS = 2000;
+
+/** An enum create option (`prefix` + `name`), checked as QEMU's QAPI conversion does; its text names it without the prefix. */
+export function enumCreateOption<T extends string>(
+  options: Record<string, unknown>, prefix: string, name: string, values: readonly T[], fallback: T,
+): T {
+  const value = options[`${prefix}${name}`];
+  if (value === undefined) return fallback;
+  if (!(values as readonly unknown[]).includes(value)) throw invalid(`Parameter '${name}' does not accept value '${String(value)}'`);
+  return value as T;
+}
+
+/** The LUKS options of a new volume from create options named `prefix` + QEMU's names (`encrypt.` for qcow2). */
+export function luksCreateOptions(options: Record<string, unknown>, prefix: string): LuksCreateOptions {
+  const option = <T extends string>(name: string, values: readonly T[], fallback: T): T => enumCreateOption(options, prefix, name, values, fallback);
+  return {
+    cipherAlg: option('cipher-alg', CIPHER_ALGS, 'aes-256'),
+    cipherMode: option('cipher-mode', CIPHER_MODES, 'xts'),
+    ivgenAlg: option('ivgen-alg', IVGEN_ALGS, 'plain64'),
+    ivgenHashAlg: options[`${prefix}ivgen-hash-alg`] === undefined ? undefined : option('ivgen-hash-alg', HASH_ALGS, 'sha256'),
+    hashAlg: option('hash-alg', HASH_ALGS, 'sha256'),
+    iterTime: (options[`${prefix}iter-time`] as number | undefined) ?? DEFAULT_ITER_TIME_MS,
+  };
 }
 
 export interface LuksCreateOptions {
