@@ -10,13 +10,12 @@ import { REQ_NO_FALLBACK, REQUEST_MAX_BYTES } from '../../block/flags.js';
 import { HI_COPIED, splitOffset } from './entries.js';
 import {
   ClusterType, SubclusterType, clusterType, getClusterTable, l2Offset, l2TableOffsetFor, l2SliceIndex, rangeMask, readL2, scIndex,
-  readL2Into, subclusterRunLength, subclusterType, writeL2, ctz32, type L2Entry,
+  readL2Into, standardRunEnd, subclusterRunLength, subclusterType, writeL2, ctz32, type L2Entry,
 } from './mapping.js';
 import { allocClusters, allocClustersAt, freeAnyCluster, freeClusters } from './refcount.js';
 import { readGuest } from './read.js';
 import { encryptInPlace } from './crypto.js';
 import { readsAsZeroFast } from './zero.js';
-import { steppedRunEnd } from '../../io-buffers.js';
 import {
   hasDataFile, hex, markDirty, needAccurateRefcounts, offsetIntoCluster, signalCorruption, startOfCluster, type Allocation,
   type Qcow2State,
@@ -46,10 +45,10 @@ function countSingleWriteClusters(s: Qcow2State, nbClusters: number, slice: Tabl
   const e = readL2(s, slice, index);
   let expected = l2Offset(e);
   let i = 0;
-  if (!s.extendedL2 && needsNewAlloc(s, e) === newAlloc && expected + nbClusters * s.clusterSize < 2 ** 56) {
+  if (needsNewAlloc(s, e) === newAlloc) {
     // Standard entries that continue the first exactly (the same entry for new allocations,
-    // each the next cluster for kept ones) need the same: one scan instead of a step each.
-    i = steppedRunEnd(slice.data, index, index + nbClusters, newAlloc ? 0 : s.clusterSize) - index;
+    // each the next cluster for kept ones) need the same.
+    i = standardRunEnd(s, slice, index, index + nbClusters, expected, !newAlloc) - index;
     expected += i * s.clusterSize;
   }
   for (; i < nbClusters; i++) {

@@ -9,7 +9,7 @@ import {
   entryOffset, getHi, getLo, HI_COMPRESSED, HI_COPIED, LO_ZERO, makeTable, set64, splitOffset, type Table,
 } from './entries.js';
 import { OFFSET_L1_SIZE } from './header.js';
-import { allocClusters, freeClusters } from './refcount.js';
+import { MAX_CLUSTER_OFFSET, allocClusters, freeClusters } from './refcount.js';
 import { preventMetadataOverwrite } from './overlap.js';
 import { steppedRunEnd } from '../../io-buffers.js';
 import { hasDataFile, hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
@@ -78,6 +78,22 @@ export function clusterType(s: Qcow2State, e: L2Entry): ClusterType {
   if (offset) return ClusterType.Normal;
   // Offset 0 is valid in an external data file, whose clusters always carry COPIED.
   return e.hi & HI_COPIED && hasDataFile(s) ? ClusterType.Normal : ClusterType.Unallocated;
+}
+
+/**
+ * The first entry in (from, to) of `slice` that does not continue entry `from` exactly: the
+ * same flags and, with `contiguous`, each the next host cluster after the one before (entry
+ * `from`'s host offset is `firstOffset`). Such standard entries all map alike, so one scan
+ * (native where it can) replaces a step each. Returns `from + 1` where the scan cannot tell:
+ * extended L2 entries, or offsets that would carry past MAX_CLUSTER_OFFSET into the flag bits.
+ */
+export function standardRunEnd(
+  s: Qcow2State, slice: Table, from: number, to: number, firstOffset: number, contiguous: boolean,
+): number {
+  if (s.extendedL2) return from + 1;
+  if (!contiguous) return steppedRunEnd(slice.data, from, to, 0);
+  if (firstOffset + (to - from) * s.clusterSize > MAX_CLUSTER_OFFSET) return from + 1;
+  return steppedRunEnd(slice.data, from, to, s.clusterSize);
 }
 
 export function isAllocatedType(t: ClusterType): boolean {
@@ -328,12 +344,11 @@ function countContiguousSubclusters(
     }
     count += n;
     if (first + n < s.subclustersPerCluster) break;
-    if (i === 1 && !s.extendedL2 && expectedOffset + nbClusters * s.clusterSize < 2 ** 56) {
-      // A run goes on: standard entries that continue the second exactly (its flags and, where
-      // the type has a host offset, each the next cluster) are of its type, found by one scan
-      // instead of a step each. (Not from the first: runs of one cluster, as in a sparse
-      // image's map, would pay a native call each.)
-      const alike = steppedRunEnd(slice.data, index + 1, index + nbClusters, checkOffset ? s.clusterSize : 0) - index - 2;
+    if (i === 1) {
+      // A run goes on: standard entries that continue the second exactly are of its type.
+      // (Not scanned from the first: runs of one cluster, as in a sparse image's map, would
+      // pay a native call each.)
+      const alike = standardRunEnd(s, slice, index + 1, index + nbClusters, expectedOffset, checkOffset) - index - 2;
       count += alike;
       if (checkOffset) expectedOffset += alike * s.clusterSize;
       i += alike;
