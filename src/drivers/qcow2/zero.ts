@@ -50,14 +50,19 @@ export async function clusterDiscard(s: Qcow2State, offset: number, bytes: numbe
     forEachSlice(s, offset, Math.ceil(bytes / s.clusterSize), (pos, nb) => discardInSlice(s, pos, nb, type, fullDiscard)));
 }
 
+/** What a rewrite makes of an L2 entry, and whether the old entry's host cluster is given up when it changes. */
+interface Rewritten {
+  entry: L2Entry;
+  givesUp: boolean;
+}
+
 /**
  * Rewrite the L2 entries of the clusters from `offset` in its slice (at most `nbClusters`) to
- * what `rewrite` makes of each; the host clusters of changed entries that `givesUp` names are
- * freed (as `type`) once the slice is done. Returns how many clusters the slice held.
+ * what `rewrite` makes of each; the host clusters of changed entries it gives up are freed (as
+ * `type`) once the slice is done. Returns how many clusters the slice held.
  */
 async function rewriteInSlice(
-  s: Qcow2State, offset: number, nbClusters: number, type: DiscardType,
-  rewrite: (old: L2Entry) => L2Entry, givesUp: (old: L2Entry) => boolean,
+  s: Qcow2State, offset: number, nbClusters: number, type: DiscardType, rewrite: (old: L2Entry) => Rewritten,
 ): Promise<number> {
   const { slice, index } = await getClusterTable(s, offset);
   const freed: L2Entry[] = [];
@@ -65,11 +70,11 @@ async function rewriteInSlice(
     nbClusters = Math.min(nbClusters, s.l2SliceSize - index);
     for (let i = 0; i < nbClusters; i++) {
       const old = readL2(s, slice, index + i);
-      const entry = rewrite(old);
+      const { entry, givesUp } = rewrite(old);
       if (sameEntry(old, entry)) continue;
       s.l2Cache.markDirty(slice);
       writeL2(s, slice, index + i, entry);
-      if (givesUp(old)) freed.push(old);
+      if (givesUp) freed.push(old);
     }
   } finally {
     s.l2Cache.put(slice);
@@ -86,26 +91,24 @@ function discardInSlice(s: Qcow2State, offset: number, nbClusters: number, type:
       ? { hi: 0, lo: 0, zero: ALL_ONES, alloc: 0 }
       : { hi: 0, lo: s.header.version >= 3 ? LO_ZERO : 0, zero: 0, alloc: 0 };
   };
-  return rewriteInSlice(s, offset, nbClusters, type, discarded, () => true);
+  return rewriteInSlice(s, offset, nbClusters, type, (old) => ({ entry: discarded(old), givesUp: true }));
 }
 
 /** Mark whole clusters as zero; with MAY_UNMAP (or for compressed clusters) give up their host clusters. */
 function zeroInSlice(s: Qcow2State, offset: number, nbClusters: number, flags: number): Promise<number> {
-  const unmaps = (old: L2Entry): boolean => {
+  const zeroed = (old: L2Entry): Rewritten => {
     const type = clusterType(s, old);
-    return type === ClusterType.Compressed || ((flags & REQ_MAY_UNMAP) !== 0 && isAllocatedType(type));
-  };
-  const zeroed = (old: L2Entry): L2Entry => {
-    const entry: L2Entry = unmaps(old) ? { hi: 0, lo: 0, zero: old.zero, alloc: old.alloc } : { ...old };
+    const unmaps = type === ClusterType.Compressed || ((flags & REQ_MAY_UNMAP) !== 0 && isAllocatedType(type));
+    const entry: L2Entry = unmaps ? { hi: 0, lo: 0, zero: old.zero, alloc: old.alloc } : { ...old };
     if (s.extendedL2) {
       entry.zero = ALL_ONES;
       entry.alloc = 0;
     } else {
       entry.lo |= LO_ZERO;
     }
-    return entry;
+    return { entry, givesUp: unmaps };
   };
-  return rewriteInSlice(s, offset, nbClusters, 'request', zeroed, unmaps);
+  return rewriteInSlice(s, offset, nbClusters, 'request', zeroed);
 }
 
 /** Mark `count` subclusters from the one at `offset` as zero (extended L2, partial cluster). */
