@@ -14,6 +14,7 @@ import { qcow2Driver } from './qcow2/index.js';
 import { quorumDriver } from './quorum.js';
 import { rawDriver } from './raw.js';
 import { throttleDriver } from './throttle.js';
+import { vdiDriver } from './vdi.js';
 
 export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   fileDriver, hostDeviceDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
@@ -24,4 +25,5 @@ export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   blkreplayDriver,
   nbdDriver,
   qcow2Driver,
+  vdiDriver,
 ];

@@ -70,7 +70,10 @@ export function formatHumanCheck(c: ImageCheck): string {
 /** bdrv_check: only the top node's own driver checks; filters do not pass it down. */
 async function runCheck(node: BlockNode, repair: 'leaks' | 'all' | undefined): Promise<CheckResult> {
   if (!node.driver.check) throw new ExitStatus(63);
-  return node.driver.check(node, repair, (line) => writeErr(`${line}\n`));
+  // QEMU reports any ENOTSUP of a check (vdi's repairs) as a format without checks.
+  return node.driver.check(node, repair, (line) => writeErr(`${line}\n`)).catch((e: unknown) => {
+    throw e instanceof BlkioError && e.code === 'ENOTSUP' ? new ExitStatus(63) : e;
+  });
 }
 
 export function imgCheck(argv: string[]): Promise<number> {
