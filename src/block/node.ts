@@ -21,12 +21,17 @@ export interface BlockLimits {
 }
 
 /**
- * The limits a node takes from the child it passes requests to: all but the request alignment,
- * as QEMU's bdrv_merge_limits, so an unaligned request is padded by the child (between its
- * blkdebug events) and not above it.
+ * The limits a node takes from the child it passes requests to: only the largest transfer, as
+ * QEMU's bdrv_merge_limits. The alignments (request, zero write, discard) and the zero/discard
+ * maximums stay the node's own, so the child pads and splits a request (between its blkdebug
+ * events), and blkdebug passes a small zero write down instead of refusing it.
  */
 export function limitsFrom(child: BlockNode): BlockLimits {
-  return { ...child.limits, requestAlignment: 1 };
+  return { ...defaultLimits(), maxTransfer: child.limits.maxTransfer };
+}
+
+function defaultLimits(): BlockLimits {
+  return { requestAlignment: 1, maxTransfer: 0, zeroAlignment: 0, maxZeroes: 0, discardAlignment: 0, maxDiscard: 0 };
 }
 
 export type DetectZeroes = 'off' | 'on' | 'unmap';
@@ -46,9 +51,7 @@ export class BlockNode<S = unknown> {
   readonly children: BdrvChild[] = [];
   readonly parents: BdrvChild[] = [];
   readonly tracked = new Set<TrackedRequest>();
-  limits: BlockLimits = {
-    requestAlignment: 1, maxTransfer: 0, zeroAlignment: 0, maxZeroes: 0, discardAlignment: 0, maxDiscard: 0,
-  };
+  limits: BlockLimits = defaultLimits();
   /** Name shown to users; `#blockNNN` when generated. */
   nodeName: string;
   /** Nodes the user did not ask for (the `-C` copy-on-read filter): hidden from listings. */

@@ -166,6 +166,15 @@ describe('blkdebug driver', () => {
     expect(limits).toMatchObject({ requestAlignment: 4096, maxTransfer: 8192, discardAlignment: 8192 });
   });
 
+  it('takes only the largest transfer from its image, not its zero and discard limits', async () => {
+    memoryDisks.set('disk', new Uint8Array(CLUSTER));
+    const node = await layer.openNode(undefined, {
+      driver: 'blkdebug', 'image.driver': 'blkdebug', 'image.opt-write-zero': CLUSTER, 'image.max-write-zero': CLUSTER,
+      'image.opt-discard': CLUSTER, 'image.max-transfer': 8192, 'image.image.driver': 'memory', 'image.image.filename': 'disk',
+    });
+    expect(node.limits).toEqual({ requestAlignment: 1, maxTransfer: 8192, zeroAlignment: 0, maxZeroes: 0, discardAlignment: 0, maxDiscard: 0 });
+  });
+
   it('splits the filename into config and image', () => {
     const options: Record<string, unknown> = {};
     blkdebugDriver.parseFilename!('blkdebug::img.raw', options);
