@@ -67,6 +67,11 @@ function invalid(message: string): BlkioError {
   return new BlkioError('EINVAL', message);
 }
 
+/** Whether `raw` starts with the LUKS1 magic and version (format probing; parseLuksHeader checks the rest). */
+export function isLuksVolume(raw: Uint8Array): boolean {
+  return raw.length >= 8 && Buffer.from(raw.subarray(0, 6)).equals(MAGIC) && raw[6] === 0 && raw[7] === 1;
+}
+
 /** Parse and check a LUKS1 header as QEMU does before it trusts any field. */
 export function parseLuksHeader(raw: Uint8Array): LuksHeader {
   if (raw.length < LUKS_HEADER_BYTES || !Buffer.from(raw.subarray(0, 6)).equals(MAGIC)) throw invalid('Volume is not in LUKS format');

@@ -6,6 +6,7 @@ import { blkverifyDriver } from './blkverify.js';
 import { compressDriver } from './compress.js';
 import { copyOnReadDriver } from './copy-on-read.js';
 import { fileDriver, hostDeviceDriver } from './file.js';
+import { luksDriver } from './luks.js';
 import { mirrorTopDriver } from './mirror-top.js';
 import { nbdDriver } from './nbd.js';
 import { nullAioDriver, nullCoDriver } from './null.js';
@@ -15,15 +16,18 @@ import { quorumDriver } from './quorum.js';
 import { rawDriver } from './raw.js';
 import { throttleDriver } from './throttle.js';
 import { vdiDriver } from './vdi.js';
+import { vmdkDriver } from './vmdk/index.js';
 
 export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   fileDriver, hostDeviceDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
   throttleDriver, compressDriver, preallocateDriver,
   blkdebugDriver,
   blkverifyDriver,
+  luksDriver,
   quorumDriver,
   blkreplayDriver,
   nbdDriver,
   qcow2Driver,
   vdiDriver,
+  vmdkDriver,
 ];
