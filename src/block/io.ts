@@ -137,6 +137,14 @@ export function debugEvent(node: BlockNode | undefined, event: string): void | P
   return node?.driver.debugEvent?.(node, event);
 }
 
+/**
+ * Whether the node's driver handles debug events (blkdebug). The request paths ask first and,
+ * without a handler, raise none: no awaits and no closures for events nobody takes.
+ */
+function takesDebugEvents(node: BlockNode | undefined): boolean {
+  return node?.driver.debugEvent !== undefined;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reads
 
@@ -343,32 +351,41 @@ function isMergedPadding(paddedBytes: number, align: number, head: number, tail:
   return paddedBytes === align || (paddedBytes === 2 * align && head > 0 && tail > 0);
 }
 
-/** The partial blocks at either end of an unaligned write, between QEMU's blkdebug events. */
+/** The partial blocks at either end of an unaligned write (`padded` covers [start, end)). */
 async function readPadding(
   node: BlockNode, start: number, end: number, head: boolean, tail: boolean, merged: boolean, padded: Uint8Array,
 ): Promise<void> {
   const align = node.limits.requestAlignment;
-  const read = async (offset: number, bytes: number, events: readonly string[]) => {
-    for (const e of events) await debugEvent(node, `pwritev_rmw_${e}`);
-    await driverRead(node, offset, bytes, padded.subarray(offset - start, offset - start + bytes), 0);
-    for (const e of events) await debugEvent(node, `pwritev_rmw_after_${e}`);
-  };
-  if (merged) return read(start, end - start, [...(head ? ['head'] : []), ...(tail ? ['tail'] : [])]);
-  if (head) await read(start, align, ['head']);
-  if (tail) await read(end - align, align, ['tail']);
+  if (merged) return readPaddingBlocks(node, start, end - start, padded, head, tail);
+  if (head) await readPaddingBlocks(node, start, align, padded.subarray(0, align), true, false);
+  if (tail) await readPaddingBlocks(node, end - align, align, padded.subarray(end - align - start), false, true);
+}
+
+/** One read of padding blocks into `into`, between QEMU's blkdebug events for the ends it holds. */
+async function readPaddingBlocks(
+  node: BlockNode, offset: number, bytes: number, into: Uint8Array, head: boolean, tail: boolean,
+): Promise<void> {
+  if (!takesDebugEvents(node)) return driverRead(node, offset, bytes, into, 0);
+  if (head) await debugEvent(node, 'pwritev_rmw_head');
+  if (tail) await debugEvent(node, 'pwritev_rmw_tail');
+  await driverRead(node, offset, bytes, into, 0);
+  if (head) await debugEvent(node, 'pwritev_rmw_after_head');
+  if (tail) await debugEvent(node, 'pwritev_rmw_after_tail');
 }
 
 /** One aligned write or zero write (QEMU's bdrv_aligned_pwritev), between its blkdebug events. */
 async function alignedWrite(node: BlockNode, offset: number, bytes: number, buf: Uint8Array | null, flags: number): Promise<void> {
-  const zero = (flags & REQ_ZERO_WRITE) !== 0;
-  const write = () => (zero ? driverZeroes(node, offset, bytes, flags) : driverWrite(node, offset, bytes, buf!, flags));
-  if (!node.driver.debugEvent) return write();
-  await debugEvent(node, zero ? 'pwritev_zero' : 'pwritev');
+  if (!takesDebugEvents(node)) return writeOrZeroes(node, offset, bytes, buf, flags);
+  await debugEvent(node, flags & REQ_ZERO_WRITE ? 'pwritev_zero' : 'pwritev');
   try {
-    await write();
+    await writeOrZeroes(node, offset, bytes, buf, flags);
   } finally {
     await debugEvent(node, 'pwritev_done');
   }
+}
+
+function writeOrZeroes(node: BlockNode, offset: number, bytes: number, buf: Uint8Array | null, flags: number): Promise<void> {
+  return flags & REQ_ZERO_WRITE ? driverZeroes(node, offset, bytes, flags) : driverWrite(node, offset, bytes, buf!, flags);
 }
 
 export function childWriteZeroes(child: BdrvChild, offset: number, bytes: number, flags: number): Promise<void> {
@@ -511,10 +528,11 @@ export async function nodeFlush(node: BlockNode): Promise<void> {
   const generation = node.writeGeneration;
   // QEMU raises the flush events on the primary child, whether the driver has the step or not.
   const primary = node.children.find((c) => c.role & ROLE_PRIMARY)?.node;
-  await debugEvent(primary, 'flush_to_os');
+  const raisesEvents = takesDebugEvents(primary);
+  if (raisesEvents) await debugEvent(primary, 'flush_to_os');
   if (node.driver.flush) await node.driver.flush(node);
   if (!node.noFlush && node.flushedGeneration !== generation) {
-    await debugEvent(primary, 'flush_to_disk');
+    if (raisesEvents) await debugEvent(primary, 'flush_to_disk');
     if (node.driver.flushToDisk) await node.driver.flushToDisk(node);
   }
   let failure: unknown;
