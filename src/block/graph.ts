@@ -23,6 +23,12 @@ export interface OpenFlags {
   inherited: FlatOptions;
   /** QEMU's BDRV_O_NO_BACKING: no backing file is opened, and backing options are refused. */
   noBacking?: boolean;
+  /**
+   * QEMU's BDRV_O_COPY_ON_READ (`-C`): refused on a read-only node once its file child is open,
+   * before the driver opens its other children (so before a copy-on-read filter below asks for
+   * write permission).
+   */
+  copyOnRead?: boolean;
 }
 
 /** A root node's flags: probe the format, no inherited options. */
@@ -305,7 +311,7 @@ export class BlockLayer {
         probed = true;
       }
 
-      const generic = takeGeneric(options);
+      const generic = takeGeneric(options, flags.copyOnRead ?? false);
       const nodeName = generic.nodeName ?? this.generateName();
       if (generic.nodeName !== undefined) this.checkNodeName(generic.nodeName);
       node = new BlockNode(this, driver, nodeName, generic.readOnly, generic.nodeName === undefined);
@@ -532,7 +538,7 @@ interface GenericOptions {
 }
 
 /** The options every node takes, checked in the order QEMU checks them. */
-function takeGeneric(options: FlatOptions): GenericOptions {
+function takeGeneric(options: FlatOptions, copyOnRead: boolean): GenericOptions {
   const bools: Partial<Record<(typeof GENERIC_BOOLS)[number], boolean>> = {};
   // QemuOpts validates in QDict order, so that order decides which bad value is reported.
   for (const key of qdictKeyOrder(Object.keys(options))) {
@@ -546,6 +552,7 @@ function takeGeneric(options: FlatOptions): GenericOptions {
   const readOnly = bools['read-only'] ?? false;
   const forceShare = bools['force-share'] ?? false;
   if (forceShare && !readOnly) throw new BlkioError('EINVAL', 'force-share=on can only be used with read-only images');
+  if (copyOnRead && readOnly) throw new BlkioError('EINVAL', "Can't use copy-on-read on read-only device");
   let discardUnmap = false;
   if (discard === 'unmap' || discard === 'on') discardUnmap = true;
   else if (discard !== undefined && discard !== 'ignore' && discard !== 'off') throw new BlkioError('EINVAL', 'Invalid discard option');

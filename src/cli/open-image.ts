@@ -104,7 +104,9 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
     options['force-share'] = 'on';
   }
 
-  let root: BlockNode = await layer.openNode(filename, options, { protocol: false, inherited: defaults, noBacking: req.noBacking });
+  // With -s, copy-on-read copies into the temporary overlay: the check waits for it.
+  const copyOnRead = (req.copyOnRead ?? false) && !req.snapshot;
+  let root: BlockNode = await layer.openNode(filename, options, { protocol: false, inherited: defaults, noBacking: req.noBacking, copyOnRead });
   try {
     // With -s, copy-on-read copies into the temporary overlay, which is writable unless -r.
     if (req.snapshot) root = await openTemporaryOverlay(layer, root, req.readOnly ?? false);
