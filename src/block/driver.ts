@@ -24,9 +24,11 @@ export const ROLE_FILTER_CHILD = ROLE_FILTERED | ROLE_PRIMARY;
 
 /**
  * `exact-number` / `exact-size`: the uint64 kept as a bigint, for drivers that report the value
- * as given or store it in a narrower C type.
+ * as given or store it in a narrower C type. `json-string`: a string the driver reads straight
+ * from the options (QEMU's qdict_get_try_str, not QemuOpts): a value of another JSON type is
+ * not taken, so the open refuses it as an unsupported option.
  */
-export type OptionType = 'string' | 'bool' | 'number' | 'exact-number' | 'size' | 'exact-size' | 'enum';
+export type OptionType = 'string' | 'json-string' | 'bool' | 'number' | 'exact-number' | 'size' | 'exact-size' | 'enum';
 
 export interface OptionSpec {
   type: OptionType;
@@ -200,6 +202,8 @@ export interface BlockDriver<S = unknown> {
    * without offset/size its child has the FILTERED role.
    */
   readonly isFilter?: boolean;
+  /** QEMU's bdrv_needs_filename: the open fails unless `filename` is a non-empty string. */
+  readonly needsFilename?: boolean;
   /** The driver has a `backing` child (COW format) the graph opens after `open`. */
   readonly supportsBacking?: boolean;
   /** Options the driver accepts besides its children; validated with QEMU's texts. */

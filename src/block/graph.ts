@@ -67,6 +67,11 @@ export class OpenContext {
     this.layer.warn(text);
   }
 
+  /** One of the node's open flags as QemuOpts reads it: off unless the option says on. */
+  flag(key: (typeof FLAG_OPTIONS)[number]): boolean {
+    return parseBool(key, qemuOptsValue(this.effective[key]) ?? 'off');
+  }
+
   /**
    * Open the child `name` from the `name` reference or the `name.*` options (or `filename`),
    * attach it in `role`, and return the edge; undefined when absent and allowNone. Errors of
@@ -311,7 +316,7 @@ export class BlockLayer {
         probed = true;
       }
 
-      const generic = takeGeneric(options, flags.copyOnRead ?? false);
+      const generic = takeGeneric(options, driver, flags.copyOnRead ?? false);
       const nodeName = generic.nodeName ?? this.generateName();
       if (generic.nodeName !== undefined) this.checkNodeName(generic.nodeName);
       node = new BlockNode(this, driver, nodeName, generic.readOnly, generic.nodeName === undefined);
@@ -537,8 +542,8 @@ interface GenericOptions {
   detectZeroes: DetectZeroes;
 }
 
-/** The options every node takes, checked in the order QEMU checks them. */
-function takeGeneric(options: FlatOptions, copyOnRead: boolean): GenericOptions {
+/** The options every node takes, checked in the order QEMU checks them (the filename among them). */
+function takeGeneric(options: FlatOptions, driver: BlockDriver<any>, copyOnRead: boolean): GenericOptions {
   const bools: Partial<Record<(typeof GENERIC_BOOLS)[number], boolean>> = {};
   // QemuOpts validates in QDict order, so that order decides which bad value is reported.
   for (const key of qdictKeyOrder(Object.keys(options))) {
@@ -552,6 +557,9 @@ function takeGeneric(options: FlatOptions, copyOnRead: boolean): GenericOptions 
   const readOnly = bools['read-only'] ?? false;
   const forceShare = bools['force-share'] ?? false;
   if (forceShare && !readOnly) throw new BlkioError('EINVAL', 'force-share=on can only be used with read-only images');
+  if (driver.needsFilename && (typeof options.filename !== 'string' || options.filename === '')) {
+    throw new BlkioError('EINVAL', `The '${driver.name}' block driver requires a file name`);
+  }
   if (copyOnRead && readOnly) throw new BlkioError('EINVAL', "Can't use copy-on-read on read-only device");
   let discardUnmap = false;
   if (discard === 'unmap' || discard === 'on') discardUnmap = true;
@@ -572,7 +580,7 @@ export function parseDriverOptions(driver: { options: OptionSpecs }, options: Fl
   for (const [key, spec] of Object.entries(driver.options)) out[key] = spec.default;
   for (const key of qdictKeyOrder(Object.keys(options))) {
     const spec = Object.hasOwn(driver.options, key) ? driver.options[key] : undefined;
-    if (!spec) continue;
+    if (!spec || (spec.type === 'json-string' && typeof options[key] !== 'string')) continue;
     const text = takeOption(options, key);
     if (text === undefined) continue;
     switch (spec.type) {

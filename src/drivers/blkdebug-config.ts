@@ -5,8 +5,8 @@
  * driver turns them into rules.
  */
 import { BlkioError } from '../errors.js';
-import type { FlatOptions, OptionScalar } from '../options/types.js';
-import { parseBool, parseNumber } from '../options/qemuopts.js';
+import type { FlatOptions, FlatValue } from '../options/types.js';
+import { parseBool, parseNumber, qemuOptsValue } from '../options/qemuopts.js';
 
 export type SectionGroup = 'inject-error' | 'set-state';
 
@@ -34,10 +34,10 @@ function isGroup(name: string): name is SectionGroup {
   return Object.hasOwn(GROUP_KEYS, name);
 }
 
-function typedValue(key: string, type: KeyType, value: OptionScalar): SectionValue {
-  if (type === 'number') return parseNumber(key, value);
-  if (type === 'bool') return parseBool(key, value);
-  return typeof value === 'string' ? value : String(value);
+function typedValue(key: string, type: KeyType, text: string): SectionValue {
+  if (type === 'number') return parseNumber(key, text);
+  if (type === 'bool') return parseBool(key, text);
+  return text;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -109,20 +109,23 @@ export function parseConfigFile(text: string): Section[] {
 // ---------------------------------------------------------------------------------------------
 // Inline options
 
-/** Take the known keys of `group` out of `options`, typed; the rest stays behind. */
+/**
+ * Take the known keys of `group` out of `options`, typed; the rest stays behind. As QemuOpts
+ * does, a known key whose value is null or an empty object or list is taken and ignored.
+ */
 function absorb(group: SectionGroup, options: FlatOptions): Map<string, SectionValue> {
   const values = new Map<string, SectionValue>();
   for (const [key, type] of Object.entries(GROUP_KEYS[group])) {
-    const value = options[key];
-    if (value === undefined || value === null) continue;
-    values.set(key, typedValue(key, type, value));
+    if (options[key] === undefined) continue;
+    const text = qemuOptsValue(options[key]);
     delete options[key];
+    if (text !== undefined) values.set(key, typedValue(key, type, text));
   }
   return values;
 }
 
 /** Options `N.*` (or a scalar `N`) of the list element N, removed from `options`. */
-function takeElement(options: FlatOptions, index: number): FlatOptions | OptionScalar | undefined {
+function takeElement(options: FlatOptions, index: number): FlatOptions | FlatValue | undefined {
   const key = String(index);
   if (key in options) {
     const scalar = options[key];
@@ -157,7 +160,7 @@ export function sectionsFromOptions(group: SectionGroup, options: FlatOptions): 
   for (let index = 0; ; index++) {
     const element = takeElement(rest, index);
     if (element === undefined) break;
-    if (typeof element !== 'object' || element === null) {
+    if (typeof element !== 'object' || element === null || Array.isArray(element)) {
       throw invalid(`[${group}] section (index ${index}) does not consist of keys`);
     }
     const values = absorb(group, element);

@@ -58,7 +58,7 @@ export const copyOnReadDriver: BlockDriver<CorState> = {
   name: 'copy-on-read',
   kind: 'filter',
   isFilter: true,
-  options: { bottom: { type: 'string' } },
+  options: { bottom: { type: 'json-string' } },
   cannotReopen: true,
 
   async open(node, ctx) {

@@ -8,7 +8,6 @@ import type { BlockNode } from '../block/node.js';
 import { REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_ZERO_WRITE, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
 import { nativeFileOps, type NativeFileOps } from './file-native.js';
 import { FileLock } from './file-locks.js';
-import { parseBool } from '../options/qemuopts.js';
 import { canAlignBuffers, ioBuffer, isAlignedInMemory } from '../io-buffers.js';
 import { probeDirectAlignment, type DirectAlignment } from './file-direct.js';
 
@@ -165,8 +164,7 @@ async function resizeFile(s: FileState, size: number, prealloc: string): Promise
 
 /** The file and host_device drivers' open: a regular file, or a character or block device. */
 async function openHostFile(node: BlockNode<FileState>, ctx: OpenContext, device: boolean): Promise<FileState> {
-  const filename = ctx.opts.filename as string | undefined;
-  if (!filename) throw new BlkioError('EINVAL', `The '${node.driver.name}' block driver requires a file name`);
+  const filename = ctx.opts.filename as string;
   const prManager = ctx.opts['pr-manager'] as string | undefined;
   if (prManager !== undefined) {
     // blkio has no persistent reservation managers: the id names none, or another object.
@@ -175,7 +173,7 @@ async function openHostFile(node: BlockNode<FileState>, ctx: OpenContext, device
       : `No persistent reservation manager with id '${prManager}'`);
   }
   // O_DIRECT wants aligned buffers, which only the addon can give: without it the page cache stays.
-  const direct = parseBool('cache.direct', ctx.effective['cache.direct'] ?? 'off') && canAlignBuffers();
+  const direct = ctx.flag('cache.direct') && canAlignBuffers();
   let handle: FileHandle;
   try {
     handle = await open(filename, openFlags(node.readOnly, direct));
@@ -191,7 +189,7 @@ async function openHostFile(node: BlockNode<FileState>, ctx: OpenContext, device
         : `'file' driver requires '${filename}' to be a regular file`);
     }
     // Linux native AIO works only on files opened with O_DIRECT.
-    if (ctx.opts.aio === 'native' && !parseBool('cache.direct', ctx.effective['cache.direct'] ?? 'off')) {
+    if (ctx.opts.aio === 'native' && !ctx.flag('cache.direct')) {
       throw new BlkioError('EINVAL', 'aio=native was specified, but it requires cache.direct=on, which was not specified.');
     }
     node.filename = filename;
@@ -209,6 +207,7 @@ export const fileDriver: BlockDriver<FileState> = {
   name: 'file',
   kind: 'protocol',
   protocolPrefix: 'file',
+  needsFilename: true,
   options: {
     filename: { type: 'string' },
     aio: { type: 'enum', values: ['threads', 'native', 'io_uring'] },

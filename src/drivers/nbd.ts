@@ -9,7 +9,6 @@ import type { BlockDriver } from '../block/driver.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
 import type { FlatOptions } from '../options/types.js';
 import { unflattenOptions } from '../options/json.js';
-import { parseBool } from '../options/qemuopts.js';
 import { visitQapiObject, type QapiObject } from '../options/qapi-input.js';
 import {
   CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, EXPORT_READ_ONLY, EXPORT_SEND_FAST_ZERO, EXPORT_SEND_FLUSH,
@@ -224,7 +223,7 @@ export const nbdDriver: BlockDriver<NbdState> = {
     };
     if (bitmap !== undefined && info.metaContext === undefined) await refuse('EINVAL');
     if ((info.flags & EXPORT_READ_ONLY) && !node.readOnly) {
-      if (!parseBool('auto-read-only', ctx.effective['auto-read-only'] ?? 'off')) await refuse('EACCES');
+      if (!ctx.flag('auto-read-only')) await refuse('EACCES');
       node.readOnly = true;
     }
     // Empty where the address has no URI (inet with ipv4=on): the node then has a json: name.

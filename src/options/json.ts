@@ -7,7 +7,7 @@
 
 import { BlkioError } from '../errors.js';
 import { formatGeneral, scanUnsigned } from './size.js';
-import type { FlatOptions, OptionScalar, OptionTree, OptionValue } from './types.js';
+import type { FlatOptions, FlatValue, OptionScalar, OptionTree, OptionValue } from './types.js';
 
 function invalid(message: string): BlkioError {
   return new BlkioError('EINVAL', message);
@@ -389,30 +389,27 @@ export function parseJsonFilename(filename: string): FlatOptions {
   return flattenTree(value);
 }
 
-function isScalar(value: OptionValue): value is OptionScalar {
-  return !isTree(value) && !Array.isArray(value);
-}
-
-function isNonEmptyContainer(value: OptionValue): value is OptionTree | OptionValue[] {
-  return Array.isArray(value) ? value.length > 0 : isTree(value) && Object.keys(value).length > 0;
+/** What a flat QDict holds as a value: scalars, and empty objects and lists (qdict_flatten leaves them). */
+function isFlatValue(value: OptionValue): value is FlatValue {
+  return Array.isArray(value) ? value.length === 0 : !isTree(value) || Object.keys(value).length === 0;
 }
 
 /**
  * Flattens nested options to dotted keys (qdict_flatten): `{"file": {"driver": "file"}}` ->
- * `file.driver`, arrays -> `.0`, `.1`. Like QEMU, which flattens in place, a nested member
- * overrides a dotted key spelled out at the top level (`file.size` vs `file: {size}`); deeper
- * clashes resolve in QDict order. Empty objects and arrays, which QEMU keeps as values, are
- * dropped (a flat dictionary holds scalars only).
+ * `file.driver`, arrays -> `.0`, `.1`; empty objects and arrays stay values, as in QEMU (so an
+ * unknown `"x": {}` is refused like any other option). Like QEMU, which flattens in place, a
+ * nested member overrides a dotted key spelled out at the top level (`file.size` vs
+ * `file: {size}`); deeper clashes resolve in QDict order.
  */
 export function flattenTree(tree: OptionTree, prefix?: string): FlatOptions {
   const flat: FlatOptions = {};
   const join = (key: string): string => (prefix === undefined ? key : `${prefix}.${key}`);
   for (const [key, value] of Object.entries(tree)) {
-    if (isScalar(value)) setEntry(flat, join(key), value);
+    if (isFlatValue(value)) setEntry(flat, join(key), value);
   }
   for (const key of qdictKeyOrder(Object.keys(tree))) {
     const value = tree[key];
-    if (isNonEmptyContainer(value)) flattenInto(flat, value, join(key));
+    if (!isFlatValue(value)) flattenInto(flat, value, join(key));
   }
   return flat;
 }
@@ -422,8 +419,8 @@ function flattenInto(flat: FlatOptions, container: OptionTree | OptionValue[], p
     ? container.map((value, index) => [String(index), value])
     : qdictKeyOrder(Object.keys(container)).map((key) => [key, container[key]]);
   for (const [key, value] of entries) {
-    if (isNonEmptyContainer(value)) flattenInto(flat, value, `${prefix}.${key}`);
-    else if (isScalar(value)) setEntry(flat, `${prefix}.${key}`, value);
+    if (isFlatValue(value)) setEntry(flat, `${prefix}.${key}`, value);
+    else flattenInto(flat, value, `${prefix}.${key}`);
   }
 }
 

@@ -6,7 +6,7 @@
 
 import { BlkioError } from '../errors.js';
 import { formatGeneral, parseSizeBigInt, scanUnsigned, SizeError } from './size.js';
-import type { FlatOptions, OptionScalar, WarningSink } from './types.js';
+import type { FlatOptions, FlatValue, WarningSink } from './types.js';
 
 export type QemuOptPair = [key: string, value: string];
 
@@ -181,10 +181,10 @@ function wrongType(name: string, expected: string): BlkioError {
 
 /**
  * The string QemuOpts sees for a JSON value (qemu_opts_absorb_qdict): booleans become on/off,
- * integers print in decimal and other numbers as `%.17g`. Null (and anything else) gives
+ * integers print in decimal and other numbers as `%.17g`. Null, empty objects and lists give
  * undefined: QemuOpts skips such entries.
  */
-export function qemuOptsValue(value: OptionScalar): string | undefined {
+export function qemuOptsValue(value: FlatValue): string | undefined {
   if (typeof value === 'string') return value;
   if (typeof value === 'boolean') return value ? 'on' : 'off';
   if (typeof value === 'number') return Number.isSafeInteger(value) ? String(value) : formatGeneral(value, 17);
@@ -197,7 +197,7 @@ const BOOLEAN_WORDS: Record<string, boolean> = {
 };
 
 /** A boolean option (QemuOpts QEMU_OPT_BOOL, QAPI 'bool'). */
-export function parseBool(name: string, value: OptionScalar, syntax: OptionSyntax = 'qemuopts'): boolean {
+export function parseBool(name: string, value: FlatValue, syntax: OptionSyntax = 'qemuopts'): boolean {
   if (syntax === 'qapi') {
     if (typeof value !== 'boolean') throw wrongType(name, 'boolean');
     return value;
@@ -208,7 +208,7 @@ export function parseBool(name: string, value: OptionScalar, syntax: OptionSynta
 }
 
 /** A string option (QAPI 'str'); QemuOpts and keyval values are strings already. */
-export function parseString(name: string, value: OptionScalar, syntax: OptionSyntax = 'qemuopts'): string {
+export function parseString(name: string, value: FlatValue, syntax: OptionSyntax = 'qemuopts'): string {
   if (syntax === 'qapi' && typeof value !== 'string') throw wrongType(name, 'string');
   return qemuOptsValue(value) ?? '';
 }
@@ -237,7 +237,7 @@ export function parseCInteger(text: string, signed: boolean): bigint | 'invalid'
  * the nearest double; only range checks make sense for them anyway. C callers that read the
  * option as int64 (negative = invalid) must treat values >= 2^63 as negative.
  */
-export function parseNumber(name: string, value: OptionScalar, syntax: OptionSyntax = 'qemuopts'): number {
+export function parseNumber(name: string, value: FlatValue, syntax: OptionSyntax = 'qemuopts'): number {
   if (syntax === 'qapi') {
     // QAPI also takes a negative integer "for backward compatibility", wrapping it to uint64.
     if (typeof value !== 'number' || !Number.isInteger(value) || value < -(2 ** 63) || value >= 2 ** 64) {
@@ -262,7 +262,7 @@ export function parseNumberExact(name: string, text: string, syntax: TextOptionS
 }
 
 /** A signed 64-bit integer option (QAPI 'int'); QemuOpts has no signed type. */
-export function parseInteger(name: string, value: OptionScalar, syntax: 'keyval' | 'qapi' = 'keyval'): number {
+export function parseInteger(name: string, value: FlatValue, syntax: 'keyval' | 'qapi' = 'keyval'): number {
   if (syntax === 'qapi') {
     if (typeof value !== 'number' || !Number.isInteger(value) || value < -(2 ** 63) || value >= 2 ** 63) {
       throw wrongType(name, 'integer');
@@ -279,7 +279,7 @@ export function parseInteger(name: string, value: OptionScalar, syntax: 'keyval'
  * 2^53 come back as the nearest double (see parseNumber).
  */
 export function parseSizeOption(
-  name: string, value: OptionScalar, syntax: OptionSyntax = 'qemuopts', warn?: WarningSink,
+  name: string, value: FlatValue, syntax: OptionSyntax = 'qemuopts', warn?: WarningSink,
 ): number {
   if (syntax === 'qapi') return parseNumber(name, value, 'qapi');
   return Number(parseSizeOptionExact(name, qemuOptsValue(value) ?? '', syntax, warn));

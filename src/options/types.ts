@@ -14,8 +14,14 @@ export interface OptionTree {
 
 export type OptionValue = OptionTree | OptionValue[] | OptionScalar;
 
+/** An empty object or list: QEMU's qdict_flatten keeps these as values of a flat QDict. */
+export type EmptyContainer = Record<string, never> | never[];
+
+/** A value of a flat option QDict: a scalar, or an empty object or list (JSON only). */
+export type FlatValue = OptionScalar | EmptyContainer;
+
 /** QEMU's flat option QDict: nested levels are spelled as dotted keys (`children.0.file.filename`). */
-export type FlatOptions = Record<string, OptionScalar>;
+export type FlatOptions = Record<string, FlatValue>;
 
 /**
  * Receives a warning exactly as QEMU prints it after the program prefix: the first line starts

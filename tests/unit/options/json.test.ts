@@ -131,8 +131,10 @@ describe('flattenTree', () => {
       .toEqual({ 'file.driver': 'null-co', 'file.size': '1k' });
   });
 
-  it('drops empty objects and arrays', () => {
-    expect(flattenTree({ driver: 'raw', file: {}, x: [] })).toEqual({ driver: 'raw' });
+  it('keeps empty objects and arrays as values, at any depth', () => {
+    expect(flattenTree({ driver: 'raw', file: {}, x: [] })).toEqual({ driver: 'raw', file: {}, x: [] });
+    expect(flattenTree({ file: { cache: {}, driver: 'file' }, children: [[], {}] }))
+      .toEqual({ 'file.cache': {}, 'file.driver': 'file', 'children.0': [], 'children.1': {} });
   });
 });
 
