@@ -736,28 +736,67 @@ export function chainNext(node: BlockNode): BlockNode | undefined {
   return node.cowChild?.node;
 }
 
+/** A block status answered through a chain, and which layer gave it. */
+export interface ChainBlockStatus extends BlockStatusResult {
+  /** Images (filters not counted) above the layer whose answer this is: 0 for top's own. */
+  depth: number;
+}
+
 /**
- * Allocation anywhere from `top` down to (and, when includeBase, including) `base`; base
- * undefined means the whole chain. Returns the depth of the first layer that has the data.
- * As in QEMU 7.2, the zeroes past the end of a layer shorter than the ones above it count as
- * allocated in that layer (so copy-on-read copies them as zero clusters); past the end of
- * `top` itself nothing below is looked at.
+ * Status of [offset, offset+bytes) seen through `top`'s chain (filters and backing files) down
+ * to `base`, which is asked too only with includeBase (base undefined: the whole chain): the
+ * answer of the first layer that has the range allocated, else of the last layer asked (QEMU's
+ * bdrv_block_status_above). As in QEMU 7.2, the zeroes past the end of a layer shorter than
+ * the ones above it count as allocated in that layer (so commit, mirror and copy-on-read
+ * write them as zeroes). EOF is set only when the answer reaches the end of top; past that
+ * end pnum is 0.
+ */
+export async function blockStatusAbove(
+  top: BlockNode, base: BlockNode | undefined, offset: number, bytes: number, includeBase = false,
+): Promise<ChainBlockStatus> {
+  if (top === base && !includeBase) return { status: 0, pnum: bytes, depth: 0 };
+  let r = await layerStatus(top, offset, bytes);
+  let depth = 0;
+  if (r.pnum === 0 || r.status & STATUS_ALLOCATED || top === base) return { ...r, depth };
+  const eof = r.status & STATUS_EOF ? offset + r.pnum : -1;
+  for (let above = top, layer = chainNext(top); layer && (includeBase || layer !== base); above = layer, layer = chainNext(layer)) {
+    if (!above.isFilter) depth++;
+    const below = await layerStatus(layer, offset, r.pnum);
+    if (below.pnum === 0) {
+      r = { status: STATUS_ZERO | STATUS_ALLOCATED, pnum: r.pnum, file: layer };
+      break;
+    }
+    r = below;
+    if (r.status & STATUS_ALLOCATED) {
+      // The end of this layer need not be the end of top.
+      r.status &= ~STATUS_EOF;
+      break;
+    }
+    if (layer === base) break;
+  }
+  if (offset + r.pnum === eof) r.status |= STATUS_EOF;
+  return { ...r, depth };
+}
+
+/** One layer's status, with EOF set when the answer reaches the end of that layer. */
+async function layerStatus(node: BlockNode, offset: number, bytes: number): Promise<BlockStatusResult> {
+  const r = await nodeBlockStatus(node, offset, bytes);
+  if (r.pnum > 0 && offset + r.pnum === node.getLength()) r.status |= STATUS_EOF;
+  return r;
+}
+
+/**
+ * Whether some layer from `top` down to `base` (asked too with includeBase; undefined: the
+ * whole chain) holds [offset, offset+pnum), and the depth of the first that does. Past the end
+ * of top, the whole range counts as unallocated: QEMU 7.2 answers pnum 0 there, which ends
+ * copy-on-read's read early and leaves the rest of the buffer unread.
  */
 export async function isAllocatedAbove(
   top: BlockNode, base: BlockNode | undefined, includeBase: boolean, offset: number, bytes: number,
 ): Promise<{ allocated: boolean; pnum: number; depth: number }> {
-  let pnum = bytes;
-  let depth = 0;
-  for (let n: BlockNode | undefined = top; n; n = chainNext(n)) {
-    if (n === base && !includeBase) break;
-    if (offset >= n.getLength()) return { allocated: n !== top, pnum, depth };
-    const r = await isAllocated(n, offset, pnum);
-    if (r.allocated) return { allocated: true, pnum: r.pnum, depth };
-    pnum = Math.min(pnum, r.pnum);
-    if (n === base) break;
-    if (!n.isFilter) depth++;
-  }
-  return { allocated: false, pnum, depth };
+  if (offset >= top.getLength()) return { allocated: false, pnum: bytes, depth: 0 };
+  const r = await blockStatusAbove(top, base, offset, bytes, includeBase);
+  return { allocated: (r.status & STATUS_ALLOCATED) !== 0, pnum: r.pnum, depth: r.depth };
 }
 
 /** Request flags a node handles itself, for filters that pass through what their child supports. */

@@ -17,8 +17,8 @@ import { BlkioError, toBlkioError } from '../errors.js';
 import type { BdrvChild } from '../block/child.js';
 import { ROLE_DATA, type BlockDriver, type BlockStatusResult } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
-import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_WRITE_UNCHANGED, STATUS_ALLOCATED, STATUS_DATA, STATUS_ZERO } from '../block/flags.js';
-import { chainNext, nodeBlockStatus, supportedZeroFlags } from '../block/io.js';
+import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_WRITE_UNCHANGED, STATUS_DATA, STATUS_ZERO } from '../block/flags.js';
+import { blockStatusAbove, supportedZeroFlags } from '../block/io.js';
 import { PERM_CONSISTENT_READ, PERM_PASSTHROUGH, PERM_WRITE, PERM_WRITE_UNCHANGED } from '../block/permissions.js';
 import type { FlatOptions } from '../options/types.js';
 import { firstDifference } from './blkverify.js';
@@ -171,17 +171,6 @@ async function readQuorum(node: BlockNode<QuorumState>, offset: number, bytes: n
   }
 }
 
-/** A child's status through its backing chain: the first layer that has the range answers. */
-async function chainStatus(top: BlockNode, offset: number, bytes: number): Promise<BlockStatusResult> {
-  let r = await nodeBlockStatus(top, offset, bytes);
-  for (let n = chainNext(top); n && r.pnum > 0 && !(r.status & STATUS_ALLOCATED); n = chainNext(n)) {
-    const below = await nodeBlockStatus(n, offset, r.pnum);
-    // Past the end of a shorter layer: zeroes.
-    r = below.pnum === 0 ? { status: STATUS_ZERO | STATUS_ALLOCATED, pnum: r.pnum } : below;
-  }
-  return r;
-}
-
 /**
  * Zeroes where every child reads zeroes (for the shortest such run), else data (for the longest
  * run of a child that does not: unallocated ranges of a protocol count as data); never a host
@@ -193,7 +182,7 @@ async function blockStatus(node: BlockNode<QuorumState>, offset: number, bytes: 
   for (const [i, child] of node.state.children.entries()) {
     let r: BlockStatusResult;
     try {
-      r = await chainStatus(child.node, offset, bytes);
+      r = await blockStatusAbove(child.node, undefined, offset, bytes);
     } catch (e) {
       reportBad(node, 'read', i, offset, bytes, toBlkioError(e));
       dataBytes = bytes;

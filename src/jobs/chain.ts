@@ -1,21 +1,15 @@
-/** Backing-chain questions the jobs ask: where is the base, what does a range hold above it. */
+/** Backing-chain questions the jobs ask: which images are below, where is the base, which one has a name. */
 import { realpathSync } from 'node:fs';
 import { dirname, isAbsolute, relative } from 'node:path';
 import { BlkioError } from '../errors.js';
 import { hasProtocolPrefix, resolveBackingFilename } from '../block/graph.js';
-import { nodeBlockStatus } from '../block/io.js';
+import { chainNext } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
-import { STATUS_ALLOCATED, STATUS_ZERO } from '../block/flags.js';
-
-/** Below a filter: its filtered child; below an image: its backing file (not its storage). */
-function nextInChain(node: BlockNode): BlockNode | undefined {
-  return node.isFilter ? node.filteredChild?.node : node.backing?.node;
-}
 
 /** The images in top's backing chain, top's backing file first (filters in between skipped). */
 export function backingChain(top: BlockNode): BlockNode[] {
   const chain: BlockNode[] = [];
-  for (let n = nextInChain(top); n; n = nextInChain(n)) if (!n.isFilter) chain.push(n);
+  for (let n = chainNext(top); n; n = chainNext(n)) if (!n.isFilter) chain.push(n);
   return chain;
 }
 
@@ -68,32 +62,6 @@ function realFile(path: string): string | undefined {
 
 /** How far to look ahead in one block-status query (skipped ranges may be long). */
 export const STATUS_LOOKAHEAD = 1 << 30;
-
-export interface ChainStatus {
-  /** Some layer from top down to (not including) the stop node holds the range. */
-  allocated: boolean;
-  /** The range reads as zeroes (allocated as zero, or nothing below holds data). */
-  zero: boolean;
-  /** Bytes from offset with this status (> 0). */
-  pnum: number;
-}
-
-/**
- * What [offset, offset+bytes) of top holds in the layers above `stop` (undefined: whole chain).
- * As in QEMU 7.2, the zeroes past the end of a layer shorter than the ones above it count as
- * allocated in that layer (so commit and mirror write them as zeroes).
- */
-export async function chainStatus(top: BlockNode, stop: BlockNode | undefined, offset: number, bytes: number): Promise<ChainStatus> {
-  let pnum = bytes;
-  for (let n: BlockNode | undefined = top; n && n !== stop; n = nextInChain(n)) {
-    if (offset >= n.getLength()) return { allocated: n !== top, zero: true, pnum };
-    const r = await nodeBlockStatus(n, offset, pnum);
-    if (r.status & STATUS_ALLOCATED) return { allocated: true, zero: (r.status & STATUS_ZERO) !== 0, pnum: r.pnum };
-    pnum = Math.min(pnum, r.pnum);
-  }
-  // Nothing in the whole chain holds it: it reads as zeroes.
-  return { allocated: false, zero: stop === undefined, pnum };
-}
 
 /**
  * How the header of `imageFilename` should name `backingFilename` (both as opened, relative to

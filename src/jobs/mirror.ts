@@ -10,13 +10,13 @@
  */
 import { BlkioError } from '../errors.js';
 import type { BlockLayer } from '../block/graph.js';
-import { REQ_MAY_UNMAP } from '../block/flags.js';
+import { REQ_MAY_UNMAP, STATUS_ALLOCATED, STATUS_ZERO } from '../block/flags.js';
 import type { BlockNode } from '../block/node.js';
-import { nodeInfo } from '../block/io.js';
+import { blockStatusAbove, nodeInfo } from '../block/io.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../block/permissions.js';
 import { withRangeLock } from '../drivers/mirror-top.js';
 import { ioBuffer } from '../io-buffers.js';
-import { backingImage, chainStatus, STATUS_LOOKAHEAD } from './chain.js';
+import { backingImage, STATUS_LOOKAHEAD } from './chain.js';
 import { Job, type JobOptions } from './job.js';
 
 export type MirrorSync = 'full' | 'top' | 'none';
@@ -33,9 +33,10 @@ export type RangePlanner = (offset: number, bytes: number) => Promise<{ action: 
  */
 export function planAbove(source: BlockNode, stop: BlockNode | undefined, targetReadsZero: boolean): RangePlanner {
   return async (offset, bytes) => {
-    const s = await chainStatus(source, stop, offset, bytes);
-    if (!s.allocated || (s.zero && targetReadsZero)) return { action: 'skip', bytes: s.pnum };
-    return { action: s.zero ? 'zero' : 'copy', bytes: s.pnum };
+    const { status, pnum } = await blockStatusAbove(source, stop, offset, bytes);
+    const zero = (status & STATUS_ZERO) !== 0;
+    if (!(status & STATUS_ALLOCATED) || (zero && targetReadsZero)) return { action: 'skip', bytes: pnum };
+    return { action: zero ? 'zero' : 'copy', bytes: pnum };
   };
 }
 
@@ -61,8 +62,8 @@ export function planAboveInChunks(source: BlockNode, stop: BlockNode, target: Bl
   const dirtyAt = async (pos: number, limit: number): Promise<{ dirty: boolean; bytes: number }> => {
     const end = chunkEnd(pos + 1, limit);
     for (let p = pos; p < end;) {
-      const s = await chainStatus(source, stop, p, limit - p);
-      if (s.allocated) return { dirty: true, bytes: chunkEnd(p + s.pnum, limit) - pos };
+      const s = await blockStatusAbove(source, stop, p, limit - p);
+      if (s.status & STATUS_ALLOCATED) return { dirty: true, bytes: chunkEnd(p + s.pnum, limit) - pos };
       if (p === pos && p + s.pnum >= end) {
         const cleanEnd = p + s.pnum >= limit ? limit : Math.floor((p + s.pnum) / granularity) * granularity;
         return { dirty: false, bytes: cleanEnd - pos };
@@ -81,12 +82,12 @@ export function planAboveInChunks(source: BlockNode, stop: BlockNode, target: Bl
       if (!next.dirty) break;
       runEnd += next.bytes;
     }
-    const whole = await chainStatus(source, undefined, offset, runEnd - offset);
+    const whole = await blockStatusAbove(source, undefined, offset, runEnd - offset);
     const wholeChunks = offset + whole.pnum >= runEnd
       ? runEnd - offset : Math.floor((offset + whole.pnum) / granularity) * granularity - offset;
     const oneChunk = chunkEnd(offset + 1, runEnd) - offset;
     // Unallocated down to the bottom reads as zeroes too.
-    const readsZero = !whole.allocated || whole.zero;
+    const readsZero = !(whole.status & STATUS_ALLOCATED) || (whole.status & STATUS_ZERO) !== 0;
     if (!readsZero) return { action: 'copy', bytes: Math.max(wholeChunks, oneChunk) };
     if (wholeChunks < oneChunk) return { action: 'copy', bytes: oneChunk };
     const aligned = offset % targetCluster === 0 && (offset + wholeChunks) % targetCluster === 0;

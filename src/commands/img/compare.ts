@@ -10,12 +10,12 @@
 import { BlkioError } from '../../errors.js';
 import type { BlockBackend } from '../../block/backend.js';
 import { STATUS_ALLOCATED, STATUS_DATA, STATUS_EOF, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../block/flags.js';
+import { blockStatusAbove } from '../../block/io.js';
 import { isCacheMode } from '../../cli/open-image.js';
 import { floatPercent, Progress } from '../../cli/progress.js';
 import {
   ExitStatus, UsageError, openImg, reportError, runSubcommand, withLayer, writeOut,
 } from './common.js';
-import { chainBlockStatus } from './block-status.js';
 import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
@@ -119,7 +119,7 @@ function failure(status: number, message: string): ExitStatus {
 
 async function blockStatus(side: Side, offset: number): Promise<{ status: number; pnum: number }> {
   try {
-    const r = await chainBlockStatus(side.blk.node, undefined, offset, side.size - offset);
+    const r = await blockStatusAbove(side.blk.node, undefined, offset, side.size - offset);
     return { status: r.status & STATUS_MASK, pnum: r.pnum };
   } catch {
     throw failure(3, `Sector allocation test failed for ${side.filename}`);

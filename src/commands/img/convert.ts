@@ -15,7 +15,7 @@ import type { BlockBackend } from '../../block/backend.js';
 import type { BlockLayer } from '../../block/graph.js';
 import type { BlockNode } from '../../block/node.js';
 import { REQUEST_MAX_BYTES, REQ_MAY_UNMAP, STATUS_DATA, STATUS_ZERO } from '../../block/flags.js';
-import { isZeroBuffer, nodeInfo } from '../../block/io.js';
+import { blockStatusAbove, chainNext, isZeroBuffer, nodeInfo } from '../../block/io.js';
 import { isCacheMode } from '../../cli/open-image.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
 import { cancelOnSigint } from '../../cli/jobs.js';
@@ -26,7 +26,6 @@ import {
   appendOptionList, backingLayer, checkCacheMode, IMG_COMMAND, imgCvtnum, openImg, reportError, reportWarning, runSubcommand, skipFilters, withLayer,
 } from './common.js';
 import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs, type SharedImgOptions } from './options.js';
-import { chainBlockStatus } from './block-status.js';
 import {
   createImageFile, createRequestOptions, creationDrivers, parseCreateOptions, printOptionHelp, setCreateOption,
 } from './create.js';
@@ -381,11 +380,12 @@ async function nextPiece(s: ConvertState, sector: number): Promise<number> {
   }
   if (s.nextStatusSector <= sector) {
     const top = skipFilters(src.blk.node);
-    const base: BlockNode | undefined = s.targetHasBacking ? backingLayer(top) : undefined;
+    // With a backing file in the target, only what the source's own layer holds is copied.
+    const base = s.targetHasBacking ? chainNext(top) : undefined;
     const offset = (sector - src.start) * SECTOR;
     let r;
     try {
-      r = await chainBlockStatus(top, base, offset, Math.min(n * SECTOR, src.blk.getLength() - offset));
+      r = await blockStatusAbove(top, base, offset, Math.min(n * SECTOR, src.blk.getLength() - offset));
     } catch (e) {
       const message = `error while reading block status at offset ${offset}: ${reason(e)}`;
       if (!s.salvage) throw new BlkioError('EIO', message);

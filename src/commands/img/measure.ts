@@ -6,9 +6,9 @@
  */
 import { BlkioError } from '../../errors.js';
 import type { MeasureResult } from '../../block/driver.js';
+import { blockStatusAbove } from '../../block/io.js';
 import { fileDriver } from '../../drivers/file.js';
 import { getopt } from '../io/getopt.js';
-import { chainBlockStatus } from './block-status.js';
 import {
   appendOptionList, imgCvtnum, newObjectRegistry, objectOption, openImg, type OutputFormat, parseOutputFormat, reportError,
   ReportLines, runSubcommand, withLayer, writeErr, writeOut,
@@ -95,7 +95,7 @@ export function imgMeasure(argv: string[]): Promise<number> {
       const top = source?.root.node;
       const info = await driver.measure(
         createRequestOptions(values),
-        top && { node: top, chainStatus: (offset, bytes) => chainBlockStatus(top, undefined, offset, bytes) },
+        top && { node: top, chainStatus: (offset, bytes) => blockStatusAbove(top, undefined, offset, bytes) },
         (id) => layer.objects.get(id),
       );
       writeOut(formatMeasure(info, output));
