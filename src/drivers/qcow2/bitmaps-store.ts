@@ -14,6 +14,7 @@ import {
 } from './bitmaps.js';
 import { AUTOCLEAR_BITMAPS, MAX_BITMAP_DIRECTORY_SIZE, MAX_BITMAPS } from './header.js';
 import { updateHeader } from './open.js';
+import { preventMetadataOverwrite } from './overlap.js';
 import { allocClusters, freeOrReport } from './refcount.js';
 import type { Qcow2State } from './state.js';
 
@@ -143,6 +144,7 @@ async function updateDirectoryInPlace(s: Qcow2State, entries: readonly BitmapDir
   if (dir.length !== location.size) throw new BlkioError('EINVAL');
   s.header.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
   await updateHeaderSync(s);
+  await preventMetadataOverwrite(s, location.offset, dir.length, 'bitmap directory');
   await s.file.write(location.offset, dir.length, dir);
   await updateHeaderSync(s);
   s.header.autoclearFeatures |= AUTOCLEAR_BITMAPS;
@@ -163,6 +165,7 @@ async function replaceDirectory(s: Qcow2State, entries: readonly BitmapDirectory
     if (dir.length > MAX_BITMAP_DIRECTORY_SIZE) throw new BlkioError('EINVAL');
     const offset = await allocClusters(s, dir.length);
     try {
+      await preventMetadataOverwrite(s, offset, dir.length);
       await s.file.write(offset, dir.length, dir);
       await flushCaches(s);
     } catch (e) {
@@ -191,40 +194,55 @@ async function freeBitmapClusters(s: Qcow2State, tableOffset: number, tableSize:
   await freeOrReport(s, tableOffset, tableSize * 8, 'other');
 }
 
+/**
+ * New clusters for a bitmap's data or table, checked against the metadata and written, each
+ * step failing with QEMU's text for it.
+ */
+async function writeBitmapClusters(s: Qcow2State, name: string, data: Uint8Array, onAllocated: (offset: number) => void): Promise<void> {
+  let offset;
+  try {
+    offset = await allocClusters(s, data.length);
+  } catch (e) {
+    throw errnoError(`Failed to allocate clusters for bitmap '${name}'`, e);
+  }
+  onAllocated(offset);
+  try {
+    await preventMetadataOverwrite(s, offset, data.length);
+  } catch (e) {
+    throw errnoError('Qcow2 overlap check failed', e);
+  }
+  try {
+    await s.file.write(offset, data.length, data);
+  } catch (e) {
+    throw errnoError(`Failed to write bitmap '${name}' to file`, e);
+  }
+}
+
 /** Write a bitmap's dirty clusters of data and then its table; the entry gets the table. */
 async function storeBitmap(s: Qcow2State, entry: StoredBitmap, bitmap: DirtyBitmap): Promise<void> {
   const tableSize = bitmapTableSize(bitmap.size, bitmap.granularity, s.clusterSize);
   if (tableSize > MAX_TABLE_SIZE || tableSize * s.clusterSize > MAX_PHYS_SIZE) throw new BlkioError('EINVAL', `Bitmap '${bitmap.name}' is too big`);
   const table: number[] = new Array<number>(tableSize).fill(0);
   const bitsPerCluster = s.clusterSize * 8;
-  const freeStored = async () => {
-    for (const offset of table) if (offset) await freeOrReport(s, offset, s.clusterSize, 'always');
-  };
+  let tableOffset = 0;
   try {
     // Only clusters of the bitmap with a dirty bit get data; clean ones stay 0 in the table.
     for (let bit = bitmap.nextSet(0); bit >= 0;) {
       const index = Math.floor(bit / bitsPerCluster);
       const first = index * bitsPerCluster;
       const count = Math.min(bitmap.bitCount - first, bitsPerCluster);
-      const offset = await allocClusters(s, s.clusterSize);
-      table[index] = offset;
       const data = new Uint8Array(s.clusterSize);
       data.set(bitmap.serialize(first, count));
-      await s.file.write(offset, s.clusterSize, data);
+      await writeBitmapClusters(s, bitmap.name, data, (offset) => { table[index] = offset; });
       bit = first + count < bitmap.bitCount ? bitmap.nextSet(first + count) : -1;
     }
-    const tableOffset = await allocClusters(s, tableSize * 8);
-    try {
-      await s.file.write(tableOffset, tableSize * 8, encodeBitmapTable(table));
-    } catch (e) {
-      await freeOrReport(s, tableOffset, tableSize * 8, 'other');
-      throw e;
-    }
+    await writeBitmapClusters(s, bitmap.name, encodeBitmapTable(table), (offset) => { tableOffset = offset; });
     entry.tableOffset = tableOffset;
     entry.tableSize = tableSize;
   } catch (e) {
-    await freeStored();
-    throw toBlkioError(e).prepend(`Failed to write bitmap '${bitmap.name}' to file: `);
+    for (const offset of table) if (offset) await freeOrReport(s, offset, s.clusterSize, 'always');
+    if (tableOffset) await freeOrReport(s, tableOffset, tableSize * 8, 'other');
+    throw e;
   }
 }
 

@@ -105,6 +105,10 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     if (!s || s.readOnly) return;
     await requireUsable(s).catch(() => {});
     if (s.unusable) return;
+    // QEMU flushes a node before it closes it and reports no failure there; a corruption found
+    // on the way leaves nothing for the close to do.
+    await s.lock.run(() => writeCaches(s)).catch(() => {});
+    if (s.unusable) return;
     // As QEMU's close: each cache is flushed even when the other failed, failures are only
     // reported, and the image is marked clean only when both made it to disk.
     await s.lock.run(async () => {

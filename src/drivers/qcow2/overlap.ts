@@ -1,13 +1,14 @@
 /**
- * QEMU's metadata overlap check (its default "cached" mode, without the bitmap directory):
- * before guest data goes to a host range, the range must not touch the image's own metadata.
- * A corrupt table entry that points into metadata would otherwise spread the damage.
+ * QEMU's metadata overlap check (its default "cached" mode): before guest data or metadata goes
+ * to a host range, the range must not touch the image's other metadata. A corrupt table entry
+ * that points into metadata would otherwise spread the damage.
  */
 import { l1EntryOffset } from './mapping.js';
 import { reftableOffset } from './entries.js';
+import { AUTOCLEAR_BITMAPS } from './header.js';
 import { signalCorruption, type Qcow2State } from './state.js';
 
-export type Metadata = 'active L1 table' | 'active L2 table' | 'refcount block';
+export type Metadata = 'active L1 table' | 'active L2 table' | 'refcount block' | 'bitmap directory';
 
 /**
  * The first kind of metadata the cluster-aligned host range overlaps, in QEMU's check order
@@ -33,6 +34,13 @@ export function overlappingMetadata(s: Qcow2State, offset: number, bytes: number
   }
   if (overlaps(s.header.snapshotsOffset, s.snapshotsSize)) return 'snapshot table';
   if (s.snapshots.some((sn) => overlaps(sn.l1TableOffset, sn.l1Size * 8))) return 'inactive L1 table';
+  if (own !== 'bitmap directory' && s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) {
+    // QEMU checks the directory whenever the bit is set, also with no extension read (offset
+    // and size 0): its unsigned range test then takes the empty range for all of the file.
+    const dir = s.bitmapDirectory ?? { offset: 0, size: 0 };
+    const last = dir.size === 0 && dir.offset === 0 ? Infinity : dir.offset + dir.size - 1;
+    if (start <= last && dir.offset < end) return 'bitmap directory';
+  }
   return undefined;
 }
 

@@ -13,7 +13,7 @@ function stateWithRefblocks(blocks: Record<number, number>): Qcow2State {
   for (const [index, offset] of Object.entries(blocks)) set64(table, Number(index), 0, offset);
   const s = {
     clusterSize: CLUSTER, l1TableOffset: 0, l1Size: 0, refcountTableOffset: CLUSTER, refcountTableSize: entries,
-    refcountTable: table, maxRefcountTableIndex: 0, header: { snapshotsOffset: 0 }, snapshotsSize: 0, snapshots: [],
+    refcountTable: table, maxRefcountTableIndex: 0, header: { snapshotsOffset: 0, autoclearFeatures: 0n }, snapshotsSize: 0, snapshots: [],
   } as unknown as Qcow2State;
   updateMaxRefcountTableIndex(s);
   return s;
@@ -32,5 +32,17 @@ describe('overlappingMetadata', () => {
     const s = stateWithRefblocks({ 0: 2 * CLUSTER });
     expect(overlappingMetadata(s, CLUSTER + 4096, 8)).toBe('refcount table');
     expect(overlappingMetadata(s, 0, 512)).toBe('qcow2_header');
+  });
+
+  it('checks the bitmap directory while the bitmaps autoclear bit is set, all of the file without a directory', () => {
+    const s = stateWithRefblocks({ 0: 2 * CLUSTER });
+    s.bitmapDirectory = { count: 1, offset: 5 * CLUSTER, size: 48 };
+    expect(overlappingMetadata(s, 5 * CLUSTER + 4096, 8)).toBeUndefined();
+    s.header.autoclearFeatures = 1n;
+    expect(overlappingMetadata(s, 5 * CLUSTER + 4096, 8)).toBe('bitmap directory');
+    expect(overlappingMetadata(s, 5 * CLUSTER, 8, 'bitmap directory')).toBeUndefined();
+    expect(overlappingMetadata(s, 6 * CLUSTER, CLUSTER)).toBeUndefined();
+    s.bitmapDirectory = undefined;
+    expect(overlappingMetadata(s, 40 * CLUSTER, 512)).toBe('bitmap directory');
   });
 });
