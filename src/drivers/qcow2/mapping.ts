@@ -243,6 +243,11 @@ function mappingInSlice(s: Qcow2State, offset: number, bytes: number, slice: Tab
       };
     }
     hostOffset = hostCluster + inCluster;
+    if (hasDataFile(s) && hostOffset !== offset) {
+      return {
+        corruption: `External data file host cluster offset ${hex(hostCluster)} does not match guest cluster offset: ${hex(offset - inCluster)}, L2 index: ${hex(index)})`,
+      };
+    }
   }
   const count = countContiguousSubclusters(s, nbClusters, sc, slice, index);
   if (typeof count !== 'number') {
