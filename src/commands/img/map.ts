@@ -192,6 +192,11 @@ class ChunkedOutput {
    * away code it optimised for small integers.
    */
   decimal(n: number): void {
+    if (n >= 1e16) {
+      // Only a corrupt table maps this far; beyond 2^53 only BigInt prints the exact digits.
+      this.used += this.chunk.write(BigInt(n).toString(), this.used, 'latin1');
+      return;
+    }
     let digits = 1;
     while (digits < POWERS_OF_10.length && n >= POWERS_OF_10[digits]) digits++;
     const chunk = this.chunk;
