@@ -135,8 +135,7 @@ export const luksDriver: BlockDriver<LuksState> = {
   async measure(options, source, lookupObject) {
     const settings = createSettings(options);
     keySecret(settings.keySecret, lookupObject);
-    const size = source ? source.node.getLength() : Number(options.size ?? 0);
-    const required = luksPayloadBytes(settings) + Math.ceil(size / SECTOR_SIZE) * SECTOR_SIZE;
+    const required = luksPayloadBytes(settings) + (source ? source.node.getLength() : Number(options.size ?? 0));
     return { required, fullyAllocated: required };
   },
 };
