@@ -42,8 +42,7 @@ export function planAbove(source: BlockNode, stop: BlockNode | undefined, target
 
 
 /** QEMU's default dirty-bitmap granularity: the target's cluster size within [4 KiB, 64 KiB], else 64 KiB. */
-function defaultGranularity(target: BlockNode): number {
-  const clusterSize = nodeInfo(target).clusterSize;
+function defaultGranularity(clusterSize: number | undefined): number {
   return clusterSize ? Math.min(Math.max(clusterSize, 4096), 65536) : 65536;
 }
 
@@ -55,22 +54,33 @@ function defaultGranularity(target: BlockNode): number {
  * are written as zeroes only over whole chunks aligned to the target's clusters.
  */
 export function planAboveInChunks(source: BlockNode, stop: BlockNode, target: BlockNode): RangePlanner {
-  const granularity = defaultGranularity(target);
-  const targetCluster = nodeInfo(target).clusterSize ?? 1;
+  const clusterSize = nodeInfo(target).clusterSize;
+  const granularity = defaultGranularity(clusterSize);
+  const targetCluster = clusterSize ?? 1;
   const chunkEnd = (pos: number, limit: number) => Math.min(Math.ceil(pos / granularity) * granularity, limit);
+  /**
+   * The last clean answer: the clean chunks that end a dirty run start the next plan, asked
+   * once. It holds for a later (farther) limit too unless it stopped at its own.
+   */
+  let lastClean: { pos: number; limit: number; bytes: number } | undefined;
   /** Whether the chunk at `pos` is dirty, and how many bytes from `pos` (whole chunks) share that answer. */
   const dirtyAt = async (pos: number, limit: number): Promise<{ dirty: boolean; bytes: number }> => {
+    if (lastClean?.pos === pos && (lastClean.limit === limit || pos + lastClean.bytes < lastClean.limit)) {
+      return { dirty: false, bytes: lastClean.bytes };
+    }
     const end = chunkEnd(pos + 1, limit);
+    let cleanEnd = end;
     for (let p = pos; p < end;) {
       const s = await blockStatusAbove(source, stop, p, limit - p);
       if (s.status & STATUS_ALLOCATED) return { dirty: true, bytes: chunkEnd(p + s.pnum, limit) - pos };
       if (p === pos && p + s.pnum >= end) {
-        const cleanEnd = p + s.pnum >= limit ? limit : Math.floor((p + s.pnum) / granularity) * granularity;
-        return { dirty: false, bytes: cleanEnd - pos };
+        cleanEnd = p + s.pnum >= limit ? limit : Math.floor((p + s.pnum) / granularity) * granularity;
+        break;
       }
       p += s.pnum;
     }
-    return { dirty: false, bytes: end - pos };
+    lastClean = { pos, limit, bytes: cleanEnd - pos };
+    return { dirty: false, bytes: cleanEnd - pos };
   };
   return async (offset, bytes) => {
     const limit = offset + bytes;

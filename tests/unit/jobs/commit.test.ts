@@ -1,8 +1,9 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { BlockBackend } from '../../../src/block/backend.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../../../src/block/permissions.js';
 import { commit, commitImage } from '../../../src/jobs/commit.js';
-import { allocationMap, CLUSTER, fill, firstDifference, newLayer, openChain, readAll } from './fixtures.js';
+import { planAboveInChunks } from '../../../src/jobs/mirror.js';
+import { allocationMap, CLUSTER, fill, firstDifference, newLayer, openChain, readAll, SIZE } from './fixtures.js';
 
 async function chainWithData() {
   const layer = newLayer();
@@ -60,5 +61,32 @@ describe('commit', () => {
     const [lonely] = await openChain(layer, ['lonely']);
     const alone = BlockBackend.attach(lonely, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
     await expect(commitImage(layer, async () => alone)).rejects.toThrow('Image does not have a backing file');
+  });
+});
+
+describe('commit planner', () => {
+  it('asks for the status of the clean chunks after a dirty run once', async () => {
+    const { mid, top } = await chainWithData();
+    const asked: number[] = [];
+    const blockStatus = top.driver.blockStatus!;
+    // The driver is shared: count top's questions only.
+    const spy = vi.spyOn(top.driver as Required<typeof top.driver>, 'blockStatus').mockImplementation((node, offset, bytes, wantZero) => {
+      if (node === top) asked.push(offset / CLUSTER);
+      return blockStatus(node, offset, bytes, wantZero);
+    });
+    try {
+      const plan = planAboveInChunks(top, mid, mid);
+      const actions: string[] = [];
+      for (let offset = 0; offset < SIZE;) {
+        const { action, bytes } = await plan(offset, SIZE - offset);
+        actions.push(`${action} ${offset / CLUSTER}+${bytes / CLUSTER}`);
+        offset += bytes;
+      }
+      expect(actions).toEqual(['skip 0+12', 'copy 12+8', 'skip 20+20', 'zero 40+2', 'skip 42+22']);
+      // The dirty runs' starts are asked twice: once above mid, once through the whole chain.
+      expect(asked).toEqual([0, 12, 20, 12, 40, 42, 40]);
+    } finally {
+      spy.mockRestore();
+    }
   });
 });
