@@ -3,7 +3,9 @@
  * file (`file`), as text or base64 (`format`), optionally AES-256-CBC encrypted with the
  * 32-byte key of another secret (`keyid`, `iv`). Loaded when the object is completed.
  */
+import { isUtf8 } from 'node:buffer';
 import { readFileSync } from 'node:fs';
+import { hostPath, qemuStringBytes } from '../byte-strings.js';
 import { BlkioError, toBlkioError } from '../errors.js';
 import { lazyBuiltin } from '../lazy-builtin.js';
 import type { OptionTree, OptionValue } from '../options/types.js';
@@ -28,18 +30,18 @@ export class Secret {
       if (data !== undefined) throw invalid("'file' and 'data' are mutually exclusive");
       input = readSecretFile(file);
     } else if (data !== undefined) {
-      input = Buffer.from(data, 'utf8');
+      input = qemuStringBytes(data);
     } else {
       throw invalid("Either 'file' or 'data' must be provided");
     }
-    if (keyid !== undefined) this.data = this.decrypt(input, secretData(lookup, keyid));
+    if (keyid !== undefined) this.data = this.decrypt(input, secretBytes(lookup, keyid));
     else this.data = format === 'base64' ? decodeBase64(input) : input;
   }
 
   private decrypt(input: Uint8Array, key: Uint8Array): Uint8Array {
     if (key.length !== KEY_BYTES) throw invalid(`Key should be ${KEY_BYTES} bytes in length`);
     if (this.props.iv === undefined) throw invalid('IV is required to decrypt secret');
-    const iv = decodeBase64(Buffer.from(this.props.iv, 'utf8'));
+    const iv = decodeBase64(qemuStringBytes(this.props.iv));
     if (iv.length !== BLOCK_BYTES) throw invalid(`IV should be ${BLOCK_BYTES} bytes in length not ${iv.length}`);
     const ciphertext = this.props.format === 'base64' ? decodeBase64(input) : input;
     if (ciphertext.length % BLOCK_BYTES) {
@@ -101,7 +103,7 @@ export function stringProperty(key: string, value: OptionValue): string {
 }
 
 /** The bytes of the secret `id` (qcrypto_secret_lookup). */
-export function secretData(lookup: (id: string) => unknown, id: string): Uint8Array {
+function secretBytes(lookup: (id: string) => unknown, id: string): Uint8Array {
   const obj = lookup(id);
   if (obj === undefined) throw invalid(`No secret with id '${id}'`);
   if (!(obj instanceof Secret)) throw invalid(`Object with id '${id}' is not a secret`);
@@ -109,14 +111,26 @@ export function secretData(lookup: (id: string) => unknown, id: string): Uint8Ar
   return obj.data;
 }
 
+/**
+ * The bytes of the secret `id` as a password (qcrypto_secret_lookup_as_utf8): they must be
+ * UTF-8 without NUL (so a JSON `\u0000`, stored as C0 80, is refused).
+ */
+export function secretData(lookup: (id: string) => unknown, id: string): Uint8Array {
+  const data = secretBytes(lookup, id);
+  if (data.includes(0) || !isUtf8(data)) throw invalid(`Data from secret ${id} is not valid UTF-8`);
+  return data;
+}
+
 /** g_file_get_contents with glib's messages: opening and reading fail differently. */
 function readSecretFile(file: string): Uint8Array {
   try {
-    return readFileSync(file);
+    return readFileSync(hostPath(file));
   } catch (e) {
     const syscall = (e as { syscall?: string }).syscall;
     const reason = toBlkioError(e).strerror;
-    const glibMessage = syscall === 'open' ? `Failed to open file “${file}”: ${reason}` : `Error reading file “${file}”: ${reason}`;
+    // glib shows a name as UTF-8: each byte of a JSON \u0000's C0 80 is invalid, so U+FFFD.
+    const shown = file.replaceAll('\0', '\uFFFD\uFFFD');
+    const glibMessage = syscall === 'open' ? `Failed to open file “${shown}”: ${reason}` : `Error reading file “${shown}”: ${reason}`;
     throw invalid(`Unable to read ${file}: ${glibMessage}`);
   }
 }

@@ -10,6 +10,7 @@
  * Node's stream, which waits for the descriptor to take it.
  */
 import { writeSync } from 'node:fs';
+import { qemuStringBytes } from '../byte-strings.js';
 
 interface StdioTarget {
   readonly fd: 1 | 2;
@@ -25,11 +26,12 @@ const stderrTarget: StdioTarget = { fd: 2, stream: () => process.stderr, broken:
 
 function writeTo(target: StdioTarget, output: string | Uint8Array): void {
   if (target.broken) return;
+  // Text goes out as QEMU's bytes (a JSON \u0000 in a name is C0 80).
+  let data = typeof output === 'string' ? qemuStringBytes(output) : output;
   if (target.viaStream) {
-    target.viaStream.write(output);
+    target.viaStream.write(data);
     return;
   }
-  let data = typeof output === 'string' ? Buffer.from(output) : output;
   while (data.length > 0) {
     try {
       data = data.subarray(writeSync(target.fd, data));

@@ -10,6 +10,7 @@
  * Filename syntax: `blkdebug:<config file>:<image>`; any other filename is the image.
  */
 import { readFile } from 'node:fs/promises';
+import { hostPath } from '../byte-strings.js';
 import { BlkioError, errno, errnoError, errnoFromNumber, toBlkioError } from '../errors.js';
 import type { BdrvChild } from '../block/child.js';
 import { ROLE_FILTER_CHILD, type BlockDriver } from '../block/driver.js';
@@ -95,7 +96,7 @@ function ruleFromSection(section: Section): Rule {
 
 async function readConfig(path: string): Promise<string> {
   try {
-    return await readFile(path, 'utf8');
+    return await readFile(hostPath(path), 'utf8');
   } catch (e) {
     const err = toBlkioError(e);
     if (err.code === 'EISDIR') throw errnoError('Cannot read config file', err);

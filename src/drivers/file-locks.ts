@@ -17,6 +17,7 @@ import { BlkioError, errnoError } from '../errors.js';
 import type { PermissionUpdate } from '../block/driver.js';
 import { PERM_ALL, permNames } from '../block/permissions.js';
 import { nativeAddon } from '../native-addon.js';
+import { hostPath } from '../byte-strings.js';
 
 /** The first lock byte for permissions taken, and for permissions not shared. */
 const TAKEN_BASE = 100;
@@ -114,7 +115,7 @@ export class FileLock {
   static async open(filename: string, dev: number, ino: number): Promise<FileLock> {
     const addon = nativeAddon() as Partial<OfdAddon> | undefined;
     if (!addon?.ofdLock || !addon.ofdLockConflicts) return new FileLock(new ProcessLocks(`${dev}:${ino}`), filename);
-    const handle = await open(filename, 'r').catch((e: unknown) => {
+    const handle = await open(hostPath(filename), 'r').catch((e: unknown) => {
       throw errnoError(`Could not open '${filename}'`, e);
     });
     return new FileLock(new OfdLocks(addon as OfdAddon, handle), filename);

@@ -10,6 +10,7 @@ import { nativeFileOps, type NativeFileOps } from './file-native.js';
 import { FileLock } from './file-locks.js';
 import { canAlignBuffers, ioBuffer, isAlignedInMemory } from '../io-buffers.js';
 import { probeDirectAlignment, type DirectAlignment } from './file-direct.js';
+import { hostPath } from '../byte-strings.js';
 
 interface FileState {
   handle: FileHandle;
@@ -176,7 +177,7 @@ async function openHostFile(node: BlockNode<FileState>, ctx: OpenContext, device
   const direct = ctx.flag('cache.direct') && canAlignBuffers();
   let handle: FileHandle;
   try {
-    handle = await open(filename, openFlags(node.readOnly, direct));
+    handle = await open(hostPath(filename), openFlags(node.readOnly, direct));
   } catch (e) {
     throw errnoError(`Could not open '${filename}'`, e);
   }
@@ -254,7 +255,7 @@ export const fileDriver: BlockDriver<FileState> = {
     const s = node.state;
     if (direct && !canAlignBuffers()) return;
     const alignment = direct ? await probeDirectAlignment(probeRead(s.handle)) : undefined;
-    const handle = await open(s.filename, openFlags(node.readOnly, direct)).catch((e) => {
+    const handle = await open(hostPath(s.filename), openFlags(node.readOnly, direct)).catch((e) => {
       throw toBlkioError(e).prepend(`Could not open '${s.filename}': `);
     });
     await s.handle.close();
@@ -265,7 +266,7 @@ export const fileDriver: BlockDriver<FileState> = {
   preparePermissions: (node, perm, shared) => node.state.lock?.prepare(perm, shared),
 
   async reopen(node) {
-    const handle = await open(node.state.filename, openFlags(node.readOnly, node.state.direct !== undefined)).catch((e) => {
+    const handle = await open(hostPath(node.state.filename), openFlags(node.readOnly, node.state.direct !== undefined)).catch((e) => {
       throw toBlkioError(e).prepend(`Could not open '${node.state.filename}': `);
     });
     await node.state.handle.close();
@@ -388,7 +389,7 @@ export const hostDeviceDriver: BlockDriver<FileState> = {
   probeDevice(filename) {
     if (filename.startsWith('/dev/cdrom')) return 50;
     try {
-      const stat = statSync(filename);
+      const stat = statSync(hostPath(filename));
       return stat.isCharacterDevice() || stat.isBlockDevice() ? 100 : 0;
     } catch {
       return 0;

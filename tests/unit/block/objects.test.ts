@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { processObjectArg, type ObjectRegistry } from '../../../src/block/objects.js';
-import { Secret } from '../../../src/block/secret.js';
+import { Secret, secretData } from '../../../src/block/secret.js';
 
 function registry(): ObjectRegistry {
   return { objects: new Map<string, unknown>() };
@@ -16,6 +16,21 @@ function secretBytes(reg: ObjectRegistry, id: string): string {
   return Buffer.from(secret.data).toString('latin1');
 }
 
+describe('secretData', () => {
+  it('gives a password only when it is UTF-8 without NUL', () => {
+    const reg = registry();
+    processObjectArg(reg, 'secret,id=ok,data=pw\u00e4');
+    processObjectArg(reg, '{"qom-type": "secret", "id": "json-nul", "data": "pw\\u0000"}');
+    processObjectArg(reg, 'secret,id=nul,data=cHcA,format=base64');
+    processObjectArg(reg, 'secret,id=ff,data=cHf/,format=base64');
+    const lookup = (id: string): unknown => reg.objects.get(id);
+    expect(Buffer.from(secretData(lookup, 'ok')).toString()).toBe('pw\u00e4');
+    for (const id of ['json-nul', 'nul', 'ff']) {
+      expect(() => secretData(lookup, id)).toThrow(`Data from secret ${id} is not valid UTF-8`);
+    }
+  });
+});
+
 describe('--object secret', () => {
   it('loads raw and base64 data and files', () => {
     const dir = mkdtempSync(join(tmpdir(), 'blkio-secret-'));
@@ -26,7 +41,8 @@ describe('--object secret', () => {
       processObjectArg(reg, 'secret,id=b,data=aGVsbG8=,format=base64');
       processObjectArg(reg, `secret,id=c,file=${join(dir, 'pw')}`);
       processObjectArg(reg, '{"qom-type": "secret", "id": "d", "data": "json"}');
-      expect(['a', 'b', 'c', 'd'].map((id) => secretBytes(reg, id))).toEqual(['plain', 'hello', 'from a file', 'json']);
+      processObjectArg(reg, '{"qom-type": "secret", "id": "e", "data": "a\\u0000"}');
+      expect(['a', 'b', 'c', 'd', 'e'].map((id) => secretBytes(reg, id))).toEqual(['plain', 'hello', 'from a file', 'json', 'a\xc0\x80']);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
