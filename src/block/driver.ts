@@ -102,6 +102,8 @@ export interface DriverInfo {
   isDirty?: boolean;
   /** The image's data is encrypted: `encrypted: yes`. */
   encrypted?: boolean;
+  /** Data can only be written compressed (convert writes it so without -c). */
+  needsCompressedWrites?: boolean;
 }
 
 /** `Format specific information:` of `info` / `qemu-img info`, as ordered key/value pairs. */

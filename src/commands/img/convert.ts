@@ -288,7 +288,8 @@ async function convert(
 
   const targetHasBacking = backing !== undefined;
   const targetBacking = targetHasBacking && !args.skipCreate ? backingLayer(out) : undefined;
-  const clusterSize = nodeInfo(out).clusterSize ?? 0;
+  const outInfo = nodeInfo(out);
+  const clusterSize = outInfo.clusterSize ?? 0;
   const minSparse = args.minSparse;
   const state: ConvertState = {
     sources, totalSectors, target, targetHasBacking,
@@ -296,7 +297,8 @@ async function convert(
     minSparse,
     alignment: Math.max(pow2floor(minSparse), Math.ceil(out.limits.requestAlignment / SECTOR)),
     bufSectors: DEFAULT_BUF_SECTORS,
-    compressed: args.compressed,
+    // A format that stores only compressed data (streamOptimized vmdk) is written compressed.
+    compressed: args.compressed || outInfo.needsCompressedWrites === true,
     clusterSectors: clusterSize / SECTOR,
     hasZeroInit: args.targetIsZero || (!args.skipCreate && minSparse > 0 && !targetHasBacking),
     salvage: args.salvage,
