@@ -21,6 +21,7 @@ const STRONG_OPTIONS: Readonly<Record<string, readonly string[]>> = {
   nbd: ['path', 'host', 'port', 'export', 'tls-creds', 'tls-hostname', 'server.'],
   qcow2: ['encrypt.key-secret'],
   luks: ['key-secret'],
+  vpc: ['force_size_calc'],
   quorum: ['vote-threshold', 'blkverify', 'rewrite-corrupted', 'read-pattern'],
   blkdebug: [
     'config', 'inject-error.', 'set-state.', 'align', 'max-transfer', 'opt-write-zero', 'max-write-zero', 'opt-discard',

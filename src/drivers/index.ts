@@ -15,6 +15,7 @@ import { qcow2Driver } from './qcow2/index.js';
 import { quorumDriver } from './quorum.js';
 import { rawDriver } from './raw.js';
 import { throttleDriver } from './throttle.js';
+import { vpcDriver } from './vpc.js';
 import { vdiDriver } from './vdi.js';
 import { vmdkDriver } from './vmdk/index.js';
 
@@ -24,6 +25,7 @@ export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   blkdebugDriver,
   blkverifyDriver,
   luksDriver,
+  vpcDriver,
   quorumDriver,
   blkreplayDriver,
   nbdDriver,
