@@ -21,7 +21,7 @@ import { markClean, updateHeader } from './open.js';
 import {
   adjustRefcount, allocClusters, freeClusters, getClusterRefcount, MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex,
 } from './refcount.js';
-import { SNAPSHOT_SIZES_EXTRA_SIZE, validateSnapshotL1, writeSnapshotTable } from './snapshots.js';
+import { readSnapshotL1, SNAPSHOT_SIZES_EXTRA_SIZE, validateSnapshotL1, writeSnapshotTable } from './snapshots.js';
 import { dataFileIsRaw, hasDataFile, hex, offsetIntoCluster, signalCorruption, type Qcow2State } from './state.js';
 import { truncateImage } from './truncate.js';
 
@@ -212,9 +212,7 @@ async function expandZeroClusters(s: Qcow2State, hasBacking: boolean, report: Re
   await s.l2Cache.empty();
   for (const sn of s.snapshots) {
     validateSnapshotL1(s, sn);
-    const l1 = makeTable(new Uint8Array(sn.l1Size * 8));
-    await s.file.read(sn.l1TableOffset, l1.data.length, l1.data);
-    await expandZeroClustersInL1(s, l1, sn.l1Size, hasBacking, visit);
+    await expandZeroClustersInL1(s, await readSnapshotL1(s, sn), sn.l1Size, hasBacking, visit);
     await s.l2Cache.empty();
   }
   return activeHasCompressed;

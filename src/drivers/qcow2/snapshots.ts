@@ -337,6 +337,13 @@ export function validateSnapshotL1(s: Qcow2State, sn: Snapshot): void {
   }
 }
 
+/** A snapshot's L1 table read from the image, in a table of `entries` entries (those past its own are zero). */
+export async function readSnapshotL1(s: Qcow2State, sn: Snapshot, entries = sn.l1Size): Promise<Table> {
+  const table = makeTable(new Uint8Array(entries * 8));
+  await s.file.read(sn.l1TableOffset, sn.l1Size * 8, table.data.subarray(0, sn.l1Size * 8));
+  return table;
+}
+
 export function listSnapshots(s: Qcow2State): SnapshotInfo[] {
   return s.snapshots.map((sn) => ({
     id: sn.id, name: sn.name, vmStateSize: sn.vmStateSize, dateSec: sn.dateSec, dateNsec: sn.dateNsec,
@@ -381,8 +388,7 @@ export async function gotoSnapshot(s: Qcow2State, idOrName: string, report: (lin
   }
   await s.lock.run(async () => {
     await growL1Table(s, sn.l1Size, true);
-    const table = makeTable(new Uint8Array(s.l1Size * 8));
-    await s.file.read(sn.l1TableOffset, sn.l1Size * 8, table.data.subarray(0, sn.l1Size * 8));
+    const table = await readSnapshotL1(s, sn, s.l1Size);
     // The snapshot's clusters gain their references before the active table points at them.
     await updateSnapshotRefcount(s, sn.l1TableOffset, sn.l1Size, 1);
     await s.file.write(s.l1TableOffset, table.data.length, table.data);
@@ -434,12 +440,9 @@ export async function loadSnapshotTemporarily(s: Qcow2State, id: string | undefi
   const sn = findSnapshot(s, id, name);
   if (!sn) throw new BlkioError('ENOENT', "Can't find snapshot");
   validateSnapshotL1(s, sn);
-  const table = makeTable(new Uint8Array(sn.l1Size * 8));
-  try {
-    await s.file.read(sn.l1TableOffset, table.data.length, table.data);
-  } catch (e) {
+  const table = await readSnapshotL1(s, sn).catch((e) => {
     throw new BlkioError(toBlkioError(e).code, 'Failed to read l1 table for snapshot');
-  }
+  });
   await s.lock.run(async () => {
     s.l1Table = table;
     s.l1Size = sn.l1Size;
