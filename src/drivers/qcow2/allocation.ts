@@ -389,6 +389,7 @@ async function performCow(s: Qcow2State, m: Allocation): Promise<void> {
  * entries replaced. Kept apart from the async linkL2 so that only this small loop runs hot.
  */
 function pointEntries(s: Qcow2State, m: Allocation, slice: Table, index: number): L2Entry[] {
+  if (pointedIntoEmptyEntries(s, m, slice, index)) return [];
   const replaced: L2Entry[] = [];
   const writtenFrom = m.cowStart.offset;
   const writtenTo = m.cowEnd.offset + m.cowEnd.bytes;
@@ -415,6 +416,24 @@ function pointEntries(s: Qcow2State, m: Allocation, slice: Table, index: number)
     writeL2(s, slice, index + i, entry);
   }
   return replaced;
+}
+
+/**
+ * pointEntries' common case, a copy into an empty table: standard entries that are all zero
+ * become the allocation's clusters in order, each with COPIED set, and none is replaced. False
+ * (nothing written) otherwise. Writing the words straight spares a 1 GiB copy's 16 384 entries
+ * an object each, and V8 compiling the per-entry helpers.
+ */
+function pointedIntoEmptyEntries(s: Qcow2State, m: Allocation, slice: Table, index: number): boolean {
+  const end = index + m.nbClusters;
+  const view = slice.view;
+  if (s.extendedL2 || view.getUint32(index * 8) !== 0 || view.getUint32(index * 8 + 4) !== 0) return false;
+  if (standardRunEnd(s, slice, index, end, 0, false) !== end) return false;
+  for (let i = index, host = m.hostOffset; i < end; i++, host += s.clusterSize) {
+    view.setUint32(i * 8, (Math.floor(host / 2 ** 32) | HI_COPIED) >>> 0);
+    view.setUint32(i * 8 + 4, host % 2 ** 32);
+  }
+  return true;
 }
 
 /** Point the L2 entries at the allocation's clusters and release the clusters they replace (lock held). */
