@@ -11,7 +11,9 @@ import type { BlockNode } from '../block/node.js';
 import {
   REQ_COPY_ON_READ, REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_PREFETCH, REQ_WRITE_UNCHANGED,
 } from '../block/flags.js';
-import { PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED } from '../block/permissions.js';
+import {
+  PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, refreshPermissions,
+} from '../block/permissions.js';
 import { chainNext, isAllocated, isAllocatedAbove, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
 
 interface CorState {
@@ -63,6 +65,8 @@ export const copyOnReadDriver: BlockDriver<CorState> = {
 
   async open(node, ctx) {
     const file = (await ctx.openChild('file', ROLE_FILTER_CHILD))!;
+    // Attached, the child takes `write unchanged` at once: a read-only child fails before bottom is looked up.
+    refreshPermissions(new Map(), [node]);
     const bottomName = ctx.opts.bottom as string | undefined;
     const bottom = bottomName === undefined ? undefined : findBottom(node, file.node, bottomName);
     return { file, bottom };
