@@ -29,7 +29,7 @@ function writeTo(target: StdioTarget, output: string | Uint8Array): void {
   // Text goes out as QEMU's bytes (a JSON \u0000 in a name is C0 80).
   let data = typeof output === 'string' ? qemuStringBytes(output) : output;
   if (target.viaStream) {
-    target.viaStream.write(data);
+    writeToStream(target.viaStream, data);
     return;
   }
   while (data.length > 0) {
@@ -40,7 +40,7 @@ function writeTo(target: StdioTarget, output: string | Uint8Array): void {
         const stream = target.stream();
         stream.on('error', () => (target.broken = true));
         target.viaStream = stream;
-        stream.write(data);
+        writeToStream(stream, data);
       } else {
         target.broken = true;
       }
@@ -49,11 +49,16 @@ function writeTo(target: StdioTarget, output: string | Uint8Array): void {
   }
 }
 
+/** A stream keeps what it is given until the descriptor takes it: a copy, as callers reuse their bytes. */
+function writeToStream(stream: NodeJS.WriteStream, data: Uint8Array): void {
+  stream.write(Buffer.from(data));
+}
+
 export function writeStdout(text: string): void {
   writeTo(stdoutTarget, text);
 }
 
-/** Bytes to stdout (large outputs encoded by the caller); blocks until a pipe took them. */
+/** Bytes to stdout (large outputs encoded by the caller), which the caller may reuse once this returns. */
 export function writeStdoutBytes(bytes: Uint8Array): void {
   writeTo(stdoutTarget, bytes);
 }

@@ -167,7 +167,7 @@ const POWERS_OF_10 = Float64Array.from({ length: 16 }, (_, i) => 10 ** i);
  * made beforehand.
  */
 class ChunkedOutput {
-  private chunk = Buffer.allocUnsafe(OUTPUT_CHUNK);
+  private readonly chunk = Buffer.allocUnsafe(OUTPUT_CHUNK);
   private used = 0;
 
   bytes(bytes: Uint8Array): void {
@@ -217,10 +217,10 @@ class ChunkedOutput {
     }
   }
 
+  /** Sends what the chunk holds; the chunk is then filled again (writeStdoutBytes does not keep it). */
   flush(): void {
     if (this.used === 0) return;
     const full = this.chunk.subarray(0, this.used);
-    this.chunk = Buffer.allocUnsafe(OUTPUT_CHUNK);
     this.used = 0;
     this.send(full);
   }
