@@ -1,7 +1,8 @@
 /**
  * User-created objects (`--object TYPE,id=ID,...`), kept in `layer.objects` by id: the types
  * the block layer uses, `throttle-group` (throttle nodes look groups up by name when they
- * open) and `secret`. As in QEMU an object is made in three steps whose errors come in that
+ * open) and `secret`, and the other types of QEMU's tools, which nothing here uses
+ * (inert-objects.ts). As in QEMU an object is made in three steps whose errors come in that
  * order: its properties are set, it is added under its id, then it is completed.
  */
 import { BlkioError } from '../errors.js';
@@ -9,6 +10,7 @@ import { isTree, parseQemuJson } from '../options/json.js';
 import { parseKeyvalWithHelp } from '../options/keyval.js';
 import type { OptionTree } from '../options/types.js';
 import type { BlockLayer } from './graph.js';
+import { createInertObject, INERT_OBJECT_TYPES } from './inert-objects.js';
 import { Secret, SECRET_PROPERTIES, secretProperties, stringProperty } from './secret.js';
 import {
   THROTTLE_GROUP_PROPERTIES, ThrottleGroup, throttlePropertiesConfig, validateThrottleConfig,
@@ -24,7 +26,7 @@ interface ObjectType {
   create(id: string, props: OptionTree, typed: boolean): { object: unknown; complete(registry: ObjectRegistry): void };
 }
 
-const OBJECT_TYPES: Record<string, ObjectType> = {
+const BLOCK_OBJECT_TYPES: Record<string, ObjectType> = {
   secret: {
     properties: SECRET_PROPERTIES,
     create(id, props) {
@@ -41,8 +43,23 @@ const OBJECT_TYPES: Record<string, ObjectType> = {
   },
 };
 
-function objectTypeNamed(name: string): ObjectType | undefined {
+/** The types `--object help` lists; `authz-list-file` among them, though QEMU 7.2 makes none. */
+const OBJECT_TYPES: Record<string, ObjectType | Pick<ObjectType, 'properties'>> = {
+  ...BLOCK_OBJECT_TYPES,
+  ...Object.fromEntries(Object.entries(INERT_OBJECT_TYPES).map(([name, type]) => [name, type.members ? {
+    properties: type.properties,
+    create: (_id: string, props: OptionTree, typed: boolean) => createInertObject(name, type, props, typed),
+  } : { properties: type.properties }])),
+};
+
+function objectTypeNamed(name: string): ObjectType | Pick<ObjectType, 'properties'> | undefined {
   return Object.hasOwn(OBJECT_TYPES, name) ? OBJECT_TYPES[name] : undefined;
+}
+
+/** A type `--object` makes (all listed ones but `authz-list-file`). */
+function creatableType(name: string): ObjectType | undefined {
+  const type = objectTypeNamed(name);
+  return type && 'create' in type ? type : undefined;
 }
 
 const ID_PATTERN = /^[A-Za-z][A-Za-z0-9\-._]*$/;
@@ -54,7 +71,7 @@ const ID_PATTERN = /^[A-Za-z][A-Za-z0-9\-._]*$/;
 export function createObject(registry: ObjectRegistry, tree: OptionTree, typed = false): void {
   const { 'qom-type': type, id, ...props } = tree;
   if (type === undefined) throw new BlkioError('EINVAL', "Parameter 'qom-type' is missing");
-  const objectType = objectTypeNamed(stringProperty('qom-type', type));
+  const objectType = creatableType(stringProperty('qom-type', type));
   if (!objectType) throw new BlkioError('EINVAL', `Parameter 'qom-type' does not accept value '${String(type)}'`);
   if (id === undefined) throw new BlkioError('EINVAL', "Parameter 'id' is missing");
   if (!ID_PATTERN.test(stringProperty('id', id))) {

@@ -10,6 +10,7 @@ import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, STATUS_DATA, STATUS_OFFSET_VAL
 import type { FlatOptions } from '../options/types.js';
 import { unflattenOptions } from '../options/json.js';
 import { visitQapiObject, type QapiObject } from '../options/qapi-input.js';
+import { tlsCredsEndpoint } from '../block/inert-objects.js';
 import {
   CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, EXPORT_READ_ONLY, EXPORT_SEND_FAST_ZERO, EXPORT_SEND_FLUSH,
   EXPORT_SEND_FUA, EXPORT_SEND_TRIM, EXPORT_SEND_WRITE_ZEROES, MAX_BUFFER_SIZE, MAX_STRING_SIZE, NbdClient,
@@ -208,13 +209,15 @@ export const nbdDriver: BlockDriver<NbdState> = {
     if (exportName !== undefined && Buffer.byteLength(exportName) > MAX_STRING_SIZE) throw invalid('export name too long to send to server');
     const tlsCreds = opts['tls-creds'] as string | undefined;
     if (tlsCreds !== undefined) {
-      // blkio has no TLS credentials objects.
-      throw invalid(ctx.layer.objects.has(tlsCreds) ? `Object with id '${tlsCreds}' is not TLS credentials` : `No TLS credentials with id '${tlsCreds}'`);
+      if (!ctx.layer.objects.has(tlsCreds)) throw invalid(`No TLS credentials with id '${tlsCreds}'`);
+      const endpoint = tlsCredsEndpoint(ctx.layer.objects.get(tlsCreds));
+      if (endpoint === undefined) throw invalid(`Object with id '${tlsCreds}' is not TLS credentials`);
+      if (endpoint !== 'client') throw invalid('Expected TLS credentials for a client endpoint');
     }
     const bitmap = opts['x-dirty-bitmap'] as string | undefined;
     if (bitmap !== undefined && Buffer.byteLength(bitmap) > MAX_STRING_SIZE) throw invalid('x-dirty-bitmap query too long to send to server');
 
-    const client = await NbdClient.connect(address, exportName ?? '', bitmap ?? 'base:allocation');
+    const client = await NbdClient.connect(address, exportName ?? '', bitmap ?? 'base:allocation', tlsCreds !== undefined);
     const info = client.info;
     // QEMU loses the reason of these two failures and reports only the errno.
     const refuse = async (code: 'EINVAL' | 'EACCES') => {

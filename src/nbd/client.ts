@@ -26,6 +26,7 @@ const FLAG_NO_ZEROES = 2;
 export const OPT_EXPORT_NAME = 1;
 export const OPT_ABORT = 2;
 export const OPT_LIST = 3;
+export const OPT_STARTTLS = 5;
 export const OPT_GO = 7;
 export const OPT_STRUCTURED_REPLY = 8;
 export const OPT_SET_META_CONTEXT = 10;
@@ -258,7 +259,7 @@ class Negotiation {
   static errorOf(reply: OptionReply): BlkioError | undefined {
     const hex = reply.option.toString(16);
     const names: Record<number, string> = {
-      [OPT_EXPORT_NAME]: 'export name', [OPT_LIST]: 'list', [OPT_GO]: 'go', [OPT_STRUCTURED_REPLY]: 'structured reply',
+      [OPT_EXPORT_NAME]: 'export name', [OPT_LIST]: 'list', [OPT_STARTTLS]: 'starttls', [OPT_GO]: 'go', [OPT_STRUCTURED_REPLY]: 'structured reply',
       [OPT_SET_META_CONTEXT]: 'set meta context',
     };
     const what = `${hex} (${names[reply.option] ?? 'unknown'})`;
@@ -295,6 +296,16 @@ function nameWithLength(name: string): Buffer {
   out.writeUInt32BE(bytes.length, 0);
   bytes.copy(out, 4);
   return out;
+}
+
+/**
+ * NBD_OPT_STARTTLS, asked first when the client has TLS credentials. blkio has no TLS: a server
+ * that refuses gives QEMU's error, one that accepts cannot go on.
+ */
+async function negotiateStartTls(n: Negotiation): Promise<void> {
+  n.sendOption(OPT_STARTTLS);
+  await n.checkedReply(OPT_STARTTLS);
+  throw new BlkioError('ENOTSUP', 'TLS connections are not supported');
 }
 
 async function negotiateStructuredReplies(n: Negotiation): Promise<boolean> {
@@ -427,11 +438,11 @@ export class NbdClient {
    * Connect to `address` and negotiate `exportName` as QEMU 7.2's client does; block status
    * reports the meta context `context` (`base:allocation`, or another the server offers).
    */
-  static async connect(address: NbdAddress, exportName: string, context = 'base:allocation'): Promise<NbdClient> {
+  static async connect(address: NbdAddress, exportName: string, context = 'base:allocation', tls = false): Promise<NbdClient> {
     const socket = await openSocket(address);
     const reader = new SocketReader(socket);
     try {
-      const info = await NbdClient.handshake(socket, reader, exportName, context);
+      const info = await NbdClient.handshake(socket, reader, exportName, context, tls);
       return new NbdClient(socket, reader, info);
     } catch (e) {
       socket.destroy();
@@ -439,7 +450,9 @@ export class NbdClient {
     }
   }
 
-  private static async handshake(socket: Socket, reader: SocketReader, exportName: string, context: string): Promise<NbdExportInfo> {
+  private static async handshake(
+    socket: Socket, reader: SocketReader, exportName: string, context: string, tls: boolean,
+  ): Promise<NbdExportInfo> {
     const hello = (await reader.read(8).catch((e: BlkioError) => {
       throw e.prepend('Failed to read initial magic: ');
     })).readBigUInt64BE(0);
@@ -474,6 +487,7 @@ export class NbdClient {
     const n = new Negotiation(socket, reader);
     try {
       if (fixed) {
+        if (tls) await negotiateStartTls(n);
         info.structuredReplies = await negotiateStructuredReplies(n);
         if (info.structuredReplies) info.metaContext = await negotiateMetaContext(n, exportName, context);
         if (await negotiateGo(n, exportName, info)) return info;

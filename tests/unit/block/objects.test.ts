@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { processObjectArg, type ObjectRegistry } from '../../../src/block/objects.js';
+import { tlsCredsEndpoint } from '../../../src/block/inert-objects.js';
 import { Secret, secretData } from '../../../src/block/secret.js';
 
 function registry(): ObjectRegistry {
@@ -92,9 +93,32 @@ describe('--object secret', () => {
   }
 });
 
+describe('objects nothing uses', () => {
+  it('are made with their checks, or refused', () => {
+    const reg = registry();
+    processObjectArg(reg, 'tls-creds-anon,id=t,endpoint=server');
+    processObjectArg(reg, 'authz-simple,id=a,identity=x');
+    expect(() => processObjectArg(reg, 'authz-simple,id=a2')).toThrow("Parameter 'identity' is missing");
+    expect(() => processObjectArg(reg, 'authz-list-file,id=f')).toThrow("Parameter 'qom-type' does not accept value 'authz-list-file'");
+    expect(() => processObjectArg(reg, 'tls-cipher-suites,id=c')).toThrow("'priority' property is not set");
+    expect(() => processObjectArg(reg, 'thread-context,id=c,cpu-affinity.0=70000')).toThrow("Parameter 'null' expects uint16_t");
+    expect(() => processObjectArg(reg, 'authz-simple,id=a,identity=y')).toThrow("attempt to add duplicate property 'a'");
+    expect(tlsCredsEndpoint(reg.objects.get('t'))).toBe('server');
+    expect(tlsCredsEndpoint(reg.objects.get('a'))).toBeUndefined();
+    expect([...reg.objects.keys()]).toEqual(['t', 'a']);
+  });
+});
+
 describe('--object help', () => {
   it('lists the types, or the properties of one type', () => {
-    expect(processObjectArg(registry(), 'help')).toBe('List of user creatable objects:\n  secret\n  throttle-group\n');
+    expect(processObjectArg(registry(), 'help')!.split('\n')).toEqual([
+      'List of user creatable objects:', '  authz-list', '  authz-list-file', '  authz-simple', '  main-loop',
+      '  pr-manager-helper', '  secret', '  secret_keyring', '  thread-context', '  throttle-group', '  tls-cipher-suites',
+      '  tls-creds-anon', '  tls-creds-psk', '  tls-creds-x509', '',
+    ]);
+    expect(processObjectArg(registry(), 'tls-creds-psk,help')).toBe(
+      'tls-creds-psk options:\n  dir=<string>\n  endpoint=<QCryptoTLSCredsEndpoint>\n  priority=<string>\n  username=<string>\n  verify-peer=<bool>\n',
+    );
     expect(processObjectArg(registry(), 'unknown,help')).toMatch(/^List of user creatable objects:/);
     expect(processObjectArg(registry(), 'secret,id=x,help')).toBe(
       'secret options:\n  data=<string>\n  file=<string>\n  format=<QCryptoSecretFormat>\n  iv=<string>\n  keyid=<string>\n',
