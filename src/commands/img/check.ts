@@ -137,7 +137,9 @@ async function checkImage(
   }
   if (check && !quiet) writeOut(output === 'human' ? formatHumanCheck(check) : toQemuJson(check) + '\n');
   if (failure || check!['check-errors']) {
-    throw new BlkioError('EIO', failure ? `Check failed: ${failure.strerror}` : 'Check failed');
+    // Reported before the image closes, as QEMU does: closing can add messages of its own.
+    reportError(new BlkioError('EIO', failure ? `Check failed: ${failure.strerror}` : 'Check failed'));
+    throw new ExitStatus(1);
   }
   if (check!.corruptions) return 2;
   return check!.leaks ? 3 : 0;

@@ -255,7 +255,12 @@ export async function signalCorruption(s: Qcow2State, fatalIfWritable: boolean, 
       : `qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed\n`);
     s.signaledCorruption = true;
     if (fatal && !corrupt) {
-      await writeIncompatible(s, s.header.incompatibleFeatures | INCOMPAT_CORRUPT).catch(() => {});
+      // The whole header is written again, as QEMU's qcow2_mark_corrupt does (extensions a
+      // damaged header lost or misplaced come back as the image state has them). Loaded on
+      // demand: open.js builds on this module.
+      s.header.incompatibleFeatures |= INCOMPAT_CORRUPT;
+      const { updateHeader } = await import('./open.js');
+      await updateHeader(s).then(() => s.file.flush()).catch(() => {});
     }
   }
   if (fatal) s.unusable = true;
