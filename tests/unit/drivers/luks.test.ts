@@ -1,13 +1,11 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BlockBackend } from '../../../src/block/backend.js';
+import type { BlockBackend } from '../../../src/block/backend.js';
 import { BlockLayer } from '../../../src/block/graph.js';
-import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../../../src/block/permissions.js';
 import { Secret } from '../../../src/block/secret.js';
-import { createImageFile } from '../../../src/commands/img/create.js';
 import { allDrivers } from '../../../src/drivers/index.js';
-import { fileDriver } from '../../../src/drivers/file.js';
 import { luksDriver } from '../../../src/drivers/luks.js';
+import { createImage, withImage } from '../helpers/images.js';
 import { haveQemu, qemuImg, qemuImgStatus, tempDir } from './qcow2/helpers.js';
 
 const tmp = tempDir();
@@ -21,28 +19,12 @@ function layerWithSecret(password: string): BlockLayer {
   return layer;
 }
 
-async function withLuks(filename: string, password: string, use: (blk: BlockBackend) => Promise<void>): Promise<void> {
-  const layer = layerWithSecret(password);
-  try {
-    const node = await layer.openNode(filename, { driver: 'luks', 'key-secret': 'sec0' });
-    const blk = BlockBackend.attach(node, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
-    try {
-      await use(blk);
-    } finally {
-      blk.detach();
-    }
-  } finally {
-    await layer.closeAll();
-  }
+function withLuks(filename: string, password: string, use: (blk: BlockBackend) => Promise<void>): Promise<void> {
+  return withImage(filename, { driver: 'luks', 'key-secret': 'sec0' }, use, layerWithSecret(password));
 }
 
-async function createLuksVolume(filename: string, size: number, options: Record<string, string | number> = {}): Promise<void> {
-  const layer = layerWithSecret('correct-horse');
-  try {
-    await createImageFile(layer, luksDriver, fileDriver, { filename, size, options: { size, 'key-secret': 'sec0', 'iter-time': 10, ...options } });
-  } finally {
-    await layer.closeAll();
-  }
+function createLuksVolume(filename: string, size: number, options: Record<string, string | number> = {}): Promise<void> {
+  return createImage(luksDriver, filename, size, { 'key-secret': 'sec0', 'iter-time': 10, ...options }, layerWithSecret('correct-horse'));
 }
 
 describe('luks', () => {

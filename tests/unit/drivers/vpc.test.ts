@@ -1,36 +1,19 @@
 import { readFileSync, statSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BlockBackend } from '../../../src/block/backend.js';
-import { BlockLayer } from '../../../src/block/graph.js';
-import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../../../src/block/permissions.js';
-import { createImageFile } from '../../../src/commands/img/create.js';
-import { allDrivers } from '../../../src/drivers/index.js';
-import { fileDriver } from '../../../src/drivers/file.js';
+import type { BlockBackend } from '../../../src/block/backend.js';
 import { vpcDriver } from '../../../src/drivers/vpc.js';
+import { createImage, withImage } from '../helpers/images.js';
 import { haveQemu, qemuImg, qemuIo, tempDir } from './qcow2/helpers.js';
 
 const tmp = tempDir();
 afterAll(() => tmp.remove());
 
-async function createVpc(filename: string, size: number, options: Record<string, string | boolean> = {}): Promise<void> {
-  const layer = new BlockLayer(allDrivers);
-  try {
-    await createImageFile(layer, vpcDriver, fileDriver, { filename, size, options: { size, ...options } });
-  } finally {
-    await layer.closeAll();
-  }
+function createVpc(filename: string, size: number, options: Record<string, string | boolean> = {}): Promise<void> {
+  return createImage(vpcDriver, filename, size, options);
 }
 
-async function withVpc(filename: string, use: (blk: BlockBackend) => Promise<void>): Promise<void> {
-  const layer = new BlockLayer(allDrivers);
-  const node = await layer.openNode(filename, { driver: 'vpc' });
-  const blk = BlockBackend.attach(node, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
-  try {
-    await use(blk);
-  } finally {
-    blk.detach();
-    await layer.closeAll();
-  }
+function withVpc(filename: string, use: (blk: BlockBackend) => Promise<void>): Promise<void> {
+  return withImage(filename, { driver: 'vpc' }, use);
 }
 
 /** The file with each footer's timestamp, checksum and UUID zeroed (they differ from image to image). */
