@@ -8,6 +8,8 @@
  *   steppedRunEnd(view, from, to, step)     -> number   (first big-endian 64-bit entry i in (from, to)
  *                                                        that is not entry[from] + (i - from) * step;
  *                                                        `to` when there is none)
+ *   fillSteppedRun(view, from, to, hi, lo, step)         (big-endian 64-bit entries [from, to) set to
+ *                                                        (hi << 32 | lo) + (i - from) * step)
  *
  * addressRemainder lets the TypeScript side start a buffer on a page boundary: the kernel copies
  * between the page cache and a buffer that starts just past one (where malloc puts large blocks)
@@ -122,8 +124,29 @@ static napi_value js_stepped_run_end(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static void store_be64(uint8_t *p, uint64_t v) {
+  for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+static napi_value js_fill_stepped_run(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  uint8_t *data;
+  size_t bytes;
+  int64_t from, to, hi, lo, step;
+  if (!get_args(env, info, 6, argv) || !get_view(env, argv[0], &data, &bytes)) return NULL;
+  if (!get_count(env, argv[2], "to", (int64_t)(bytes / 8), "to must be an entry inside the buffer", &to)) return NULL;
+  if (!get_count(env, argv[1], "from", to, "from must be an entry before to", &from)) return NULL;
+  if (!get_count(env, argv[3], "hi", UINT32_MAX, "hi must be a 32-bit word", &hi)) return NULL;
+  if (!get_count(env, argv[4], "lo", UINT32_MAX, "lo must be a 32-bit word", &lo)) return NULL;
+  if (!get_count(env, argv[5], "step", INT64_C(1) << 53, "step must be a non-negative integer", &step)) return NULL;
+  uint64_t entry = (uint64_t)hi << 32 | (uint64_t)lo;
+  for (int64_t i = from; i < to; i++, entry += (uint64_t)step) store_be64(data + i * 8, entry);
+  return NULL;
+}
+
 void register_buffers(napi_env env, napi_value exports) {
   export_function(env, exports, "addressRemainder", js_address_remainder);
   export_function(env, exports, "sectorRunEnd", js_sector_run_end);
   export_function(env, exports, "steppedRunEnd", js_stepped_run_end);
+  export_function(env, exports, "fillSteppedRun", js_fill_stepped_run);
 }

@@ -16,6 +16,8 @@ interface BufferAddon {
   sectorRunEnd(buf: Uint8Array, from: number, to: number, zero: boolean): number;
   /** Absent from an addon built before it. */
   steppedRunEnd?(buf: Uint8Array, from: number, to: number, step: number): number;
+  /** Absent from an addon built before it. */
+  fillSteppedRun?(buf: Uint8Array, from: number, to: number, hi: number, lo: number, step: number): void;
 }
 
 const PAGE = 4096;
@@ -105,4 +107,25 @@ export function steppedRunEnd(buf: Uint8Array, from: number, to: number, step: n
     if (view.getUint32(i * 8 + 4) !== sum % 2 ** 32 || view.getUint32(i * 8) !== (hi + Math.floor(sum / 2 ** 32)) % 2 ** 32) break;
   }
   return i;
+}
+
+/**
+ * Set the big-endian 64-bit entries [from, to) of `buf` to (hi * 2^32 + lo) + (i - from) * `step`
+ * (hi and lo 32-bit words, the sum not carrying past bit 63). qcow2 points new L2 entries at
+ * their clusters with it: the JS loop over a 1 GiB copy's 16 384 entries was the one function V8
+ * optimised in a run of 16 MiB writes, and that compilation alone touched 3.5 MiB of its code.
+ */
+export function fillSteppedRun(buf: Uint8Array, from: number, to: number, hi: number, lo: number, step: number): void {
+  const addon = bufferAddon();
+  if (addon?.fillSteppedRun) {
+    addon.fillSteppedRun(buf, from, to, hi, lo, step);
+    return;
+  }
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  for (let i = from; i < to; i++) {
+    // lo + k * step stays a safe integer, as in steppedRunEnd.
+    const sum = lo + (i - from) * step;
+    view.setUint32(i * 8, (hi + Math.floor(sum / 2 ** 32)) % 2 ** 32);
+    view.setUint32(i * 8 + 4, sum % 2 ** 32);
+  }
 }

@@ -93,6 +93,21 @@ describe.each(haveAddon ? [true, false] : [false])('io buffers (native: %s)', (n
     expect(steppedRunEnd(entries(5n, 5n, 6n), 0, 3, 0)).toBe(2);
     expect(steppedRunEnd(entries(0xffffffffffffffffn, 0xffffffffffffffffn), 0, 2, 0)).toBe(2);
   });
+
+  it('fills big-endian 64-bit entries that step evenly, carrying into the high word', async () => {
+    const { fillSteppedRun } = await load(native);
+    const buf = new Uint8Array(6 * 8).fill(0xee);
+    // COPIED qcow2 L2 entries of 64 KiB clusters across the 4 GiB boundary of the low word.
+    fillSteppedRun(buf, 1, 5, 0x80000000, 0xfffe0000, 0x10000);
+    const view = new DataView(buf.buffer);
+    const copied = 1n << 63n;
+    expect(Array.from({ length: 6 }, (_, i) => view.getBigUint64(i * 8))).toEqual([
+      0xeeeeeeeeeeeeeeeen, copied | 0xfffe0000n, copied | 0xffff0000n, copied | 0x100000000n, copied | 0x100010000n,
+      0xeeeeeeeeeeeeeeeen,
+    ]);
+    fillSteppedRun(buf, 2, 2, 0, 0, 0x10000);
+    expect(view.getBigUint64(16)).toBe(copied | 0xffff0000n);
+  });
 });
 
 describe.runIf(haveAddon)('native buffer helpers', () => {
@@ -101,6 +116,7 @@ describe.runIf(haveAddon)('native buffer helpers', () => {
       addressRemainder(b: unknown, m?: unknown): number;
       sectorRunEnd(b: unknown, from: unknown, to: unknown, zero: unknown): number;
       steppedRunEnd(b: unknown, from: unknown, to: unknown, step: unknown): number;
+      fillSteppedRun(b: unknown, from: unknown, to: unknown, hi: unknown, lo: unknown, step: unknown): void;
     };
     const buf = new Uint8Array(1024);
     expect(() => addon.sectorRunEnd(new Uint16Array(512), 0, 1, true)).toThrow(TypeError);
@@ -116,5 +132,9 @@ describe.runIf(haveAddon)('native buffer helpers', () => {
     expect(() => addon.steppedRunEnd(buf, 1, 1, 0)).toThrow(RangeError);
     expect(() => addon.steppedRunEnd(buf, 0, 1, -1)).toThrow(RangeError);
     expect(() => addon.steppedRunEnd(new Uint32Array(2), 0, 1, 0)).toThrow(TypeError);
+    expect(() => addon.fillSteppedRun(buf, 0, 129, 0, 0, 0)).toThrow(RangeError);
+    expect(() => addon.fillSteppedRun(buf, 2, 1, 0, 0, 0)).toThrow(RangeError);
+    expect(() => addon.fillSteppedRun(buf, 0, 1, 2 ** 32, 0, 0)).toThrow(RangeError);
+    expect(() => addon.fillSteppedRun(buf, 0, 1, 0, 0, -1)).toThrow(RangeError);
   });
 });

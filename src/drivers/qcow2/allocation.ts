@@ -16,6 +16,7 @@ import { allocClusters, allocClustersAt, freeAnyCluster, freeClusters } from './
 import { readGuest } from './read.js';
 import { encryptInPlace } from './crypto.js';
 import { readsAsZeroFast } from './zero.js';
+import { fillSteppedRun } from '../../io-buffers.js';
 import {
   hasDataFile, hex, markDirty, needAccurateRefcounts, offsetIntoCluster, signalCorruption, startOfCluster, type Allocation,
   type Qcow2State,
@@ -421,18 +422,16 @@ function pointEntries(s: Qcow2State, m: Allocation, slice: Table, index: number)
 /**
  * pointEntries' common case, a copy into an empty table: standard entries that are all zero
  * become the allocation's clusters in order, each with COPIED set, and none is replaced. False
- * (nothing written) otherwise. Writing the words straight spares a 1 GiB copy's 16 384 entries
- * an object each, and V8 compiling the per-entry helpers.
+ * (nothing written) otherwise. One native scan and one native fill: no object per entry, and
+ * no per-entry JS loop for V8 to optimise.
  */
 function pointedIntoEmptyEntries(s: Qcow2State, m: Allocation, slice: Table, index: number): boolean {
   const end = index + m.nbClusters;
   const view = slice.view;
   if (s.extendedL2 || view.getUint32(index * 8) !== 0 || view.getUint32(index * 8 + 4) !== 0) return false;
   if (standardRunEnd(s, slice, index, end, 0, false) !== end) return false;
-  for (let i = index, host = m.hostOffset; i < end; i++, host += s.clusterSize) {
-    view.setUint32(i * 8, (Math.floor(host / 2 ** 32) | HI_COPIED) >>> 0);
-    view.setUint32(i * 8 + 4, host % 2 ** 32);
-  }
+  const [hi, lo] = splitOffset(m.hostOffset);
+  fillSteppedRun(slice.data, index, end, (hi | HI_COPIED) >>> 0, lo, s.clusterSize);
   return true;
 }
 
