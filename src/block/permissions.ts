@@ -103,7 +103,7 @@ function computeBelow(node: BlockNode, tentative: Tentative): void {
   }
 }
 
-function checkNode(node: BlockNode, tentative: Tentative, updates: PermissionUpdate[]): void {
+function checkNode(node: BlockNode, tentative: Tentative, updates: PermissionUpdate[], wasWritable: Set<BlockNode>): void {
   // Newest parent first, the order QEMU walks its parent list in.
   const edges = [...node.parents].reverse();
   for (const a of edges) {
@@ -125,7 +125,9 @@ function checkNode(node: BlockNode, tentative: Tentative, updates: PermissionUpd
   }
   const { perm, shared } = cumulative(node, tentative);
   if (perm & (PERM_WRITE | PERM_WRITE_UNCHANGED) && !node.isWritable) {
-    throw new BlkioError('EPERM', 'Block node is read-only');
+    throw new BlkioError('EPERM', wasWritable.has(node)
+      ? `Read-only block node '${node.nodeName}' cannot support read-write users`
+      : 'Block node is read-only');
   }
   // A write padded to the alignment may reach past the end, and only 'resize' may go there.
   // (The length is read last: a node still opening has none, and its alignment is still 1.)
@@ -139,9 +141,10 @@ function checkNode(node: BlockNode, tentative: Tentative, updates: PermissionUpd
 
 /**
  * Apply new permissions to `edges` (or just re-derive below `roots`), recomputing every edge
- * underneath. Nothing changes if any node would end up with a conflict.
+ * underneath. Nothing changes if any node would end up with a conflict. `wasWritable`: nodes a
+ * reopen is making read-only (a writer there is refused in other words).
  */
-export function refreshPermissions(changes: Map<BdrvChild, PermPair>, roots: BlockNode[]): void {
+export function refreshPermissions(changes: Map<BdrvChild, PermPair>, roots: BlockNode[], wasWritable = new Set<BlockNode>()): void {
   const tentative: Tentative = new Map(changes);
   const tops = new Set<BlockNode>(roots);
   for (const edge of changes.keys()) tops.add(edge.node);
@@ -151,7 +154,7 @@ export function refreshPermissions(changes: Map<BdrvChild, PermPair>, roots: Blo
   const visit = (node: BlockNode): void => {
     if (visited.has(node)) return;
     visited.add(node);
-    checkNode(node, tentative, updates);
+    checkNode(node, tentative, updates, wasWritable);
     for (const c of node.children) visit(c.node);
   };
   try {

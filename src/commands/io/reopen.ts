@@ -5,7 +5,7 @@
 import { BlkioError } from '../../errors.js';
 import { ROLE_COW } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, refreshPermissions } from '../../block/permissions.js';
+import { PERM_RESIZE, PERM_WRITE, refreshPermissions } from '../../block/permissions.js';
 import { isCacheMode, isDirectCacheMode } from '../../cli/open-image.js';
 import { inheritLimits, parseDriverOptions } from '../../block/graph.js';
 import { qdictKeyOrder } from '../../options/json.js';
@@ -19,19 +19,33 @@ import { badOption, usage, type IoCommand, type IoSession } from './session.js';
 const WRITETHROUGH_MODES = ['writethrough', 'directsync'];
 const CACHE_OPTIONS = ['cache.direct', 'cache.no-flush'];
 
-/** The node and everything it reads and writes through, except backing files (they stay read-only). */
-function subtree(node: BlockNode): BlockNode[] {
-  const nodes = [node];
-  for (const edge of node.children) if (!(edge.role & ROLE_COW)) nodes.push(...subtree(edge.node));
-  return nodes;
+/**
+ * Each node's read-only state after a reopen of `top` (QEMU's reopen queue): its own
+ * `read-only` option (given now, or given before: a reopen keeps explicit options), else
+ * read-only for a backing file and the parent's state for other children. `explicit` holds
+ * the options given now, `top`'s among them.
+ */
+function readOnlyTargets(top: BlockNode, explicit: Map<BlockNode, boolean>): Map<BlockNode, boolean> {
+  const targets = new Map<BlockNode, boolean>();
+  const keptOption = (node: BlockNode): boolean | undefined => {
+    const kept = qemuOptsValue(node.openOptions['read-only'] ?? null);
+    return kept === undefined ? undefined : parseBool('read-only', kept);
+  };
+  const visit = (node: BlockNode, inherited: boolean): void => {
+    if (targets.has(node)) return;
+    const target = explicit.get(node) ?? keptOption(node) ?? inherited;
+    targets.set(node, target);
+    for (const edge of node.children) visit(edge.node, edge.role & ROLE_COW ? true : target);
+  };
+  visit(top, explicit.get(top)!);
+  return targets;
 }
 
-/** Make the root and what it reads and writes through read-only or writable. */
-async function setReadOnly(root: BlockNode, readOnly: boolean): Promise<void> {
-  if (readOnly && root.cumulativePerms().perm & (PERM_WRITE | PERM_WRITE_UNCHANGED)) {
-    throw new BlkioError('EPERM', `Read-only block node '${root.nodeName}' cannot support read-write users`);
-  }
-  const nodes = subtree(root).filter((n) => n.readOnly !== readOnly);
+/** Give each node of `targets` its read-only state, the permissions checked with the new states. */
+async function setReadOnly(root: BlockNode, targets: Map<BlockNode, boolean>): Promise<void> {
+  const changing = [...targets.keys()].filter((n) => n.readOnly !== targets.get(n));
+  const toReadOnly = changing.filter((n) => targets.get(n));
+  const toWritable = changing.filter((n) => !targets.get(n));
   /** Reopen the drivers of `order` in turn, each after `before` (if given); `done` collects the nodes reopened. */
   const reopenDrivers = async (order: BlockNode[], done: BlockNode[] = [], before?: (n: BlockNode) => void) => {
     for (const n of order) {
@@ -43,30 +57,29 @@ async function setReadOnly(root: BlockNode, readOnly: boolean): Promise<void> {
   try {
     // Top-down when giving up write access: a node writes out what it caches (a preallocate
     // filter cuts its file back) while the nodes below still take writes.
-    if (readOnly) await reopenDrivers(nodes, [], (n) => (n.readOnly = true));
-    else for (const n of nodes) n.readOnly = false;
-    refreshPermissions(new Map(), [root]);
+    await reopenDrivers(toReadOnly, [], (n) => (n.readOnly = true));
+    for (const n of toWritable) n.readOnly = false;
+    refreshPermissions(new Map(), [root], new Set(toReadOnly));
   } catch (e) {
-    for (const n of nodes) n.readOnly = !readOnly;
-    if (readOnly) await reopenDrivers([...nodes].reverse());
+    for (const n of changing) n.readOnly = !n.readOnly;
+    await reopenDrivers([...toReadOnly].reverse());
     throw e;
   }
-  if (readOnly) return;
   // Bottom-up when gaining it: a node writes only after the storage it writes to can. A node
-  // that cannot (its file is gone) leaves the whole subtree read-only, as it was.
+  // that cannot (its file is gone) leaves all of them read-only, as they were.
   const reopened: BlockNode[] = [];
   try {
-    await reopenDrivers([...nodes].reverse(), reopened);
+    await reopenDrivers([...toWritable].reverse(), reopened);
   } catch (e) {
-    for (const n of nodes) n.readOnly = true;
+    for (const n of toWritable) n.readOnly = true;
     await reopenDrivers(reopened.reverse()).catch(() => {});
     refreshPermissions(new Map(), [root]);
     throw e;
   }
 }
 
-/** Options every node takes that a reopen may change. */
-const CHANGEABLE_BOOLS = ['auto-read-only', 'cache.direct', 'cache.no-flush'];
+/** Options every node takes that a reopen may change (the root's read-only is taken before). */
+const CHANGEABLE_BOOLS = ['read-only', 'auto-read-only', 'cache.direct', 'cache.no-flush'];
 const DISCARD_MODES: Record<string, boolean> = { off: false, ignore: false, on: true, unmap: true };
 const DETECT_ZEROES = ['off', 'on', 'unmap'];
 /** Children an option of the same name may refer to by node name. */
@@ -104,15 +117,18 @@ function reopenQueue(root: BlockNode, queue: BlockNode[] = []): BlockNode[] {
 /**
  * Check one node's reopen options in QEMU's order (the generic ones, whether the node may
  * change, the driver's, child references, then whatever is left must keep its value) and
- * queue what applies them. `toReadOnlyWithCor`: the node is to become read-only under -C.
+ * queue what applies them; returns the node's own `read-only` option. `toReadOnlyWithCor`:
+ * the node is to become read-only under -C.
  */
-function prepareNode(node: BlockNode, options: FlatOptions, commits: Commit[], toReadOnlyWithCor: boolean): void {
+function prepareNode(node: BlockNode, options: FlatOptions, commits: Commit[], toReadOnlyWithCor: boolean): boolean | undefined {
+  let readOnly: boolean | undefined;
   const rest: FlatOptions = {};
   for (const key of qdictKeyOrder(Object.keys(options))) {
     const value = options[key];
     const text = qemuOptsValue(value);
     if (CHANGEABLE_BOOLS.includes(key)) {
       const on = parseBool(key, value);
+      if (key === 'read-only') readOnly = on;
       if (key === 'cache.direct' && node.driver.setCacheDirect) commits.push(() => node.driver.setCacheDirect!(node, on));
     } else if (key === 'discard') {
       if (text === undefined || !Object.hasOwn(DISCARD_MODES, text)) throw new BlkioError('EINVAL', 'Invalid discard option');
@@ -164,6 +180,7 @@ function prepareNode(node: BlockNode, options: FlatOptions, commits: Commit[], t
       throw new BlkioError('EINVAL', `Cannot change the option '${key}'`);
     }
   }
+  return readOnly;
 }
 
 /** Apply the options of a reopen request to the image. */
@@ -182,10 +199,19 @@ async function applyReopen(session: IoSession, options: FlatOptions, writethroug
   // -C is an implicit copy-on-read filter above the node here, a flag on it in QEMU.
   let corAbove = false;
   for (let n = session.blk.node; n !== node; n = n.filteredChild!.node) corAbove ||= n.driver.name === 'copy-on-read';
+  const givenReadOnly = new Map<BlockNode, boolean>();
   for (const target of queue) {
-    prepareNode(target, byNode.get(target) ?? {}, commits, target === node && corAbove && readOnly);
+    const own = prepareNode(target, byNode.get(target) ?? {}, commits, target === node && corAbove && readOnly);
+    if (own !== undefined) givenReadOnly.set(target, own);
   }
-  if (readOnly !== node.readOnly) await setReadOnly(session.blk.node, readOnly);
+  // The node (and an implicit copy-on-read node above it) takes the state asked for.
+  const explicitReadOnly = new Map(givenReadOnly);
+  for (let n = session.blk.node; ; n = n.filteredChild!.node) {
+    explicitReadOnly.set(n, readOnly);
+    if (n === node) break;
+  }
+  await setReadOnly(session.blk.node, readOnlyTargets(session.blk.node, explicitReadOnly));
+  for (const [n, own] of givenReadOnly) n.openOptions['read-only'] = own ? 'on' : 'off';
   for (const commit of commits) await commit();
   for (const n of [...queue].reverse()) inheritLimits(n);
   session.image!.writethrough = writethrough;

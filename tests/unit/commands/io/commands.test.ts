@@ -191,6 +191,18 @@ describe('qemu-io commands on a null-co image', () => {
     expect(output()).toBe("E: blkio: Block format 'copy-on-read' used by node 'cor' does not support reopening files\n".repeat(2));
   });
 
+  it("takes a child's read-only option, and keeps it for later reopens", async () => {
+    await run(session, 'close', 'open -o driver=raw,node-name=top,file.driver=null-co,file.node-name=bottom');
+    expect(await run(session, 'reopen -o file.read-only=on', 'reopen -o file.read-only=x', 'reopen -r -o file.read-only=off')).toEqual([-1, -1, 0]);
+    expect(output()).toBe(
+      "E: blkio: Read-only block node 'bottom' cannot support read-write users\nE: blkio: Parameter 'read-only' expects 'on' or 'off'\n",
+    );
+    const bottom = session.layer.findNode('bottom')!;
+    expect([session.layer.findNode('top')!.readOnly, bottom.readOnly]).toEqual([true, false]);
+    expect(await run(session, 'reopen -r')).toEqual([0]);
+    expect(bottom.readOnly).toBe(false);
+  });
+
   it('reports breakpoints as unsupported without a blkdebug node', async () => {
     expect(await run(session, 'break read_aio a', 'remove_break a', 'resume a')).toEqual([-1, -1, -1]);
     expect(output()).toBe(
