@@ -88,16 +88,17 @@ const BIGINT_PREFIX = { 8: '0o', 10: '', 16: '0x' };
  * garbage, as QEMU usually does).
  */
 export function parseSizeBigInt(text: string, defaultSuffix: SizeSuffix = 'B', warn?: WarningSink): bigint {
-  const invalid = new SizeError('EINVAL', text);
-  const range = new SizeError('ERANGE', text);
+  // Made only when thrown: an error captures a stack trace, and every command argument is parsed.
+  const invalid = (): SizeError => new SizeError('EINVAL', text);
+  const range = (): SizeError => new SizeError('ERANGE', text);
   const decimal = scanUnsigned(text, 10);
-  if (!decimal) throw invalid;
+  if (!decimal) throw invalid();
   // Any error found before the end is reached still loses to trailing garbage (EINVAL).
-  const fail = (error: SizeError, end: number): never => {
-    throw end < text.length ? invalid : error;
+  const fail = (error: () => SizeError, end: number): never => {
+    throw end < text.length ? invalid() : error();
   };
   if (decimal.overflow) fail(range, decimal.end);
-  if (decimal.negative) throw invalid;
+  if (decimal.negative) throw invalid();
 
   let value = decimal.value;
   let end = decimal.end;
@@ -106,7 +107,7 @@ export function parseSizeBigInt(text: string, defaultSuffix: SizeSuffix = 'B', w
   if (value === 0n && (text[end] === 'x' || text[end] === 'X')) {
     const hexNumber = scanUnsigned(text, 16)!;
     if (hexNumber.overflow) fail(range, hexNumber.end);
-    if (text[hexNumber.end] === '.') throw invalid;
+    if (text[hexNumber.end] === '.') throw invalid();
     ({ value, end } = hexNumber);
     hex = true;
   } else if (text[end] === '.') {
@@ -120,26 +121,26 @@ export function parseSizeBigInt(text: string, defaultSuffix: SizeSuffix = 'B', w
   } else {
     shift = SUFFIX_SHIFT[defaultSuffix];
   }
-  if (end !== text.length) throw invalid;
+  if (end !== text.length) throw invalid();
   if (shift === 0n) {
-    if (fraction !== 0n) throw invalid; // a fraction needs a unit larger than bytes
+    if (fraction !== 0n) throw invalid(); // a fraction needs a unit larger than bytes
     return value;
   }
   const scaledFraction = fraction << shift;
   const rounding = (scaledFraction >> 63n) & 1n;
   const result = (value << shift) + (scaledFraction >> 64n) + rounding;
-  if (result >= UINT64_LIMIT) throw range;
+  if (result >= UINT64_LIMIT) throw range();
   return result;
 }
 
 /** Reads `.digits` at `dot` the way do_strtosz does (strtod), as a 64-bit fixed-point fraction. */
-function scanFraction(text: string, dot: number, invalid: SizeError): { fraction: bigint; end: number } {
+function scanFraction(text: string, dot: number, invalid: () => SizeError): { fraction: bigint; end: number } {
   const match = /^\.(\d+)([eE][+-]?\d+)?/.exec(text.slice(dot));
   if (!match) return { fraction: 0n, end: dot + 1 }; // "1.k" is 1k
   const value = Number(`0${match[0]}`);
   const strtodRange = value === Infinity || (value < DBL_MIN && /[1-9]/.test(match[1]));
   if (strtodRange) return { fraction: 0n, end: dot + match[0].length + 1 };
-  if (match[2] !== undefined) throw invalid; // exponents are not allowed
+  if (match[2] !== undefined) throw invalid(); // exponents are not allowed
   return { fraction: doubleToUint64(value * 2 ** 64), end: dot + match[0].length };
 }
 
