@@ -5,6 +5,7 @@
  * Offsets inside are 512-byte sectors from the start of the LUKS header.
  */
 import { BlkioError } from '../errors.js';
+import type { CreateOptionSpec } from '../block/driver.js';
 import { latin1CString } from '../byte-strings.js';
 import {
   CIPHER_MODES, cipherKeyBytes, crypto, IVGEN_ALGS, SECTOR_SIZE, SectorCipher, xorInto, type CipherMode, type IvgenAlg,
@@ -280,7 +281,7 @@ const CIPHER_ALGS = [
   'aes-128', 'aes-192', 'aes-256', 'des', '3des', 'cast5-128', 'serpent-128', 'serpent-192', 'serpent-256',
   'twofish-128', 'twofish-192', 'twofish-256', 'sm4',
 ] as const;
-export const DEFAULT_ITER_TIME_MS = 2000;
+const DEFAULT_ITER_TIME_MS = 2000;
 
 /** An enum create option (`prefix` + `name`), checked as QEMU's QAPI conversion does; its text names it without the prefix. */
 export function enumCreateOption<T extends string>(
@@ -404,6 +405,33 @@ export interface LuksAmendment {
   oldPassword?: Uint8Array;
   newPassword?: Uint8Array;
   iterTime: number;
+}
+
+/** The amend options of a LUKS volume, in QEMU's order (qcow2 names them with `encrypt.` before). */
+export const LUKS_AMEND_OPTIONS: readonly CreateOptionSpec[] = [
+  { name: 'keyslot', type: 'number', help: 'Select a single keyslot to modify explicitly' },
+  { name: 'state', type: 'string', help: 'Select new state of affected keyslots (active/inactive)' },
+  { name: 'old-secret', type: 'string', help: 'Select all keyslots that match this password' },
+  { name: 'new-secret', type: 'string', help: 'New secret to set in the matching keyslots. Empty string to erase' },
+  { name: 'iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+];
+
+/**
+ * The amendment amend options named `prefix` + QEMU's names ask for, checked as QEMU's QAPI
+ * conversion does; `password` gives the bytes of the secret a name refers to.
+ */
+export function luksAmendment(options: Record<string, unknown>, prefix: string, password: (id: string) => Uint8Array): LuksAmendment {
+  const state = options[`${prefix}state`];
+  if (state === undefined) throw invalid("Parameter 'state' is missing");
+  if (state !== 'active' && state !== 'inactive') throw invalid(`Parameter 'state' does not accept value '${String(state)}'`);
+  const secret = (name: string): Uint8Array | undefined => {
+    const id = options[`${prefix}${name}`];
+    return id === undefined ? undefined : password(String(id));
+  };
+  return {
+    state, keyslot: options[`${prefix}keyslot`] as number | undefined, oldPassword: secret('old-secret'), newPassword: secret('new-secret'),
+    iterTime: (options[`${prefix}iter-time`] as number | undefined) ?? DEFAULT_ITER_TIME_MS,
+  };
 }
 
 /**

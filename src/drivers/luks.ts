@@ -12,18 +12,25 @@ import { supportedWriteFlags } from '../block/io.js';
 import { limitsFrom } from '../block/node.js';
 import { secretData } from '../block/secret.js';
 import {
-  createLuks, isLuksVolume, LUKS_HEADER_BYTES, luksCipherSpec, luksCreateOptions, luksInfo, luksPayloadBytes, parseLuksHeader,
-  unlockLuks, type LuksHeader,
+  amendLuks, createLuks, isLuksVolume, LUKS_AMEND_OPTIONS, LUKS_HEADER_BYTES, luksAmendment, luksCipherSpec, luksCreateOptions, luksInfo,
+  luksPayloadBytes, parseLuksHeader, unlockLuks, type LuksHeader,
 } from '../crypto/luks.js';
-import { SECTOR_SIZE, SectorCipher } from '../crypto/sector-cipher.js';
+import { SECTOR_SIZE, SectorCipher, type SectorCipherSpec } from '../crypto/sector-cipher.js';
 
 interface LuksState {
   file: BdrvChild;
   header: LuksHeader;
+  cipherSpec: SectorCipherSpec;
   /** Bytes of header and key material before the guest data. */
   payloadOffset: number;
   /** Absent when opened without I/O. */
-  cipher?: SectorCipher;
+  unlocked?: { cipher: SectorCipher; masterKey: Uint8Array };
+}
+
+async function readAt(file: BdrvChild, at: number, bytes: number): Promise<Uint8Array> {
+  const buf = new Uint8Array(bytes);
+  await file.read(at, bytes, buf);
+  return buf;
 }
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
@@ -53,20 +60,13 @@ export const luksDriver: BlockDriver<LuksState> = {
     const lookupObject = (id: string): unknown => ctx.layer.objects.get(id);
     const withoutIo = ctx.layer.openWithoutIo;
     const password = withoutIo ? undefined : keySecret(ctx.opts['key-secret'], lookupObject);
-    const raw = new Uint8Array(LUKS_HEADER_BYTES);
-    await file.read(0, LUKS_HEADER_BYTES, raw);
-    const header = parseLuksHeader(raw);
+    const header = parseLuksHeader(await readAt(file, 0, LUKS_HEADER_BYTES));
     const cipherSpec = luksCipherSpec(header);
     const payloadOffset = header.payloadOffset * SECTOR_SIZE;
     if (file.getLength() < payloadOffset) throw new BlkioError('EIO', 'Could not refresh total sector count: Input/output error');
-    if (!password) return { file, header, payloadOffset };
-    const readAt = async (at: number, bytes: number): Promise<Uint8Array> => {
-      const buf = new Uint8Array(bytes);
-      await file.read(at, bytes, buf);
-      return buf;
-    };
-    const masterKey = await unlockLuks(header, cipherSpec, password, readAt);
-    return { file, header, payloadOffset, cipher: new SectorCipher(cipherSpec, masterKey) };
+    if (!password) return { file, header, cipherSpec, payloadOffset };
+    const masterKey = await unlockLuks(header, cipherSpec, password, (at, bytes) => readAt(file, at, bytes));
+    return { file, header, cipherSpec, payloadOffset, unlocked: { cipher: new SectorCipher(cipherSpec, masterKey), masterKey } };
   },
 
   refreshLimits(node) {
@@ -80,13 +80,13 @@ export const luksDriver: BlockDriver<LuksState> = {
   async read(node, offset, bytes, buf, flags) {
     const s = node.state;
     await s.file.read(s.payloadOffset + offset, bytes, buf, flags);
-    s.cipher!.decrypt(buf.subarray(0, bytes), offset / SECTOR_SIZE);
+    s.unlocked!.cipher.decrypt(buf.subarray(0, bytes), offset / SECTOR_SIZE);
   },
 
   async write(node, offset, bytes, buf, flags) {
     const s = node.state;
     const encrypted = Uint8Array.from(buf.subarray(0, bytes));
-    s.cipher!.encrypt(encrypted, offset / SECTOR_SIZE);
+    s.unlocked!.cipher.encrypt(encrypted, offset / SECTOR_SIZE);
     await s.file.write(s.payloadOffset + offset, bytes, encrypted, flags);
   },
 
@@ -101,7 +101,7 @@ export const luksDriver: BlockDriver<LuksState> = {
   getInfo: () => ({ encrypted: true }),
 
   formatSpecific(node) {
-    const { format: _format, ...info } = luksInfo(node.state.header, luksCipherSpec(node.state.header));
+    const { format: _format, ...info } = luksInfo(node.state.header, node.state.cipherSpec);
     return { type: 'luks', json: info };
   },
 
@@ -130,6 +130,16 @@ export const luksDriver: BlockDriver<LuksState> = {
     const written = firstSlot.keyOffset * SECTOR_SIZE + header.keyBytes * firstSlot.stripes;
     await file.truncate(area.length + request.size, true, String(request.options.preallocation ?? 'off'));
     await file.write(0, written, area.subarray(0, written));
+  },
+
+  amendOptions: LUKS_AMEND_OPTIONS,
+
+  /** Add or erase key slots: the key material, then the header, written in place. */
+  async amend(node, options, force) {
+    const s = node.state;
+    const amendment = luksAmendment(options, '', (id) => secretData((name) => node.layer.objects.get(name), id));
+    await amendLuks(s.header, s.cipherSpec, s.unlocked!.masterKey, amendment, force, (at, bytes) => readAt(s.file, at, bytes),
+      (at, data) => s.file.write(at, data.length, data));
   },
 
   async measure(options, source, lookupObject) {

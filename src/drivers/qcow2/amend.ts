@@ -7,6 +7,7 @@
 import { BlkioError } from '../../errors.js';
 import type { CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
+import { LUKS_AMEND_OPTIONS } from '../../crypto/luks.js';
 import {
   entryOffset, getHi, getLo, getRefcount, HI_COPIED, makeTable, refcountMax, reftableOffset, setRefcount, setReftableOffset, splitOffset,
   type Table,
@@ -32,11 +33,7 @@ const AMENDABLE_CREATE_OPTIONS = [
 
 /** In QEMU's order (`-o help` sorts them). */
 export const QCOW2_AMEND_OPTIONS: readonly CreateOptionSpec[] = [
-  { name: 'encrypt.keyslot', type: 'number', help: 'Select a single keyslot to modify explicitly' },
-  { name: 'encrypt.state', type: 'string', help: 'Select new state of affected keyslots (active/inactive)' },
-  { name: 'encrypt.old-secret', type: 'string', help: 'Select all keyslots that match this password' },
-  { name: 'encrypt.new-secret', type: 'string', help: 'New secret to set in the matching keyslots. Empty string to erase' },
-  { name: 'encrypt.iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+  ...LUKS_AMEND_OPTIONS.map((spec) => ({ ...spec, name: `encrypt.${spec.name}` })),
   ...QCOW2_CREATE_OPTIONS.filter((spec) => AMENDABLE_CREATE_OPTIONS.includes(spec.name)),
 ];
 

@@ -12,7 +12,7 @@ import { SectorCipher } from '../../crypto/sector-cipher.js';
 import { legacyAesEncryption, type Qcow2Encryption } from './crypto.js';
 import { CRYPT_AES, CRYPT_LUKS } from './header.js';
 import {
-  amendLuks, createLuks, DEFAULT_ITER_TIME_MS, enumCreateOption, LUKS_HEADER_BYTES, luksCipherSpec, luksCreateOptions, luksInfo,
+  amendLuks, createLuks, enumCreateOption, LUKS_HEADER_BYTES, luksAmendment, luksCipherSpec, luksCreateOptions, luksInfo,
   parseLuksHeader, unlockLuks, type LuksCreateOptions,
 } from '../../crypto/luks.js';
 import type { Qcow2State } from './state.js';
@@ -110,20 +110,11 @@ export async function amendEncryption(
 ): Promise<void> {
   if (!s.header.cryptMethod) throw invalid("Can't amend encryption options - encryption not present");
   if (s.header.cryptMethod !== CRYPT_LUKS) throw invalid('Only LUKS encryption options can be amended');
-  const state = options['encrypt.state'];
-  if (state === undefined) throw invalid("Parameter 'state' is missing");
-  if (state !== 'active' && state !== 'inactive') throw invalid(`Parameter 'state' does not accept value '${String(state)}'`);
-  const password = (name: string): Uint8Array | undefined => {
-    const id = options[`encrypt.${name}`];
-    return id === undefined ? undefined : secretData(lookupObject, String(id));
-  };
+  const amendment = luksAmendment(options, 'encrypt.', (id) => secretData(lookupObject, id));
   const { cipher: { spec: cipherSpec }, luks } = s.encryption!;
   const { header, masterKey } = luks!;
   const io = cryptoHeaderIo(s.file, s.cryptoExtension!);
-  await amendLuks(header, cipherSpec, masterKey, {
-    state, keyslot: options['encrypt.keyslot'] as number | undefined, oldPassword: password('old-secret'),
-    newPassword: password('new-secret'), iterTime: (options['encrypt.iter-time'] as number | undefined) ?? DEFAULT_ITER_TIME_MS,
-  }, force, io.readAt, io.writeAt);
+  await amendLuks(header, cipherSpec, masterKey, amendment, force, io.readAt, io.writeAt);
   s.encryptionInfo = luksInfo(header, cipherSpec);
 }
 
