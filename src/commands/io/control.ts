@@ -1,7 +1,7 @@
 /** Commands about the interpreter itself: `help`, `quit`, `sleep`, `abort`, `sigraise`. */
-import os from 'node:os';
 import { setTimeout as delay } from 'node:timers/promises';
 import { parseNum, strtolWhole } from './args.js';
+import { lazyBuiltin } from '../../lazy-builtin.js';
 import type { IoCommand, IoSession } from './session.js';
 
 /** `<name> <args> -- <oneline>`, the name as the user typed it. */
@@ -101,6 +101,9 @@ export const abortCommand: IoCommand = {
 /** The number of signals on Linux (NSIG): larger numbers cannot be signals. */
 const NSIG = 65;
 
+/** Loaded by sigraise alone: node:os would cost every qemu-io session 0.3 MiB at startup. */
+const os = lazyBuiltin<typeof import('node:os')>('node:os');
+
 /**
  * Signals that leave qemu-io running: its main loop blocks SIGBUS, SIGUSR1, SIGALRM and SIGIO
  * (it reads them from a signalfd), and glibc's raise() refuses its internal signal 32.
@@ -110,7 +113,7 @@ const SIGNALS_QEMU_IO_BLOCKS = new Set([7, 10, 14, 29, 32]);
 
 /** Node ignores SIGXFSZ; qemu-io leaves it at its default action, which ends the process. */
 function restoreDefaultAction(signal: number): void {
-  if (signal !== os.constants.signals.SIGXFSZ) return;
+  if (signal !== os().constants.signals.SIGXFSZ) return;
   // Removing the last listener makes libuv set the action back to SIG_DFL.
   const ignore = (): void => {};
   process.on('SIGXFSZ', ignore);
