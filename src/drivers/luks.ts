@@ -16,6 +16,7 @@ import {
   luksPayloadBytes, parseLuksHeader, unlockLuks, type LuksHeader,
 } from '../crypto/luks.js';
 import { SECTOR_SIZE, SectorCipher, type SectorCipherSpec } from '../crypto/sector-cipher.js';
+import { checkPreallocationOption } from './raw.js';
 
 interface LuksState {
   file: BdrvChild;
@@ -33,8 +34,6 @@ async function readAt(file: BdrvChild, at: number, bytes: number): Promise<Uint8
   return buf;
 }
 
-const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
-
 function keySecret(id: unknown, lookupObject: (id: string) => unknown): Uint8Array {
   if (id === undefined) throw new BlkioError('EINVAL', "Parameter 'key-secret' is required for cipher");
   return secretData(lookupObject, String(id));
@@ -43,8 +42,7 @@ function keySecret(id: unknown, lookupObject: (id: string) => unknown): Uint8Arr
 /** The create options checked as QEMU's QAPI conversion does, before any file is touched. */
 function createSettings(options: CreateRequest['options']): ReturnType<typeof luksCreateOptions> & { keySecret: unknown } {
   const luks = luksCreateOptions(options, '');
-  const prealloc = String(options.preallocation ?? 'off');
-  if (!PREALLOC_MODES.includes(prealloc)) throw new BlkioError('EINVAL', `invalid parameter value: ${prealloc}`);
+  checkPreallocationOption(options);
   return { ...luks, keySecret: options['key-secret'] };
 }
 

@@ -3,7 +3,7 @@
  * as a filter (so it forwards WRITE_UNCHANGED and takes write permissions only when asked).
  */
 import { BlkioError, errno } from '../errors.js';
-import { ROLE_FILTER_CHILD, ROLE_IMAGE, type BlockDriver } from '../block/driver.js';
+import { ROLE_FILTER_CHILD, ROLE_IMAGE, type BlockDriver, type CreateRequest } from '../block/driver.js';
 import type { BdrvChild } from '../block/child.js';
 import {
   REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_WRITE_UNCHANGED, STATUS_OFFSET_VALID, STATUS_RAW,
@@ -22,6 +22,12 @@ interface RawState {
   offset: number;
   /** Fixed size of the window, or undefined to follow the file. */
   size: number | undefined;
+}
+
+/** A create option `preallocation` QEMU's PreallocMode knows (formats that hand it to their file, as raw and luks). */
+export function checkPreallocationOption(options: CreateRequest['options']): void {
+  const prealloc = String(options.preallocation ?? 'off');
+  if (!PREALLOC_MODES.includes(prealloc)) throw new BlkioError('EINVAL', `invalid parameter value: ${prealloc}`);
 }
 
 function window(s: RawState, offset: number, bytes: number, isWrite: boolean): number {
@@ -53,10 +59,7 @@ export const rawDriver: BlockDriver<RawState> = {
 
   createOptions: [{ name: 'size', type: 'size', help: 'Virtual disk size' }],
 
-  checkCreateOptions(request) {
-    const prealloc = String(request.options.preallocation ?? 'off');
-    if (!PREALLOC_MODES.includes(prealloc)) throw new BlkioError('EINVAL', `invalid parameter value: ${prealloc}`);
-  },
+  checkCreateOptions: (request) => checkPreallocationOption(request.options),
 
   /** Creation passes straight to the protocol: the file gets the size, preallocated as asked. */
   create: (file, request) => file.create(request),
