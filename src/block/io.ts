@@ -5,6 +5,7 @@
  * declare they support.
  */
 import { BlkioError, errno } from '../errors.js';
+import { roundDown, roundUp } from '../arithmetic.js';
 import type { BdrvChild } from './child.js';
 import { ROLE_PRIMARY, type BlockStatusResult, type DriverInfo, type StatusList } from './driver.js';
 import type { BlockLimits, BlockNode, TrackedRequest } from './node.js';
@@ -76,15 +77,6 @@ export function requestDone(req: TrackedRequest): Promise<void> {
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-function roundDown(n: number, align: number): number {
-  return n - (n % align);
-}
-
-function roundUp(n: number, align: number): number {
-  const rem = n % align;
-  return rem === 0 ? n : n + align - rem;
-}
 
 const ZERO_CHUNK = Buffer.alloc(1 << 20);
 

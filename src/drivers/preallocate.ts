@@ -6,6 +6,7 @@
  * write and resize on its child, which it then shares with nobody.
  */
 import { BlkioError } from '../errors.js';
+import { roundUp } from '../arithmetic.js';
 import type { BdrvChild } from '../block/child.js';
 import { ROLE_FILTER_CHILD, type BlockDriver, type ParsedOptions } from '../block/driver.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_WRITE_UNCHANGED, REQ_ZERO_WRITE } from '../block/flags.js';
@@ -92,8 +93,6 @@ async function handleWrite(s: PreallocateState, offset: number, bytes: number, w
   s.fileEnd = preallocEnd;
   return wantZero && start <= offset;
 }
-
-const roundUp = (n: number, align: number): number => Math.ceil(n / align) * align;
 
 export const preallocateDriver: BlockDriver<PreallocateState> = {
   name: 'preallocate',

@@ -8,6 +8,7 @@
  */
 import { open as openFile, rm, stat } from 'node:fs/promises';
 import { BlkioError, errnoError, toBlkioError } from '../../errors.js';
+import { roundUp } from '../../arithmetic.js';
 import type { BlockDriver, CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import { BdrvChild } from '../../block/child.js';
 import { ROLE_IMAGE } from '../../block/driver.js';
@@ -219,7 +220,7 @@ export async function createImage(layer: BlockLayer, req: ImageCreateRequest): P
 
   try {
     const options = createRequestOptions(values);
-    await createImageFile(layer, driver, protocol, { filename: req.filename, size: roundUp512(size), options });
+    await createImageFile(layer, driver, protocol, { filename: req.filename, size: roundUp(size, 512), options });
   } catch (e) {
     if (e instanceof BlkioError && e.code === 'EFBIG') {
       const clusterSize = values.get('cluster_size')?.value ?? specs.find((s) => s.name === 'cluster_size')?.default;
@@ -228,10 +229,6 @@ export async function createImage(layer: BlockLayer, req: ImageCreateRequest): P
     }
     throw e;
   }
-}
-
-export function roundUp512(n: number): number {
-  return Math.ceil(n / 512) * 512;
 }
 
 /** Open the backing file (read-only, shared, no I/O) to check it and learn its size. */

@@ -6,10 +6,11 @@
  * requests whatever the block size: only the byte range depends on bs.
  */
 import { BlkioError, errnoError, toBlkioError } from '../../errors.js';
+import { roundUp } from '../../arithmetic.js';
 import type { BlockBackend } from '../../block/backend.js';
 import type { BlockLayer } from '../../block/graph.js';
 import { imgCvtnum, openImg, ReportLines, runSubcommand, withLayer, writeErr } from './common.js';
-import { createImageFile, createRequestOptions, creationDrivers, parseCreateOptions, roundUp512, setCreateOption } from './create.js';
+import { createImageFile, createRequestOptions, creationDrivers, parseCreateOptions, setCreateOption } from './create.js';
 import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 import { PROGRAM } from '../../cli/run.js';
 
@@ -89,7 +90,7 @@ async function createOutput(layer: BlockLayer, format: string, filename: string,
   const values = parseCreateOptions(undefined, specs);
   setCreateOption(values, specs, 'size', String(size));
   try {
-    await createImageFile(layer, driver, protocol, { filename, size: roundUp512(size), options: createRequestOptions(values) });
+    await createImageFile(layer, driver, protocol, { filename, size: roundUp(size, 512), options: createRequestOptions(values) });
   } catch (e) {
     throw toBlkioError(e).prepend(`${filename}: error while creating output image: `);
   }

@@ -5,6 +5,7 @@
  * from create's).
  */
 import { BlkioError } from '../../errors.js';
+import { roundUp } from '../../arithmetic.js';
 import type { CreateRequest, MeasureResult, MeasureSource, PersistentBitmap } from '../../block/driver.js';
 import { STATUS_ALLOCATED, STATUS_DATA, STATUS_ZERO } from '../../block/flags.js';
 import { checkClusterSize, checkRefcountWidth } from './create.js';
@@ -19,10 +20,6 @@ import type { Qcow2State } from './state.js';
 const DEFAULT_CLUSTER_SIZE = 65536;
 const L1_ENTRY_SIZE = 8;
 const BITMAP_TABLE_ENTRY_SIZE = 8;
-
-function roundUp(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
-}
 
 /**
  * Header, L1 and L2 tables for every guest cluster, refcount structures for all of it, and the
