@@ -6,11 +6,21 @@ import { hasProtocolPrefix, resolveBackingFilename } from '../block/graph.js';
 import { chainNext } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 
-/** The images in top's backing chain, top's backing file first (filters in between skipped). */
+/**
+ * The images in top's backing chain, top's backing file first: filters are skipped, those above
+ * top's own image too (QEMU's bdrv_backing_chain_next), so a filter's image is not its backing.
+ */
 export function backingChain(top: BlockNode): BlockNode[] {
   const chain: BlockNode[] = [];
-  for (let n = chainNext(top); n; n = chainNext(n)) if (!n.isFilter) chain.push(n);
+  for (let n = chainNext(imageOf(top)); n; n = chainNext(n)) if (!n.isFilter) chain.push(n);
   return chain;
+}
+
+/** The image a node shows: itself, or what the filters above it pass to. */
+function imageOf(node: BlockNode): BlockNode {
+  let image = node;
+  while (image.isFilter) image = chainNext(image)!;
+  return image;
 }
 
 /** Top's backing file (through filters), if any. */
@@ -20,7 +30,7 @@ export function backingImage(top: BlockNode): BlockNode | undefined {
 
 /** The image directly above `base` in top's chain; with no base, the bottom-most image. */
 export function overlayAbove(top: BlockNode, base: BlockNode | undefined): BlockNode {
-  let overlay = top;
+  let overlay = imageOf(top);
   for (const n of backingChain(top)) {
     if (n === base) return overlay;
     overlay = n;
@@ -37,7 +47,7 @@ export function overlayAbove(top: BlockNode, base: BlockNode | undefined): Block
  * Undefined if absent.
  */
 export function findBackingImage(top: BlockNode, name: string): BlockNode | undefined {
-  let overlay = top;
+  let overlay = imageOf(top);
   for (const n of backingChain(top)) {
     if (name === overlay.backingFile) return n;
     if (hasProtocolPrefix(name) || hasProtocolPrefix(overlay.backingFile)) {

@@ -63,15 +63,29 @@ function findBase(top: BlockNode, name: string | undefined): { base: BlockNode; 
   return { base, depth: chain.indexOf(base) + 1 };
 }
 
+/** The option prefix that names `target` from `root` through the children (`file.backing.`). */
+function optionPath(root: BlockNode, target: BlockNode): string {
+  const below = (node: BlockNode): string | undefined => {
+    if (node === target) return '';
+    for (const edge of node.children) {
+      const rest = below(edge.node);
+      if (rest !== undefined) return `${edge.name}.${rest}`;
+    }
+    return undefined;
+  };
+  return below(root)!;
+}
+
 /** qemu-img commit on an image opened by `open`; see the file comment. Returns the image's user. */
 export async function commitImage(layer: BlockLayer, open: OpenImage, options: CommitImageOptions = {}): Promise<BlockBackend> {
   let blk = await open({});
   let { base, depth } = findBase(blk.node, options.base);
   if (base.readOnly) {
     // Backing files open read-only; open the chain again with this one writable.
+    const path = optionPath(blk.node, base);
     blk.detach();
     await layer.closeAll();
-    blk = await open({ [`${'backing.'.repeat(depth)}read-only`]: 'off' });
+    blk = await open({ [`${path}read-only`]: 'off' });
     base = backingChain(blk.node)[depth - 1];
   }
   await commit(layer, blk.node, base, { ...options, drop: options.drop || options.base !== undefined });

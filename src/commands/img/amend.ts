@@ -11,7 +11,7 @@ import { Progress, amendPercent, parseProgressMode } from '../../cli/progress.js
 import { hasHelpOption } from '../../options/qemuopts.js';
 import type { ObjectRegistry } from '../../block/objects.js';
 import {
-  appendOptionList, checkCacheMode, ExitStatus, openImg, reportError, runSubcommand, skipFilters, UsageError, withLayer, writeOut,
+  appendOptionList, checkCacheMode, ExitStatus, openImg, reportError, runSubcommand, UsageError, withLayer, writeOut,
 } from './common.js';
 import { createRequestOptions, formatOptionHelp, mergeCreateOptions, parseCreateOptions } from './create.js';
 import { IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
@@ -98,7 +98,8 @@ async function amend(optionText: string, operands: string[], req: AmendRequest, 
     const filename = operands[0];
     checkCacheMode(cache);
     const blk = await openImg(layer, { filename, format, imageOpts, cache });
-    const node = skipFilters(blk.root.node);
+    // The root node itself, as qemu-img: a filter above the image has no options to amend.
+    const node = blk.root.node;
     const driverName = node.driver.name;
     if (hasHelpOption(optionText)) return printAmendHelp(layer, driverName);
     const driver = amendingDriver(node.driver, driverName);

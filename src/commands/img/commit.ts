@@ -8,13 +8,13 @@
  */
 import { BlkioError } from '../../errors.js';
 import { Progress, floatPercent, parseProgressMode } from '../../cli/progress.js';
-import { cancelOnSigint, interruptedMessage } from '../../cli/jobs.js';
-import { findBackingImage } from '../../jobs/chain.js';
+import { cancelOnSigint, interruptedMessage } from '../../cli/interrupt.js';
+import { backingImage, findBackingImage } from '../../jobs/chain.js';
 import { commitImage } from '../../jobs/commit.js';
 import { isCancelled } from '../../jobs/job.js';
 import type { FlatOptions } from '../../options/types.js';
 import {
-  backingLayer, checkCacheMode, imgCvtnum, oneImageName, openImg, runSubcommand, withLayer, writeOut,
+  checkCacheMode, imgCvtnum, oneImageName, openImg, runSubcommand, withLayer, writeOut,
 } from './common.js';
 import { IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
@@ -52,7 +52,7 @@ export function imgCommit(argv: string[]): Promise<number> {
       if (base !== undefined && !findBackingImage(blk.node, base)) {
         throw new BlkioError('EINVAL', `Did not find '${base}' in the backing chain of '${filename}'`);
       }
-      if (base === undefined && !backingLayer(blk.node)) throw new BlkioError('EINVAL', 'Image does not have a backing file');
+      if (base === undefined && !backingImage(blk.node)) throw new BlkioError('EINVAL', 'Image does not have a backing file');
       const progress = new Progress(parseProgressMode(progressOption, showProgress, quiet), { percentOf: floatPercent });
       let done = 0;
       let total = 0;
