@@ -9,7 +9,7 @@
  */
 import { toJsonFilename } from '../options/json.js';
 import type { FlatOptions, OptionTree, OptionValue } from '../options/types.js';
-import { ROLE_COW, ROLE_PRIMARY } from './driver.js';
+import { ROLE_COW } from './driver.js';
 import type { BlockNode } from './node.js';
 
 /** QEMU's strong runtime options per driver; a name ending in `.` takes every key under it. */
@@ -90,7 +90,7 @@ function refresh(node: BlockNode): NodeName {
   if (list.length > 0) options.children = list;
 
   let exact = driverExactName(node, options, children);
-  const primary = node.children.find((edge) => edge.role & ROLE_PRIMARY);
+  const primary = node.primaryChild;
   if (!exact && primary && node.driver.kind === 'format' && !strong) {
     // A format over a protocol reopens from the protocol's name (filters must be asked for).
     const below = children.get(primary.name)!;

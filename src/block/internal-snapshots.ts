@@ -4,11 +4,11 @@
  * when that child is the only one holding the node's data.
  */
 import { BlkioError } from '../errors.js';
-import { ROLE_DATA, ROLE_FILTERED, ROLE_METADATA, ROLE_PRIMARY, type SnapshotInfo } from './driver.js';
+import { ROLE_DATA, ROLE_FILTERED, ROLE_METADATA, type SnapshotInfo } from './driver.js';
 import type { BlockNode } from './node.js';
 
 function fallbackChild(node: BlockNode): BlockNode | undefined {
-  const primary = node.children.find((c) => c.role & ROLE_PRIMARY);
+  const primary = node.primaryChild;
   if (!primary) return undefined;
   const others = node.children.some((c) => c !== primary && c.role & (ROLE_DATA | ROLE_METADATA | ROLE_FILTERED));
   return others ? undefined : primary.node;

@@ -7,7 +7,7 @@
 import { BlkioError, errno } from '../errors.js';
 import { roundDown, roundUp } from '../arithmetic.js';
 import type { BdrvChild } from './child.js';
-import { ROLE_PRIMARY, type BlockStatusResult, type DriverInfo, type StatusList } from './driver.js';
+import type { BlockStatusResult, DriverInfo, StatusList } from './driver.js';
 import type { BlockLimits, BlockNode, TrackedRequest } from './node.js';
 import { markDirty } from './dirty-bitmap.js';
 import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, permNames } from './permissions.js';
@@ -519,7 +519,7 @@ export async function nodeFlush(node: BlockNode): Promise<void> {
   if (node.driver.flushAll) return node.driver.flushAll(node);
   const generation = node.writeGeneration;
   // QEMU raises the flush events on the primary child, whether the driver has the step or not.
-  const primary = node.children.find((c) => c.role & ROLE_PRIMARY)?.node;
+  const primary = node.primaryChild?.node;
   const raisesEvents = takesDebugEvents(primary);
   if (raisesEvents) await debugEvent(primary, 'flush_to_os');
   if (node.driver.flush) await node.driver.flush(node);
@@ -568,7 +568,7 @@ type VmStateHook = 'saveVmState' | 'loadVmState';
 
 /** The node that keeps the VM state: the first down the primary children whose driver has the hook. */
 function vmStateNode(node: BlockNode, hook: VmStateHook): BlockNode {
-  for (let n: BlockNode | undefined = node; n; n = n.children.find((c) => c.role & ROLE_PRIMARY)?.node) {
+  for (let n: BlockNode | undefined = node; n; n = n.primaryChild?.node) {
     if (n.driver[hook]) return n;
   }
   throw errno('ENOTSUP');

@@ -1,7 +1,7 @@
 /** A node of the block graph: one driver instance, its children by role and its parents. */
 import type { BdrvChild } from './child.js';
 import type { DirtyBitmap } from './dirty-bitmap.js';
-import { ROLE_FILTERED, type BlockDriver } from './driver.js';
+import { ROLE_FILTERED, ROLE_PRIMARY, type BlockDriver } from './driver.js';
 import type { BlockLayer } from './graph.js';
 import type { FlatOptions } from '../options/types.js';
 import { PERM_ALL, type PermPair } from './permissions.js';
@@ -105,6 +105,11 @@ export class BlockNode<S = unknown> {
 
   get backing(): BdrvChild | undefined {
     return this.child('backing');
+  }
+
+  /** The child holding the node's data (a format's file, a filter's child), if any: QEMU's bdrv_primary_child. */
+  get primaryChild(): BdrvChild | undefined {
+    return this.children.find((c) => c.role & ROLE_PRIMARY);
   }
 
   /** The child a filter passes everything to; undefined for other nodes. */

@@ -4,7 +4,7 @@
  * command fails with ENOTSUP, as on any image without a blkdebug node.
  */
 import { errno, toBlkioError } from '../../errors.js';
-import { ROLE_PRIMARY, type BlockDriver } from '../../block/driver.js';
+import type { BlockDriver } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import type { IoCommand, IoSession } from './session.js';
 
@@ -12,7 +12,7 @@ type BreakpointHook = 'debugBreakpoint' | 'debugRemoveBreakpoint' | 'debugResume
 
 /** The first node from `node` down its primary children whose driver has `hook`. */
 function nodeWith(node: BlockNode, hook: BreakpointHook): BlockNode | undefined {
-  for (let n: BlockNode | undefined = node; n; n = n.children.find((c) => c.role & ROLE_PRIMARY)?.node) {
+  for (let n: BlockNode | undefined = node; n; n = n.primaryChild?.node) {
     if ((n.driver as BlockDriver)[hook]) return n;
   }
   return undefined;
