@@ -18,6 +18,7 @@ export const compressDriver: BlockDriver<CompressState> = {
   kind: 'filter',
   isFilter: true,
   options: {},
+  cannotReopen: true,
 
   async open(_node, ctx) {
     const file = (await ctx.openChild('file', ROLE_FILTER_CHILD))!;
