@@ -22,6 +22,7 @@ import type { FlatOptions } from '../options/types.js';
 import { parseProgressMode, Progress } from './progress.js';
 import { writeStderr, writeStdout } from './output.js';
 import { tierForCopyLoop } from './tiering.js';
+import { cancelOnSigint, interruptedMessage } from './interrupt.js';
 import { PROGRAM } from './run.js';
 
 const IMAGE_OPTIONS = '[-f FMT] [--image-opts] [-t CACHE] [-r RATE] [-p | --progress=human|json]';
@@ -111,29 +112,6 @@ async function runJob(
     await layer.closeAll().finally(sigint.stop);
   }
 }
-
-/**
- * Ctrl-C as a clean cancel: the first SIGINT aborts `signal` (a job stops, its images stay
- * consistent); a second one gets Node's default (exit at once). `stop` once the images are
- * closed: a SIGINT that comes after the work, while caches are written back, changes nothing.
- */
-export function cancelOnSigint(): { signal: AbortSignal; stop: () => void } {
-  const controller = new AbortController();
-  const onSigint = () => controller.abort();
-  process.once('SIGINT', onSigint);
-  return { signal: controller.signal, stop: () => process.off('SIGINT', onSigint) };
-}
-
-/** What a job stopped by Ctrl-C says: how far it got and what to do. */
-export function interruptedMessage(command: Command, done: number, total: number): string {
-  return `${command} interrupted after ${done} of ${total} bytes; ${CANCEL_ADVICE[command]}`;
-}
-
-const CANCEL_ADVICE: Record<Command, string> = {
-  stream: 'the image is consistent and still has its old backing file; run the same command again to finish',
-  commit: 'the image is unchanged and its backing file holds part of its data; run the same command again to finish',
-  mirror: 'the target is incomplete; run the same command again to start over',
-};
 
 /** `blkio stream [image options] [--base FILE | --base-node NODE] [--backing-file STR] IMAGE` */
 export async function runStream(argv: string[]): Promise<number> {

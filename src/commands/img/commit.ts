@@ -8,7 +8,7 @@
  */
 import { BlkioError } from '../../errors.js';
 import { Progress, floatPercent, parseProgressMode } from '../../cli/progress.js';
-import { cancelOnSigint, interruptedMessage } from '../../cli/jobs.js';
+import { cancelOnSigint, interruptedMessage } from '../../cli/interrupt.js';
 import { backingImage, findBackingImage } from '../../jobs/chain.js';
 import { commitImage } from '../../jobs/commit.js';
 import { isCancelled } from '../../jobs/job.js';

@@ -18,7 +18,7 @@ import { REQUEST_MAX_BYTES, REQ_MAY_UNMAP, STATUS_DATA, STATUS_ZERO } from '../.
 import { blockStatusAbove, chainNext, isZeroBuffer, nodeInfo } from '../../block/io.js';
 import { isCacheMode } from '../../cli/open-image.js';
 import { Progress, parseProgressMode } from '../../cli/progress.js';
-import { cancelOnSigint } from '../../cli/jobs.js';
+import { cancelOnSigint, interruptedMessage } from '../../cli/interrupt.js';
 import { tierForCopyLoop } from '../../cli/tiering.js';
 import { hasHelpOption } from '../../options/qemuopts.js';
 import type { ObjectRegistry } from '../../block/objects.js';
@@ -482,8 +482,7 @@ async function doCopy(s: ConvertState, progress: Progress): Promise<void> {
   const rejected = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (rejected) throw rejected.reason;
   if (s.interrupt.aborted) {
-    throw new BlkioError('ECANCELED', `convert interrupted after ${allocatedDone * SECTOR} of ${allocatedSectors * SECTOR} bytes; ` +
-      'the target is consistent but incomplete: run the same command again to convert it completely');
+    throw new BlkioError('ECANCELED', interruptedMessage('convert', allocatedDone * SECTOR, allocatedSectors * SECTOR));
   }
 }
 
