@@ -4,12 +4,14 @@
  * order they were allocated. A new block is written whole (zeroes around the data), then the
  * header (its count of allocated blocks) and the changed block-map sectors, as QEMU 7.2 does.
  */
-import { randomBytes } from 'node:crypto';
 import { BlkioError, errno, toBlkioError } from '../errors.js';
 import { ROLE_IMAGE, type BlockDriver, type CheckResult } from '../block/driver.js';
 import type { BdrvChild } from '../block/child.js';
 import { REQUEST_MAX_BYTES, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO } from '../block/flags.js';
 import { Mutex } from './qcow2/state.js';
+import { lazyBuiltin } from '../lazy-builtin.js';
+
+const crypto = lazyBuiltin<typeof import('node:crypto')>('node:crypto');
 
 const SECTOR_SIZE = 512;
 const HEADER_SIZE = 512;
@@ -206,7 +208,7 @@ function newHeader(size: number, imageType: number, blocks: number): Uint8Array 
 
 /** A version 4 UUID, as VirtualBox stores it (the first three fields little endian). */
 function randomUuid(): Uint8Array {
-  const u = randomBytes(16);
+  const u = crypto().randomBytes(16);
   u[6] = (u[6]! & 0x0f) | 0x40;
   u[8] = (u[8]! & 0x3f) | 0x80;
   u.subarray(0, 4).reverse();
