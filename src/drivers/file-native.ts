@@ -39,7 +39,12 @@ export interface NativeFileOps {
   zeroRange(fd: number, offset: number, length: number): Promise<void>;
   /** Allocate (zeroed) space for [offset, offset+length); the file grows to cover the range. */
   allocate(fd: number, offset: number, length: number): Promise<void>;
+  /** The file's length as lseek(SEEK_END) gives it, QEMU's way (files in /proc refuse it: EINVAL). */
+  seekEnd(fd: number): Promise<number>;
 }
+
+/** Linux's SEEK_END (the same on every architecture). */
+const SEEK_END = 2;
 
 /** errno names meaning "this file system or file cannot do that" (QEMU folds them into ENOTSUP). */
 const NOT_SUPPORTED = new Set(['ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'ENODEV', 'ENOTTY']);
@@ -76,6 +81,9 @@ function wrap(addon: Addon): NativeFileOps {
       fallocate(fd, addon.FALLOC_FL_PUNCH_HOLE | addon.FALLOC_FL_KEEP_SIZE, offset, length),
     zeroRange: (fd, offset, length) => fallocate(fd, addon.FALLOC_FL_ZERO_RANGE, offset, length),
     allocate: (fd, offset, length) => fallocate(fd, 0, offset, length),
+    seekEnd: (fd) => addon.lseek(fd, 0, SEEK_END).catch((e: unknown) => {
+      throw nativeError(e);
+    }),
   };
 }
 

@@ -163,6 +163,18 @@ async function resizeFile(s: FileState, size: number, prealloc: string): Promise
   s.size = (await handle.stat()).size;
 }
 
+/**
+ * A regular file's size as QEMU takes it once the file is open, with lseek(SEEK_END) where the
+ * addon can: files in /proc (sized 0 by stat) refuse it. Without the addon, stat's size.
+ */
+async function regularFileSize(handle: FileHandle, statSize: number, device: boolean): Promise<number> {
+  const ops = nativeFileOps();
+  if (device || !ops) return statSize;
+  return ops.seekEnd(handle.fd).catch((e: unknown) => {
+    throw errnoError('Could not refresh total sector count', e);
+  });
+}
+
 /** The file and host_device drivers' open: a regular file, or a character or block device. */
 async function openHostFile(node: BlockNode<FileState>, ctx: OpenContext, device: boolean): Promise<FileState> {
   const filename = ctx.opts.filename as string;
@@ -195,8 +207,9 @@ async function openHostFile(node: BlockNode<FileState>, ctx: OpenContext, device
     }
     node.filename = filename;
     if (ctx.opts.locking !== 'off') lock = await FileLock.open(filename, stat.dev, stat.ino);
+    const size = await regularFileSize(handle, stat.size, device);
     const alignment = direct ? await probeDirectAlignment(probeRead(handle)) : undefined;
-    return { handle, filename, size: stat.size, lock, direct: alignment };
+    return { handle, filename, size, lock, direct: alignment };
   } catch (e) {
     await lock?.release();
     await handle.close();

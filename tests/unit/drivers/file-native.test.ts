@@ -42,6 +42,17 @@ describe.runIf(haveAddon)('native file helpers', () => {
     expect(await ops.extentAt(fh.fd, 8 * M)).toEqual({ zero: true, end: Infinity });
   });
 
+  it('seeks to the end of a file, and fails as the kernel does for files in /proc', async () => {
+    await fh.truncate(3 * M + 5);
+    expect(await ops.seekEnd(fh.fd)).toBe(3 * M + 5);
+    const proc = await open('/proc/version', 'r');
+    try {
+      await expect(ops.seekEnd(proc.fd)).rejects.toMatchObject({ code: 'EINVAL' });
+    } finally {
+      await proc.close();
+    }
+  });
+
   it('takes an fd without SEEK_DATA (a FIFO) as all data', async () => {
     const fifo = join(dir, 'fifo');
     execFileSync('mkfifo', [fifo]);
