@@ -255,16 +255,17 @@ export async function allocBytes(s: Qcow2State, size: number): Promise<number> {
   return offset;
 }
 
-export async function freeClusters(s: Qcow2State, offset: number, size: number, type: DiscardType): Promise<void> {
+/** Returns false when nothing was freed because a refcount block had to be placed first. */
+export async function freeClusters(s: Qcow2State, offset: number, size: number, type: DiscardType): Promise<boolean> {
   event(s, 'cluster_free');
-  await updateRefcount(s, offset, size, 1, true, type);
+  return (await updateRefcount(s, offset, size, 1, true, type)) !== AGAIN;
 }
 
 /** QEMU's qcow2_free_clusters: a failure is reported, and the clusters leak. */
 export async function freeOrReport(s: Qcow2State, offset: number, bytes: number, type: DiscardType): Promise<void> {
-  await freeClusters(s, offset, bytes, type).catch((e: unknown) => {
-    writeStderr(`qcow2_free_clusters failed: ${toBlkioError(e).strerror}\n`);
-  });
+  // QEMU's update_refcount fails with EAGAIN after placing a refcount block.
+  const freed = await freeClusters(s, offset, bytes, type).catch((e: unknown) => toBlkioError(e));
+  if (freed !== true) writeStderr(`qcow2_free_clusters failed: ${(freed || new BlkioError('EAGAIN')).strerror}\n`);
 }
 
 /** Change one cluster's refcount by `addend` (repairs by qemu-img check). */
