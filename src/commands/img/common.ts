@@ -188,7 +188,8 @@ export function appendOptionList(list: string | undefined, text: string): string
 /** The format node a user means by an image: filters above it are looked through. */
 export function skipFilters(node: BlockNode): BlockNode {
   let n = node;
-  while (n.driver.kind === 'filter' && n.filteredChild) n = n.filteredChild.node;
+  // blkdebug and blkverify too (filters opened as protocols), as QEMU's bdrv_skip_filters.
+  while (n.filteredChild) n = n.filteredChild.node;
   return n;
 }
 
