@@ -97,18 +97,30 @@ function enumValue(value: string | undefined, allowed: string[], fallback: strin
   return value;
 }
 
-function descriptor(
-  cid: number, createType: string, extentLines: string, hwVersion: string, size: number, adapterType: string, toolsVersion: string,
-): string {
-  const heads = adapterType === 'ide' ? 16 : 255;
+interface DescriptorFields {
+  cid: number;
+  createType: string;
+  /** The backing file's CID and name, for an image with one. */
+  parent?: { cid: number; filename: string };
+  extentLines: string;
+  hwVersion: string;
+  size: number;
+  adapterType: string;
+  toolsVersion: string;
+}
+
+function descriptor(d: DescriptorFields): string {
+  const heads = d.adapterType === 'ide' ? 16 : 255;
+  const parentCid = (d.parent?.cid ?? 0xffffffff).toString(16);
+  const parentLine = d.parent ? `parentFileNameHint="${d.parent.filename}"` : '';
   return '# Disk DescriptorFile\nversion=1\n' +
-    `CID=${cid.toString(16)}\nparentCID=ffffffff\ncreateType="${createType}"\n\n` +
-    `# Extent description\n${extentLines}\n` +
+    `CID=${d.cid.toString(16)}\nparentCID=${parentCid}\ncreateType="${d.createType}"\n${parentLine}\n` +
+    `# Extent description\n${d.extentLines}\n` +
     '# The Disk Data Base\n#DDB\n\n' +
-    `ddb.virtualHWVersion = "${hwVersion}"\n` +
-    `ddb.geometry.cylinders = "${Math.floor(size / (63 * heads * SECTOR))}"\n` +
+    `ddb.virtualHWVersion = "${d.hwVersion}"\n` +
+    `ddb.geometry.cylinders = "${Math.floor(d.size / (63 * heads * SECTOR))}"\n` +
     `ddb.geometry.heads = "${heads}"\nddb.geometry.sectors = "63"\n` +
-    `ddb.adapterType = "${adapterType}"\nddb.toolsVersion = "${toolsVersion}"\n`;
+    `ddb.adapterType = "${d.adapterType}"\nddb.toolsVersion = "${d.toolsVersion}"\n`;
 }
 
 interface VmdkCreateSettings {
@@ -139,11 +151,25 @@ function createSettings(request: CreateRequest): VmdkCreateSettings {
   };
   if (kind.flat && o.backing_file !== undefined) throw new BlkioError('ENOTSUP', "Flat image can't have backing file");
   if (kind.flat && kind.zeroedGrain) throw new BlkioError('ENOTSUP', "Flat image can't enable zeroed grain");
-  if (o.backing_file !== undefined) throw new BlkioError('ENOTSUP', 'Backing files of vmdk images are not supported');
   return {
     subformat, adapterType, hwVersion: hwVersion ?? '4', toolsVersion: (o.toolsversion as string | undefined) ?? '2147483647',
     split: subformat.startsWith('twoGbMaxExtent'), kind,
   };
+}
+
+/** The CID of the backing file (named relative to the new image), which has to be a vmdk image. */
+async function backingCid(file: BdrvChild, filename: string, backingFile: string): Promise<number> {
+  const layer = file.node.layer;
+  const path = backingFile.startsWith('/') ? backingFile : decompose(filename).path + backingFile;
+  const node = await layer.openNode(path, { 'read-only': 'on', 'force-share': 'on', backing: null });
+  try {
+    if (node.driver.name !== 'vmdk') throw new BlkioError('EINVAL', `Invalid backing file format: ${node.driver.name}. Must be vmdk`);
+    const cid = node.driver.formatSpecific ? ((await node.driver.formatSpecific(node))?.json.cid as number | undefined) : undefined;
+    if (cid === undefined) throw new BlkioError('EINVAL', 'Failed to read parent CID');
+    return cid;
+  } finally {
+    await layer.closeNode(node);
+  }
 }
 
 export function checkVmdkCreateOptions(request: CreateRequest): void {
@@ -175,8 +201,12 @@ export async function createVmdk(file: BdrvChild, request: CreateRequest): Promi
     created += extentBytes;
   }
 
+  const backingFile = request.options.backing_file as string | undefined;
+  const parent = backingFile === undefined ? undefined : { cid: await backingCid(file, request.filename, backingFile), filename: backingFile };
   const cid = (Math.random() * 2 ** 32) >>> 0;
-  const text = Buffer.from(descriptor(cid, subformat, lines, hwVersion, size, adapterType, toolsVersion), 'latin1');
+  const text = Buffer.from(descriptor({
+    cid, createType: subformat, parent, extentLines: lines, hwVersion, size, adapterType, toolsVersion,
+  }), 'latin1');
   const descOffset = !split && !kind.flat ? 0x200 : 0;
   await file.write(descOffset, text.length, text);
   if (descOffset === 0) await file.truncate(text.length, false);
