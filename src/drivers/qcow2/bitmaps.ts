@@ -71,23 +71,42 @@ export function encodeBitmapsExtension(location: BitmapDirectoryLocation): Uint8
   return ext;
 }
 
+/** A directory entry as stored: with the fields only the checks read, and where the next entry starts. */
+interface StoredDirEntry extends BitmapDirectoryEntry {
+  type: number;
+  extraDataSize: number;
+  next: number;
+}
+
+/**
+ * The entry at `pos` of a directory, whose first BITMAP_DIR_ENTRY_SIZE bytes lie inside it (a
+ * name that overruns it is cut). The name's bytes are taken as they are: a leading BOM stays.
+ */
+function decodeDirEntry(dir: Uint8Array, d: DataView, pos: number): StoredDirEntry {
+  const nameSize = d.getUint16(pos + 18);
+  const extraDataSize = d.getUint32(pos + 20);
+  const nameStart = pos + BITMAP_DIR_ENTRY_SIZE + extraDataSize;
+  return {
+    tableOffset: Number(d.getBigUint64(pos)), tableSize: d.getUint32(pos + 8), flags: d.getUint32(pos + 12),
+    type: d.getUint8(pos + 16), granularityBits: d.getUint8(pos + 17), extraDataSize,
+    name: Buffer.from(dir.subarray(nameStart, nameStart + nameSize)).toString('utf8'),
+    next: pos + Math.ceil((BITMAP_DIR_ENTRY_SIZE + extraDataSize + nameSize) / 8) * 8,
+  };
+}
+
+/** The fields of an entry the driver keeps. */
+function keptFields({ tableOffset, tableSize, flags, granularityBits, name }: BitmapDirectoryEntry): BitmapDirectoryEntry {
+  return { tableOffset, tableSize, flags, granularityBits, name };
+}
+
 /** The entries of a directory read from the image (entries that overrun it are not read). */
 export function parseBitmapDirectory(directory: Uint8Array, count: number): BitmapDirectoryEntry[] {
   const d = new DataView(directory.buffer, directory.byteOffset, directory.byteLength);
-  const decoder = new TextDecoder();
   const entries: BitmapDirectoryEntry[] = [];
   for (let i = 0, pos = 0; i < count && pos + BITMAP_DIR_ENTRY_SIZE <= directory.length; i++) {
-    const nameSize = d.getUint16(pos + 18);
-    const extraSize = d.getUint32(pos + 20);
-    const nameStart = pos + BITMAP_DIR_ENTRY_SIZE + extraSize;
-    entries.push({
-      tableOffset: Number(d.getBigUint64(pos)),
-      tableSize: d.getUint32(pos + 8),
-      flags: d.getUint32(pos + 12),
-      granularityBits: d.getUint8(pos + 17),
-      name: decoder.decode(directory.subarray(nameStart, nameStart + nameSize)),
-    });
-    pos += Math.ceil((BITMAP_DIR_ENTRY_SIZE + extraSize + nameSize) / 8) * 8;
+    const entry = decodeDirEntry(directory, d, pos);
+    entries.push(keptFields(entry));
+    pos = entry.next;
   }
   return entries;
 }
@@ -152,22 +171,14 @@ export async function loadBitmapDirectory(s: Qcow2State): Promise<BitmapDirector
   while (pos < dir.length) {
     if (pos + BITMAP_DIR_ENTRY_SIZE > dir.length) throw broken();
     if (entries.length + 1 > location.count) throw new BlkioError('EINVAL', 'More bitmaps found than specified in header extension');
-    const nameSize = d.getUint16(pos + 18);
-    const extraDataSize = d.getUint32(pos + 20);
-    const next = pos + Math.ceil((BITMAP_DIR_ENTRY_SIZE + nameSize + extraDataSize) / 8) * 8;
-    if (next > dir.length) throw broken();
-    const nameStart = pos + BITMAP_DIR_ENTRY_SIZE + extraDataSize;
-    const entry = {
-      tableOffset: Number(d.getBigUint64(pos)), tableSize: d.getUint32(pos + 8), flags: d.getUint32(pos + 12),
-      type: d.getUint8(pos + 16), granularityBits: d.getUint8(pos + 17), extraDataSize,
-      name: Buffer.from(dir.subarray(nameStart, nameStart + nameSize)).toString('utf8'),
-    };
-    if (extraDataSize) throw new BlkioError('EINVAL', 'Bitmap extra data is not supported');
+    const entry = decodeDirEntry(dir, d, pos);
+    if (entry.next > dir.length) throw broken();
+    if (entry.extraDataSize) throw new BlkioError('EINVAL', 'Bitmap extra data is not supported');
     if (!isValidDirEntry(entry, s.size, s.clusterSize)) {
       throw new BlkioError('EINVAL', `Bitmap '${cName(entry.name)}' doesn't satisfy the constraints`);
     }
-    entries.push({ tableOffset: entry.tableOffset, tableSize: entry.tableSize, flags: entry.flags, granularityBits: entry.granularityBits, name: entry.name });
-    pos = next;
+    entries.push(keptFields(entry));
+    pos = entry.next;
   }
   if (entries.length !== location.count) throw new BlkioError('EINVAL', 'Less bitmaps found than specified in header extension');
   return entries;

@@ -38,6 +38,10 @@ describe('parseBitmapDirectory', () => {
   it('stops at entries that overrun the directory', () => {
     expect(parseBitmapDirectory(entry(0x30000, 1, 0, 16, 'x'), 2)).toHaveLength(1);
   });
+
+  it('keeps the bytes of a name: a leading BOM stays', () => {
+    expect(parseBitmapDirectory(entry(0x30000, 1, 0, 16, '\ufeffbm'), 1)[0].name).toBe('\ufeffbm');
+  });
 });
 
 describe('encodeBitmapDirectory', () => {
