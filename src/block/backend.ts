@@ -3,7 +3,7 @@
  * jobs hold. It owns one edge to its root node, checks request ranges against the length, and
  * grows its permissions on demand (a `write` command asks for WRITE first).
  */
-import { errno } from '../errors.js';
+import { BlkioError, errno } from '../errors.js';
 import { BdrvChild, type ChildParent } from './child.js';
 import { ROLE_PRIMARY, ROLE_FILTERED } from './driver.js';
 import type { BlockNode } from './node.js';
@@ -44,12 +44,19 @@ export class BlockBackend implements ChildParent {
     updateEdgePerms(this.root, perm, shared);
   }
 
+  /** Requests, the length and flushes need a medium (blk_is_available): a CD-ROM drive may have none. */
+  private checkAvailable(): void {
+    if (!isInserted(this.node)) throw errno('ENOMEDIUM');
+  }
+
   getLength(): number {
+    this.checkAvailable();
     return this.root.getLength();
   }
 
   /** Zero writes carry no buffer, so QEMU does not hold them to the 32-bit request limit. */
   private checkRequest(offset: number, bytes: number, limited = true): void {
+    this.checkAvailable();
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) throw errno('EIO');
     if (limited && bytes > REQUEST_MAX_BYTES) throw errno('EIO');
     const length = this.getLength();
@@ -81,8 +88,9 @@ export class BlockBackend implements ChildParent {
     await this.root.discard(offset, bytes);
   }
 
-  flush(): Promise<void> {
-    return this.root.flush();
+  async flush(): Promise<void> {
+    this.checkAvailable();
+    await this.root.flush();
   }
 
   /** Write VM state at `pos` of the state stream (blk_save_vmstate; the caller flushes in writethrough mode). */
@@ -95,6 +103,7 @@ export class BlockBackend implements ChildParent {
   }
 
   async truncate(size: number, exact: boolean, prealloc = 'off'): Promise<void> {
+    if (!isInserted(this.node)) throw new BlkioError('ENOMEDIUM', 'No medium inserted');
     await this.root.truncate(size, exact, prealloc);
   }
 
@@ -104,3 +113,7 @@ export class BlockBackend implements ChildParent {
   }
 }
 
+/** QEMU's bdrv_is_inserted: the driver says, or else every child has its medium. */
+export function isInserted(node: BlockNode): boolean {
+  return node.driver.isInserted?.(node) ?? node.children.every((edge) => isInserted(edge.node));
+}

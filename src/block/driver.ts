@@ -204,6 +204,8 @@ export interface BlockDriver<S = unknown> {
    * without offset/size its child has the FILTERED role.
    */
   readonly isFilter?: boolean;
+  /** Whether a removable medium is in (QEMU's bdrv_is_inserted); without it, whether every child's is. */
+  isInserted?(node: BlockNode<S>): boolean;
   /** QEMU's bdrv_needs_filename: the open fails unless `filename` is a non-empty string. */
   readonly needsFilename?: boolean;
   /** The driver has a `backing` child (COW format) the graph opens after `open`. */

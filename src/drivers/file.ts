@@ -198,7 +198,7 @@ async function openHostFile(node: BlockNode<FileState>, ctx: OpenContext, device
     const stat = await handle.stat();
     if (device ? !stat.isCharacterDevice() && !stat.isBlockDevice() : !stat.isFile()) {
       throw new BlkioError('EINVAL', device
-        ? `'host_device' driver requires '${filename}' to be either a character or block device`
+        ? `'${node.driver.name}' driver requires '${filename}' to be either a character or block device`
         : `'file' driver requires '${filename}' to be a regular file`);
     }
     // Linux native AIO works only on files opened with O_DIRECT.
@@ -396,9 +396,7 @@ export const hostDeviceDriver: BlockDriver<FileState> = {
   createOptions: undefined,
   checkCreateOptions: undefined,
   create: undefined,
-  parseFilename(filename, options) {
-    options.filename = filename.startsWith('host_device:') ? filename.slice('host_device:'.length) : filename;
-  },
+  parseFilename: (filename, options) => withoutPrefix('host_device', filename, options),
   probeDevice(filename) {
     if (filename.startsWith('/dev/cdrom')) return 50;
     try {
@@ -416,3 +414,27 @@ export const hostDeviceDriver: BlockDriver<FileState> = {
     if (size > node.state.size) throw new BlkioError('EINVAL', 'Cannot grow device files');
   },
 };
+
+/**
+ * `host_cdrom`: host_device for CD-ROM drives, whose medium may be missing. Node cannot ask a
+ * drive (QEMU's CDROM_DRIVE_STATUS ioctl), so there is never a medium: requests, the length and
+ * flushes fail with ENOMEDIUM, as on a device that is no CD-ROM drive (QEMU's answer for
+ * /dev/null). Plain names under /dev/cd or /dev/acd probe as it, after host_device's /dev/cdrom.
+ */
+export const hostCdromDriver: BlockDriver<FileState> = {
+  ...hostDeviceDriver,
+  name: 'host_cdrom',
+  protocolPrefix: 'host_cdrom',
+  getInfo: undefined,
+  parseFilename: (filename, options) => withoutPrefix('host_cdrom', filename, options),
+  probeDevice: (filename) => (CDROM_PATHS.some((path) => filename.startsWith(path)) ? 50 : 0),
+  isInserted: () => false,
+};
+
+/** Device paths QEMU takes for CD-ROM drives when it probes a plain filename. */
+const CDROM_PATHS = ['/dev/cd', '/dev/acd'];
+
+/** A device driver's filename, without its `driver:` prefix if it has one. */
+function withoutPrefix(driver: string, filename: string, options: Record<string, unknown>): void {
+  options.filename = filename.startsWith(`${driver}:`) ? filename.slice(driver.length + 1) : filename;
+}

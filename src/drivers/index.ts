@@ -5,7 +5,7 @@ import { blkreplayDriver } from './blkreplay.js';
 import { blkverifyDriver } from './blkverify.js';
 import { compressDriver } from './compress.js';
 import { copyOnReadDriver } from './copy-on-read.js';
-import { fileDriver, hostDeviceDriver } from './file.js';
+import { fileDriver, hostCdromDriver, hostDeviceDriver } from './file.js';
 import { luksDriver } from './luks.js';
 import { mirrorTopDriver } from './mirror-top.js';
 import { nbdDriver } from './nbd.js';
@@ -20,7 +20,7 @@ import { vdiDriver } from './vdi.js';
 import { vmdkDriver } from './vmdk/index.js';
 
 export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
-  fileDriver, hostDeviceDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
+  fileDriver, hostDeviceDriver, hostCdromDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
   throttleDriver, compressDriver, preallocateDriver,
   blkdebugDriver,
   blkverifyDriver,

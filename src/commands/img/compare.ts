@@ -7,7 +7,7 @@
  * equal sizes and equal block status. Exit: 0 identical, 1 different, 2 open or usage
  * problem, 3 block status failure, 4 read failure.
  */
-import { BlkioError } from '../../errors.js';
+import { BlkioError, toBlkioError } from '../../errors.js';
 import type { BlockBackend } from '../../block/backend.js';
 import { STATUS_ALLOCATED, STATUS_DATA, STATUS_EOF, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../block/flags.js';
 import { blockStatusAbove } from '../../block/io.js';
@@ -93,15 +93,24 @@ export function imgCompare(argv: string[]): Promise<number> {
         if (!isCacheMode(cache)) throw failure(2, `Invalid source cache option: ${cache}`);
         const open = async (filename: string, format: string | undefined): Promise<Side> => {
           try {
-            const blk = await openImg(layer, { filename, format, imageOpts, readOnly: true, forceShare, cache });
-            return { blk, filename, size: blk.getLength() };
+            return { blk: await openImg(layer, { filename, format, imageOpts, readOnly: true, forceShare, cache }), filename, size: 0 };
           } catch (e) {
             reportError(e);
             throw new ExitStatus(2);
           }
         };
-        const side1 = await open(operands[0], format1);
-        const side2 = await open(operands[1], format2);
+        // Both images open before either is sized.
+        const sized = (side: Side): Side => {
+          try {
+            return { ...side, size: side.blk.getLength() };
+          } catch (e) {
+            throw failure(4, `Can't get size of ${side.filename}: ${toBlkioError(e).strerror}`);
+          }
+        };
+        const opened1 = await open(operands[0], format1);
+        const opened2 = await open(operands[1], format2);
+        const side1 = sized(opened1);
+        const side2 = sized(opened2);
         const status = await compareImages(side1, side2, strict, progress, say);
         if (status === 0) say('Images are identical.\n');
         return status;

@@ -220,7 +220,13 @@ async function convert(
       filename: name, format: args.format, imageOpts: args.imageOpts, readOnly: true, forceShare: args.forceShare, cache: args.srcCache,
       noShare: true,
     });
-    const sectors = Math.ceil(blk.getLength() / SECTOR);
+    let length: number;
+    try {
+      length = blk.getLength();
+    } catch (e) {
+      throw new BlkioError(toBlkioError(e).code, `Could not get size of ${name}: ${toBlkioError(e).strerror}`);
+    }
+    const sectors = Math.ceil(length / SECTOR);
     sources.push({ blk, name, start: totalSectors, sectors });
     totalSectors += sectors;
   }

@@ -249,3 +249,23 @@ describe('host_device', () => {
     expect(hostDeviceDriver.probeDevice!(tmpdir())).toBe(0);
   });
 });
+
+describe('host_cdrom', () => {
+  it('opens devices and has no medium: the backend refuses requests, the length and flushes', async () => {
+    const { BlockLayer } = await import('../../../src/block/graph.js');
+    const { BlockBackend } = await import('../../../src/block/backend.js');
+    const { fileDriver, hostCdromDriver, hostDeviceDriver } = await import('../../../src/drivers/file.js');
+    const { rawDriver } = await import('../../../src/drivers/raw.js');
+    const layer = new BlockLayer([fileDriver, hostDeviceDriver, hostCdromDriver, rawDriver]);
+    const node = await layer.openNode(undefined, { driver: 'raw', 'file.driver': 'host_cdrom', 'file.filename': '/dev/null', 'read-only': 'on' });
+    const blk = BlockBackend.attach(node, 0);
+    expect(() => blk.getLength()).toThrow('No medium found');
+    await expect(blk.read(0, 512, new Uint8Array(512))).rejects.toThrow('No medium found');
+    await expect(blk.flush()).rejects.toThrow('No medium found');
+    await expect(blk.truncate(0, true)).rejects.toThrow('No medium inserted');
+    expect(hostCdromDriver.probeDevice!('/dev/cdrom')).toBe(50);
+    expect(hostCdromDriver.probeDevice!('/dev/sda')).toBe(0);
+    blk.detach();
+    await layer.closeAll();
+  });
+});
