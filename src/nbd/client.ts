@@ -6,7 +6,7 @@
  * each; up to MAX_IN_FLIGHT of them wait for their replies at once, which may come in any order.
  */
 import type { Socket } from 'node:net';
-import { BlkioError, ERRNO_NUMBERS, type Errno } from '../errors.js';
+import { BlkioError, toBlkioError, type Errno } from '../errors.js';
 import { lazyBuiltin } from '../lazy-builtin.js';
 
 /** Loaded on the first connection: node:net costs every other command 1.6 MiB of memory at startup. */
@@ -183,12 +183,17 @@ export function describeAddress(address: NbdAddress): string {
   return address.type === 'unix' ? address.path : `${address.host}:${address.port}`;
 }
 
-function errnoOf(e: unknown): Errno {
-  const err = e as NodeJS.ErrnoException & { errors?: NodeJS.ErrnoException[] };
-  const code = err.code ?? err.errors?.[0]?.code;
-  return code !== undefined && code in ERRNO_CODES ? (code as Errno) : 'EIO';
+/** A request as it goes on the wire: magic, flags, type, cookie, offset, length (data follows for writes). */
+function requestHeader(type: number, flags: number, cookie: bigint, offset: number, length: number): Buffer {
+  const header = Buffer.alloc(28);
+  header.writeUInt32BE(REQUEST_MAGIC, 0);
+  header.writeUInt16BE(flags, 4);
+  header.writeUInt16BE(type, 6);
+  header.writeBigUInt64BE(cookie, 8);
+  header.writeBigUInt64BE(BigInt(offset), 16);
+  header.writeUInt32BE(length, 24);
+  return header;
 }
-const ERRNO_CODES = Object.fromEntries(Object.values(ERRNO_NUMBERS).map((c) => [c, true]));
 
 function openSocket(address: NbdAddress): Promise<Socket> {
   return new Promise((resolve, reject) => {
@@ -197,11 +202,12 @@ function openSocket(address: NbdAddress): Promise<Socket> {
       : net().connect({ host: address.host, port: Number(address.port) });
     const fail = (e: Error) => {
       socket.destroy();
-      const code = errnoOf(e);
       const err = e as NodeJS.ErrnoException;
       if (err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN') {
         reject(new BlkioError('EINVAL', `address resolution failed for ${describeAddress(address)}: Name or service not known`));
       } else {
+        // Node names the first address's errno also when it tried several (an AggregateError).
+        const { code } = toBlkioError(e);
         reject(new BlkioError(code, `Failed to connect to '${describeAddress(address)}': ${new BlkioError(code).message}`));
       }
     };
@@ -524,19 +530,12 @@ export class NbdClient {
       // A connection that broke (or was closed) fails every further request, as QEMU's does.
       if (this.failure || this.closed) throw new BlkioError('EIO');
       const cookie = this.nextCookie++;
-      const header = Buffer.alloc(28);
-      header.writeUInt32BE(REQUEST_MAGIC, 0);
-      header.writeUInt16BE(flags, 4);
-      header.writeUInt16BE(type, 6);
-      header.writeBigUInt64BE(cookie, 8);
-      header.writeBigUInt64BE(BigInt(offset), 16);
-      header.writeUInt32BE(length, 24);
       let request!: PendingRequest;
       const done = new Promise<void>((resolve, reject) => {
         request = { type, offset, length, buffer, resolve, reject };
       });
       this.pending.set(cookie, request);
-      this.socket.write(header);
+      this.socket.write(requestHeader(type, flags, cookie, offset, length));
       if (data) this.socket.write(data.subarray(0, length));
       await done;
       if (request.error) throw request.error;
@@ -694,10 +693,7 @@ export class NbdClient {
     if (this.closed) return;
     this.closed = true;
     if (!this.failure && !this.socket.destroyed) {
-      const header = Buffer.alloc(28);
-      header.writeUInt32BE(REQUEST_MAGIC, 0);
-      header.writeUInt16BE(CMD_DISC, 6);
-      header.writeBigUInt64BE(this.nextCookie++, 8);
+      const header = requestHeader(CMD_DISC, 0, this.nextCookie++, 0, 0);
       await new Promise<void>((resolve) => this.socket.end(header, () => resolve()));
     }
     this.socket.destroy();
