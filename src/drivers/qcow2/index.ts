@@ -334,10 +334,14 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     await removePersistentBitmap(node.state, name);
   },
 
-  check(node, repair, report) {
+  async check(node, repair, report) {
+    const s = node.state;
+    // A corruption marked by an earlier pass (the repair before the double check) took the
+    // driver off the node in QEMU.
+    if (s.unusable) throw errno('ENOMEDIUM');
     // qemu-img check sees the image as it is: a pending open-time repair is this check's job.
-    node.state.pendingRepair = undefined;
-    return checkImage(node.state, repair, report);
+    s.pendingRepair = undefined;
+    return checkImage(s, repair, report);
   },
 
   async makeEmpty(node) {
