@@ -7,6 +7,7 @@
  */
 import type { QapiAlternate, QapiEnum, QapiMember, QapiObject } from '../options/qapi-input.js';
 import { BLKDEBUG_EVENTS } from './blkdebug.js';
+import { SOCKET_ADDRESS } from './nbd.js';
 
 const enumOf = (...values: string[]): QapiEnum => ({ kind: 'enum', values });
 const optional = (name: string, type: QapiMember['type']): QapiMember => ({ name, type, optional: true });
@@ -130,6 +131,10 @@ BLOCKDEV_OPTIONS.union = {
     file: FILE,
     host_cdrom: FILE,
     host_device: FILE,
+    nbd: [
+      required('server', SOCKET_ADDRESS), optional('export', 'str'), optional('tls-creds', 'str'), optional('tls-hostname', 'str'),
+      optional('x-dirty-bitmap', 'str'), optional('reconnect-delay', 'uint32'), optional('open-timeout', 'uint32'),
+    ],
     'null-aio': NULL,
     'null-co': NULL,
     preallocate: [...GENERIC_FORMAT, optional('prealloc-align', 'int'), optional('prealloc-size', 'int')],

@@ -31,7 +31,7 @@ const INT_MAX = 2 ** 31 - 1;
 const optional = (name: string, type: 'str' | 'bool' | 'int') => ({ name, type, optional: true });
 
 /** QEMU's QAPI type SocketAddress, which the `server.*` options are checked against. */
-const SOCKET_ADDRESS: QapiObject = {
+export const SOCKET_ADDRESS: QapiObject = {
   kind: 'object',
   members: [{ name: 'type', type: { kind: 'enum', values: ['inet', 'unix', 'vsock', 'fd'] } }],
   union: {

@@ -15,7 +15,7 @@ import { qdictKeyOrder } from './json.js';
 import { parseBool, parseInteger, parseNumber, parseString } from './qemuopts.js';
 import type { OptionScalar, OptionTree, OptionValue } from './types.js';
 
-export type QapiBuiltin = 'str' | 'bool' | 'int' | 'int32' | 'uint16' | 'uint64';
+export type QapiBuiltin = 'str' | 'bool' | 'int' | 'int32' | 'uint16' | 'uint32' | 'uint64';
 
 export interface QapiEnum {
   kind: 'enum';
@@ -107,8 +107,10 @@ class Visitor {
     const syntax = this.form === 'json' ? 'qapi' : 'keyval';
     if (type === 'str') return parseString(name, scalar, syntax);
     if (type === 'bool') return parseBool(name, scalar, syntax);
-    const n = type === 'uint64' || type === 'uint16' ? parseNumber(name, scalar, syntax) : parseInteger(name, scalar, syntax);
+    const unsigned = type === 'uint64' || type === 'uint32' || type === 'uint16';
+    const n = unsigned ? parseNumber(name, scalar, syntax) : parseInteger(name, scalar, syntax);
     if (type === 'int32' && (n < -(2 ** 31) || n >= 2 ** 31)) throw invalid(`Parameter '${member}' expects int32_t`);
+    if (type === 'uint32' && n >= 2 ** 32) throw invalid(`Parameter '${member}' expects uint32_t`);
     if (type === 'uint16' && n >= 2 ** 16) throw invalid(`Parameter '${member}' expects uint16_t`);
     // Beyond 2^53 a number is inexact: the value as given parses the same way further down.
     return Number.isSafeInteger(n) ? n : scalar;
