@@ -332,27 +332,25 @@ export const vmdkDriver: BlockDriver<VmdkState> = {
   async check(node, repair, report): Promise<CheckResult> {
     if (repair) throw errno('ENOTSUP');
     const s = node.state;
-    const result: CheckResult = {
-      corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
-      totalClusters: 0, allocatedClusters: 0, fragmentedClusters: 0, compressedClusters: 0,
-    };
     const totalSectors = getLength(s) / SECTOR;
     for (let sector = 0; sector < totalSectors;) {
       const e = findExtent(s, sector * SECTOR)!;
       const m = await lookupGrain(e, (sector - (e.endSector - e.sectors)) * SECTOR, false);
+      // QEMU stops at the first fault and fails the check (with its lookup's -1 for a failed lookup).
       if (m.kind === 'error') {
         report(`ERROR: could not get cluster_offset for sector ${sector}`);
-        result.corruptions++;
-        return result;
+        throw errno('EPERM');
       }
       if (m.kind === 'allocated' && m.offset >= e.file.getLength()) {
         report(`ERROR: cluster offset for sector ${sector} points after EOF`);
-        result.corruptions++;
         throw errno('EINVAL');
       }
       sector += e.clusterSectors;
     }
-    return result;
+    return {
+      corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0,
+      totalClusters: 0, allocatedClusters: 0, fragmentedClusters: 0, compressedClusters: 0,
+    };
   },
 
   createOptions: VMDK_CREATE_OPTIONS,
