@@ -9,6 +9,7 @@ import type { CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import {
   COMPRESSION_DEFLATE, FLAG_COMPRESS, FLAG_MARKER, FLAG_NL_DETECT, FLAG_RGD, FLAG_ZERO_GRAIN, SECTOR, V4, VMDK4_MAGIC,
 } from './extent.js';
+import { dirname } from './descriptor.js';
 
 const SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'];
 const ADAPTER_TYPES = ['ide', 'buslogic', 'lsilogic', 'legacyESX'];
@@ -84,9 +85,8 @@ async function initExtent(file: BdrvChild, size: number, kind: ExtentKind): Prom
 
 /** A path split as QEMU splits it: directory (with its slash), name up to its last dot, and the rest. */
 function decompose(filename: string): { path: string; prefix: string; postfix: string } {
-  const slash = filename.lastIndexOf('/');
-  const path = filename.slice(0, slash + 1);
-  const base = filename.slice(slash + 1);
+  const path = dirname(filename);
+  const base = filename.slice(path.length);
   const dot = base.lastIndexOf('.');
   return dot < 0 ? { path, prefix: base, postfix: '' } : { path, prefix: base.slice(0, dot), postfix: base.slice(dot) };
 }
@@ -160,7 +160,7 @@ function createSettings(request: CreateRequest): VmdkCreateSettings {
 /** The CID of the backing file (named relative to the new image), which has to be a vmdk image. */
 async function backingCid(file: BdrvChild, filename: string, backingFile: string): Promise<number> {
   const layer = file.node.layer;
-  const path = backingFile.startsWith('/') ? backingFile : decompose(filename).path + backingFile;
+  const path = backingFile.startsWith('/') ? backingFile : dirname(filename) + backingFile;
   const node = await layer.openNode(path, { 'read-only': 'on', 'force-share': 'on', backing: null });
   try {
     if (node.driver.name !== 'vmdk') throw new BlkioError('EINVAL', `Invalid backing file format: ${node.driver.name}. Must be vmdk`);

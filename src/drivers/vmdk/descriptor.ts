@@ -22,6 +22,11 @@ export interface ExtentLine {
   flatOffset: number;
 }
 
+/** The directory part of a file name, with its slash ('' for none): where relative extent names start. */
+export function dirname(filename: string): string {
+  return filename.slice(0, filename.lastIndexOf('/') + 1);
+}
+
 /** The text up to its first NUL, one char per byte. */
 export function descriptorText(bytes: Uint8Array): string {
   const end = bytes.indexOf(0);

@@ -11,7 +11,7 @@ import type { BlockNode } from '../../block/node.js';
 import { STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO } from '../../block/flags.js';
 import { Mutex } from '../qcow2/state.js';
 import {
-  DESC_SIZE, descriptorCid, descriptorCreateType, descriptorText, parentFileNameHint, parseExtentLines, withCid,
+  DESC_SIZE, descriptorCid, descriptorCreateType, descriptorText, dirname, parentFileNameHint, parseExtentLines, withCid,
 } from './descriptor.js';
 import {
   flatExtent, GTE_ZEROED, lookupGrain, openVmdk3, openVmdk4, readGrain, readStart, SECTOR, updateGrainEntry, VMDK3_MAGIC,
@@ -34,12 +34,6 @@ interface VmdkState {
 
 function magicOf(bytes: Uint8Array): number {
   return new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, false);
-}
-
-/** The directory part of a file name, with its slash ('' for none). */
-function dirname(filename: string): string {
-  const slash = filename.lastIndexOf('/');
-  return slash < 0 ? '' : filename.slice(0, slash + 1);
 }
 
 interface Opening {
