@@ -65,6 +65,14 @@ describe('visitQapiObject over BlockdevOptions', () => {
   });
 
   it('leaves the members of drivers it does not describe alone', () => {
-    expect(visit('nbd,node-name=n,server.type=unix')).toEqual({ driver: 'nbd', 'node-name': 'n', server: { type: 'unix' } });
+    expect(visit('ssh,node-name=n,server.host=h')).toEqual({ driver: 'ssh', 'node-name': 'n', server: { host: 'h' } });
+  });
+
+  it("checks nbd's server as a SocketAddress", () => {
+    expect(() => visit('nbd,node-name=n,server.type=unix')).toThrow("Parameter 'server.path' is missing");
+    expect(visit('nbd,node-name=n,server.type=unix,server.path=s,reconnect-delay=5')).toEqual({
+      driver: 'nbd', 'node-name': 'n', server: { type: 'unix', path: 's' }, 'reconnect-delay': 5,
+    });
+    expect(() => visit('nbd,node-name=n,server.type=unix,server.path=s,open-timeout=4294967296')).toThrow("Parameter 'open-timeout' expects uint32_t");
   });
 });
