@@ -407,6 +407,16 @@ export interface LuksAmendment {
   iterTime: number;
 }
 
+/** The cipher choices of a new LUKS volume, in QEMU's order (qcow2 names them with `encrypt.` before). */
+export const LUKS_CIPHER_CREATE_OPTIONS: readonly CreateOptionSpec[] = [
+  { name: 'cipher-alg', type: 'string', help: 'Name of encryption cipher algorithm' },
+  { name: 'cipher-mode', type: 'string', help: 'Name of encryption cipher mode' },
+  { name: 'ivgen-alg', type: 'string', help: 'Name of IV generator algorithm' },
+  { name: 'ivgen-hash-alg', type: 'string', help: 'Name of IV generator hash algorithm' },
+  { name: 'hash-alg', type: 'string', help: 'Name of encryption hash algorithm' },
+  { name: 'iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+];
+
 /** The amend options of a LUKS volume, in QEMU's order (qcow2 names them with `encrypt.` before). */
 export const LUKS_AMEND_OPTIONS: readonly CreateOptionSpec[] = [
   { name: 'keyslot', type: 'number', help: 'Select a single keyslot to modify explicitly' },

@@ -12,7 +12,7 @@ import { supportedWriteFlags } from '../block/io.js';
 import { limitsFrom } from '../block/node.js';
 import { secretData } from '../block/secret.js';
 import {
-  amendLuks, createLuks, isLuksVolume, LUKS_AMEND_OPTIONS, LUKS_HEADER_BYTES, luksAmendment, luksCipherSpec, luksCreateOptions, luksInfo,
+  amendLuks, createLuks, isLuksVolume, LUKS_AMEND_OPTIONS, LUKS_CIPHER_CREATE_OPTIONS, LUKS_HEADER_BYTES, luksAmendment, luksCipherSpec, luksCreateOptions, luksInfo,
   luksPayloadBytes, parseLuksHeader, unlockLuks, type LuksHeader,
 } from '../crypto/luks.js';
 import { SECTOR_SIZE, SectorCipher, type SectorCipherSpec } from '../crypto/sector-cipher.js';
@@ -106,12 +106,7 @@ export const luksDriver: BlockDriver<LuksState> = {
   createOptions: [
     { name: 'size', type: 'size', help: 'Virtual disk size' },
     { name: 'key-secret', type: 'string', help: 'ID of the secret that provides the keyslot passphrase' },
-    { name: 'cipher-alg', type: 'string', help: 'Name of encryption cipher algorithm' },
-    { name: 'cipher-mode', type: 'string', help: 'Name of encryption cipher mode' },
-    { name: 'ivgen-alg', type: 'string', help: 'Name of IV generator algorithm' },
-    { name: 'ivgen-hash-alg', type: 'string', help: 'Name of IV generator hash algorithm' },
-    { name: 'hash-alg', type: 'string', help: 'Name of encryption hash algorithm' },
-    { name: 'iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+    ...LUKS_CIPHER_CREATE_OPTIONS,
   ],
   removesFailedImage: true,
 

@@ -9,6 +9,7 @@ import { BlkioError } from '../../errors.js';
 import type { BdrvChild } from '../../block/child.js';
 import type { CreateOptionSpec, CreateRequest } from '../../block/driver.js';
 import { checkNewLength } from '../../block/io.js';
+import { LUKS_CIPHER_CREATE_OPTIONS } from '../../crypto/luks.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_NAMES, INCOMPAT_DATA_FILE, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, MAX_CLUSTER_BITS,
   MIN_CLUSTER_BITS, encodeHeader, type Qcow2Header,
@@ -25,12 +26,7 @@ const ENCRYPTION_OPTIONS: CreateOptionSpec[] = [
   { name: 'encryption', type: 'bool', help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)" },
   { name: 'encrypt.format', type: 'string', help: "Encrypt the image, format choices: 'aes', 'luks'" },
   { name: 'encrypt.key-secret', type: 'string', help: 'ID of secret providing qcow AES key or LUKS passphrase' },
-  { name: 'encrypt.cipher-alg', type: 'string', help: 'Name of encryption cipher algorithm' },
-  { name: 'encrypt.cipher-mode', type: 'string', help: 'Name of encryption cipher mode' },
-  { name: 'encrypt.ivgen-alg', type: 'string', help: 'Name of IV generator algorithm' },
-  { name: 'encrypt.ivgen-hash-alg', type: 'string', help: 'Name of IV generator hash algorithm' },
-  { name: 'encrypt.hash-alg', type: 'string', help: 'Name of encryption hash algorithm' },
-  { name: 'encrypt.iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+  ...LUKS_CIPHER_CREATE_OPTIONS.map((spec) => ({ ...spec, name: `encrypt.${spec.name}` })),
 ];
 
 /** In the order QEMU prints them in the `Formatting ...` line. */
