@@ -6,6 +6,7 @@
  * (depth) and host file answered. Neighbouring extents with equal state merge.
  */
 import { BlkioError } from '../../errors.js';
+import type { BlockBackend } from '../../block/backend.js';
 import type { BlockNode } from '../../block/node.js';
 import { STATUS_ALLOCATED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../block/flags.js';
 import {
@@ -155,7 +156,7 @@ export function imgMap(argv: string[]): Promise<number> {
     const outputFormat = parseOutputFormat(output);
     return withLayer(objects, async (layer) => {
       const blk = await openImg(layer, { filename, format, imageOpts, readOnly: true, forceShare });
-      return dumpMap(blk.node, outputFormat, startOffset, maxLength);
+      return dumpMap(blk, filename, outputFormat, startOffset, maxLength);
     });
   });
 }
@@ -356,13 +357,20 @@ function printStatusList(top: BlockNode, printer: MapPrinter, list: StatusList):
   return true;
 }
 
-async function dumpMap(node: BlockNode, output: OutputFormat, startOffset: number, maxLength: number | undefined): Promise<number> {
-  let length = node.getLength();
-  if (maxLength !== undefined) length = Math.min(startOffset + maxLength, length);
+async function dumpMap(blk: BlockBackend, filename: string, output: OutputFormat, startOffset: number, maxLength: number | undefined): Promise<number> {
+  const node = blk.node;
   const out = new ChunkedOutput();
   const printer = new MapPrinter(out, output, startOffset);
   const list = new StatusList(STATUS_LIST_CAPACITY);
   try {
+    // As qemu-img, the header is out before the length is asked for (a drive without a medium has none).
+    let length: number;
+    try {
+      length = blk.getLength();
+    } catch {
+      throw new BlkioError('ENOMEDIUM', `Failed to get size for '${filename}'`);
+    }
+    if (maxLength !== undefined) length = Math.min(startOffset + maxLength, length);
     for (;;) {
       mapWhileCached(node, printer, length, list);
       const offset = printer.end;
