@@ -310,9 +310,13 @@ function nameWithLength(name: string): Buffer {
  */
 async function negotiateStartTls(n: Negotiation): Promise<void> {
   n.sendOption(OPT_STARTTLS);
-  await n.checkedReply(OPT_STARTTLS);
+  const reply = await n.checkedReply(OPT_STARTTLS);
+  if (reply.type === REP_ERR_UNSUP) throw new BlkioError('EINVAL', "Server don't support STARTTLS option");
   throw new BlkioError('ENOTSUP', 'TLS connections are not supported');
 }
+
+/** A server that cannot negotiate STARTTLS (old style, or new style without the fixed flag). */
+const NO_STARTTLS = 'Server does not support STARTTLS';
 
 async function negotiateStructuredReplies(n: Negotiation): Promise<boolean> {
   n.sendOption(OPT_STRUCTURED_REPLY);
@@ -468,6 +472,7 @@ export class NbdClient {
     })).readBigUInt64BE(0);
     const info: NbdExportInfo = { size: 0, flags: 0, minBlock: 0, optBlock: 0, maxBlock: 0, structuredReplies: false };
     if (style === OLDSTYLE_MAGIC) {
+      if (tls) throw new BlkioError('EINVAL', NO_STARTTLS);
       if (exportName !== '') throw protocolError('Server does not support non-empty export names');
       const header = await reader.read(12).catch((e: BlkioError) => {
         throw e.prepend('Failed to read export length: ');
@@ -492,6 +497,7 @@ export class NbdClient {
     socket.write(clientFlags);
     const n = new Negotiation(socket, reader);
     try {
+      if (tls && !fixed) throw new BlkioError('EINVAL', NO_STARTTLS);
       if (fixed) {
         if (tls) await negotiateStartTls(n);
         info.structuredReplies = await negotiateStructuredReplies(n);

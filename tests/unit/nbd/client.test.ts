@@ -25,6 +25,8 @@ interface FakeOptions {
   /** Answer NBD_OPT_GO, NBD_OPT_STRUCTURED_REPLY and NBD_OPT_SET_META_CONTEXT (else ERR_UNSUP). */
   modern: boolean;
   exportName: string;
+  /** Sends the fixed-newstyle flag in its greeting (a server without it cannot negotiate STARTTLS). */
+  fixedNewstyle: boolean;
   size: number;
   flags: number;
   /** Answers a request by writing reply bytes to the socket; waits for `release` when it returns a promise. */
@@ -69,7 +71,7 @@ class FakeServer {
     const hello = Buffer.alloc(18);
     hello.write('NBDMAGIC');
     hello.writeBigUInt64BE(0x49484156454f5054n, 8);
-    hello.writeUInt16BE(3, 16);
+    hello.writeUInt16BE(this.opts.fixedNewstyle ? 3 : 2, 16);
     this.socket.write(hello);
     await this.take(4);
     for (;;) {
@@ -171,7 +173,7 @@ let fake: FakeServer | undefined;
 function serve(opts: Partial<FakeOptions> & Pick<FakeOptions, 'onRequest'>): string {
   const path = join(dir, 'nbd.sock');
   server = createServer((socket) => {
-    fake = new FakeServer(socket, { modern: true, exportName: 'disk', size: 1 << 20, flags: EXPORT_HAS_FLAGS, ...opts });
+    fake = new FakeServer(socket, { modern: true, exportName: 'disk', fixedNewstyle: true, size: 1 << 20, flags: EXPORT_HAS_FLAGS, ...opts });
   });
   server.listen(path);
   return path;
@@ -195,6 +197,16 @@ describe('NbdClient', () => {
     expect(client.info).toMatchObject({ size: 1 << 20, structuredReplies: true, metaContext: 7, minBlock: 1, optBlock: 4096, maxBlock: 1 << 20 });
     expect(fake!.options).toEqual([OPT_STRUCTURED_REPLY, OPT_SET_META_CONTEXT, OPT_GO]);
     await client.close();
+  });
+
+  it('never goes on without TLS when credentials were given', async () => {
+    const refusing = serve({ modern: false, onRequest: () => {} });
+    await expect(NbdClient.connect({ type: 'unix', path: refusing }, 'disk', 'base:allocation', true))
+      .rejects.toThrow("Server don't support STARTTLS option");
+    await new Promise((resolve) => server!.close(resolve));
+    const notFixed = serve({ fixedNewstyle: false, onRequest: () => {} });
+    await expect(NbdClient.connect({ type: 'unix', path: notFixed }, 'disk', 'base:allocation', true))
+      .rejects.toThrow('Server does not support STARTTLS');
   });
 
   it('reports a missing export with the server message as a hint', async () => {
