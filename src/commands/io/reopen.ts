@@ -54,15 +54,18 @@ async function setReadOnly(root: BlockNode, targets: Map<BlockNode, boolean>): P
       done.push(n);
     }
   };
+  const madeReadOnly: BlockNode[] = [];
   try {
     // Top-down when giving up write access: a node writes out what it caches (a preallocate
     // filter cuts its file back) while the nodes below still take writes.
-    await reopenDrivers(toReadOnly, [], (n) => (n.readOnly = true));
+    await reopenDrivers(toReadOnly, madeReadOnly, (n) => (n.readOnly = true));
     for (const n of toWritable) n.readOnly = false;
     refreshPermissions(new Map(), [root], new Set(toReadOnly));
   } catch (e) {
-    for (const n of changing) n.readOnly = !n.readOnly;
-    await reopenDrivers([...toReadOnly].reverse());
+    // Every node back to its old state (a driver may have failed before some were set), and
+    // the drivers that were reopened reopened again.
+    for (const n of changing) n.readOnly = !targets.get(n);
+    await reopenDrivers(madeReadOnly.reverse());
     throw e;
   }
   // Bottom-up when gaining it: a node writes only after the storage it writes to can. A node

@@ -1,5 +1,8 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import { BlockLayer } from '../../../../src/block/graph.js';
+import type { BdrvChild } from '../../../../src/block/child.js';
+import { ROLE_FILTER_CHILD, type BlockDriver } from '../../../../src/block/driver.js';
+import { BlkioError } from '../../../../src/errors.js';
 import { allDrivers } from '../../../../src/drivers/index.js';
 import { IO_COMMANDS, IoSession, runCommandLine, splitCommandLine } from '../../../../src/commands/io/index.js';
 import { defaultOpenMode, openFile } from '../../../../src/commands/io/open.js';
@@ -7,9 +10,9 @@ import { parsePattern, strtolWhole } from '../../../../src/commands/io/args.js';
 import { sleepDuration } from '../../../../src/commands/io/control.js';
 
 /** A session whose output is collected, stdout and stderr marked, timings masked. */
-function captureSession(): { session: IoSession; output: () => string } {
+function captureSession(drivers: readonly BlockDriver<any>[] = allDrivers): { session: IoSession; output: () => string } {
   let text = '';
-  const layer = new BlockLayer(allDrivers);
+  const layer = new BlockLayer(drivers);
   const session = new IoSession({
     layer,
     commands: IO_COMMANDS,
@@ -189,6 +192,29 @@ describe('qemu-io commands on a null-co image', () => {
     await run(session, 'open -o driver=raw,file.driver=copy-on-read,file.node-name=cor,file.file.driver=null-co');
     expect(await run(session, 'reopen', 'reopen -r')).toEqual([-1, -1]);
     expect(output()).toBe("E: blkio: Block format 'copy-on-read' used by node 'cor' does not support reopening files\n".repeat(2));
+  });
+
+  it('puts every node back as it was when a driver fails to reopen read-only', async () => {
+    /** A filter whose driver cannot give up write access. */
+    const stuckWritable: BlockDriver<{ file: BdrvChild }> = {
+      name: 'stuck-writable',
+      kind: 'filter',
+      isFilter: true,
+      options: {},
+      async open(_node, ctx) {
+        return { file: (await ctx.openChild('file', ROLE_FILTER_CHILD))! };
+      },
+      async reopen(node) {
+        if (node.readOnly) throw new BlkioError('EBUSY', 'cannot give up write access');
+      },
+      getLength: (node) => node.state.file.getLength(),
+      read: (node, offset, bytes, buf, flags) => node.state.file.read(offset, bytes, buf, flags),
+      write: (node, offset, bytes, buf, flags) => node.state.file.write(offset, bytes, buf, flags),
+    };
+    const stuck = captureSession([...allDrivers, stuckWritable]);
+    await run(stuck.session, 'open -o driver=raw,node-name=top,file.driver=stuck-writable,file.node-name=mid,file.file.driver=null-co,file.file.node-name=bottom');
+    expect(await run(stuck.session, 'reopen -r', 'write -q 0 512')).toEqual([-1, 0]);
+    expect(['top', 'mid', 'bottom'].map((name) => stuck.session.layer.findNode(name)!.readOnly)).toEqual([false, false, false]);
   });
 
   it("takes a child's read-only option, and keeps it for later reopens", async () => {
