@@ -40,7 +40,8 @@ await Promise.all([
     // The file is the function bin/blkio calls, CommonJS's module wrapper included: wrapping the
     // source at run time made V8 keep a second copy of it (the joined string, 0.65 MiB).
     banner: {
-      js: '(function (exports, require, module, __filename, __dirname) {' +
+      // 'use strict' must open the function body to be a directive (esbuild's own comes after the const).
+      js: "(function (exports, require, module, __filename, __dirname) {'use strict';" +
         "const __blkioModule = { get url() { return require('node:url').pathToFileURL(__filename).href; } };",
     },
     footer: { js: '\n})' },
