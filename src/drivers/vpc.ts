@@ -9,7 +9,7 @@
 import { BlkioError, errno } from '../errors.js';
 import { ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type CreateRequest } from '../block/driver.js';
 import type { BdrvChild } from '../block/child.js';
-import { STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO } from '../block/flags.js';
+import { REQUEST_MAX_BYTES, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO } from '../block/flags.js';
 import { limitsFrom } from '../block/node.js';
 import { crypto } from '../crypto/sector-cipher.js';
 import { Mutex } from './qcow2/state.js';
@@ -92,7 +92,8 @@ async function readFooter(file: BdrvChild): Promise<{ footer: Uint8Array; atStar
   const length = file.getLength();
   if (length >= FOOTER_BYTES) {
     const last = await readAt(file, length - FOOTER_BYTES, FOOTER_BYTES);
-    if (text(last, 0, 8) === FOOTER_MAGIC) return { footer: last, atStart: false };
+    // Only a fixed image has its footer at the end alone.
+    if (text(last, 0, 8) === FOOTER_MAGIC && view(last).getUint32(F.type) === TYPE_FIXED) return { footer: last, atStart: false };
   }
   throw invalid('invalid VPC image');
 }
@@ -108,7 +109,9 @@ function footerSectors(footer: Uint8Array, forceSizeCalc: string | undefined): n
 
 /** The dynamic disk header and BAT of a dynamic image, checked as QEMU does. */
 async function openDynamic(s: VpcState, sectors: number): Promise<void> {
-  const header = await readAt(s.file, Number(view(s.footer).getBigUint64(F.dataOffset)), DYN_HEADER_BYTES);
+  const header = await readAt(s.file, Number(view(s.footer).getBigUint64(F.dataOffset)), DYN_HEADER_BYTES).catch(() => {
+    throw invalid('Error reading dynamic VHD header');
+  });
   if (text(header, 0, 8) !== DYN_HEADER_MAGIC) throw invalid('Invalid header magic');
   const v = view(header);
   s.blockSize = v.getUint32(D.blockSize);
@@ -119,7 +122,11 @@ async function openDynamic(s: VpcState, sectors: number): Promise<void> {
   if (entries * s.blockSize < sectors * SECTOR) throw invalid('Page table too small');
   if (entries > 0x7fffffff / 4) throw invalid(`Max Table Entries too large (${entries | 0})`);
   s.batOffset = Number(v.getBigUint64(D.tableOffset));
-  const table = await readAt(s.file, s.batOffset, entries * 4);
+  // A table beyond one request fails its read as in QEMU, before anything is allocated for it.
+  if (entries * 4 > REQUEST_MAX_BYTES) throw invalid('Error reading pagetable');
+  const table = await readAt(s.file, s.batOffset, entries * 4).catch(() => {
+    throw invalid('Error reading pagetable');
+  });
   const tv = view(table);
   s.bat = new Uint32Array(entries);
   s.freeDataBlockOffset = Math.ceil((s.batOffset + entries * 4) / SECTOR) * SECTOR;
