@@ -6,11 +6,14 @@
  * works as with qemu-img and qemu-io. Nothing further uses them.
  */
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
-import { X509Certificate } from 'node:crypto';
 import { BlkioError, toBlkioError } from '../errors.js';
 import { qdictKeyOrder } from '../options/json.js';
 import { visitQapiObject, type QapiMember, type QapiObject, type QapiType } from '../options/qapi-input.js';
 import type { OptionTree } from '../options/types.js';
+import type { ObjectRegistry } from './objects.js';
+import { lazyBuiltin } from '../lazy-builtin.js';
+
+const crypto = lazyBuiltin<typeof import('node:crypto')>('node:crypto');
 
 /** A type: its `TYPE,help` lines (name, type), its QAPI members, the setter checks and the completion. */
 export interface InertObjectType {
@@ -19,7 +22,8 @@ export interface InertObjectType {
   members?: readonly QapiMember[];
   /** A property setter's check, for one property as given. */
   setter?(name: string, value: unknown): void;
-  complete?(props: OptionTree): void;
+  /** Runs once the object is registered among `objects` (itself included). */
+  complete?(props: OptionTree, objects: ReadonlyMap<string, unknown>): void;
 }
 
 function invalid(message: string): BlkioError {
@@ -96,8 +100,6 @@ function keyVisible(serial: number): boolean {
   }
 }
 
-let mainLoopMade = false;
-
 /** An object of one of these types, as made. */
 export class InertObject {
   constructor(readonly type: string, readonly props: OptionTree) {}
@@ -133,12 +135,12 @@ export const INERT_OBJECT_TYPES: Record<string, InertObjectType> = {
     setter(name, value) {
       if ((value as number) < 0) throw invalid(`${name} value must be in range [0, 9223372036854775807]`);
     },
-    complete(props) {
+    complete(props, objects) {
       const min = (props['thread-pool-min'] as number | undefined) ?? 0;
       const max = (props['thread-pool-max'] as number | undefined) ?? 64;
       if (min > max || max === 0) throw invalid('bad thread-pool-min/thread-pool-max values');
-      if (mainLoopMade) throw invalid('only one main-loop instance allowed');
-      mainLoopMade = true;
+      const loops = [...objects.values()].filter((o) => o instanceof InertObject && o.type === 'main-loop');
+      if (loops.length > 1) throw invalid('only one main-loop instance allowed');
     },
   },
   'pr-manager-helper': {
@@ -226,7 +228,7 @@ export const INERT_OBJECT_TYPES: Record<string, InertObjectType> = {
       const certificates = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
       const valid = certificates.some((cert) => {
         try {
-          return Boolean(new X509Certificate(cert));
+          return Boolean(new (crypto().X509Certificate)(cert));
         } catch {
           return false;
         }
@@ -242,9 +244,9 @@ export const INERT_OBJECT_TYPES: Record<string, InertObjectType> = {
  */
 export function createInertObject(
   type: string, objectType: InertObjectType, props: OptionTree, typed: boolean,
-): { object: InertObject; complete: () => void } {
+): { object: InertObject; complete: (registry: ObjectRegistry) => void } {
   const schema: QapiObject = { kind: 'object', members: objectType.members! };
   const visited = visitQapiObject(schema, props, typed ? 'json' : 'keyval');
   for (const key of qdictKeyOrder(Object.keys(visited))) objectType.setter?.(key, visited[key]);
-  return { object: new InertObject(type, visited), complete: () => objectType.complete?.(visited) };
+  return { object: new InertObject(type, visited), complete: (registry) => objectType.complete?.(visited, registry.objects) };
 }

@@ -127,3 +127,14 @@ describe('--object help', () => {
     expect(throttle.slice(0, 4)).toEqual(['throttle-group options:', '  limits=<ThrottleLimits>', '  x-bps-read-max-length=<int>', '  x-bps-read-max=<int>']);
   });
 });
+
+describe('main-loop', () => {
+  it('is one per registry, not one per process', () => {
+    const first: ObjectRegistry = { objects: new Map() };
+    const second: ObjectRegistry = { objects: new Map() };
+    processObjectArg(first, 'main-loop,id=loop1');
+    expect(() => processObjectArg(first, 'main-loop,id=loop2')).toThrow('only one main-loop instance allowed');
+    processObjectArg(second, 'main-loop,id=loop1');
+    expect([...first.objects.keys(), ...second.objects.keys()]).toEqual(['loop1', 'loop1']);
+  });
+});
