@@ -59,7 +59,7 @@ export class BlockBackend implements ChildParent {
     this.checkAvailable();
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) throw errno('EIO');
     if (limited && bytes > REQUEST_MAX_BYTES) throw errno('EIO');
-    const length = this.getLength();
+    const length = this.root.getLength();
     if (offset > length || length - offset < bytes) throw errno('EIO');
   }
 

@@ -740,8 +740,8 @@ export interface ChainBlockStatus extends BlockStatusResult {
  * answer of the first layer that has the range allocated, else of the last layer asked (QEMU's
  * bdrv_block_status_above). As in QEMU 7.2, the zeroes past the end of a layer shorter than
  * the ones above it count as allocated in that layer (so commit, mirror and copy-on-read
- * write them as zeroes). EOF is set only when the answer reaches the end of top; past that
- * end pnum is 0.
+ * write them as zeroes). EOF comes from the layer that answered (where no layer has the range
+ * allocated, from the last one asked, as in QEMU); past the end of top pnum is 0.
  */
 export async function blockStatusAbove(
   top: BlockNode, base: BlockNode | undefined, offset: number, bytes: number, includeBase = false,
@@ -780,8 +780,8 @@ async function layerStatus(node: BlockNode, offset: number, bytes: number): Prom
 /**
  * Whether some layer from `top` down to `base` (asked too with includeBase; undefined: the
  * whole chain) holds [offset, offset+pnum), and the depth of the first that does. Past the end
- * of top, the whole range counts as unallocated: QEMU 7.2 answers pnum 0 there, which ends
- * copy-on-read's read early and leaves the rest of the buffer unread.
+ * of top, the whole range counts as unallocated. (QEMU 7.2 answers pnum 0 there, which ends
+ * copy-on-read's read early and leaves the rest of the buffer unread; blkio reads it.)
  */
 export async function isAllocatedAbove(
   top: BlockNode, base: BlockNode | undefined, includeBase: boolean, offset: number, bytes: number,

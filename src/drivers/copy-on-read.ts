@@ -45,7 +45,6 @@ async function readAboveBottom(s: CorState, offset: number, bytes: number, buf: 
         : { allocated: false, pnum };
       if (above.allocated) localFlags |= REQ_COPY_ON_READ;
       pnum = above.pnum;
-      if (pnum === 0) break;
     }
     if (!(localFlags & REQ_PREFETCH) || localFlags & REQ_COPY_ON_READ) {
       await s.file.read(offset, pnum, buf.subarray(0, pnum), localFlags);

@@ -46,13 +46,13 @@ export function updateMaxRefcountTableIndex(s: Qcow2State): void {
   s.maxRefcountTableIndex = i;
 }
 
-/** The refcount block at refcount table index `tableIndex` (undefined: none); `put` it. */
 /** Whether a refcount block covers host cluster `clusterIndex` (without one, its refcount is 0). */
 export function hasRefcountBlock(s: Qcow2State, clusterIndex: number): boolean {
   const tableIndex = reftableIndexOf(s, clusterIndex);
   return tableIndex < s.refcountTableSize && reftableOffset(s.refcountTable, tableIndex) !== 0;
 }
 
+/** The refcount block at refcount table index `tableIndex` (undefined: none); `put` it. */
 async function refcountBlockAt(s: Qcow2State, tableIndex: number): Promise<Table | undefined> {
   if (tableIndex >= s.refcountTableSize) return undefined;
   const blockOffset = reftableOffset(s.refcountTable, tableIndex);
