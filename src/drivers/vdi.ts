@@ -8,7 +8,7 @@ import { BlkioError, errno, toBlkioError } from '../errors.js';
 import { ROLE_IMAGE, type BlockDriver, type CheckResult } from '../block/driver.js';
 import type { BdrvChild } from '../block/child.js';
 import { REQUEST_MAX_BYTES, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO } from '../block/flags.js';
-import { Mutex } from './qcow2/state.js';
+import { Mutex } from '../block/mutex.js';
 import { lazyBuiltin } from '../lazy-builtin.js';
 
 const crypto = lazyBuiltin<typeof import('node:crypto')>('node:crypto');

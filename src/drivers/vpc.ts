@@ -12,7 +12,7 @@ import type { BdrvChild } from '../block/child.js';
 import { REQUEST_MAX_BYTES, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO } from '../block/flags.js';
 import { limitsFrom } from '../block/node.js';
 import { crypto } from '../crypto/sector-cipher.js';
-import { Mutex } from './qcow2/state.js';
+import { Mutex } from '../block/mutex.js';
 
 const SECTOR = 512;
 const FOOTER_BYTES = 512;

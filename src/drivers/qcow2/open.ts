@@ -18,7 +18,8 @@ import {
 import { MAX_L1_SIZE } from './mapping.js';
 import { MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex } from './refcount.js';
 import { MAX_SNAPSHOTS, parseSnapshotTable, SNAPSHOT_HEADER_SIZE } from './snapshots.js';
-import { geometry, Mutex, writeStderr, type Qcow2State } from './state.js';
+import { geometry, writeStderr, type Qcow2State } from './state.js';
+import { Mutex } from '../../block/mutex.js';
 import { decodeBitmapsExtension, encodeBitmapsExtension } from './bitmaps.js';
 import { preventMetadataOverwrite } from './overlap.js';
 import { checkEncryptOptions, openEncryption } from './encryption.js';

@@ -15,43 +15,7 @@ import {
   AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, INCOMPAT_EXTL2, OFFSET_INCOMPATIBLE,
   type HeaderExtension, type Qcow2Header,
 } from './header.js';
-
-/** An async mutex: `acquire` resolves to the release function. */
-export class Mutex {
-  private locked = false;
-  /** Who waits for the lock, first come first served. */
-  private readonly waiters: Array<() => void> = [];
-
-  /** Resolves once the lock is held; an uncontended lock costs no promise chain. */
-  private acquire(): Promise<void> | undefined {
-    if (!this.locked) {
-      this.locked = true;
-      return undefined;
-    }
-    return new Promise((resolve) => this.waiters.push(resolve));
-  }
-
-  private release(): void {
-    const next = this.waiters.shift();
-    if (next) next();
-    else this.locked = false;
-  }
-
-  /** Held by someone: code that runs without waiting must leave the guarded state alone. */
-  get held(): boolean {
-    return this.locked;
-  }
-
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    const waiting = this.acquire();
-    if (waiting) await waiting;
-    try {
-      return await fn();
-    } finally {
-      this.release();
-    }
-  }
-}
+import type { Mutex } from '../../block/mutex.js';
 
 /** Why clusters are freed; each kind may or may not be passed down as a discard to the file. */
 export type DiscardType = 'never' | 'always' | 'request' | 'snapshot' | 'other';

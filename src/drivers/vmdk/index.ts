@@ -9,7 +9,7 @@ import type { BdrvChild } from '../../block/child.js';
 import type { OpenContext } from '../../block/graph.js';
 import type { BlockNode } from '../../block/node.js';
 import { STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO } from '../../block/flags.js';
-import { Mutex } from '../qcow2/state.js';
+import { Mutex } from '../../block/mutex.js';
 import {
   DESC_SIZE, descriptorCid, descriptorCreateType, descriptorText, dirname, parentFileNameHint, parseExtentLines, withCid,
 } from './descriptor.js';
