@@ -17,6 +17,7 @@ import {
 } from '../crypto/luks.js';
 import { SECTOR_SIZE, SectorCipher, type SectorCipherSpec } from '../crypto/sector-cipher.js';
 import { checkPreallocationOption } from './raw.js';
+import { fileAllocatedSize, readBytes } from './format-helpers.js';
 
 interface LuksState {
   file: BdrvChild;
@@ -26,12 +27,6 @@ interface LuksState {
   payloadOffset: number;
   /** Absent when opened without I/O. */
   unlocked?: { cipher: SectorCipher; masterKey: Uint8Array };
-}
-
-async function readAt(file: BdrvChild, at: number, bytes: number): Promise<Uint8Array> {
-  const buf = new Uint8Array(bytes);
-  await file.read(at, bytes, buf);
-  return buf;
 }
 
 function keySecret(id: unknown, lookupObject: (id: string) => unknown): Uint8Array {
@@ -58,12 +53,12 @@ export const luksDriver: BlockDriver<LuksState> = {
     const lookupObject = (id: string): unknown => ctx.layer.objects.get(id);
     const withoutIo = ctx.layer.openWithoutIo;
     const password = withoutIo ? undefined : keySecret(ctx.opts['key-secret'], lookupObject);
-    const header = parseLuksHeader(await readAt(file, 0, LUKS_HEADER_BYTES));
+    const header = parseLuksHeader(await readBytes(file, 0, LUKS_HEADER_BYTES));
     const cipherSpec = luksCipherSpec(header);
     const payloadOffset = header.payloadOffset * SECTOR_SIZE;
     if (file.getLength() < payloadOffset) throw new BlkioError('EIO', 'Could not refresh total sector count: Input/output error');
     if (!password) return { file, header, cipherSpec, payloadOffset };
-    const masterKey = await unlockLuks(header, cipherSpec, password, (at, bytes) => readAt(file, at, bytes));
+    const masterKey = await unlockLuks(header, cipherSpec, password, (at, bytes) => readBytes(file, at, bytes));
     return { file, header, cipherSpec, payloadOffset, unlocked: { cipher: new SectorCipher(cipherSpec, masterKey), masterKey } };
   },
 
@@ -94,7 +89,7 @@ export const luksDriver: BlockDriver<LuksState> = {
   // Zeroes the file grows by read back as noise through the cipher: no REQ_ZERO_WRITE here.
   truncate: (node, size, exact, prealloc) => node.state.file.truncate(node.state.payloadOffset + size, exact, prealloc),
 
-  allocatedSize: (node) => node.state.file.node.driver.allocatedSize?.(node.state.file.node) ?? Promise.resolve(undefined),
+  allocatedSize: (node) => fileAllocatedSize(node.state.file),
 
   getInfo: () => ({ encrypted: true }),
 
@@ -131,7 +126,7 @@ export const luksDriver: BlockDriver<LuksState> = {
   async amend(node, options, force) {
     const s = node.state;
     const amendment = luksAmendment(options, '', (id) => secretData((name) => node.layer.objects.get(name), id));
-    await amendLuks(s.header, s.cipherSpec, s.unlocked!.masterKey, amendment, force, (at, bytes) => readAt(s.file, at, bytes),
+    await amendLuks(s.header, s.cipherSpec, s.unlocked!.masterKey, amendment, force, (at, bytes) => readBytes(s.file, at, bytes),
       (at, data) => s.file.write(at, data.length, data));
   },
 

@@ -9,6 +9,7 @@ import { ROLE_IMAGE, type BlockDriver, type CheckResult } from '../block/driver.
 import type { BdrvChild } from '../block/child.js';
 import { REQUEST_MAX_BYTES, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO } from '../block/flags.js';
 import { Mutex } from '../block/mutex.js';
+import { fileAllocatedSize, view } from './format-helpers.js';
 import { lazyBuiltin } from '../lazy-builtin.js';
 
 const crypto = lazyBuiltin<typeof import('node:crypto')>('node:crypto');
@@ -51,10 +52,6 @@ interface VdiState {
   bmapView: DataView;
   /** Held while blocks are allocated, so two writes never take the same one. */
   allocation: Mutex;
-}
-
-function view(bytes: Uint8Array): DataView {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 function hex(n: number | bigint): string {
@@ -245,7 +242,7 @@ export const vdiDriver: BlockDriver<VdiState> = {
 
   getLength: (node) => node.state.diskSize,
 
-  allocatedSize: (node) => node.state.file.node.driver.allocatedSize?.(node.state.file.node) ?? Promise.resolve(undefined),
+  allocatedSize: (node) => fileAllocatedSize(node.state.file),
 
   async read(node, offset, bytes, buf) {
     const s = node.state;

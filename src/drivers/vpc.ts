@@ -13,6 +13,7 @@ import { REQUEST_MAX_BYTES, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, ST
 import { limitsFrom } from '../block/node.js';
 import { crypto } from '../crypto/sector-cipher.js';
 import { Mutex } from '../block/mutex.js';
+import { fileAllocatedSize, readBytes, view } from './format-helpers.js';
 
 const SECTOR = 512;
 const FOOTER_BYTES = 512;
@@ -75,23 +76,13 @@ function text(bytes: Uint8Array, at: number, length: number): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset + at, length).toString('latin1');
 }
 
-function view(bytes: Uint8Array): DataView {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
-}
-
-async function readAt(file: BdrvChild, offset: number, bytes: number): Promise<Uint8Array> {
-  const buf = new Uint8Array(bytes);
-  await file.read(offset, bytes, buf);
-  return buf;
-}
-
 /** The footer: at the start of a dynamic image, else at the end (fixed). */
 async function readFooter(file: BdrvChild): Promise<{ footer: Uint8Array; atStart: boolean }> {
-  const first = await readAt(file, 0, FOOTER_BYTES);
+  const first = await readBytes(file, 0, FOOTER_BYTES);
   if (text(first, 0, 8) === FOOTER_MAGIC) return { footer: first, atStart: true };
   const length = file.getLength();
   if (length >= FOOTER_BYTES) {
-    const last = await readAt(file, length - FOOTER_BYTES, FOOTER_BYTES);
+    const last = await readBytes(file, length - FOOTER_BYTES, FOOTER_BYTES);
     // Only a fixed image has its footer at the end alone.
     if (text(last, 0, 8) === FOOTER_MAGIC && view(last).getUint32(F.type) === TYPE_FIXED) return { footer: last, atStart: false };
   }
@@ -109,7 +100,7 @@ function footerSectors(footer: Uint8Array, forceSizeCalc: string | undefined): n
 
 /** The dynamic disk header and BAT of a dynamic image, checked as QEMU does. */
 async function openDynamic(s: VpcState, sectors: number): Promise<void> {
-  const header = await readAt(s.file, Number(view(s.footer).getBigUint64(F.dataOffset)), DYN_HEADER_BYTES).catch(() => {
+  const header = await readBytes(s.file, Number(view(s.footer).getBigUint64(F.dataOffset)), DYN_HEADER_BYTES).catch(() => {
     throw invalid('Error reading dynamic VHD header');
   });
   if (text(header, 0, 8) !== DYN_HEADER_MAGIC) throw invalid('Invalid header magic');
@@ -124,7 +115,7 @@ async function openDynamic(s: VpcState, sectors: number): Promise<void> {
   s.batOffset = Number(v.getBigUint64(D.tableOffset));
   // A table beyond one request fails its read as in QEMU, before anything is allocated for it.
   if (entries * 4 > REQUEST_MAX_BYTES) throw invalid('Error reading pagetable');
-  const table = await readAt(s.file, s.batOffset, entries * 4).catch(() => {
+  const table = await readBytes(s.file, s.batOffset, entries * 4).catch(() => {
     throw invalid('Error reading pagetable');
   });
   const tv = view(table);
@@ -313,7 +304,7 @@ export const vpcDriver: BlockDriver<VpcState> = {
 
   getLength: (node) => node.state.size,
 
-  allocatedSize: (node) => node.state.file.node.driver.allocatedSize?.(node.state.file.node) ?? Promise.resolve(undefined),
+  allocatedSize: (node) => fileAllocatedSize(node.state.file),
 
   async read(node, offset, bytes, buf) {
     const s = node.state;

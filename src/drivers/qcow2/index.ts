@@ -32,6 +32,7 @@ import {
 } from './bitmaps-store.js';
 import { amendImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { makeEmpty } from './empty.js';
+import { fileAllocatedSize } from '../format-helpers.js';
 import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots, loadSnapshotTemporarily } from './snapshots.js';
 import { SECTOR_SIZE } from '../../crypto/sector-cipher.js';
 import { dataFileIsRaw, hasDataFile, vmStateOffset, writeStderr, type Qcow2State } from './state.js';
@@ -141,7 +142,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
 
   getLength: (node) => node.state.size,
 
-  allocatedSize: (node) => node.state.file.node.driver.allocatedSize?.(node.state.file.node) ?? Promise.resolve(undefined),
+  allocatedSize: (node) => fileAllocatedSize(node.state.file),
 
   async read(node, offset, bytes, buf) {
     await requireUsable(node.state);

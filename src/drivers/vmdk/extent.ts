@@ -8,6 +8,7 @@
 import { BlkioError, errnoError } from '../../errors.js';
 import type { BdrvChild } from '../../block/child.js';
 import { lazyBuiltin } from '../../lazy-builtin.js';
+import { view } from '../format-helpers.js';
 
 const zlib = lazyBuiltin<typeof import('node:zlib')>('node:zlib');
 
@@ -71,10 +72,6 @@ export interface GrainSlot {
 export type GrainLookup =
   | { kind: 'unallocated'; slot?: GrainSlot } | { kind: 'zeroed'; slot?: GrainSlot } | { kind: 'error' }
   | { kind: 'allocated'; offset: number; newAllocation?: boolean; slot?: GrainSlot };
-
-function view(b: Uint8Array): DataView {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength);
-}
 
 async function readBytes(file: BdrvChild, offset: number, bytes: number): Promise<Uint8Array> {
   const buf = new Uint8Array(bytes);
