@@ -1,6 +1,7 @@
 /**
  * qemu-io `-s` (snapshot mode): writes go to a temporary qcow2 overlay in the temp directory,
- * backed by the opened node; the overlay file disappears when it is closed.
+ * backed by the opened node; the overlay file disappears when it is closed.  The overlay takes
+ * the opened node's discard mode, as QEMU's temporary snapshot inherits it.
  */
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -32,6 +33,7 @@ export async function createTemporaryOverlay(layer: BlockLayer, base: BlockNode,
     }
     const overlay = await layer.openNode(undefined, {
       driver: 'qcow2', 'file.driver': 'file', 'file.filename': filename, backing: base.nodeName,
+      discard: base.discardUnmap ? 'unmap' : 'ignore',
       // With -r the overlay is as read-only as the image would be (QEMU's snapshot flags).
       ...(readOnly ? { 'read-only': 'on' } : {}),
     });
