@@ -10,6 +10,7 @@ import { luksDriver } from './luks.js';
 import { mirrorTopDriver } from './mirror-top.js';
 import { nbdDriver } from './nbd.js';
 import { nullAioDriver, nullCoDriver } from './null.js';
+import { parallelsDriver } from './parallels.js';
 import { preallocateDriver } from './preallocate.js';
 import { qcow2Driver } from './qcow2/index.js';
 import { quorumDriver } from './quorum.js';
@@ -32,4 +33,5 @@ export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   qcow2Driver,
   vdiDriver,
   vmdkDriver,
+  parallelsDriver,
 ];

@@ -76,16 +76,19 @@ class AllocationReader {
    * (pnum 0). Errors propagate.
    */
   async walk(offset: number, bytes: number, take: (allocated: boolean, pnum: number) => boolean): Promise<void> {
-    const end = offset + bytes;
+    // Counted down, not compared with an end: beyond 2^53 offset + bytes may round to offset.
+    let remaining = bytes;
     const list = this.list;
-    while (offset < end) {
+    while (remaining > 0) {
+      const end = offset + remaining;
       if (offset !== this.offset || end !== this.end || this.index === list.count) {
         this.offset = -1;
-        nodeBlockStatusListNow(this.node, offset, end - offset, list);
+        nodeBlockStatusListNow(this.node, offset, remaining, list);
         if (list.count === 0) {
-          const r = await isAllocated(this.node, offset, end - offset);
+          const r = await isAllocated(this.node, offset, remaining);
           if (!take(r.allocated, r.pnum) || r.pnum === 0) return;
           offset += r.pnum;
+          remaining -= r.pnum;
           continue;
         }
         this.index = 0;
@@ -98,6 +101,7 @@ class AllocationReader {
       this.offset += pnum;
       if (pnum === 0) return;
       offset += pnum;
+      remaining -= pnum;
     }
   }
 }

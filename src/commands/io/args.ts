@@ -55,9 +55,12 @@ export function parsePattern(session: IoSession, text: string): number | undefin
   return Number(value);
 }
 
-/** `-b`/`-c` requests must be multiples of 512 bytes; prints which value is not. */
-export function checkSectorAligned(session: IoSession, offset: number, count: number): boolean {
-  if (offset % 512 !== 0) {
+/**
+ * `-b`/`-c` requests must be multiples of 512 bytes; prints which value is not. The offset is
+ * the exact one: beyond 2^53 a number would round to a multiple of 512.
+ */
+export function checkSectorAligned(session: IoSession, offset: bigint, count: number): boolean {
+  if (offset % 512n !== 0n) {
     session.print(`${offset} is not a sector-aligned value for 'offset'`);
     return false;
   }
@@ -72,16 +75,18 @@ export function checkSectorAligned(session: IoSession, offset: number, count: nu
  * `off len` of a single-buffer request (read, discard): both cvtnum values, the length at
  * most REQUEST_MAX_BYTES. Prints the problem and returns undefined otherwise.
  */
-export function parseRange(session: IoSession, offsetText: string, lengthText: string): { offset: number; count: number } | undefined {
-  const offset = parseNum(session, offsetText);
-  if (offset === undefined) return undefined;
+export function parseRange(
+  session: IoSession, offsetText: string, lengthText: string,
+): { offset: number; exactOffset: bigint; count: number } | undefined {
+  const exactOffset = parseNumExact(session, offsetText);
+  if (exactOffset === undefined) return undefined;
   const count = parseNum(session, lengthText);
   if (count === undefined) return undefined;
   if (count > REQUEST_MAX_BYTES) {
     session.print(`length cannot exceed ${REQUEST_MAX_BYTES}, given ${lengthText}`);
     return undefined;
   }
-  return { offset, count };
+  return { offset: Number(exactOffset), exactOffset, count };
 }
 
 /**

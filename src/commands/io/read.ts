@@ -121,7 +121,7 @@ export const readCommand: IoCommand = {
     if (operands.length !== 2) return usage(session, readCommand);
     const range = parseRange(session, operands[0], operands[1]);
     if (!range) return -1;
-    const { offset, count } = range;
+    const { offset, exactOffset, count } = range;
     if (pattern === undefined && (verifyOffset !== undefined || verifyCount !== undefined)) {
       return usage(session, readCommand);
     }
@@ -131,7 +131,7 @@ export const readCommand: IoCommand = {
       session.print('pattern verification range exceeds end of read data');
       return -1;
     }
-    if (vmstate && !checkSectorAligned(session, offset, count)) return -1;
+    if (vmstate && !checkSectorAligned(session, exactOffset, count)) return -1;
 
     const buf = allocBuffer(session, count, READ_FILL);
     const elapsed = await timedRequest(session, 'read', () => (vmstate

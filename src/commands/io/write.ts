@@ -2,7 +2,7 @@
 import { PERM_WRITE } from '../../block/permissions.js';
 import { REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQUEST_MAX_BYTES } from '../../block/flags.js';
 import {
-  checkSectorAligned, parseNum, parseRequestOptions, parseVectorRequest, type RequestOptions,
+  checkSectorAligned, parseNum, parseNumExact, parseRequestOptions, parseVectorRequest, type RequestOptions,
 } from './args.js';
 import { allocBuffer, bufferFromFile, releaseBuffer } from './buffers.js';
 import { formatReport } from './format.js';
@@ -94,15 +94,16 @@ export const writeCommand: IoCommand = {
       session.print('Only one of -z, -P, and -s can be specified at the same time');
       return -1;
     }
-    const offset = parseNum(session, operands[0]);
-    if (offset === undefined) return -1;
+    const exactOffset = parseNumExact(session, operands[0]);
+    if (exactOffset === undefined) return -1;
+    const offset = Number(exactOffset);
     const count = parseNum(session, operands[1]);
     if (count === undefined) return -1;
     if (count > REQUEST_MAX_BYTES && !(flags & REQ_NO_FALLBACK)) {
       session.print(`length cannot exceed ${REQUEST_MAX_BYTES} without -n, given ${operands[1]}`);
       return -1;
     }
-    if ((vmstate || compressed) && !checkSectorAligned(session, offset, count)) return -1;
+    if ((vmstate || compressed) && !checkSectorAligned(session, exactOffset, count)) return -1;
 
     let buf: Uint8Array | undefined;
     if (!zeroes) {
