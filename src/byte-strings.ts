@@ -23,3 +23,20 @@ export function qemuStringBytes(text: string): Buffer {
 export function hostPath(name: string): string | Buffer {
   return name.includes('\0') ? qemuStringBytes(name) : name;
 }
+
+/**
+ * A name stored in an image header (a backing file, its format, a data file): up to the first NUL.
+ * QEMU keeps these as bytes and hands them to open() and printf as they are; Node's paths and
+ * output are UTF-8, so the bytes are decoded as UTF-8 to reach the same file and print the same
+ * bytes.
+ */
+export function cString(data: Uint8Array): string {
+  const nul = data.indexOf(0);
+  const text = nul < 0 ? data : data.subarray(0, nul);
+  return Buffer.from(text.buffer, text.byteOffset, text.byteLength).toString('utf8');
+}
+
+/** The bytes a name is stored as (the reverse of cString). */
+export function nameBytes(name: string): Uint8Array {
+  return Buffer.from(name, 'utf8');
+}

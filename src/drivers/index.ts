@@ -19,6 +19,7 @@ import { throttleDriver } from './throttle.js';
 import { vpcDriver } from './vpc.js';
 import { vdiDriver } from './vdi.js';
 import { vmdkDriver } from './vmdk/index.js';
+import { qedDriver } from './qed/index.js';
 
 export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   fileDriver, hostDeviceDriver, hostCdromDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
@@ -33,5 +34,6 @@ export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   qcow2Driver,
   vdiDriver,
   vmdkDriver,
+  qedDriver,
   parallelsDriver,
 ];

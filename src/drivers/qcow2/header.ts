@@ -3,7 +3,7 @@
  * feature name table, and the header cluster QEMU writes back (qcow2_update_header's layout).
  */
 import { BlkioError } from '../../errors.js';
-import { latin1CString } from '../../byte-strings.js';
+import { cString, latin1CString, nameBytes } from '../../byte-strings.js';
 
 export const QCOW_MAGIC = 0x514649fb;
 export const MIN_CLUSTER_BITS = 9;
@@ -308,23 +308,6 @@ export function parseExtensions(buf: Uint8Array, start: number, end: number, con
     offset += (len + 7) & ~7;
   }
   return result;
-}
-
-/**
- * A name stored in the header (backing file, backing format, data file): up to the first NUL.
- * QEMU keeps these as bytes and hands them to open() and printf as they are; Node's paths and
- * output are UTF-8, so the bytes are decoded as UTF-8 to reach the same file and print the same
- * bytes.
- */
-export function cString(data: Uint8Array): string {
-  const nul = data.indexOf(0);
-  const text = nul < 0 ? data : data.subarray(0, nul);
-  return Buffer.from(text.buffer, text.byteOffset, text.byteLength).toString('utf8');
-}
-
-/** The bytes a name is stored as (the reverse of cString). */
-export function nameBytes(name: string): Uint8Array {
-  return Buffer.from(name, 'utf8');
 }
 
 /** What qcow2_update_header needs besides the fixed fields. */

@@ -12,7 +12,7 @@ import { makeTable } from './entries.js';
 import {
   AUTOCLEAR_MASK, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, HEADER_MIN_V3, HEADER_SIZE_V3,
   INCOMPAT_COMPRESSION, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_MASK, MAX_CLUSTER_BITS,
-  MIN_CLUSTER_BITS, QCOW_MAGIC, BACKING_FILE_MAX, buildHeaderCluster, cString, parseExtensions, parseHeader,
+  MIN_CLUSTER_BITS, QCOW_MAGIC, BACKING_FILE_MAX, buildHeaderCluster, parseExtensions, parseHeader,
   unsupportedFeatureMessage, type Qcow2Header,
 } from './header.js';
 import { MAX_L1_SIZE } from './mapping.js';
@@ -20,6 +20,7 @@ import { MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex } from './refcount.js';
 import { MAX_SNAPSHOTS, parseSnapshotTable, SNAPSHOT_HEADER_SIZE } from './snapshots.js';
 import { geometry, writeStderr, type Qcow2State } from './state.js';
 import { Mutex } from '../../block/mutex.js';
+import { cString } from '../../byte-strings.js';
 import { decodeBitmapsExtension, encodeBitmapsExtension } from './bitmaps.js';
 import { preventMetadataOverwrite } from './overlap.js';
 import { checkEncryptOptions, openEncryption } from './encryption.js';

@@ -1,0 +1,59 @@
+/** QED's per-node state and its tables: L1 in memory, L2 tables read once and kept. */
+import type { BdrvChild } from '../../block/child.js';
+import type { Mutex } from '../../block/mutex.js';
+import { view } from '../format-helpers.js';
+import type { QedHeader } from './header.js';
+
+export interface QedState {
+  file: BdrvChild;
+  header: QedHeader;
+  /** Where the next cluster goes: the file's length at open, rounded down to a whole cluster. */
+  fileSize: number;
+  /** Entries of one table (L1 or L2). */
+  tableEntries: number;
+  l1: Uint8Array;
+  /** L2 tables by file offset, as read (or being read). */
+  l2Cache: Map<number, Promise<Uint8Array>>;
+  /** Held by writes, so that allocations and table updates never interleave. */
+  lock: Mutex;
+}
+
+/** Entry `index` of a table (little-endian uint64): exact below 2^53, and above that past any file end. */
+export function clusterEntry(table: Uint8Array, index: number): number {
+  const v = view(table);
+  return v.getUint32(index * 8, true) + v.getUint32(index * 8 + 4, true) * 2 ** 32;
+}
+
+export function setClusterEntry(table: Uint8Array, index: number, value: number): void {
+  const v = view(table);
+  v.setUint32(index * 8, value % 2 ** 32, true);
+  v.setUint32(index * 8 + 4, Math.floor(value / 2 ** 32), true);
+}
+
+/** A data cluster's offset: cluster-aligned, past the header, inside the file. */
+export function isClusterOffsetValid(s: QedState, offset: number): boolean {
+  const cs = s.header.clusterSize;
+  return offset % cs === 0 && offset >= s.header.headerSize * cs && offset < s.fileSize;
+}
+
+/**
+ * A table's offset: its first and last cluster valid. As in QEMU, a one-cluster table counts
+ * as wrapping around, so images with a table size of 1 never open.
+ */
+export function isTableOffsetValid(s: QedState, offset: number): boolean {
+  const last = offset + (s.header.tableSize - 1) * s.header.clusterSize;
+  return last > offset && isClusterOffsetValid(s, offset) && isClusterOffsetValid(s, last);
+}
+
+/** The L2 table at `offset`, read on first use. */
+export function loadL2Table(s: QedState, offset: number): Promise<Uint8Array> {
+  let table = s.l2Cache.get(offset);
+  if (!table) {
+    const bytes = new Uint8Array(s.tableEntries * 8);
+    table = s.file.read(offset, bytes.length, bytes).then(() => bytes);
+    s.l2Cache.set(offset, table);
+    // A table that failed to load is read again next time.
+    table.catch(() => s.l2Cache.delete(offset));
+  }
+  return table;
+}
