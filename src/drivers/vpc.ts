@@ -365,10 +365,7 @@ export const vpcDriver: BlockDriver<VpcState> = {
     },
   ],
 
-  checkCreateOptions(request) {
-    createSettings(request.options);
-  },
-
+  // QEMU makes the (empty) image file before it reads the options: a bad subformat leaves it behind.
   async create(file, request) {
     const { fixed, forceSize } = createSettings(request.options);
     const { geometry, sectors } = newDiskLayout(request.size, forceSize);

@@ -118,10 +118,13 @@ export async function amendEncryption(
   s.encryptionInfo = luksInfo(header, cipherSpec);
 }
 
-/** What `qemu-img create -o encrypt.*` asked for, validated as QEMU's QAPI conversion does. */
+/**
+ * What `qemu-img create -o encrypt.*` asked for, validated as QEMU's QAPI conversion does; a
+ * missing key secret is refused only where the encryption is set up (`encryptionKeySecret`).
+ */
 export type EncryptionCreate =
-  | { format: 'aes'; keySecret: string }
-  | { format: 'luks'; keySecret: string; luks: LuksCreateOptions };
+  | { format: 'aes'; keySecret?: string }
+  | { format: 'luks'; keySecret?: string; luks: LuksCreateOptions };
 
 /** The encryption of a new image, or undefined for none (`encryption=on` is the old name of aes). */
 export function encryptionCreateSettings(options: Record<string, unknown>): EncryptionCreate | undefined {
@@ -136,8 +139,14 @@ export function encryptionCreateSettings(options: Record<string, unknown>): Encr
     if (unexpected) throw invalid(`Parameter '${unexpected}' is unexpected`);
   }
   const luks: LuksCreateOptions = luksCreateOptions(options, 'encrypt.');
-  if (keySecret === undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
-  return format === 'aes' ? { format, keySecret: String(keySecret) } : { format, keySecret: String(keySecret), luks };
+  const secret = keySecret === undefined ? {} : { keySecret: String(keySecret) };
+  return format === 'aes' ? { format, ...secret } : { format, ...secret, luks };
+}
+
+/** The secret's id; QEMU's crypto layer asks for it only when it makes the header (after the image is sized). */
+export function encryptionKeySecret(e: EncryptionCreate): string {
+  if (e.keySecret === undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
+  return e.keySecret;
 }
 
 /**
@@ -147,7 +156,7 @@ export function encryptionCreateSettings(options: Record<string, unknown>): Encr
 export async function setUpEncryption(
   e: EncryptionCreate, lookupObject: (id: string) => unknown, place: (area: Uint8Array) => Promise<number>,
 ): Promise<{ cryptMethod: number; cryptoExtension?: Uint8Array }> {
-  const password = secretData(lookupObject, e.keySecret);
+  const password = secretData(lookupObject, encryptionKeySecret(e));
   if (e.format === 'aes') return { cryptMethod: CRYPT_AES };
   const { area } = await createLuks(e.luks, password);
   const offset = await place(area);

@@ -12,7 +12,7 @@ import { checkClusterSize, checkRefcountWidth } from './create.js';
 import { MAX_L1_SIZE } from './mapping.js';
 import { refcountMetadataSize } from './refcount.js';
 import { BITMAP_DIR_ENTRY_SIZE, readBitmapDirectory } from './bitmaps.js';
-import { encryptionCreateSettings } from './encryption.js';
+import { encryptionCreateSettings, encryptionKeySecret } from './encryption.js';
 import { luksPayloadBytes } from '../../crypto/luks.js';
 import { secretData } from '../../block/secret.js';
 import type { Qcow2State } from './state.js';
@@ -69,7 +69,7 @@ function measureSettings(o: CreateRequest['options'], lookupObject: (id: string)
   let luksBytes = 0;
   const encryption = o['encrypt.format'] === 'luks' ? encryptionCreateSettings(o) : undefined;
   if (encryption?.format === 'luks') {
-    secretData(lookupObject, encryption.keySecret);
+    secretData(lookupObject, encryptionKeySecret(encryption));
     luksBytes = roundUp(luksPayloadBytes(encryption.luks), clusterSize);
   }
   return {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { legacyAesEncryption, decryptData, encryptedCopy } from '../../../../src/drivers/qcow2/crypto.js';
 import { SectorCipher, type SectorCipherSpec } from '../../../../src/crypto/sector-cipher.js';
-import { checkEncryptOptions, encryptionCreateSettings } from '../../../../src/drivers/qcow2/encryption.js';
+import { checkEncryptOptions, encryptionCreateSettings, encryptionKeySecret } from '../../../../src/drivers/qcow2/encryption.js';
 
 const hex = (text: string): Uint8Array => Uint8Array.from(Buffer.from(text, 'hex'));
 
@@ -87,7 +87,10 @@ describe('encrypt options', () => {
   it('validates create options in QEMU order, with its texts', () => {
     expect(encryptionCreateSettings({})).toBeUndefined();
     expect(encryptionCreateSettings({ encryption: true, 'encrypt.key-secret': 's' })).toEqual({ format: 'aes', keySecret: 's' });
-    expect(() => encryptionCreateSettings({ encryption: true })).toThrow("Parameter 'encrypt.key-secret' is required for cipher");
+    // A missing key secret is refused later, when the image (already sized) gets its encryption.
+    const keyless = encryptionCreateSettings({ encryption: true })!;
+    expect(keyless).toEqual({ format: 'aes' });
+    expect(() => encryptionKeySecret(keyless)).toThrow("Parameter 'encrypt.key-secret' is required for cipher");
     expect(() => encryptionCreateSettings({ 'encrypt.format': 'foo' })).toThrow("Parameter 'format' does not accept value 'foo'");
     expect(() => encryptionCreateSettings({ 'encrypt.format': 'aes', 'encrypt.key-secret': 's', 'encrypt.iter-time': 10 }))
       .toThrow("Parameter 'encrypt.iter-time' is unexpected");
