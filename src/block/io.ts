@@ -663,6 +663,8 @@ function driverStatusNow(node: BlockNode, offset: number, bytes: number): BlockS
   if (driver.blockStatusNow) return driver.blockStatusNow(node, offset, bytes);
   if (driver.blockStatus) return undefined;
   if (node.filteredChild) return { status: STATUS_RAW, pnum: bytes, map: offset, file: node.filteredChild.node };
+  // As QEMU's bdrv_co_block_status: only a protocol's data lies at the offset asked (vhdx has no mapping to give).
+  if (driver.kind === 'format') return { status: STATUS_DATA, pnum: bytes };
   return { status: STATUS_DATA | STATUS_OFFSET_VALID, pnum: bytes, map: offset, file: node };
 }
 

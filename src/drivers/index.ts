@@ -20,6 +20,7 @@ import { vpcDriver } from './vpc.js';
 import { vdiDriver } from './vdi.js';
 import { vmdkDriver } from './vmdk/index.js';
 import { qedDriver } from './qed/index.js';
+import { vhdxDriver } from './vhdx/index.js';
 
 export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   fileDriver, hostDeviceDriver, hostCdromDriver, nullCoDriver, nullAioDriver, rawDriver, copyOnReadDriver, mirrorTopDriver,
@@ -36,4 +37,5 @@ export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   vmdkDriver,
   qedDriver,
   parallelsDriver,
+  vhdxDriver,
 ];
