@@ -12,7 +12,7 @@ import type { BlockLimits, BlockNode, TrackedRequest } from './node.js';
 import { markDirty } from './dirty-bitmap.js';
 import { PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED, permNames } from './permissions.js';
 import {
-  MAX_BOUNCE_BUFFER, REQ_COPY_ON_READ, REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_PREFETCH,
+  MAX_BOUNCE_BUFFER, REQUEST_MAX_BYTES, REQ_COPY_ON_READ, REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_PREFETCH,
   REQ_SERIALISING, REQ_WRITE_UNCHANGED, REQ_ZERO_WRITE, STATUS_ALLOCATED, STATUS_DATA, STATUS_EOF,
   STATUS_OFFSET_VALID, STATUS_RAW, STATUS_RECURSE, STATUS_ZERO,
 } from './flags.js';
@@ -103,6 +103,24 @@ function checkRange(offset: number, bytes: number): void {
   }
 }
 
+/**
+ * QEMU's bdrv_check_request32, on every edge: a request with a buffer (a driver's metadata
+ * read too) ends before the longest node and is at most REQUEST_MAX_BYTES long.
+ */
+function checkBufferRequest(offset: number, bytes: number): void {
+  if (!(offset >= 0 && bytes >= 0 && bytes <= REQUEST_MAX_BYTES && offset + bytes <= MAX_NODE_LENGTH)) throw errno('EIO');
+}
+
+const INT_MAX = 2 ** 31 - 1;
+
+/**
+ * The most one driver call moves, as bdrv_aligned_preadv/pwritev split a padded request: below
+ * 2 GiB in whole alignment units (Node's file reads and writes take no more than INT_MAX either).
+ */
+function driverMaxTransfer(node: BlockNode): number {
+  return Math.min(node.limits.maxTransfer || INT_MAX, roundDown(INT_MAX, node.limits.requestAlignment));
+}
+
 /** Cluster and subcluster size, from the node or the child a filter passes through to ({} if unknown). */
 export function nodeInfo(node: BlockNode): DriverInfo {
   return nodeInfoIfAny(node) ?? {};
@@ -141,9 +159,10 @@ function takesDebugEvents(node: BlockNode | undefined): boolean {
 // Reads
 
 export async function childRead(child: BdrvChild, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void> {
+  checkBufferRequest(offset, bytes);
   // Past the end there are only zeros, also at offsets beyond 2^53 (corrupt qcow2 entries
   // reach 2^56; QEMU's limit is just below 2^63).
-  if (offset >= child.node.getLength() && offset + bytes <= MAX_NODE_LENGTH && Number.isSafeInteger(bytes) && bytes >= 0) {
+  if (offset >= child.node.getLength()) {
     buf.fill(0, 0, bytes);
     return;
   }
@@ -199,7 +218,7 @@ async function driverRead(node: BlockNode, offset: number, bytes: number, buf: U
   const length = node.getLength();
   const readable = Math.max(0, Math.min(bytes, roundUp(length, node.limits.requestAlignment) - offset));
   if (readable < bytes) buf.fill(0, readable, bytes);
-  const max = node.limits.maxTransfer || readable;
+  const max = driverMaxTransfer(node);
   for (let done = 0; done < readable; done += max) {
     const n = Math.min(max, readable - done);
     await read.call(node.driver, node, offset + done, n, buf.subarray(done, done + n), flags);
@@ -281,6 +300,8 @@ async function copyOnRead(node: BlockNode, offset: number, bytes: number, buf: U
 // Writes
 
 export async function childWrite(child: BdrvChild, offset: number, bytes: number, buf: Uint8Array | null, flags: number): Promise<void> {
+  // Zero writes carry no buffer: QEMU holds them to the node length only.
+  if (!(flags & REQ_ZERO_WRITE)) checkBufferRequest(offset, bytes);
   // Corrupt qcow2 entries reach 2^56: QEMU passes such writes down and the file system refuses
   // them (no Linux file grows beyond 2^53, the last position Node can express).
   if (Number.isInteger(offset) && offset >= 0 && offset + bytes <= MAX_NODE_LENGTH && !Number.isSafeInteger(offset + bytes)) {
@@ -393,7 +414,7 @@ async function driverWrite(node: BlockNode, offset: number, bytes: number, buf: 
   const supported = node.driver.supportedWriteFlags?.(node) ?? 0;
   const emulateFua = (flags & REQ_FUA) !== 0 && !(supported & REQ_FUA);
   flags &= supported;
-  const max = node.limits.maxTransfer || bytes;
+  const max = driverMaxTransfer(node);
   for (let done = 0; done < bytes; done += max) {
     const n = Math.min(max, bytes - done);
     await write.call(node.driver, node, offset + done, n, buf.subarray(done, done + n), flags);
@@ -430,6 +451,7 @@ async function driverZeroes(node: BlockNode, offset: number, bytes: number, flag
 }
 
 export async function childWriteCompressed(child: BdrvChild, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  checkBufferRequest(offset, bytes);
   checkRange(offset, bytes);
   checkWritePerm(child, 0);
   const node = child.node;

@@ -3,7 +3,7 @@ import { copyFileSync, readFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BlockBackend } from '../../../src/block/backend.js';
 import { BlockLayer } from '../../../src/block/graph.js';
-import { REQ_WRITE_UNCHANGED } from '../../../src/block/flags.js';
+import { REQ_WRITE_UNCHANGED, REQUEST_MAX_BYTES } from '../../../src/block/flags.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../../../src/block/permissions.js';
 import { isAllocated } from '../../../src/block/io.js';
 import { copyOnReadDriver } from '../../../src/drivers/copy-on-read.js';
@@ -244,5 +244,21 @@ describe.skipIf(!haveQemu)('copy-on-read into qcow2, compared with QEMU 7.2', ()
       '4 KiB (0x1000) bytes     allocated at offset 2 KiB (0x800)',
       '34 KiB (0x8800) bytes not allocated at offset 6 KiB (0x1800)',
     ]);
+  });
+});
+
+describe('request limit on child edges', () => {
+  it('fails reads and writes with a buffer beyond REQUEST_MAX_BYTES with EIO, past the end too; zero writes have no limit', async () => {
+    const layer = new BlockLayer(allDrivers);
+    const raw = await layer.openNode(undefined, { driver: 'raw', 'file.driver': 'null-co', 'file.size': 3 * 2 ** 30 });
+    BlockBackend.attach(raw, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
+    const file = raw.file!;
+    // The check comes before any use of the buffer, as a driver's table read relies on.
+    const small = new Uint8Array(1);
+    await expect(file.read(0, REQUEST_MAX_BYTES + 1, small)).rejects.toMatchObject({ code: 'EIO' });
+    await expect(file.read(4 * 2 ** 30, REQUEST_MAX_BYTES + 1, small)).rejects.toMatchObject({ code: 'EIO' });
+    await expect(file.write(0, REQUEST_MAX_BYTES + 1, small)).rejects.toMatchObject({ code: 'EIO' });
+    await expect(file.writeCompressed(0, REQUEST_MAX_BYTES + 1, small)).rejects.toMatchObject({ code: 'EIO' });
+    await expect(file.writeZeroes(0, REQUEST_MAX_BYTES + 1)).resolves.toBeUndefined();
   });
 });
