@@ -573,7 +573,8 @@ function takeGeneric(options: FlatOptions, driver: BlockDriver<any>, copyOnRead:
 
 /**
  * Validate and convert the driver's declared options, removing them from `options`. Values are
- * checked in QDict order (QEMU's), so of two bad values the same one is reported.
+ * checked in QDict order (QEMU's), so of two bad values the same one is reported. Enums are
+ * plain strings to QemuOpts: the driver parses them afterwards, in the order they are declared.
  */
 export function parseDriverOptions(driver: { options: OptionSpecs }, options: FlatOptions): ParsedOptions {
   const out: ParsedOptions = {};
@@ -589,12 +590,14 @@ export function parseDriverOptions(driver: { options: OptionSpecs }, options: Fl
       case 'exact-number': out[key] = parseNumberExact(key, text); break;
       case 'size': out[key] = parseSizeOption(key, text); break;
       case 'exact-size': out[key] = parseSizeOptionExact(key, text); break;
-      case 'enum':
-        // QEMU parses these with qapi_enum_parse, whose wording this is.
-        if (!spec.values!.includes(text)) throw new BlkioError('EINVAL', `invalid parameter value: ${text}`);
-        out[key] = text;
-        break;
       default: out[key] = text;
+    }
+  }
+  for (const [key, spec] of Object.entries(driver.options)) {
+    const text = out[key];
+    // QEMU parses these with qapi_enum_parse, whose wording this is.
+    if (spec.type === 'enum' && typeof text === 'string' && !spec.values!.includes(text)) {
+      throw new BlkioError('EINVAL', `invalid parameter value: ${text}`);
     }
   }
   return out;

@@ -6,6 +6,7 @@
  */
 import { BlkioError } from '../errors.js';
 import type { FlatOptions, FlatValue } from '../options/types.js';
+import { qdictKeyOrder } from '../options/json.js';
 import { parseBool, parseNumber, qemuOptsValue } from '../options/qemuopts.js';
 
 export type SectionGroup = 'inject-error' | 'set-state';
@@ -115,8 +116,10 @@ export function parseConfigFile(text: string): Section[] {
  */
 function absorb(group: SectionGroup, options: FlatOptions): Map<string, SectionValue> {
   const values = new Map<string, SectionValue>();
-  for (const [key, type] of Object.entries(GROUP_KEYS[group])) {
-    if (options[key] === undefined) continue;
+  // QemuOpts validates in QDict order, so that order decides which bad value is reported.
+  for (const key of qdictKeyOrder(Object.keys(options))) {
+    const type = Object.hasOwn(GROUP_KEYS[group], key) ? GROUP_KEYS[group][key] : undefined;
+    if (type === undefined || options[key] === undefined) continue;
     const text = qemuOptsValue(options[key]);
     delete options[key];
     if (text !== undefined) values.set(key, typedValue(key, type, text));
@@ -152,7 +155,7 @@ export function sectionsFromOptions(group: SectionGroup, options: FlatOptions): 
   const total = Object.keys(rest).length;
   if (total === 0) return [];
   const single = absorb(group, rest);
-  const left = Object.keys(rest);
+  const left = qdictKeyOrder(Object.keys(rest));
   if (left.length === 0) return [{ group, values: single }];
   if (left.length < total) throw invalid(`Unknown option '${left[0]}' for [${group}]`);
 
@@ -164,11 +167,11 @@ export function sectionsFromOptions(group: SectionGroup, options: FlatOptions): 
       throw invalid(`[${group}] section (index ${index}) does not consist of keys`);
     }
     const values = absorb(group, element);
-    const unsupported = Object.keys(element)[0];
+    const unsupported = qdictKeyOrder(Object.keys(element))[0];
     if (unsupported !== undefined) throw invalid(`[${group}] section doesn't support the option '${unsupported}'`);
     sections.push({ group, values });
   }
-  const unused = Object.keys(rest)[0];
+  const unused = qdictKeyOrder(Object.keys(rest))[0];
   if (unused !== undefined) throw invalid(`Unused option '${unused}' for [${group}]`);
   return sections;
 }

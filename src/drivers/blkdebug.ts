@@ -239,9 +239,10 @@ export const blkdebugDriver: BlockDriver<BlkdebugState> = {
       optDiscard: ctx.opts['opt-discard'] as number,
       maxDiscard: ctx.opts['max-discard'] as number,
     };
-    checkLimits(limits);
     node.state = { image: undefined!, rules, active: [], state: 1, suspended: [], limits, takePerms, unsharePerms };
     node.state.image = (await ctx.openChild('image', ROLE_FILTER_CHILD, { filename: ctx.opts['x-image'] as string | undefined }))!;
+    // QEMU checks the limits only once the image is open, so the image's errors come first.
+    checkLimits(limits);
     await fireEvent(node, 'none');
     return node.state;
   },

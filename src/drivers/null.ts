@@ -2,6 +2,7 @@
 import { BlkioError } from '../errors.js';
 import type { BlockDriver } from '../block/driver.js';
 import { REQ_FUA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../block/flags.js';
+import { MAX_NODE_LENGTH } from '../block/io.js';
 
 interface NullState {
   size: number;
@@ -18,7 +19,7 @@ function nullDriver(name: 'null-co' | 'null-aio'): BlockDriver<NullState> {
     kind: 'protocol',
     protocolPrefix: name,
     options: {
-      size: { type: 'size', default: 1 << 30 },
+      size: { type: 'exact-size', default: 1 << 30 },
       'latency-ns': { type: 'number', default: 0 },
       'read-zeroes': { type: 'bool', default: false },
     },
@@ -31,8 +32,12 @@ function nullDriver(name: 'null-co' | 'null-aio'): BlockDriver<NullState> {
       const latency = ctx.opts['latency-ns'] as number;
       // QEMU reads the number as int64: values from 2^63 up are negative there.
       if (latency < 0 || latency >= 2 ** 63) throw new BlkioError('EINVAL', 'latency-ns is invalid');
+      // QEMU 7.2 turns a length from 2^63 up into an errno (or length 0) by truncating the
+      // negative int64 to an int; blkio refuses every size beyond the limit the same way.
+      const size = BigInt(ctx.opts.size as bigint | number);
+      if (size > BigInt(MAX_NODE_LENGTH)) throw new BlkioError('EFBIG', 'Could not refresh total sector count: File too large');
       node.filename = `${name}://`;
-      return { size: ctx.opts.size as number, latencyMs: latency / 1e6, readZeroes: ctx.opts['read-zeroes'] as boolean };
+      return { size: Number(size), latencyMs: latency / 1e6, readZeroes: ctx.opts['read-zeroes'] as boolean };
     },
     getLength: (node) => node.state.size,
     // Nothing is stored anywhere: `disk size: 0 B`, as QEMU reports it.
