@@ -3,23 +3,43 @@
  * backed by the opened node; the overlay file disappears when it is closed.  The overlay takes
  * the opened node's discard mode, as QEMU's temporary snapshot inherits it.
  */
-import { mkdtemp, open, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { BlkioError } from '../errors.js';
+import { open, rm, type FileHandle } from 'node:fs/promises';
+import { BlkioError, toBlkioError } from '../errors.js';
 import { BdrvChild } from './child.js';
 import { ROLE_IMAGE } from './driver.js';
 import { attachChild, type BlockLayer } from './graph.js';
 import type { BlockNode } from './node.js';
 import { PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE } from './permissions.js';
 
+const NAME_CHARACTERS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+
+/**
+ * A new empty file named as QEMU names its temporary snapshots (mkstemp's `$TMPDIR/vl.XXXXXX`,
+ * /var/tmp without TMPDIR): a reopen that opens the file again by name names it.
+ */
+async function createTemporaryFile(): Promise<string> {
+  const dir = process.env.TMPDIR || '/var/tmp';
+  for (;;) {
+    let suffix = '';
+    for (let i = 0; i < 6; i++) suffix += NAME_CHARACTERS[Math.floor(Math.random() * NAME_CHARACTERS.length)];
+    const filename = `${dir}/vl.${suffix}`;
+    let handle: FileHandle;
+    try {
+      handle = await open(filename, 'wx', 0o600);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') continue;
+      throw toBlkioError(e).prepend(`Could not open temporary file '${filename}': `);
+    }
+    await handle.close();
+    return filename;
+  }
+}
+
 export async function createTemporaryOverlay(layer: BlockLayer, base: BlockNode, readOnly: boolean): Promise<BlockNode> {
   const qcow2 = layer.driver('qcow2');
   if (!qcow2?.create) throw new BlkioError('ENOTSUP', "Unknown driver 'qcow2'");
-  const dir = await mkdtemp(join(tmpdir(), 'vl.'));
-  const filename = join(dir, 'snapshot.qcow2');
+  const filename = await createTemporaryFile();
   try {
-    await (await open(filename, 'w')).close();
     const file = await layer.openNode(filename, {}, { protocol: true, inherited: {} });
     const edge = new BdrvChild({ describe: () => 'temporary snapshot creation' }, 'file', ROLE_IMAGE, file);
     try {
@@ -40,6 +60,6 @@ export async function createTemporaryOverlay(layer: BlockLayer, base: BlockNode,
     return overlay;
   } finally {
     // The open file stays usable until it is closed; the name is gone already.
-    await rm(dir, { recursive: true, force: true });
+    await rm(filename, { force: true });
   }
 }

@@ -266,7 +266,8 @@ export const fileDriver: BlockDriver<FileState> = {
    */
   async setCacheDirect(node, direct) {
     const s = node.state;
-    if (direct && !canAlignBuffers()) return;
+    // Without a change QEMU keeps its descriptor (a file deleted since opening stays usable).
+    if (direct === (s.direct !== undefined) || (direct && !canAlignBuffers())) return;
     const alignment = direct ? await probeDirectAlignment(probeRead(s.handle)) : undefined;
     const handle = await open(hostPath(s.filename), openFlags(node.readOnly, direct)).catch((e) => {
       throw toBlkioError(e).prepend(`Could not open '${s.filename}': `);
