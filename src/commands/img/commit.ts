@@ -48,16 +48,17 @@ export function imgCommit(argv: string[]): Promise<number> {
       const open = (extraOptions: FlatOptions) => openImg(layer, { filename, format, imageOpts, cache, extraOptions });
       // Opened before the progress starts, as qemu-img does; the job reopens it only to make the base writable.
       let blk = await open({});
-      // qemu-img looks for -b first, and names the image as the user did.
-      if (base !== undefined && !findBackingImage(blk.node, base)) {
-        throw new BlkioError('EINVAL', `Did not find '${base}' in the backing chain of '${filename}'`);
-      }
-      if (base === undefined && !backingImage(blk.node)) throw new BlkioError('EINVAL', 'Image does not have a backing file');
       const progress = new Progress(parseProgressMode(progressOption, showProgress, quiet), { percentOf: floatPercent });
       let done = 0;
       let total = 0;
       try {
+        // qemu-img draws 0% before it looks for the base, so a missing one fails after that line.
         progress.update(0, 0);
+        // qemu-img looks for -b first, and names the image as the user did.
+        if (base !== undefined && !findBackingImage(blk.node, base)) {
+          throw new BlkioError('EINVAL', `Did not find '${base}' in the backing chain of '${filename}'`);
+        }
+        if (base === undefined && !backingImage(blk.node)) throw new BlkioError('EINVAL', 'Image does not have a backing file');
         const first = blk;
         blk = await commitImage(layer, (extra) => (Object.keys(extra).length ? open(extra) : Promise.resolve(first)), {
           base, drop, rateLimit, signal: sigint.signal, onProgress: (d, t) => {
