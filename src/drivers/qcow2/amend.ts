@@ -17,7 +17,7 @@ import { amendEncryption } from './encryption.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB, HEADER_SIZE_V3, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY,
 } from './header.js';
-import { ClusterType, clusterType, l2Offset, readL2, writeL2 } from './mapping.js';
+import { ClusterType, clusterType, getHostOffset, l2Offset, readL2, SubclusterType, writeL2 } from './mapping.js';
 import { markClean, updateHeader } from './open.js';
 import {
   adjustRefcount, allocClusters, freeClusters, getClusterRefcount, MAX_REFTABLE_SIZE, updateMaxRefcountTableIndex,
@@ -177,11 +177,14 @@ async function downgrade(node: BlockNode<Qcow2State>, report: Report): Promise<v
   s.header.compatibleFeatures = 0n;
   s.header.autoclearFeatures = 0n;
   s.lazyRefcounts = false;
-  const hasCompressedClusters = await expandZeroClusters(s, node.backing !== undefined, report).catch((e) => {
+  await expandZeroClusters(s, node.backing !== undefined, report).catch((e) => {
     throw prefixed(e, 'Failed to turn zero into data clusters');
   });
   if (s.header.incompatibleFeatures & INCOMPAT_COMPRESSION) {
-    if (hasCompressedClusters) {
+    const compressed = await hasCompressedClusters(s).catch(() => {
+      throw new BlkioError('EINVAL', 'Failed to check block status');
+    });
+    if (compressed) {
       throw new BlkioError('ENOTSUP', 'Cannot downgrade an image with zstd compression type and existing compressed clusters');
     }
     // No compressed clusters: the type is free to become v2's zlib.
@@ -197,14 +200,13 @@ async function downgrade(node: BlockNode<Qcow2State>, report: Report): Promise<v
 /**
  * v2 has no zero clusters: without a backing file they simply become unallocated; with one (or
  * when the cluster is allocated already) they become data clusters full of zeroes. The active
- * table goes first, then each snapshot's, all counted in one progress. Returns whether the
- * active table maps a compressed cluster (zstd ones forbid the downgrade).
+ * table goes first, then each snapshot's, all counted in one progress.
  */
-async function expandZeroClusters(s: Qcow2State, hasBacking: boolean, report: Report): Promise<boolean> {
+async function expandZeroClusters(s: Qcow2State, hasBacking: boolean, report: Report): Promise<void> {
   const total = s.snapshots.reduce((sum, sn) => sum + sn.l1Size, s.l1Size);
   let visited = 0;
   const visit = () => report(++visited, total);
-  const activeHasCompressed = await expandZeroClustersInL1(s, s.l1Table, s.l1Size, hasBacking, visit);
+  await expandZeroClustersInL1(s, s.l1Table, s.l1Size, hasBacking, visit);
   // Snapshot tables may share L2 tables with the active one: those are expanded already.
   await s.l2Cache.empty();
   for (const sn of s.snapshots) {
@@ -212,14 +214,25 @@ async function expandZeroClusters(s: Qcow2State, hasBacking: boolean, report: Re
     await expandZeroClustersInL1(s, await readSnapshotL1(s, sn), sn.l1Size, hasBacking, visit);
     await s.l2Cache.empty();
   }
-  return activeHasCompressed;
 }
 
-/** expandZeroClusters for one L1 table; returns whether the table maps a compressed cluster. */
+/**
+ * Whether the guest range maps a compressed cluster (zstd ones forbid the downgrade). As in
+ * QEMU, entries of the active table past the guest size do not count.
+ */
+async function hasCompressedClusters(s: Qcow2State): Promise<boolean> {
+  for (let offset = 0; offset < s.size;) {
+    const m = await getHostOffset(s, offset, s.size - offset);
+    if (m.type === SubclusterType.Compressed) return true;
+    offset += m.bytes;
+  }
+  return false;
+}
+
+/** expandZeroClusters for one L1 table. */
 async function expandZeroClustersInL1(
   s: Qcow2State, l1: Table, l1Size: number, hasBacking: boolean, visit: () => void,
-): Promise<boolean> {
-  let hasCompressed = false;
+): Promise<void> {
   const slicesPerTable = s.l2Size / s.l2SliceSize;
   const sliceBytes = s.l2SliceSize * s.l2EntrySize;
   for (let i = 0; i < l1Size; i++) {
@@ -235,7 +248,6 @@ async function expandZeroClustersInL1(
           for (let j = 0; j < s.l2SliceSize; j++) {
             const entry = readL2(s, table, j);
             const type = clusterType(s, entry);
-            if (type === ClusterType.Compressed) hasCompressed = true;
             if (type !== ClusterType.ZeroPlain && type !== ClusterType.ZeroAlloc) continue;
             let offset = l2Offset(entry);
             if (type === ClusterType.ZeroPlain && !hasBacking) {
@@ -268,7 +280,6 @@ async function expandZeroClustersInL1(
     }
     visit();
   }
-  return hasCompressed;
 }
 
 /** The new refcount table being built: block offsets by index. */
