@@ -11,6 +11,8 @@ import type { BdrvChild } from '../../block/child.js';
 import type { BlockNode } from '../../block/node.js';
 import { STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../block/flags.js';
 import { limitsFrom } from '../../block/node.js';
+import { updateEdgePerms } from '../../block/graph.js';
+import { defaultChildPerms, PERM_ALL } from '../../block/permissions.js';
 import { Mutex } from '../../block/mutex.js';
 import { roundDown, roundUp } from '../../arithmetic.js';
 import { cString, nameBytes } from '../../byte-strings.js';
@@ -240,6 +242,12 @@ async function readBackingName(node: BlockNode<QedState>, s: QedState): Promise<
   if (h.features & F_BACKING_FORMAT_NO_PROBE) node.backingFormat = 'raw';
 }
 
+/** Writes during the open need the permissions on `file` that the node's parents take only later. */
+function takeFilePermissions(node: BlockNode<QedState>, file: BdrvChild): void {
+  const p = defaultChildPerms(node, file, { perm: 0, shared: PERM_ALL });
+  updateEdgePerms(file, p.perm, p.shared);
+}
+
 async function openImage(node: BlockNode<QedState>, file: BdrvChild): Promise<QedState> {
   const bytes = await readBytes(file, 0, HEADER_BYTES);
   if (magicOf(bytes) !== QED_MAGIC) throw invalid('Image not in QED format');
@@ -256,6 +264,7 @@ async function openImage(node: BlockNode<QedState>, file: BdrvChild): Promise<Qe
   await readBackingName(node, s);
   // Autoclear features this version does not know are knocked out, so a newer one sees they went stale.
   if (header.autoclearFeatures !== 0n && !node.readOnly) {
+    takeFilePermissions(node, file);
     header.autoclearFeatures = 0n;
     await writeHeader(s);
     await file.flush();
@@ -263,6 +272,7 @@ async function openImage(node: BlockNode<QedState>, file: BdrvChild): Promise<Qe
   s.l1 = await readBytes(file, header.l1TableOffset, s.tableEntries * 8);
   // An image not closed cleanly is repaired before it is written again (read-only, it is read as it is).
   if (header.features & F_NEED_CHECK && !node.readOnly && !node.layer.openForCheck) {
+    takeFilePermissions(node, file);
     await checkImage(s, true);
   }
   return s;
