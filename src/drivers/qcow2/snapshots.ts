@@ -217,13 +217,7 @@ function withCopied(hi: number, refcount: number): number {
  * memory, so applying a snapshot can drop the old tables after overwriting them on disk.
  */
 async function updateSnapshotRefcount(s: Qcow2State, l1Offset: number, l1Size: number, addend: -1 | 0 | 1): Promise<void> {
-  let l1: Table;
-  if (l1Offset === s.l1TableOffset) {
-    l1 = s.l1Table;
-  } else {
-    l1 = makeTable(new Uint8Array(l1Size * 8));
-    await s.file.read(l1Offset, l1.data.length, l1.data);
-  }
+  const l1 = l1Offset === s.l1TableOffset ? s.l1Table : await readL1Table(s, l1Offset, l1Size);
   let l1Modified = false;
   let succeeded = false;
   s.cacheDiscards = true;
@@ -338,9 +332,14 @@ export function validateSnapshotL1(s: Qcow2State, sn: Snapshot): void {
 }
 
 /** A snapshot's L1 table read from the image, in a table of `entries` entries (those past its own are zero). */
-export async function readSnapshotL1(s: Qcow2State, sn: Snapshot, entries = sn.l1Size): Promise<Table> {
+export function readSnapshotL1(s: Qcow2State, sn: Snapshot, entries = sn.l1Size): Promise<Table> {
+  return readL1Table(s, sn.l1TableOffset, sn.l1Size, entries);
+}
+
+/** The L1 table of `l1Size` entries at `offset`, in a table of `entries` entries (those past its own are zero). */
+async function readL1Table(s: Qcow2State, offset: number, l1Size: number, entries = l1Size): Promise<Table> {
   const table = makeTable(new Uint8Array(entries * 8));
-  await s.file.read(sn.l1TableOffset, sn.l1Size * 8, table.data.subarray(0, sn.l1Size * 8));
+  await s.file.read(offset, l1Size * 8, table.data.subarray(0, l1Size * 8));
   return table;
 }
 
