@@ -12,6 +12,7 @@ import { nbdDriver } from './nbd.js';
 import { nullAioDriver, nullCoDriver } from './null.js';
 import { parallelsDriver } from './parallels.js';
 import { preallocateDriver } from './preallocate.js';
+import { qcowDriver } from './qcow.js';
 import { qcow2Driver } from './qcow2/index.js';
 import { quorumDriver } from './quorum.js';
 import { rawDriver } from './raw.js';
@@ -37,5 +38,6 @@ export const allDrivers: ReadonlyArray<BlockDriver<any>> = [
   vmdkDriver,
   qedDriver,
   parallelsDriver,
+  qcowDriver,
   vhdxDriver,
 ];

@@ -23,7 +23,7 @@ import { tierForCopyLoop } from '../../cli/tiering.js';
 import { hasHelpOption } from '../../options/qemuopts.js';
 import type { ObjectRegistry } from '../../block/objects.js';
 import {
-  appendOptionList, backingLayer, checkCacheMode, IMG_COMMAND, imgCvtnum, openImg, reportError, reportWarning, runSubcommand, skipFilters, withLayer,
+  appendOptionList, backingLayer, checkCacheMode, ExitStatus, IMG_COMMAND, imgCvtnum, openImg, reportError, reportWarning, runSubcommand, skipFilters, withLayer,
 } from './common.js';
 import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs, type SharedImgOptions } from './options.js';
 import {
@@ -322,7 +322,8 @@ async function convert(
   }
   await doCopy(state, progress);
   // An empty compressed write tells the target that the compressed stream ends (qcow2 pads its file to a sector).
-  if (state.compressed) await target.writeCompressed(0, 0, new Uint8Array(0));
+  // A target that refuses it (qcow) fails the conversion with no message, as qemu-img does.
+  if (state.compressed) await target.writeCompressed(0, 0, new Uint8Array(0)).catch(() => { throw new ExitStatus(1); });
   if (args.bitmaps) await copyBitmaps(sources[0].blk.node, target.node, args.skipBrokenBitmaps);
   await target.flush();
 }
