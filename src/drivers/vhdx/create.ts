@@ -13,12 +13,11 @@ import {
   batEntryCount, batIndexOf, BLOCK_FULLY_PRESENT, BLOCK_NOT_PRESENT, BLOCK_SIZE_MAX, BLOCK_ZERO, chunkRatioOf, FILE_SIGNATURE,
   GUID, guidBytes, H, HEADER1_OFFSET, HEADER2_OFFSET, HEADER_BLOCK_BYTES, HEADER_BYTES, HEADER_SECTION_END, HEADER_SIGNATURE,
   METADATA_IS_REQUIRED, METADATA_IS_VIRTUAL_DISK, METADATA_SIGNATURE, MiB, newGuid, PARAMS_LEAVE_BLOCKS_ALLOCATED,
-  REGION_SIGNATURE, REGION_TABLE2_OFFSET, REGION_TABLE_OFFSET, setChecksum, TABLE_BYTES, type Geometry,
+  REGION_SIGNATURE, REGION_TABLE2_OFFSET, REGION_TABLE_OFFSET, SECTOR, setChecksum, TABLE_BYTES, type Geometry,
 } from './format.js';
 
 const DEFAULT_LOG_SIZE = MiB;
 const MAX_IMAGE_SIZE = 64 * 1024 * 1024 * MiB;
-const SECTOR = 512;
 /** QEMU names itself and its version in the file identifier (diagnostic only); blkio writes what qemu-img 7.2 writes. */
 const CREATOR = 'QEMU v7.2.22';
 
@@ -154,10 +153,7 @@ export async function createVhdx(file: BdrvChild, request: CreateRequest): Promi
   await file.write(HEADER1_OFFSET, HEADER_BYTES, newHeader(sequence, settings.logSize, fileWriteGuid, dataWriteGuid));
   await file.write(HEADER2_OFFSET, HEADER_BYTES, newHeader(sequence + 1n, settings.logSize, fileWriteGuid, dataWriteGuid));
 
-  const g: Geometry = {
-    blockSize: settings.blockSize, logicalSectorSize: SECTOR, virtualDiskSize: settings.size,
-    chunkRatio: chunkRatioOf(settings.blockSize, SECTOR),
-  };
+  const g: Geometry = { blockSize: settings.blockSize, virtualDiskSize: settings.size, chunkRatio: chunkRatioOf(settings.blockSize) };
   const batLength = roundUp(batEntryCount(g) * 8, MiB);
   const batOffset = roundUp(HEADER_SECTION_END + settings.logSize, MiB);
   const metadataOffset = roundUp(batOffset + batLength, MiB);

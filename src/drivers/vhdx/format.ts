@@ -147,17 +147,19 @@ export function metadataEntryAt(table: Uint8Array, index: number): MetadataEntry
   };
 }
 
-/** The geometry of the payload, from the block size and the logical sector size. */
+/** The logical sector size, the only one QEMU 7.2 reads or creates. */
+export const SECTOR = 512;
+
+/** The geometry of the payload. */
 export interface Geometry {
   blockSize: number;
-  logicalSectorSize: number;
   /** Payload blocks per sector bitmap block (a power of two). */
   chunkRatio: number;
   virtualDiskSize: number;
 }
 
-export function chunkRatioOf(blockSize: number, logicalSectorSize: number): number {
-  return (MAX_SECTORS_PER_BLOCK * logicalSectorSize) / blockSize;
+export function chunkRatioOf(blockSize: number): number {
+  return (MAX_SECTORS_PER_BLOCK * SECTOR) / blockSize;
 }
 
 /**

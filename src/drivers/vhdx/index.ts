@@ -14,19 +14,19 @@ import { REQ_ZERO_WRITE } from '../../block/flags.js';
 import { limitsFrom } from '../../block/node.js';
 import type { BlockNode } from '../../block/node.js';
 import { Mutex } from '../../block/mutex.js';
+import { refreshPermissions } from '../../block/permissions.js';
 import { fileAllocatedSize, readBytes, view } from '../format-helpers.js';
 import {
   batEntryCount, batIndexOf, BLOCK_FULLY_PRESENT, BLOCK_NOT_PRESENT, BLOCK_SIZE_MAX, BLOCK_SIZE_MIN, BLOCK_STATE_MASK,
   BLOCK_UNDEFINED, BLOCK_UNMAPPED, BLOCK_UNMAPPED_V095, BLOCK_ZERO, chunkRatioOf, FILE_SIGNATURE, GUID, H, HEADER1_OFFSET,
   HEADER2_OFFSET, HEADER_BLOCK_BYTES, HEADER_BYTES, HEADER_SIGNATURE, hasValidChecksum, METADATA_IS_REQUIRED,
   METADATA_SIGNATURE, METADATA_TABLE_MAX_BYTES, metadataEntryAt, MiB, newGuid, PARAMS_HAS_PARENT, REGION_ENTRY_REQUIRED,
-  REGION_SIGNATURE, REGION_TABLE_OFFSET, regionEntryAt, TABLE_BYTES, u64, type MetadataEntry, type RegionEntry,
+  REGION_SIGNATURE, REGION_TABLE_OFFSET, regionEntryAt, SECTOR, TABLE_BYTES, u64, type MetadataEntry, type RegionEntry,
 } from './format.js';
 import { logWriteAndFlush, openLog } from './log.js';
 import { userVisibleWrite, type VhdxState } from './state.js';
 import { createVhdx, VHDX_CREATE_OPTIONS } from './create.js';
 
-const SECTOR = 512;
 const INT64_MAX = (1n << 63n) - 1n;
 
 function invalid(): BlkioError {
@@ -126,14 +126,14 @@ async function readMetadata(s: VhdxState, region: RegionEntry): Promise<void> {
   await item(GUID.physicalSectorSize, 4);
   const blockSize = params.getUint32(0, true);
   if (blockSize < BLOCK_SIZE_MIN || blockSize > BLOCK_SIZE_MAX) throw invalid();
-  if (logicalSectorSize !== 512 && logicalSectorSize !== 4096) throw invalid();
+  // QEMU 7.2 reads 512-byte logical sectors only.
+  if (logicalSectorSize !== SECTOR) throw errno('ENOTSUP');
   // Block size, sectors per block and chunk ratio must all be powers of two.
   if ((blockSize & (blockSize - 1)) !== 0) throw invalid();
   s.blockSize = blockSize;
-  s.logicalSectorSize = logicalSectorSize;
-  s.chunkRatio = chunkRatioOf(blockSize, logicalSectorSize);
-  s.length = Math.floor(virtualDiskSize / logicalSectorSize) * SECTOR;
-  s.batEntries = batEntryCount({ blockSize, logicalSectorSize, chunkRatio: s.chunkRatio, virtualDiskSize });
+  s.chunkRatio = chunkRatioOf(blockSize);
+  s.length = Math.floor(virtualDiskSize / SECTOR) * SECTOR;
+  s.batEntries = batEntryCount({ blockSize, chunkRatio: s.chunkRatio, virtualDiskSize });
 }
 
 function batEntry(s: VhdxState, index: number): { state: number; offset: bigint } {
@@ -183,11 +183,13 @@ async function openVhdx(node: BlockNode<VhdxState>, file: BdrvChild): Promise<Vh
   const s: VhdxState = {
     file, headers, current, sessionGuid: newGuid(), firstVisibleWrite: true, logReplayedOnOpen: false,
     log: { offset: 0, length: 0, read: 0, write: 0, sequence: 0n, tail: 0 },
-    blockSize: 0, logicalSectorSize: 0, chunkRatio: 0, length: 0, batOffset: 0, batEntries: 0,
+    blockSize: 0, chunkRatio: 0, length: 0, batOffset: 0, batEntries: 0,
     bat: new Uint8Array(0), batView: new DataView(new ArrayBuffer(0)), regions: [], lock: new Mutex(),
   };
   const h = view(headers[current]);
   registerRegion(s, u64(h, H.logOffset), h.getUint32(H.logLength, true));
+  // A log replay writes during the open: the file edge takes its permissions now, as QEMU's attach does.
+  if (!node.readOnly) refreshPermissions(new Map(), [node]);
   s.logReplayedOnOpen = await openLog(s, node.readOnly, file.node.filename);
   const regions = await readRegionTable(s, report);
   await readMetadata(s, regions.metadata);
@@ -201,14 +203,11 @@ async function openVhdx(node: BlockNode<VhdxState>, file: BdrvChild): Promise<Vh
 
 /** Where guest `offset` lies: its BAT entry, and the bytes of the request up to the block's end. */
 function translate(s: VhdxState, offset: number, bytes: number): { index: number; state: number; fileOffset: number; inBlock: number; avail: number } {
-  const sectorsPerBlock = s.blockSize / s.logicalSectorSize;
-  const sector = offset / SECTOR;
-  const block = Math.floor(sector / sectorsPerBlock);
-  const sectorInBlock = sector - block * sectorsPerBlock;
+  const block = Math.floor(offset / s.blockSize);
+  const inBlock = offset - block * s.blockSize;
   const index = batIndexOf(block, s.chunkRatio);
   const { state, offset: base } = batEntry(s, index);
-  const inBlock = sectorInBlock * s.logicalSectorSize;
-  const avail = Math.min((sectorsPerBlock - sectorInBlock) * SECTOR, bytes);
+  const avail = Math.min(s.blockSize - inBlock, bytes);
   // A zero offset (a block in no place) is used as it is, without the offset in the block.
   return { index, state, fileOffset: base === 0n ? 0 : Number(base) + inBlock, inBlock, avail };
 }

@@ -11,7 +11,7 @@ import { view } from '../format-helpers.js';
 import { H, headerGuid, isZeroGuid, MiB, newGuid, setChecksum } from './format.js';
 import { currentHeader, updateHeaders, userVisibleWrite, type LogPosition, type VhdxState } from './state.js';
 
-const SECTOR = 4096;
+const LOG_SECTOR = 4096;
 const ENTRY_SIGNATURE = 0x65676f6c; // 'loge'
 const DESC_SIGNATURE = 0x63736564; // 'desc'
 const ZERO_SIGNATURE = 0x6f72657a; // 'zero'
@@ -41,7 +41,7 @@ function invalid(): BlkioError {
 }
 
 function nextIndex(index: number, length: number): number {
-  const next = index + SECTOR;
+  const next = index + LOG_SECTOR;
   return next >= length ? 0 : next;
 }
 
@@ -51,8 +51,8 @@ function descriptorSectors(count: number): number {
 }
 
 async function readLogSector(s: VhdxState, at: number): Promise<Uint8Array> {
-  const buf = new Uint8Array(SECTOR);
-  await s.file.read(s.log.offset + at, SECTOR, buf);
+  const buf = new Uint8Array(LOG_SECTOR);
+  await s.file.read(s.log.offset + at, LOG_SECTOR, buf);
   return buf;
 }
 
@@ -75,7 +75,7 @@ function parseEntryHeader(s: VhdxState, log: LogPosition, bytes: Uint8Array): En
   };
   const logGuid = headerGuid(currentHeader(s), H.logGuid);
   const valid = v.getUint32(E.signature, true) === ENTRY_SIGNATURE && h.entryLength <= log.length &&
-    h.entryLength % SECTOR === 0 && h.sequence !== 0n &&
+    h.entryLength % LOG_SECTOR === 0 && h.sequence !== 0n &&
     bytes.subarray(E.logGuid, E.logGuid + 16).every((b, i) => b === logGuid[i]) &&
     h.descriptorCount * DESC_BYTES <= h.entryLength;
   return valid ? h : undefined;
@@ -111,8 +111,8 @@ async function readDescriptors(s: VhdxState, log: LogPosition): Promise<{ header
 
 function descriptorAt(sectors: Uint8Array[], index: number): Uint8Array {
   const at = ENTRY_HEADER_BYTES + index * DESC_BYTES;
-  const sector = sectors[Math.floor(at / SECTOR)]!;
-  return sector.subarray(at % SECTOR, (at % SECTOR) + DESC_BYTES);
+  const sector = sectors[Math.floor(at / LOG_SECTOR)]!;
+  return sector.subarray(at % LOG_SECTOR, (at % LOG_SECTOR) + DESC_BYTES);
 }
 
 /**
@@ -130,7 +130,7 @@ async function validateEntry(s: VhdxState, log: LogPosition, previous: bigint): 
   first.fill(0, E.checksum, E.checksum + 4);
   let crc = crc32cUpdate(CRC32C_INITIAL, first);
   for (const sector of sectors.slice(1)) crc = crc32cUpdate(crc, sector);
-  const dataSectors = header.entryLength / SECTOR - sectors.length;
+  const dataSectors = header.entryLength / LOG_SECTOR - sectors.length;
   for (let i = 0; i < dataSectors; i++) {
     const [sector] = await readSectors(s, log, 1);
     if (!sector) return undefined;
@@ -179,20 +179,20 @@ async function searchLog(s: VhdxState): Promise<LogSequence | undefined> {
 async function applyDescriptor(s: VhdxState, d: Uint8Array, data: Uint8Array | undefined): Promise<void> {
   const v = view(d);
   let fileOffset = Number(v.getBigUint64(D.fileOffset, true));
-  const sector = new Uint8Array(SECTOR);
+  const sector = new Uint8Array(LOG_SECTOR);
   let count = 1;
   if (v.getUint32(D.signature, true) === DESC_SIGNATURE) {
     const dv = view(data!);
-    const sequence = (BigInt(dv.getUint32(4, true)) << 32n) | BigInt(dv.getUint32(SECTOR - 4, true));
+    const sequence = (BigInt(dv.getUint32(4, true)) << 32n) | BigInt(dv.getUint32(LOG_SECTOR - 4, true));
     if (sequence !== v.getBigUint64(D.sequence, true)) throw invalid();
     sector.set(d.subarray(D.leadingBytes, D.leadingBytes + 8), 0);
-    sector.set(data!.subarray(8, SECTOR - 4), 8);
-    sector.set(d.subarray(D.trailingBytes, D.trailingBytes + 4), SECTOR - 4);
+    sector.set(data!.subarray(8, LOG_SECTOR - 4), 8);
+    sector.set(d.subarray(D.trailingBytes, D.trailingBytes + 4), LOG_SECTOR - 4);
   } else {
     count = Number(v.getBigUint64(D.zeroLength, true) / 4096n);
   }
-  for (let i = 0; i < count; i++, fileOffset += SECTOR) {
-    await s.file.write(fileOffset, SECTOR, sector);
+  for (let i = 0; i < count; i++, fileOffset += LOG_SECTOR) {
+    await s.file.write(fileOffset, LOG_SECTOR, sector);
     await s.file.flush();
   }
 }
@@ -271,10 +271,10 @@ async function writeEntry(s: VhdxState, data: Uint8Array, offset: number): Promi
   if (!isZeroGuid(headerGuid(header, H.logGuid))) throw new BlkioError('ENOTSUP');
   await updateHeaders(s, false, newGuid());
   if (s.log.sequence === 0n) s.log.sequence = 1n;
-  const firstSector = Math.floor(offset / SECTOR) * SECTOR;
-  const sectors = Math.ceil((offset + data.length) / SECTOR) - firstSector / SECTOR;
+  const firstSector = Math.floor(offset / LOG_SECTOR) * LOG_SECTOR;
+  const sectors = Math.ceil((offset + data.length) / LOG_SECTOR) - firstSector / LOG_SECTOR;
   const descSectors = descriptorSectors(sectors);
-  const entryLength = (descSectors + sectors) * SECTOR;
+  const entryLength = (descSectors + sectors) * LOG_SECTOR;
   const entry = new Uint8Array(entryLength);
   const ev = view(entry);
   const fileLength = BigInt(s.file.getLength());
@@ -287,23 +287,23 @@ async function writeEntry(s: VhdxState, data: Uint8Array, offset: number): Promi
   ev.setBigUint64(E.flushedFileOffset, fileLength, true);
   ev.setBigUint64(E.lastFileOffset, fileLength, true);
   // The sectors as they are to be: the file's bytes with the new ones laid over them.
-  const merged = new Uint8Array(sectors * SECTOR);
+  const merged = new Uint8Array(sectors * LOG_SECTOR);
   await s.file.read(firstSector, merged.length, merged);
   merged.set(data, offset - firstSector);
   for (let i = 0; i < sectors; i++) {
-    const raw = merged.subarray(i * SECTOR, (i + 1) * SECTOR);
+    const raw = merged.subarray(i * LOG_SECTOR, (i + 1) * LOG_SECTOR);
     const d = entry.subarray(ENTRY_HEADER_BYTES + i * DESC_BYTES);
     const dv = view(d);
     dv.setUint32(D.signature, DESC_SIGNATURE, true);
-    d.set(raw.subarray(SECTOR - 4), D.trailingBytes);
+    d.set(raw.subarray(LOG_SECTOR - 4), D.trailingBytes);
     d.set(raw.subarray(0, 8), D.leadingBytes);
-    dv.setBigUint64(D.fileOffset, BigInt(firstSector + i * SECTOR), true);
+    dv.setBigUint64(D.fileOffset, BigInt(firstSector + i * LOG_SECTOR), true);
     dv.setBigUint64(D.sequence, s.log.sequence, true);
-    const at = (descSectors + i) * SECTOR;
+    const at = (descSectors + i) * LOG_SECTOR;
     ev.setUint32(at, DATA_SIGNATURE, true);
     ev.setUint32(at + 4, Number(s.log.sequence >> 32n) >>> 0, true);
-    entry.set(raw.subarray(8, SECTOR - 4), at + 8);
-    ev.setUint32(at + SECTOR - 4, Number(s.log.sequence & 0xffffffffn), true);
+    entry.set(raw.subarray(8, LOG_SECTOR - 4), at + 8);
+    ev.setUint32(at + LOG_SECTOR - 4, Number(s.log.sequence & 0xffffffffn), true);
   }
   setChecksum(entry, E.checksum);
   await userVisibleWrite(s);
@@ -312,7 +312,7 @@ async function writeEntry(s: VhdxState, data: Uint8Array, offset: number): Promi
     const at = s.log.write;
     const next = nextIndex(at, s.log.length);
     if (next === s.log.read) break;
-    await s.file.write(s.log.offset + at, SECTOR, entry.subarray(written * SECTOR, (written + 1) * SECTOR));
+    await s.file.write(s.log.offset + at, LOG_SECTOR, entry.subarray(written * LOG_SECTOR, (written + 1) * LOG_SECTOR));
     s.log.write = next;
   }
   if (written !== descSectors + sectors) throw invalid();

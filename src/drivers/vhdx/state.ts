@@ -32,9 +32,8 @@ export interface VhdxState {
   log: LogPosition;
   logReplayedOnOpen: boolean;
   blockSize: number;
-  logicalSectorSize: number;
   chunkRatio: number;
-  /** Bytes the node has: QEMU counts the disk size in logical sectors as 512-byte ones. */
+  /** The disk size in whole sectors. */
   length: number;
   batOffset: number;
   batEntries: number;
