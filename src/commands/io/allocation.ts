@@ -9,7 +9,7 @@ import { STATUS_ALLOCATED } from '../../block/flags.js';
 import { isAllocated, nodeBlockStatusListNow } from '../../block/io.js';
 import type { BlockNode } from '../../block/node.js';
 import { cvtstr } from '../../options/size.js';
-import { parseNum } from './args.js';
+import { parseNum, parseNumExact } from './args.js';
 import type { IoCommand } from './session.js';
 
 export const allocCommand: IoCommand = {
@@ -22,22 +22,23 @@ export const allocCommand: IoCommand = {
   async run(session, argv) {
     const start = parseNum(session, argv[1]);
     if (start === undefined) return -1;
-    let count = 512;
+    // Printed as given (exact beyond 2^53) unless the image ends first.
+    let count: bigint | number = 512n;
     if (argv.length === 3) {
-      const parsed = parseNum(session, argv[2]);
+      const parsed = parseNumExact(session, argv[2]);
       if (parsed === undefined) return -1;
       count = parsed;
     }
-    let remaining = count;
+    let walked = 0;
     let allocated = 0;
     try {
-      await new AllocationReader(session.node).walk(start, count, (isAllocatedHere, pnum) => {
+      await new AllocationReader(session.node).walk(start, Number(count), (isAllocatedHere, pnum) => {
         if (pnum === 0) {
           // End of the image: only what lies before it was asked about.
-          count -= remaining;
+          count = walked;
           return false;
         }
-        remaining -= pnum;
+        walked += pnum;
         if (isAllocatedHere) allocated += pnum;
         return true;
       });
