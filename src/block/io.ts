@@ -588,18 +588,12 @@ export async function childTruncate(child: BdrvChild, size: number, exact: boole
 
 type VmStateHook = 'saveVmState' | 'loadVmState';
 
-/** The node that keeps the VM state: the first down the primary children whose driver has the hook. */
-function vmStateNode(node: BlockNode, hook: VmStateHook): BlockNode {
-  for (let n: BlockNode | undefined = node; n; n = n.primaryChild?.node) {
-    if (n.driver[hook]) return n;
-  }
-  throw errno('ENOTSUP');
-}
-
 /** bdrv_save_vmstate / bdrv_load_vmstate: no permission checks or tracking, as in QEMU. */
 export async function nodeVmState(node: BlockNode, hook: VmStateHook, pos: number, bytes: number, buf: Uint8Array): Promise<void> {
   checkRange(pos, bytes);
-  const target = vmStateNode(node, hook);
+  // The node that keeps the VM state.
+  const target = node.primaryNodeWith(hook);
+  if (!target) throw errno('ENOTSUP');
   await target.driver[hook]!(target, pos, bytes, buf);
 }
 

@@ -112,6 +112,17 @@ export class BlockNode<S = unknown> {
     return this.children.find((c) => c.role & ROLE_PRIMARY);
   }
 
+  /**
+   * The first node from this one down the primary children whose driver implements `callback`
+   * (the VM state, blkdebug's breakpoints), as QEMU's walks along bdrv_primary_child find them.
+   */
+  primaryNodeWith(callback: keyof BlockDriver): BlockNode | undefined {
+    for (let n: BlockNode | undefined = this; n; n = n.primaryChild?.node) {
+      if ((n.driver as BlockDriver)[callback]) return n;
+    }
+    return undefined;
+  }
+
   /** The child a filter passes everything to; undefined for other nodes. */
   get filteredChild(): BdrvChild | undefined {
     return this.driver.isFilter ? this.children.find((c) => c.role & ROLE_FILTERED) : undefined;

@@ -4,19 +4,10 @@
  * command fails with ENOTSUP, as on any image without a blkdebug node.
  */
 import { errno, toBlkioError } from '../../errors.js';
-import type { BlockDriver } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import type { IoCommand, IoSession } from './session.js';
 
 type BreakpointHook = 'debugBreakpoint' | 'debugRemoveBreakpoint' | 'debugResume' | 'debugIsSuspended';
-
-/** The first node from `node` down its primary children whose driver has `hook`. */
-function nodeWith(node: BlockNode, hook: BreakpointHook): BlockNode | undefined {
-  for (let n: BlockNode | undefined = node; n; n = n.primaryChild?.node) {
-    if ((n.driver as BlockDriver)[hook]) return n;
-  }
-  return undefined;
-}
 
 /** A breakpoint command's failure: `<what>: <error>`; the command fails. */
 function hookFailed(session: IoSession, what: string, error: unknown): number {
@@ -31,7 +22,7 @@ function hookFailed(session: IoSession, what: string, error: unknown): number {
 function runHook(
   session: IoSession, what: string, hook: Exclude<BreakpointHook, 'debugIsSuspended'>, ...args: [string] | [string, string]
 ): number {
-  const target = nodeWith(session.blk.node, hook);
+  const target = session.blk.node.primaryNodeWith(hook);
   try {
     if (!target) throw errno('ENOTSUP');
     (target.driver[hook] as (n: BlockNode, ...a: string[]) => void)(target, ...args);
@@ -84,7 +75,7 @@ export const waitBreakCommand: IoCommand = {
   args: 'tag',
   oneline: 'waits for the suspension of a request',
   async run(session, argv) {
-    const target = nodeWith(session.blk.node, 'debugIsSuspended');
+    const target = session.blk.node.primaryNodeWith('debugIsSuspended');
     if (!target) {
       // QEMU waits forever here; a request can only be suspended by a node with breakpoints.
       return hookFailed(session, 'Could not wait for breakpoint', errno('ENOTSUP'));
