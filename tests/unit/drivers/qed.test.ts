@@ -1,0 +1,83 @@
+import { readFileSync, truncateSync } from 'node:fs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BlockBackend } from '../../../src/block/backend.js';
+import { BlockLayer } from '../../../src/block/graph.js';
+import type { BlockNode } from '../../../src/block/node.js';
+import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../../../src/block/permissions.js';
+import { createImageFile } from '../../../src/commands/img/create.js';
+import { allDrivers } from '../../../src/drivers/index.js';
+import { fileDriver } from '../../../src/drivers/file.js';
+import { qedDriver } from '../../../src/drivers/qed/index.js';
+import { isImageSizeValid, maxImageSize } from '../../../src/drivers/qed/header.js';
+import type { QedState } from '../../../src/drivers/qed/tables.js';
+import { haveQemu, qemuImg, qemuImgStatus, qemuIo, tempDir } from './qcow2/helpers.js';
+
+const tmp = tempDir();
+afterAll(() => tmp.remove());
+
+async function createQed(filename: string, size: number, options: Record<string, string | number> = {}): Promise<void> {
+  const layer = new BlockLayer(allDrivers);
+  try {
+    await createImageFile(layer, qedDriver, fileDriver, { filename, size, options: { size, ...options } });
+  } finally {
+    await layer.closeAll();
+  }
+}
+
+async function withQed(filename: string, use: (blk: BlockBackend) => Promise<void>): Promise<void> {
+  const layer = new BlockLayer(allDrivers);
+  const node = await layer.openNode(filename, { driver: 'qed' });
+  const blk = BlockBackend.attach(node, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
+  try {
+    await use(blk);
+  } finally {
+    blk.detach();
+    await layer.closeAll();
+  }
+}
+
+describe('qed header rules', () => {
+  it('computes the largest image in 64 bits, as QEMU does: large clusters wrap it to 0', () => {
+    expect(maxImageSize(65536, 4)).toBe(2n ** 46n);
+    expect(maxImageSize(4096, 1)).toBe(2n ** 30n);
+    expect(maxImageSize(8 << 20, 4)).toBe(0n);
+    expect(isImageSizeValid(0, 8 << 20, 4)).toBe(true);
+    expect(isImageSizeValid(512, 8 << 20, 4)).toBe(false);
+    expect(isImageSizeValid(1000, 65536, 4)).toBe(false);
+  });
+
+  it('refuses to open an image whose tables are one cluster (as QEMU 7.2 does)', async () => {
+    const filename = tmp.path('one.qed');
+    await createQed(filename, 1 << 20, { table_size: 1 });
+    await expect(withQed(filename, async () => {})).rejects.toThrow('QED table offset is invalid');
+  });
+
+  it('counts leaked clusters and leaves the file as it is', async () => {
+    const filename = tmp.path('leaks.qed');
+    await createQed(filename, 1 << 20);
+    await withQed(filename, (blk) => blk.write(0, 4096, new Uint8Array(4096).fill(1)));
+    truncateSync(filename, readFileSync(filename).length + 3 * 65536);
+    await withQed(filename, async (blk) => {
+      const result = await qedDriver.check!(blk.root.node as BlockNode<QedState>, undefined, () => {});
+      expect(result).toMatchObject({ leaks: 3, corruptions: 0, allocatedClusters: 1, totalClusters: 16 });
+    });
+  });
+});
+
+describe.skipIf(!haveQemu)('qed against QEMU 7.2', () => {
+  it('creates and allocates clusters as qemu-img and qemu-io do', async () => {
+    const ours = tmp.path('ours.qed');
+    const theirs = tmp.path('theirs.qed');
+    await createQed(ours, 4 << 20, { cluster_size: 4096, table_size: 2 });
+    qemuImg('create', '-q', '-f', 'qed', '-o', 'cluster_size=4k,table_size=2', theirs, '4M');
+    expect(readFileSync(ours).equals(readFileSync(theirs))).toBe(true);
+    const writes: Array<[number, number, number]> = [[3 << 20, 10000, 0x11], [1000, 5000, 0x22], [(1 << 20) - 100, 300, 0x33]];
+    await withQed(ours, async (blk) => {
+      for (const [offset, bytes, value] of writes) await blk.write(offset, bytes, new Uint8Array(bytes).fill(value));
+      await blk.writeZeroes(2 << 20, 64 << 10, 0);
+    });
+    qemuIo(theirs, [...writes.map(([offset, bytes, value]) => `write -P ${value} ${offset} ${bytes}`), 'write -z 2M 64k'], 'qed');
+    expect(readFileSync(ours).equals(readFileSync(theirs))).toBe(true);
+    expect(qemuImgStatus('check', ours).status).toBe(0);
+  });
+});
