@@ -180,3 +180,10 @@ function xorWords(target: Uint8Array, source: Uint8Array): void {
 export function xorInto(target: Uint8Array, source: Uint8Array): void {
   for (let i = 0; i < target.length; i++) target[i]! ^= source[i]!;
 }
+
+/** qcow's legacy AES (qcow v1, qcow2 crypt_method 1): AES-128-CBC keyed by the secret's first 16 bytes (zero-padded), plain64 IVs. */
+export function qcowAesCipher(secret: Uint8Array): SectorCipher {
+  const key = new Uint8Array(16);
+  key.set(secret.subarray(0, 16));
+  return new SectorCipher({ alg: 'aes-128', mode: 'cbc', ivgen: 'plain64' }, key);
+}

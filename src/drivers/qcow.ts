@@ -16,6 +16,9 @@ import { roundUp } from '../arithmetic.js';
 import { compressCluster, decompressCluster } from './qcow2/codecs.js';
 import { COMPRESSION_ZLIB } from './qcow2/header.js';
 import { fileAllocatedSize, readBytes, view } from './format-helpers.js';
+import { qcowAesCipher, SECTOR_SIZE as CIPHER_SECTOR, type SectorCipher } from '../crypto/sector-cipher.js';
+import { secretData } from '../block/secret.js';
+import type { FlatOptions } from '../options/types.js';
 
 const SECTOR = 512;
 const HEADER_BYTES = 48;
@@ -45,6 +48,9 @@ interface QcowState {
   l1TableOffset: number;
   /** L2 tables read so far, by their offset in the file. */
   l2Tables: Map<number, DataView>;
+  /** AES images opened with their key; absent also for an AES image opened without I/O (qemu-img info). */
+  cipher?: SectorCipher;
+  encrypted: boolean;
   /** The last compressed cluster decompressed (by its entry), which a run of small reads keeps using. */
   decompressed?: { entry: bigint; data: Uint8Array };
   lock: Mutex;
@@ -143,6 +149,7 @@ async function clusterForWrite(s: QcowState, offset: number, bytes: number): Pro
     await s.file.write(hostOffset, s.clusterSize, data);
   } else {
     await s.file.truncate(hostOffset + s.clusterSize, false);
+    if (s.cipher && bytes < s.clusterSize) await writeEncryptedZeroes(s, offset, bytes, hostOffset);
   }
   table.setBigUint64(index * 8, BigInt(hostOffset));
   await writeEntry(s, l2Offset + index * 8, BigInt(hostOffset));
@@ -172,8 +179,25 @@ async function writeData(s: QcowState, offset: number, bytes: number, buf: Uint8
   await perCluster(s, offset, bytes, async (at, done, n) => {
     const hostOffset = await s.lock.run(() => clusterForWrite(s, at, n));
     if (hostOffset % SECTOR) throw errno('EIO');
-    await s.file.write(hostOffset + (at % s.clusterSize), n, buf.subarray(done, done + n));
+    let data = buf.subarray(done, done + n);
+    if (s.cipher) {
+      data = Uint8Array.from(data);
+      s.cipher.encrypt(data, at / CIPHER_SECTOR);
+    }
+    await s.file.write(hostOffset + (at % s.clusterSize), n, data);
   });
+}
+
+/** The sectors of a new encrypted cluster outside the guest bytes [offset, offset+bytes) hold encrypted zeroes, one write each. */
+async function writeEncryptedZeroes(s: QcowState, offset: number, bytes: number, hostOffset: number): Promise<void> {
+  const clusterStart = offset - (offset % s.clusterSize);
+  const start = offset % s.clusterSize;
+  for (let i = 0; i < s.clusterSize; i += SECTOR) {
+    if (i >= start && i < start + bytes) continue;
+    const sector = new Uint8Array(SECTOR);
+    s.cipher!.encrypt(sector, (clusterStart + i) / CIPHER_SECTOR);
+    await s.file.write(hostOffset + i, SECTOR, sector);
+  }
 }
 
 /** Run `each` over the pieces of a request, one cluster at a time. */
@@ -204,20 +228,28 @@ function checkHeader(v: DataView): void {
   if (l2Bits < 9 - 3 || l2Bits > 16 - 3) throw invalid('L2 table size must be between 512 and 64k');
 }
 
-function checkEncryption(cryptMethod: number, format: unknown): void {
+/**
+ * The cipher of an AES image, checked against the `encrypt.*` options in QEMU's order: none
+ * without encryption, none either when opened without I/O, else keyed by the key secret.
+ */
+function openEncryption(node: BlockNode<QcowState>, cryptMethod: number, options: FlatOptions): SectorCipher | undefined {
+  const format = options.format;
   if (cryptMethod === CRYPT_NONE) {
     if (format !== undefined) throw invalid(`No encryption in image header, but options specified format '${String(format)}'`);
-    return;
+    return undefined;
   }
   if (cryptMethod !== CRYPT_AES) throw invalid('invalid encryption method in qcow header');
   if (format !== undefined && format !== 'aes') throw invalid(`Header reported 'aes' encryption format but options specify '${String(format)}'`);
-  throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
+  if (node.layer.openWithoutIo) return undefined;
+  const id = options['key-secret'];
+  if (id === undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
+  return qcowAesCipher(secretData((name) => node.layer.objects.get(name), String(id)));
 }
 
-async function openImage(node: BlockNode<QcowState>, file: BdrvChild, encryptFormat: unknown): Promise<QcowState> {
+async function openImage(node: BlockNode<QcowState>, file: BdrvChild, encryptOptions: FlatOptions): Promise<QcowState> {
   const v = view(await readBytes(file, 0, HEADER_BYTES));
   checkHeader(v);
-  checkEncryption(v.getUint32(H.cryptMethod), encryptFormat);
+  const cipher = openEncryption(node, v.getUint32(H.cryptMethod), encryptOptions);
   const clusterBits = v.getUint8(H.clusterBits);
   const l2Bits = v.getUint8(H.l2Bits);
   const size = v.getBigUint64(H.size);
@@ -240,13 +272,15 @@ async function openImage(node: BlockNode<QcowState>, file: BdrvChild, encryptFor
     file, clusterBits, clusterSize: 2 ** clusterBits, l2Bits, l2Size: 2 ** l2Bits,
     // The disk is a whole number of sectors; a size in between loses its last bytes.
     size: Number(size / BigInt(SECTOR)) * SECTOR,
-    l1, l1TableOffset, l2Tables: new Map(), lock: new Mutex(),
+    l1, l1TableOffset, l2Tables: new Map(), cipher, encrypted: v.getUint32(H.cryptMethod) !== CRYPT_NONE, lock: new Mutex(),
   };
 }
 
 interface QcowCreateSettings {
   size: number;
   backingFile?: string;
+  /** The AES key secret's ID, for an encrypted image. */
+  keySecret?: string;
 }
 
 function createSettings(request: CreateRequest): QcowCreateSettings {
@@ -255,12 +289,13 @@ function createSettings(request: CreateRequest): QcowCreateSettings {
   if (size === 0) throw invalid('Image size is too small, cannot be zero length');
   const format = o['encrypt.format'] ?? (o.encryption === true ? 'aes' : undefined);
   if (format !== undefined && format !== 'aes') throw invalid('Unsupported encryption format');
-  if (format !== undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
-  return { size, backingFile: o.backing_file as string | undefined };
+  const keySecret = o['encrypt.key-secret'] as string | undefined;
+  if (format !== undefined && keySecret === undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
+  return { size, backingFile: o.backing_file as string | undefined, keySecret: format === undefined ? undefined : keySecret };
 }
 
 /** Header, backing file name and an empty L1 table, in whole sectors as QEMU writes them. */
-function newImage({ size, backingFile }: QcowCreateSettings): { header: Uint8Array; name: Uint8Array; l1Offset: number; l1Bytes: number } {
+function newImage({ size, backingFile, keySecret }: QcowCreateSettings): { header: Uint8Array; name: Uint8Array; l1Offset: number; l1Bytes: number } {
   const header = new Uint8Array(HEADER_BYTES);
   const v = view(header);
   v.setUint32(H.magic, MAGIC);
@@ -278,6 +313,7 @@ function newImage({ size, backingFile }: QcowCreateSettings): { header: Uint8Arr
   v.setUint8(H.l2Bits, l2Bits);
   const l1Offset = roundUp(HEADER_BYTES + name.length, 8);
   v.setBigUint64(H.l1TableOffset, BigInt(l1Offset));
+  v.setUint32(H.cryptMethod, keySecret === undefined ? CRYPT_NONE : CRYPT_AES);
   const l1Size = Math.ceil(size / 2 ** (clusterBits + l2Bits));
   return { header, name, l1Offset, l1Bytes: roundUp(l1Size * 8, SECTOR) };
 }
@@ -297,7 +333,7 @@ export const qcowDriver: BlockDriver<QcowState> = {
   async open(node, ctx) {
     const encrypt = ctx.takeOptions('encrypt');
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
-    return openImage(node, file, encrypt.format);
+    return openImage(node, file, encrypt);
   },
 
   async reopen() {},
@@ -325,6 +361,7 @@ export const qcowDriver: BlockDriver<QcowState> = {
       } else {
         if (c.offset % SECTOR) throw errno('EIO');
         await s.file.read(c.offset + (at % s.clusterSize), n, piece);
+        s.cipher?.decrypt(piece, at / CIPHER_SECTOR);
       }
       done += n;
     }
@@ -371,11 +408,11 @@ export const qcowDriver: BlockDriver<QcowState> = {
     const pnum = Math.min(bytes, s.clusterSize - (offset % s.clusterSize));
     const c = await s.lock.run(() => lookup(s, offset));
     if (c.kind === 'unallocated') return { status: 0, pnum };
-    if (c.kind === 'compressed') return { status: STATUS_DATA, pnum };
+    if (c.kind === 'compressed' || s.encrypted) return { status: STATUS_DATA, pnum };
     return { status: STATUS_DATA | STATUS_OFFSET_VALID, pnum, map: c.offset + (offset % s.clusterSize), file: s.file.node };
   },
 
-  getInfo: (node) => ({ clusterSize: node.state.clusterSize }),
+  getInfo: (node) => ({ clusterSize: node.state.clusterSize, encrypted: node.state.encrypted }),
 
   async makeEmpty(node) {
     const s = node.state;
@@ -401,6 +438,9 @@ export const qcowDriver: BlockDriver<QcowState> = {
 
   async create(file, request) {
     const settings = createSettings(request);
+    const layer = file.node.layer;
+    // The key is only checked: the data is keyed by it when written.
+    if (settings.keySecret !== undefined) secretData((id) => layer.objects.get(id), settings.keySecret);
     const { header, name, l1Offset, l1Bytes } = newImage(settings);
     await file.write(0, HEADER_BYTES, header);
     if (name.length) await file.write(HEADER_BYTES, name.length, name);

@@ -2,7 +2,7 @@
  * The hooks the qcow2 read and write paths call to encrypt data. Legacy AES (crypt_method 1)
  * keys the sectors by guest offset; LUKS (crypt_method 2) by host offset.
  */
-import { SECTOR_SIZE, SectorCipher } from '../../crypto/sector-cipher.js';
+import { qcowAesCipher, SECTOR_SIZE, SectorCipher } from '../../crypto/sector-cipher.js';
 import type { LuksHeader } from '../../crypto/luks.js';
 
 /** An open image's encryption: the data cipher and which offset numbers the sectors. */
@@ -35,9 +35,7 @@ export function encryptedCopy(e: Qcow2Encryption, buf: Uint8Array, guestOffset: 
   return copy;
 }
 
-/** Legacy qcow AES: AES-128-CBC keyed by the secret's first 16 bytes (zero-padded), plain64 IVs. */
+/** Legacy qcow AES, keyed by the guest offset. */
 export function legacyAesEncryption(secret: Uint8Array): Qcow2Encryption {
-  const key = new Uint8Array(16);
-  key.set(secret.subarray(0, 16));
-  return { cipher: new SectorCipher({ alg: 'aes-128', mode: 'cbc', ivgen: 'plain64' }, key), byHostOffset: false };
+  return { cipher: qcowAesCipher(secret), byHostOffset: false };
 }
