@@ -8,9 +8,8 @@
 import { BlkioError, errno, errnoError, toBlkioError } from '../../errors.js';
 import { ROLE_IMAGE, type BlockDriver, type CreateRequest } from '../../block/driver.js';
 import type { BdrvChild } from '../../block/child.js';
-import type { BlockNode } from '../../block/node.js';
 import { STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../block/flags.js';
-import { limitsFrom } from '../../block/node.js';
+import { limitsFrom, type BlockNode } from '../../block/node.js';
 import { updateEdgePerms } from '../../block/graph.js';
 import { defaultChildPerms, PERM_ALL } from '../../block/permissions.js';
 import { Mutex } from '../../block/mutex.js';
@@ -215,12 +214,13 @@ async function markClean(s: QedState): Promise<void> {
   await writeHeader(s);
 }
 
-/** The header's fields checked in QEMU's order, with its texts. */
-function validateHeader(s: QedState): void {
+/** The header's fields checked in QEMU's order, with its texts; sets where clusters are allocated. */
+function validateHeader(s: QedState, fileLength: number): void {
   const h = s.header;
   const unknown = unknownFeatures(h);
   if (unknown) throw new BlkioError('ENOTSUP', `Unsupported QED features: ${unknown.toString(16)}`);
   if (!isClusterSizeValid(h.clusterSize)) throw invalid('QED cluster size is invalid');
+  s.fileSize = roundDown(fileLength, h.clusterSize);
   if (!isTableSizeValid(h.tableSize)) throw invalid('QED table size is invalid');
   if (!isImageSizeValid(h.imageSize, h.clusterSize, h.tableSize)) throw invalid('QED image size is invalid');
   if (!isTableOffsetValid(s, h.l1TableOffset)) throw invalid('QED table offset is invalid');
@@ -255,11 +255,7 @@ async function openImage(node: BlockNode<QedState>, file: BdrvChild): Promise<Qe
   const s: QedState = {
     file, header, fileSize: 0, tableEntries: 0, l1: new Uint8Array(0), l2Cache: new Map(), lock: new Mutex(),
   };
-  // Until validated, the cluster size may be 0; the file size is only needed once it is not.
-  if (unknownFeatures(header) === 0n && isClusterSizeValid(header.clusterSize)) {
-    s.fileSize = roundDown(file.getLength(), header.clusterSize);
-  }
-  validateHeader(s);
+  validateHeader(s, file.getLength());
   s.tableEntries = (header.tableSize * header.clusterSize) / 8;
   await readBackingName(node, s);
   // Autoclear features this version does not know are knocked out, so a newer one sees they went stale.
