@@ -8,7 +8,6 @@
  * else on the last blockdev. `--events` prints the QAPI events QEMU would send to a monitor
  * (quorum's findings) as JSON lines on stderr.
  */
-import { StringDecoder } from 'node:string_decoder';
 import { BlockLayer } from '../block/graph.js';
 import { processObjectArg } from '../block/objects.js';
 import { allDrivers } from '../drivers/index.js';
@@ -187,19 +186,34 @@ async function openProgramImage(session: IoSession, image: string | undefined, o
   return openFile(session, image, options, opts.mode);
 }
 
-/** Lines of stdin, split at '\n' only (a '\r' stays part of the line, as in qemu-io). */
+/** qemu-io reads a command with fgets() into a buffer of this many bytes. */
+const LINE_BUFFER_BYTES = 1024;
+
+/**
+ * Lines of stdin as qemu-io's fgets() reads them: split at '\n' only (a '\r' stays part of the
+ * line), a line of more than 1023 bytes going on as the next one, and a NUL byte ending the
+ * line's text.
+ */
 async function* stdinLines(): AsyncGenerator<string> {
-  const decoder = new StringDecoder('utf8');
-  let pending = '';
+  let pending = Buffer.alloc(0);
+  const take = (bytes: number): string => {
+    let line = pending.subarray(0, bytes);
+    pending = pending.subarray(bytes);
+    const nul = line.indexOf(0);
+    if (nul >= 0) line = line.subarray(0, nul);
+    else if (line.at(-1) === 0x0a) line = line.subarray(0, -1);
+    return line.toString('utf8');
+  };
   for await (const chunk of process.stdin) {
-    pending += decoder.write(chunk as Buffer);
-    for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
-      yield pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
+    pending = Buffer.concat([pending, chunk as Buffer]);
+    for (;;) {
+      const newline = pending.indexOf(0x0a);
+      if (newline >= 0 && newline < LINE_BUFFER_BYTES - 1) yield take(newline + 1);
+      else if (pending.length >= LINE_BUFFER_BYTES - 1) yield take(LINE_BUFFER_BYTES - 1);
+      else break;
     }
   }
-  pending += decoder.end();
-  if (pending !== '') yield pending;
+  if (pending.length > 0) yield take(pending.length);
 }
 
 /** Run the `-c` commands, or else the commands read from stdin; true if all succeeded. */
