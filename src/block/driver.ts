@@ -318,6 +318,8 @@ export interface BlockDriver<S = unknown> {
   readonly removesFailedImage?: boolean;
   /** `qemu-img create` options in QEMU's order, and the creation itself (on a protocol node opened by the caller). */
   readonly createOptions?: readonly CreateOptionSpec[];
+  /** Protocol create options the format takes for itself, unlisted (LUKS: `preallocation`, for its payload). */
+  readonly takesProtocolCreateOptions?: readonly string[];
   /** Refuses bad create options before the image file is made (QEMU's drivers parse them first). */
   checkCreateOptions?(request: CreateRequest): void;
   create?(file: BdrvChild, request: CreateRequest): Promise<void>;

@@ -11,6 +11,7 @@ import { FileLock } from './file-locks.js';
 import { canAlignBuffers, ioBuffer, isAlignedInMemory } from '../io-buffers.js';
 import { probeDirectAlignment, type DirectAlignment } from './file-direct.js';
 import { hostPath } from '../byte-strings.js';
+import { checkPreallocationOption } from './raw.js';
 
 interface FileState {
   handle: FileHandle;
@@ -233,6 +234,7 @@ export const fileDriver: BlockDriver<FileState> = {
   },
 
   checkCreateOptions(request) {
+    checkPreallocationOption(request.options);
     // The hint goes to the kernel as 32 bits.
     if (Number(request.options.extent_size_hint ?? 0) > 0xffffffff) throw new BlkioError('EINVAL', 'Extent size hint is too large');
   },

@@ -104,6 +104,7 @@ export const luksDriver: BlockDriver<LuksState> = {
     ...LUKS_CIPHER_CREATE_OPTIONS,
   ],
   removesFailedImage: true,
+  takesProtocolCreateOptions: ['preallocation'],
 
   checkCreateOptions(request) {
     createSettings(request.options);
@@ -116,7 +117,9 @@ export const luksDriver: BlockDriver<LuksState> = {
     const { header, area } = await createLuks(settings, password);
     const firstSlot = header.slots[0]!;
     const written = firstSlot.keyOffset * SECTOR_SIZE + header.keyBytes * firstSlot.stripes;
-    await file.truncate(area.length + request.size, true, String(request.options.preallocation ?? 'off'));
+    // QEMU's LUKS creation takes metadata preallocation for none: the header is all its metadata.
+    const prealloc = String(request.options.preallocation ?? 'off');
+    await file.truncate(area.length + request.size, true, prealloc === 'metadata' ? 'off' : prealloc);
     await file.write(0, written, area.subarray(0, written));
   },
 

@@ -269,16 +269,34 @@ export async function createImageFile(
   if (protocol.name !== 'file' && !protocol.create) throw new BlkioError('ENOTSUP', `Protocol driver '${protocol.name}' does not support image creation`);
   const creator = driver.kind === 'protocol' ? layer.driver('raw')! : driver;
   creator.checkCreateOptions?.(request);
-  protocol.checkCreateOptions?.(request);
+  const forProtocol = creator.name === 'raw' ? request : protocolCreateRequest(creator, request);
+  protocol.checkCreateOptions?.(forProtocol);
   if (protocol.name !== 'file') {
     await withExistingNode(layer, protocol, request, creator);
     return;
   }
-  await withEmptyFile(layer, request.filename, creator.removesFailedImage ?? false, (edge) => creator.create!(edge, {
-    ...request,
-    // As QEMU does, a further file whose image could not be made is not left behind.
-    withNewFile: (filename, use) => withEmptyFile(layer, filename, true, use),
-  }));
+  await withEmptyFile(layer, request.filename, creator.removesFailedImage ?? false, async (edge) => {
+    // raw's creation is the protocol's own; other formats first make the file as QEMU's
+    // bdrv_create_file does, which refuses a preallocation mode the protocol lacks (metadata).
+    // (A device, which a path may name, is taken as it is.)
+    if (creator.name !== 'raw' && edge.node.driver.create) await edge.create(forProtocol);
+    await creator.create!(edge, {
+      ...request,
+      // As QEMU does, a further file whose image could not be made is not left behind.
+      withNewFile: (filename, use) => withEmptyFile(layer, filename, true, use),
+    });
+  });
+}
+
+/**
+ * What a format leaves to the protocol's creation, as QEMU's format drivers hand it on: the
+ * options the format does not take itself (a vpc image's `preallocation` is the file's), and
+ * no size, which the format took.
+ */
+function protocolCreateRequest(creator: BlockDriver<any>, request: CreateRequest): CreateRequest {
+  const own = new Set([...(creator.createOptions ?? []).map((option) => option.name), ...(creator.takesProtocolCreateOptions ?? [])]);
+  const options = Object.fromEntries(Object.entries(request.options).filter(([name]) => !own.has(name)));
+  return { filename: request.filename, size: 0, options };
 }
 
 /**
