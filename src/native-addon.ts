@@ -1,7 +1,7 @@
 /**
  * blkio's own N-API addon (native/, built by `npm install` into build/Release): the file-system
  * calls Node's fs lacks (src/drivers/file-native.ts) and qcow2's compression codecs from the
- * system libraries (src/drivers/qcow2/codecs.ts). Each user declares the exports it needs.
+ * system libraries (src/drivers/cluster-codecs.ts). Each user declares the exports it needs.
  *
  * The addon is loaded on first use. When it is missing or fails to load, or BLKIO_NO_NATIVE=1
  * is set, `nativeAddon()` returns undefined, quietly: every user has a pure-JS fallback.

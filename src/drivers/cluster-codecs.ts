@@ -1,15 +1,19 @@
 /**
- * The two qcow2 compression types, on whole clusters. With blkio's addon and the system
+ * Compression of whole image clusters, by qcow2's compression type numbers (qcow v1 uses zlib's).
+ * With blkio's addon and the system
  * libz.so.1 / libzstd.so.1 (the libraries QEMU links), the work runs in native code on libuv's
  * thread pool and a cluster compresses to exactly QEMU's bytes. Without them: Node's zlib
  * deflates with QEMU's parameters (a valid stream, but other bytes, since Node bundles another
  * deflate implementation), zstd clusters are read with the pure-JS fzstd and none are written
  * (the caller stores the cluster uncompressed, as QEMU does when compression saves nothing).
  */
-import { errno } from '../../errors.js';
-import { lazyBuiltin } from '../../lazy-builtin.js';
-import { nativeAddon } from '../../native-addon.js';
-import { COMPRESSION_ZLIB } from './header.js';
+import { errno } from '../errors.js';
+import { lazyBuiltin } from '../lazy-builtin.js';
+import { nativeAddon } from '../native-addon.js';
+
+/** The compression types (qcow2's header field values). */
+export const COMPRESSION_ZLIB = 0;
+export const COMPRESSION_ZSTD = 1;
 
 /** The addon's codec exports (native/codecs.c); `type` is the header's compression type. */
 interface CodecAddon {

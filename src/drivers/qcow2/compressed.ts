@@ -4,7 +4,7 @@
  */
 import { errno } from '../../errors.js';
 import { debugEvent } from '../../block/io.js';
-import { decompressCluster } from './codecs.js';
+import { decompressCluster } from '../cluster-codecs.js';
 import { HI_COMPRESSED } from './entries.js';
 import { getClusterTable, l2Offset, readL2, writeL2, type L2Entry } from './mapping.js';
 import { allocBytes, compressedDescriptor } from './refcount.js';

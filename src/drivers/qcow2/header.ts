@@ -4,6 +4,10 @@
  */
 import { BlkioError } from '../../errors.js';
 import { cString, latin1CString, nameBytes } from '../../byte-strings.js';
+import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from '../cluster-codecs.js';
+
+/** The header's compression types are the codecs' type numbers. */
+export { COMPRESSION_ZLIB, COMPRESSION_ZSTD };
 
 export const QCOW_MAGIC = 0x514649fb;
 export const MIN_CLUSTER_BITS = 9;
@@ -31,8 +35,6 @@ export const AUTOCLEAR_BITMAPS = 1n;
 export const AUTOCLEAR_DATA_FILE_RAW = 2n;
 export const AUTOCLEAR_MASK = 3n;
 
-export const COMPRESSION_ZLIB = 0;
-export const COMPRESSION_ZSTD = 1;
 export const COMPRESSION_NAMES = ['zlib', 'zstd'] as const;
 
 export const EXT_END = 0;

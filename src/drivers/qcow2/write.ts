@@ -6,7 +6,7 @@
 import { errno } from '../../errors.js';
 import { debugEvent } from '../../block/io.js';
 import { abortAllocations, allocHostOffset, handleAllocSpace, linkAllocations, mergeCow, type HostRange } from './allocation.js';
-import { compressCluster } from './codecs.js';
+import { compressCluster } from '../cluster-codecs.js';
 import { encryptedCopy } from './crypto.js';
 import { allocCompressedCluster } from './compressed.js';
 import { preventMetadataOverwrite } from './overlap.js';

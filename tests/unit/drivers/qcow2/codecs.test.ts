@@ -1,8 +1,7 @@
 /** qcow2 cluster codecs: native round trips, QEMU's exact bytes, QEMU's acceptance rules, and the pure-JS fallback. */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
-import { compressCluster, decompressCluster } from '../../../../src/drivers/qcow2/codecs.js';
-import { COMPRESSION_ZLIB, COMPRESSION_ZSTD } from '../../../../src/drivers/qcow2/header.js';
+import { compressCluster, COMPRESSION_ZLIB, COMPRESSION_ZSTD, decompressCluster } from '../../../../src/drivers/cluster-codecs.js';
 import { nativeAddon } from '../../../../src/native-addon.js';
 import { BlkioError } from '../../../../src/errors.js';
 import { haveQemu, qemuImg, qemuIo, tempDir } from './helpers.js';
@@ -131,10 +130,10 @@ describe('without the addon', () => {
     vi.resetModules();
   });
 
-  async function fallbackCodecs(): Promise<typeof import('../../../../src/drivers/qcow2/codecs.js')> {
+  async function fallbackCodecs(): Promise<typeof import('../../../../src/drivers/cluster-codecs.js')> {
     vi.stubEnv('BLKIO_NO_NATIVE', '1');
     vi.resetModules();
-    return import('../../../../src/drivers/qcow2/codecs.js');
+    return import('../../../../src/drivers/cluster-codecs.js');
   }
 
   it("zlib: Node's deflate writes a stream that both codecs read", async () => {
