@@ -274,7 +274,10 @@ Run the ${command} command of '${COMMAND_NAME}' on IMAGE, with the options of '$
 `;
 }
 
-/** Commands that only look at the image: `blkio read|map|alloc|info|length` open it read-only. */
+/**
+ * Commands that only look at the image: `blkio read|map|alloc|info|length` open it read-only,
+ * unless -C asks them to copy what they read into it.
+ */
 const READ_ONLY_COMMANDS = ['read', 'map', 'alloc', 'info', 'length'];
 
 /**
@@ -288,7 +291,7 @@ export async function runDirect(command: string, argv: string[]): Promise<number
   };
   const opts = parseProgramOptions(session, argv, spec, () => directUsageText(command));
   if (opts instanceof ProgramExit) return opts.status;
-  if (READ_ONLY_COMMANDS.includes(command)) opts.mode.readOnly = true;
+  if (READ_ONLY_COMMANDS.includes(command) && !opts.mode.copyOnRead) opts.mode.readOnly = true;
   const usesGraph = opts.blockdevs.length > 0 || opts.drives.length > 0;
   const image = usesGraph ? undefined : opts.operands[0];
   const args = usesGraph ? opts.operands : opts.operands.slice(1);

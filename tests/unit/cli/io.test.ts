@@ -91,6 +91,14 @@ describe('direct subcommands', () => {
     expect(readFileSync(img)[512]).toBe(0x5a);
   });
 
+  it('copy on read with -C, opening the image read-write for it', async () => {
+    const img = join(dir, 'a.raw');
+    writeFileSync(img, Buffer.alloc(4096));
+    expect(await runDirect('read', ['-C', '-f', 'raw', img, '-q', '0', '512'])).toBe(0);
+    expect(await runDirect('alloc', ['-C', '-f', 'raw', img, '0'])).toBe(0);
+    expect(out).toBe('512/512 bytes allocated at offset 0 bytes\n');
+  });
+
   it('needs an image', async () => {
     expect(await runDirect('map', ['-f', 'raw'])).toBe(1);
     expect(out).toBe('E: blkio: an image is required: blkio map [options] IMAGE [map arguments]\n');
