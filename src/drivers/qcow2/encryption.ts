@@ -130,6 +130,8 @@ export type EncryptionCreate =
 export function encryptionCreateSettings(options: Record<string, unknown>): EncryptionCreate | undefined {
   const names = Object.keys(options).filter((name) => name.startsWith('encrypt.'));
   if (options.encryption !== true && !names.length) return undefined;
+  // encrypt.* options make QAPI's encrypt union, which has no default format.
+  if (options.encryption !== true && options['encrypt.format'] === undefined) throw invalid("Parameter 'encrypt.format' is missing");
   const format = options.encryption === true && options['encrypt.format'] === undefined
     ? 'aes'
     : enumCreateOption(options, 'encrypt.', 'format', ['aes', 'luks'] as const, 'aes');
