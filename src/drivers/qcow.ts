@@ -4,7 +4,8 @@
  * placed at the end of the file when first needed; a cluster entry may instead point at a
  * zlib-compressed cluster (top bit set, the compressed size in the bits below). As in QEMU
  * 7.2, table entries are written through one at a time and a new cluster is not filled from
- * the backing file (images with one have clusters of one sector for that reason).
+ * the backing file (images with one have clusters of one sector for that reason). AES images
+ * encrypt each sector by its guest offset (compressed clusters stay plain, as QEMU stores them).
  */
 import { BlkioError, errno } from '../errors.js';
 import { ROLE_IMAGE, type BlockDriver, type CreateRequest } from '../block/driver.js';

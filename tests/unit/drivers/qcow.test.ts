@@ -1,43 +1,17 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BlockBackend } from '../../../src/block/backend.js';
-import { BlockLayer } from '../../../src/block/graph.js';
-import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../../../src/block/permissions.js';
-import { createImageFile } from '../../../src/commands/img/create.js';
-import { allDrivers } from '../../../src/drivers/index.js';
-import { fileDriver } from '../../../src/drivers/file.js';
 import { qcowDriver } from '../../../src/drivers/qcow.js';
+import { createImage, withImage } from './format-images.js';
 import { haveQemu, qemuImg, qemuIo, tempDir } from './qcow2/helpers.js';
 
 const tmp = tempDir();
 afterAll(() => tmp.remove());
 
-async function createQcow(filename: string, size: number): Promise<void> {
-  const layer = new BlockLayer(allDrivers);
-  try {
-    await createImageFile(layer, qcowDriver, fileDriver, { filename, size, options: { size } });
-  } finally {
-    await layer.closeAll();
-  }
-}
-
-async function withQcow(filename: string, use: (blk: BlockBackend) => Promise<void>): Promise<void> {
-  const layer = new BlockLayer(allDrivers);
-  const node = await layer.openNode(filename, { driver: 'qcow' });
-  const blk = BlockBackend.attach(node, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
-  try {
-    await use(blk);
-  } finally {
-    blk.detach();
-    await layer.closeAll();
-  }
-}
-
 describe('qcow', () => {
   it('reads back what it wrote, compressed clusters too, and refuses partial compressed writes', async () => {
     const name = tmp.path('rw.qcow');
-    await createQcow(name, 1 << 20);
-    await withQcow(name, async (blk) => {
+    await createImage(qcowDriver, name, 1 << 20);
+    await withImage(qcowDriver, name, {}, async (blk) => {
       await blk.write(4096, 4096, new Uint8Array(4096).fill(7), 0);
       await blk.writeCompressed(8192, 4096, new Uint8Array(4096).fill(9));
       await expect(blk.writeCompressed(16384, 1024, new Uint8Array(1024))).rejects.toThrow('Invalid argument');
@@ -56,11 +30,11 @@ describe.skipIf(!haveQemu)('qcow against QEMU 7.2', () => {
   it('creates and allocates clusters as qemu-img and qemu-io do', async () => {
     const ours = tmp.path('ours.qcow');
     const theirs = tmp.path('theirs.qcow');
-    await createQcow(ours, 10 << 20);
+    await createImage(qcowDriver, ours, 10 << 20);
     qemuImg('create', '-q', '-f', 'qcow', theirs, '10M');
     expect(readFileSync(ours).equals(readFileSync(theirs))).toBe(true);
     const writes: Array<[number, number, number]> = [[5000, 3000, 0x11], [3 << 20, 512, 0x22], [9 << 20, 8192, 0x33]];
-    await withQcow(ours, async (blk) => {
+    await withImage(qcowDriver, ours, {}, async (blk) => {
       for (const [offset, bytes, value] of writes) await blk.write(offset, bytes, new Uint8Array(bytes).fill(value), 0);
     });
     qemuIo(theirs, writes.map(([offset, bytes, value]) => `write -P ${value} ${offset} ${bytes}`), 'qcow');
