@@ -564,7 +564,12 @@ export async function nodeFlush(node: BlockNode): Promise<void> {
 export function checkNewLength(size: number): void {
   // Sizes from 2^63 up are negative to QEMU's int64_t.
   if (!Number.isInteger(size) || size < 0 || size >= 2 ** 63) throw new BlkioError('EINVAL', 'Image size cannot be negative');
-  if (size > MAX_NODE_LENGTH) throw new BlkioError('EIO', `offset(${BigInt(size)}) exceeds maximum(${BigInt(MAX_NODE_LENGTH)})`);
+  if (size > MAX_NODE_LENGTH) throw lengthPastMaximum(BigInt(size));
+}
+
+/** QEMU's error for a new length past the largest a node may have (exact: the command line's int64). */
+export function lengthPastMaximum(size: bigint): BlkioError {
+  return new BlkioError('EIO', `offset(${size}) exceeds maximum(${BigInt(MAX_NODE_LENGTH)})`);
 }
 
 export async function childTruncate(child: BdrvChild, size: number, exact: boolean, prealloc: string, flags = 0): Promise<void> {

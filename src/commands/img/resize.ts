@@ -5,16 +5,12 @@
  * negative size is not read as an option.
  */
 import { BlkioError } from '../../errors.js';
-import { parseSizeOption } from '../../options/qemuopts.js';
+import { parseSizeOptionExact } from '../../options/qemuopts.js';
+import { lengthPastMaximum, MAX_NODE_LENGTH } from '../../block/io.js';
 import { ExitStatus, openImg, reportError, reportWarning, runSubcommand, UsageError, withLayer, writeOut } from './common.js';
 import { IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 export const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'] as const;
-
-/** qemu-img computes sizes in int64: from 2^63 up they wrap to negative. */
-function toInt64(n: number): number {
-  return n >= 2 ** 63 ? n - 2 ** 64 : n;
-}
 
 export function imgResize(argv: string[]): Promise<number> {
   return runSubcommand(async () => {
@@ -40,14 +36,16 @@ export function imgResize(argv: string[]): Promise<number> {
     });
     if (operands.length !== 1) throw new UsageError('Expecting image file name and size');
     const relative = sizeArg.startsWith('+') ? 1 : sizeArg.startsWith('-') ? -1 : 0;
-    const size = parseSizeOption('size', relative ? sizeArg.slice(1) : sizeArg, 'qemuopts', reportWarning);
-    const n = toInt64(size);
+    // qemu-img computes sizes in int64 (from 2^63 up they wrap to negative), exactly: a size near
+    // 2^63 stays itself, where a JavaScript number would round it.
+    const n = BigInt.asIntN(64, parseSizeOptionExact('size', relative ? sizeArg.slice(1) : sizeArg, 'qemuopts', reportWarning));
 
     return withLayer(objects, async (layer) => {
       const blk = await openImg(layer, { filename: operands[0], format, imageOpts, resize: true });
       const current = blk.getLength();
-      const total = toInt64(relative ? current + n * relative : n);
-      if (total <= 0) throw new BlkioError('EINVAL', 'New image size must be positive');
+      const exactTotal = BigInt.asIntN(64, relative ? BigInt(current) + n * BigInt(relative) : n);
+      if (exactTotal <= 0n) throw new BlkioError('EINVAL', 'New image size must be positive');
+      const total = Number(exactTotal);
       if (total <= current && prealloc !== 'off') throw new BlkioError('EINVAL', 'Preallocation can only be used for growing images');
       if (total < current && !shrink) {
         reportError(new BlkioError('EINVAL', 'Use the --shrink option to perform a shrink operation.'));
@@ -55,6 +53,7 @@ export function imgResize(argv: string[]): Promise<number> {
           'Before performing such an operation, make sure there is no important data there.');
         throw new ExitStatus(1);
       }
+      if (exactTotal > BigInt(MAX_NODE_LENGTH)) throw lengthPastMaximum(exactTotal);
       await blk.truncate(total, true, prealloc);
       await blk.flush();
       if (!quiet) writeOut('Image resized.\n');
