@@ -160,19 +160,22 @@ function takesDebugEvents(node: BlockNode | undefined): boolean {
 
 export async function childRead(child: BdrvChild, offset: number, bytes: number, buf: Uint8Array, flags: number): Promise<void> {
   checkBufferRequest(offset, bytes);
-  // Past the end there are only zeros, also at offsets beyond 2^53 (corrupt qcow2 entries
-  // reach 2^56; QEMU's limit is just below 2^63).
-  if (offset >= child.node.getLength()) {
+  const node = child.node;
+  const align = node.limits.requestAlignment;
+  if (bytes === 0) {
+    // An empty read at an aligned offset reaches the driver, as in QEMU: filters pass it on,
+    // blkdebug may fail it, and copy-on-read copies the cluster around the offset.
+    if (offset % align !== 0 || !Number.isSafeInteger(offset)) return;
+  } else if (offset >= node.getLength()) {
+    // Past the end there are only zeros, also at offsets beyond 2^53 (corrupt qcow2 entries
+    // reach 2^56; QEMU's limit is just below 2^63).
     buf.fill(0, 0, bytes);
     return;
   }
   checkRange(offset, bytes);
-  if (bytes === 0) return;
   if (flags & REQ_COPY_ON_READ) {
     requirePerm(child, PERM_WRITE_UNCHANGED, PERM_WRITE | PERM_WRITE_UNCHANGED, 'copy on read into');
   }
-  const node = child.node;
-  const align = node.limits.requestAlignment;
   const start = roundDown(offset, align);
   const end = roundUp(offset + bytes, align);
   if (start === offset && end === offset + bytes) {
@@ -191,7 +194,8 @@ async function alignedRead(node: BlockNode, offset: number, bytes: number, buf: 
     const granularity = nodeInfo(node).clusterSize ?? node.limits.requestAlignment;
     const finish = await beginRequest(node, roundDown(offset, granularity), roundUp(offset + bytes, granularity), true);
     try {
-      const { allocated, pnum } = await isAllocated(node, offset, bytes);
+      // Nothing counts as allocated for an empty read (QEMU's block status of 0 bytes).
+      const { allocated, pnum } = bytes > 0 ? await isAllocated(node, offset, bytes) : { allocated: false, pnum: 0 };
       if (allocated && pnum >= bytes) {
         if (!(flags & REQ_PREFETCH)) await driverRead(node, offset, bytes, buf, flags & ~REQ_COPY_ON_READ);
       } else {
@@ -215,6 +219,7 @@ async function driverRead(node: BlockNode, offset: number, bytes: number, buf: U
   const read = node.driver.read;
   if (!read) throw errno('ENOTSUP');
   flags &= node.driver.supportedReadFlags?.(node) ?? 0;
+  if (bytes === 0) return read.call(node.driver, node, offset, 0, buf, flags);
   const length = node.getLength();
   const readable = Math.max(0, Math.min(bytes, roundUp(length, node.limits.requestAlignment) - offset));
   if (readable < bytes) buf.fill(0, readable, bytes);
@@ -309,8 +314,10 @@ export async function childWrite(child: BdrvChild, offset: number, bytes: number
   }
   checkRange(offset, bytes);
   checkWritePerm(child, flags);
-  if (bytes === 0) return;
   const node = child.node;
+  // An empty data write at an aligned offset reaches the driver, as in QEMU (blkdebug may fail
+  // it); an empty zero write does nothing.
+  if (bytes === 0 && (flags & REQ_ZERO_WRITE || offset % node.limits.requestAlignment !== 0)) return;
   if (offset + bytes > node.getLength() && !(child.perm & PERM_RESIZE)) throw errno('EIO');
   if (!(flags & REQ_ZERO_WRITE) && buf && node.detectZeroes !== 'off' && isZeroBuffer(buf.subarray(0, bytes))) {
     flags |= REQ_ZERO_WRITE;
@@ -415,6 +422,7 @@ async function driverWrite(node: BlockNode, offset: number, bytes: number, buf: 
   const emulateFua = (flags & REQ_FUA) !== 0 && !(supported & REQ_FUA);
   flags &= supported;
   const max = driverMaxTransfer(node);
+  if (bytes === 0) await write.call(node.driver, node, offset, 0, buf, flags);
   for (let done = 0; done < bytes; done += max) {
     const n = Math.min(max, bytes - done);
     await write.call(node.driver, node, offset + done, n, buf.subarray(done, done + n), flags);

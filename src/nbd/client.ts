@@ -666,12 +666,13 @@ export class NbdClient {
   // -------------------------------------------------------------------------------------------
   // Commands
 
+  // Empty reads and writes (the block layer passes them down) need no request.
   async read(offset: number, length: number, buffer: Uint8Array): Promise<void> {
-    await this.request(CMD_READ, 0, offset, length, undefined, buffer);
+    if (length > 0) await this.request(CMD_READ, 0, offset, length, undefined, buffer);
   }
 
   async write(offset: number, data: Uint8Array, length: number, fua: boolean): Promise<void> {
-    await this.request(CMD_WRITE, fua ? CMD_FLAG_FUA : 0, offset, length, data);
+    if (length > 0) await this.request(CMD_WRITE, fua ? CMD_FLAG_FUA : 0, offset, length, data);
   }
 
   /** `flags`: CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_FAST_ZERO. */
