@@ -16,7 +16,10 @@ import { MAX_NODE_LENGTH } from '../block/io.js';
 import { updateEdgePerms } from '../block/graph.js';
 import { defaultChildPerms, PERM_ALL } from '../block/permissions.js';
 import { roundUp } from '../arithmetic.js';
+import { lazyBuiltin } from '../lazy-builtin.js';
 import { fileAllocatedSize, readBytes, view } from './format-helpers.js';
+
+const md5 = lazyBuiltin<typeof import('node:crypto')>('node:crypto');
 
 const SECTOR = 512;
 const HEADER_BYTES = 64;
@@ -26,6 +29,11 @@ const MAGIC_CLUSTERS = 'WithouFreSpacExt';
 const VERSION = 2;
 const INUSE_MAGIC = 0x746f6e59;
 const EXTENSION_MAGIC = 0xab234cef23dcea87n;
+const DIRTY_BITMAP_FEATURE_MAGIC = 0x20385fae252cb34an;
+/** Magic and MD5 checksum. */
+const EXTENSION_HEADER_BYTES = 24;
+/** Magic, flags, data size and a reserved word. */
+const FEATURE_HEADER_BYTES = 24;
 const DEFAULT_CLUSTER_SIZE = 1024 * 1024;
 const DEFAULT_PREALLOC_SIZE = 128 * 1024 * 1024;
 const INT32_MAX = 0x7fffffff;
@@ -191,11 +199,33 @@ function parsePreallocMode(value: unknown): ParallelsState['preallocMode'] {
   return mode as ParallelsState['preallocMode'];
 }
 
-/** A format extension cluster starts with its magic; what follows (dirty bitmaps) is not read. */
-async function checkFormatExtension(file: BdrvChild, offset: number): Promise<void> {
-  const magic = view(await readBytes(file, offset, 8)).getBigUint64(0, true);
+/** Checked as QEMU reads a format extension cluster (read-only opens): magic, MD5 of the rest, and its features. */
+async function checkFormatExtension(file: BdrvChild, offset: number, clusterSize: number, totalSectors: number): Promise<void> {
+  const cluster = await readBytes(file, offset, clusterSize);
+  const v = view(cluster);
+  const magic = v.getBigUint64(0, true);
   if (magic !== EXTENSION_MAGIC) {
     throw new BlkioError('EINVAL', `Wrong parallels Format Extension magic: 0x${magic.toString(16)}, expected: 0x${EXTENSION_MAGIC.toString(16)}`);
+  }
+  const body = cluster.subarray(EXTENSION_HEADER_BYTES);
+  const digest = md5().createHash('md5').update(body).digest();
+  if (!digest.equals(cluster.subarray(8, EXTENSION_HEADER_BYTES))) {
+    throw new BlkioError('EINVAL', 'Wrong checksum in Format Extension header. Format extension is corrupted.');
+  }
+  for (let at = EXTENSION_HEADER_BYTES; at + FEATURE_HEADER_BYTES <= clusterSize;) {
+    const featureMagic = v.getBigUint64(at, true);
+    if (v.getBigUint64(at + 8, true) !== 0n) throw new BlkioError('EINVAL', 'Flags for extension feature are unsupported');
+    if (featureMagic === 0n) return;
+    const dataSize = v.getUint32(at + 16, true);
+    at += FEATURE_HEADER_BYTES;
+    if (dataSize > clusterSize - at) throw new BlkioError('EINVAL', 'Feature data_size exceedes Format Extension cluster');
+    if (featureMagic !== DIRTY_BITMAP_FEATURE_MAGIC) throw new BlkioError('EINVAL', `Unknown feature: 0x${featureMagic.toString(16)}`);
+    // Dirty bitmaps are not loaded (QEMU loads them as bitmaps that no qemu-img output shows); their size is checked.
+    const bitmapSectors = dataSize >= 8 ? v.getBigUint64(at, true) : 0n;
+    if (bitmapSectors !== BigInt(totalSectors)) {
+      throw new BlkioError('EINVAL', `Bitmap size (in sectors) ${bitmapSectors} differs from disk size in sectors ${totalSectors}`);
+    }
+    at += dataSize;
   }
 }
 
@@ -230,7 +260,7 @@ async function openImage(node: BlockNode<ParallelsState>, file: BdrvChild, opts:
   const extOff = s.headerView.getBigUint64(H.extOff, true);
   if (extOff !== 0n) {
     // The extension (dirty bitmaps) would go stale under writes: QEMU reads it only read-only.
-    if (node.readOnly) await checkFormatExtension(file, Number(extOff) * SECTOR);
+    if (node.readOnly) await checkFormatExtension(file, Number(extOff) * SECTOR, tracks * SECTOR, totalSectors);
     else node.layer.warn('warning: Format Extension ignored in RW mode');
   }
   if (!node.readOnly) {
