@@ -123,6 +123,8 @@ async function allocateRun(node: BlockNode<ParallelsState>, sector: number, coun
   const s = node.state;
   const first = Math.floor(sector / s.tracks);
   const clusters = Math.ceil((sector + count) / s.tracks) - first;
+  // A disk larger than its BAT has clusters with no entry (QEMU 7.2 asserts on writing one).
+  if (first + clusters > s.batSize) throw errno('EIO');
   let space = clusters * s.tracks;
   if (s.dataEnd + space > Math.floor(s.file.getLength() / SECTOR)) {
     space += s.preallocSectors;

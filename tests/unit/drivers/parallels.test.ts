@@ -38,6 +38,20 @@ describe('parallels', () => {
   });
 });
 
+describe('parallels with a BAT shorter than the disk', () => {
+  it('fails a write past the BAT with EIO and leaves the image as it was', async () => {
+    const name = tmp.path('short-bat.parallels');
+    await createImage(parallelsDriver, name, 3 << 20, { cluster_size: 65536 });
+    const bytes = readFileSync(name);
+    bytes.writeUInt32LE(2, 32);
+    writeFileSync(name, bytes);
+    await withImage(parallelsDriver, name, {}, async (blk) => {
+      await expect(blk.write(2 << 20, 4096, new Uint8Array(4096), 0)).rejects.toThrow('Input/output error');
+    });
+    expect(readFileSync(name).equals(bytes)).toBe(true);
+  });
+});
+
 describe.skipIf(!haveQemu)('parallels against QEMU 7.2', () => {
   it('creates and allocates clusters as qemu-img and qemu-io do', async () => {
     const ours = tmp.path('ours.parallels');
