@@ -603,10 +603,12 @@ type VmStateHook = 'saveVmState' | 'loadVmState';
 
 /** bdrv_save_vmstate / bdrv_load_vmstate: no permission checks or tracking, as in QEMU. */
 export async function nodeVmState(node: BlockNode, hook: VmStateHook, pos: number, bytes: number, buf: Uint8Array): Promise<void> {
-  checkRange(pos, bytes);
+  // QEMU's bounds first: up to them a node without VM state answers ENOTSUP.
+  if (!(pos >= 0 && bytes >= 0 && pos + bytes <= MAX_NODE_LENGTH)) throw errno('EIO');
   // The node that keeps the VM state.
   const target = node.primaryNodeWith(hook);
   if (!target) throw errno('ENOTSUP');
+  checkRange(pos, bytes);
   await target.driver[hook]!(target, pos, bytes, buf);
 }
 
