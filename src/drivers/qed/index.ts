@@ -5,7 +5,7 @@
  * table, and the L2 table (or L1 entry) is written after the data, so a crash leaks clusters at
  * worst; an image without a backing file is marked as needing a check while it allocates.
  */
-import { BlkioError, errno, errnoError, toBlkioError } from '../../errors.js';
+import { BlkioError, errno, errnoError } from '../../errors.js';
 import { ROLE_IMAGE, type BlockDriver, type CreateRequest } from '../../block/driver.js';
 import type { BdrvChild } from '../../block/child.js';
 import { STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../block/flags.js';
@@ -15,7 +15,7 @@ import { defaultChildPerms, PERM_ALL } from '../../block/permissions.js';
 import { Mutex } from '../../block/mutex.js';
 import { roundDown, roundUp } from '../../arithmetic.js';
 import { cString, nameBytes } from '../../byte-strings.js';
-import { fileAllocatedSize, readBytes } from '../format-helpers.js';
+import { fileAllocatedSize, openFailure, readBytes } from '../format-helpers.js';
 import {
   BACKING_NAME_MAX, DEFAULT_CLUSTER_SIZE, DEFAULT_TABLE_SIZE, F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK,
   HEADER_BYTES, isClusterSizeValid, isImageSizeValid, isTableSizeValid, magicOf, MAX_CLUSTER_SIZE, MAX_TABLE_SIZE,
@@ -306,9 +306,7 @@ export const qedDriver: BlockDriver<QedState> = {
   async open(node, ctx) {
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
     return openImage(node, file).catch((e: unknown) => {
-      // A failure without a text of its own is named after the file, as bdrv_open_driver does.
-      const err = toBlkioError(e);
-      throw err.message === err.strerror ? err.prepend(`Could not open '${file.node.filename}': `) : err;
+      throw openFailure(file, e);
     });
   },
 

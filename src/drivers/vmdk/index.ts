@@ -3,7 +3,7 @@
  * descriptor (descriptor.ts), embedded in a monolithic sparse file or a file of its own
  * (monolithicFlat, twoGbMaxExtent*, vmfs); creation is create.ts.
  */
-import { BlkioError, errno, toBlkioError } from '../../errors.js';
+import { BlkioError, errno } from '../../errors.js';
 import { ROLE_DATA, ROLE_IMAGE, ROLE_METADATA, type BlockDriver, type CheckResult } from '../../block/driver.js';
 import type { BdrvChild } from '../../block/child.js';
 import type { OpenContext } from '../../block/graph.js';
@@ -18,6 +18,7 @@ import {
   VMDK4_MAGIC, writeGrain, type Extent,
 } from './extent.js';
 import { checkVmdkCreateOptions, createVmdk, VMDK_CREATE_OPTIONS } from './create.js';
+import { openFailure } from '../format-helpers.js';
 
 interface VmdkState {
   file: BdrvChild;
@@ -218,9 +219,7 @@ export const vmdkDriver: BlockDriver<VmdkState> = {
   async open(node, ctx) {
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
     return openImage(node, ctx, file).catch((e: unknown) => {
-      // A failure without a text of its own is named after the file, as bdrv_open_driver does.
-      const err = toBlkioError(e);
-      throw err.message === err.strerror ? err.prepend(`Could not open '${file.node.filename}': `) : err;
+      throw openFailure(file, e);
     });
   },
 
