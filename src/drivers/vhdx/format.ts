@@ -6,7 +6,7 @@
 import { crc32c } from '../../crc32c.js';
 import { view } from '../format-helpers.js';
 
-export const KiB = 1024;
+const KiB = 1024;
 export const MiB = 1024 * 1024;
 
 export const FILE_SIGNATURE = 'vhdxfile';
@@ -32,13 +32,13 @@ export const H = {
   logVersion: 64, version: 66, logLength: 68, logOffset: 72,
 } as const;
 
-export const REGION_ENTRY_BYTES = 32;
 export const REGION_ENTRY_REQUIRED = 1;
-export const METADATA_ENTRY_BYTES = 32;
+/** Region and metadata table entries alike. */
+const TABLE_ENTRY_BYTES = 32;
 export const METADATA_IS_VIRTUAL_DISK = 2;
 export const METADATA_IS_REQUIRED = 4;
 /** The metadata table with its most entries: a 32-byte header and 2047 entries. */
-export const METADATA_TABLE_MAX_BYTES = METADATA_ENTRY_BYTES * 2048;
+export const METADATA_TABLE_MAX_BYTES = TABLE_ENTRY_BYTES * 2048;
 
 export const PARAMS_LEAVE_BLOCKS_ALLOCATED = 1;
 export const PARAMS_HAS_PARENT = 2;
@@ -46,7 +46,7 @@ export const PARAMS_HAS_PARENT = 2;
 export const BLOCK_SIZE_MIN = MiB;
 export const BLOCK_SIZE_MAX = 256 * MiB;
 /** Payload sectors one sector bitmap block covers: the chunk ratio is this many sectors' worth of blocks. */
-export const MAX_SECTORS_PER_BLOCK = 1 << 23;
+const MAX_SECTORS_PER_BLOCK = 1 << 23;
 
 /** Payload block states (the BAT entry's low three bits). */
 export const BLOCK_NOT_PRESENT = 0;
@@ -69,7 +69,7 @@ export const GUID = {
   parentLocator: '2d5fd3a80bb34d45abf7d3d84834ab0c',
 } as const;
 
-export function hexOf(bytes: Uint8Array): string {
+function hexOf(bytes: Uint8Array): string {
   let s = '';
   for (const b of bytes) s += b.toString(16).padStart(2, '0');
   return s;
@@ -92,7 +92,7 @@ export function isZeroGuid(bytes: Uint8Array): boolean {
 }
 
 /** The CRC-32C of `block` with its 4-byte checksum field at `field` taken as zero. */
-export function checksumOf(block: Uint8Array, field: number): number {
+function checksumOf(block: Uint8Array, field: number): number {
   const copy = block.slice();
   copy.fill(0, field, field + 4);
   return crc32c(copy);
@@ -115,36 +115,31 @@ export function u64(v: DataView, at: number): number {
   return Number(v.getBigUint64(at, true));
 }
 
-export interface RegionEntry {
+/** A region table or metadata table entry: a GUID, where its object is, how long, and flags. */
+export interface TableEntry {
   guid: string;
-  fileOffset: number;
-  length: number;
-  dataBits: number;
-}
-
-export function regionEntryAt(table: Uint8Array, index: number): RegionEntry {
-  const at = 16 + index * REGION_ENTRY_BYTES;
-  const v = view(table);
-  return {
-    guid: hexOf(table.subarray(at, at + 16)), fileOffset: u64(v, at + 16), length: v.getUint32(at + 24, true),
-    dataBits: v.getUint32(at + 28, true),
-  };
-}
-
-export interface MetadataEntry {
-  guid: string;
+  /** In the file (region) or in the metadata region (metadata item). */
   offset: number;
   length: number;
   dataBits: number;
 }
 
-export function metadataEntryAt(table: Uint8Array, index: number): MetadataEntry {
-  const at = 32 + index * METADATA_ENTRY_BYTES;
+/** Entry `index` of a table whose entries (32 bytes each) start at `first`, with an 8- or 4-byte offset. */
+function tableEntryAt(table: Uint8Array, first: number, index: number, offsetBytes: 4 | 8): TableEntry {
+  const at = first + index * TABLE_ENTRY_BYTES;
   const v = view(table);
   return {
-    guid: hexOf(table.subarray(at, at + 16)), offset: v.getUint32(at + 16, true), length: v.getUint32(at + 20, true),
-    dataBits: v.getUint32(at + 24, true),
+    guid: hexOf(table.subarray(at, at + 16)), offset: offsetBytes === 8 ? u64(v, at + 16) : v.getUint32(at + 16, true),
+    length: v.getUint32(at + 16 + offsetBytes, true), dataBits: v.getUint32(at + 20 + offsetBytes, true),
   };
+}
+
+export function regionEntryAt(table: Uint8Array, index: number): TableEntry {
+  return tableEntryAt(table, 16, index, 8);
+}
+
+export function metadataEntryAt(table: Uint8Array, index: number): TableEntry {
+  return tableEntryAt(table, 32, index, 4);
 }
 
 /** The logical sector size, the only one QEMU 7.2 reads or creates. */

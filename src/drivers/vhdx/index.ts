@@ -21,7 +21,7 @@ import {
   BLOCK_UNDEFINED, BLOCK_UNMAPPED, BLOCK_UNMAPPED_V095, BLOCK_ZERO, chunkRatioOf, FILE_SIGNATURE, GUID, H, HEADER1_OFFSET,
   HEADER2_OFFSET, HEADER_BLOCK_BYTES, HEADER_BYTES, HEADER_SIGNATURE, hasValidChecksum, METADATA_IS_REQUIRED,
   METADATA_SIGNATURE, METADATA_TABLE_MAX_BYTES, metadataEntryAt, MiB, newGuid, PARAMS_HAS_PARENT, REGION_ENTRY_REQUIRED,
-  REGION_SIGNATURE, REGION_TABLE_OFFSET, regionEntryAt, SECTOR, TABLE_BYTES, u64, type MetadataEntry, type RegionEntry,
+  REGION_SIGNATURE, REGION_TABLE_OFFSET, regionEntryAt, SECTOR, TABLE_BYTES, u64, type TableEntry,
 } from './format.js';
 import { logWriteAndFlush, openLog } from './log.js';
 import { userVisibleWrite, type VhdxState } from './state.js';
@@ -75,17 +75,17 @@ async function readHeaders(file: BdrvChild): Promise<{ headers: [Uint8Array, Uin
 }
 
 /** The region table's BAT and metadata entries, checked as QEMU does. */
-async function readRegionTable(s: VhdxState, report: (line: string) => void): Promise<{ bat: RegionEntry; metadata: RegionEntry }> {
+async function readRegionTable(s: VhdxState, report: (line: string) => void): Promise<{ bat: TableEntry; metadata: TableEntry }> {
   const table = await readBytes(s.file, REGION_TABLE_OFFSET, TABLE_BYTES);
   if (!hasValidChecksum(table, 4) || view(table).getUint32(0, true) !== REGION_SIGNATURE) throw invalid();
   const count = view(table).getUint32(8, true);
   if (count > 2047) throw invalid();
-  let bat: RegionEntry | undefined;
-  let metadata: RegionEntry | undefined;
+  let bat: TableEntry | undefined;
+  let metadata: TableEntry | undefined;
   for (let i = 0; i < count; i++) {
     const entry = regionEntryAt(table, i);
-    if (overlappingRegion(s, entry.fileOffset, entry.length, report)) throw invalid();
-    registerRegion(s, entry.fileOffset, entry.length);
+    if (overlappingRegion(s, entry.offset, entry.length, report)) throw invalid();
+    registerRegion(s, entry.offset, entry.length);
     if (entry.guid === GUID.bat || entry.guid === GUID.metadata) {
       if ((entry.guid === GUID.bat ? bat : metadata) !== undefined) throw invalid();
       if (entry.guid === GUID.bat) bat = entry;
@@ -101,12 +101,12 @@ async function readRegionTable(s: VhdxState, report: (line: string) => void): Pr
 const REQUIRED_METADATA = [GUID.fileParameters, GUID.virtualDiskSize, GUID.page83, GUID.logicalSectorSize, GUID.physicalSectorSize];
 
 /** The metadata items the driver uses, checked in QEMU's order. */
-async function readMetadata(s: VhdxState, region: RegionEntry): Promise<void> {
-  const table = await readBytes(s.file, region.fileOffset, METADATA_TABLE_MAX_BYTES);
+async function readMetadata(s: VhdxState, region: TableEntry): Promise<void> {
+  const table = await readBytes(s.file, region.offset, METADATA_TABLE_MAX_BYTES);
   if (new TextDecoder('latin1').decode(table.subarray(0, 8)) !== METADATA_SIGNATURE) throw invalid();
   const count = view(table).getUint16(10, true);
   if (count * 32 > METADATA_TABLE_MAX_BYTES - 32) throw invalid();
-  const found = new Map<string, MetadataEntry>();
+  const found = new Map<string, TableEntry>();
   for (let i = 0; i < count; i++) {
     const entry = metadataEntryAt(table, i);
     if (REQUIRED_METADATA.includes(entry.guid as never) || entry.guid === GUID.parentLocator) {
@@ -118,7 +118,7 @@ async function readMetadata(s: VhdxState, region: RegionEntry): Promise<void> {
   }
   if (!REQUIRED_METADATA.every((guid) => found.has(guid))) throw errno('ENOTSUP');
   const item = (guid: string, bytes: number): Promise<DataView> =>
-    readBytes(s.file, region.fileOffset + found.get(guid)!.offset, bytes).then(view);
+    readBytes(s.file, region.offset + found.get(guid)!.offset, bytes).then(view);
   const params = await item(GUID.fileParameters, 8);
   if (params.getUint32(4, true) & PARAMS_HAS_PARENT) throw errno(found.has(GUID.parentLocator) ? 'ENOTSUP' : 'EINVAL');
   const virtualDiskSize = u64(await item(GUID.virtualDiskSize, 8), 0);
@@ -193,7 +193,7 @@ async function openVhdx(node: BlockNode<VhdxState>, file: BdrvChild): Promise<Vh
   s.logReplayedOnOpen = await openLog(s, node.readOnly, file.node.filename);
   const regions = await readRegionTable(s, report);
   await readMetadata(s, regions.metadata);
-  s.batOffset = regions.bat.fileOffset;
+  s.batOffset = regions.bat.offset;
   if (s.batEntries > regions.bat.length / 8) throw invalid();
   s.bat = await readBytes(file, s.batOffset, regions.bat.length);
   s.batView = view(s.bat);
@@ -212,7 +212,7 @@ function translate(s: VhdxState, offset: number, bytes: number): { index: number
   return { index, state, fileOffset: base === 0n ? 0 : Number(base) + inBlock, inBlock, avail };
 }
 
-/** Give block `index` new space at the file's end (whole MiB), zeroed by the truncation where it can. */
+/** New space for a block at the file's end (whole MiB); `zeroed`: it reads as zeroes, by the truncation or as not asked for. */
 async function allocateBlock(s: VhdxState, needZero: boolean): Promise<{ offset: number; zeroed: boolean }> {
   const offset = Math.ceil(s.file.getLength() / MiB) * MiB;
   if (needZero) {
@@ -333,7 +333,10 @@ export const vhdxDriver: BlockDriver<VhdxState> = {
 
   getInfo: (node) => ({ clusterSize: node.state.blockSize, vmStateOffset: 0 }),
 
-  /** Nothing to repair: a dirty log was replayed by the read-write open, which counts as one fixed corruption. */
+  /**
+   * Nothing to repair: a dirty log was replayed by the read-write open, which counts as one fixed
+   * corruption. The BAT faults go out as QEMU's error_report lines (with the program name).
+   */
   async check(node): Promise<CheckResult> {
     const s = node.state;
     const corruptions = checkBatEntries(s, (line) => node.layer.warn(line), false);

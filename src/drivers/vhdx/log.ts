@@ -214,7 +214,7 @@ async function replay(s: VhdxState, log: LogPosition, count: number): Promise<vo
       }
       await applyDescriptor(s, d, data);
     }
-    // QEMU grows the file only when the last offset is no whole MiB.
+    // QEMU grows the file only when the last offset is no whole MiB, and ignores a failure.
     const last = header.lastFileOffset;
     if (BigInt(fileLength) < last && last % BigInt(MiB) !== 0n) {
       await s.file.truncate(Number((last / BigInt(MiB) + 1n) * BigInt(MiB)), false).catch(() => undefined);
