@@ -1,41 +1,15 @@
 import { copyFileSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BlockBackend } from '../../../src/block/backend.js';
-import { BlockLayer } from '../../../src/block/graph.js';
 import type { BlockNode } from '../../../src/block/node.js';
-import { PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE } from '../../../src/block/permissions.js';
-import { createImageFile } from '../../../src/commands/img/create.js';
-import { allDrivers } from '../../../src/drivers/index.js';
-import { fileDriver } from '../../../src/drivers/file.js';
 import { qedDriver } from '../../../src/drivers/qed/index.js';
 import { isImageSizeValid, maxImageSize } from '../../../src/drivers/qed/header.js';
 import type { QedState } from '../../../src/drivers/qed/tables.js';
 import { haveQemu, qemuImg, qemuImgStatus, qemuIo, tempDir } from './qcow2/helpers.js';
+import { createImage, withImage } from './image-helpers.js';
 
 const tmp = tempDir();
 afterAll(() => tmp.remove());
-
-async function createQed(filename: string, size: number, options: Record<string, string | number> = {}): Promise<void> {
-  const layer = new BlockLayer(allDrivers);
-  try {
-    await createImageFile(layer, qedDriver, fileDriver, { filename, size, options: { size, ...options } });
-  } finally {
-    await layer.closeAll();
-  }
-}
-
-async function withQed(filename: string, use: (blk: BlockBackend) => Promise<void>): Promise<void> {
-  const layer = new BlockLayer(allDrivers);
-  const node = await layer.openNode(filename, { driver: 'qed' });
-  const blk = BlockBackend.attach(node, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
-  try {
-    await use(blk);
-  } finally {
-    blk.detach();
-    await layer.closeAll();
-  }
-}
 
 describe('qed header rules', () => {
   it('computes the largest image in 64 bits, as QEMU does: large clusters wrap it to 0', () => {
@@ -49,16 +23,16 @@ describe('qed header rules', () => {
 
   it('refuses to open an image whose tables are one cluster (as QEMU 7.2 does)', async () => {
     const filename = tmp.path('one.qed');
-    await createQed(filename, 1 << 20, { table_size: 1 });
-    await expect(withQed(filename, async () => {})).rejects.toThrow('QED table offset is invalid');
+    await createImage(qedDriver, filename, 1 << 20, { table_size: 1 });
+    await expect(withImage('qed', filename, async () => {})).rejects.toThrow('QED table offset is invalid');
   });
 
   it('counts leaked clusters and leaves the file as it is', async () => {
     const filename = tmp.path('leaks.qed');
-    await createQed(filename, 1 << 20);
-    await withQed(filename, (blk) => blk.write(0, 4096, new Uint8Array(4096).fill(1)));
+    await createImage(qedDriver, filename, 1 << 20);
+    await withImage('qed', filename, (blk) => blk.write(0, 4096, new Uint8Array(4096).fill(1)));
     truncateSync(filename, readFileSync(filename).length + 3 * 65536);
-    await withQed(filename, async (blk) => {
+    await withImage('qed', filename, async (blk) => {
       const result = await qedDriver.check!(blk.root.node as BlockNode<QedState>, undefined, () => {});
       expect(result).toMatchObject({ leaks: 3, corruptions: 0, allocatedClusters: 1, totalClusters: 16 });
     });
@@ -69,11 +43,11 @@ describe.skipIf(!haveQemu)('qed against QEMU 7.2', () => {
   it('creates and allocates clusters as qemu-img and qemu-io do', async () => {
     const ours = tmp.path('ours.qed');
     const theirs = tmp.path('theirs.qed');
-    await createQed(ours, 4 << 20, { cluster_size: 4096, table_size: 2 });
+    await createImage(qedDriver, ours, 4 << 20, { cluster_size: 4096, table_size: 2 });
     qemuImg('create', '-q', '-f', 'qed', '-o', 'cluster_size=4k,table_size=2', theirs, '4M');
     expect(readFileSync(ours).equals(readFileSync(theirs))).toBe(true);
     const writes: Array<[number, number, number]> = [[3 << 20, 10000, 0x11], [1000, 5000, 0x22], [(1 << 20) - 100, 300, 0x33]];
-    await withQed(ours, async (blk) => {
+    await withImage('qed', ours, async (blk) => {
       for (const [offset, bytes, value] of writes) await blk.write(offset, bytes, new Uint8Array(bytes).fill(value));
       await blk.writeZeroes(2 << 20, 64 << 10, 0);
     });
@@ -118,19 +92,19 @@ describe.skipIf(!haveQemu)('qed with damaged tables, against QEMU 7.2', () => {
     copyFileSync(theirs, ours);
     const writes: Array<[number, number, number]> = [[2 << 20, 8192, 5], [40 << 10, 8192, 6], [3 << 20, 4096, 7]];
     spawnSync('qemu-io', ['-f', 'qed', ...writes.flatMap(([offset, bytes, value]) => ['-c', `write -P ${value} ${offset} ${bytes}`]), theirs]);
-    await withQed(ours, async (blk) => {
+    await withImage('qed', ours, async (blk) => {
       // A write that meets a damaged entry fails, as in QEMU; the next ones still run.
       for (const [offset, bytes, value] of writes) await blk.write(offset, bytes, new Uint8Array(bytes).fill(value)).catch(() => {});
     });
     expect(readFileSync(ours).equals(readFileSync(theirs))).toBe(true);
     const reported = JSON.parse(qemuImgStatus('check', '--output=json', theirs).stdout) as Record<string, number>;
-    await withQed(ours, async (blk) => {
+    await withImage('qed', ours, async (blk) => {
       const result = await qedDriver.check!(blk.root.node as BlockNode<QedState>, undefined, () => {});
       expect([result.corruptions, result.leaks, result.allocatedClusters, result.fragmentedClusters])
         .toEqual([reported.corruptions ?? 0, reported.leaks ?? 0, reported['allocated-clusters'], reported['fragmented-clusters'] ?? 0]);
     });
     qemuImgStatus('check', '-r', 'all', theirs);
-    await withQed(ours, async (blk) => {
+    await withImage('qed', ours, async (blk) => {
       await qedDriver.check!(blk.root.node as BlockNode<QedState>, 'all', () => {});
     });
     expect(readFileSync(ours).equals(readFileSync(theirs))).toBe(true);
