@@ -111,32 +111,50 @@ export async function writeGuest(s: Qcow2State, offset: number, bytes: number, b
   if (error !== undefined) throw error;
 }
 
+/** Clusters of one compressed write that QEMU compresses at a time (QCOW2_MAX_WORKERS). */
+const COMPRESSION_WORKERS = 8;
+
 /**
  * `write -c`: whole clusters (the last one may end at the image end), each compressed on its own.
  * An empty request ends a run of compressed writes: the file is padded to whole sectors, as QEMU
- * does, since compressed data ends anywhere.
+ * does, since compressed data ends anywhere. A cluster that fails (one already allocated) fails
+ * the request, but as in QEMU the clusters being compressed alongside it are still written.
  */
 export async function writeCompressedGuest(s: Qcow2State, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
   if (hasDataFile(s)) throw errno('ENOTSUP');
   if (bytes === 0) return s.file.truncate(Math.ceil(s.file.getLength() / SECTOR) * SECTOR, false);
   if (offsetIntoCluster(s, offset)) throw errno('EINVAL');
   if (offsetIntoCluster(s, bytes) && offset + bytes !== s.size) throw errno('EINVAL');
-  for (let done = 0; done < bytes; done += s.clusterSize) {
-    const chunk = Math.min(s.clusterSize, bytes - done);
-    // Only a partial last cluster needs a zero-padded copy.
-    let cluster = buf.subarray(done, done + chunk);
-    if (chunk < s.clusterSize) {
-      cluster = new Uint8Array(s.clusterSize);
-      cluster.set(buf.subarray(done, done + chunk));
+  let failure: unknown;
+  let end = bytes;
+  for (let done = 0; done < end; done += s.clusterSize) {
+    try {
+      await writeCompressedCluster(s, offset + done, buf.subarray(done, done + Math.min(s.clusterSize, bytes - done)));
+    } catch (e) {
+      if (failure !== undefined) continue;
+      failure = e;
+      // The clusters in flight with it, and the next one, which was waiting for its place.
+      end = Math.min(bytes, done + (COMPRESSION_WORKERS + 1) * s.clusterSize);
     }
-    const compressed = await compressCluster(s.header.compressionType, cluster);
-    if (!compressed) {
-      // Incompressible: an ordinary write.
-      await writeGuest(s, offset + done, chunk, buf.subarray(done, done + chunk));
-      continue;
-    }
-    const host = await s.lock.run(() => allocCompressedCluster(s, offset + done, compressed.length));
-    debugEvent(s.file.node, 'write_compressed');
-    await s.file.write(host, compressed.length, compressed);
   }
+  if (failure !== undefined) throw failure;
+}
+
+/** One cluster of a compressed write (`data` may be short at the image end). */
+async function writeCompressedCluster(s: Qcow2State, offset: number, data: Uint8Array): Promise<void> {
+  // Only a partial last cluster needs a zero-padded copy.
+  let cluster = data;
+  if (data.length < s.clusterSize) {
+    cluster = new Uint8Array(s.clusterSize);
+    cluster.set(data);
+  }
+  const compressed = await compressCluster(s.header.compressionType, cluster);
+  if (!compressed) {
+    // Incompressible: an ordinary write.
+    await writeGuest(s, offset, data.length, data);
+    return;
+  }
+  const host = await s.lock.run(() => allocCompressedCluster(s, offset, compressed.length));
+  debugEvent(s.file.node, 'write_compressed');
+  await s.file.write(host, compressed.length, compressed);
 }
