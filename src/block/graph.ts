@@ -29,6 +29,11 @@ export interface OpenFlags {
    * write permission).
    */
   copyOnRead?: boolean;
+  /**
+   * QEMU's BDRV_O_NO_IO (qemu-img info): formats open only what describing them needs. Unset
+   * for a root, which takes the layer's `openWithoutIo`.
+   */
+  withoutIo?: boolean;
 }
 
 /** A root node's flags: probe the format, no inherited options. */
@@ -56,6 +61,8 @@ export class OpenContext {
     readonly opts: ParsedOptions,
     /** The node's effective options (defaults included): what its children inherit. */
     readonly effective: FlatOptions,
+    /** Opened without I/O (QEMU's BDRV_O_NO_IO): what its children opened by the driver inherit. */
+    readonly withoutIo: boolean,
   ) {}
 
   /** Take the `prefix.*` options (removing them), e.g. a list like blkdebug's `inject-error`. */
@@ -80,7 +87,7 @@ export class OpenContext {
   async openChild(
     name: string, role: number, opts: { filename?: string; allowNone?: boolean; openErrorPrefix?: string } = {},
   ): Promise<BdrvChild | undefined> {
-    const flags = childFlags(this.effective, this.node.driver.kind === 'protocol', this.node.driver.kind === 'format', role);
+    const flags = childFlags(this.effective, this.node.driver.kind === 'protocol', this.node.driver.kind === 'format', role, this.withoutIo);
     let child: OpenedChild | undefined;
     try {
       child = await this.layer.openChildNode(this.remaining, name, opts.filename, flags, opts.allowNone ?? false);
@@ -104,7 +111,9 @@ export class OpenContext {
  * QEMU's inheritance rules for a child in `role` of a node with `parent` options: whether it is
  * opened as a protocol (no probing), and which options flow down as defaults.
  */
-function childFlags(parent: FlatOptions, parentIsProtocol: boolean, parentIsFormat: boolean, role: number): OpenFlags {
+function childFlags(
+  parent: FlatOptions, parentIsProtocol: boolean, parentIsFormat: boolean, role: number, withoutIo: boolean,
+): OpenFlags {
   let protocol = parentIsProtocol;
   // Plain data children of non-formats (quorum, blkverify) are probed ...
   if (!parentIsFormat && role & ROLE_DATA && !(role & (ROLE_METADATA | ROLE_FILTERED))) protocol = false;
@@ -125,7 +134,7 @@ function childFlags(parent: FlatOptions, parentIsProtocol: boolean, parentIsForm
     copy('auto-read-only');
   }
   inherited.discard = 'unmap';
-  return { protocol, inherited };
+  return { protocol, inherited, withoutIo };
 }
 
 /** How many leading bytes of a file format probing looks at (QEMU 7.2 reads one sector). */
@@ -305,8 +314,8 @@ export class BlockLayer {
     try {
       if (!protocol) {
         // Formats and filters: the file child first (it may be needed for probing); the driver
-        // then finds it by name.
-        file = await this.openChildNode(options, 'file', filename, childFlags(effective, false, true, ROLE_IMAGE), true);
+        // then finds it by name. QEMU opens it before the node has its flags: never without I/O.
+        file = await this.openChildNode(options, 'file', filename, childFlags(effective, false, true, ROLE_IMAGE, false), true);
         if (file) options.file = file.node.nodeName;
       }
       let probed = false;
@@ -338,7 +347,7 @@ export class BlockLayer {
         const value = parsed[key];
         node.openOptions[key] = typeof value === 'bigint' ? Number(value) : (value as OptionScalar);
       }
-      ctx = new OpenContext(this, node, options, parsed, effective);
+      ctx = new OpenContext(this, node, options, parsed, effective, flags.withoutIo ?? this.openWithoutIo);
       node.state = await driver.open(node, ctx);
       // The children so far take their permissions (and file locks) before the backing file
       // opens, as QEMU's attach does, so a backing chain that reuses a file fails as there.

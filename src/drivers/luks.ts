@@ -51,7 +51,7 @@ export const luksDriver: BlockDriver<LuksState> = {
   async open(_node, ctx) {
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
     const lookupObject = (id: string): unknown => ctx.layer.objects.get(id);
-    const withoutIo = ctx.layer.openWithoutIo;
+    const withoutIo = ctx.withoutIo;
     const password = withoutIo ? undefined : keySecret(ctx.opts['key-secret'], lookupObject);
     const header = parseLuksHeader(await readBytes(file, 0, LUKS_HEADER_BYTES));
     const cipherSpec = luksCipherSpec(header);

@@ -144,7 +144,8 @@ export const rawDriver: BlockDriver<RawState> = {
     let file = node.state.file.node;
     while (!file.driver.getInfo && file.filteredChild) file = file.filteredChild.node;
     if (!file.driver.getInfo) throw errno('ENOTSUP');
-    return nodeInfo(file);
+    // Being encrypted is a node's own property (bs->encrypted): raw over LUKS is not.
+    return { ...nodeInfo(file), encrypted: false };
   },
 
   describeOptions: (node) => ({

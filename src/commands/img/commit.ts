@@ -45,7 +45,7 @@ export function imgCommit(argv: string[]): Promise<number> {
     checkCacheMode(cache);
     const sigint = cancelOnSigint();
     return withLayer(objects, async (layer) => {
-      const open = (extraOptions: FlatOptions) => openImg(layer, { filename, format, imageOpts, cache, extraOptions });
+      const open = (extraOptions: FlatOptions) => openImg(layer, { filename, format, imageOpts, cache, unmap: true, extraOptions });
       // Opened before the progress starts, as qemu-img does; the job reopens it only to make the base writable.
       let blk = await open({});
       const progress = new Progress(parseProgressMode(progressOption, showProgress, quiet), { percentOf: floatPercent });

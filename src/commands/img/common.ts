@@ -125,6 +125,8 @@ export interface ImgOpenSpec {
   resize?: boolean;
   /** Other users may only read (convert's sources). */
   noShare?: boolean;
+  /** Discards reach the file (QEMU's BDRV_O_UNMAP): only commit asks for it. */
+  unmap?: boolean;
   extraOptions?: FlatOptions;
 }
 
@@ -151,6 +153,7 @@ export async function openImg(layer: BlockLayer, spec: ImgOpenSpec): Promise<Blo
     forceShare: spec.forceShare,
     cache: spec.cache,
     defaultCache: 'writeback',
+    discard: spec.unmap ? 'unmap' : 'ignore',
     noBacking: spec.noBacking,
     noShare: spec.noShare,
   };

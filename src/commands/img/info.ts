@@ -58,7 +58,8 @@ export async function queryImageInfo(node: BlockNode): Promise<ImageInfo> {
   if (di) {
     if (di.clusterSize) info['cluster-size'] = di.clusterSize;
     info['dirty-flag'] = di.isDirty ?? false;
-    if (di.encrypted) info.encrypted = true;
+    // The node's own flag (bs->encrypted): a filter above an encrypted image is not encrypted.
+    if (di.encrypted && node.driver.getInfo) info.encrypted = true;
   }
   const snapshots = snapshotInfoList(node);
   if (snapshots.length) info.snapshots = snapshots;

@@ -81,7 +81,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
     };
     const s = await loadState(file, {
       readOnly: node.readOnly, opts: ctx.opts, discardUnmap: node.discardUnmap, checkMode: node.layer.openForCheck,
-      encryptOptions, takeFilePermissions,
+      encryptOptions, takeFilePermissions, withoutIo: ctx.withoutIo,
     });
     s.node = node;
     await openDataFile(s, ctx);
@@ -397,7 +397,7 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
  * it closed, as QEMU does, and ignores whatever describes it.
  */
 async function openDataFile(s: Qcow2State, ctx: OpenContext): Promise<void> {
-  if (ctx.layer.openWithoutIo) {
+  if (ctx.withoutIo) {
     ctx.takeOptions('data-file');
     delete ctx.remaining['data-file'];
     return;

@@ -193,6 +193,8 @@ export interface LoadOptions {
    * write during the open (QEMU's attach has granted them by then).
    */
   takeFilePermissions?: () => void;
+  /** Opened without I/O (qemu-img info): the encryption key is not needed. */
+  withoutIo?: boolean;
   /** Reporting of unsupported incompatible features needs the feature table. */
 }
 
@@ -259,10 +261,10 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
     unknownHeaderFields, unknownExtensions: [], snapshots: [], snapshotsSize: 0,
     inflight: new Set(), signaledCorruption: false, unusable: false,
   };
-  // QEMU checks the method with the runtime options, after the L1 table.
+  // QEMU checks the method with the runtime options (last among them), after the L1 table.
+  applyRuntimeOptions(s, runtimeOptions(s, o.opts, o.discardUnmap));
   const encryptOptions = o.encryptOptions ?? {};
   checkEncryptOptions(h.cryptMethod, encryptOptions);
-  applyRuntimeOptions(s, runtimeOptions(s, o.opts, o.discardUnmap));
 
   debugEvent(file.node, 'reftable_load');
   try {
@@ -294,7 +296,7 @@ export async function loadState(file: BdrvChild, o: LoadOptions): Promise<Qcow2S
     const layer = file.node.layer;
     const opened = await openEncryption(file, {
       cryptMethod: h.cryptMethod, options: encryptOptions, cryptoExtension: ext.cryptoHeader,
-      withoutIo: layer.openWithoutIo, lookupObject: (id) => layer.objects.get(id),
+      withoutIo: o.withoutIo ?? false, lookupObject: (id) => layer.objects.get(id),
     });
     s.encryption = opened.encryption;
     s.encryptionInfo = opened.info;
