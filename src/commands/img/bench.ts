@@ -89,15 +89,14 @@ export function imgBench(argv: string[]): Promise<number> {
     const filename = oneImageName(operands);
     if (!params.write && params.flushInterval) throw new BlkioError('EINVAL', '--flush-interval is only available in write tests');
     if (params.flushInterval && params.flushInterval < params.depth) throw new BlkioError('EINVAL', "Flush interval can't be smaller than depth");
-    // QEMU 7.2 waits forever for requests it never sends.
-    if (params.depth === 0 && params.count > 0) throw new BlkioError('EINVAL', 'Invalid queue depth specified');
-
     return withLayer(undefined, async (layer) => {
       const blk = await openImg(layer, { filename, format, imageOpts, readOnly: !params.write, forceShare, cache });
       // Linux native AIO needs O_DIRECT on the host files QEMU would open with it.
       if (nativeAio && !DIRECT_CACHE_MODES.includes(cache ?? 'writeback') && usesHostFiles(blk.node)) {
         throw new BlkioError('EINVAL', `Could not open '${filename}': aio=native was specified, but it requires cache.direct=on, which was not specified.`);
       }
+      // QEMU 7.2 opens the image, then waits forever for requests it never sends.
+      if (params.depth === 0 && params.count > 0) throw new BlkioError('EINVAL', 'Invalid queue depth specified');
       const step = params.step || params.bufferSize;
       writeOut(
         `Sending ${params.count} ${params.write ? 'write' : 'read'} requests, ${params.bufferSize} bytes each, ` +
