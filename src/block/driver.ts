@@ -350,6 +350,11 @@ export interface BlockDriver<S = unknown> {
   snapshotCreate?(node: BlockNode<S>, info: Omit<SnapshotInfo, 'id'>): Promise<void>;
   /** Throws the plain errno (ENOENT: no snapshot has this ID or name). */
   snapshotGoto?(node: BlockNode<S>, idOrName: string): Promise<void>;
+  /**
+   * A driver without snapshots is closed and opened again around a snapshot revert of its
+   * child (QEMU's bdrv_snapshot_goto fallback): what its open reports, it reports again here.
+   */
+  reopenedAroundSnapshotGoto?(node: BlockNode<S>): void;
   snapshotDelete?(node: BlockNode<S>, id: string, name: string): Promise<void>;
   /** Read a snapshot instead of the current state (read-only nodes); the snapshot is matched by what is given. */
   snapshotLoadTmp?(node: BlockNode<S>, id: string | undefined, name: string | undefined): Promise<void>;

@@ -42,6 +42,17 @@ export async function createSnapshot(node: BlockNode, info: Omit<SnapshotInfo, '
 
 /** Revert to a snapshot (by ID, else by name), with bdrv_snapshot_goto's error texts. */
 export async function gotoSnapshot(node: BlockNode, idOrName: string): Promise<void> {
+  // The drivers passed on the way down are opened again afterwards, innermost first.
+  const passed: BlockNode[] = [];
+  for (let layer: BlockNode | undefined = node; layer && !layer.driver.snapshotList; layer = fallbackChild(layer)) passed.unshift(layer);
+  try {
+    await gotoSnapshotBelow(node, idOrName);
+  } finally {
+    for (const layer of passed) layer.driver.reopenedAroundSnapshotGoto?.(layer);
+  }
+}
+
+async function gotoSnapshotBelow(node: BlockNode, idOrName: string): Promise<void> {
   const n = snapshotNode(node);
   // Persistent bitmaps track the current state; reverting would make them lie.
   for (const layer of new Set([node, n])) {

@@ -30,6 +30,12 @@ export function checkPreallocationOption(options: CreateRequest['options']): voi
   if (!PREALLOC_MODES.includes(prealloc)) throw new BlkioError('EINVAL', `invalid parameter value: ${prealloc}`);
 }
 
+function probedRawWarning(filename: string): string {
+  return `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+    '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+    "         Specify the 'raw' format explicitly to remove the restrictions.";
+}
+
 function window(s: RawState, offset: number, bytes: number, isWrite: boolean): number {
   if (s.size !== undefined && offset > s.size - bytes) throw errno(isWrite ? 'ENOSPC' : 'EINVAL');
   return s.offset + offset;
@@ -77,14 +83,12 @@ export const rawDriver: BlockDriver<RawState> = {
     const role = offset === 0n && size === undefined ? ROLE_FILTER_CHILD : ROLE_IMAGE;
     const file = (await ctx.openChild('file', role))!;
     const window = checkedWindow(offset, size, file.getLength());
-    if (node.probed && !node.readOnly) {
-      ctx.warn(
-        `WARNING: Image format was not specified for '${file.node.filename}' and probing guessed raw.\n` +
-          '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-          "         Specify the 'raw' format explicitly to remove the restrictions.",
-      );
-    }
+    if (node.probed && !node.readOnly) ctx.warn(probedRawWarning(file.node.filename));
     return { file, ...window };
+  },
+
+  reopenedAroundSnapshotGoto(node) {
+    if (node.probed && !node.readOnly) node.layer.warn(probedRawWarning(node.state.file.node.filename));
   },
 
   prepareReopen(node, opts) {
