@@ -12,7 +12,7 @@ import { PROGRAM } from '../../cli/run.js';
 import { formatFixed, scanUnsigned } from '../../options/size.js';
 import { isCacheMode } from '../../cli/open-image.js';
 import { AIO_MODES, DIRECT_CACHE_MODES, usesHostFiles } from '../io/open.js';
-import { ExitStatus, imgCvtnum, oneImageName, openImg, runSubcommand, withLayer, writeErr, writeOut } from './common.js';
+import { imgCvtnum, oneImageName, openImg, runSubcommand, withLayer, writeOut } from './common.js';
 import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs } from './options.js';
 
 const INT_MAX = 2 ** 31 - 1;
@@ -123,24 +123,12 @@ function runBench(blk: BlockBackend, p: BenchParams): Promise<void> {
   let remaining = p.count;
   let inFlight = 0;
   let nextOffset = p.offset;
-  /** Requests and flushes not settled yet: after a failure the run ends when they have. */
-  let outstanding = 0;
-  let failed = false;
-  return new Promise((resolve, reject) => {
-    const settled = (): boolean => {
-      outstanding--;
-      if (failed && outstanding === 0) reject(new ExitStatus(1));
-      return !failed;
-    };
-    const fail = (what: string, e: unknown): void => {
-      // QEMU exits at the first failure: only that one is reported.
-      if (!failed) writeErr(`${PROGRAM}: ${what}: ${toBlkioError(e).strerror}\n`);
-      failed = true;
-      settled();
-    };
+  return new Promise((resolve) => {
+    // QEMU exits at the first failure: the requests still in flight are abandoned and nothing
+    // cached is written back (a write past the end leaves the image as it was).
+    const fail = (what: string, e: unknown): never => blk.node.layer.fatal(`${PROGRAM}: ${what}: ${toBlkioError(e).strerror}`);
     const track = (request: Promise<void>, then: () => void, what: string): void => {
-      outstanding++;
-      request.then(() => settled() && then(), (e) => fail(what, e));
+      request.then(then, (e) => fail(what, e));
     };
     const submit = (): void => {
       while (remaining > inFlight && inFlight < p.depth) {
