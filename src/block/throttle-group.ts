@@ -91,7 +91,7 @@ const TARGETS = limitTargets();
 
 /** An int64 option value from keyval text, or from JSON (`typed`: a string is the wrong type there). */
 function integerOption(name: string, value: OptionValue, typed: boolean): number {
-  if (typed || typeof value === 'number') return parseInteger(name, value as number, 'qapi');
+  if (typed || typeof value === 'number' || typeof value === 'bigint') return parseInteger(name, value as number | bigint, 'qapi');
   return parseInteger(name, typeof value === 'string' ? value : null, 'keyval');
 }
 

@@ -249,9 +249,13 @@ function parseKeyword(word: string): boolean | null {
   throw invalid(`JSON parse error, invalid keyword '${word}'`);
 }
 
-function parseNumberToken(text: string): number {
-  // Integers go through BigInt so that "-0" is the integer 0, as in QEMU.
-  return /^-?\d+$/.test(text) ? Number(BigInt(text)) : Number(text);
+function parseNumberToken(text: string): number | bigint {
+  if (!/^-?\d+$/.test(text)) return Number(text);
+  // Integers go through BigInt so that "-0" is the integer 0, as in QEMU. Those in int64 or
+  // uint64 stay exact; larger ones become doubles, as QEMU's parser makes them.
+  const value = BigInt(text);
+  if (value < -(2n ** 63n) || value >= 2n ** 64n || Number.isSafeInteger(Number(value))) return Number(value);
+  return value;
 }
 
 /** QEMU accepts every code point except surrogates and noncharacters. */
@@ -315,8 +319,8 @@ function parseStringToken(token: string): string {
 /**
  * Parses text in QEMU's JSON dialect (qobject_from_json): exactly one value, error texts as
  * QEMU's (`JSON parse error, premature EOI`, `Expecting a JSON value`, `Expecting at most one
- * JSON value`, ...). Numbers become JavaScript numbers, so integers beyond 2^53 are rounded and
- * `1.0` cannot be told from `1`.
+ * JSON value`, ...). Numbers become JavaScript numbers (integers beyond 2^53 within int64 or
+ * uint64: bigints), so `1.0` cannot be told from `1`.
  */
 export function parseQemuJson(text: string): OptionValue {
   const lexer = new JsonLexer(text);
@@ -352,7 +356,7 @@ function quoteJsonString(text: string): string {
 function formatJsonScalar(value: OptionScalar): string {
   if (typeof value === 'string') return quoteJsonString(value);
   if (typeof value === 'number') return Number.isSafeInteger(value) ? String(value) : formatGeneral(value, 17);
-  return String(value);
+  return String(value); // bigints and booleans
 }
 
 /** A value as QEMU writes compact JSON: `{"a": 1, "b": [1, 2]}`, members in QDict order. */

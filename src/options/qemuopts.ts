@@ -188,6 +188,7 @@ export function qemuOptsValue(value: FlatValue): string | undefined {
   if (typeof value === 'string') return value;
   if (typeof value === 'boolean') return value ? 'on' : 'off';
   if (typeof value === 'number') return Number.isSafeInteger(value) ? String(value) : formatGeneral(value, 17);
+  if (typeof value === 'bigint') return String(value);
   return undefined;
 }
 
@@ -240,6 +241,7 @@ export function parseCInteger(text: string, signed: boolean): bigint | 'invalid'
 export function parseNumber(name: string, value: FlatValue, syntax: OptionSyntax = 'qemuopts'): number {
   if (syntax === 'qapi') {
     // QAPI also takes a negative integer "for backward compatibility", wrapping it to uint64.
+    if (typeof value === 'bigint') return Number(BigInt.asUintN(64, value)); // a JSON integer is within int64 or uint64
     if (typeof value !== 'number' || !Number.isInteger(value) || value < -(2 ** 63) || value >= 2 ** 64) {
       throw invalid(`Parameter '${name}' expects uint64`);
     }
@@ -264,6 +266,7 @@ export function parseNumberExact(name: string, text: string, syntax: TextOptionS
 /** A signed 64-bit integer option (QAPI 'int'); QemuOpts has no signed type. */
 export function parseInteger(name: string, value: FlatValue, syntax: 'keyval' | 'qapi' = 'keyval'): number {
   if (syntax === 'qapi') {
+    if (typeof value === 'bigint' && value < 2n ** 63n) return Number(value);
     if (typeof value !== 'number' || !Number.isInteger(value) || value < -(2 ** 63) || value >= 2 ** 63) {
       throw wrongType(name, 'integer');
     }

@@ -4,8 +4,11 @@
  * flat QDict with dotted keys the block layer passes around (`file.driver`).
  */
 
-/** A leaf value. Keyval and QemuOpts produce only strings; JSON also gives the other kinds. */
-export type OptionScalar = string | number | boolean | null;
+/**
+ * A leaf value. Keyval and QemuOpts produce only strings; JSON also gives the other kinds, with
+ * integers beyond 2^53 that fit int64 or uint64 kept exact as bigints (QEMU's QNum).
+ */
+export type OptionScalar = string | number | bigint | boolean | null;
 
 /** A nested option dictionary (QDict): objects, arrays (QList) and scalars. */
 export interface OptionTree {

@@ -85,7 +85,7 @@ export function formatHumanInfo(info: ImageInfo): string {
   let out =
     `image: ${info.filename}\n` +
     `file format: ${info.format}\n` +
-    `virtual size: ${sizeToStr(size)} (${size} bytes)\n` +
+    `virtual size: ${sizeToStr(size)} (${BigInt(size)} bytes)\n` +
     `disk size: ${info['actual-size'] === undefined ? 'unavailable' : sizeToStr(info['actual-size'])}\n`;
   if (info.encrypted) out += 'encrypted: yes\n';
   if (info['cluster-size'] !== undefined) out += `cluster_size: ${info['cluster-size']}\n`;

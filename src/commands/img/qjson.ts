@@ -41,6 +41,8 @@ export function toQemuJson(value: unknown, level = 0): string {
   const pad = (n: number): string => '\n' + ' '.repeat(4 * n);
   if (value === null || value === undefined) return 'null';
   if (typeof value === 'string') return quote(value);
+  // An integer beyond 2^53 in full digits, as C prints it (String would give 9223372035781034000).
+  if (typeof value === 'number' && Number.isInteger(value) && !Number.isSafeInteger(value)) return String(BigInt(value));
   if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean') return String(value);
   if (Array.isArray(value)) {
     const items = value.map((v) => pad(level + 1) + toQemuJson(v, level + 1));
