@@ -20,7 +20,7 @@ function nullDriver(name: 'null-co' | 'null-aio'): BlockDriver<NullState> {
     protocolPrefix: name,
     options: {
       size: { type: 'exact-size', default: 1 << 30 },
-      'latency-ns': { type: 'number', default: 0 },
+      'latency-ns': { type: 'exact-number', default: 0 },
       'read-zeroes': { type: 'bool', default: false },
     },
     parseFilename(filename) {
@@ -29,15 +29,15 @@ function nullDriver(name: 'null-co' | 'null-aio'): BlockDriver<NullState> {
       }
     },
     async open(node, ctx) {
-      const latency = ctx.opts['latency-ns'] as number;
+      const latency = BigInt(ctx.opts['latency-ns'] as bigint | number);
       // QEMU reads the number as int64: values from 2^63 up are negative there.
-      if (latency < 0 || latency >= 2 ** 63) throw new BlkioError('EINVAL', 'latency-ns is invalid');
+      if (latency >= 2n ** 63n) throw new BlkioError('EINVAL', 'latency-ns is invalid');
       // QEMU 7.2 turns a length from 2^63 up into an errno (or length 0) by truncating the
       // negative int64 to an int; blkio refuses every size beyond the limit the same way.
       const size = BigInt(ctx.opts.size as bigint | number);
       if (size > BigInt(MAX_NODE_LENGTH)) throw new BlkioError('EFBIG', 'Could not refresh total sector count: File too large');
       node.filename = `${name}://`;
-      return { size: Number(size), latencyMs: latency / 1e6, readZeroes: ctx.opts['read-zeroes'] as boolean };
+      return { size: Number(size), latencyMs: Number(latency) / 1e6, readZeroes: ctx.opts['read-zeroes'] as boolean };
     },
     getLength: (node) => node.state.size,
     // Nothing is stored anywhere: `disk size: 0 B`, as QEMU reports it.

@@ -7,6 +7,7 @@
 import { BlkioError } from '../../errors.js';
 import type { BdrvChild } from '../../block/child.js';
 import type { FlatOptions } from '../../options/types.js';
+import { qemuOptsValue } from '../../options/qemuopts.js';
 import { secretData } from '../../block/secret.js';
 import { SectorCipher } from '../../crypto/sector-cipher.js';
 import { legacyAesEncryption, type Qcow2Encryption } from './crypto.js';
@@ -59,7 +60,8 @@ export function cryptoHeaderLocation(extension: Uint8Array): { offset: number; l
 function keySecret(o: EncryptionOpen): Uint8Array {
   const id = o.options['key-secret'];
   if (id === undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
-  return secretData(o.lookupObject, String(id));
+  // A JSON boolean names the secret 'on' or 'off', as QEMU's options read it.
+  return secretData(o.lookupObject, qemuOptsValue(id) ?? String(id));
 }
 
 /** Open the image's encryption; `encryption` is absent when opened without I/O. */
