@@ -54,8 +54,12 @@ function registerRegion(s: VhdxState, start: number, length: number): void {
 async function readHeaders(file: BdrvChild): Promise<{ headers: [Uint8Array, Uint8Array]; current: 0 | 1 }> {
   const noHeader = (e?: unknown): BlkioError =>
     new BlkioError('EINVAL', e === undefined ? 'No valid VHDX header found' : `No valid VHDX header found: ${toBlkioError(e).strerror}`);
-  const blocks = [] as Uint8Array[];
-  for (const offset of [HEADER1_OFFSET, HEADER2_OFFSET]) blocks.push(await readBytes(file, offset, HEADER_BLOCK_BYTES).catch((e) => { throw noHeader(e); }));
+  const blocks: Uint8Array[] = [];
+  for (const offset of [HEADER1_OFFSET, HEADER2_OFFSET]) {
+    blocks.push(await readBytes(file, offset, HEADER_BLOCK_BYTES).catch((e: unknown) => {
+      throw noHeader(e);
+    }));
+  }
   const valid = blocks.map((b) => hasValidChecksum(b, H.checksum) && view(b).getUint32(H.signature, true) === HEADER_SIGNATURE &&
     view(b).getUint16(H.version, true) === 1);
   const headers: [Uint8Array, Uint8Array] = [blocks[0]!.slice(0, HEADER_BYTES), blocks[1]!.slice(0, HEADER_BYTES)];
@@ -160,10 +164,12 @@ function checkBatEntries(s: VhdxState, report: (line: string) => void, stopAtFir
       return stopAtFirst;
     };
     if (offset > INT64_MAX - BigInt(s.blockSize) && fault(`VHDX BAT entry ${i} offset overflow.`)) break;
+    const pastEnd = (which: string, at: bigint): string =>
+      `VHDX BAT entry ${i} ${which} offset ${at} points after end of file (${fileSize}). Image has probably been truncated.`;
     if (offset >= fileSize) {
-      if (fault(`VHDX BAT entry ${i} start offset ${offset} points after end of file (${fileSize}). Image has probably been truncated.`)) break;
+      if (fault(pastEnd('start', offset))) break;
     } else if (offset + blockLength > fileSize) {
-      if (fault(`VHDX BAT entry ${i} end offset ${offset + blockLength - 1n} points after end of file (${fileSize}). Image has probably been truncated.`)) break;
+      if (fault(pastEnd('end', offset + blockLength - 1n))) break;
     }
     // QEMU counts present entries, not indices, to skip what it takes for sector bitmap entries.
     if (payloadBlocks-- > 0) {
@@ -202,7 +208,18 @@ async function openVhdx(node: BlockNode<VhdxState>, file: BdrvChild): Promise<Vh
 }
 
 /** Where guest `offset` lies: its BAT entry, and the bytes of the request up to the block's end. */
-function translate(s: VhdxState, offset: number, bytes: number): { index: number; state: number; fileOffset: number; inBlock: number; avail: number } {
+interface BlockPlace {
+  /** The BAT entry's index and its block state. */
+  index: number;
+  state: number;
+  /** Where `offset` is in the file (0 where the entry gives none), and in its block. */
+  fileOffset: number;
+  inBlock: number;
+  /** Bytes from `offset` to the block's end or the request's. */
+  avail: number;
+}
+
+function translate(s: VhdxState, offset: number, bytes: number): BlockPlace {
   const block = Math.floor(offset / s.blockSize);
   const inBlock = offset - block * s.blockSize;
   const index = batIndexOf(block, s.chunkRatio);

@@ -169,7 +169,9 @@ async function searchLog(s: VhdxState): Promise<LogSequence | undefined> {
       }
       if (!best || run.first.sequence > best.first.sequence) best = run;
     }
-    if (scan.read < tail) break;
+    // Past the buffer's end, the scan is done; so it is back where it started (entries that fill
+    // the whole buffer, where QEMU's scan would go round forever).
+    if (scan.read < tail || (first && scan.read === tail)) break;
   }
   if (best) s.log.sequence = best.first.sequence + 1n;
   return best;
