@@ -14,6 +14,7 @@ import { limitsFrom, type BlockNode } from '../block/node.js';
 import { REQUEST_MAX_BYTES, STATUS_DATA, STATUS_OFFSET_VALID } from '../block/flags.js';
 import { Mutex } from '../block/mutex.js';
 import { roundUp } from '../arithmetic.js';
+import { cString, nameBytes } from '../byte-strings.js';
 import { compressCluster, COMPRESSION_ZLIB, decompressCluster } from './cluster-codecs.js';
 import { fileAllocatedSize, readBytes, view } from './format-helpers.js';
 import { qcowAesCipher, SECTOR_SIZE as CIPHER_SECTOR, type SectorCipher } from '../crypto/sector-cipher.js';
@@ -266,7 +267,7 @@ async function openImage(node: BlockNode<QcowState>, file: BdrvChild, encryptOpt
     const length = v.getUint32(H.backingFileSize);
     if (length > MAX_BACKING_NAME) throw invalid('Backing file name too long');
     const name = await readBytes(file, backingOffset, length);
-    node.backingFile = Buffer.from(name).toString();
+    node.backingFile = cString(name);
   }
   return {
     file, clusterBits, clusterSize: 2 ** clusterBits, l2Bits, l2Size: 2 ** l2Bits,
@@ -302,7 +303,7 @@ function newImage({ size, backingFile, keySecret }: QcowCreateSettings): { heade
   v.setUint32(H.version, VERSION);
   v.setBigUint64(H.size, BigInt(size));
   // A vvfat directory as backing file is not recorded.
-  const name = backingFile !== undefined && backingFile !== 'fat:' ? Buffer.from(backingFile) : new Uint8Array(0);
+  const name = backingFile !== undefined && backingFile !== 'fat:' ? nameBytes(backingFile) : new Uint8Array(0);
   if (name.length) {
     v.setBigUint64(H.backingFileOffset, BigInt(HEADER_BYTES));
     v.setUint32(H.backingFileSize, name.length);
