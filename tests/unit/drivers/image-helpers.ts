@@ -19,11 +19,16 @@ export async function createImage(
   }
 }
 
-/** Open `filename` read-write with format `driver`, run `use` on a root user of it, and close it again. */
-export async function withImage(driver: string, filename: string, use: (blk: BlockBackend) => Promise<void>): Promise<void> {
+/**
+ * Open `filename` with format `driver` and further `options` (read-write unless `read-only` is
+ * on), run `use` on a root user of it, and close it again.
+ */
+export async function withImage(
+  driver: string, filename: string, use: (blk: BlockBackend) => Promise<void>, options: Record<string, string> = {},
+): Promise<void> {
   const layer = new BlockLayer(allDrivers);
-  const node = await layer.openNode(filename, { driver });
-  const blk = BlockBackend.attach(node, PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL);
+  const node = await layer.openNode(filename, { driver, ...options });
+  const blk = BlockBackend.attach(node, PERM_CONSISTENT_READ | (options['read-only'] === 'on' ? 0 : PERM_WRITE), PERM_ALL);
   try {
     await use(blk);
   } finally {

@@ -1,11 +1,16 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parallelsDriver } from '../../../src/drivers/parallels.js';
-import { createImage, withImage } from './format-images.js';
+import type { BlockBackend } from '../../../src/block/backend.js';
+import { createImage, withImage } from './image-helpers.js';
 import { haveQemu, qemuImg, qemuIo, tempDir } from './qcow2/helpers.js';
 
 const tmp = tempDir();
 afterAll(() => tmp.remove());
+
+function openParallels(name: string, options: Record<string, string>, use: (blk: BlockBackend) => Promise<void>): Promise<void> {
+  return withImage('parallels', name, use, options);
+}
 const INUSE_OFFSET = 44;
 
 describe('parallels', () => {
@@ -15,10 +20,10 @@ describe('parallels', () => {
     const bytes = readFileSync(name);
     bytes.writeUInt32LE(0x746f6e59, INUSE_OFFSET);
     writeFileSync(name, bytes);
-    await expect(withImage(parallelsDriver, name, {}, async () => {})).rejects.toThrow(
+    await expect(openParallels(name, {}, async () => {})).rejects.toThrow(
       'parallels: Image was not closed correctly; cannot be opened read/write',
     );
-    await withImage(parallelsDriver, name, { 'read-only': 'on' }, async (blk) => {
+    await openParallels(name, { 'read-only': 'on' }, async (blk) => {
       expect(blk.getLength()).toBe(1 << 20);
     });
   });
@@ -26,7 +31,7 @@ describe('parallels', () => {
   it('marks the image in use while open read-write and cuts the preallocation at close', async () => {
     const name = tmp.path('mark.parallels');
     await createImage(parallelsDriver, name, 1 << 20, { cluster_size: 65536 });
-    await withImage(parallelsDriver, name, {}, async (blk) => {
+    await openParallels(name, {}, async (blk) => {
       await blk.write(0, 4096, new Uint8Array(4096).fill(1));
       expect(readFileSync(name).readUInt32LE(INUSE_OFFSET)).toBe(0x746f6e59);
       // The default step of 128 MiB was written as zeroes after the new cluster.
@@ -45,7 +50,7 @@ describe('parallels with a BAT shorter than the disk', () => {
     const bytes = readFileSync(name);
     bytes.writeUInt32LE(2, 32);
     writeFileSync(name, bytes);
-    await withImage(parallelsDriver, name, {}, async (blk) => {
+    await openParallels(name, {}, async (blk) => {
       await expect(blk.write(2 << 20, 4096, new Uint8Array(4096), 0)).rejects.toThrow('Input/output error');
     });
     expect(readFileSync(name).equals(bytes)).toBe(true);
@@ -60,7 +65,7 @@ describe.skipIf(!haveQemu)('parallels against QEMU 7.2', () => {
     qemuImg('create', '-q', '-f', 'parallels', '-o', 'cluster_size=64k', theirs, '3M');
     expect(readFileSync(ours).equals(readFileSync(theirs))).toBe(true);
     const writes: Array<[number, number, number]> = [[100 << 10, 8192, 0x11], [0, 512, 0x22], [1 << 20, 200 << 10, 0x33]];
-    await withImage(parallelsDriver, ours, { 'prealloc-mode': 'truncate', 'prealloc-size': '1k' }, async (blk) => {
+    await openParallels(ours, { 'prealloc-mode': 'truncate', 'prealloc-size': '1k' }, async (blk) => {
       for (const [offset, bytes, value] of writes) await blk.write(offset, bytes, new Uint8Array(bytes).fill(value));
     });
     qemuIo(theirs, writes.map(([offset, bytes, value]) => `write -P ${value} ${offset} ${bytes}`), 'parallels');

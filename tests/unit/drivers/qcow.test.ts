@@ -1,17 +1,22 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { qcowDriver } from '../../../src/drivers/qcow.js';
-import { createImage, withImage } from './format-images.js';
+import type { BlockBackend } from '../../../src/block/backend.js';
+import { createImage, withImage } from './image-helpers.js';
 import { haveQemu, qemuImg, qemuIo, tempDir } from './qcow2/helpers.js';
 
 const tmp = tempDir();
 afterAll(() => tmp.remove());
 
+function openQcow(name: string, options: Record<string, string>, use: (blk: BlockBackend) => Promise<void>): Promise<void> {
+  return withImage('qcow', name, use, options);
+}
+
 describe('qcow', () => {
   it('reads back what it wrote, compressed clusters too, and refuses partial compressed writes', async () => {
     const name = tmp.path('rw.qcow');
     await createImage(qcowDriver, name, 1 << 20);
-    await withImage(qcowDriver, name, {}, async (blk) => {
+    await openQcow(name, {}, async (blk) => {
       await blk.write(4096, 4096, new Uint8Array(4096).fill(7), 0);
       await blk.writeCompressed(8192, 4096, new Uint8Array(4096).fill(9));
       await expect(blk.writeCompressed(16384, 1024, new Uint8Array(1024))).rejects.toThrow('Invalid argument');
@@ -34,7 +39,7 @@ describe.skipIf(!haveQemu)('qcow against QEMU 7.2', () => {
     qemuImg('create', '-q', '-f', 'qcow', theirs, '10M');
     expect(readFileSync(ours).equals(readFileSync(theirs))).toBe(true);
     const writes: Array<[number, number, number]> = [[5000, 3000, 0x11], [3 << 20, 512, 0x22], [9 << 20, 8192, 0x33]];
-    await withImage(qcowDriver, ours, {}, async (blk) => {
+    await openQcow(ours, {}, async (blk) => {
       for (const [offset, bytes, value] of writes) await blk.write(offset, bytes, new Uint8Array(bytes).fill(value), 0);
     });
     qemuIo(theirs, writes.map(([offset, bytes, value]) => `write -P ${value} ${offset} ${bytes}`), 'qcow');
