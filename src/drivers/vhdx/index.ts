@@ -15,7 +15,7 @@ import { limitsFrom } from '../../block/node.js';
 import type { BlockNode } from '../../block/node.js';
 import { Mutex } from '../../block/mutex.js';
 import { refreshPermissions } from '../../block/permissions.js';
-import { fileAllocatedSize, readBytes, view } from '../format-helpers.js';
+import { fileAllocatedSize, openFailure, readBytes, view } from '../format-helpers.js';
 import {
   batEntryCount, batIndexOf, BLOCK_FULLY_PRESENT, BLOCK_NOT_PRESENT, BLOCK_SIZE_MAX, BLOCK_SIZE_MIN, BLOCK_STATE_MASK,
   BLOCK_UNDEFINED, BLOCK_UNMAPPED, BLOCK_UNMAPPED_V095, BLOCK_ZERO, chunkRatioOf, FILE_SIGNATURE, GUID, H, HEADER1_OFFSET,
@@ -305,8 +305,7 @@ export const vhdxDriver: BlockDriver<VhdxState> = {
     try {
       return await openVhdx(node, file);
     } catch (e) {
-      const err = toBlkioError(e);
-      throw err.message === err.strerror ? err.prepend(`Could not open '${file.node.filename}': `) : err;
+      throw openFailure(file, e);
     }
   },
 
