@@ -233,7 +233,7 @@ function checkHeader(v: DataView): void {
  * The cipher of an AES image, checked against the `encrypt.*` options in QEMU's order: none
  * without encryption, none either when opened without I/O, else keyed by the key secret.
  */
-function openEncryption(node: BlockNode<QcowState>, cryptMethod: number, options: FlatOptions): SectorCipher | undefined {
+function openEncryption(node: BlockNode<QcowState>, cryptMethod: number, options: FlatOptions, withoutIo: boolean): SectorCipher | undefined {
   const format = options.format;
   if (cryptMethod === CRYPT_NONE) {
     if (format !== undefined) throw invalid(`No encryption in image header, but options specified format '${String(format)}'`);
@@ -241,16 +241,16 @@ function openEncryption(node: BlockNode<QcowState>, cryptMethod: number, options
   }
   if (cryptMethod !== CRYPT_AES) throw invalid('invalid encryption method in qcow header');
   if (format !== undefined && format !== 'aes') throw invalid(`Header reported 'aes' encryption format but options specify '${String(format)}'`);
-  if (node.layer.openWithoutIo) return undefined;
+  if (withoutIo) return undefined;
   const id = options['key-secret'];
   if (id === undefined) throw invalid("Parameter 'encrypt.key-secret' is required for cipher");
   return qcowAesCipher(secretData((name) => node.layer.objects.get(name), String(id)));
 }
 
-async function openImage(node: BlockNode<QcowState>, file: BdrvChild, encryptOptions: FlatOptions): Promise<QcowState> {
+async function openImage(node: BlockNode<QcowState>, file: BdrvChild, encryptOptions: FlatOptions, withoutIo: boolean): Promise<QcowState> {
   const v = view(await readBytes(file, 0, HEADER_BYTES));
   checkHeader(v);
-  const cipher = openEncryption(node, v.getUint32(H.cryptMethod), encryptOptions);
+  const cipher = openEncryption(node, v.getUint32(H.cryptMethod), encryptOptions, withoutIo);
   const clusterBits = v.getUint8(H.clusterBits);
   const l2Bits = v.getUint8(H.l2Bits);
   const size = v.getBigUint64(H.size);
@@ -334,7 +334,7 @@ export const qcowDriver: BlockDriver<QcowState> = {
   async open(node, ctx) {
     const encrypt = ctx.takeOptions('encrypt');
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
-    return openImage(node, file, encrypt);
+    return openImage(node, file, encrypt, ctx.withoutIo);
   },
 
   async reopen() {},
