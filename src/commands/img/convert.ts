@@ -323,7 +323,11 @@ async function convert(
   await doCopy(state, progress);
   // An empty compressed write tells the target that the compressed stream ends (qcow2 pads its file to a sector).
   // A target that refuses it (qcow) fails the conversion with no message, as qemu-img does.
-  if (state.compressed) await target.writeCompressed(0, 0, new Uint8Array(0)).catch(() => { throw new ExitStatus(1); });
+  if (state.compressed) {
+    await target.writeCompressed(0, 0, new Uint8Array(0)).catch((e: unknown) => {
+      throw e instanceof BlkioError ? new ExitStatus(1) : e;
+    });
+  }
   if (args.bitmaps) await copyBitmaps(sources[0].blk.node, target.node, args.skipBrokenBitmaps);
   await target.flush();
 }
