@@ -93,12 +93,15 @@ export class BlockBackend implements ChildParent {
     await this.root.flush();
   }
 
-  /** Write VM state at `pos` of the state stream (blk_save_vmstate; the caller flushes in writethrough mode). */
-  saveVmState(pos: number, bytes: number, buf: Uint8Array): Promise<void> {
+  /**
+   * Write VM state at `pos` of the state stream (blk_save_vmstate; the caller flushes in
+   * writethrough mode). A bigint `pos` is bounds-checked exactly, as QEMU's int64.
+   */
+  saveVmState(pos: number | bigint, bytes: number, buf: Uint8Array): Promise<void> {
     return nodeVmState(this.node, 'saveVmState', pos, bytes, buf);
   }
 
-  loadVmState(pos: number, bytes: number, buf: Uint8Array): Promise<void> {
+  loadVmState(pos: number | bigint, bytes: number, buf: Uint8Array): Promise<void> {
     return nodeVmState(this.node, 'loadVmState', pos, bytes, buf);
   }
 

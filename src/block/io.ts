@@ -602,14 +602,18 @@ export async function childTruncate(child: BdrvChild, size: number, exact: boole
 type VmStateHook = 'saveVmState' | 'loadVmState';
 
 /** bdrv_save_vmstate / bdrv_load_vmstate: no permission checks or tracking, as in QEMU. */
-export async function nodeVmState(node: BlockNode, hook: VmStateHook, pos: number, bytes: number, buf: Uint8Array): Promise<void> {
-  // QEMU's bounds first: up to them a node without VM state answers ENOTSUP.
-  if (!(pos >= 0 && bytes >= 0 && pos + bytes <= MAX_NODE_LENGTH)) throw errno('EIO');
+export async function nodeVmState(
+  node: BlockNode, hook: VmStateHook, pos: number | bigint, bytes: number, buf: Uint8Array,
+): Promise<void> {
+  // QEMU's bounds first, on the exact offset (near 2^63 a rounded one would pass them): up to
+  // them a node without VM state answers ENOTSUP.
+  const exactPos = BigInt(pos);
+  if (!(exactPos >= 0n && bytes >= 0 && exactPos + BigInt(bytes) <= BigInt(MAX_NODE_LENGTH))) throw errno('EIO');
   // The node that keeps the VM state.
   const target = node.primaryNodeWith(hook);
   if (!target) throw errno('ENOTSUP');
-  checkRange(pos, bytes);
-  await target.driver[hook]!(target, pos, bytes, buf);
+  checkRange(Number(pos), bytes);
+  await target.driver[hook]!(target, Number(pos), bytes, buf);
 }
 
 // ---------------------------------------------------------------------------------------------

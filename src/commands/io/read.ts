@@ -135,7 +135,7 @@ export const readCommand: IoCommand = {
 
     const buf = allocBuffer(session, count, READ_FILL);
     const elapsed = await timedRequest(session, 'read', () => (vmstate
-      ? session.blk.loadVmState(offset, count, buf)
+      ? session.blk.loadVmState(exactOffset, count, buf)
       : session.blk.read(offset, count, buf)));
     if (elapsed === undefined) return -1;
     const ok = finishRead(session, {

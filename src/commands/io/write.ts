@@ -115,7 +115,7 @@ export const writeCommand: IoCommand = {
     const blk = session.blk;
     const elapsed = await timedRequest(session, 'write', async () => {
       if (vmstate) {
-        await blk.saveVmState(offset, count, buf!);
+        await blk.saveVmState(exactOffset, count, buf!);
         // blk_save_vmstate flushes in writethrough mode, where other writes carry FUA.
         if (session.writeFlags & REQ_FUA) await blk.flush();
       } else if (zeroes) await blk.writeZeroes(offset, count, flags | session.writeFlags);
