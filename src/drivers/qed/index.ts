@@ -78,7 +78,7 @@ async function findRun(s: QedState, pos: number, bytes: number): Promise<Run> {
 /** The backing file's data at `pos` (zeroes past its end, or without one). */
 async function readBacking(node: BlockNode<QedState>, pos: number, out: Uint8Array): Promise<void> {
   const backing = node.backing;
-  const length = backing ? backing.node.getLength() : 0;
+  const length = backing ? backing.getLength() : 0;
   const n = Math.max(0, Math.min(length - pos, out.length));
   out.fill(0, n);
   if (n > 0) await backing!.read(pos, n, out.subarray(0, n));
@@ -146,11 +146,14 @@ async function linkRun(s: QedState, pos: number, run: Run, n: number, cluster: n
   await writeTableEntries(s, s.header.l1TableOffset, s.l1, l1Index, 1);
 }
 
-/** Copy the backing file's data for guest range [pos, pos+bytes) into the file at `hostOffset`. */
-async function copyFromBacking(node: BlockNode<QedState>, pos: number, bytes: number, hostOffset: number): Promise<void> {
+/**
+ * Fill host range [hostOffset, hostOffset+bytes) with what the guest saw at [pos, pos+bytes) before
+ * the cluster had data: zeroes for a zero cluster (the guest zeroed it), else the backing file's data.
+ */
+async function copyPreviousData(node: BlockNode<QedState>, run: Run, pos: number, bytes: number, hostOffset: number): Promise<void> {
   if (bytes === 0) return;
   const buf = new Uint8Array(bytes);
-  await readBacking(node, pos, buf);
+  if (run.kind !== 'zero') await readBacking(node, pos, buf);
   await node.state.file.write(hostOffset, bytes, buf);
 }
 
@@ -171,9 +174,9 @@ async function allocatingWrite(node: BlockNode<QedState>, pos: number, run: Run,
     await writeHeader(s);
   }
   if (data) {
-    await copyFromBacking(node, pos - inCluster, inCluster, cluster);
+    await copyPreviousData(node, run, pos - inCluster, inCluster, cluster);
     const end = pos + run.bytes;
-    await copyFromBacking(node, end, roundUp(end, cs) - end, cluster + inCluster + run.bytes);
+    await copyPreviousData(node, run, end, roundUp(end, cs) - end, cluster + inCluster + run.bytes);
     await s.file.write(cluster + inCluster, run.bytes, data);
     if (node.backing) await s.file.flush();
   }
