@@ -45,7 +45,9 @@ interface QcowState {
   l2Bits: number;
   l2Size: number;
   size: number;
-  l1: bigint[];
+  /** The L1 table as read at open (big-endian offsets of L2 tables): an array of BigInt would not fit a large one in memory. */
+  l1: DataView;
+  l1Entries: number;
   l1TableOffset: number;
   /** L2 tables read so far, by their offset in the file. */
   l2Tables: Map<number, DataView>;
@@ -86,12 +88,16 @@ function l1Index(s: QcowState, offset: number): number {
   return Math.floor(offset / 2 ** (s.clusterBits + s.l2Bits));
 }
 
+function l1Entry(s: QcowState, index: number): number {
+  return Number(s.l1.getBigUint64(index * 8));
+}
+
 function l2Index(s: QcowState, offset: number): number {
   return Math.floor(offset / s.clusterSize) % s.l2Size;
 }
 
 async function lookup(s: QcowState, offset: number): Promise<ClusterEntry> {
-  const l2Offset = Number(s.l1[l1Index(s, offset)]);
+  const l2Offset = l1Entry(s, l1Index(s, offset));
   if (l2Offset === 0) return { kind: 'unallocated' };
   return decodeEntry((await loadL2(s, l2Offset)).getBigUint64(l2Index(s, offset) * 8));
 }
@@ -107,10 +113,10 @@ async function writeEntry(s: QcowState, at: number, value: bigint): Promise<void
 /** The L2 table of `offset`, a new empty one at the end of the file when the L1 entry is free. */
 async function l2ForWrite(s: QcowState, offset: number): Promise<{ l2Offset: number; table: DataView }> {
   const index = l1Index(s, offset);
-  let l2Offset = Number(s.l1[index]);
+  let l2Offset = l1Entry(s, index);
   if (l2Offset !== 0) return { l2Offset, table: await loadL2(s, l2Offset) };
   l2Offset = roundUp(s.file.getLength(), s.clusterSize);
-  s.l1[index] = BigInt(l2Offset);
+  s.l1.setBigUint64(index * 8, BigInt(l2Offset));
   await writeEntry(s, s.l1TableOffset + index * 8, BigInt(l2Offset));
   const table = new Uint8Array(s.l2Size * 8);
   await s.file.write(l2Offset, table.length, table);
@@ -261,7 +267,6 @@ async function openImage(node: BlockNode<QcowState>, file: BdrvChild, encryptOpt
   const l1TableOffset = Number(v.getBigUint64(H.l1TableOffset));
   if (l1Size * 8 > REQUEST_MAX_BYTES) throw errno('EINVAL');
   const l1Bytes = view(await readBytes(file, l1TableOffset, l1Size * 8));
-  const l1 = Array.from({ length: l1Size }, (_, i) => l1Bytes.getBigUint64(i * 8));
   const backingOffset = Number(v.getBigUint64(H.backingFileOffset));
   if (backingOffset !== 0) {
     const length = v.getUint32(H.backingFileSize);
@@ -273,7 +278,7 @@ async function openImage(node: BlockNode<QcowState>, file: BdrvChild, encryptOpt
     file, clusterBits, clusterSize: 2 ** clusterBits, l2Bits, l2Size: 2 ** l2Bits,
     // The disk is a whole number of sectors; a size in between loses its last bytes.
     size: Number(size / BigInt(SECTOR)) * SECTOR,
-    l1, l1TableOffset, l2Tables: new Map(), cipher, encrypted: v.getUint32(H.cryptMethod) !== CRYPT_NONE, lock: new Mutex(),
+    l1: l1Bytes, l1Entries: l1Size, l1TableOffset, l2Tables: new Map(), cipher, encrypted: v.getUint32(H.cryptMethod) !== CRYPT_NONE, lock: new Mutex(),
   };
 }
 
@@ -418,8 +423,8 @@ export const qcowDriver: BlockDriver<QcowState> = {
   async makeEmpty(node) {
     const s = node.state;
     await s.lock.run(async () => {
-      const l1Bytes = s.l1.length * 8;
-      s.l1.fill(0n);
+      const l1Bytes = s.l1Entries * 8;
+      new Uint8Array(s.l1.buffer, s.l1.byteOffset, l1Bytes).fill(0);
       await s.file.write(s.l1TableOffset, l1Bytes, new Uint8Array(l1Bytes));
       await s.file.flush();
       await s.file.truncate(s.l1TableOffset + l1Bytes, false);

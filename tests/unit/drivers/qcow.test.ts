@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { qcowDriver } from '../../../src/drivers/qcow.js';
 import type { BlockBackend } from '../../../src/block/backend.js';
@@ -27,6 +27,33 @@ describe('qcow', () => {
       expect(out.subarray(0, 4096).every((b) => b === 7)).toBe(true);
       expect(out.subarray(4096, 4608).every((b) => b === 1)).toBe(true);
       expect(out.subarray(4608).every((b) => b === 9)).toBe(true);
+    });
+  });
+
+  it('opens a header-only image with a large L1 table past the end of the file, which reads as free', async () => {
+    const name = tmp.path('large-l1.qcow');
+    const l1Entries = 1 << 20;
+    // 512-byte clusters and 64-entry L2 tables: each L1 entry maps 32 KiB.
+    const size = l1Entries * (1 << 15);
+    const header = new DataView(new ArrayBuffer(48));
+    header.setUint32(0, 0x514649fb);
+    header.setUint32(4, 1);
+    header.setBigUint64(24, BigInt(size));
+    header.setUint8(32, 9);
+    header.setUint8(33, 6);
+    header.setBigUint64(40, 48n);
+    writeFileSync(name, new Uint8Array(header.buffer));
+    await openQcow(name, {}, async (blk) => {
+      expect(blk.getLength()).toBe(size);
+      const last = size - 512;
+      await blk.write(last, 512, new Uint8Array(512).fill(5), 0);
+      const out = new Uint8Array(1024);
+      await blk.read(last - 512, 1024, out, 0);
+      expect(out.subarray(0, 512).every((b) => b === 0)).toBe(true);
+      expect(out.subarray(512).every((b) => b === 5)).toBe(true);
+      await blk.root.node.driver.makeEmpty!(blk.root.node);
+      await blk.read(last, 512, out, 0);
+      expect(out.subarray(0, 512).every((b) => b === 0)).toBe(true);
     });
   });
 });
