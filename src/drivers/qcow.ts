@@ -16,6 +16,7 @@ import { Mutex } from '../block/mutex.js';
 import { roundUp } from '../arithmetic.js';
 import { cString, nameBytes } from '../byte-strings.js';
 import { compressCluster, COMPRESSION_ZLIB, decompressCluster } from './cluster-codecs.js';
+import { LruMap } from './lru-map.js';
 import { fileAllocatedSize, readBytes, view } from './format-helpers.js';
 import { qcowAesCipher, SECTOR_SIZE as CIPHER_SECTOR, type SectorCipher } from '../crypto/sector-cipher.js';
 import { secretData } from '../block/secret.js';
@@ -31,6 +32,8 @@ const COMPRESSED = 1n << 63n;
 /** QEMU reads at most this many bytes of a backing file name. */
 const MAX_BACKING_NAME = 1023;
 const INT_MAX = 0x7fffffff;
+/** How many L2 tables stay in memory, as in QEMU. */
+const L2_CACHE_TABLES = 16;
 
 /** Header fields by byte offset (all big endian). */
 const H = {
@@ -49,8 +52,8 @@ interface QcowState {
   l1: DataView;
   l1Entries: number;
   l1TableOffset: number;
-  /** L2 tables read so far, by their offset in the file. */
-  l2Tables: Map<number, DataView>;
+  /** The L2 tables used last, by their offset in the file. */
+  l2Tables: LruMap<number, DataView>;
   /** AES images opened with their key; absent also for an AES image opened without I/O (qemu-img info). */
   cipher?: SectorCipher;
   encrypted: boolean;
@@ -278,7 +281,7 @@ async function openImage(node: BlockNode<QcowState>, file: BdrvChild, encryptOpt
     file, clusterBits, clusterSize: 2 ** clusterBits, l2Bits, l2Size: 2 ** l2Bits,
     // The disk is a whole number of sectors; a size in between loses its last bytes.
     size: Number(size / BigInt(SECTOR)) * SECTOR,
-    l1: l1Bytes, l1Entries: l1Size, l1TableOffset, l2Tables: new Map(), cipher, encrypted: v.getUint32(H.cryptMethod) !== CRYPT_NONE, lock: new Mutex(),
+    l1: l1Bytes, l1Entries: l1Size, l1TableOffset, l2Tables: new LruMap(L2_CACHE_TABLES), cipher, encrypted: v.getUint32(H.cryptMethod) !== CRYPT_NONE, lock: new Mutex(),
   };
 }
 

@@ -22,7 +22,8 @@ import {
   maxImageSize, MIN_CLUSTER_SIZE, MIN_TABLE_SIZE, parseHeader, QED_MAGIC, serializeHeader, unknownFeatures,
 } from './header.js';
 import { checkImage } from './check.js';
-import { clusterEntry, isClusterOffsetValid, isTableOffsetValid, loadL2Table, setClusterEntry, type QedState } from './tables.js';
+import { clusterEntry, isClusterOffsetValid, isTableOffsetValid, L2_CACHE_TABLES, loadL2Table, setClusterEntry, type QedState } from './tables.js';
+import { LruMap } from '../lru-map.js';
 
 const SECTOR = 512;
 /** Table entries that are no cluster offset. */
@@ -256,7 +257,7 @@ async function openImage(node: BlockNode<QedState>, file: BdrvChild): Promise<Qe
   if (magicOf(bytes) !== QED_MAGIC) throw invalid('Image not in QED format');
   const header = parseHeader(bytes);
   const s: QedState = {
-    file, header, fileSize: 0, tableEntries: 0, l1: new Uint8Array(0), l2Cache: new Map(), lock: new Mutex(),
+    file, header, fileSize: 0, tableEntries: 0, l1: new Uint8Array(0), l2Cache: new LruMap(L2_CACHE_TABLES), lock: new Mutex(),
   };
   validateHeader(s, file.getLength());
   s.tableEntries = (header.tableSize * header.clusterSize) / 8;

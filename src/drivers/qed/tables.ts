@@ -1,7 +1,8 @@
-/** QED's per-node state and its tables: L1 in memory, L2 tables read once and kept. */
+/** QED's per-node state and its tables: L1 in memory, the L2 tables used last cached. */
 import type { BdrvChild } from '../../block/child.js';
 import type { Mutex } from '../../block/mutex.js';
 import { view } from '../format-helpers.js';
+import type { LruMap } from '../lru-map.js';
 import type { QedHeader } from './header.js';
 
 export interface QedState {
@@ -12,8 +13,8 @@ export interface QedState {
   /** Entries of one table (L1 or L2). */
   tableEntries: number;
   l1: Uint8Array;
-  /** L2 tables by file offset, as read (or being read). */
-  l2Cache: Map<number, Promise<Uint8Array>>;
+  /** The L2 tables used last, by file offset, as read (or being read). */
+  l2Cache: LruMap<number, Promise<Uint8Array>>;
   /** Held by writes, so that allocations and table updates never interleave. */
   lock: Mutex;
 }
@@ -45,7 +46,10 @@ export function isTableOffsetValid(s: QedState, offset: number): boolean {
   return last > offset && isClusterOffsetValid(s, offset) && isClusterOffsetValid(s, last);
 }
 
-/** The L2 table at `offset`, read on first use. */
+/** How many L2 tables stay in memory, as in QEMU. */
+export const L2_CACHE_TABLES = 50;
+
+/** The L2 table at `offset`, read unless cached. */
 export function loadL2Table(s: QedState, offset: number): Promise<Uint8Array> {
   let table = s.l2Cache.get(offset);
   if (!table) {

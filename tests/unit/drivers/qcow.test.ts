@@ -30,6 +30,22 @@ describe('qcow', () => {
     });
   });
 
+  it('reads back data spread over more L2 tables than it keeps in memory', async () => {
+    const name = tmp.path('many-l2.qcow');
+    // 4 KiB clusters with 512-entry L2 tables: one table maps 2 MiB.
+    const tables = 20;
+    await createImage(qcowDriver, name, tables << 21);
+    await openQcow(name, {}, async (blk) => {
+      for (let i = 0; i < tables; i++) await blk.write(i << 21, 512, new Uint8Array(512).fill(i + 1), 0);
+      for (let i = tables - 1; i >= 0; i--) await blk.write((i << 21) + 4096, 512, new Uint8Array(512).fill(i + 101), 0);
+      const out = new Uint8Array(4608);
+      for (let i = 0; i < tables; i++) {
+        await blk.read(i << 21, 4608, out, 0);
+        expect([out[0], out[4095], out[4096], out[4607]]).toEqual([i + 1, 0, i + 101, i + 101]);
+      }
+    });
+  });
+
   it('opens a header-only image with a large L1 table past the end of the file, which reads as free', async () => {
     const name = tmp.path('large-l1.qcow');
     const l1Entries = 1 << 20;
