@@ -30,8 +30,7 @@ export interface OpenFlags {
    */
   copyOnRead?: boolean;
   /**
-   * QEMU's BDRV_O_NO_IO (qemu-img info): formats open only what describing them needs. Unset
-   * for a root, which takes the layer's `openWithoutIo`.
+   * QEMU's BDRV_O_NO_IO (qemu-img info): formats open only what describing them needs.
    */
   withoutIo?: boolean;
 }
@@ -171,8 +170,6 @@ export class BlockLayer {
   };
   /** Images are opened for qemu-img check (QEMU's BDRV_O_CHECK): formats leave to the check what it reports itself. */
   openForCheck = false;
-  /** Images are opened only to describe them (QEMU's BDRV_O_NO_IO, qemu-img info): formats skip children they would only need for I/O. */
-  openWithoutIo = false;
   private readonly drivers = new Map<string, BlockDriver<any>>();
   private nameCounter = 0;
 
@@ -334,6 +331,7 @@ export class BlockLayer {
       node.detectZeroes = generic.detectZeroes;
       node.forceShare = generic.forceShare;
       node.noFlush = generic.noFlush;
+      node.withoutIo = flags.withoutIo ?? false;
       node.openOptions = { driver: driver.name, ...explicit };
       node.givenOptions = { ...options };
       if (protocol && typeof effective.filename === 'string') node.filename = effective.filename;
@@ -347,7 +345,7 @@ export class BlockLayer {
         const value = parsed[key];
         node.openOptions[key] = typeof value === 'bigint' ? Number(value) : (value as OptionScalar);
       }
-      ctx = new OpenContext(this, node, options, parsed, effective, flags.withoutIo ?? this.openWithoutIo);
+      ctx = new OpenContext(this, node, options, parsed, effective, node.withoutIo);
       node.state = await driver.open(node, ctx);
       // The children so far take their permissions (and file locks) before the backing file
       // opens, as QEMU's attach does, so a backing chain that reuses a file fails as there.

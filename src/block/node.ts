@@ -64,6 +64,8 @@ export class BlockNode<S = unknown> {
   forceShare = false;
   /** cache.no-flush (cache=unsafe): flushes stop short of the disk, as QEMU's BDRV_O_NO_FLUSH. */
   noFlush = false;
+  /** Opened only to be described (QEMU's BDRV_O_NO_IO): its storage children need no consistent reads. */
+  withoutIo = false;
   /** Counts completed writes, discards and resizes; a flush syncs only when it moved on (QEMU's write_gen). */
   writeGeneration = 0;
   /** writeGeneration at the last successful flush. */

@@ -76,7 +76,7 @@ export function storageChildPerms(node: BlockNode, role: number, parents: PermPa
   let { perm, shared } = filterChildPerms(parents);
   if (role & ROLE_METADATA) {
     if (node.isWritable) perm |= PERM_WRITE | PERM_RESIZE;
-    if (!node.layer.openWithoutIo) perm |= PERM_CONSISTENT_READ;
+    if (!node.withoutIo) perm |= PERM_CONSISTENT_READ;
     shared &= ~(PERM_WRITE | PERM_RESIZE);
   }
   if (role & ROLE_DATA) {

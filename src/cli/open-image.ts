@@ -40,6 +40,8 @@ export interface ImageOpenRequest {
   noBacking?: boolean;
   /** Let other users only read (QEMU's BDRV_O_NO_SHARE, qemu-img convert's sources). */
   noShare?: boolean;
+  /** Opened only to be described (QEMU's BDRV_O_NO_IO, qemu-img info). */
+  withoutIo?: boolean;
 }
 
 export interface OpenedImage {
@@ -106,7 +108,9 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
 
   // With -s, copy-on-read copies into the temporary overlay: the check waits for it.
   const copyOnRead = (req.copyOnRead ?? false) && !req.snapshot;
-  let root: BlockNode = await layer.openNode(filename, options, { protocol: false, inherited: defaults, noBacking: req.noBacking, copyOnRead });
+  let root: BlockNode = await layer.openNode(filename, options, {
+    protocol: false, inherited: defaults, noBacking: req.noBacking, copyOnRead, withoutIo: req.withoutIo,
+  });
   try {
     // With -s, copy-on-read copies into the temporary overlay, which is writable unless -r.
     if (req.snapshot) root = await openTemporaryOverlay(layer, root, req.readOnly ?? false);
@@ -118,7 +122,7 @@ export async function openImage(layer: BlockLayer, req: ImageOpenRequest): Promi
     // The user asks for what the program mode says, whatever the node's own read-only option:
     // `read-only=on` without -r fails with "Block node is read-only", as in QEMU.
     // Opened only to be described (qemu-img info), it reads nothing: no consistent read either.
-    const perm = (layer.openWithoutIo ? 0 : PERM_CONSISTENT_READ) | (req.readOnly ? 0 : PERM_WRITE);
+    const perm = (req.withoutIo ? 0 : PERM_CONSISTENT_READ) | (req.readOnly ? 0 : PERM_WRITE);
     const shared = req.noShare ? PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED : PERM_ALL;
     return { blk: BlockBackend.attach(root, perm, shared, req.backendName), writethrough: cache.writethrough };
   } catch (e) {

@@ -127,6 +127,8 @@ export interface ImgOpenSpec {
   noShare?: boolean;
   /** Discards reach the file (QEMU's BDRV_O_UNMAP): only commit asks for it. */
   unmap?: boolean;
+  /** Opened only to be described (QEMU's BDRV_O_NO_IO, qemu-img info). */
+  withoutIo?: boolean;
   extraOptions?: FlatOptions;
 }
 
@@ -156,6 +158,7 @@ export async function openImg(layer: BlockLayer, spec: ImgOpenSpec): Promise<Blo
     discard: spec.unmap ? 'unmap' : 'ignore',
     noBacking: spec.noBacking,
     noShare: spec.noShare,
+    withoutIo: spec.withoutIo,
   };
   try {
     const { blk } = await openImage(layer, req);

@@ -237,15 +237,12 @@ async function probeBacking(layer: BlockLayer, filename: string, backingFile: st
   const options: Record<string, string> = { 'read-only': 'on', 'force-share': 'on' };
   if (backingFormat !== undefined) options.driver = backingFormat;
   let node;
-  // Without I/O, as QEMU: an encrypted backing file opens without its key.
-  layer.openWithoutIo = true;
   try {
-    node = await layer.openNode(full, options);
+    // Without I/O, as QEMU: an encrypted backing file opens without its key.
+    node = await layer.openNode(full, options, { protocol: false, inherited: {}, withoutIo: true });
   } catch (e) {
     const err = toBlkioError(e);
     throw new BlkioError(err.code, err.message, [...err.hints, 'Could not open backing image.']);
-  } finally {
-    layer.openWithoutIo = false;
   }
   try {
     if (backingFormat === undefined) {

@@ -139,8 +139,9 @@ async function collectImageInfo(
     if (seen.has(filename)) throw new BlkioError('ELOOP', `Backing file '${filename}' creates an infinite loop.`);
     seen.add(filename);
     const info = await withLayer(objects, async (layer) => {
-      layer.openWithoutIo = true;
-      const blk = await openImg(layer, { filename: filename!, format, imageOpts: opts, readOnly: true, forceShare, noBacking: true });
+      const blk = await openImg(layer, {
+        filename: filename!, format, imageOpts: opts, readOnly: true, forceShare, noBacking: true, withoutIo: true,
+      });
       return queryImageInfo(blk.node);
     });
     list.push(info);

@@ -6,7 +6,9 @@ import { BlockBackend } from '../../../src/block/backend.js';
 import { BlockLayer } from '../../../src/block/graph.js';
 import { PERM_CONSISTENT_READ, PERM_WRITE } from '../../../src/block/permissions.js';
 import { allDrivers } from '../../../src/drivers/index.js';
+import { qcow2Driver } from '../../../src/drivers/qcow2/index.js';
 import type { FlatOptions } from '../../../src/options/types.js';
+import { createImage } from '../drivers/image-helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'blkio-graph-'));
 const image = join(dir, 'disk.raw');
@@ -165,6 +167,21 @@ describe('permissions', () => {
     const node = await layer.openNode(undefined, { driver: 'raw', 'file.read-only': 'on', 'file.filename': image });
     expect(() => BlockBackend.attach(node, PERM_CONSISTENT_READ | PERM_WRITE)).toThrow('Block node is read-only');
     expect(() => BlockBackend.attach(node, PERM_CONSISTENT_READ)).not.toThrow();
+  });
+
+  it('takes consistent reads of a format\'s metadata unless that node opened without I/O', async () => {
+    const qcow2 = join(dir, 'perm.qcow2');
+    await createImage(qcow2Driver, qcow2, 65536);
+    const layer = newLayer();
+    const flags = { protocol: false, inherited: { 'read-only': 'on' }, withoutIo: true };
+    const described = await layer.openNode(qcow2, { driver: 'qcow2' }, flags);
+    expect(described.file!.perm & PERM_CONSISTENT_READ).toBe(0);
+    // The file child a format opens first is not opened without I/O, as in QEMU.
+    const below = await layer.openNode(qcow2, { driver: 'raw', 'file.driver': 'qcow2', 'file.force-share': 'on' }, flags);
+    expect(below.withoutIo).toBe(true);
+    expect(below.file!.node.withoutIo).toBe(false);
+    expect(below.file!.node.file!.perm & PERM_CONSISTENT_READ).toBe(PERM_CONSISTENT_READ);
+    await layer.closeAll();
   });
 
   it('refuses a copy-on-read filter over a read-only child', async () => {
