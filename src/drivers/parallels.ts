@@ -201,6 +201,43 @@ function parsePreallocMode(value: unknown): ParallelsState['preallocMode'] {
   return mode as ParallelsState['preallocMode'];
 }
 
+/** Size, id, granularity in sectors and L1 size, before the L1 table. */
+const BITMAP_FEATURE_BYTES = 32;
+
+/**
+ * Checked as QEMU loads a dirty bitmap feature (the bitmap itself is not kept: no qemu-img output
+ * shows it). `names` holds the bitmaps already loaded, by their id as a UUID text.
+ */
+function checkBitmapFeature(data: Uint8Array, clusterSize: number, totalSectors: number, names: Set<string>): void {
+  if (data.length < BITMAP_FEATURE_BYTES) {
+    throw new BlkioError('EINVAL', `Too small Bitmap Feature area in Parallels Format Extension: ${data.length} bytes, expected at least ${BITMAP_FEATURE_BYTES} bytes`);
+  }
+  const v = view(data);
+  const bitmapSectors = v.getBigUint64(0, true);
+  if (bitmapSectors !== BigInt(totalSectors)) {
+    throw new BlkioError('EINVAL', `Bitmap size (in sectors) ${BigInt.asIntN(64, bitmapSectors)} differs from disk size in sectors ${totalSectors}`);
+  }
+  const l1Size = v.getUint32(28, true);
+  if (l1Size * 8 > data.length - BITMAP_FEATURE_BYTES) {
+    throw new BlkioError('EINVAL', 'Bitmaps feature corrupted: l1 table exceeds extension data_size');
+  }
+  // A 32-bit byte count, as QEMU computes it; QEMU 7.2 aborts on one that is no power of two of at least a sector.
+  const granularity = (v.getUint32(24, true) * SECTOR) % 2 ** 32;
+  if (granularity < SECTOR || (granularity & (granularity - 1)) !== 0) {
+    throw new BlkioError('EINVAL', `Invalid bitmap granularity ${granularity}, expected a power of two of at least ${SECTOR} bytes`);
+  }
+  const hex = [...data.subarray(8, 24)].map((byte) => byte.toString(16).padStart(2, '0')).join('');
+  const name = `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  if (names.has(name)) throw new BlkioError('EINVAL', `Bitmap already exists: ${name}`);
+  names.add(name);
+  // One L1 entry for each cluster of bitmap data; one bit of it covers `granularity` bytes of the disk.
+  const coverage = BigInt(granularity) * BigInt(clusterSize) * 8n;
+  const expected = (BigInt(totalSectors) * BigInt(SECTOR) + coverage - 1n) / coverage;
+  if (BigInt(l1Size) !== expected) {
+    throw new BlkioError('EINVAL', `Bitmap table size ${l1Size} does not correspond to bitmap size and cluster size. Expected ${expected}`);
+  }
+}
+
 /** Checked as QEMU reads a format extension cluster (read-only opens): magic, MD5 of the rest, and its features. */
 async function checkFormatExtension(file: BdrvChild, offset: number, clusterSize: number, totalSectors: number): Promise<void> {
   const cluster = await readBytes(file, offset, clusterSize);
@@ -214,20 +251,18 @@ async function checkFormatExtension(file: BdrvChild, offset: number, clusterSize
   if (!digest.equals(cluster.subarray(8, EXTENSION_HEADER_BYTES))) {
     throw new BlkioError('EINVAL', 'Wrong checksum in Format Extension header. Format extension is corrupted.');
   }
-  for (let at = EXTENSION_HEADER_BYTES; at + FEATURE_HEADER_BYTES <= clusterSize;) {
+  const bitmapNames = new Set<string>();
+  // Without an end-of-features mark the features end where no feature header fits.
+  for (let at = EXTENSION_HEADER_BYTES; clusterSize - at >= FEATURE_HEADER_BYTES;) {
     const featureMagic = v.getBigUint64(at, true);
     if (v.getBigUint64(at + 8, true) !== 0n) throw new BlkioError('EINVAL', 'Flags for extension feature are unsupported');
-    if (featureMagic === 0n) return;
     const dataSize = v.getUint32(at + 16, true);
     at += FEATURE_HEADER_BYTES;
     if (dataSize > clusterSize - at) throw new BlkioError('EINVAL', 'Feature data_size exceedes Format Extension cluster');
+    if (featureMagic === 0n) return;
     if (featureMagic !== DIRTY_BITMAP_FEATURE_MAGIC) throw new BlkioError('EINVAL', `Unknown feature: 0x${featureMagic.toString(16)}`);
-    // Dirty bitmaps are not loaded (QEMU loads them as bitmaps that no qemu-img output shows); their size is checked.
-    const bitmapSectors = dataSize >= 8 ? v.getBigUint64(at, true) : 0n;
-    if (bitmapSectors !== BigInt(totalSectors)) {
-      throw new BlkioError('EINVAL', `Bitmap size (in sectors) ${bitmapSectors} differs from disk size in sectors ${totalSectors}`);
-    }
-    at += dataSize;
+    checkBitmapFeature(cluster.subarray(at, at + dataSize), clusterSize, totalSectors, bitmapNames);
+    at = roundUp(at + dataSize, 8);
   }
 }
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parallelsDriver } from '../../../src/drivers/parallels.js';
@@ -54,6 +55,41 @@ describe('parallels with a BAT shorter than the disk', () => {
       await expect(blk.write(2 << 20, 4096, new Uint8Array(4096), 0)).rejects.toThrow('Input/output error');
     });
     expect(readFileSync(name).equals(bytes)).toBe(true);
+  });
+});
+
+describe('parallels format extension', () => {
+  /** A 3 MiB image (64 KiB clusters) whose format extension holds one dirty bitmap of this granularity in sectors. */
+  async function imageWithBitmap(name: string, granularitySectors: number): Promise<void> {
+    await createImage(parallelsDriver, name, 3 << 20, { cluster_size: 65536 });
+    const cluster = Buffer.alloc(65536);
+    cluster.writeBigUInt64LE(0xab234cef23dcea87n, 0);
+    cluster.writeBigUInt64LE(0x20385fae252cb34an, 24);
+    cluster.writeUInt32LE(40, 40);
+    cluster.writeBigUInt64LE(6144n, 48);
+    cluster.writeUInt32LE(granularitySectors, 72);
+    cluster.writeUInt32LE(1, 76);
+    createHash('md5').update(cluster.subarray(24)).digest().copy(cluster, 8);
+    const bytes = Buffer.concat([readFileSync(name), cluster]);
+    bytes.writeBigUInt64LE(BigInt((bytes.length - cluster.length) / 512), 56);
+    writeFileSync(name, bytes);
+  }
+
+  // QEMU 7.2 aborts on these (an assertion in bdrv_create_dirty_bitmap).
+  it.each([[0, 0], [3, 1536], [0x800000, 0]])('refuses a bitmap granularity of %i sectors', async (sectors, bytes) => {
+    const name = tmp.path(`granularity-${sectors}.parallels`);
+    await imageWithBitmap(name, sectors);
+    await expect(openParallels(name, { 'read-only': 'on' }, async () => {})).rejects.toThrow(
+      `Invalid bitmap granularity ${bytes}, expected a power of two of at least 512 bytes`,
+    );
+  });
+
+  it('opens one with a valid bitmap', async () => {
+    const name = tmp.path('granularity-ok.parallels');
+    await imageWithBitmap(name, 128);
+    await openParallels(name, { 'read-only': 'on' }, async (blk) => {
+      expect(blk.getLength()).toBe(3 << 20);
+    });
   });
 });
 
