@@ -17,7 +17,7 @@ import { FORCE_SHARE_OPTION, IMAGE_OPTS_OPTION, parseImgArgs } from './options.j
 
 const INT_MAX = 2 ** 31 - 1;
 
-interface BenchParams {
+export interface BenchParams {
   count: number;
   depth: number;
   offset: number;
@@ -117,18 +117,19 @@ export function imgBench(argv: string[]): Promise<number> {
  * depth, except when a flush is due; a draining flush waits for the queue to empty, and the
  * requests after it start when it completes.
  */
-function runBench(blk: BlockBackend, p: BenchParams): Promise<void> {
+export function runBench(blk: BlockBackend, p: BenchParams): Promise<void> {
   const buffer = new Uint8Array(p.bufferSize).fill(p.pattern);
   const imageSize = blk.getLength();
   let remaining = p.count;
   let inFlight = 0;
   let nextOffset = p.offset;
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     // QEMU exits at the first failure: the requests still in flight are abandoned and nothing
     // cached is written back (a write past the end leaves the image as it was).
     const fail = (what: string, e: unknown): never => blk.node.layer.fatal(`${PROGRAM}: ${what}: ${toBlkioError(e).strerror}`);
+    // Where `fatal` throws instead of exiting (tests, library users), the run fails with it.
     const track = (request: Promise<void>, then: () => void, what: string): void => {
-      request.then(then, (e) => fail(what, e));
+      request.then(then, (e) => fail(what, e)).catch(reject);
     };
     const submit = (): void => {
       while (remaining > inFlight && inFlight < p.depth) {
