@@ -396,18 +396,13 @@ export const qcowDriver: BlockDriver<QcowState> = {
     }
     await s.lock.run(async () => {
       const { l2Offset, table } = await l2ForWrite(s, offset);
+      // Always appended: QEMU 7.2 writes over a normal cluster with the entry left normal, and
+      // over a compressed one with its old size kept, which both corrupt the cluster.
       const index = l2Index(s, offset);
-      const current = decodeEntry(table.getBigUint64(index * 8));
-      let hostOffset: number;
-      if (current.kind === 'normal') {
-        // QEMU writes the compressed bytes into the cluster the entry already names.
-        hostOffset = current.offset;
-      } else {
-        hostOffset = s.file.getLength();
-        const entry = COMPRESSED | (BigInt(compressed.length) << BigInt(63 - s.clusterBits)) | BigInt(hostOffset);
-        table.setBigUint64(index * 8, entry);
-        await writeEntry(s, l2Offset + index * 8, entry);
-      }
+      const hostOffset = s.file.getLength();
+      const entry = COMPRESSED | (BigInt(compressed.length) << BigInt(63 - s.clusterBits)) | BigInt(hostOffset);
+      table.setBigUint64(index * 8, entry);
+      await writeEntry(s, l2Offset + index * 8, entry);
       await s.file.write(hostOffset, compressed.length, compressed);
     });
   },
