@@ -125,7 +125,7 @@ export interface ImgOpenSpec {
   resize?: boolean;
   /** Other users may only read (convert's sources). */
   noShare?: boolean;
-  /** Discards reach the file (QEMU's BDRV_O_UNMAP): only commit asks for it. */
+  /** Discards reach the file (QEMU's BDRV_O_UNMAP): commit, and convert's target unless -S 0. */
   unmap?: boolean;
   /** Opened only to be described (QEMU's BDRV_O_NO_IO, qemu-img info). */
   withoutIo?: boolean;

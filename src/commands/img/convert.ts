@@ -283,7 +283,7 @@ async function convert(
   checkCacheMode(args.cache);
   const target = await openImg(layer, {
     filename: outFilename, format: args.outFormat, imageOpts: args.targetImageOpts, cache: args.cache,
-    extraOptions: { ...keySecrets, discard: args.minSparse ? 'unmap' : 'ignore' },
+    unmap: args.minSparse > 0, extraOptions: keySecrets,
   });
   const out = skipFilters(target.node);
   if (args.bitmaps && !target.node.driver.supportsPersistentDirtyBitmaps?.(target.node)) {
