@@ -352,9 +352,9 @@ export interface BlockDriver<S = unknown> {
   snapshotGoto?(node: BlockNode<S>, idOrName: string): Promise<void>;
   /**
    * A driver without snapshots is closed and opened again around a snapshot revert of its
-   * child (QEMU's bdrv_snapshot_goto fallback): what its open reports, it reports again here.
+   * child (QEMU's bdrv_snapshot_goto fallback): the warnings its open printed, it prints again.
    */
-  reopenedAroundSnapshotGoto?(node: BlockNode<S>): void;
+  warnAgainAfterSnapshotGoto?(node: BlockNode<S>): void;
   snapshotDelete?(node: BlockNode<S>, id: string, name: string): Promise<void>;
   /** Read a snapshot instead of the current state (read-only nodes); the snapshot is matched by what is given. */
   snapshotLoadTmp?(node: BlockNode<S>, id: string | undefined, name: string | undefined): Promise<void>;

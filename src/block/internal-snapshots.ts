@@ -48,7 +48,7 @@ export async function gotoSnapshot(node: BlockNode, idOrName: string): Promise<v
   try {
     await gotoSnapshotBelow(node, idOrName);
   } finally {
-    for (const layer of passed) layer.driver.reopenedAroundSnapshotGoto?.(layer);
+    for (const layer of passed) layer.driver.warnAgainAfterSnapshotGoto?.(layer);
   }
 }
 

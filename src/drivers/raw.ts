@@ -10,7 +10,7 @@ import {
 } from '../block/flags.js';
 import { defaultChildPerms, PERM_RESIZE, PERM_WRITE } from '../block/permissions.js';
 import { debugEvent, nodeInfo, supportedWriteFlags, supportedZeroFlags } from '../block/io.js';
-import { limitsFrom } from '../block/node.js';
+import { limitsFrom, type BlockNode } from '../block/node.js';
 
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'];
 /** What a probed image's writes are checked against: the first sector. */
@@ -30,10 +30,12 @@ export function checkPreallocationOption(options: CreateRequest['options']): voi
   if (!PREALLOC_MODES.includes(prealloc)) throw new BlkioError('EINVAL', `invalid parameter value: ${prealloc}`);
 }
 
-function probedRawWarning(filename: string): string {
-  return `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+/** A writable raw node whose format was probed warns that block 0 is restricted (at each open, as in QEMU). */
+function warnIfProbedWritable(node: BlockNode, file: BdrvChild): void {
+  if (!node.probed || node.readOnly) return;
+  node.layer.warn(`WARNING: Image format was not specified for '${file.node.filename}' and probing guessed raw.\n` +
     '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-    "         Specify the 'raw' format explicitly to remove the restrictions.";
+    "         Specify the 'raw' format explicitly to remove the restrictions.");
 }
 
 function window(s: RawState, offset: number, bytes: number, isWrite: boolean): number {
@@ -83,12 +85,12 @@ export const rawDriver: BlockDriver<RawState> = {
     const role = offset === 0n && size === undefined ? ROLE_FILTER_CHILD : ROLE_IMAGE;
     const file = (await ctx.openChild('file', role))!;
     const window = checkedWindow(offset, size, file.getLength());
-    if (node.probed && !node.readOnly) ctx.warn(probedRawWarning(file.node.filename));
+    warnIfProbedWritable(node, file);
     return { file, ...window };
   },
 
-  reopenedAroundSnapshotGoto(node) {
-    if (node.probed && !node.readOnly) node.layer.warn(probedRawWarning(node.state.file.node.filename));
+  warnAgainAfterSnapshotGoto(node) {
+    warnIfProbedWritable(node, node.state.file);
   },
 
   prepareReopen(node, opts) {
