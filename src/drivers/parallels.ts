@@ -53,7 +53,11 @@ const H = {
 
 interface ParallelsState {
   file: BdrvChild;
-  /** The header followed by the BAT (and whatever fills up to `headerSize`), as in the file. */
+  /**
+   * The header followed by the BAT (and whatever fills up to `headerSize`), as in the file, but
+   * only as far as the file has bytes (grown as entries are set): the rest of the BAT is zeroes.
+   * Its length is `headerSize` or a multiple of DIRTY_BLOCK.
+   */
   header: Uint8Array;
   headerView: DataView;
   headerSize: number;
@@ -81,8 +85,14 @@ function batEntryOffset(index: number): number {
   return HEADER_BYTES + 4 * index;
 }
 
+/** How many BAT entries `header` holds; those after them are zero. */
+function storedBatEntries(s: ParallelsState): number {
+  return Math.min(s.batSize, Math.floor((s.header.length - HEADER_BYTES) / 4));
+}
+
 /** The sector where cluster `index` starts in the file, 0 when unallocated. */
 function clusterSector(s: ParallelsState, index: number): number {
+  if (index >= storedBatEntries(s)) return 0;
   return s.headerView.getUint32(batEntryOffset(index), true) * s.offMultiplier;
 }
 
@@ -110,6 +120,13 @@ function mapRun(s: ParallelsState, sector: number, sectors: number): { host: num
 }
 
 function setBatEntry(s: ParallelsState, index: number, value: number): void {
+  if (index >= storedBatEntries(s)) {
+    const length = Math.min(s.headerSize, Math.max(roundUp(batEntryOffset(index + 1), DIRTY_BLOCK), 2 * s.header.length));
+    const header = new Uint8Array(length);
+    header.set(s.header);
+    s.header = header;
+    s.headerView = view(header);
+  }
   s.headerView.setUint32(batEntryOffset(index), value, true);
   s.dirtyBlocks.add(Math.floor(batEntryOffset(index) / DIRTY_BLOCK));
 }
@@ -276,12 +293,14 @@ async function openImage(node: BlockNode<ParallelsState>, file: BdrvChild, opts:
   let dataEnd = firstView.getUint32(H.dataOff, true) || roundUp(size, SECTOR);
   if (dataEnd < headerSize) headerSize = size;
   if (headerSize > REQUEST_MAX_BYTES) throw new BlkioError('EIO', `Could not open '${file.node.filename}': ${errno('EIO').message}`);
-  const header = await readBytes(file, 0, headerSize);
+  // A hostile header can announce a BAT of 2 GiB in a tiny file: only the bytes the file has are read.
+  const stored = Math.min(headerSize, roundUp(Math.max(file.getLength(), MEM_ALIGN), DIRTY_BLOCK));
+  const header = await readBytes(file, 0, stored);
   const s: ParallelsState = {
     file, header, headerView: view(header), headerSize, batSize, tracks, offMultiplier, totalSectors, dataEnd,
     preallocSectors: 0, preallocMode: 'falloc', unclean: false, dirtyBlocks: new Set(), lock: new Mutex(),
   };
-  for (let i = 0; i < batSize; i++) {
+  for (let i = 0; i < storedBatEntries(s); i++) {
     const sector = clusterSector(s, i);
     if (sector >= s.dataEnd) s.dataEnd = sector + tracks;
   }
@@ -441,7 +460,7 @@ export const parallelsDriver: BlockDriver<ParallelsState> = {
       let batChanged = false;
       let highOffset = 0;
       let previous = 0;
-      for (let i = 0; i < s.batSize; i++) {
+      for (let i = 0; i < storedBatEntries(s); i++) {
         const offset = clusterSector(s, i) * SECTOR;
         if (offset === 0) {
           previous = 0;
@@ -465,7 +484,8 @@ export const parallelsDriver: BlockDriver<ParallelsState> = {
       }
       if (batChanged) {
         try {
-          await s.file.write(0, s.headerSize, s.header);
+          await s.file.write(0, s.header.length, s.header);
+          if (s.headerSize > s.header.length) await s.file.writeZeroes(s.header.length, s.headerSize - s.header.length, 0);
           await s.file.flush();
           s.dirtyBlocks.clear();
         } catch (e) {

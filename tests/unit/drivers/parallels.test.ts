@@ -58,6 +58,25 @@ describe('parallels with a BAT shorter than the disk', () => {
   });
 });
 
+describe('parallels with a BAT far larger than the file', () => {
+  it('reads only the BAT entries the file holds', async () => {
+    const name = tmp.path('huge-bat.parallels');
+    const header = Buffer.alloc(64);
+    header.write('WithouFreSpacExt', 0, 'latin1');
+    header.writeUInt32LE(2, 16);
+    header.writeUInt32LE(128, 28);
+    header.writeUInt32LE(0x1fffff00, 32);
+    header.writeBigUInt64LE(6144n, 36);
+    writeFileSync(name, header);
+    const before = process.memoryUsage().arrayBuffers;
+    await openParallels(name, { 'read-only': 'on' }, async (blk) => {
+      // The announced BAT is 2 GiB.
+      expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(1 << 20);
+      expect(blk.getLength()).toBe(3 << 20);
+    });
+  });
+});
+
 describe('parallels format extension', () => {
   /** A 3 MiB image (64 KiB clusters) whose format extension holds one dirty bitmap of this granularity in sectors. */
   async function imageWithBitmap(name: string, granularitySectors: number): Promise<void> {
