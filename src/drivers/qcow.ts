@@ -17,7 +17,7 @@ import { roundUp } from '../arithmetic.js';
 import { cString, nameBytes } from '../byte-strings.js';
 import { compressCluster, COMPRESSION_ZLIB, decompressCluster } from './cluster-codecs.js';
 import { LruMap } from './lru-map.js';
-import { fileAllocatedSize, readBytes, view } from './format-helpers.js';
+import { fileAllocatedSize, openFailure, readBytes, view } from './format-helpers.js';
 import { qcowAesCipher, SECTOR_SIZE as CIPHER_SECTOR, type SectorCipher } from '../crypto/sector-cipher.js';
 import { secretData } from '../block/secret.js';
 import type { FlatOptions } from '../options/types.js';
@@ -268,7 +268,8 @@ async function openImage(node: BlockNode<QcowState>, file: BdrvChild, encryptOpt
   const l1Size = Number((size + (1n << shift) - 1n) >> shift);
   if (l1Size > Math.floor(INT_MAX / 8)) throw invalid('Image too large');
   const l1TableOffset = Number(v.getBigUint64(H.l1TableOffset));
-  if (l1Size * 8 > REQUEST_MAX_BYTES) throw errno('EINVAL');
+  // The read is refused as one over the block layer's request limit.
+  if (l1Size * 8 > REQUEST_MAX_BYTES) throw errno('EIO');
   const l1Bytes = view(await readBytes(file, l1TableOffset, l1Size * 8));
   const backingOffset = Number(v.getBigUint64(H.backingFileOffset));
   if (backingOffset !== 0) {
@@ -342,7 +343,9 @@ export const qcowDriver: BlockDriver<QcowState> = {
   async open(node, ctx) {
     const encrypt = ctx.takeOptions('encrypt');
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
-    return openImage(node, file, encrypt, ctx.withoutIo);
+    return openImage(node, file, encrypt, ctx.withoutIo).catch((e: unknown) => {
+      throw openFailure(file, e);
+    });
   },
 
   async reopen() {},
@@ -380,13 +383,18 @@ export const qcowDriver: BlockDriver<QcowState> = {
 
   /**
    * One whole cluster (or the image's last, partial one), stored compressed right at the end
-   * of the file when that saves at least a byte. Anything else, an empty request too, is
-   * refused as QEMU does (so qemu-img convert -c ends with a failure, as QEMU's).
+   * of the file when that saves at least a byte. Anything else is refused as QEMU does, an
+   * empty request too unless it is at the image's end (so qemu-img convert -c, which ends
+   * with an empty one at offset 0, fails as QEMU's does).
    */
   async writeCompressed(node, offset, bytes, buf) {
     const s = node.state;
     const lastPartial = bytes < s.clusterSize && offset + bytes === s.size;
     if (bytes !== s.clusterSize && !lastPartial) throw errno('EINVAL');
+    // An empty request at the end writes nothing. QEMU 7.2 stores a compressed zero cluster for
+    // it: over the last cluster's data, or through an L1 entry read past the table's end when
+    // the end is on an L2 table's boundary (the only offset whose L1 index is out of bounds).
+    if (bytes === 0) return;
     const cluster = new Uint8Array(s.clusterSize);
     cluster.set(buf.subarray(0, bytes));
     const compressed = await compressCluster(COMPRESSION_ZLIB, cluster);
