@@ -119,11 +119,12 @@ async function l2ForWrite(s: QcowState, offset: number): Promise<{ l2Offset: num
   let l2Offset = l1Entry(s, index);
   if (l2Offset !== 0) return { l2Offset, table: await loadL2(s, l2Offset) };
   l2Offset = roundUp(s.file.getLength(), s.clusterSize);
-  s.l1.setBigUint64(index * 8, BigInt(l2Offset));
   await writeEntry(s, s.l1TableOffset + index * 8, BigInt(l2Offset));
   const table = new Uint8Array(s.l2Size * 8);
   await s.file.write(l2Offset, table.length, table);
   await s.file.flush();
+  // Only now: after a failed write the entry stays free, so the next write allocates afresh.
+  s.l1.setBigUint64(index * 8, BigInt(l2Offset));
   s.l2Tables.set(l2Offset, view(table));
   return { l2Offset, table: view(table) };
 }
