@@ -13,11 +13,9 @@ import { limitsFrom, type BlockNode } from '../block/node.js';
 import { REQUEST_MAX_BYTES, STATUS_DATA, STATUS_OFFSET_VALID } from '../block/flags.js';
 import { Mutex } from '../block/mutex.js';
 import { MAX_NODE_LENGTH } from '../block/io.js';
-import { updateEdgePerms } from '../block/graph.js';
-import { defaultChildPerms, PERM_ALL } from '../block/permissions.js';
 import { roundUp } from '../arithmetic.js';
 import { lazyBuiltin } from '../lazy-builtin.js';
-import { fileAllocatedSize, readBytes, view } from './format-helpers.js';
+import { fileAllocatedSize, readBytes, takeFilePermissions, view } from './format-helpers.js';
 
 const md5 = lazyBuiltin<typeof import('node:crypto')>('node:crypto');
 
@@ -77,8 +75,9 @@ interface ParallelsState {
   lock: Mutex;
 }
 
+/** The 16-byte magic, a character a byte. */
 function magicOf(header: Uint8Array): string {
-  return Buffer.from(header.buffer, header.byteOffset, 16).toString('latin1');
+  return String.fromCharCode(...header.subarray(H.magic, H.magic + 16));
 }
 
 function batEntryOffset(index: number): number {
@@ -320,9 +319,7 @@ async function openImage(node: BlockNode<ParallelsState>, file: BdrvChild, opts:
     else node.layer.warn('warning: Format Extension ignored in RW mode');
   }
   if (!node.readOnly) {
-    // The node has no parents yet: the edge to its file takes what a writable format needs.
-    const p = defaultChildPerms(node, file, { perm: 0, shared: PERM_ALL });
-    updateEdgePerms(file, p.perm, p.shared);
+    takeFilePermissions(node, file);
     s.headerView.setUint32(H.inuse, INUSE_MAGIC, true);
     await writeHeader(s);
   }
@@ -352,7 +349,7 @@ function newHeader({ size, clusterSize }: ParallelsCreateSettings): { header: Ui
   const dataSectors = (Math.ceil(batEntryOffset(entries) / clusterSize) * clusterSize) / SECTOR;
   const header = new Uint8Array(SECTOR);
   const v = view(header);
-  header.set(Buffer.from(MAGIC_CLUSTERS, 'latin1'), H.magic);
+  header.set(Array.from(MAGIC_CLUSTERS, (c) => c.charCodeAt(0)), H.magic);
   v.setUint32(H.version, VERSION, true);
   // The geometry is not used; QEMU writes 16 heads of 32 sectors.
   v.setUint32(H.heads, 16, true);

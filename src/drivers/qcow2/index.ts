@@ -7,9 +7,9 @@
 import { BlkioError, errno, toBlkioError } from '../../errors.js';
 import { ROLE_DATA, ROLE_IMAGE, type BlockDriver, type BlockStatusResult, type OptionSpecs, type StatusList } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import { updateEdgePerms, type OpenContext } from '../../block/graph.js';
+import type { OpenContext } from '../../block/graph.js';
 import { debugEvent } from '../../block/io.js';
-import { defaultChildPerms, PERM_ALL, refreshPermissions } from '../../block/permissions.js';
+import { refreshPermissions } from '../../block/permissions.js';
 import {
   REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_ZERO_WRITE, STATUS_COMPRESSED, STATUS_DATA, STATUS_OFFSET_VALID, STATUS_RECURSE, STATUS_ZERO,
 } from '../../block/flags.js';
@@ -32,7 +32,7 @@ import {
 } from './bitmaps-store.js';
 import { amendImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { makeEmpty } from './empty.js';
-import { fileAllocatedSize } from '../format-helpers.js';
+import { fileAllocatedSize, takeFilePermissions } from '../format-helpers.js';
 import { createSnapshot, deleteSnapshot, gotoSnapshot, listSnapshots, loadSnapshotTemporarily } from './snapshots.js';
 import { SECTOR_SIZE } from '../../crypto/sector-cipher.js';
 import { dataFileIsRaw, hasDataFile, vmStateOffset, writeStderr, type Qcow2State } from './state.js';
@@ -74,18 +74,14 @@ export const qcow2Driver: BlockDriver<Qcow2State> = {
   async open(node, ctx) {
     const encryptOptions = ctx.takeOptions('encrypt');
     const file = (await ctx.openChild('file', ROLE_IMAGE))!;
-    const takeFilePermissions = (): void => {
-      // The node has no parents yet (nor state to check): only the edge to its file changes.
-      const p = defaultChildPerms(node, file, { perm: 0, shared: PERM_ALL });
-      updateEdgePerms(file, p.perm, p.shared);
-    };
+    const takeWritePermissions = (): void => takeFilePermissions(node, file);
     const s = await loadState(file, {
       readOnly: node.readOnly, opts: ctx.opts, discardUnmap: node.discardUnmap, checkMode: node.layer.openForCheck,
-      encryptOptions, takeFilePermissions, withoutIo: ctx.withoutIo,
+      encryptOptions, takeFilePermissions: takeWritePermissions, withoutIo: ctx.withoutIo,
     });
     s.node = node;
     await openDataFile(s, ctx);
-    await loadPersistentBitmaps(s, node, takeFilePermissions);
+    await loadPersistentBitmaps(s, node, takeWritePermissions);
     node.backingFile = s.backingFile ?? '';
     node.backingFormat = s.backingFormat ?? '';
     if (!node.readOnly && s.header.incompatibleFeatures & INCOMPAT_DIRTY) {

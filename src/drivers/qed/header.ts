@@ -2,7 +2,7 @@
  * The QED header (64 little-endian bytes at offset 0) and the rules QEMU 7.2 holds its fields to.
  * Sizes and offsets are bytes, except `tableSize` and `headerSize`, which count clusters.
  */
-import { view } from '../format-helpers.js';
+import { getU64, setU64, view } from '../format-helpers.js';
 
 export const QED_MAGIC = 0x00444551;
 export const HEADER_BYTES = 64;
@@ -35,16 +35,6 @@ export interface QedHeader {
   backingFilenameSize: number;
 }
 
-/** A uint64 field as a number: exact below 2^53, and above that far past any file end, which is all that matters. */
-function u64(v: DataView, at: number): number {
-  return v.getUint32(at, true) + v.getUint32(at + 4, true) * 2 ** 32;
-}
-
-function setU64(v: DataView, at: number, n: number): void {
-  v.setUint32(at, n % 2 ** 32, true);
-  v.setUint32(at + 4, Math.floor(n / 2 ** 32), true);
-}
-
 export function magicOf(bytes: Uint8Array): number {
   return bytes.length >= 4 ? view(bytes).getUint32(0, true) : 0;
 }
@@ -58,8 +48,8 @@ export function parseHeader(bytes: Uint8Array): QedHeader {
     features: v.getBigUint64(16, true),
     compatFeatures: v.getBigUint64(24, true),
     autoclearFeatures: v.getBigUint64(32, true),
-    l1TableOffset: u64(v, 40),
-    imageSize: u64(v, 48),
+    l1TableOffset: getU64(v, 40),
+    imageSize: getU64(v, 48),
     backingFilenameOffset: v.getUint32(56, true),
     backingFilenameSize: v.getUint32(60, true),
   };

@@ -10,12 +10,10 @@ import { ROLE_IMAGE, type BlockDriver, type CreateRequest } from '../../block/dr
 import type { BdrvChild } from '../../block/child.js';
 import { STATUS_DATA, STATUS_OFFSET_VALID, STATUS_ZERO } from '../../block/flags.js';
 import { limitsFrom, type BlockNode } from '../../block/node.js';
-import { updateEdgePerms } from '../../block/graph.js';
-import { defaultChildPerms, PERM_ALL } from '../../block/permissions.js';
 import { Mutex } from '../../block/mutex.js';
 import { roundDown, roundUp } from '../../arithmetic.js';
 import { cString, nameBytes } from '../../byte-strings.js';
-import { fileAllocatedSize, openFailure, readBytes } from '../format-helpers.js';
+import { fileAllocatedSize, openFailure, readBytes, takeFilePermissions } from '../format-helpers.js';
 import {
   BACKING_NAME_MAX, DEFAULT_CLUSTER_SIZE, DEFAULT_TABLE_SIZE, F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK,
   HEADER_BYTES, isClusterSizeValid, isImageSizeValid, isTableSizeValid, magicOf, MAX_CLUSTER_SIZE, MAX_TABLE_SIZE,
@@ -244,12 +242,6 @@ async function readBackingName(node: BlockNode<QedState>, s: QedState): Promise<
   });
   node.backingFile = cString(name);
   if (h.features & F_BACKING_FORMAT_NO_PROBE) node.backingFormat = 'raw';
-}
-
-/** Writes during the open need the permissions on `file` that the node's parents take only later. */
-function takeFilePermissions(node: BlockNode<QedState>, file: BdrvChild): void {
-  const p = defaultChildPerms(node, file, { perm: 0, shared: PERM_ALL });
-  updateEdgePerms(file, p.perm, p.shared);
 }
 
 async function openImage(node: BlockNode<QedState>, file: BdrvChild): Promise<QedState> {

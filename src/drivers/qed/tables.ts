@@ -1,7 +1,7 @@
 /** QED's per-node state and its tables: L1 in memory, the L2 tables used last cached. */
 import type { BdrvChild } from '../../block/child.js';
 import type { Mutex } from '../../block/mutex.js';
-import { view } from '../format-helpers.js';
+import { getU64, setU64, view } from '../format-helpers.js';
 import type { LruMap } from '../lru-map.js';
 import type { QedHeader } from './header.js';
 
@@ -19,16 +19,13 @@ export interface QedState {
   lock: Mutex;
 }
 
-/** Entry `index` of a table (little-endian uint64): exact below 2^53, and above that past any file end. */
+/** Entry `index` of a table (little-endian uint64). */
 export function clusterEntry(table: Uint8Array, index: number): number {
-  const v = view(table);
-  return v.getUint32(index * 8, true) + v.getUint32(index * 8 + 4, true) * 2 ** 32;
+  return getU64(view(table), index * 8);
 }
 
 export function setClusterEntry(table: Uint8Array, index: number, value: number): void {
-  const v = view(table);
-  v.setUint32(index * 8, value % 2 ** 32, true);
-  v.setUint32(index * 8 + 4, Math.floor(value / 2 ** 32), true);
+  setU64(view(table), index * 8, value);
 }
 
 /** A data cluster's offset: cluster-aligned, past the header, inside the file. */
